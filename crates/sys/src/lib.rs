@@ -1,0 +1,11 @@
+//! Small safe wrappers over the Linux interfaces crest needs.
+//!
+//! Every `unsafe` block lives here, behind a function with a narrow, safe
+//! signature, and carries a `// SAFETY:` line.  Errors name what was being
+//! done (which pid, which file, which address), so callers can pass them on
+//! to users without adding guesswork.
+
+pub mod error;
+pub mod proc;
+
+pub use error::{Error, Result};
