@@ -1,1 +1,297 @@
-fn main() {}
+//! The `crest` command: argument parsing and output; the work is in the
+//! `crest` library.
+
+mod output;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Transparent checkpoint/restart of Linux processes.
+#[derive(Parser)]
+#[command(name = "crest", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint a process into an image (the process is killed unless --leave-running)
+    Dump {
+        /// The process to checkpoint
+        #[arg(short, long)]
+        pid: i32,
+        /// Where to write the image ("-" for standard output)
+        #[arg(short, long)]
+        output: String,
+        /// Let the process continue after the checkpoint
+        #[arg(long)]
+        leave_running: bool,
+        /// Print the result as JSON on standard error... no: on standard output unless the image goes there
+        #[arg(long)]
+        json: bool,
+        /// No progress bar
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Restore a process from an image, with its original PID
+    Restore {
+        /// The image to read ("-" for standard input)
+        #[arg(short, long)]
+        input: String,
+        /// Return once the process runs instead of waiting for it to exit
+        #[arg(short, long)]
+        detach: bool,
+        /// Write the restored process's PID into this file
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say whether a process can be checkpointed now, and what stops it
+    Check {
+        #[arg(short, long)]
+        pid: i32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what an image holds
+    Inspect {
+        /// The image ("-" for standard input)
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a program detached from the terminal (so it can be checkpointed) and print its PID
+    Run {
+        /// Send the program's stdout and stderr to this file (default /dev/null)
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// The program and its arguments
+        #[arg(required = true, last = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let mut msg = format!("{e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!(": {cause}"));
+            }
+            eprintln!("crest: error: {msg}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Dump {
+            pid,
+            output,
+            leave_running,
+            json,
+            quiet,
+        } => cmd_dump(pid, &output, leave_running, json, quiet),
+        Cmd::Restore {
+            input,
+            detach,
+            pidfile,
+            json,
+        } => cmd_restore(&input, detach, pidfile.as_deref(), json),
+        Cmd::Check { pid, json } => cmd_check(pid, json),
+        Cmd::Inspect { image, json } => cmd_inspect(&image, json),
+        Cmd::Run { log, cmd } => cmd_run(log.as_deref(), &cmd),
+    }
+}
+
+fn lib_err(e: crest::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool) -> Result<i32> {
+    let opts = crest::DumpOptions { leave_running };
+    let mut progress = output::Progress::new("dump", quiet);
+    let report = if output == "-" {
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            bail!("refusing to write an image to a terminal: use -o FILE or a pipe");
+        }
+        let out = BufWriter::with_capacity(1 << 20, stdout.lock());
+        crest::dump(
+            pid,
+            out,
+            &opts,
+            &mut |mut w| {
+                w.flush()?;
+                Ok(())
+            },
+            &mut |done, total| progress.update(done, total),
+        )
+        .map_err(lib_err)?
+    } else {
+        let final_path = Path::new(output);
+        let tmp = temp_name(final_path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let out = BufWriter::with_capacity(1 << 20, file);
+        let r = crest::dump(
+            pid,
+            out,
+            &opts,
+            &mut |w| {
+                let f = w.into_inner().map_err(|e| e.into_error())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, final_path)?;
+                Ok(())
+            },
+            &mut |done, total| progress.update(done, total),
+        );
+        match r {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(lib_err(e));
+            }
+        }
+    };
+    progress.finish();
+    if json {
+        let s = serde_json::to_string(&report)?;
+        if output == "-" {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    } else if !quiet {
+        eprintln!(
+            "crest: checkpointed pid {} into {} ({}, {} pages, frozen {:.1} ms){}",
+            report.pid,
+            if output == "-" { "standard output" } else { output },
+            output::bytes(report.image_bytes),
+            report.pages_written,
+            report.frozen_ms,
+            if report.left_running {
+                "; it keeps running"
+            } else {
+                "; the process was stopped"
+            }
+        );
+    }
+    Ok(0)
+}
+
+/// A name next to `path` for writing the image before it is complete.
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+fn cmd_restore(input: &str, detach: bool, pidfile: Option<&Path>, json: bool) -> Result<i32> {
+    let mut progress = output::Progress::new("restore", json);
+    let report = if input == "-" {
+        let stdin = std::io::stdin();
+        crest::restore(BufReader::with_capacity(1 << 20, stdin.lock()), &mut |n| {
+            progress.add(n)
+        })
+    } else {
+        let f = File::open(input).with_context(|| format!("opening image {input}"))?;
+        crest::restore(BufReader::with_capacity(1 << 20, f), &mut |n| progress.add(n))
+    }
+    .map_err(lib_err)?;
+    progress.finish();
+    if let Some(p) = pidfile {
+        std::fs::write(p, format!("{}\n", report.pid))
+            .with_context(|| format!("writing pid file {}", p.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if detach {
+        println!("{}", report.pid);
+    } else {
+        eprintln!("crest: restored pid {}", report.pid);
+    }
+    if detach {
+        return Ok(0);
+    }
+    Ok(output::wait_forwarding_signals(report.pid))
+}
+
+fn cmd_check(pid: i32, json: bool) -> Result<i32> {
+    let obstacles = crest::check(pid).map_err(lib_err)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "pid": pid, "ok": obstacles.is_empty(), "obstacles": obstacles })
+        );
+    } else if obstacles.is_empty() {
+        println!("pid {pid} can be checkpointed");
+    } else {
+        println!("pid {pid} cannot be checkpointed now:");
+        for o in &obstacles {
+            println!("  {o}");
+        }
+    }
+    Ok(if obstacles.is_empty() { 0 } else { 1 })
+}
+
+fn cmd_inspect(image: &str, json: bool) -> Result<i32> {
+    let ins = if image == "-" {
+        crest::inspect::inspect(BufReader::with_capacity(1 << 20, std::io::stdin().lock()))
+    } else {
+        let f = File::open(image).with_context(|| format!("opening image {image}"))?;
+        crest::inspect::inspect(BufReader::with_capacity(1 << 20, f))
+    }
+    .map_err(lib_err)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&ins)?);
+    } else {
+        output::print_inspection(&ins);
+    }
+    Ok(0)
+}
+
+fn cmd_run(log: Option<&Path>, cmd: &[String]) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let out = match log {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("opening log {}", p.display()))?,
+        None => File::options().write(true).open("/dev/null")?,
+    };
+    let mut c = std::process::Command::new(&cmd[0]);
+    c.args(&cmd[1..])
+        .stdin(File::open("/dev/null")?)
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe and touches no Rust state.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().with_context(|| format!("starting {}", cmd[0]))?;
+    println!("{}", child.id());
+    Ok(0)
+}

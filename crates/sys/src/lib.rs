@@ -5,7 +5,13 @@
 //! done (which pid, which file, which address), so callers can pass them on
 //! to users without adding guesswork.
 
+pub mod arch;
 pub mod error;
+pub mod inject;
+pub mod mem;
+pub mod pidfd;
 pub mod proc;
+pub mod process;
+pub mod ptrace;
 
 pub use error::{Error, Result};

@@ -1,0 +1,104 @@
+//! Credentials: uids, gids, supplementary groups, capabilities,
+//! securebits and no_new_privs.
+//!
+//! Restore sets them last (after everything that needs crest's
+//! privilege), in the order the kernel demands: bounding set, groups and
+//! gids, then uids with capabilities kept across the change, then the
+//! capability sets themselves.
+
+use crate::error::Result;
+use crate::freeze::Inject;
+use crate::model::Creds;
+use crest_sys::proc::Status;
+
+const SECBIT_KEEP_CAPS: u64 = 1 << 4;
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Reads credentials from /proc status plus securebits from the task.
+pub fn collect(t: &impl Inject, st: &Status) -> Result<Creds> {
+    let securebits = t.prctl(libc::PR_GET_SECUREBITS, &[], "reading securebits")? as u32;
+    Ok(Creds {
+        uids: st.uid,
+        gids: st.gid,
+        groups: st.groups.clone(),
+        cap_inh: st.cap_inh,
+        cap_prm: st.cap_prm,
+        cap_eff: st.cap_eff,
+        cap_bnd: st.cap_bnd,
+        cap_amb: st.cap_amb,
+        securebits,
+        no_new_privs: st.no_new_privs != 0,
+    })
+}
+
+/// Highest capability number this kernel knows.
+pub fn cap_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+pub fn restore(t: &impl Inject, c: &Creds) -> Result<()> {
+    for cap in 0..=cap_last_cap() {
+        if c.cap_bnd & (1u64 << cap) == 0 {
+            t.prctl(
+                libc::PR_CAPBSET_DROP,
+                &[cap as u64],
+                &format!("dropping capability {cap} from the bounding set"),
+            )?;
+        }
+    }
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+    t.write_scratch(0, &groups)?;
+    t.call(
+        libc::SYS_setgroups,
+        &[c.groups.len() as u64, t.scratch()],
+        "setting supplementary groups",
+    )?;
+    let [rg, eg, sg, fg] = c.gids.map(u64::from);
+    t.call(libc::SYS_setresgid, &[rg, eg, sg], "setting gids")?;
+    t.call(libc::SYS_setfsgid, &[fg], "setting the fs gid")?;
+    let keep = c.securebits as u64 | SECBIT_KEEP_CAPS;
+    t.prctl(libc::PR_SET_SECUREBITS, &[keep], "setting securebits")?;
+    let [ru, eu, su, fu] = c.uids.map(u64::from);
+    t.call(libc::SYS_setresuid, &[ru, eu, su], "setting uids")?;
+    t.call(libc::SYS_setfsuid, &[fu], "setting the fs uid")?;
+    // capset v3: header {version, pid}, then two {effective, permitted,
+    // inheritable} u32 triples (low and high halves).
+    let mut b = Vec::with_capacity(32);
+    b.extend_from_slice(&CAP_VERSION_3.to_ne_bytes());
+    b.extend_from_slice(&0i32.to_ne_bytes());
+    for half in [0, 32] {
+        for set in [c.cap_eff, c.cap_prm, c.cap_inh] {
+            b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+        }
+    }
+    t.write_scratch(0, &b)?;
+    let s = t.scratch();
+    t.call(libc::SYS_capset, &[s, s + 8], "setting capabilities")?;
+    for cap in 0..=cap_last_cap() {
+        if c.cap_amb & (1u64 << cap) != 0 {
+            t.prctl(
+                libc::PR_CAP_AMBIENT,
+                &[libc::PR_CAP_AMBIENT_RAISE as u64, cap as u64],
+                &format!("raising ambient capability {cap}"),
+            )?;
+        }
+    }
+    if keep != c.securebits as u64 {
+        t.prctl(
+            libc::PR_SET_SECUREBITS,
+            &[c.securebits as u64],
+            "setting securebits",
+        )
+        .or_else(|_| {
+            // Without CAP_SETPCAP left, clearing KEEP_CAPS is still allowed.
+            t.prctl(libc::PR_SET_KEEPCAPS, &[0], "clearing keep-caps")
+        })?;
+    }
+    if c.no_new_privs {
+        t.prctl(libc::PR_SET_NO_NEW_PRIVS, &[1, 0, 0, 0], "setting no_new_privs")?;
+    }
+    Ok(())
+}

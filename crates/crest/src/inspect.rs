@@ -1,0 +1,107 @@
+//! `inspect`: read a whole image (verifying it) and describe what it holds.
+
+use crate::codec;
+use crate::error::Result;
+use crate::model::{Checkpoint, ObjectKind};
+use crest_image::{kind, Reader};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Read;
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub header: HeaderView,
+    pub image_bytes: u64,
+    pub records: u64,
+    pub checkpoint: Checkpoint,
+    /// Pages stored per mapping, keyed by "space:start".
+    pub pages: BTreeMap<String, u64>,
+    pub file_data_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HeaderView {
+    pub producer: String,
+    pub arch: String,
+    pub page_size: u32,
+    pub kernel: String,
+    pub machine: String,
+    pub nodename: String,
+    pub cpu_vendor: String,
+    pub xsave_features: String,
+    pub xsave_size: u32,
+    pub created_unix_secs: u64,
+}
+
+pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
+    let mut reader = Reader::new(r)?;
+    let h = reader.header().clone();
+    let ps = reader.page_size();
+    let mut ckpt = Checkpoint::default();
+    let mut pages: BTreeMap<(u32, u64), u64> = BTreeMap::new();
+    let mut file_data_bytes = 0;
+    while let Some(rec) = reader.next_record()? {
+        match rec.kind {
+            kind::FILE => ckpt.objects.push(codec::decode_object(rec.payload)?),
+            kind::PROCESS => ckpt.processes.push(codec::decode_process(rec.payload)?),
+            kind::FILE_DATA => file_data_bytes += rec.file_data()?.data.len() as u64,
+            kind::PAGES => {
+                let c = rec.page_chunk(ps)?;
+                let start = ckpt
+                    .processes
+                    .get(c.space as usize)
+                    .and_then(|p| p.mm.vmas.iter().find(|v| v.start <= c.addr && c.addr < v.end))
+                    .map(|v| v.start)
+                    .unwrap_or(c.addr);
+                *pages.entry((c.space, start)).or_default() += c.nr_pages;
+            }
+            _ => {}
+        }
+    }
+    Ok(Inspection {
+        header: HeaderView {
+            producer: h.producer,
+            arch: h.arch,
+            page_size: h.page_size,
+            kernel: format!("{} {} {}", h.uts_sysname, h.uts_release, h.uts_version),
+            machine: h.uts_machine,
+            nodename: h.uts_nodename,
+            cpu_vendor: h.cpu_vendor,
+            xsave_features: format!("{:#x}", h.xsave_features),
+            xsave_size: h.xsave_size,
+            created_unix_secs: h.created_unix_secs,
+        },
+        image_bytes: reader.offset(),
+        records: reader.records_read(),
+        checkpoint: ckpt,
+        pages: pages
+            .into_iter()
+            .map(|((s, a), n)| (format!("{s}:{a:x}"), n))
+            .collect(),
+        file_data_bytes,
+    })
+}
+
+impl Inspection {
+    /// Pages stored for the mapping starting at `start` of process `space`.
+    pub fn pages_of(&self, space: usize, start: u64) -> u64 {
+        self.pages.get(&format!("{space}:{start:x}")).copied().unwrap_or(0)
+    }
+
+    /// A short description of an object.
+    pub fn describe_object(&self, id: u32) -> String {
+        match self.checkpoint.object(id) {
+            Some(ObjectKind::File(f)) => f.path.clone(),
+            Some(ObjectKind::Open(o)) => match &o.target {
+                crate::model::OpenTarget::Regular(f) => f.path.clone(),
+                crate::model::OpenTarget::Directory { path } => format!("{path}/ (directory)"),
+                crate::model::OpenTarget::CharDevice { path, .. } => path.clone(),
+                crate::model::OpenTarget::Fifo { path } => format!("{path} (fifo)"),
+                crate::model::OpenTarget::Unlinked { path, size, .. } => {
+                    format!("{path} (deleted, {size} bytes saved)")
+                }
+            },
+            None => format!("<missing object {id}>"),
+        }
+    }
+}

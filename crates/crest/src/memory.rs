@@ -1,0 +1,469 @@
+//! Memory: mappings, their pages, and the mm fields (brk, arg/env, auxv,
+//! exe).
+//!
+//! Dump reads /proc/PID/smaps for the mappings and /proc/PID/pagemap for
+//! which pages to save: resident or swapped anonymous pages, and pages of
+//! private file mappings that no longer match the file.  Pages that are
+//! all zero are dropped when read.  Restore maps every mapping with
+//! injected `mmap` calls, streams the pages in with process_vm_writev and
+//! then sets the final protections.
+
+use crate::error::{Context, Error, Result};
+use crate::freeze::Inject;
+use crate::model::{Backing, Mm, Vma, VmaFlags};
+use crate::objects::ObjectTable;
+use crate::Obstacle;
+use crest_image::Writer;
+use crest_sys::proc::{MapEntry, Pagemap, PagemapEntry, VmFlags};
+use std::collections::HashMap;
+use std::io::Write;
+
+/// Pages read from the task per process_vm_readv.
+const CHUNK_PAGES: usize = 512;
+/// Pagemap entries read per pread.
+const PAGEMAP_BATCH: usize = 64 * 1024;
+const PR_SET_MM: i32 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const MADV_GUARD_INSTALL: u64 = 102;
+
+pub fn page_size() -> u64 {
+    crest_sys::process::page_size() as u64
+}
+
+fn prot_of(m: &MapEntry) -> u32 {
+    let mut p = 0;
+    if m.read {
+        p |= libc::PROT_READ;
+    }
+    if m.write {
+        p |= libc::PROT_WRITE;
+    }
+    if m.exec {
+        p |= libc::PROT_EXEC;
+    }
+    p as u32
+}
+
+/// Turns smaps entries into the model's mappings, adding backing files to
+/// the object table and listing what cannot be checkpointed.
+pub fn collect_vmas(
+    pid: i32,
+    maps: &[MapEntry],
+    objects: &mut ObjectTable,
+    obstacles: &mut Vec<Obstacle>,
+) -> Result<Vec<Vma>> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let object = format!("mapping {:x}-{:x} {}", m.start, m.end, m.path);
+        let mut refuse = |reason: &str| {
+            obstacles.push(Obstacle {
+                pid,
+                object: object.clone(),
+                reason: reason.to_string(),
+            })
+        };
+        let f = &m.vm_flags;
+        let backing = match m.path.as_str() {
+            "[vdso]" => Backing::Vdso,
+            "[vvar]" => Backing::Vvar,
+            "[vvar_vclock]" => Backing::VvarVclock,
+            "[vsyscall]" => Backing::Vsyscall,
+            _ if m.inode == 0 && m.dev_major == 0 && m.dev_minor == 0 => {
+                if m.path.starts_with('[')
+                    && !matches!(m.path.as_str(), "[heap]" | "[stack]")
+                    && !m.path.starts_with("[anon:")
+                {
+                    refuse(&format!("unknown special mapping {}", m.path));
+                    continue;
+                }
+                Backing::Anonymous
+            }
+            _ if m.shared && m.path == "/dev/zero (deleted)" => Backing::Anonymous,
+            _ if m.is_memfd() => {
+                refuse("memfd mappings are not supported yet");
+                continue;
+            }
+            _ if m.is_sysv_shm() => {
+                refuse("System V shared memory is not supported yet");
+                continue;
+            }
+            _ if m.deleted() => {
+                refuse("the mapped file was deleted");
+                continue;
+            }
+            _ => {
+                let path = m.file_path().unwrap_or(&m.path).to_string();
+                match check_mapped_file(pid, m, &path) {
+                    Ok(()) => {}
+                    Err(reason) => {
+                        refuse(&reason);
+                        continue;
+                    }
+                }
+                Backing::File(objects.file(&path)?)
+            }
+        };
+        let special = !matches!(backing, Backing::Anonymous | Backing::File(_));
+        if !special {
+            if f.contains(VmFlags::HUGETLB) {
+                refuse("hugetlbfs mappings are not supported");
+                continue;
+            }
+            if f.contains(VmFlags::IO) || f.contains(VmFlags::PFN_MAP) {
+                refuse("device (I/O or PFN) mappings are not supported");
+                continue;
+            }
+            if f.contains(VmFlags::UFFD_MISSING)
+                || f.contains(VmFlags::UFFD_WP)
+                || f.contains(VmFlags::UFFD_MINOR)
+            {
+                refuse("the mapping is registered with userfaultfd");
+                continue;
+            }
+            if f.contains(VmFlags::SHADOW_STACK) {
+                refuse("shadow stacks are not supported");
+                continue;
+            }
+            if f.contains(VmFlags::SEALED) {
+                refuse("sealed (mseal) mappings are not supported yet");
+                continue;
+            }
+        }
+        out.push(Vma {
+            start: m.start,
+            end: m.end,
+            prot: prot_of(m),
+            shared: m.shared,
+            offset: m.offset,
+            backing,
+            flags: VmaFlags {
+                growsdown: f.contains(VmFlags::GROWS_DOWN),
+                noreserve: f.contains(VmFlags::NO_RESERVE),
+                dontdump: f.contains(VmFlags::DONT_DUMP),
+                dontfork: f.contains(VmFlags::DONT_COPY),
+                wipeonfork: f.contains(VmFlags::WIPE_ON_FORK),
+                hugepage: f.contains(VmFlags::HUGEPAGE),
+                nohugepage: f.contains(VmFlags::NO_HUGEPAGE),
+                mergeable: f.contains(VmFlags::MERGEABLE),
+                locked: f.contains(VmFlags::LOCKED),
+                may_write: f.contains(VmFlags::MAY_WRITE),
+            },
+            name: m.path.clone(),
+            guards: Vec::new(),
+            pages: 0,
+        });
+    }
+    Ok(out)
+}
+
+/// The file mapped must be the one now at its path (not replaced since).
+fn check_mapped_file(pid: i32, m: &MapEntry, path: &str) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).map_err(|e| format!("cannot stat the mapped file: {e}"))?;
+    if md.ino() != m.inode {
+        return Err(format!(
+            "the mapped file was replaced on disk (inode {} mapped, {} at the path now)",
+            m.inode,
+            md.ino()
+        ));
+    }
+    let _ = pid;
+    Ok(())
+}
+
+/// Whether page `e` of mapping `v` must be saved.
+fn must_save(v: &Vma, e: PagemapEntry) -> bool {
+    match v.backing {
+        Backing::Anonymous => e.present() || e.swapped(),
+        Backing::File(_) if !v.shared => e.swapped() || (e.present() && !e.file_or_shared()),
+        _ => false,
+    }
+}
+
+/// Runs of pages to save, per mapping: (start address, page count).
+pub struct PagePlan {
+    pub runs: Vec<Vec<(u64, u64)>>,
+}
+
+/// Scans pagemap to find the pages to save, and records counts and guard
+/// regions in the mappings.
+pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<PagePlan> {
+    let ps = page_size();
+    let pagemap = Pagemap::open(pid)?;
+    let mut entries = vec![PagemapEntry(0); PAGEMAP_BATCH];
+    let mut runs = Vec::with_capacity(vmas.len());
+    for v in vmas.iter_mut() {
+        let mut vruns: Vec<(u64, u64)> = Vec::new();
+        let readable_kind = matches!(v.backing, Backing::Anonymous | Backing::File(_));
+        if !readable_kind {
+            runs.push(vruns);
+            continue;
+        }
+        let mut addr = v.start;
+        while addr < v.end {
+            let n = (((v.end - addr) / ps) as usize).min(PAGEMAP_BATCH);
+            pagemap
+                .read(addr, &mut entries[..n])
+                .context(|| format!("reading the page map of pid {pid} at {addr:#x}"))?;
+            for (i, e) in entries[..n].iter().enumerate() {
+                let a = addr + i as u64 * ps;
+                if e.guard() {
+                    match v.guards.last_mut() {
+                        Some(g) if g.1 == a => g.1 = a + ps,
+                        _ => v.guards.push((a, a + ps)),
+                    }
+                }
+                if must_save(v, *e) {
+                    v.pages += 1;
+                    match vruns.last_mut() {
+                        Some(r) if r.0 + r.1 * ps == a && r.1 < CHUNK_PAGES as u64 => r.1 += 1,
+                        _ => vruns.push((a, 1)),
+                    }
+                }
+            }
+            addr += n as u64 * ps;
+        }
+        runs.push(vruns);
+    }
+    Ok(PagePlan { runs })
+}
+
+/// Counters for a page dump.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageStats {
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub zero_pages: u64,
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    // Word-wise OR: the compiler vectorizes this.
+    page.chunks_exact(8)
+        .fold(0u64, |acc, w| acc | u64::from_ne_bytes(w.try_into().unwrap()))
+        == 0
+}
+
+/// Reads the planned pages from the frozen task and writes them as page
+/// chunks, dropping all-zero pages.
+pub fn write_pages<W: Write>(
+    pid: i32,
+    space: u32,
+    vmas: &[Vma],
+    plan: &PagePlan,
+    out: &mut Writer<W>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<PageStats> {
+    let ps = page_size() as usize;
+    let mut buf = vec![0u8; CHUNK_PAGES * ps];
+    let mut stats = PageStats::default();
+    let procmem = crest_sys::mem::ProcMem::open(pid, false)?;
+    for (v, runs) in vmas.iter().zip(&plan.runs) {
+        let readable = v.prot & libc::PROT_READ as u32 != 0;
+        for &(addr, n) in runs {
+            let len = n as usize * ps;
+            let data = &mut buf[..len];
+            if readable {
+                crest_sys::mem::read(pid, addr, data)?;
+            } else {
+                procmem.read(addr, data)?;
+            }
+            stats.pages_scanned += n;
+            // Write maximal runs of non-zero pages.
+            let mut i = 0;
+            while i < n as usize {
+                if is_zero(&data[i * ps..(i + 1) * ps]) {
+                    stats.zero_pages += 1;
+                    i += 1;
+                    continue;
+                }
+                let j = (i + 1..n as usize)
+                    .find(|&j| is_zero(&data[j * ps..(j + 1) * ps]))
+                    .unwrap_or(n as usize);
+                out.write_pages(space, addr + (i * ps) as u64, &data[i * ps..j * ps])?;
+                stats.pages_written += (j - i) as u64;
+                i = j;
+            }
+            progress(len as u64);
+        }
+    }
+    Ok(stats)
+}
+
+/// The protection a mapping gets while its pages are written in.
+fn fill_prot(v: &Vma) -> u32 {
+    if v.pages > 0 {
+        v.prot | libc::PROT_WRITE as u32
+    } else {
+        v.prot
+    }
+}
+
+/// Whether restore writes pages into this mapping.
+fn fillable(v: &Vma) -> bool {
+    match v.backing {
+        Backing::Anonymous => true,
+        Backing::File(_) => !v.shared,
+        _ => false,
+    }
+}
+
+/// Maps every mapping of the model into the (emptied) task.
+/// `file_fds` gives, for each backing file object, a descriptor open in
+/// the task.
+pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> Result<()> {
+    for v in vmas {
+        let (mut flags, fd) = match v.backing {
+            Backing::Anonymous => (libc::MAP_ANONYMOUS, -1),
+            Backing::File(id) => (
+                0,
+                *file_fds
+                    .get(&id)
+                    .ok_or_else(|| Error::Invalid(format!("mapping {:#x}: no file object {id}", v.start)))?,
+            ),
+            _ => continue,
+        };
+        flags |= if v.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        flags |= libc::MAP_FIXED_NOREPLACE;
+        if v.flags.growsdown {
+            flags |= libc::MAP_GROWSDOWN;
+        }
+        if v.flags.noreserve {
+            flags |= libc::MAP_NORESERVE;
+        }
+        let offset = if fd >= 0 { v.offset } else { 0 };
+        let got = t.call(
+            libc::SYS_mmap,
+            &[
+                v.start,
+                v.end - v.start,
+                fill_prot(v) as u64,
+                flags as u64,
+                fd as i64 as u64,
+                offset,
+            ],
+            &format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
+        )?;
+        if got != v.start {
+            return Err(Error::msg(format!(
+                "pid {}: mapping {:#x}-{:#x} landed at {got:#x}",
+                t.pid(),
+                v.start,
+                v.end
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a page chunk lies inside one mapping that takes pages.
+pub fn check_chunk(vmas: &[Vma], addr: u64, len: u64) -> Result<()> {
+    let end = addr
+        .checked_add(len)
+        .ok_or_else(|| Error::Invalid(format!("page chunk at {addr:#x} overflows")))?;
+    let i = vmas.partition_point(|v| v.end <= addr);
+    match vmas.get(i) {
+        Some(v) if v.start <= addr && end <= v.end && fillable(v) && v.pages > 0 => Ok(()),
+        _ => Err(Error::Invalid(format!(
+            "page chunk {addr:#x}-{end:#x} lies outside any mapping that holds saved pages"
+        ))),
+    }
+}
+
+/// Sets final protections and memory advice once the pages are in.
+pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
+    for v in vmas {
+        if !matches!(v.backing, Backing::Anonymous | Backing::File(_)) {
+            continue;
+        }
+        let len = v.end - v.start;
+        let what = |op: &str| format!("{op} {:#x}-{:#x}", v.start, v.end);
+        if fill_prot(v) != v.prot {
+            t.call(
+                libc::SYS_mprotect,
+                &[v.start, len, v.prot as u64],
+                &what("setting the protection of"),
+            )?;
+        }
+        let advice = [
+            (v.flags.dontdump, libc::MADV_DONTDUMP),
+            (v.flags.dontfork, libc::MADV_DONTFORK),
+            (v.flags.wipeonfork, libc::MADV_WIPEONFORK),
+            (v.flags.hugepage, libc::MADV_HUGEPAGE),
+            (v.flags.nohugepage, libc::MADV_NOHUGEPAGE),
+            (v.flags.mergeable, libc::MADV_MERGEABLE),
+        ];
+        for (on, adv) in advice {
+            if on {
+                t.call(
+                    libc::SYS_madvise,
+                    &[v.start, len, adv as u64],
+                    &what(&format!("madvise({adv})")),
+                )?;
+            }
+        }
+        for &(gs, ge) in &v.guards {
+            t.call(
+                libc::SYS_madvise,
+                &[gs, ge - gs, MADV_GUARD_INSTALL],
+                &format!("installing guard region {gs:#x}-{ge:#x}"),
+            )?;
+        }
+        if v.flags.locked {
+            t.call(libc::SYS_mlock, &[v.start, len], &what("locking"))?;
+        }
+        if let Some(name) = v.name.strip_prefix("[anon:").and_then(|n| n.strip_suffix(']')) {
+            let mut b = name.as_bytes().to_vec();
+            b.push(0);
+            t.write_scratch(0, &b)?;
+            t.prctl(
+                libc::PR_SET_VMA,
+                &[libc::PR_SET_VMA_ANON_NAME as u64, v.start, len, t.scratch()],
+                &what("naming"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets brk, the arg/env areas, auxv and the exe link in one
+/// PR_SET_MM_MAP call (`exe_fd` open in the task, or -1).
+pub fn set_mm_fields(t: &impl Inject, mm: &Mm, exe_fd: i32) -> Result<()> {
+    let auxv: Vec<u8> = mm
+        .auxv
+        .iter()
+        .flat_map(|&(k, v)| [k.to_ne_bytes(), v.to_ne_bytes()])
+        .flatten()
+        .collect();
+    let auxv_off = 256u64;
+    let mut b = Vec::with_capacity(104);
+    for v in [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        t.scratch() + auxv_off,
+    ] {
+        b.extend_from_slice(&v.to_ne_bytes());
+    }
+    b.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
+    b.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
+    t.write_scratch(0, &b)?;
+    t.write_scratch(auxv_off, &auxv)?;
+    t.prctl(
+        PR_SET_MM,
+        &[PR_SET_MM_MAP, t.scratch(), b.len() as u64, 0],
+        "setting the mm fields (PR_SET_MM_MAP)",
+    )?;
+    Ok(())
+}

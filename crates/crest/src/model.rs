@@ -1,0 +1,289 @@
+//! The model: everything crest knows about a checkpointed process tree.
+//!
+//! Dump fills it from a live tree, the image is its serialization, restore
+//! rebuilds a tree from it and `inspect` prints it.  Nothing here touches
+//! the kernel, so the model can be built, encoded and checked in tests.
+//!
+//! Shared things (an open file description, a file that several mappings
+//! map) live once in the object table and are referenced by [`ObjectId`].
+
+use serde::{Deserialize, Serialize};
+
+/// Index into the object table.
+pub type ObjectId = u32;
+
+/// An entry of the object table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    pub id: ObjectId,
+    pub kind: ObjectKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKind {
+    /// A file on disk as the kernel knew it at dump time.  Mappings and
+    /// `/proc/PID/exe` refer to it; restore checks it is still the same.
+    File(FileId),
+    /// An open file description (what `open` returns and `dup` shares).
+    Open(OpenFile),
+}
+
+/// The identity of a file at dump time, used to refuse a restore when
+/// the file has changed since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub mode: u32,
+}
+
+/// An open file description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    /// Open flags as fdinfo shows them (access mode and status flags).
+    pub flags: u32,
+    pub pos: u64,
+    pub target: OpenTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpenTarget {
+    /// A regular file that still has a name.
+    Regular(FileId),
+    /// A directory.
+    Directory { path: String },
+    /// A character device node (/dev/null, /dev/zero, /dev/urandom …).
+    CharDevice { path: String, rdev: u64 },
+    /// A named pipe, opened by path; its buffer was empty.
+    Fifo { path: String },
+    /// A regular file unlinked while open: its content follows in
+    /// FILE_DATA records with this object's id.
+    Unlinked {
+        /// The path it had, without the " (deleted)" suffix.
+        path: String,
+        size: u64,
+        mode: u32,
+    },
+}
+
+/// A whole checkpoint: the processes and the objects they share.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub objects: Vec<Object>,
+    pub processes: Vec<Process>,
+}
+
+/// A process (thread group) and everything it owns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub creds: Creds,
+    pub attrs: Attrs,
+    pub mm: Mm,
+    pub signals: Signals,
+    pub itimers: ITimers,
+    pub fds: Vec<Fd>,
+    pub fs: FsInfo,
+    pub threads: Vec<Thread>,
+}
+
+/// One thread.  The first thread of a process is its leader (tid == pid).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thread {
+    pub tid: i32,
+    pub comm: String,
+    /// `user_regs_struct` words in kernel order (27 on x86-64).
+    pub regs: Vec<u64>,
+    /// The XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it.
+    pub xsave: Vec<u8>,
+    pub sigmask: u64,
+    /// Signals queued to this thread only.
+    pub pending: Vec<SigInfo>,
+    pub altstack: AltStack,
+    pub rseq: Option<Rseq>,
+    pub robust_list: (u64, u64),
+    pub clear_child_tid: u64,
+}
+
+/// A queued signal with its full siginfo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigInfo {
+    pub signo: i32,
+    /// The 128 bytes of `siginfo_t`.
+    pub raw: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub signature: u32,
+}
+
+/// The process-wide signal state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Dispositions for signals 1..=64 other than SIGKILL and SIGSTOP
+    /// that are not default.
+    pub actions: Vec<SigAction>,
+    /// Signals queued to the whole thread group.
+    pub shared_pending: Vec<SigInfo>,
+}
+
+/// A `struct sigaction` as the kernel stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub signo: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimers {
+    pub real: ITimer,
+    pub virt: ITimer,
+    pub prof: ITimer,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimer {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    /// Real, effective, saved and filesystem uid.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub securebits: u32,
+    pub no_new_privs: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attrs {
+    pub umask: u32,
+    pub personality: u32,
+    pub nice: i32,
+    pub sched_policy: i32,
+    pub sched_priority: i32,
+    /// (resource, soft, hard) for every resource.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    pub dumpable: i32,
+    pub pdeath_signal: i32,
+    pub child_subreaper: bool,
+}
+
+/// The address space.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mm {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// The auxiliary vector as (type, value) pairs, AT_NULL included.
+    pub auxv: Vec<(u64, u64)>,
+    /// The executable (an [`ObjectKind::File`]).
+    pub exe: Option<ObjectId>,
+    pub vmas: Vec<Vma>,
+    /// CRC32C of the vDSO's bytes: restore needs this kernel's vDSO to be
+    /// the same code, since the program holds pointers into it.
+    pub vdso_crc: Option<u32>,
+}
+
+/// One mapping, as /proc/PID/maps and smaps describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC.
+    pub prot: u32,
+    pub shared: bool,
+    /// Offset into the backing file in bytes.
+    pub offset: u64,
+    pub backing: Backing,
+    pub flags: VmaFlags,
+    /// The name column of /proc/PID/maps ("[heap]", "[anon:x]", a path…).
+    pub name: String,
+    /// Ranges inside the mapping that carry a guard region
+    /// (MADV_GUARD_INSTALL), as (start, end).
+    pub guards: Vec<(u64, u64)>,
+    /// Pages of the mapping that dump found resident or swapped and
+    /// different from the backing file; the zero pages among them are not
+    /// stored.  Restore makes mappings with pages writable while filling.
+    pub pages: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backing {
+    Anonymous,
+    File(ObjectId),
+    Vdso,
+    Vvar,
+    VvarVclock,
+    Vsyscall,
+}
+
+/// The smaps VmFlags crest restores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaFlags {
+    pub growsdown: bool,
+    pub noreserve: bool,
+    pub dontdump: bool,
+    pub dontfork: bool,
+    pub wipeonfork: bool,
+    pub hugepage: bool,
+    pub nohugepage: bool,
+    pub mergeable: bool,
+    pub locked: bool,
+    pub may_write: bool,
+}
+
+/// A descriptor in the fd table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fd {
+    pub fd: i32,
+    pub cloexec: bool,
+    /// The open file description (an [`ObjectKind::Open`]).
+    pub file: ObjectId,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsInfo {
+    pub cwd: String,
+    pub root: String,
+}
+
+impl Checkpoint {
+    /// Looks up an object by id.
+    pub fn object(&self, id: ObjectId) -> Option<&ObjectKind> {
+        self.objects.iter().find(|o| o.id == id).map(|o| &o.kind)
+    }
+}

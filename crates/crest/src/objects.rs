@@ -1,0 +1,47 @@
+//! The object table being built during a dump: each shared thing gets one
+//! id, however many tasks, descriptors or mappings refer to it.
+
+use crate::error::{Context, Result};
+use crate::model::{FileId, Object, ObjectId, ObjectKind};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+
+#[derive(Default)]
+pub struct ObjectTable {
+    objects: Vec<Object>,
+    files: HashMap<String, ObjectId>,
+}
+
+impl ObjectTable {
+    /// Adds an object and returns its id (ids are indexes).
+    pub fn add(&mut self, kind: ObjectKind) -> ObjectId {
+        let id = self.objects.len() as ObjectId;
+        self.objects.push(Object { id, kind });
+        id
+    }
+
+    /// The [`ObjectKind::File`] for `path`, added once per path.
+    pub fn file(&mut self, path: &str) -> Result<ObjectId> {
+        if let Some(&id) = self.files.get(path) {
+            return Ok(id);
+        }
+        let id = self.add(ObjectKind::File(file_id(path)?));
+        self.files.insert(path.to_string(), id);
+        Ok(id)
+    }
+
+    pub fn into_objects(self) -> Vec<Object> {
+        self.objects
+    }
+}
+
+/// The identity of the file at `path` now.
+pub fn file_id(path: &str) -> Result<FileId> {
+    let md = std::fs::metadata(path).context(|| format!("stat {path}"))?;
+    Ok(FileId {
+        path: path.to_string(),
+        size: md.size(),
+        mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+        mode: md.mode(),
+    })
+}

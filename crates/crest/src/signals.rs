@@ -1,0 +1,137 @@
+//! Signals: dispositions, blocked masks, pending queues, the alternate stack.
+//!
+//! Dispositions and the alternate stack have no /proc interface: they are
+//! read by running `rt_sigaction`/`sigaltstack` in the frozen task.  The
+//! pending queues come from PTRACE_PEEKSIGINFO and are refilled at
+//! restore by the task queueing each signal to itself, which the kernel
+//! allows with the full siginfo.
+
+use crate::error::Result;
+use crate::freeze::Inject;
+use crate::model::{AltStack, SigAction, SigInfo};
+use crest_sys::ptrace;
+
+/// Size of the kernel's `struct sigaction` on x86-64.
+const KSIGACTION_LEN: usize = 32;
+/// Bytes of the signal set the kernel expects.
+const SIGSET_LEN: u64 = 8;
+const SS_ONSTACK: i32 = 1;
+
+/// Whether `sig` can have a disposition.
+fn settable(sig: i32) -> bool {
+    sig != libc::SIGKILL && sig != libc::SIGSTOP
+}
+
+/// Reads every non-default disposition of the task.
+pub fn collect_actions(t: &impl Inject) -> Result<Vec<SigAction>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; KSIGACTION_LEN];
+    for sig in (1..=64).filter(|&s| settable(s)) {
+        t.call(
+            libc::SYS_rt_sigaction,
+            &[sig as u64, 0, t.scratch(), SIGSET_LEN],
+            &format!("reading the action of signal {sig}"),
+        )?;
+        t.read_scratch(0, &mut buf)?;
+        let w = |i: usize| u64::from_ne_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap());
+        let act = SigAction {
+            signo: sig,
+            handler: w(0),
+            flags: w(1),
+            restorer: w(2),
+            mask: w(3),
+        };
+        if act.handler != 0 || act.flags != 0 || act.mask != 0 {
+            out.push(act);
+        }
+    }
+    Ok(out)
+}
+
+/// The kernel's `struct sigaction` for an action.
+pub fn ksigaction_bytes(a: &SigAction) -> [u8; KSIGACTION_LEN] {
+    let mut b = [0u8; KSIGACTION_LEN];
+    for (i, v) in [a.handler, a.flags, a.restorer, a.mask].iter().enumerate() {
+        b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    b
+}
+
+/// Sets one disposition in the task.
+pub fn restore_action(t: &impl Inject, a: &SigAction) -> Result<()> {
+    t.write_scratch(0, &ksigaction_bytes(a))?;
+    t.call(
+        libc::SYS_rt_sigaction,
+        &[a.signo as u64, t.scratch(), 0, SIGSET_LEN],
+        &format!("setting the action of signal {}", a.signo),
+    )?;
+    Ok(())
+}
+
+/// Pending signals of one thread (`shared == false`) or of its thread group.
+pub fn collect_pending(tid: i32, shared: bool) -> Result<Vec<SigInfo>> {
+    Ok(ptrace::peek_siginfo(tid, shared)?
+        .into_iter()
+        .map(|raw| SigInfo {
+            signo: i32::from_ne_bytes(raw[0..4].try_into().unwrap()),
+            raw: raw.to_vec(),
+        })
+        .collect())
+}
+
+/// Queues signals again: to the thread group, or to thread `tid`.
+pub fn restore_pending(t: &impl Inject, tid: Option<i32>, sigs: &[SigInfo]) -> Result<()> {
+    let pid = t.pid() as u64;
+    for s in sigs {
+        t.write_scratch(0, &s.raw)?;
+        let what = format!("queueing pending signal {}", s.signo);
+        match tid {
+            None => t.call(
+                libc::SYS_rt_sigqueueinfo,
+                &[pid, s.signo as u64, t.scratch()],
+                &what,
+            )?,
+            Some(tid) => t.call(
+                libc::SYS_rt_tgsigqueueinfo,
+                &[pid, tid as u64, s.signo as u64, t.scratch()],
+                &what,
+            )?,
+        };
+    }
+    Ok(())
+}
+
+/// Reads the alternate signal stack of the task.
+pub fn collect_altstack(t: &impl Inject) -> Result<AltStack> {
+    t.call(
+        libc::SYS_sigaltstack,
+        &[0, t.scratch()],
+        "reading the alternate signal stack",
+    )?;
+    let mut b = [0u8; 24];
+    t.read_scratch(0, &mut b)?;
+    Ok(AltStack {
+        sp: u64::from_ne_bytes(b[0..8].try_into().unwrap()),
+        flags: i32::from_ne_bytes(b[8..12].try_into().unwrap()),
+        size: u64::from_ne_bytes(b[16..24].try_into().unwrap()),
+    })
+}
+
+/// Sets the alternate signal stack (unless it is disabled).
+pub fn restore_altstack(t: &impl Inject, ss: &AltStack) -> Result<()> {
+    if ss.flags & libc::SS_DISABLE != 0 {
+        return Ok(());
+    }
+    let mut b = [0u8; 24];
+    b[0..8].copy_from_slice(&ss.sp.to_ne_bytes());
+    // "on the stack" is a state, not a setting.
+    b[8..12].copy_from_slice(&(ss.flags & !SS_ONSTACK).to_ne_bytes());
+    b[16..24].copy_from_slice(&ss.size.to_ne_bytes());
+    t.write_scratch(0, &b)?;
+    t.call(
+        libc::SYS_sigaltstack,
+        &[t.scratch(), 0],
+        "setting the alternate signal stack",
+    )?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Tasks: identity (pid, pgid, sid), per-thread CPU state, and the
+//! process attributes that are neither memory, files nor signals.
+
+use crate::error::Result;
+use crate::freeze::{Inject, Session};
+use crate::model::{Attrs, Rseq, Thread};
+use crate::signals;
+use crest_sys::arch::{self, restart, UserRegs};
+use crest_sys::proc::Stat;
+use crest_sys::{process, ptrace};
+
+/// Number of resource limits (RLIM_NLIMITS).
+pub const RLIM_NLIMITS: u32 = 16;
+const NR_RESTART_SYSCALL: u64 = 219;
+
+/// Reads the state of one stopped thread.
+pub fn collect_thread(s: &Session, tid: i32) -> Result<Thread> {
+    let regs = s.regs().to_words().to_vec();
+    let xsave = ptrace::get_xstate(tid, arch::cpuid(0xd, 0).ecx.max(4096) as usize)?;
+    let rseq = ptrace::get_rseq_config(tid)?;
+    s.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, s.scratch()], "reading clear_child_tid")?;
+    let mut b = [0u8; 8];
+    s.read_scratch(0, &mut b)?;
+    Ok(Thread {
+        tid,
+        comm: crest_sys::proc::read_task_comm(tid, tid)?,
+        regs,
+        xsave,
+        sigmask: s.sigmask(),
+        pending: signals::collect_pending(tid, false)?,
+        altstack: signals::collect_altstack(s)?,
+        rseq: (rseq.rseq_abi_pointer != 0).then_some(Rseq {
+            addr: rseq.rseq_abi_pointer,
+            len: rseq.rseq_abi_size,
+            signature: rseq.signature,
+        }),
+        robust_list: process::get_robust_list(tid)?,
+        clear_child_tid: u64::from_ne_bytes(b),
+    })
+}
+
+/// Reads the process attributes.
+pub fn collect_attrs(s: &Session, pid: i32, stat: &Stat, umask: u32) -> Result<Attrs> {
+    let mut rlimits = Vec::new();
+    for r in 0..RLIM_NLIMITS {
+        let (cur, max) = process::get_rlimit(pid, r)?;
+        rlimits.push((r, cur, max));
+    }
+    let (policy, prio) = process::get_sched(pid)?;
+    s.call(
+        libc::SYS_prctl,
+        &[libc::PR_GET_PDEATHSIG as u64, s.scratch()],
+        "reading the parent-death signal",
+    )?;
+    let mut b = [0u8; 4];
+    s.read_scratch(0, &mut b)?;
+    let pdeath = i32::from_ne_bytes(b);
+    s.call(
+        libc::SYS_prctl,
+        &[libc::PR_GET_CHILD_SUBREAPER as u64, s.scratch()],
+        "reading the child-subreaper flag",
+    )?;
+    s.read_scratch(0, &mut b)?;
+    let subreaper = i32::from_ne_bytes(b) != 0;
+    let dumpable = s.prctl(libc::PR_GET_DUMPABLE, &[], "reading the dumpable flag")? as i32;
+    Ok(Attrs {
+        umask,
+        personality: crest_sys::proc::read_personality(pid)?,
+        nice: stat.nice as i32,
+        sched_policy: policy,
+        sched_priority: prio,
+        rlimits,
+        dumpable,
+        pdeath_signal: pdeath,
+        child_subreaper: subreaper,
+    })
+}
+
+/// The current program break, read by running brk(0) in the task.
+pub fn collect_brk(s: &Session) -> Result<u64> {
+    s.call(libc::SYS_brk, &[0], "reading the program break")
+}
+
+/// The registers a restored thread resumes with.  A thread frozen inside
+/// an interrupted syscall is set up to re-issue it, as the kernel would
+/// have on its way back to user space; one frozen in `restart_syscall`
+/// cannot be continued (its restart state lives in the old kernel task)
+/// and sees EINTR instead.
+pub fn resume_regs(words: &[u64]) -> Result<UserRegs> {
+    let w: &[u64; arch::USER_REGS_WORDS] = words.try_into().map_err(|_| {
+        crate::Error::Invalid(format!(
+            "thread registers have {} words, expected {}",
+            words.len(),
+            arch::USER_REGS_WORDS
+        ))
+    })?;
+    let mut r = UserRegs::from_words(w);
+    if (r.orig_rax as i64) >= 0 {
+        let ret = r.rax as i64;
+        if matches!(
+            ret,
+            restart::ERESTARTSYS | restart::ERESTARTNOINTR | restart::ERESTARTNOHAND
+        ) || ret == restart::ERESTART_RESTARTBLOCK
+        {
+            if r.orig_rax == NR_RESTART_SYSCALL {
+                r.rax = (-libc::EINTR) as i64 as u64;
+            } else {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+        }
+    }
+    r.orig_rax = u64::MAX;
+    Ok(r)
+}
+
+/// Sets what crest can set from outside once the task exists: limits,
+/// nice value and scheduling policy.
+pub fn restore_attrs_outside(pid: i32, a: &Attrs) -> Result<()> {
+    for &(r, cur, max) in &a.rlimits {
+        process::set_rlimit(pid, r, cur, max)?;
+    }
+    process::set_nice(pid, a.nice)?;
+    process::set_sched(pid, a.sched_policy, a.sched_priority)?;
+    Ok(())
+}
+
+/// Sets the prctl attributes in the task.
+pub fn restore_prctl(t: &impl Inject, a: &Attrs) -> Result<()> {
+    t.prctl(
+        libc::PR_SET_PDEATHSIG,
+        &[a.pdeath_signal as u64],
+        "setting the parent-death signal",
+    )?;
+    t.prctl(
+        libc::PR_SET_CHILD_SUBREAPER,
+        &[a.child_subreaper as u64],
+        "setting the child-subreaper flag",
+    )?;
+    Ok(())
+}
+
+/// Restores per-thread kernel registrations: rseq, robust list,
+/// clear_child_tid.
+pub fn restore_thread_regs(t: &impl Inject, th: &Thread) -> Result<()> {
+    if let Some(r) = th.rseq {
+        t.call(
+            libc::SYS_rseq,
+            &[r.addr, r.len as u64, 0, r.signature as u64],
+            "registering rseq",
+        )?;
+    }
+    if th.robust_list.0 != 0 {
+        t.call(
+            libc::SYS_set_robust_list,
+            &[th.robust_list.0, th.robust_list.1],
+            "setting the robust futex list",
+        )?;
+    }
+    t.call(
+        libc::SYS_set_tid_address,
+        &[th.clear_child_tid],
+        "setting clear_child_tid",
+    )?;
+    Ok(())
+}
