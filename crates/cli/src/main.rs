@@ -180,7 +180,11 @@ fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool
         eprintln!(
             "crest: checkpointed pid {} into {} ({}, {} pages, frozen {:.1} ms){}",
             report.pid,
-            if output == "-" { "standard output" } else { output },
+            if output == "-" {
+                "standard output"
+            } else {
+                output
+            },
             output::bytes(report.image_bytes),
             report.pages_written,
             report.frozen_ms,
@@ -212,7 +216,9 @@ fn cmd_restore(input: &str, detach: bool, pidfile: Option<&Path>, json: bool) ->
         })
     } else {
         let f = File::open(input).with_context(|| format!("opening image {input}"))?;
-        crest::restore(BufReader::with_capacity(1 << 20, f), &mut |n| progress.add(n))
+        crest::restore(BufReader::with_capacity(1 << 20, f), &mut |n| {
+            progress.add(n)
+        })
     }
     .map_err(lib_err)?;
     progress.finish();
@@ -282,12 +288,16 @@ fn cmd_run(log: Option<&Path>, cmd: &[String]) -> Result<i32> {
         .stdin(File::open("/dev/null")?)
         .stdout(out.try_clone()?)
         .stderr(out);
-    // SAFETY: setsid is async-signal-safe and touches no Rust state.
+    // SAFETY: setsid and close_range are async-signal-safe and touch no
+    // Rust state.  Closing every inherited descriptor above stderr keeps
+    // the caller's pipes and sockets (a build jobserver, say) out of the
+    // program, so nothing of the caller's stays attached to it.
     unsafe {
         c.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         });
     }

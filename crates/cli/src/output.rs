@@ -92,7 +92,12 @@ impl Progress {
 
 pub fn print_inspection(ins: &Inspection) {
     let h = &ins.header;
-    println!("image: {} in {} records, written by {}", bytes(ins.image_bytes), ins.records, h.producer);
+    println!(
+        "image: {} in {} records, written by {}",
+        bytes(ins.image_bytes),
+        ins.records,
+        h.producer
+    );
     println!(
         "  source: {} on {} ({}), {} XSAVE {} bytes features {}",
         h.kernel, h.nodename, h.arch, h.cpu_vendor, h.xsave_size, h.xsave_features
@@ -184,7 +189,7 @@ pub fn wait_forwarding_signals(pid: i32) -> i32 {
         libc::SIGUSR2,
     ] {
         // SAFETY: installing a handler that only calls kill().
-        unsafe { libc::signal(sig, forward as libc::sighandler_t) };
+        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }
     loop {
         let mut status = 0;

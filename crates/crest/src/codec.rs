@@ -13,7 +13,8 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 }
 
 pub fn decode<T: DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
-    postcard::from_bytes(b).map_err(|e| Error::Invalid(format!("cannot decode a {what} record: {e}")))
+    postcard::from_bytes(b)
+        .map_err(|e| Error::Invalid(format!("cannot decode a {what} record: {e}")))
 }
 
 /// Writes the object table and the processes.
@@ -62,7 +63,10 @@ pub fn check_header(img: &Header) -> Result<()> {
     let here = header_here()?;
     let mut why = Vec::new();
     if img.arch != here.arch {
-        why.push(format!("it is for {} and this machine is {}", img.arch, here.arch));
+        why.push(format!(
+            "it is for {} and this machine is {}",
+            img.arch, here.arch
+        ));
     }
     if img.page_size != here.page_size {
         why.push(format!(

@@ -98,7 +98,11 @@ pub fn restore(t: &impl Inject, c: &Creds) -> Result<()> {
         })?;
     }
     if c.no_new_privs {
-        t.prctl(libc::PR_SET_NO_NEW_PRIVS, &[1, 0, 0, 0], "setting no_new_privs")?;
+        t.prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            &[1, 0, 0, 0],
+            "setting no_new_privs",
+        )?;
     }
     Ok(())
 }

@@ -56,7 +56,10 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
     if status.tgid != pid {
         refuse(
             "task",
-            format!("{pid} is a thread of process {}; give the process id", status.tgid),
+            format!(
+                "{pid} is a thread of process {}; give the process id",
+                status.tgid
+            ),
         );
         return Ok(obs);
     }
@@ -130,7 +133,11 @@ pub struct Collected {
 
 pub fn collect(frozen: &Frozen, obstacles: &mut Vec<Obstacle>) -> Result<Option<Collected>> {
     let pid = frozen.pid();
-    obstacles.extend(preflight(pid)?.into_iter().filter(|o| !o.reason.contains("traced by")));
+    obstacles.extend(
+        preflight(pid)?
+            .into_iter()
+            .filter(|o| !o.reason.contains("traced by")),
+    );
     if !obstacles.is_empty() {
         return Ok(None);
     }
@@ -241,7 +248,8 @@ pub fn dump<W: Write>(
     let frozen = Frozen::freeze(pid)?;
     let t_frozen = Instant::now();
     let mut obstacles = Vec::new();
-    let collected = collect(&frozen, &mut obstacles).context(|| format!("collecting the state of pid {pid}"))?;
+    let collected = collect(&frozen, &mut obstacles)
+        .context(|| format!("collecting the state of pid {pid}"))?;
     let Some(c) = collected else {
         return Err(Error::Unsupported(obstacles));
     };
@@ -249,7 +257,13 @@ pub fn dump<W: Write>(
     codec::write_metadata(&mut w, &c.ckpt)?;
     files::write_unlinked(&c.unlinked, &mut w)?;
     let p = &c.ckpt.processes[0];
-    let total: u64 = c.plan.runs.iter().flatten().map(|r| r.1 * memory::page_size()).sum();
+    let total: u64 = c
+        .plan
+        .runs
+        .iter()
+        .flatten()
+        .map(|r| r.1 * memory::page_size())
+        .sum();
     let mut done = 0u64;
     let stats = memory::write_pages(pid, 0, &p.mm.vmas, &c.plan, &mut w, &mut |n| {
         done += n;

@@ -10,8 +10,8 @@ use crate::model::{Fd, FileId, ObjectKind, OpenFile, OpenTarget};
 use crate::objects::{file_id, ObjectTable};
 use crate::Obstacle;
 use crest_image::Writer;
-use crest_sys::process::{kcmp, kcmp_type};
 use crest_sys::proc;
+use crest_sys::process::{kcmp, kcmp_type};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -92,7 +92,10 @@ pub fn collect_fds(
         let target = if ft.is_file() {
             if md.nlink() == 0 || link.ends_with(" (deleted)") {
                 if md.size() > MAX_UNLINKED {
-                    refuse(obstacles, format!("unlinked file {link} is larger than 4 GiB"));
+                    refuse(
+                        obstacles,
+                        format!("unlinked file {link} is larger than 4 GiB"),
+                    );
                     continue;
                 }
                 OpenTarget::Unlinked {
@@ -128,7 +131,10 @@ pub fn collect_fds(
             match fifo_bytes(pid, fd) {
                 Ok(0) => OpenTarget::Fifo { path: link.clone() },
                 Ok(n) => {
-                    refuse(obstacles, format!("FIFO {link} has {n} bytes in flight (not supported yet)"));
+                    refuse(
+                        obstacles,
+                        format!("FIFO {link} has {n} bytes in flight (not supported yet)"),
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -137,14 +143,25 @@ pub fn collect_fds(
                 }
             }
         } else if ft.is_socket() {
-            refuse(obstacles, format!("{} socket is not supported", socket_family(pid, fd)));
+            refuse(
+                obstacles,
+                format!("{} socket is not supported", socket_family(pid, fd)),
+            );
             continue;
         } else if link.starts_with("anon_inode:") {
-            let what = link.trim_start_matches("anon_inode:").trim_matches(|c| c == '[' || c == ']');
-            refuse(obstacles, format!("{what} descriptors are not supported yet"));
+            let what = link
+                .trim_start_matches("anon_inode:")
+                .trim_matches(|c| c == '[' || c == ']');
+            refuse(
+                obstacles,
+                format!("{what} descriptors are not supported yet"),
+            );
             continue;
         } else {
-            refuse(obstacles, format!("{link}: this kind of file is not supported"));
+            refuse(
+                obstacles,
+                format!("{link}: this kind of file is not supported"),
+            );
             continue;
         };
         let obj = objects.add(ObjectKind::Open(OpenFile {
@@ -217,11 +234,14 @@ pub fn write_unlinked<W: Write>(srcs: &[UnlinkedSource], out: &mut Writer<W>) ->
     let mut buf = vec![0u8; 1 << 20];
     for s in srcs {
         let path = format!("/proc/{}/fd/{}", s.pid, s.fd);
-        let mut f = File::open(&path).context(|| format!("pid {}: fd {}: reopening the unlinked file", s.pid, s.fd))?;
+        let mut f = File::open(&path)
+            .context(|| format!("pid {}: fd {}: reopening the unlinked file", s.pid, s.fd))?;
         let mut off = 0u64;
         while off < s.size {
             let want = ((s.size - off) as usize).min(buf.len());
-            let n = f.read(&mut buf[..want]).context(|| format!("reading {path}"))?;
+            let n = f
+                .read(&mut buf[..want])
+                .context(|| format!("reading {path}"))?;
             if n == 0 {
                 break;
             }
@@ -279,7 +299,13 @@ impl UnlinkedFiles {
     }
 
     /// Writes a piece of an unlinked file's content.
-    pub fn write(&mut self, ckpt_obj: Option<&ObjectKind>, object: u32, offset: u64, data: &[u8]) -> Result<()> {
+    pub fn write(
+        &mut self,
+        ckpt_obj: Option<&ObjectKind>,
+        object: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
         let (path, mode, size) = match ckpt_obj {
             Some(ObjectKind::Open(OpenFile {
                 target: OpenTarget::Unlinked { path, mode, size },
@@ -291,7 +317,10 @@ impl UnlinkedFiles {
                 )))
             }
         };
-        if offset.checked_add(data.len() as u64).is_none_or(|end| end > size) {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > size)
+        {
             return Err(Error::Invalid(format!(
                 "file data for {path} at {offset} runs past its size {size}"
             )));
@@ -301,7 +330,14 @@ impl UnlinkedFiles {
             .context(|| format!("writing the content of unlinked file {path}"))
     }
 
-    fn open(&mut self, object: u32, path: &str, mode: u32, size: u64, flags: u32) -> Result<OwnedFd> {
+    fn open(
+        &mut self,
+        object: u32,
+        path: &str,
+        mode: u32,
+        size: u64,
+        flags: u32,
+    ) -> Result<OwnedFd> {
         self.create(object, path, mode)?;
         let (f, p) = &self.files[&object];
         f.set_len(size).context(|| format!("sizing {p}"))?;
@@ -319,8 +355,10 @@ impl Drop for UnlinkedFiles {
 }
 
 fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(path).map_err(|_| Error::Invalid(format!("path with a NUL byte: {path:?}")))?;
-    let flags = (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) | libc::O_CLOEXEC;
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| Error::Invalid(format!("path with a NUL byte: {path:?}")))?;
+    let flags = (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY)
+        | libc::O_CLOEXEC;
     // SAFETY: `c` is a valid NUL-terminated string.
     let fd = unsafe { libc::open(c.as_ptr(), flags) };
     if fd < 0 {
@@ -405,8 +443,8 @@ pub fn unlink_recreated(unlinked: &mut UnlinkedFiles) -> Result<()> {
 /// is still the file that was checkpointed.
 pub fn open_checked(f: &FileId, write: bool) -> Result<OwnedFd> {
     let flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
-    let fd = open_path(&f.path, flags as u32)
-        .context(|| format!("the image needs file {}", f.path))?;
+    let fd =
+        open_path(&f.path, flags as u32).context(|| format!("the image needs file {}", f.path))?;
     let md = File::from(fd.try_clone().context(|| format!("dup {}", f.path))?)
         .metadata()
         .context(|| format!("stat {}", f.path))?;

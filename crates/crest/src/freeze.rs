@@ -23,8 +23,9 @@ impl Frozen {
     /// Seizes `pid` and stops it.  A signal that was about to be
     /// delivered is delivered first, as it would have been anyway.
     pub fn freeze(pid: i32) -> Result<Frozen> {
-        ptrace::seize(pid, ptrace::SEIZE_OPTIONS)
-            .context(|| format!("cannot attach to pid {pid} (is it yours, and not traced already?)"))?;
+        ptrace::seize(pid, ptrace::SEIZE_OPTIONS).context(|| {
+            format!("cannot attach to pid {pid} (is it yours, and not traced already?)")
+        })?;
         let mut f = Frozen {
             pid,
             attached: true,
@@ -221,8 +222,11 @@ impl Session {
     fn cleanup(&mut self) -> Result<()> {
         let pid = self.remote.pid();
         if self.scratch != 0 {
-            self.remote
-                .syscall(libc::SYS_munmap, &[self.scratch, SCRATCH_LEN], "unmapping the scratch area")?;
+            self.remote.syscall(
+                libc::SYS_munmap,
+                &[self.scratch, SCRATCH_LEN],
+                "unmapping the scratch area",
+            )?;
             self.scratch = 0;
         }
         self.remote.restore_regs()?;
@@ -242,7 +246,10 @@ impl Drop for Session {
 /// Looks for the bytes of a `syscall` instruction in the vDSO, then in
 /// any other executable mapping.
 fn find_syscall_in(mem: &ProcMem, maps: &[MapEntry]) -> Result<Option<u64>> {
-    let mut order: Vec<&MapEntry> = maps.iter().filter(|m| m.exec && m.path != "[vsyscall]").collect();
+    let mut order: Vec<&MapEntry> = maps
+        .iter()
+        .filter(|m| m.exec && m.path != "[vsyscall]")
+        .collect();
     order.sort_by_key(|m| m.path != "[vdso]");
     let mut buf = vec![0u8; 64 * 1024];
     for m in order {

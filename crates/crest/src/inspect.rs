@@ -50,7 +50,11 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
                 let start = ckpt
                     .processes
                     .get(c.space as usize)
-                    .and_then(|p| p.mm.vmas.iter().find(|v| v.start <= c.addr && c.addr < v.end))
+                    .and_then(|p| {
+                        p.mm.vmas
+                            .iter()
+                            .find(|v| v.start <= c.addr && c.addr < v.end)
+                    })
                     .map(|v| v.start)
                     .unwrap_or(c.addr);
                 *pages.entry((c.space, start)).or_default() += c.nr_pages;
@@ -85,7 +89,10 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
 impl Inspection {
     /// Pages stored for the mapping starting at `start` of process `space`.
     pub fn pages_of(&self, space: usize, start: u64) -> u64 {
-        self.pages.get(&format!("{space}:{start:x}")).copied().unwrap_or(0)
+        self.pages
+            .get(&format!("{space}:{start:x}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A short description of an object.

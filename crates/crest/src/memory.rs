@@ -238,9 +238,9 @@ pub struct PageStats {
 
 fn is_zero(page: &[u8]) -> bool {
     // Word-wise OR: the compiler vectorizes this.
-    page.chunks_exact(8)
-        .fold(0u64, |acc, w| acc | u64::from_ne_bytes(w.try_into().unwrap()))
-        == 0
+    page.chunks_exact(8).fold(0u64, |acc, w| {
+        acc | u64::from_ne_bytes(w.try_into().unwrap())
+    }) == 0
 }
 
 /// Reads the planned pages from the frozen task and writes them as page
@@ -316,9 +316,9 @@ pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> 
             Backing::Anonymous => (libc::MAP_ANONYMOUS, -1),
             Backing::File(id) => (
                 0,
-                *file_fds
-                    .get(&id)
-                    .ok_or_else(|| Error::Invalid(format!("mapping {:#x}: no file object {id}", v.start)))?,
+                *file_fds.get(&id).ok_or_else(|| {
+                    Error::Invalid(format!("mapping {:#x}: no file object {id}", v.start))
+                })?,
             ),
             _ => continue,
         };
@@ -415,7 +415,11 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
         if v.flags.locked {
             t.call(libc::SYS_mlock, &[v.start, len], &what("locking"))?;
         }
-        if let Some(name) = v.name.strip_prefix("[anon:").and_then(|n| n.strip_suffix(']')) {
+        if let Some(name) = v
+            .name
+            .strip_prefix("[anon:")
+            .and_then(|n| n.strip_suffix(']'))
+        {
             let mut b = name.as_bytes().to_vec();
             b.push(0);
             t.write_scratch(0, &b)?;

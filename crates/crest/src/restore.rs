@@ -120,7 +120,12 @@ pub fn validate(ckpt: &Checkpoint) -> Result<&Process> {
     }
     let th = match p.threads.as_slice() {
         [t] if t.tid == p.pid => t,
-        _ => return Err(Error::Invalid(format!("pid {}: expected exactly one thread", p.pid))),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "pid {}: expected exactly one thread",
+                p.pid
+            )))
+        }
     };
     tasks::resume_regs(&th.regs)?;
     let ps = memory::page_size();
@@ -128,25 +133,37 @@ pub fn validate(ckpt: &Checkpoint) -> Result<&Process> {
     for v in &p.mm.vmas {
         let what = || format!("mapping {:#x}-{:#x}", v.start, v.end);
         if v.start % ps != 0 || v.end % ps != 0 || v.start >= v.end {
-            return Err(Error::Invalid(format!("{}: not page-aligned or empty", what())));
+            return Err(Error::Invalid(format!(
+                "{}: not page-aligned or empty",
+                what()
+            )));
         }
         if v.backing != Backing::Vsyscall && v.end > crest_image::USER_ADDR_END {
             return Err(Error::Invalid(format!("{}: outside user space", what())));
         }
         if v.start < prev_end {
-            return Err(Error::Invalid(format!("{}: overlaps the previous mapping", what())));
+            return Err(Error::Invalid(format!(
+                "{}: overlaps the previous mapping",
+                what()
+            )));
         }
         prev_end = v.end;
         if let Backing::File(id) = v.backing {
             if !matches!(ckpt.object(id), Some(ObjectKind::File(_))) {
-                return Err(Error::Invalid(format!("{}: object {id} is not a file", what())));
+                return Err(Error::Invalid(format!(
+                    "{}: object {id} is not a file",
+                    what()
+                )));
             }
         }
     }
     let mut seen = std::collections::HashSet::new();
     for fd in &p.fds {
         if fd.fd < 0 || fd.fd >= 1 << 20 || !seen.insert(fd.fd) {
-            return Err(Error::Invalid(format!("bad or repeated descriptor number {}", fd.fd)));
+            return Err(Error::Invalid(format!(
+                "bad or repeated descriptor number {}",
+                fd.fd
+            )));
         }
         if !matches!(ckpt.object(fd.file), Some(ObjectKind::Open(_))) {
             return Err(Error::Invalid(format!(
@@ -178,6 +195,7 @@ struct Build {
 impl Build {
     fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles) -> Result<Build> {
         let p = validate(&ckpt)?;
+        wait_zombie_gone(p.pid);
         if crest_sys::process::exists(p.pid) {
             let who = crest_sys::proc::read_comm(p.pid).unwrap_or_else(|_| "?".into());
             return Err(Error::msg(format!(
@@ -234,9 +252,10 @@ impl Build {
                 let Some(ObjectKind::File(fid)) = ckpt.object(id) else {
                     unreachable!("validated")
                 };
-                let write = p.mm.vmas.iter().any(|w| {
-                    w.backing == Backing::File(id) && w.shared && w.flags.may_write
-                });
+                let write =
+                    p.mm.vmas
+                        .iter()
+                        .any(|w| w.backing == Backing::File(id) && w.shared && w.flags.may_write);
                 let f = files::open_checked(fid, write)?;
                 file_fds.insert(id, aux(f, &mut held, &mut moves));
             }
@@ -280,7 +299,8 @@ impl Build {
             err_src,
             err_dst,
         };
-        let stub = Stub::spawn(&plan, stub::raw(&err_read)).context(|| format!("restoring pid {}", p.pid))?;
+        let stub = Stub::spawn(&plan, stub::raw(&err_read))
+            .context(|| format!("restoring pid {}", p.pid))?;
         let pid = p.pid;
         (|| -> Result<()> {
             stub.empty_address_space()?;
@@ -305,7 +325,9 @@ impl Build {
 
     fn fill(&mut self, space: u32, addr: u64, data: &[u8]) -> Result<()> {
         if space != 0 {
-            return Err(Error::Invalid(format!("page chunk for unknown address space {space}")));
+            return Err(Error::Invalid(format!(
+                "page chunk for unknown address space {space}"
+            )));
         }
         memory::check_chunk(&self.process().mm.vmas, addr, data.len() as u64)?;
         self.stub.write_pages(addr, data)
@@ -348,6 +370,21 @@ impl Build {
         .context(|| format!("restoring the state of pid {}", p.pid))?;
         let regs = tasks::resume_regs(&th.regs)?;
         stub.finish(&regs, &th.xsave, th.sigmask)
+    }
+}
+
+/// A checkpointed process killed by dump stays a zombie until its parent
+/// reaps it (an init that reaps lazily can take seconds): wait a little
+/// for that instead of failing at once.
+fn wait_zombie_gone(pid: i32) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match crest_sys::proc::read_stat(pid) {
+            Ok(st) if st.state == 'Z' || st.state == 'X' => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => return,
+        }
     }
 }
 

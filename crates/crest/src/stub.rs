@@ -90,7 +90,8 @@ pub fn pick_helper_addr(vmas: &[Vma]) -> Result<u64> {
     let margin = 1u64 << 20;
     let busy = |a: u64| {
         let (lo, hi) = (a.saturating_sub(margin), a + len + margin);
-        mine.iter().any(|m| m.start < hi && lo < m.end) || vmas.iter().any(|v| v.start < hi && lo < v.end)
+        mine.iter().any(|m| m.start < hi && lo < m.end)
+            || vmas.iter().any(|v| v.start < hi && lo < v.end)
     };
     let mut a: u64 = 0x5000_0000_0000;
     while a > 0x1000_0000 {
@@ -112,11 +113,19 @@ unsafe fn child(p: &StubPlan, tmp: &mut [i32], parent: i32) -> ! {
         libc::write(errfd, msg.as_ptr().cast(), 8);
         libc::_exit(100 + step as i32)
     };
-    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != parent {
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != parent
+    {
         fail(0, errfd);
     }
     let all: u64 = !0;
-    if libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all, 0usize, 8usize) != 0 {
+    if libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        &all,
+        0usize,
+        8usize,
+    ) != 0
+    {
         fail(1, errfd);
     }
     if p.setsid && libc::setsid() < 0 {
@@ -224,15 +233,17 @@ impl Stub {
         };
         match ptrace::wait(pid)? {
             WaitStatus::Stopped {
-                sig: libc::SIGSTOP,
-                ..
+                sig: libc::SIGSTOP, ..
             } => {}
             WaitStatus::Exited(code) => {
                 stub.alive = false;
                 let mut msg = [0i32; 2];
                 // SAFETY: reading 8 bytes into a local array.
                 let n = unsafe { libc::read(err_read, msg.as_mut_ptr().cast(), 8) };
-                let step = STEPS.get(msg[0] as usize).copied().unwrap_or("an unknown step");
+                let step = STEPS
+                    .get(msg[0] as usize)
+                    .copied()
+                    .unwrap_or("an unknown step");
                 let err = if n == 8 {
                     std::io::Error::from_raw_os_error(msg[1]).to_string()
                 } else {
@@ -288,7 +299,12 @@ impl Stub {
     pub fn map_vdso(&self, vmas: &[Vma]) -> Result<()> {
         let special: Vec<&Vma> = vmas
             .iter()
-            .filter(|v| matches!(v.backing, Backing::Vdso | Backing::Vvar | Backing::VvarVclock))
+            .filter(|v| {
+                matches!(
+                    v.backing,
+                    Backing::Vdso | Backing::Vvar | Backing::VvarVclock
+                )
+            })
             .collect();
         let Some(lowest) = special.iter().map(|v| v.start).min() else {
             return Ok(());
@@ -303,7 +319,10 @@ impl Stub {
             .filter(|m| matches!(m.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
             .map(|m| (m.start, m.end, m.path))
             .collect();
-        let want: Vec<(u64, u64, String)> = special.iter().map(|v| (v.start, v.end, v.name.clone())).collect();
+        let want: Vec<(u64, u64, String)> = special
+            .iter()
+            .map(|v| (v.start, v.end, v.name.clone()))
+            .collect();
         if here != want {
             let show = |l: &[(u64, u64, String)]| {
                 l.iter()
@@ -335,13 +354,17 @@ impl Stub {
     /// it run.
     pub fn finish(mut self, regs: &UserRegs, xsave: &[u8], sigmask: u64) -> Result<i32> {
         if !xsave.is_empty() {
-            ptrace::set_xstate(self.pid, xsave).context(|| {
-                format!("pid {}: loading the FPU/vector state (XSAVE)", self.pid)
-            })?;
+            ptrace::set_xstate(self.pid, xsave)
+                .context(|| format!("pid {}: loading the FPU/vector state (XSAVE)", self.pid))?;
         }
-        self.call(libc::SYS_munmap, &[self.helper, helper_len()], "unmapping the restore helper")?;
+        self.call(
+            libc::SYS_munmap,
+            &[self.helper, helper_len()],
+            "unmapping the restore helper",
+        )?;
         ptrace::set_sigmask(self.pid, sigmask)?;
-        ptrace::set_regs(self.pid, regs).context(|| format!("pid {}: loading registers", self.pid))?;
+        ptrace::set_regs(self.pid, regs)
+            .context(|| format!("pid {}: loading registers", self.pid))?;
         ptrace::detach(self.pid, 0)?;
         self.alive = false;
         Ok(self.pid)

@@ -18,7 +18,11 @@ pub fn collect_thread(s: &Session, tid: i32) -> Result<Thread> {
     let regs = s.regs().to_words().to_vec();
     let xsave = ptrace::get_xstate(tid, arch::cpuid(0xd, 0).ecx.max(4096) as usize)?;
     let rseq = ptrace::get_rseq_config(tid)?;
-    s.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, s.scratch()], "reading clear_child_tid")?;
+    s.call(
+        libc::SYS_prctl,
+        &[libc::PR_GET_TID_ADDRESS as u64, s.scratch()],
+        "reading clear_child_tid",
+    )?;
     let mut b = [0u8; 8];
     s.read_scratch(0, &mut b)?;
     Ok(Thread {

@@ -63,8 +63,7 @@ impl Remote {
         ptrace::singlestep(self.pid, 0)?;
         match ptrace::wait(self.pid)? {
             WaitStatus::Stopped {
-                sig: libc::SIGTRAP,
-                ..
+                sig: libc::SIGTRAP, ..
             } => {}
             other => {
                 return Err(Error::parse(

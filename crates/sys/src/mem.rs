@@ -79,7 +79,11 @@ impl ProcMem {
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
         self.file.read_exact_at(buf, addr).map_err(|e| {
             Error::io(
-                format!("reading {} bytes of pid {} at {addr:#x}", buf.len(), self.pid),
+                format!(
+                    "reading {} bytes of pid {} at {addr:#x}",
+                    buf.len(),
+                    self.pid
+                ),
                 e,
             )
         })
@@ -88,7 +92,11 @@ impl ProcMem {
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
         self.file.write_all_at(data, addr).map_err(|e| {
             Error::io(
-                format!("writing {} bytes into pid {} at {addr:#x}", data.len(), self.pid),
+                format!(
+                    "writing {} bytes into pid {} at {addr:#x}",
+                    data.len(),
+                    self.pid
+                ),
                 e,
             )
         })

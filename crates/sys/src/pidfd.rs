@@ -2,7 +2,7 @@
 
 use crate::{Error, Result};
 use libc::pid_t;
-use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Opens a pidfd for `pid`.
 pub fn open(pid: pid_t) -> Result<OwnedFd> {
@@ -21,7 +21,9 @@ pub fn getfd(pidfd: &OwnedFd, pid: pid_t, fd: i32) -> Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if r < 0 {
-        return Err(Error::last_os(format!("pidfd_getfd of fd {fd} of pid {pid}")));
+        return Err(Error::last_os(format!(
+            "pidfd_getfd of fd {fd} of pid {pid}"
+        )));
     }
     // SAFETY: the kernel returned a new descriptor that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })

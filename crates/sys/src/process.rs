@@ -207,7 +207,11 @@ pub fn uname() -> Result<[String; 5]> {
         return Err(Error::last_os("uname"));
     }
     let f = |s: &[libc::c_char]| {
-        let b: Vec<u8> = s.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let b: Vec<u8> = s
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&b).into_owned()
     };
     Ok([

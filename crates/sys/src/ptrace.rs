@@ -19,14 +19,7 @@ pub const SEIZE_OPTIONS: u32 = 0;
 fn req(request: libc::c_uint, pid: pid_t, addr: usize, data: usize, what: &str) -> Result<c_long> {
     // SAFETY: every caller passes either plain integers or pointers to
     // buffers it owns that are large enough for the request.
-    let r = unsafe {
-        libc::ptrace(
-            request,
-            pid,
-            addr as *mut c_void,
-            data as *mut c_void,
-        )
-    };
+    let r = unsafe { libc::ptrace(request, pid, addr as *mut c_void, data as *mut c_void) };
     if r == -1 {
         return Err(Error::last_os(format!("ptrace({what}) of pid {pid}")));
     }
@@ -50,7 +43,14 @@ pub fn traceme() -> Result<()> {
 
 /// Sets ptrace options (PTRACE_O_*).
 pub fn set_options(pid: pid_t, options: u32) -> Result<()> {
-    req(libc::PTRACE_SETOPTIONS, pid, 0, options as usize, "SETOPTIONS").map(drop)
+    req(
+        libc::PTRACE_SETOPTIONS,
+        pid,
+        0,
+        options as usize,
+        "SETOPTIONS",
+    )
+    .map(drop)
 }
 
 /// Resumes the task, delivering `sig` (0 for none).
@@ -101,11 +101,19 @@ fn set_regset(pid: pid_t, set: usize, buf: &[u8], what: &str) -> Result<()> {
 /// Reads the general registers of a stopped task.
 pub fn get_regs(pid: pid_t) -> Result<UserRegs> {
     let mut regs = UserRegs::default();
-    let n = get_regset(pid, NT_PRSTATUS, regs.as_bytes_mut(), "GETREGSET NT_PRSTATUS")?;
+    let n = get_regset(
+        pid,
+        NT_PRSTATUS,
+        regs.as_bytes_mut(),
+        "GETREGSET NT_PRSTATUS",
+    )?;
     if n != size_of::<UserRegs>() {
         return Err(Error::parse(
             format!("NT_PRSTATUS of pid {pid}"),
-            format!("kernel returned {n} bytes, expected {}", size_of::<UserRegs>()),
+            format!(
+                "kernel returned {n} bytes, expected {}",
+                size_of::<UserRegs>()
+            ),
         ));
     }
     Ok(regs)
@@ -220,7 +228,10 @@ pub enum WaitStatus {
     Exited(i32),
     Signaled(i32),
     /// A ptrace stop: the signal and the PTRACE_EVENT_* (0 for none).
-    Stopped { sig: i32, event: i32 },
+    Stopped {
+        sig: i32,
+        event: i32,
+    },
     Continued,
 }
 

@@ -186,9 +186,11 @@ mod tests {
 
     #[test]
     fn regs_words_round_trip() {
-        let mut r = UserRegs::default();
-        r.rip = 0x1234;
-        r.gs = 7;
+        let r = UserRegs {
+            rip: 0x1234,
+            gs: 7,
+            ..Default::default()
+        };
         let w = r.to_words();
         assert_eq!(w[16], 0x1234);
         assert_eq!(UserRegs::from_words(&w), r);
@@ -197,7 +199,7 @@ mod tests {
     #[test]
     fn xsave_size_is_sane() {
         let n = xsave_size();
-        assert!(n >= 512 && n % 64 == 0, "xsave size {n}");
+        assert!(n >= 512 && n.is_multiple_of(64), "xsave size {n}");
         if xcr0() & 0b111 == 0b111 {
             assert!(n >= 576 + 256);
         }

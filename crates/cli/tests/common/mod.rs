@@ -1,0 +1,283 @@
+//! Test harness: runs self-verifying workloads, checkpoints and restores
+//! them through the `crest` binary and collects their verdicts.
+//!
+//! The test process makes itself a child subreaper, so every workload
+//! (started by `crest run`, restored by `crest restore -d`) becomes its
+//! child and is reaped at once: a killed workload's PID is free again
+//! immediately, which restore needs.  Every process a test started is
+//! killed and reaped when its `Workload` is dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub fn crest_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_crest")
+}
+
+/// The workload binary, built by the crest-workloads package next to crest.
+pub fn workload_bin() -> PathBuf {
+    let p = Path::new(crest_bin()).with_file_name("crest-workload");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace (cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
+static SUBREAPER: Once = Once::new();
+
+pub fn init() {
+    SUBREAPER.call_once(|| {
+        crest_sys::process::set_child_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+pub fn crest(args: &[&str]) -> Output {
+    Command::new(crest_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running crest")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// How a reaped process ended.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Waits for our child `pid` to end, with a timeout.
+pub fn reap(pid: i32, timeout: Duration) -> Option<Exit> {
+    let start = Instant::now();
+    loop {
+        let mut st = 0;
+        // SAFETY: plain waitpid on a pid we own.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
+        if r == pid {
+            if libc::WIFEXITED(st) {
+                return Some(Exit::Code(libc::WEXITSTATUS(st)));
+            }
+            if libc::WIFSIGNALED(st) {
+                return Some(Exit::Signal(libc::WTERMSIG(st)));
+            }
+            continue;
+        }
+        if r < 0 || start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie still has /proc/PID; look at its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(") ").next().unwrap_or("").starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> bool {
+    wait_for_while(path, timeout, || true)
+}
+
+/// Waits for `path` to appear while `ok()` holds.
+fn wait_for_while(path: &Path, timeout: Duration, ok: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if path.exists() {
+            return true;
+        }
+        if !ok() {
+            return path.exists();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// A workload process and its directory.
+pub struct Workload {
+    pub pid: i32,
+    pub dir: PathBuf,
+    pub scenario: String,
+    done: bool,
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("crest-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Workload {
+    /// Starts `crest-workload SCENARIO DIR ARGS…` with `crest run` and
+    /// waits until it is ready.
+    pub fn start(scenario: &str, args: &[&str]) -> Workload {
+        Self::start_env(scenario, args, &[])
+    }
+
+    pub fn start_env(scenario: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
+        init();
+        let dir = temp_dir(scenario);
+        let wl = workload_bin();
+        let mut cmd = Command::new(crest_bin());
+        cmd.arg("run")
+            .arg("--log")
+            .arg(dir.join("log"))
+            .arg("--")
+            .arg(&wl)
+            .arg(scenario)
+            .arg(&dir)
+            .args(args)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("crest run");
+        assert!(out.status.success(), "crest run failed: {}", stderr(&out));
+        let pid: i32 = stdout(&out).trim().parse().expect("crest run prints a pid");
+        let w = Workload {
+            pid,
+            dir,
+            scenario: scenario.into(),
+            done: false,
+        };
+        if !wait_for_while(&w.dir.join("ready"), Duration::from_secs(60), || alive(pid)) {
+            panic!("workload {scenario} did not get ready; log:\n{}", w.log());
+        }
+        let ready = std::fs::read_to_string(w.dir.join("ready")).unwrap();
+        assert_eq!(
+            ready.trim().parse::<i32>().ok(),
+            Some(pid),
+            "ready file pid"
+        );
+        w
+    }
+
+    pub fn image(&self) -> PathBuf {
+        self.dir.join("img")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// `crest dump -p PID -o DIR/img EXTRA…`
+    pub fn dump(&self, extra: &[&str]) -> Output {
+        let img = self.image();
+        let mut args = vec!["dump", "-p"];
+        let pid = self.pid.to_string();
+        args.push(&pid);
+        args.push("-o");
+        args.push(img.to_str().unwrap());
+        args.extend_from_slice(extra);
+        crest(&args)
+    }
+
+    /// Dumps, expects success, and reaps the killed process.
+    pub fn dump_ok(&self) {
+        let o = self.dump(&[]);
+        assert!(
+            o.status.success(),
+            "dump of {} failed: {}",
+            self.scenario,
+            stderr(&o)
+        );
+        let e = reap(self.pid, Duration::from_secs(10));
+        assert_eq!(
+            e,
+            Some(Exit::Signal(libc::SIGKILL)),
+            "the dumped process must be gone"
+        );
+    }
+
+    /// `crest restore -i DIR/img -d`, expects success and the same pid.
+    pub fn restore_ok(&self) {
+        let img = self.image();
+        let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
+        assert!(
+            o.status.success(),
+            "restore of {} failed: {}",
+            self.scenario,
+            stderr(&o)
+        );
+        assert_eq!(
+            stdout(&o).trim().parse::<i32>().ok(),
+            Some(self.pid),
+            "restored pid"
+        );
+        assert!(alive(self.pid), "restored process is not running");
+    }
+
+    /// Tells the workload to verify itself.
+    pub fn go(&self) {
+        let fifo = self.dir.join("fifo");
+        std::fs::write(self.dir.join("go"), b"go\n").unwrap();
+        if fifo.exists() {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+            {
+                let _ = f.write_all(b"go\n");
+            }
+        }
+    }
+
+    /// Waits for the verdict and the exit; panics with details unless PASS.
+    pub fn expect_pass(mut self) {
+        let res = self.dir.join("result");
+        let ok = wait_for(&res, Duration::from_secs(120));
+        let exit = reap(self.pid, Duration::from_secs(30));
+        self.done = exit.is_some();
+        let text = std::fs::read_to_string(&res).unwrap_or_default();
+        assert!(
+            ok && text.starts_with("PASS"),
+            "workload {} did not pass (exit {exit:?}):\n{text}\nlog:\n{}",
+            self.scenario,
+            self.log()
+        );
+        assert_eq!(exit, Some(Exit::Code(0)), "workload exit status");
+    }
+
+    /// The full cycle: dump (process killed), restore (same pid), verify.
+    pub fn cycle(self) {
+        self.dump_ok();
+        self.restore_ok();
+        self.go();
+        self.expect_pass();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if !self.done {
+            // SAFETY: plain kill of a pid this test started.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            reap(self.pid, Duration::from_secs(5));
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
