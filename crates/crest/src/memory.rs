@@ -213,7 +213,7 @@ pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<PagePlan> {
                         _ => v.guards.push((a, a + ps)),
                     }
                 }
-                if must_save(v, *e) {
+                if !e.guard() && must_save(v, *e) {
                     v.pages += 1;
                     match vruns.last_mut() {
                         Some(r) if r.0 + r.1 * ps == a && r.1 < CHUNK_PAGES as u64 => r.1 += 1,

@@ -16,6 +16,7 @@ use crest_image::{kind, Reader};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
 /// What a restore did.
@@ -37,10 +38,11 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     let mut ckpt = Checkpoint::default();
     let mut unlinked = UnlinkedFiles::default();
     let mut build: Option<Build> = None;
+    let mut spool: Option<Spool> = None;
     let mut pages = 0u64;
     while let Some(rec) = reader.next_record()? {
         match rec.kind {
-            kind::FILE | kind::PROCESS | kind::FILE_DATA if build.is_some() => {
+            kind::FILE | kind::PROCESS | kind::FILE_DATA if build.is_some() || spool.is_some() => {
                 return Err(Error::Invalid(format!(
                     "{} record at byte {} comes after the memory pages",
                     rec.kind_name(),
@@ -66,11 +68,22 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
             }
             kind::PAGES => {
                 let c = rec.page_chunk(page_size)?;
-                if build.is_none() {
-                    build = Some(Build::start(std::mem::take(&mut ckpt), &mut unlinked)?);
+                if build.is_none() && spool.is_none() {
+                    let p = validate(&ckpt)?;
+                    if pid_held_by_live_process(p.pid) {
+                        // Most likely the dump feeding this stream, which
+                        // lets the pid go only after its tail: keep the
+                        // pages on disk until then.
+                        spool = Some(Spool::new()?);
+                    } else {
+                        build = Some(Build::start(std::mem::take(&mut ckpt), &mut unlinked)?);
+                    }
                 }
-                let b = build.as_mut().expect("built above");
-                b.fill(c.space, c.addr, c.data)?;
+                match (&mut build, &mut spool) {
+                    (Some(b), _) => b.fill(c.space, c.addr, c.data)?,
+                    (None, Some(s)) => s.push(c.space, c.addr, c.data)?,
+                    (None, None) => unreachable!("one of them was set up above"),
+                }
                 pages += c.nr_pages;
                 progress(c.data.len() as u64);
             }
@@ -86,7 +99,16 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     // The tail is verified: nothing above could have been resumed yet.
     let build = match build {
         Some(b) => b,
-        None => Build::start(ckpt, &mut unlinked)?,
+        None => {
+            if let Ok(p) = validate(&ckpt) {
+                wait_pid_free(p.pid);
+            }
+            let mut b = Build::start(ckpt, &mut unlinked)?;
+            if let Some(s) = spool {
+                s.replay(&mut |space, addr, data| b.fill(space, addr, data))?;
+            }
+            b
+        }
     };
     let pid = build.finish()?;
     Ok(RestoreReport {
@@ -388,6 +410,82 @@ fn wait_zombie_gone(pid: i32) {
     }
 }
 
+/// Whether `pid` belongs to a running (not zombie) process.
+fn pid_held_by_live_process(pid: i32) -> bool {
+    match crest_sys::proc::read_stat(pid) {
+        Ok(st) => st.state != 'Z' && st.state != 'X',
+        Err(_) => false,
+    }
+}
+
+/// Waits up to 30 s for `pid` to be released (the dump that feeds a
+/// spooled restore kills its process once the image is complete).
+fn wait_pid_free(pid: i32) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while crest_sys::process::exists(pid) && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Page chunks kept in an unlinked temporary file while the pid they
+/// belong to is still taken.
+struct Spool {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Spool {
+    fn new() -> Result<Spool> {
+        let dir = std::env::temp_dir();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(&dir)
+            .context(|| format!("creating a spool file in {}", dir.display()))?;
+        Ok(Spool { file, len: 0 })
+    }
+
+    fn push(&mut self, space: u32, addr: u64, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut h = [0u8; 24];
+        h[0..4].copy_from_slice(&space.to_le_bytes());
+        h[8..16].copy_from_slice(&addr.to_le_bytes());
+        h[16..24].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        self.file
+            .write_all_at(&h, self.len)
+            .context(|| "writing the spool".into())?;
+        self.file
+            .write_all_at(data, self.len + 24)
+            .context(|| "writing the spool".into())?;
+        self.len += 24 + data.len() as u64;
+        Ok(())
+    }
+
+    fn replay(self, f: &mut dyn FnMut(u32, u64, &[u8]) -> Result<()>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut off = 0;
+        let mut buf = Vec::new();
+        while off < self.len {
+            let mut h = [0u8; 24];
+            self.file
+                .read_exact_at(&mut h, off)
+                .context(|| "reading the spool".into())?;
+            let space = u32::from_le_bytes(h[0..4].try_into().unwrap());
+            let addr = u64::from_le_bytes(h[8..16].try_into().unwrap());
+            let len = u64::from_le_bytes(h[16..24].try_into().unwrap()) as usize;
+            buf.resize(len, 0);
+            self.file
+                .read_exact_at(&mut buf, off + 24)
+                .context(|| "reading the spool".into())?;
+            f(space, addr, &buf)?;
+            off += 24 + len as u64;
+        }
+        Ok(())
+    }
+}
+
 fn open_dir(path: &str) -> Result<OwnedFd> {
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -396,8 +494,6 @@ fn open_dir(path: &str) -> Result<OwnedFd> {
         .context(|| format!("opening directory {path}"))?;
     Ok(f.into())
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// The vDSO now mapped must be the code the process was using.
 fn check_vdso(stub: &Stub, p: &Process) -> Result<()> {
