@@ -427,6 +427,9 @@ fn wait_pid_free(pid: i32) {
     }
 }
 
+/// Receives page chunks: (address space, address, bytes).
+type PageSink<'a> = dyn FnMut(u32, u64, &[u8]) -> Result<()> + 'a;
+
 /// Page chunks kept in an unlinked temporary file while the pid they
 /// belong to is still taken.
 struct Spool {
@@ -463,7 +466,7 @@ impl Spool {
         Ok(())
     }
 
-    fn replay(self, f: &mut dyn FnMut(u32, u64, &[u8]) -> Result<()>) -> Result<()> {
+    fn replay(self, f: &mut PageSink) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let mut off = 0;
         let mut buf = Vec::new();
