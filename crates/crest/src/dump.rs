@@ -163,13 +163,19 @@ pub fn collect(frozen: &Frozen, obstacles: &mut Vec<Obstacle>) -> Result<Option<
     let vdso_crc = vdso_crc(pid, &maps)?;
 
     let session = Session::open(frozen, &maps)?;
+    crate::fault::point("dump: session opened")?;
     let thread = tasks::collect_thread(&session, pid)?;
+    crate::fault::point("dump: thread collected")?;
     let attrs = tasks::collect_attrs(&session, pid, &stat, status.umask.unwrap_or(0o022))?;
     let creds = creds::collect(&session, &status)?;
+    crate::fault::point("dump: attributes collected")?;
     let actions = signals::collect_actions(&session)?;
+    crate::fault::point("dump: signal actions collected")?;
     let itimers = timers::collect(&session)?;
     let brk = tasks::collect_brk(&session)?;
+    crate::fault::point("dump: timers collected")?;
     session.close()?;
+    crate::fault::point("dump: session closed")?;
 
     let plan = memory::plan_pages(pid, &mut vmas)?;
     let mm = Mm {
@@ -245,16 +251,20 @@ pub fn dump<W: Write>(
     if !pre.is_empty() {
         return Err(Error::Unsupported(pre));
     }
+    crate::fault::point("dump: before freezing")?;
     let frozen = Frozen::freeze(pid)?;
     let t_frozen = Instant::now();
+    crate::fault::point("dump: frozen")?;
     let mut obstacles = Vec::new();
     let collected = collect(&frozen, &mut obstacles)
         .context(|| format!("collecting the state of pid {pid}"))?;
     let Some(c) = collected else {
         return Err(Error::Unsupported(obstacles));
     };
+    crate::fault::point("dump: collected")?;
     let mut w = Writer::new(out, &codec::header_here()?)?;
     codec::write_metadata(&mut w, &c.ckpt)?;
+    crate::fault::point("dump: metadata written")?;
     files::write_unlinked(&c.unlinked, &mut w)?;
     let p = &c.ckpt.processes[0];
     let total: u64 = c
@@ -269,9 +279,12 @@ pub fn dump<W: Write>(
         done += n;
         progress(done, total);
     })?;
+    crate::fault::point("dump: pages written")?;
     let image_bytes = w.bytes_written();
     let out = w.finish()?;
+    crate::fault::point("dump: tail written")?;
     commit(out).context(|| "saving the image".into())?;
+    crate::fault::point("dump: image committed")?;
     let mut report = DumpReport {
         pid,
         image_bytes: image_bytes + (crest_image::RECORD_HEADER_LEN + crest_image::Tail::LEN) as u64,

@@ -142,6 +142,7 @@ impl Inject for Session {
         self.remote.pid()
     }
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
+        crate::fault::point("dump: injected syscall")?;
         Ok(self.remote.syscall(nr, args, what)?)
     }
     fn scratch(&self) -> u64 {

@@ -284,6 +284,7 @@ pub fn write_pages<W: Write>(
                 i = j;
             }
             progress(len as u64);
+            crate::fault::point("dump: page chunk written")?;
         }
     }
     Ok(stats)

@@ -321,6 +321,7 @@ impl Build {
             err_src,
             err_dst,
         };
+        crate::fault::point("restore: before creating the process")?;
         let stub = Stub::spawn(&plan, stub::raw(&err_read))
             .context(|| format!("restoring pid {}", p.pid))?;
         let pid = p.pid;
@@ -328,7 +329,9 @@ impl Build {
             stub.empty_address_space()?;
             stub.map_vdso(&p.mm.vmas)?;
             check_vdso(&stub, p)?;
+            crate::fault::point("restore: address space emptied")?;
             memory::map_vmas(&stub, &p.mm.vmas, &file_fds)?;
+            crate::fault::point("restore: memory mapped")?;
             Ok(())
         })()
         .context(|| format!("rebuilding the address space of pid {pid}"))?;
@@ -352,7 +355,8 @@ impl Build {
             )));
         }
         memory::check_chunk(&self.process().mm.vmas, addr, data.len() as u64)?;
-        self.stub.write_pages(addr, data)
+        self.stub.write_pages(addr, data)?;
+        crate::fault::point("restore: page chunk written")
     }
 
     fn finish(self) -> Result<i32> {
@@ -368,7 +372,9 @@ impl Build {
         let t = &stub;
         (|| -> Result<()> {
             memory::finish_vmas(t, &p.mm.vmas)?;
+            crate::fault::point("restore: protections set")?;
             memory::set_mm_fields(t, &p.mm, exe_fd)?;
+            crate::fault::point("restore: mm fields set")?;
             signals::restore_altstack(t, &th.altstack)?;
             signals::restore_pending(t, None, &p.signals.shared_pending)?;
             signals::restore_pending(t, Some(th.tid), &th.pending)?;
@@ -379,6 +385,7 @@ impl Build {
                 &[aux_lo as u64, u32::MAX as u64, 0],
                 "closing restore helper descriptors",
             )?;
+            crate::fault::point("restore: before credentials")?;
             creds::restore(t, &p.creds)?;
             tasks::restore_attrs_outside(p.pid, &p.attrs)?;
             t.prctl(
@@ -390,6 +397,7 @@ impl Build {
             Ok(())
         })()
         .context(|| format!("restoring the state of pid {}", p.pid))?;
+        crate::fault::point("restore: before resuming")?;
         let regs = tasks::resume_regs(&th.regs)?;
         stub.finish(&regs, &th.xsave, th.sigmask)
     }

@@ -376,6 +376,7 @@ impl Inject for Stub {
         self.pid
     }
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
+        crate::fault::point("restore: injected syscall")?;
         Ok(self.remote.syscall(nr, args, what)?)
     }
     fn scratch(&self) -> u64 {

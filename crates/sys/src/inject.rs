@@ -73,6 +73,9 @@ impl Remote {
             }
         }
         let after = ptrace::get_regs(self.pid)?;
+        // Put the task's own registers back at once: if crest dies before
+        // the next call, the kernel lets the task go exactly as it was.
+        ptrace::set_regs(self.pid, &self.base)?;
         if after.rip != self.syscall_ip + 2 {
             return Err(Error::parse(
                 format!("pid {}", self.pid),
