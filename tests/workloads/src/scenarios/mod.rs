@@ -1,0 +1,54 @@
+//! One module per scenario. Each `run` sets its state up, writes `ready`,
+//! waits for go, and returns the failed checks.
+
+use crate::checks::Checks;
+use crate::proto::Proto;
+
+mod attrs;
+mod files;
+mod idle;
+mod memory;
+mod mm;
+mod read;
+mod regs;
+mod regs_asm;
+mod signals;
+mod sleep;
+mod timers;
+mod unsupported;
+
+pub type Run = fn(&Proto, &[String]) -> Checks;
+
+const TABLE: &[(&str, Run)] = &[
+    ("regs", regs::run),
+    ("sleep", sleep::run),
+    ("read", read::run),
+    ("memory", memory::run),
+    ("mm", mm::run),
+    ("signals", signals::run),
+    ("timers", timers::run),
+    ("alarm", timers::run_alarm),
+    ("files", files::run),
+    ("attrs", attrs::run),
+    ("idle", idle::run),
+    ("unsupported", unsupported::run),
+];
+
+pub const NAMES: &[&str] = &[
+    "regs <busy|sleep>",
+    "sleep",
+    "read",
+    "memory [MiB]",
+    "mm [args...]",
+    "signals",
+    "timers [itimer|alarm]",
+    "alarm",
+    "files",
+    "attrs",
+    "idle",
+    "unsupported <thread|child|socket|netlink>",
+];
+
+pub fn lookup(name: &str) -> Option<Run> {
+    TABLE.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+}

@@ -1,0 +1,366 @@
+//! Runs every workload without any checkpoint: each must verify cleanly
+//! (PASS) when nothing touches it between `ready` and `go`, and a few must
+//! FAIL when their state is disturbed on purpose (their checks are real).
+//! Also makes `cargo test --workspace` build the workload binary.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_crest-workload");
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A started workload; killed and reaped on drop if still running. The
+/// directory is removed unless the test failed (kept for inspection).
+struct Workload {
+    child: Option<Child>,
+    dir: PathBuf,
+    name: String,
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("{}: kept {}", self.name, self.dir.display());
+        }
+    }
+}
+
+struct Outcome {
+    code: Option<i32>,
+    result: String,
+    stderr: String,
+}
+
+impl Workload {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let name = args.join(" ");
+        let dir = std::env::temp_dir().join(format!(
+            "crest-wl-selftest-{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst),
+            args[0]
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        let stderr = fs::File::create(dir.join("stderr")).expect("create stderr file");
+        let child = Command::new(BIN)
+            .arg(args[0])
+            .arg(&dir)
+            .args(&args[1..])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn crest-workload");
+        Self {
+            child: Some(child),
+            dir,
+            name,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    fn read(&self, file: &str) -> String {
+        fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+
+    /// Waits for `ready` and checks it holds the workload's pid.
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        let path = self.dir.join("ready");
+        while !path.exists() {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!(
+                    "{}: exited ({st}) before ready; result: {:?}; stderr: {}",
+                    self.name,
+                    self.read("result"),
+                    self.read("stderr")
+                );
+            }
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "{}: no ready after {READY_TIMEOUT:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ready = self.read("ready");
+        assert_eq!(
+            ready,
+            format!("{}\n", self.pid()),
+            "{}: ready must hold the pid",
+            self.name
+        );
+        assert!(
+            !self.dir.join("ready.tmp").exists(),
+            "{}: ready.tmp left behind",
+            self.name
+        );
+    }
+
+    /// Sends go (and "go\n" into the fifo if there is one), waits for exit.
+    fn go(&mut self) -> Outcome {
+        let fifo = self.dir.join("fifo");
+        if fifo.exists() {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open fifo");
+            f.write_all(b"go\n").expect("write fifo");
+        }
+        fs::write(self.dir.join("go"), b"").expect("create go");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                break st;
+            }
+            assert!(
+                start.elapsed() < EXIT_TIMEOUT,
+                "{}: still running {EXIT_TIMEOUT:?} after go",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.child = None;
+        Outcome {
+            code: status.code(),
+            result: self.read("result"),
+            stderr: self.read("stderr"),
+        }
+    }
+}
+
+fn assert_pass(name: &str, o: &Outcome) {
+    assert!(
+        o.result.starts_with("PASS\n") && o.code == Some(0),
+        "{name}: expected PASS and exit 0, got exit {:?}\nresult:\n{}\nstderr:\n{}",
+        o.code,
+        o.result,
+        o.stderr
+    );
+    assert_eq!(
+        o.result, "PASS\n",
+        "{name}: a PASS result has no other lines"
+    );
+}
+
+fn assert_fail(name: &str, o: &Outcome, needle: &str) {
+    assert!(
+        o.result.starts_with("FAIL\n") && o.code == Some(1) && o.result.contains(needle),
+        "{name}: expected FAIL mentioning {needle:?} and exit 1, got exit {:?}\nresult:\n{}",
+        o.code,
+        o.result
+    );
+}
+
+fn pass(args: &[&str]) -> Workload {
+    pass_env(args, &[])
+}
+
+fn pass_env(args: &[&str], env: &[(&str, &str)]) -> Workload {
+    let mut w = Workload::start(args, env);
+    w.wait_ready();
+    let o = w.go();
+    assert_pass(&w.name, &o);
+    w
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cpu_has(flag: &str) -> bool {
+    fs::read_to_string("/proc/cpuinfo")
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == flag))
+        })
+        .unwrap_or(false)
+}
+
+fn check_vector_info(w: &Workload) {
+    let info = w.read("info");
+    if cpu_has("avx512f") && cpu_has("avx512bw") {
+        assert!(
+            info.contains("vector=avx512\n"),
+            "{}: AVX-512 CPU but info says {info:?}",
+            w.name
+        );
+    } else if cpu_has("avx") {
+        assert!(
+            info.contains("vector=avx\n"),
+            "{}: AVX CPU but info says {info:?}",
+            w.name
+        );
+    }
+}
+
+#[test]
+fn regs_busy() {
+    let w = pass(&["regs", "busy"]);
+    check_vector_info(&w);
+}
+
+#[test]
+fn regs_sleep() {
+    let w = pass(&["regs", "sleep"]);
+    check_vector_info(&w);
+    assert!(!w.read("info").contains("sleeps=0\n"));
+}
+
+#[test]
+fn sleep() {
+    pass(&["sleep"]);
+}
+
+#[test]
+fn read() {
+    pass(&["read"]);
+}
+
+#[test]
+fn memory() {
+    pass(&["memory", "64"]);
+}
+
+#[test]
+fn mm() {
+    pass_env(&["mm", "a", "b", "c d"], &[("CREST_WL_SELFTEST", "x y")]);
+}
+
+#[test]
+fn signals() {
+    pass(&["signals"]);
+}
+
+#[test]
+fn timers() {
+    pass(&["timers"]);
+}
+
+#[test]
+fn timers_alarm() {
+    pass(&["timers", "alarm"]);
+    pass(&["alarm"]);
+}
+
+#[test]
+fn files() {
+    pass(&["files"]);
+}
+
+#[test]
+fn attrs() {
+    if !is_root() {
+        eprintln!("attrs: skipped (needs root for setgroups/setresgid/capabilities)");
+        return;
+    }
+    pass(&["attrs"]);
+}
+
+#[test]
+fn idle() {
+    pass(&["idle"]);
+}
+
+#[test]
+fn unsupported_thread() {
+    pass(&["unsupported", "thread"]);
+}
+
+#[test]
+fn unsupported_child() {
+    pass(&["unsupported", "child"]);
+}
+
+#[test]
+fn unsupported_socket() {
+    pass(&["unsupported", "socket"]);
+}
+
+#[test]
+fn unsupported_netlink() {
+    pass(&["unsupported", "netlink"]);
+}
+
+#[test]
+fn unknown_scenario_is_a_usage_error() {
+    let st = Command::new(BIN)
+        .args(["no-such-scenario", "/nonexistent"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(st.code(), Some(2));
+}
+
+// ---- the checks are real: disturbing the state between ready and go fails
+
+#[test]
+fn signals_detects_an_extra_queued_signal() {
+    let mut w = Workload::start(&["signals"], &[]);
+    w.wait_ready();
+    let sig = libc::SIGRTMIN() + 3;
+    let val = libc::sigval {
+        sival_ptr: 99usize as *mut libc::c_void,
+    };
+    // SAFETY: queues a signal the workload blocks and handles.
+    assert_eq!(unsafe { libc::sigqueue(w.pid() as i32, sig, val) }, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "SIGRTMIN+3 si_value sequence");
+}
+
+#[test]
+fn timers_detects_a_stray_alarm() {
+    let mut w = Workload::start(&["timers"], &[]);
+    w.wait_ready();
+    // SAFETY: SIGALRM has a counting handler in the workload.
+    assert_eq!(unsafe { libc::kill(w.pid() as i32, libc::SIGALRM) }, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "timer signals (ALRM, VTALRM, PROF) before");
+}
+
+#[test]
+fn memory_detects_a_populated_sparse_page() {
+    let mut w = Workload::start(&["memory", "8"], &[]);
+    w.wait_ready();
+    let info = w.read("info");
+    let sparse = info
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("sparse=0x"))
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .expect("sparse address in info");
+    // Write one byte into an untouched page through /proc/<pid>/mem.
+    let mem = Path::new("/proc").join(w.pid().to_string()).join("mem");
+    match fs::OpenOptions::new().write(true).open(&mem) {
+        Ok(f) => {
+            use std::os::unix::fs::FileExt;
+            f.write_at(&[1], sparse + 5 * 4096)
+                .expect("write /proc/pid/mem");
+        }
+        Err(e) => {
+            eprintln!("skipped: cannot open {}: {e}", mem.display());
+            return;
+        }
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "never-touched pages are resident");
+}
