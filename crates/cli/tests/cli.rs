@@ -36,13 +36,10 @@ fn refused(kind: &str, expect: &str) {
 }
 
 #[test]
-fn refuses_second_thread() {
-    refused("thread", "threads");
-}
-
-#[test]
-fn refuses_child_process() {
-    refused("child", "child processes");
+fn refuses_pipe_to_child() {
+    // The workload's child answers it through a pipe: pipes are not
+    // supported yet, so the tree is refused as a whole.
+    refused("child", "pipes are not supported yet");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Dump: freeze a process, collect its model, write the image.
 
 use crate::error::{Context, Error, Result};
-use crate::freeze::{Frozen, Session};
+use crate::freeze::{FrozenTree, Session};
 use crate::model::{Checkpoint, Mm, Process, Signals};
 use crate::objects::ObjectTable;
 use crate::{codec, creds, files, memory, signals, tasks, timers, Obstacle};
@@ -24,6 +24,8 @@ pub struct DumpReport {
     pub image_bytes: u64,
     pub pages_written: u64,
     pub zero_pages_skipped: u64,
+    pub processes: usize,
+    pub threads: usize,
     pub mappings: usize,
     pub fds: usize,
     /// How long the process was stopped.
@@ -35,7 +37,7 @@ pub struct DumpReport {
 /// Progress of a dump: bytes of memory read so far and the total.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
-/// Obstacles visible without stopping the process.
+/// Obstacles of one process visible without stopping it.
 pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
     let mut obs = Vec::new();
     let mut refuse = |object: &str, reason: String| {
@@ -69,41 +71,20 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
         return Ok(obs);
     }
     match status.state {
-        'Z' | 'X' => refuse("task", "the process has exited (zombie)".into()),
+        'Z' | 'X' => refuse("task", "zombie processes are not supported yet".into()),
         'T' => refuse(
             "task",
             "the process is stopped by a signal (job control); send it SIGCONT first".into(),
         ),
-        't' if status.tracer_pid != 0 => {}
         _ => {}
     }
-    if status.tracer_pid != 0 {
+    let traced_by_us = || {
+        proc::read_status(status.tracer_pid).map(|t| t.tgid).ok() == Some(std::process::id() as i32)
+    };
+    if status.tracer_pid != 0 && !traced_by_us() {
         refuse(
             "task",
             format!("the process is already traced by pid {}", status.tracer_pid),
-        );
-    }
-    if status.threads > 1 {
-        refuse(
-            "task",
-            format!(
-                "it has {} threads; multi-threaded processes are not supported yet",
-                status.threads
-            ),
-        );
-    }
-    let children = proc::process_children(pid)?;
-    if !children.is_empty() {
-        refuse(
-            "task",
-            format!(
-                "it has child processes ({}); process trees are not supported yet",
-                children
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
         );
     }
     if status.seccomp != 0 {
@@ -115,7 +96,8 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
             if *m != ino {
                 refuse(
                     &format!("{name} namespace"),
-                    "the process is in another namespace than crest; namespaces are not supported yet".into(),
+                    "the process is in another namespace than crest; namespaces are not supported yet"
+                        .into(),
                 );
             }
         }
@@ -123,101 +105,141 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
     Ok(obs)
 }
 
-/// Collects the model of a frozen single process.  Obstacles found are
-/// pushed; the model is only complete when none were.
+/// The model of a frozen tree, with what is needed to write its pages.
 pub struct Collected {
     pub ckpt: Checkpoint,
-    pub plan: memory::PagePlan,
+    /// Page plans, one per process (same order as `ckpt.processes`).
+    pub plans: Vec<memory::PagePlan>,
     pub unlinked: Vec<files::UnlinkedSource>,
 }
 
-pub fn collect(frozen: &Frozen, obstacles: &mut Vec<Obstacle>) -> Result<Option<Collected>> {
-    let pid = frozen.pid();
-    obstacles.extend(
-        preflight(pid)?
-            .into_iter()
-            .filter(|o| !o.reason.contains("traced by")),
-    );
+/// Collects the model of a frozen tree.  Obstacles found are pushed; the
+/// model is returned only when there are none.
+pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Option<Collected>> {
+    for (pid, _) in &tree.procs {
+        obstacles.extend(preflight(*pid)?);
+    }
     if !obstacles.is_empty() {
         return Ok(None);
     }
-    let stat = proc::read_stat(pid)?;
-    let status = proc::read_status(pid)?;
-    let maps = proc::read_smaps(pid)?;
     let mut objects = ObjectTable::default();
-    let mut vmas = memory::collect_vmas(pid, &maps, &mut objects, obstacles)?;
+    let mut fd_index = files::FdIndex::default();
     let mut unlinked = Vec::new();
-    let fds = files::collect_fds(pid, &mut objects, obstacles, &mut unlinked)?;
-    let exe_path = proc::read_link(pid, "exe")?;
-    if exe_path.ends_with(" (deleted)") {
-        obstacles.push(Obstacle {
-            pid,
-            object: "exe".into(),
-            reason: format!("the executable {exe_path} was deleted"),
-        });
+    let mut staged = Vec::new();
+    let mut shmem_owner: std::collections::HashMap<u64, i32> = Default::default();
+    for (pid, tids) in &tree.procs {
+        let pid = *pid;
+        let maps = proc::read_smaps(pid)?;
+        let vmas = memory::collect_vmas(pid, &maps, &mut objects, obstacles)?;
+        for m in maps
+            .iter()
+            .filter(|m| m.shared && m.path == "/dev/zero (deleted)")
+        {
+            if let Some(other) = shmem_owner.insert(m.inode, pid) {
+                if other != pid {
+                    obstacles.push(Obstacle {
+                        pid,
+                        object: format!("mapping {:x}-{:x}", m.start, m.end),
+                        reason: format!(
+                            "shared anonymous memory shared with pid {other} is not supported yet"
+                        ),
+                    });
+                }
+            }
+        }
+        let fds = files::collect_fds(pid, &mut objects, obstacles, &mut unlinked, &mut fd_index)?;
+        let exe_path = proc::read_link(pid, "exe")?;
+        if exe_path.ends_with(" (deleted)") {
+            obstacles.push(Obstacle {
+                pid,
+                object: "exe".into(),
+                reason: format!("the executable {exe_path} was deleted"),
+            });
+        }
+        let leader = proc::read_status(pid)?;
+        for &tid in &tids[1..] {
+            let st = proc::read_task_status(pid, tid)?;
+            if st.uid != leader.uid || st.gid != leader.gid || st.cap_eff != leader.cap_eff {
+                obstacles.push(Obstacle {
+                    pid,
+                    object: format!("thread {tid}"),
+                    reason: "threads with credentials of their own are not supported yet".into(),
+                });
+            }
+        }
+        staged.push((pid, tids, maps, vmas, fds, exe_path, leader));
     }
     if !obstacles.is_empty() {
         return Ok(None);
     }
-    let exe = objects.file(&exe_path)?;
-    let vdso_crc = vdso_crc(pid, &maps)?;
+    let mut processes = Vec::new();
+    let mut plans = Vec::new();
+    for (pid, tids, maps, mut vmas, fds, exe_path, status) in staged {
+        let stat = proc::read_stat(pid)?;
+        let exe = objects.file(&exe_path)?;
+        let vdso_crc = vdso_crc(pid, &maps)?;
+        let session = Session::open(tids, &maps)?;
+        crate::fault::point("dump: session opened")?;
+        let lead = session.thread(0);
+        let mut threads = Vec::with_capacity(tids.len());
+        for (i, &tid) in tids.iter().enumerate() {
+            threads.push(tasks::collect_thread(&session.thread(i), pid, tid)?);
+        }
+        crate::fault::point("dump: threads collected")?;
+        let attrs = tasks::collect_attrs(&lead, pid, &stat, status.umask.unwrap_or(0o022))?;
+        let creds = creds::collect(&lead, &status)?;
+        crate::fault::point("dump: attributes collected")?;
+        let actions = signals::collect_actions(&lead)?;
+        crate::fault::point("dump: signal actions collected")?;
+        let itimers = timers::collect(&lead)?;
+        let brk = tasks::collect_brk(&lead)?;
+        crate::fault::point("dump: timers collected")?;
+        session.close()?;
+        crate::fault::point("dump: session closed")?;
 
-    let session = Session::open(frozen, &maps)?;
-    crate::fault::point("dump: session opened")?;
-    let thread = tasks::collect_thread(&session, pid)?;
-    crate::fault::point("dump: thread collected")?;
-    let attrs = tasks::collect_attrs(&session, pid, &stat, status.umask.unwrap_or(0o022))?;
-    let creds = creds::collect(&session, &status)?;
-    crate::fault::point("dump: attributes collected")?;
-    let actions = signals::collect_actions(&session)?;
-    crate::fault::point("dump: signal actions collected")?;
-    let itimers = timers::collect(&session)?;
-    let brk = tasks::collect_brk(&session)?;
-    crate::fault::point("dump: timers collected")?;
-    session.close()?;
-    crate::fault::point("dump: session closed")?;
-
-    let plan = memory::plan_pages(pid, &mut vmas)?;
-    let mm = Mm {
-        start_code: stat.start_code,
-        end_code: stat.end_code,
-        start_data: stat.start_data,
-        end_data: stat.end_data,
-        start_brk: stat.start_brk,
-        brk,
-        start_stack: stat.start_stack,
-        arg_start: stat.arg_start,
-        arg_end: stat.arg_end,
-        env_start: stat.env_start,
-        env_end: stat.env_end,
-        auxv: proc::read_auxv(pid)?,
-        exe: Some(exe),
-        vmas,
-        vdso_crc,
-    };
-    let process = Process {
-        pid,
-        ppid: stat.ppid,
-        pgid: stat.pgrp,
-        sid: stat.session,
-        creds,
-        attrs,
-        mm,
-        signals: Signals {
-            actions,
-            shared_pending: signals::collect_pending(pid, true)?,
-        },
-        itimers,
-        fds,
-        fs: files::collect_fs(pid)?,
-        threads: vec![thread],
-    };
+        let plan = memory::plan_pages(pid, &mut vmas)?;
+        let mm = Mm {
+            start_code: stat.start_code,
+            end_code: stat.end_code,
+            start_data: stat.start_data,
+            end_data: stat.end_data,
+            start_brk: stat.start_brk,
+            brk,
+            start_stack: stat.start_stack,
+            arg_start: stat.arg_start,
+            arg_end: stat.arg_end,
+            env_start: stat.env_start,
+            env_end: stat.env_end,
+            auxv: proc::read_auxv(pid)?,
+            exe: Some(exe),
+            vmas,
+            vdso_crc,
+        };
+        processes.push(Process {
+            pid,
+            ppid: stat.ppid,
+            pgid: stat.pgrp,
+            sid: stat.session,
+            creds,
+            attrs,
+            mm,
+            signals: Signals {
+                actions,
+                shared_pending: signals::collect_pending(pid, true)?,
+            },
+            itimers,
+            fds,
+            fs: files::collect_fs(pid)?,
+            threads,
+        });
+        plans.push(plan);
+    }
     Ok(Some(Collected {
         ckpt: Checkpoint {
             objects: objects.into_objects(),
-            processes: vec![process],
+            processes,
         },
-        plan,
+        plans,
         unlinked,
     }))
 }
@@ -252,7 +274,7 @@ pub fn dump<W: Write>(
         return Err(Error::Unsupported(pre));
     }
     crate::fault::point("dump: before freezing")?;
-    let frozen = Frozen::freeze(pid)?;
+    let frozen = FrozenTree::freeze(pid)?;
     let t_frozen = Instant::now();
     crate::fault::point("dump: frozen")?;
     let mut obstacles = Vec::new();
@@ -266,19 +288,22 @@ pub fn dump<W: Write>(
     codec::write_metadata(&mut w, &c.ckpt)?;
     crate::fault::point("dump: metadata written")?;
     files::write_unlinked(&c.unlinked, &mut w)?;
-    let p = &c.ckpt.processes[0];
     let total: u64 = c
-        .plan
-        .runs
+        .plans
         .iter()
-        .flatten()
+        .flat_map(|p| p.runs.iter().flatten())
         .map(|r| r.1 * memory::page_size())
         .sum();
     let mut done = 0u64;
-    let stats = memory::write_pages(pid, 0, &p.mm.vmas, &c.plan, &mut w, &mut |n| {
-        done += n;
-        progress(done, total);
-    })?;
+    let mut stats = memory::PageStats::default();
+    for (space, (p, plan)) in c.ckpt.processes.iter().zip(&c.plans).enumerate() {
+        let s = memory::write_pages(p.pid, space as u32, &p.mm.vmas, plan, &mut w, &mut |n| {
+            done += n;
+            progress(done, total);
+        })?;
+        stats.pages_written += s.pages_written;
+        stats.zero_pages += s.zero_pages;
+    }
     crate::fault::point("dump: pages written")?;
     let image_bytes = w.bytes_written();
     let out = w.finish()?;
@@ -290,8 +315,10 @@ pub fn dump<W: Write>(
         image_bytes: image_bytes + (crest_image::RECORD_HEADER_LEN + crest_image::Tail::LEN) as u64,
         pages_written: stats.pages_written,
         zero_pages_skipped: stats.zero_pages,
-        mappings: p.mm.vmas.len(),
-        fds: p.fds.len(),
+        processes: c.ckpt.processes.len(),
+        threads: c.ckpt.processes.iter().map(|p| p.threads.len()).sum(),
+        mappings: c.ckpt.processes.iter().map(|p| p.mm.vmas.len()).sum(),
+        fds: c.ckpt.processes.iter().map(|p| p.fds.len()).sum(),
         left_running: opts.leave_running,
         ..Default::default()
     };
@@ -312,7 +339,7 @@ pub fn check(pid: i32) -> Result<Vec<Obstacle>> {
     if !pre.is_empty() {
         return Ok(pre);
     }
-    let frozen = Frozen::freeze(pid)?;
+    let frozen = FrozenTree::freeze(pid)?;
     let mut obstacles = Vec::new();
     collect(&frozen, &mut obstacles)?;
     frozen.release()?;

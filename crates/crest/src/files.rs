@@ -38,16 +38,24 @@ pub struct UnlinkedSource {
     pub size: u64,
 }
 
+/// Descriptors seen so far in a tree, by (dev, ino) of their file, so
+/// that one open file description held by several descriptors (in one
+/// process or several) becomes one object: kcmp(KCMP_FILE) decides.
+#[derive(Default)]
+pub struct FdIndex {
+    seen: HashMap<(u64, u64), Vec<(i32, i32, u32)>>,
+}
+
 /// Reads the descriptor table of `pid`.
 pub fn collect_fds(
     pid: i32,
     objects: &mut ObjectTable,
     obstacles: &mut Vec<Obstacle>,
     unlinked: &mut Vec<UnlinkedSource>,
+    index: &mut FdIndex,
 ) -> Result<Vec<Fd>> {
     let mut out: Vec<Fd> = Vec::new();
-    // (dev, ino) -> fds already seen, for the kcmp check.
-    let mut seen: HashMap<(u64, u64), Vec<(i32, u32)>> = HashMap::new();
+    let seen = &mut index.seen;
     for fd in proc::list_fds(pid)? {
         let refuse = |obstacles: &mut Vec<Obstacle>, reason: String| {
             obstacles.push(Obstacle {
@@ -73,8 +81,8 @@ pub fn collect_fds(
         let key = (md.dev(), md.ino());
         if let Some(prev) = seen.get(&key) {
             let mut shared = None;
-            for &(pfd, obj) in prev {
-                if kcmp(pid, pid, kcmp_type::FILE, pfd as u64, fd as u64)? == 0 {
+            for &(ppid, pfd, obj) in prev {
+                if kcmp(ppid, pid, kcmp_type::FILE, pfd as u64, fd as u64)? == 0 {
                     shared = Some(obj);
                     break;
                 }
@@ -177,7 +185,7 @@ pub fn collect_fds(
                 size,
             });
         }
-        seen.entry(key).or_default().push((fd, obj));
+        seen.entry(key).or_default().push((pid, fd, obj));
         out.push(Fd {
             fd,
             cloexec,

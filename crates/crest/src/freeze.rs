@@ -8,7 +8,7 @@
 use crate::error::{Context, Error, Result};
 use crest_sys::inject::{find_syscall_insn, Remote};
 use crest_sys::mem::ProcMem;
-use crest_sys::proc::MapEntry;
+use crest_sys::proc::{self, MapEntry};
 use crest_sys::ptrace::{self, WaitStatus};
 
 const PTRACE_EVENT_STOP: i32 = 128;
@@ -92,9 +92,14 @@ impl Frozen {
     }
 
     /// Kills the frozen task and waits until it is gone.
-    pub fn kill(mut self) -> Result<()> {
-        self.attached = false;
+    pub fn kill(self) -> Result<()> {
         crest_sys::process::kill(self.pid, libc::SIGKILL)?;
+        self.kill_wait()
+    }
+
+    /// Waits for the task to be gone after a SIGKILL.
+    fn kill_wait(mut self) -> Result<()> {
+        self.attached = false;
         loop {
             match ptrace::wait(self.pid) {
                 Ok(WaitStatus::Exited(_)) | Ok(WaitStatus::Signaled(_)) => return Ok(()),
@@ -107,6 +112,111 @@ impl Frozen {
             }
         }
     }
+}
+
+/// A seized, stopped process tree: every thread of the root process and
+/// of all its descendants.
+pub struct FrozenTree {
+    /// Processes, parents before children: (pid, tids with the leader first).
+    pub procs: Vec<(i32, Vec<i32>)>,
+    tasks: Vec<Frozen>,
+}
+
+impl FrozenTree {
+    /// Seizes and stops every task of the tree rooted at `root`.  Tasks
+    /// may fork or clone while this runs: the tree is scanned again until a
+    /// scan finds nothing new, and since every task found is stopped at
+    /// once, the scans end.
+    pub fn freeze(root: i32) -> Result<FrozenTree> {
+        let mut tree = FrozenTree {
+            procs: Vec::new(),
+            tasks: Vec::new(),
+        };
+        let mut seized = std::collections::HashSet::new();
+        loop {
+            let mut changed = false;
+            let mut order = vec![root];
+            let mut i = 0;
+            while i < order.len() {
+                let pid = order[i];
+                i += 1;
+                let tids = match proc::list_tasks(pid) {
+                    Ok(t) => t,
+                    Err(_) if pid != root => continue, // exited meanwhile
+                    Err(e) => return Err(e.into()),
+                };
+                for tid in tids {
+                    if seized.contains(&tid) {
+                        continue;
+                    }
+                    match Frozen::freeze(tid) {
+                        Ok(f) => {
+                            tree.tasks.push(f);
+                            seized.insert(tid);
+                            changed = true;
+                        }
+                        // A thread that exited between the listing and the seize.
+                        Err(_) if !crest_sys::process::exists(tid) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                order.extend(proc::process_children(pid).unwrap_or_default());
+            }
+            if !changed {
+                tree.procs = order
+                    .into_iter()
+                    .map(|pid| {
+                        let mut tids: Vec<i32> = tree
+                            .tasks
+                            .iter()
+                            .map(|t| t.pid)
+                            .filter(|&t| t == pid || task_tgid(t) == Some(pid))
+                            .collect();
+                        tids.sort_by_key(|&t| (t != pid, t));
+                        (pid, tids)
+                    })
+                    .collect();
+                return Ok(tree);
+            }
+        }
+    }
+
+    pub fn root(&self) -> i32 {
+        self.procs[0].0
+    }
+
+    /// Lets every task run on.
+    pub fn release(self) -> Result<()> {
+        let mut first = Ok(());
+        for t in self.tasks {
+            if let Err(e) = t.release() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Kills every process of the tree and waits until all are gone.
+    pub fn kill(mut self) -> Result<()> {
+        for (pid, _) in &self.procs {
+            let _ = crest_sys::process::kill(*pid, libc::SIGKILL);
+        }
+        // The kernel reports a thread-group leader's death only after the
+        // other threads' have been collected: wait for those first.
+        let mut tasks: Vec<Frozen> = self.tasks.drain(..).collect();
+        tasks.sort_by_key(|t| self.procs.iter().any(|(pid, _)| *pid == t.pid));
+        for t in tasks {
+            t.kill_wait()?;
+        }
+        Ok(())
+    }
+}
+
+/// The thread group a task belongs to.
+fn task_tgid(tid: i32) -> Option<i32> {
+    proc::read_status(tid).ok().map(|s| s.tgid)
 }
 
 impl Drop for Frozen {
@@ -137,61 +247,58 @@ pub trait Inject {
     }
 }
 
-impl Inject for Session {
-    fn pid(&self) -> i32 {
-        self.remote.pid()
-    }
-    fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
-        crate::fault::point("dump: injected syscall")?;
-        Ok(self.remote.syscall(nr, args, what)?)
-    }
-    fn scratch(&self) -> u64 {
-        self.scratch
-    }
-    fn read_scratch(&self, off: u64, buf: &mut [u8]) -> Result<()> {
-        Ok(self.mem.read(self.scratch + off, buf)?)
-    }
-    fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()> {
-        Ok(self.mem.write(self.scratch + off, data)?)
-    }
-}
-
 /// Size of the scratch area a session maps in the task.
 pub const SCRATCH_LEN: u64 = 4 * 4096;
 
-/// Syscalls running in a frozen task, with a scratch area for arguments.
-pub struct Session {
+/// One thread of a process in a [`Session`].
+struct ThreadCtx {
     remote: Remote,
-    scratch: u64,
     sigmask: u64,
+}
+
+/// Syscalls running in the threads of a frozen process, with a scratch
+/// area in its address space for arguments.
+pub struct Session {
+    threads: Vec<ThreadCtx>,
+    scratch: u64,
     mem: ProcMem,
     closed: bool,
 }
 
 impl Session {
-    /// Starts running syscalls in the frozen task.  `maps` are its
-    /// mappings, searched for a `syscall` instruction (vDSO first).
-    pub fn open(task: &Frozen, maps: &[MapEntry]) -> Result<Session> {
-        let pid = task.pid();
+    /// Starts running syscalls in the frozen threads `tids` of one process
+    /// (the leader first).  `maps` are its mappings, searched for a
+    /// `syscall` instruction (vDSO first).  Signals are blocked in every
+    /// thread while the session lasts.
+    pub fn open(tids: &[i32], maps: &[MapEntry]) -> Result<Session> {
+        let pid = tids[0];
         let mem = ProcMem::open(pid, true)?;
         let ip = find_syscall_in(&mem, maps)?.ok_or_else(|| {
             Error::msg(format!(
                 "pid {pid}: no `syscall` instruction found in its executable mappings"
             ))
         })?;
-        let sigmask = ptrace::get_sigmask(pid)?;
-        ptrace::set_sigmask(pid, !0u64)?;
-        let remote = Remote::new(pid, ip)?;
         let mut s = Session {
-            remote,
+            threads: Vec::with_capacity(tids.len()),
             scratch: 0,
-            sigmask,
             mem,
             closed: false,
         };
+        for &tid in tids {
+            let sigmask = ptrace::get_sigmask(tid)?;
+            ptrace::set_sigmask(tid, !0u64)?;
+            let remote = match Remote::new(tid, ip) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ptrace::set_sigmask(tid, sigmask);
+                    return Err(e.into());
+                }
+            };
+            s.threads.push(ThreadCtx { remote, sigmask });
+        }
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        s.scratch = s.remote.syscall(
+        s.scratch = s.threads[0].remote.syscall(
             libc::SYS_mmap,
             &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0],
             "mapping a scratch area",
@@ -199,39 +306,34 @@ impl Session {
         Ok(s)
     }
 
-    /// The registers the task had when it was frozen.
-    pub fn regs(&self) -> &crest_sys::arch::UserRegs {
-        self.remote.saved_regs()
+    /// The session's view of thread number `i` (0 is the leader).
+    pub fn thread(&self, i: usize) -> ThreadView<'_> {
+        ThreadView { s: self, i }
     }
 
-    /// The blocked-signal mask the task had when it was frozen.
-    pub fn sigmask(&self) -> u64 {
-        self.sigmask
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
     }
 
-    /// Runs a syscall in the task and returns the raw result.
-    pub fn raw_syscall(&self, nr: i64, args: &[u64]) -> Result<i64> {
-        Ok(self.remote.raw_syscall(nr, args)?)
-    }
-
-    /// Unmaps the scratch area and puts back registers and signal mask.
+    /// Unmaps the scratch area and puts back registers and signal masks.
     pub fn close(mut self) -> Result<()> {
         self.closed = true;
         self.cleanup()
     }
 
     fn cleanup(&mut self) -> Result<()> {
-        let pid = self.remote.pid();
         if self.scratch != 0 {
-            self.remote.syscall(
+            self.threads[0].remote.syscall(
                 libc::SYS_munmap,
                 &[self.scratch, SCRATCH_LEN],
                 "unmapping the scratch area",
             )?;
             self.scratch = 0;
         }
-        self.remote.restore_regs()?;
-        ptrace::set_sigmask(pid, self.sigmask)?;
+        for t in &self.threads {
+            t.remote.restore_regs()?;
+            ptrace::set_sigmask(t.remote.pid(), t.sigmask)?;
+        }
         Ok(())
     }
 }
@@ -241,6 +343,43 @@ impl Drop for Session {
         if !self.closed {
             let _ = self.cleanup();
         }
+    }
+}
+
+/// One thread of a [`Session`]: syscalls run as that thread.
+pub struct ThreadView<'a> {
+    s: &'a Session,
+    i: usize,
+}
+
+impl ThreadView<'_> {
+    /// The registers the thread had when it was frozen.
+    pub fn regs(&self) -> &crest_sys::arch::UserRegs {
+        self.s.threads[self.i].remote.saved_regs()
+    }
+
+    /// The blocked-signal mask the thread had when it was frozen.
+    pub fn sigmask(&self) -> u64 {
+        self.s.threads[self.i].sigmask
+    }
+}
+
+impl Inject for ThreadView<'_> {
+    fn pid(&self) -> i32 {
+        self.s.threads[self.i].remote.pid()
+    }
+    fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
+        crate::fault::point("dump: injected syscall")?;
+        Ok(self.s.threads[self.i].remote.syscall(nr, args, what)?)
+    }
+    fn scratch(&self) -> u64 {
+        self.s.scratch
+    }
+    fn read_scratch(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        Ok(self.s.mem.read(self.s.scratch + off, buf)?)
+    }
+    fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()> {
+        Ok(self.s.mem.write(self.s.scratch + off, data)?)
     }
 }
 

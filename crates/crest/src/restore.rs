@@ -10,7 +10,7 @@ use crate::error::{Context, Error, Result};
 use crate::files::{self, UnlinkedFiles};
 use crate::freeze::Inject;
 use crate::model::{Backing, Checkpoint, ObjectKind, Process};
-use crate::stub::{self, FdMove, Stub, StubPlan};
+use crate::stub::{self, FdMove, ProcPlan, StubProc, StubTree, TreePlan};
 use crate::{codec, creds, memory, signals, tasks, timers};
 use crest_image::{kind, Reader};
 use std::collections::HashMap;
@@ -69,8 +69,12 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
             kind::PAGES => {
                 let c = rec.page_chunk(page_size)?;
                 if build.is_none() && spool.is_none() {
-                    let p = validate(&ckpt)?;
-                    if pid_held_by_live_process(p.pid) {
+                    validate(&ckpt)?;
+                    if ckpt
+                        .processes
+                        .iter()
+                        .any(|p| pid_held_by_live_process(p.pid))
+                    {
                         // Most likely the dump feeding this stream, which
                         // lets the pid go only after its tail: keep the
                         // pages on disk until then.
@@ -100,8 +104,10 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     let build = match build {
         Some(b) => b,
         None => {
-            if let Ok(p) = validate(&ckpt) {
-                wait_pid_free(p.pid);
+            if validate(&ckpt).is_ok() {
+                for p in &ckpt.processes {
+                    wait_pid_free(p.pid);
+                }
             }
             let mut b = Build::start(ckpt, &mut unlinked)?;
             if let Some(s) = spool {
@@ -120,40 +126,56 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
 }
 
 /// Checks what restore relies on before anything is created.
-pub fn validate(ckpt: &Checkpoint) -> Result<&Process> {
-    let p = match ckpt.processes.as_slice() {
-        [p] => p,
-        [] => return Err(Error::Invalid("the image holds no process".into())),
-        _ => {
-            return Err(Error::Invalid(
-                "the image holds several processes; this crest restores one".into(),
-            ))
-        }
-    };
+pub fn validate(ckpt: &Checkpoint) -> Result<()> {
+    if ckpt.processes.is_empty() {
+        return Err(Error::Invalid("the image holds no process".into()));
+    }
     let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4 * 1024 * 1024);
-    if p.pid <= 1 || p.pid > pid_max {
-        return Err(Error::Invalid(format!(
-            "pid {} is outside 2..={pid_max}",
-            p.pid
-        )));
-    }
-    let th = match p.threads.as_slice() {
-        [t] if t.tid == p.pid => t,
-        _ => {
+    let mut tids = std::collections::HashSet::new();
+    for (i, p) in ckpt.processes.iter().enumerate() {
+        if p.pid <= 1 || p.pid > pid_max {
             return Err(Error::Invalid(format!(
-                "pid {}: expected exactly one thread",
+                "pid {} is outside 2..={pid_max}",
                 p.pid
-            )))
+            )));
         }
-    };
-    tasks::resume_regs(&th.regs)?;
+        if i > 0 && !ckpt.processes[..i].iter().any(|q| q.pid == p.ppid) {
+            return Err(Error::Invalid(format!(
+                "pid {}: its parent {} is not before it in the image",
+                p.pid, p.ppid
+            )));
+        }
+        match p.threads.first() {
+            Some(t) if t.tid == p.pid => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "pid {}: the first thread must be the leader",
+                    p.pid
+                )))
+            }
+        }
+        for t in &p.threads {
+            if t.tid <= 1 || t.tid > pid_max || !tids.insert(t.tid) {
+                return Err(Error::Invalid(format!(
+                    "pid {}: bad or repeated thread id {}",
+                    p.pid, t.tid
+                )));
+            }
+            tasks::resume_regs(&t.regs)?;
+        }
+        validate_process(ckpt, p)?;
+    }
+    Ok(())
+}
+
+fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
     let ps = memory::page_size();
     let mut prev_end = 0u64;
     for v in &p.mm.vmas {
-        let what = || format!("mapping {:#x}-{:#x}", v.start, v.end);
+        let what = || format!("pid {}: mapping {:#x}-{:#x}", p.pid, v.start, v.end);
         if v.start % ps != 0 || v.end % ps != 0 || v.start >= v.end {
             return Err(Error::Invalid(format!(
                 "{}: not page-aligned or empty",
@@ -183,224 +205,324 @@ pub fn validate(ckpt: &Checkpoint) -> Result<&Process> {
     for fd in &p.fds {
         if fd.fd < 0 || fd.fd >= 1 << 20 || !seen.insert(fd.fd) {
             return Err(Error::Invalid(format!(
-                "bad or repeated descriptor number {}",
-                fd.fd
+                "pid {}: bad or repeated descriptor number {}",
+                p.pid, fd.fd
             )));
         }
         if !matches!(ckpt.object(fd.file), Some(ObjectKind::Open(_))) {
             return Err(Error::Invalid(format!(
-                "fd {}: object {} is not an open file",
-                fd.fd, fd.file
+                "pid {}: fd {}: object {} is not an open file",
+                p.pid, fd.fd, fd.file
             )));
         }
     }
     if let Some(id) = p.mm.exe {
         if !matches!(ckpt.object(id), Some(ObjectKind::File(_))) {
-            return Err(Error::Invalid(format!("exe: object {id} is not a file")));
+            return Err(Error::Invalid(format!(
+                "pid {}: exe: object {id} is not a file",
+                p.pid
+            )));
         }
     }
-    Ok(p)
+    Ok(())
 }
 
-/// A restore in progress: the stub and what it still needs.
+/// Per-process numbers the finishing steps need.
+struct Aux {
+    /// Descriptor number (in the stub) of the executable, or -1.
+    exe_fd: i32,
+    /// First helper descriptor (all are above the target's own).
+    aux_lo: i32,
+}
+
+/// A restore in progress: the stubs and what they still need.
 struct Build {
     ckpt: Checkpoint,
-    stub: Stub,
-    /// Descriptors crest holds open for the stub (dropped when done).
+    tree: StubTree,
+    /// Descriptors crest holds open for the stubs (dropped when done).
     _held: Vec<OwnedFd>,
-    /// Descriptor number (in the stub) of the executable, and the first
-    /// helper descriptor (all helper descriptors are above the target's).
-    exe_fd: i32,
-    aux_lo: i32,
+    aux: Vec<Aux>,
 }
 
 impl Build {
     fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles) -> Result<Build> {
-        let p = validate(&ckpt)?;
-        wait_zombie_gone(p.pid);
-        if crest_sys::process::exists(p.pid) {
-            let who = crest_sys::proc::read_comm(p.pid).unwrap_or_else(|_| "?".into());
-            return Err(Error::msg(format!(
-                "pid {} is in use (by \"{who}\"); the restored process needs that pid",
-                p.pid
-            )));
+        validate(&ckpt)?;
+        for p in &ckpt.processes {
+            for t in &p.threads {
+                wait_zombie_gone(t.tid);
+                if crest_sys::process::exists(t.tid) {
+                    let who = crest_sys::proc::read_comm(t.tid).unwrap_or_else(|_| "?".into());
+                    return Err(Error::msg(format!(
+                        "pid {} is in use (by \"{who}\"); the restored process needs that pid",
+                        t.tid
+                    )));
+                }
+            }
         }
-        // Open every open file description once.
+        let sid_here = unsafe_getsid();
         let mut held: Vec<OwnedFd> = Vec::new();
+        // Each open file description is opened once: every descriptor on
+        // it, in any process, gets the same one.
         let mut opened: HashMap<u32, i32> = HashMap::new();
-        let mut moves = Vec::new();
-        for fd in &p.fds {
-            let src = match opened.get(&fd.file) {
-                Some(&s) => s,
-                None => {
-                    let Some(ObjectKind::Open(o)) = ckpt.object(fd.file) else {
+        let pipes = stub::pipes()?;
+        let mut procs = Vec::new();
+        let mut aux_info = Vec::new();
+        let mut max_dst = 0;
+        for (i, p) in ckpt.processes.iter().enumerate() {
+            let mut moves = Vec::new();
+            for fd in &p.fds {
+                let src = match opened.get(&fd.file) {
+                    Some(&s) => s,
+                    None => {
+                        let Some(ObjectKind::Open(o)) = ckpt.object(fd.file) else {
+                            unreachable!("validated")
+                        };
+                        let f = files::open_object(fd.file, o, unlinked)
+                            .context(|| format!("pid {}: fd {}", p.pid, fd.fd))?;
+                        let s = stub::raw(&f);
+                        held.push(f);
+                        opened.insert(fd.file, s);
+                        s
+                    }
+                };
+                moves.push(FdMove {
+                    src,
+                    dst: fd.fd,
+                    cloexec: fd.cloexec,
+                });
+            }
+            // Helper descriptors, numbered above the target's.
+            let aux_lo = p.fds.iter().map(|f| f.fd).max().unwrap_or(-1) + 1;
+            let mut next = aux_lo;
+            let mut aux = |src: i32, moves: &mut Vec<FdMove>| {
+                let dst = next;
+                next += 1;
+                moves.push(FdMove {
+                    src,
+                    dst,
+                    cloexec: true,
+                });
+                dst
+            };
+            let mut file_fds: HashMap<u32, i32> = HashMap::new();
+            for v in &p.mm.vmas {
+                if let Backing::File(id) = v.backing {
+                    if file_fds.contains_key(&id) {
+                        continue;
+                    }
+                    let Some(ObjectKind::File(fid)) = ckpt.object(id) else {
                         unreachable!("validated")
                     };
-                    let f = files::open_object(fd.file, o, unlinked)
-                        .context(|| format!("pid {}: fd {}", p.pid, fd.fd))?;
-                    let s = stub::raw(&f);
+                    let write =
+                        p.mm.vmas.iter().any(|w| {
+                            w.backing == Backing::File(id) && w.shared && w.flags.may_write
+                        });
+                    let f = files::open_checked(fid, write)?;
+                    file_fds.insert(id, aux(stub::raw(&f), &mut moves));
                     held.push(f);
-                    opened.insert(fd.file, s);
-                    s
                 }
+            }
+            let exe_fd = match p.mm.exe {
+                Some(id) => {
+                    let Some(ObjectKind::File(fid)) = ckpt.object(id) else {
+                        unreachable!("validated")
+                    };
+                    let f = files::open_checked(fid, false)?;
+                    let d = aux(stub::raw(&f), &mut moves);
+                    held.push(f);
+                    d
+                }
+                None => -1,
             };
-            moves.push(FdMove {
-                src,
-                dst: fd.fd,
-                cloexec: fd.cloexec,
+            let cwd = open_dir(&p.fs.cwd)?;
+            let cwd_fd = aux(stub::raw(&cwd), &mut moves);
+            held.push(cwd);
+            let root_fd = if p.fs.root != "/" {
+                let r = open_dir(&p.fs.root)?;
+                let d = aux(stub::raw(&r), &mut moves);
+                held.push(r);
+                Some(d)
+            } else {
+                None
+            };
+            let ready_dst = aux(stub::raw(&pipes.ready_w), &mut moves);
+            let hold_dst = aux(stub::raw(&pipes.hold_r), &mut moves);
+            max_dst = max_dst.max(next);
+            let mut comm = [0u8; 16];
+            let name = p.threads[0].comm.as_bytes();
+            comm[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+            let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
+            let (setsid, pgid) = session_plan(p, parent, sid_here)?;
+            procs.push(ProcPlan {
+                pid: p.pid,
+                children: Vec::new(),
+                setsid,
+                pgid,
+                tmp: vec![0; moves.len()],
+                moves,
+                cwd_fd,
+                root_fd,
+                umask: p.attrs.umask,
+                personality: p.attrs.personality,
+                comm,
+                actions: p.signals.actions.clone(),
+                ready_dst,
+                hold_dst,
             });
+            aux_info.push((Aux { exe_fd, aux_lo }, file_fds));
+        }
+        for i in 1..ckpt.processes.len() {
+            let ppid = ckpt.processes[i].ppid;
+            let parent = ckpt.processes[..i]
+                .iter()
+                .position(|q| q.pid == ppid)
+                .expect("validated");
+            procs[parent].children.push(i);
         }
         files::unlink_recreated(unlinked)?;
-        // Helper descriptors, numbered above the target's.
-        let aux_lo = p.fds.iter().map(|f| f.fd).max().unwrap_or(-1) + 1;
-        let mut next = aux_lo;
-        let mut aux = |f: OwnedFd, held: &mut Vec<OwnedFd>, moves: &mut Vec<FdMove>| {
-            let dst = next;
-            next += 1;
-            moves.push(FdMove {
-                src: stub::raw(&f),
-                dst,
-                cloexec: true,
-            });
-            held.push(f);
-            dst
+        let plan = TreePlan {
+            floor: stub::max_open_fd().max(max_dst) + 1,
+            helper: stub::pick_helper_addr(ckpt.processes.iter().map(|p| p.mm.vmas.as_slice()))?,
+            ready_src: stub::raw(&pipes.ready_w),
+            hold_src: stub::raw(&pipes.hold_r),
+            procs,
         };
-        let mut file_fds: HashMap<u32, i32> = HashMap::new();
-        for v in &p.mm.vmas {
-            if let Backing::File(id) = v.backing {
-                if file_fds.contains_key(&id) {
-                    continue;
-                }
-                let Some(ObjectKind::File(fid)) = ckpt.object(id) else {
-                    unreachable!("validated")
-                };
-                let write =
-                    p.mm.vmas
-                        .iter()
-                        .any(|w| w.backing == Backing::File(id) && w.shared && w.flags.may_write);
-                let f = files::open_checked(fid, write)?;
-                file_fds.insert(id, aux(f, &mut held, &mut moves));
-            }
+        crate::fault::point("restore: before creating the processes")?;
+        let root = ckpt.processes[0].pid;
+        let tree = StubTree::spawn(plan, pipes).context(|| format!("restoring pid {root}"))?;
+        for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
+            let pid = p.pid;
+            (|| -> Result<()> {
+                sp.empty_address_space()?;
+                sp.map_vdso(&p.mm.vmas)?;
+                check_vdso(sp, p)?;
+                crate::fault::point("restore: address space emptied")?;
+                memory::map_vmas(&sp.thread(0), &p.mm.vmas, file_fds)?;
+                crate::fault::point("restore: memory mapped")?;
+                Ok(())
+            })()
+            .context(|| format!("rebuilding the address space of pid {pid}"))?;
         }
-        let exe_fd = match p.mm.exe {
-            Some(id) => {
-                let Some(ObjectKind::File(fid)) = ckpt.object(id) else {
-                    unreachable!("validated")
-                };
-                aux(files::open_checked(fid, false)?, &mut held, &mut moves)
-            }
-            None => -1,
-        };
-        let cwd = open_dir(&p.fs.cwd)?;
-        let cwd_fd = aux(cwd, &mut held, &mut moves);
-        let root_fd = if p.fs.root != "/" {
-            Some(aux(open_dir(&p.fs.root)?, &mut held, &mut moves))
-        } else {
-            None
-        };
-        let (err_read, err_write) = stub::error_pipe()?;
-        let err_src = stub::raw(&err_write);
-        let err_dst = aux(err_write, &mut held, &mut moves);
-        let floor = stub::max_open_fd().max(next) + 1;
-        let mut comm = [0u8; 16];
-        let name = p.threads[0].comm.as_bytes();
-        comm[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
-        let plan = StubPlan {
-            pid: p.pid,
-            setsid: p.sid == p.pid,
-            pgid: (p.pgid == p.pid && p.sid != p.pid).then_some(0),
-            moves,
-            floor,
-            cwd_fd,
-            root_fd,
-            umask: p.attrs.umask,
-            personality: p.attrs.personality,
-            comm,
-            actions: p.signals.actions.clone(),
-            helper: stub::pick_helper_addr(&p.mm.vmas)?,
-            err_src,
-            err_dst,
-        };
-        crate::fault::point("restore: before creating the process")?;
-        let stub = Stub::spawn(&plan, stub::raw(&err_read))
-            .context(|| format!("restoring pid {}", p.pid))?;
-        let pid = p.pid;
-        (|| -> Result<()> {
-            stub.empty_address_space()?;
-            stub.map_vdso(&p.mm.vmas)?;
-            check_vdso(&stub, p)?;
-            crate::fault::point("restore: address space emptied")?;
-            memory::map_vmas(&stub, &p.mm.vmas, &file_fds)?;
-            crate::fault::point("restore: memory mapped")?;
-            Ok(())
-        })()
-        .context(|| format!("rebuilding the address space of pid {pid}"))?;
         Ok(Build {
             ckpt,
-            stub,
+            tree,
             _held: held,
-            exe_fd,
-            aux_lo,
+            aux: aux_info.into_iter().map(|(a, _)| a).collect(),
         })
     }
 
-    fn process(&self) -> &Process {
-        &self.ckpt.processes[0]
-    }
-
     fn fill(&mut self, space: u32, addr: u64, data: &[u8]) -> Result<()> {
-        if space != 0 {
+        let (Some(p), Some(sp)) = (
+            self.ckpt.processes.get(space as usize),
+            self.tree.procs.get(space as usize),
+        ) else {
             return Err(Error::Invalid(format!(
                 "page chunk for unknown address space {space}"
             )));
-        }
-        memory::check_chunk(&self.process().mm.vmas, addr, data.len() as u64)?;
-        self.stub.write_pages(addr, data)?;
+        };
+        memory::check_chunk(&p.mm.vmas, addr, data.len() as u64)?;
+        sp.write_pages(addr, data)?;
         crate::fault::point("restore: page chunk written")
     }
 
     fn finish(self) -> Result<i32> {
         let Build {
             ckpt,
-            stub,
+            mut tree,
             _held,
-            exe_fd,
-            aux_lo,
+            aux,
         } = self;
-        let p = &ckpt.processes[0];
-        let th = &p.threads[0];
-        let t = &stub;
-        (|| -> Result<()> {
-            memory::finish_vmas(t, &p.mm.vmas)?;
-            crate::fault::point("restore: protections set")?;
-            memory::set_mm_fields(t, &p.mm, exe_fd)?;
-            crate::fault::point("restore: mm fields set")?;
-            signals::restore_altstack(t, &th.altstack)?;
-            signals::restore_pending(t, None, &p.signals.shared_pending)?;
-            signals::restore_pending(t, Some(th.tid), &th.pending)?;
-            tasks::restore_thread_regs(t, th)?;
-            tasks::restore_prctl(t, &p.attrs)?;
-            t.call(
-                libc::SYS_close_range,
-                &[aux_lo as u64, u32::MAX as u64, 0],
-                "closing restore helper descriptors",
-            )?;
-            crate::fault::point("restore: before credentials")?;
-            creds::restore(t, &p.creds)?;
-            tasks::restore_attrs_outside(p.pid, &p.attrs)?;
-            t.prctl(
-                libc::PR_SET_DUMPABLE,
-                &[p.attrs.dumpable as u64],
-                "setting the dumpable flag",
-            )?;
-            timers::restore(t, &p.itimers)?;
-            Ok(())
-        })()
-        .context(|| format!("restoring the state of pid {}", p.pid))?;
+        for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
+            finish_process(p, sp, a).context(|| format!("restoring the state of pid {}", p.pid))?;
+        }
         crate::fault::point("restore: before resuming")?;
-        let regs = tasks::resume_regs(&th.regs)?;
-        stub.finish(&regs, &th.xsave, th.sigmask)
+        let fin = |pi: usize, ti: usize| -> Result<(crest_sys::arch::UserRegs, Vec<u8>, u64)> {
+            let th = &ckpt.processes[pi].threads[ti];
+            Ok((tasks::resume_regs(&th.regs)?, th.xsave.clone(), th.sigmask))
+        };
+        tree.release(&fin)
     }
+}
+
+/// Everything after the pages, for one process, while it is still held.
+fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
+    {
+        let t = sp.thread(0);
+        memory::finish_vmas(&t, &p.mm.vmas)?;
+        crate::fault::point("restore: protections set")?;
+        memory::set_mm_fields(&t, &p.mm, a.exe_fd)?;
+        crate::fault::point("restore: mm fields set")?;
+        signals::restore_pending(&t, None, &p.signals.shared_pending)?;
+    }
+    for th in &p.threads[1..] {
+        sp.add_thread(th.tid)?;
+    }
+    for (i, th) in p.threads.iter().enumerate() {
+        let t = sp.thread(i);
+        signals::restore_altstack(&t, &th.altstack)?;
+        signals::restore_pending(&sp.thread(0), Some(th.tid), &th.pending)?;
+        tasks::restore_thread_regs(&t, th)?;
+        tasks::restore_pdeath(&t, &p.attrs)?;
+        tasks::restore_comm(&t, &th.comm)?;
+    }
+    let t = sp.thread(0);
+    tasks::restore_prctl(&t, &p.attrs)?;
+    t.call(
+        libc::SYS_close_range,
+        &[a.aux_lo as u64, u32::MAX as u64, 0],
+        "closing restore helper descriptors",
+    )?;
+    crate::fault::point("restore: before credentials")?;
+    for i in 0..p.threads.len() {
+        creds::restore(&sp.thread(i), &p.creds)?;
+    }
+    tasks::restore_attrs_outside(p.pid, &p.attrs)?;
+    let t = sp.thread(0);
+    t.prctl(
+        libc::PR_SET_DUMPABLE,
+        &[p.attrs.dumpable as u64],
+        "setting the dumpable flag",
+    )?;
+    timers::restore(&t, &p.itimers)?;
+    Ok(())
+}
+
+/// How a stub joins its session and process group: (setsid, setpgid arg).
+fn session_plan(
+    p: &Process,
+    parent: Option<&Process>,
+    sid_here: i32,
+) -> Result<(bool, Option<i32>)> {
+    let (psid, ppgid) = match parent {
+        Some(q) => (q.sid, q.pgid),
+        None => (sid_here, unsafe_getpgid()),
+    };
+    let setsid = p.sid == p.pid;
+    if !setsid && p.sid != psid {
+        return Err(Error::Incompatible(format!(
+            "pid {} belonged to session {}, which cannot be recreated here \
+             (start programs with `crest run` to give them a session of their own)",
+            p.pid, p.sid
+        )));
+    }
+    let pgid = if setsid || p.pgid == ppgid {
+        None
+    } else if p.pgid == p.pid {
+        Some(0)
+    } else {
+        Some(p.pgid)
+    };
+    Ok((setsid, pgid))
+}
+
+fn unsafe_getsid() -> i32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::getsid(0) }
+}
+
+fn unsafe_getpgid() -> i32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::getpgid(0) }
 }
 
 /// A checkpointed process killed by dump stays a zombie until its parent
@@ -507,7 +629,7 @@ fn open_dir(path: &str) -> Result<OwnedFd> {
 }
 
 /// The vDSO now mapped must be the code the process was using.
-fn check_vdso(stub: &Stub, p: &Process) -> Result<()> {
+fn check_vdso(stub: &StubProc, p: &Process) -> Result<()> {
     let (Some(want), Some(v)) = (
         p.mm.vdso_crc,
         p.mm.vmas.iter().find(|v| v.backing == Backing::Vdso),

@@ -1,15 +1,21 @@
-//! The stub: the process that becomes the restored task.
+//! Stubs: the processes that become the restored tree.
 //!
-//! crest forks it with clone3(set_tid) so it has the checkpointed PID.  In
-//! the child, before anything else runs, a short allocation-free routine
-//! puts the descriptors in place, joins the session and process group,
-//! sets cwd/root, umask, personality, name and signal dispositions, maps
-//! a small helper area holding a `syscall` instruction, and stops itself
-//! under ptrace.  crest then empties its address space and rebuilds the
-//! checkpointed one through syscalls it injects at that instruction.  The
-//! last one unmaps the helper area; the thread then gets its final
-//! registers and is let go.  Until then the stub dies with crest
-//! (PTRACE_O_EXITKILL), and dropping a `Stub` kills it.
+//! crest forks the root stub with clone3(set_tid), so it has the
+//! checkpointed PID.  In each stub, before anything else runs, a short
+//! allocation-free routine forks that process's children the same way (so
+//! every process is created by its restored parent), puts its descriptors
+//! in place, joins its session and process group, sets cwd/root, umask,
+//! personality, name and signal dispositions, maps a small helper area
+//! holding `syscall; jmp .`, reports on the shared "ready" pipe and waits
+//! on the "hold" pipe (whose writer only crest has: if crest dies, the
+//! read sees EOF and the stub exits).  crest then seizes every stub,
+//! empties its address space and rebuilds the checkpointed one through
+//! syscalls it injects at that instruction; extra threads are made by an
+//! injected clone3(CLONE_THREAD, set_tid) and spin on the `jmp .` until
+//! seized.  The last injected syscall unmaps the helper area; each thread
+//! then gets its final registers and is let go.  Until then every stub
+//! dies with crest (PTRACE_O_EXITKILL, the hold pipe, and PDEATHSIG down
+//! the tree), and dropping a [`StubTree`] kills them all.
 
 use crate::error::{Context, Error, Result};
 use crate::freeze::Inject;
@@ -21,10 +27,15 @@ use crest_sys::process::{self, Forked};
 use crest_sys::ptrace::{self, WaitStatus};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// Size of the helper area: one code page plus the scratch pages.
+/// Scratch pages after the code page of the helper area.
 const SCRATCH_PAGES: u64 = 4;
 const ARCH_MAP_VDSO_64: u64 = 0x2003;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
+const PTRACE_EVENT_STOP: i32 = 128;
+/// `syscall` then `jmp .` (a new thread spins there until seized).
+const HELPER_CODE: [u8; 4] = [0x0f, 0x05, 0xeb, 0xfe];
+/// The "step" value of a ready report.
+const READY: u32 = u32::MAX;
 
 /// A descriptor crest holds that the stub must have at `dst`.
 pub struct FdMove {
@@ -33,31 +44,47 @@ pub struct FdMove {
     pub cloexec: bool,
 }
 
-/// Everything the stub's child routine does, computed before the fork.
-pub struct StubPlan {
+/// What one stub's routine does, computed before the fork.
+pub struct ProcPlan {
     pub pid: i32,
+    /// Indexes (into [`TreePlan::procs`]) of the processes this one forks.
+    pub children: Vec<usize>,
     pub setsid: bool,
+    /// `setpgid(0, pgid)` in the routine (0: become a group leader).
     pub pgid: Option<i32>,
     pub moves: Vec<FdMove>,
-    /// Lowest number above every source and destination descriptor.
-    pub floor: i32,
+    /// Room for the routine's temporary descriptor numbers.
+    pub tmp: Vec<i32>,
     pub cwd_fd: i32,
     pub root_fd: Option<i32>,
     pub umask: u32,
     pub personality: u32,
     pub comm: [u8; 16],
     pub actions: Vec<SigAction>,
-    pub helper: u64,
-    /// Descriptor (source number in crest) the child reports failure on.
-    pub err_src: i32,
-    pub err_dst: i32,
+    /// Where the ready pipe's write end and the hold pipe's read end
+    /// land in this stub.
+    pub ready_dst: i32,
+    pub hold_dst: i32,
 }
 
-/// Failure codes the child reports: the step that failed.
-const STEPS: [&str; 12] = [
-    "checking its parent",
+/// The whole tree's plan.
+pub struct TreePlan {
+    pub procs: Vec<ProcPlan>,
+    /// Lowest number above every descriptor in crest and every destination.
+    pub floor: i32,
+    pub helper: u64,
+    /// crest's numbers of the ready pipe's write end and the hold pipe's
+    /// read end (inherited by the stubs).
+    pub ready_src: i32,
+    pub hold_src: i32,
+}
+
+/// Names of the routine's steps, for failure reports.
+const STEPS: [&str; 13] = [
+    "setting up",
     "blocking signals",
     "joining its session or process group",
+    "creating a child process",
     "moving descriptors aside",
     "placing descriptors",
     "setting root and cwd",
@@ -65,33 +92,206 @@ const STEPS: [&str; 12] = [
     "setting its name",
     "setting signal actions",
     "mapping the helper area",
-    "stopping for ptrace",
-    "unexpected resume",
+    "reporting ready",
+    "waiting",
 ];
 
-/// The restored task while it is being built.
-pub struct Stub {
-    pid: i32,
-    remote: Remote,
-    helper: u64,
-    mem: ProcMem,
-    alive: bool,
+/// # Safety
+/// Runs in a forked child: only raw syscalls on data prepared before the
+/// fork (the plan is this process's private copy); never returns.
+unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
+    let mut report = plan.ready_src;
+    let fail = |step: usize, fd: i32| -> ! {
+        let e = *libc::__errno_location();
+        let msg = [i as u32, step as u32, e as u32];
+        libc::write(fd, msg.as_ptr().cast(), 12);
+        libc::_exit(100 + step as i32)
+    };
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+        fail(0, report);
+    }
+    let all: u64 = !0;
+    if libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        &all,
+        0usize,
+        8usize,
+    ) != 0
+    {
+        fail(1, report);
+    }
+    {
+        let p = &plan.procs[i];
+        if p.setsid && libc::setsid() < 0 {
+            fail(2, report);
+        }
+        if let Some(pg) = p.pgid {
+            if libc::setpgid(0, pg) != 0 {
+                fail(2, report);
+            }
+        }
+    }
+    for k in 0..plan.procs[i].children.len() {
+        let c = plan.procs[i].children[k];
+        match process::clone_with_pid(plan.procs[c].pid) {
+            Ok(Forked::Child) => routine(plan, c),
+            Ok(Forked::Parent(_)) => {}
+            Err(_) => fail(3, report),
+        }
+    }
+    let floor = plan.floor;
+    let p = &mut plan.procs[i];
+    // Move every source above `floor`, close everything below, then put
+    // each at its final number.
+    for m in 0..p.moves.len() {
+        let t = libc::fcntl(p.moves[m].src, libc::F_DUPFD_CLOEXEC, floor);
+        if t < 0 {
+            fail(4, report);
+        }
+        p.tmp[m] = t;
+        if p.moves[m].src == report {
+            report = t;
+        }
+    }
+    libc::syscall(libc::SYS_close_range, 0u32, (floor - 1) as u32, 0u32);
+    for m in 0..p.moves.len() {
+        let mv = &p.moves[m];
+        let flags = if mv.cloexec { libc::O_CLOEXEC } else { 0 };
+        if libc::dup3(p.tmp[m], mv.dst, flags) < 0 {
+            fail(5, report);
+        }
+    }
+    report = p.ready_dst;
+    libc::syscall(libc::SYS_close_range, floor as u32, u32::MAX, 0u32);
+    if let Some(r) = p.root_fd {
+        if libc::fchdir(r) != 0 || libc::chroot(c".".as_ptr()) != 0 {
+            fail(6, report);
+        }
+    }
+    if libc::fchdir(p.cwd_fd) != 0 {
+        fail(6, report);
+    }
+    libc::umask(p.umask as libc::mode_t);
+    if libc::personality(p.personality as libc::c_ulong) < 0 {
+        fail(7, report);
+    }
+    if libc::prctl(libc::PR_SET_NAME, p.comm.as_ptr(), 0, 0, 0) != 0 {
+        fail(8, report);
+    }
+    for a in &p.actions {
+        let k = crate::signals::ksigaction_bytes(a);
+        if libc::syscall(libc::SYS_rt_sigaction, a.signo, k.as_ptr(), 0usize, 8usize) != 0 {
+            fail(9, report);
+        }
+    }
+    let ps = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+    let len = (1 + SCRATCH_PAGES as usize) * ps;
+    let h = libc::mmap(
+        plan.helper as *mut libc::c_void,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+        -1,
+        0,
+    );
+    if h as u64 != plan.helper {
+        fail(10, report);
+    }
+    let code = h as *mut u8;
+    std::ptr::write_bytes(code, 0xcc, ps); // int3 everywhere else
+    for (k, b) in HELPER_CODE.iter().enumerate() {
+        *code.add(k) = *b;
+    }
+    if libc::mprotect(h, ps, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+        fail(10, report);
+    }
+    let msg = [i as u32, READY, 0];
+    if libc::write(report, msg.as_ptr().cast(), 12) != 12 {
+        fail(11, report);
+    }
+    let hold = p.hold_dst;
+    let mut b = 0u8;
+    loop {
+        let n = libc::read(hold, (&mut b as *mut u8).cast(), 1);
+        if n >= 0 || *libc::__errno_location() != libc::EINTR {
+            // EOF: crest is gone.  crest never writes to it.
+            libc::_exit(1);
+        }
+    }
 }
 
-fn helper_len() -> u64 {
+/// One task of the tree being built.
+pub struct Task {
+    pub tid: i32,
+    remote: Remote,
+}
+
+/// A process of the tree being built.
+pub struct StubProc {
+    pub pid: i32,
+    pub threads: Vec<Task>,
+    helper: u64,
+    mem: ProcMem,
+}
+
+/// The restored tree while it is being built.
+pub struct StubTree {
+    pub procs: Vec<StubProc>,
+    root: i32,
+    /// Every pid of the plan, for cleanup.
+    pids: Vec<i32>,
+    /// The hold pipe's writer: stubs wait on it until seized and exit if
+    /// it closes before.
+    _hold: OwnedFd,
+    released: bool,
+}
+
+/// The pipes stubs use to report and to hold.
+pub struct Pipes {
+    pub ready_r: OwnedFd,
+    pub ready_w: OwnedFd,
+    pub hold_r: OwnedFd,
+    pub hold_w: OwnedFd,
+}
+
+pub fn pipes() -> Result<Pipes> {
+    let (ready_r, ready_w) = pipe()?;
+    let (hold_r, hold_w) = pipe()?;
+    Ok(Pipes {
+        ready_r,
+        ready_w,
+        hold_r,
+        hold_w,
+    })
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(crest_sys::Error::last_os("pipe2").into());
+    }
+    // SAFETY: fresh descriptors nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn helper_len() -> u64 {
     (1 + SCRATCH_PAGES) * crate::memory::page_size()
 }
 
-/// Picks an address for the helper area that is free both in crest now
-/// (the stub starts as crest's copy) and in the checkpointed layout.
-pub fn pick_helper_addr(vmas: &[Vma]) -> Result<u64> {
+/// Picks an address for the helper area that is free in crest now (each
+/// stub starts as crest's copy) and in every checkpointed layout.
+pub fn pick_helper_addr<'a>(layouts: impl Iterator<Item = &'a [Vma]> + Clone) -> Result<u64> {
     let mine = crest_sys::proc::read_maps(std::process::id() as i32)?;
     let len = helper_len();
     let margin = 1u64 << 20;
     let busy = |a: u64| {
         let (lo, hi) = (a.saturating_sub(margin), a + len + margin);
         mine.iter().any(|m| m.start < hi && lo < m.end)
-            || vmas.iter().any(|v| v.start < hi && lo < v.end)
+            || layouts
+                .clone()
+                .any(|vmas| vmas.iter().any(|v| v.start < hi && lo < v.end))
     };
     let mut a: u64 = 0x5000_0000_0000;
     while a > 0x1000_0000 {
@@ -103,174 +303,213 @@ pub fn pick_helper_addr(vmas: &[Vma]) -> Result<u64> {
     Err(Error::msg("no free address range for the restore helper"))
 }
 
-/// SAFETY contract: runs in the forked child; only raw syscalls on data
-/// prepared before the fork; never returns.
-unsafe fn child(p: &StubPlan, tmp: &mut [i32], parent: i32) -> ! {
-    let mut errfd = p.err_src;
-    let fail = |step: usize, errfd: i32| -> ! {
-        let e = *libc::__errno_location();
-        let msg = [step as i32, e];
-        libc::write(errfd, msg.as_ptr().cast(), 8);
-        libc::_exit(100 + step as i32)
-    };
-    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != parent
-    {
-        fail(0, errfd);
-    }
-    let all: u64 = !0;
-    if libc::syscall(
-        libc::SYS_rt_sigprocmask,
-        libc::SIG_SETMASK,
-        &all,
-        0usize,
-        8usize,
-    ) != 0
-    {
-        fail(1, errfd);
-    }
-    if p.setsid && libc::setsid() < 0 {
-        fail(2, errfd);
-    }
-    if let Some(pg) = p.pgid {
-        if libc::setpgid(0, pg) != 0 {
-            fail(2, errfd);
+fn read_exact_fd(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: reading into the unfilled part of a buffer we own.
+        let n = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
+        if n == 0 {
+            break;
         }
-    }
-    // Move every source above `floor`, close everything below, then put
-    // each at its final number.
-    for (i, m) in p.moves.iter().enumerate() {
-        let t = libc::fcntl(m.src, libc::F_DUPFD_CLOEXEC, p.floor);
-        if t < 0 {
-            fail(3, errfd);
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
         }
-        tmp[i] = t;
-        if m.src == p.err_src {
-            errfd = t;
-        }
+        done += n as usize;
     }
-    let e2 = libc::fcntl(errfd, libc::F_DUPFD_CLOEXEC, p.floor);
-    if e2 < 0 {
-        fail(3, errfd);
-    }
-    errfd = e2;
-    libc::syscall(libc::SYS_close_range, 0u32, (p.floor - 1) as u32, 0u32);
-    for (i, m) in p.moves.iter().enumerate() {
-        let flags = if m.cloexec { libc::O_CLOEXEC } else { 0 };
-        if libc::dup3(tmp[i], m.dst, flags) < 0 {
-            fail(4, errfd);
-        }
-        if m.dst == p.err_dst {
-            errfd = m.dst;
-        }
-    }
-    libc::syscall(libc::SYS_close_range, p.floor as u32, u32::MAX, 0u32);
-    if let Some(r) = p.root_fd {
-        if libc::fchdir(r) != 0 || libc::chroot(c".".as_ptr()) != 0 {
-            fail(5, errfd);
-        }
-    }
-    if libc::fchdir(p.cwd_fd) != 0 {
-        fail(5, errfd);
-    }
-    libc::umask(p.umask as libc::mode_t);
-    if libc::personality(p.personality as libc::c_ulong) < 0 {
-        fail(6, errfd);
-    }
-    if libc::prctl(libc::PR_SET_NAME, p.comm.as_ptr(), 0, 0, 0) != 0 {
-        fail(7, errfd);
-    }
-    for a in &p.actions {
-        let k = crate::signals::ksigaction_bytes(a);
-        if libc::syscall(libc::SYS_rt_sigaction, a.signo, k.as_ptr(), 0usize, 8usize) != 0 {
-            fail(8, errfd);
-        }
-    }
-    let ps = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-    let len = (1 + SCRATCH_PAGES as usize) * ps;
-    let h = libc::mmap(
-        p.helper as *mut libc::c_void,
-        len,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-        -1,
-        0,
-    );
-    if h as u64 != p.helper {
-        fail(9, errfd);
-    }
-    let code = h as *mut u8;
-    std::ptr::write_bytes(code, 0xcc, ps); // int3 everywhere else
-    *code = crest_sys::arch::SYSCALL_INSN[0];
-    *code.add(1) = crest_sys::arch::SYSCALL_INSN[1];
-    if libc::mprotect(h, ps, libc::PROT_READ | libc::PROT_EXEC) != 0 {
-        fail(9, errfd);
-    }
-    if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
-        fail(10, errfd);
-    }
-    libc::kill(libc::getpid(), libc::SIGSTOP);
-    fail(11, errfd)
+    Ok(done)
 }
 
-impl Stub {
-    /// Forks the stub with the plan's PID and waits until it has stopped
-    /// itself, ready for injection.
-    pub fn spawn(plan: &StubPlan, err_read: i32) -> Result<Stub> {
-        let mut tmp = vec![0i32; plan.moves.len()];
-        let parent = std::process::id() as i32;
-        // SAFETY: the child runs only `child`, which makes raw syscalls on
-        // memory prepared before the fork and never returns.
-        let pid = match unsafe { process::clone_with_pid(plan.pid)? } {
-            Forked::Child => unsafe { child(plan, &mut tmp, parent) },
-            Forked::Parent(pid) => pid,
-        };
-        let mut stub = Stub {
-            pid,
-            remote: Remote::new_unchecked(pid, plan.helper),
-            helper: plan.helper,
-            mem: ProcMem::open(pid, true).or_else(|_| ProcMem::open(parent, false))?,
-            alive: true,
-        };
-        match ptrace::wait(pid)? {
+/// Seizes a task and waits until it is stopped.
+fn seize_stopped(tid: i32) -> Result<()> {
+    ptrace::seize(tid, libc::PTRACE_O_EXITKILL as u32)?;
+    ptrace::interrupt(tid)?;
+    loop {
+        match ptrace::wait(tid)? {
             WaitStatus::Stopped {
-                sig: libc::SIGSTOP, ..
-            } => {}
-            WaitStatus::Exited(code) => {
-                stub.alive = false;
-                let mut msg = [0i32; 2];
-                // SAFETY: reading 8 bytes into a local array.
-                let n = unsafe { libc::read(err_read, msg.as_mut_ptr().cast(), 8) };
-                let step = STEPS
-                    .get(msg[0] as usize)
-                    .copied()
-                    .unwrap_or("an unknown step");
-                let err = if n == 8 {
-                    std::io::Error::from_raw_os_error(msg[1]).to_string()
-                } else {
-                    format!("exit status {code}")
-                };
-                return Err(Error::msg(format!(
-                    "restoring pid {pid}: the new process failed {step}: {err}"
-                )));
-            }
+                event: PTRACE_EVENT_STOP,
+                ..
+            } => return Ok(()),
+            WaitStatus::Stopped { .. } | WaitStatus::Continued => ptrace::cont(tid, 0)?,
             other => {
                 return Err(Error::msg(format!(
-                    "restoring pid {pid}: the new process did not stop as expected ({other:?})"
+                    "task {tid} of the restored tree ended while being attached ({other:?})"
                 )))
             }
         }
-        ptrace::set_options(pid, libc::PTRACE_O_EXITKILL as u32)?;
-        stub.mem = ProcMem::open(pid, true)?;
-        stub.remote = Remote::new(pid, plan.helper)?;
-        Ok(stub)
+    }
+}
+
+impl StubTree {
+    /// Forks the whole tree and seizes every stub once all are ready.
+    /// `pipes` ready_w/hold_r must be the plan's sources; crest's copies
+    /// of them are closed here.
+    pub fn spawn(mut plan: TreePlan, pipes: Pipes) -> Result<StubTree> {
+        let root_pid = plan.procs[0].pid;
+        // SAFETY: the child runs only `routine`, raw syscalls on its own
+        // copy of the plan; it never returns.
+        let root = match unsafe { process::clone_with_pid(root_pid)? } {
+            Forked::Child => unsafe { routine(&mut plan, 0) },
+            Forked::Parent(pid) => pid,
+        };
+        let Pipes {
+            ready_r,
+            ready_w,
+            hold_r,
+            hold_w,
+        } = pipes;
+        drop(ready_w);
+        drop(hold_r);
+        let mut tree = StubTree {
+            procs: Vec::new(),
+            root,
+            pids: plan.procs.iter().map(|p| p.pid).collect(),
+            _hold: hold_w,
+            released: false,
+        };
+        let n = plan.procs.len();
+        let mut ready = vec![false; n];
+        let mut got = 0;
+        while got < n {
+            let mut b = [0u8; 12];
+            let r = read_exact_fd(ready_r.as_raw_fd(), &mut b)
+                .context(|| "waiting for the new processes".into())?;
+            if r < 12 {
+                return Err(Error::msg(format!(
+                    "restoring pid {root_pid}: the new processes died while being set up"
+                )));
+            }
+            let w = |k: usize| u32::from_ne_bytes(b[k * 4..k * 4 + 4].try_into().unwrap());
+            let (idx, step, errno) = (w(0) as usize, w(1), w(2));
+            let pid = plan.procs.get(idx).map(|p| p.pid).unwrap_or(-1);
+            if step != READY {
+                let what = STEPS
+                    .get(step as usize)
+                    .copied()
+                    .unwrap_or("an unknown step");
+                let err = std::io::Error::from_raw_os_error(errno as i32);
+                let hint = if step == 3 && errno as i32 == libc::EEXIST {
+                    " (a pid of the tree is in use)"
+                } else {
+                    ""
+                };
+                return Err(Error::msg(format!(
+                    "restoring pid {pid}: the new process failed {what}: {err}{hint}"
+                )));
+            }
+            if idx < n && !ready[idx] {
+                ready[idx] = true;
+                got += 1;
+            }
+        }
+        for p in &plan.procs {
+            seize_stopped(p.pid)?;
+            tree.procs.push(StubProc {
+                pid: p.pid,
+                threads: vec![Task {
+                    tid: p.pid,
+                    remote: Remote::new(p.pid, plan.helper)?,
+                }],
+                helper: plan.helper,
+                mem: ProcMem::open(p.pid, true)?,
+            });
+        }
+        Ok(tree)
+    }
+
+    /// Lets every thread of every process run with its final state:
+    /// `fin(process index, thread index)` gives registers, XSAVE area and
+    /// signal mask.  The helper area is unmapped first in each process.
+    pub fn release(
+        mut self,
+        fin: &dyn Fn(usize, usize) -> Result<(UserRegs, Vec<u8>, u64)>,
+    ) -> Result<i32> {
+        for (pi, p) in self.procs.iter().enumerate() {
+            for (ti, t) in p.threads.iter().enumerate() {
+                let (_, xsave, _) = fin(pi, ti)?;
+                if !xsave.is_empty() {
+                    ptrace::set_xstate(t.tid, &xsave).context(|| {
+                        format!("task {}: loading the FPU/vector state (XSAVE)", t.tid)
+                    })?;
+                }
+            }
+            p.thread(0).call(
+                libc::SYS_munmap,
+                &[p.helper, helper_len()],
+                "unmapping the restore helper",
+            )?;
+        }
+        for (pi, p) in self.procs.iter().enumerate() {
+            for (ti, t) in p.threads.iter().enumerate() {
+                let (regs, _, sigmask) = fin(pi, ti)?;
+                ptrace::set_sigmask(t.tid, sigmask)?;
+                ptrace::set_regs(t.tid, &regs)
+                    .context(|| format!("task {}: loading registers", t.tid))?;
+            }
+        }
+        self.released = true;
+        for p in &self.procs {
+            for t in &p.threads {
+                ptrace::detach(t.tid, 0)?;
+            }
+        }
+        Ok(self.root)
+    }
+}
+
+impl Drop for StubTree {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Killing the root takes its descendants with it (PDEATHSIG), but
+        // kill every stub anyway, deepest first.
+        for &pid in self.pids.iter().rev() {
+            let _ = process::kill(pid, libc::SIGKILL);
+        }
+        for p in self.procs.iter().rev() {
+            for t in &p.threads {
+                if t.tid != self.root {
+                    let _ = ptrace::wait(t.tid);
+                }
+            }
+        }
+        // The root is crest's child: reap it so its pid is free at once.
+        // SAFETY: plain waitpid on our child.
+        unsafe { libc::waitpid(self.root, std::ptr::null_mut(), libc::__WALL) };
+        // Orphaned stubs come to crest when it is a child subreaper (the
+        // CLI makes it one): reap those too, briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        for &pid in &self.pids[1..] {
+            while crest_sys::process::exists(pid) && std::time::Instant::now() < deadline {
+                // SAFETY: plain waitpid on a pid of the plan.
+                let r = unsafe {
+                    libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL)
+                };
+                if r != 0 && r != pid {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
+    }
+}
+
+impl StubProc {
+    /// The injection view of thread `i` (0 is the leader).
+    pub fn thread(&self, i: usize) -> TaskView<'_> {
+        TaskView { p: self, i }
     }
 
     /// Removes everything crest's copy left in the stub's address space
     /// (and its rseq registration, which points into it).
     pub fn empty_address_space(&self) -> Result<()> {
+        let t = self.thread(0);
         let rseq = ptrace::get_rseq_config(self.pid)?;
         if rseq.rseq_abi_pointer != 0 {
-            self.call(
+            t.call(
                 libc::SYS_rseq,
                 &[
                     rseq.rseq_abi_pointer,
@@ -286,7 +525,7 @@ impl Stub {
             if m.path == "[vsyscall]" || (m.start >= self.helper && m.end <= hend) {
                 continue;
             }
-            self.call(
+            t.call(
                 libc::SYS_munmap,
                 &[m.start, m.end - m.start],
                 &format!("unmapping {:#x}-{:#x} {}", m.start, m.end, m.path),
@@ -309,7 +548,7 @@ impl Stub {
         let Some(lowest) = special.iter().map(|v| v.start).min() else {
             return Ok(());
         };
-        self.call(
+        self.thread(0).call(
             libc::SYS_arch_prctl,
             &[ARCH_MAP_VDSO_64, lowest],
             &format!("mapping the vDSO at {lowest:#x}"),
@@ -347,67 +586,73 @@ impl Stub {
 
     /// Writes pages into the stub.
     pub fn write_pages(&self, addr: u64, data: &[u8]) -> Result<()> {
-        crest_sys::mem::write(self.pid, addr, data).context(|| "filling restored memory".into())
+        crest_sys::mem::write(self.pid, addr, data)
+            .context(|| format!("filling restored memory of pid {}", self.pid))
     }
 
-    /// Unmaps the helper area, gives the thread its final state and lets
-    /// it run.
-    pub fn finish(mut self, regs: &UserRegs, xsave: &[u8], sigmask: u64) -> Result<i32> {
-        if !xsave.is_empty() {
-            ptrace::set_xstate(self.pid, xsave)
-                .context(|| format!("pid {}: loading the FPU/vector state (XSAVE)", self.pid))?;
-        }
-        self.call(
-            libc::SYS_munmap,
-            &[self.helper, helper_len()],
-            "unmapping the restore helper",
+    /// Creates thread `tid` in the process (by an injected clone3) and
+    /// attaches it.  It spins in the helper area until given its state.
+    pub fn add_thread(&mut self, tid: i32) -> Result<()> {
+        let t = self.thread(0);
+        // struct clone_args, then the set_tid array.
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        let s = t.scratch();
+        let tid_at = s + 128;
+        let mut args = [0u64; 11];
+        args[0] = flags;
+        args[8] = tid_at; // set_tid
+        args[9] = 1; // set_tid_size
+        let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        t.write_scratch(0, &bytes)?;
+        t.write_scratch(128, &tid.to_ne_bytes())?;
+        let got = t.call(
+            libc::SYS_clone3,
+            &[s, bytes.len() as u64],
+            &format!("creating thread {tid}"),
         )?;
-        ptrace::set_sigmask(self.pid, sigmask)?;
-        ptrace::set_regs(self.pid, regs)
-            .context(|| format!("pid {}: loading registers", self.pid))?;
-        ptrace::detach(self.pid, 0)?;
-        self.alive = false;
-        Ok(self.pid)
+        if got as i32 != tid {
+            return Err(Error::msg(format!(
+                "pid {}: thread created as {got}, not {tid}",
+                self.pid
+            )));
+        }
+        seize_stopped(tid)?;
+        self.threads.push(Task {
+            tid,
+            remote: Remote::new(tid, self.helper)?,
+        });
+        Ok(())
     }
 }
 
-impl Inject for Stub {
+/// One thread of a stub: syscalls run as that thread.
+pub struct TaskView<'a> {
+    p: &'a StubProc,
+    i: usize,
+}
+
+impl Inject for TaskView<'_> {
     fn pid(&self) -> i32 {
-        self.pid
+        self.p.threads[self.i].tid
     }
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
         crate::fault::point("restore: injected syscall")?;
-        Ok(self.remote.syscall(nr, args, what)?)
+        Ok(self.p.threads[self.i].remote.syscall(nr, args, what)?)
     }
     fn scratch(&self) -> u64 {
-        self.helper + crate::memory::page_size()
+        self.p.helper + crate::memory::page_size()
     }
     fn read_scratch(&self, off: u64, buf: &mut [u8]) -> Result<()> {
-        Ok(self.mem.read(self.scratch() + off, buf)?)
+        Ok(self.p.mem.read(self.scratch() + off, buf)?)
     }
     fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()> {
-        Ok(self.mem.write(self.scratch() + off, data)?)
+        Ok(self.p.mem.write(self.scratch() + off, data)?)
     }
-}
-
-impl Drop for Stub {
-    fn drop(&mut self) {
-        if self.alive {
-            let _ = process::kill(self.pid, libc::SIGKILL);
-            let _ = ptrace::wait(self.pid);
-        }
-    }
-}
-
-/// A pipe for the child's failure report: (read end, write end).
-pub fn error_pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(crest_sys::Error::last_os("pipe2").into());
-    }
-    // SAFETY: fresh descriptors nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The highest descriptor number open in crest now.

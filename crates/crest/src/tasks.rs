@@ -2,7 +2,7 @@
 //! process attributes that are neither memory, files nor signals.
 
 use crate::error::Result;
-use crate::freeze::{Inject, Session};
+use crate::freeze::{Inject, ThreadView};
 use crate::model::{Attrs, Rseq, Thread};
 use crate::signals;
 use crest_sys::arch::{self, restart, UserRegs};
@@ -13,8 +13,8 @@ use crest_sys::{process, ptrace};
 pub const RLIM_NLIMITS: u32 = 16;
 const NR_RESTART_SYSCALL: u64 = 219;
 
-/// Reads the state of one stopped thread.
-pub fn collect_thread(s: &Session, tid: i32) -> Result<Thread> {
+/// Reads the state of one stopped thread of process `pid`.
+pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
     let regs = s.regs().to_words().to_vec();
     let xsave = ptrace::get_xstate(tid, arch::cpuid(0xd, 0).ecx.max(4096) as usize)?;
     let rseq = ptrace::get_rseq_config(tid)?;
@@ -27,7 +27,7 @@ pub fn collect_thread(s: &Session, tid: i32) -> Result<Thread> {
     s.read_scratch(0, &mut b)?;
     Ok(Thread {
         tid,
-        comm: crest_sys::proc::read_task_comm(tid, tid)?,
+        comm: crest_sys::proc::read_task_comm(pid, tid)?,
         regs,
         xsave,
         sigmask: s.sigmask(),
@@ -44,7 +44,7 @@ pub fn collect_thread(s: &Session, tid: i32) -> Result<Thread> {
 }
 
 /// Reads the process attributes.
-pub fn collect_attrs(s: &Session, pid: i32, stat: &Stat, umask: u32) -> Result<Attrs> {
+pub fn collect_attrs(s: &impl Inject, pid: i32, stat: &Stat, umask: u32) -> Result<Attrs> {
     let mut rlimits = Vec::new();
     for r in 0..RLIM_NLIMITS {
         let (cur, max) = process::get_rlimit(pid, r)?;
@@ -81,7 +81,7 @@ pub fn collect_attrs(s: &Session, pid: i32, stat: &Stat, umask: u32) -> Result<A
 }
 
 /// The current program break, read by running brk(0) in the task.
-pub fn collect_brk(s: &Session) -> Result<u64> {
+pub fn collect_brk(s: &impl Inject) -> Result<u64> {
     s.call(libc::SYS_brk, &[0], "reading the program break")
 }
 
@@ -129,13 +129,28 @@ pub fn restore_attrs_outside(pid: i32, a: &Attrs) -> Result<()> {
     Ok(())
 }
 
-/// Sets the prctl attributes in the task.
-pub fn restore_prctl(t: &impl Inject, a: &Attrs) -> Result<()> {
+/// Sets the thread's name.
+pub fn restore_comm(t: &impl Inject, comm: &str) -> Result<()> {
+    let mut b = [0u8; 16];
+    let n = comm.len().min(15);
+    b[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    t.write_scratch(0, &b)?;
+    t.prctl(libc::PR_SET_NAME, &[t.scratch()], "setting the thread name")?;
+    Ok(())
+}
+
+/// Sets the parent-death signal (a per-thread attribute).
+pub fn restore_pdeath(t: &impl Inject, a: &Attrs) -> Result<()> {
     t.prctl(
         libc::PR_SET_PDEATHSIG,
         &[a.pdeath_signal as u64],
         "setting the parent-death signal",
     )?;
+    Ok(())
+}
+
+/// Sets the process-wide prctl attributes.
+pub fn restore_prctl(t: &impl Inject, a: &Attrs) -> Result<()> {
     t.prctl(
         libc::PR_SET_CHILD_SUBREAPER,
         &[a.child_subreaper as u64],

@@ -1,0 +1,661 @@
+//! Decoder fuzz: the PROCESS and FILE payloads of a valid checkpoint are
+//! mutated at random (deterministically); decoding must never panic, and
+//! whatever decodes must go through `restore::validate` without a panic
+//! (errors are fine).  A payload claiming an absurd number of elements
+//! must fail without allocating for them.
+
+use crest::model::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The system allocator, recording the largest single request made by
+/// the current thread (so tests running in parallel do not disturb it).
+struct Tracking;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    let _ = LARGEST.try_with(|l| {
+        if size > l.get() {
+            l.set(size)
+        }
+    });
+}
+
+// SAFETY: forwards to the system allocator; only records sizes.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Tracking = Tracking;
+
+/// Runs `f` and returns its result and the largest allocation it made.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.with(|l| l.set(0));
+    let r = f();
+    (r, LARGEST.with(|l| l.get()))
+}
+
+/// xorshift64*: small, deterministic, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+}
+
+const PAGE: u64 = 4096;
+
+fn file_id(path: &str, size: u64) -> FileId {
+    FileId {
+        path: path.into(),
+        size,
+        mtime_ns: 1_700_000_000_123_456_789,
+        mode: 0o100755,
+    }
+}
+
+fn vma(start: u64, end: u64, prot: i32, backing: Backing, name: &str, pages: u64) -> Vma {
+    Vma {
+        start,
+        end,
+        prot: prot as u32,
+        shared: false,
+        offset: 0,
+        backing,
+        flags: VmaFlags {
+            may_write: true,
+            ..VmaFlags::default()
+        },
+        name: name.into(),
+        guards: Vec::new(),
+        pages,
+    }
+}
+
+fn siginfo(signo: i32) -> SigInfo {
+    let mut raw = vec![0u8; 128];
+    raw[..4].copy_from_slice(&signo.to_le_bytes());
+    raw[16..20].copy_from_slice(&42i32.to_le_bytes());
+    SigInfo { signo, raw }
+}
+
+/// A checkpoint that `validate` accepts, with something of every kind.
+fn checkpoint() -> Checkpoint {
+    let (r, w, x) = (libc::PROT_READ, libc::PROT_WRITE, libc::PROT_EXEC);
+    let objects = vec![
+        Object {
+            id: 0,
+            kind: ObjectKind::File(file_id("/usr/bin/program", 123_456)),
+        },
+        Object {
+            id: 1,
+            kind: ObjectKind::Open(OpenFile {
+                flags: libc::O_RDWR as u32 | libc::O_APPEND as u32,
+                pos: 123,
+                target: OpenTarget::Regular(file_id("/srv/data/log", 4096)),
+            }),
+        },
+        Object {
+            id: 2,
+            kind: ObjectKind::Open(OpenFile {
+                flags: libc::O_WRONLY as u32,
+                pos: 0,
+                target: OpenTarget::CharDevice {
+                    path: "/dev/null".into(),
+                    rdev: libc::makedev(1, 3),
+                },
+            }),
+        },
+        Object {
+            id: 3,
+            kind: ObjectKind::Open(OpenFile {
+                flags: libc::O_RDWR as u32,
+                pos: 5000,
+                target: OpenTarget::Unlinked {
+                    path: "/tmp/work/gone".into(),
+                    size: 8192,
+                    mode: 0o100600,
+                },
+            }),
+        },
+        Object {
+            id: 4,
+            kind: ObjectKind::Open(OpenFile {
+                flags: libc::O_RDONLY as u32 | libc::O_DIRECTORY as u32,
+                pos: 0,
+                target: OpenTarget::Directory {
+                    path: "/tmp/work/sub".into(),
+                },
+            }),
+        },
+        Object {
+            id: 5,
+            kind: ObjectKind::Open(OpenFile {
+                flags: libc::O_RDWR as u32,
+                pos: 0,
+                target: OpenTarget::Fifo {
+                    path: "/tmp/work/fifo".into(),
+                },
+            }),
+        },
+    ];
+    let pid = 1234;
+    // A thread stopped in clock_nanosleep: restore re-issues the call.
+    let mut regs = vec![0u64; crest_sys::arch::USER_REGS_WORDS];
+    regs[10] = (-516i64) as u64; // rax = -ERESTART_RESTARTBLOCK
+    regs[15] = 230; // orig_rax = clock_nanosleep
+    regs[16] = 0x5555_5555_8123; // rip
+    regs[17] = 0x33; // cs
+    regs[18] = 0x246; // eflags
+    regs[19] = 0x7fff_ffff_e000; // rsp
+    regs[20] = 0x2b; // ss
+    regs[21] = 0x7fff_f7d8_a740; // fs_base
+    let mut heap = vma(
+        0x5555_5556_0000,
+        0x5555_5558_1000,
+        r | w,
+        Backing::Anonymous,
+        "[heap]",
+        3,
+    );
+    heap.guards = vec![(0x5555_5557_0000, 0x5555_5557_1000)];
+    let mut stack = vma(
+        0x7fff_fffd_e000,
+        0x7fff_ffff_f000,
+        r | w,
+        Backing::Anonymous,
+        "[stack]",
+        4,
+    );
+    stack.flags.growsdown = true;
+    let process = Process {
+        pid,
+        ppid: 1,
+        pgid: pid,
+        sid: pid,
+        creds: Creds {
+            uids: [1000, 1000, 1000, 1000],
+            gids: [100, 100, 100, 100],
+            groups: vec![10, 20, 30],
+            cap_bnd: (1 << 41) - 1,
+            ..Creds::default()
+        },
+        attrs: Attrs {
+            umask: 0o022,
+            rlimits: vec![(7, 1024, 4096), (3, 8 << 20, u64::MAX)],
+            dumpable: 1,
+            ..Attrs::default()
+        },
+        mm: Mm {
+            start_code: 0x5555_5555_4000,
+            end_code: 0x5555_5555_9000,
+            start_data: 0x5555_5555_b000,
+            end_data: 0x5555_5555_c000,
+            start_brk: 0x5555_5556_0000,
+            brk: 0x5555_5558_1000,
+            start_stack: 0x7fff_ffff_e5a0,
+            arg_start: 0x7fff_ffff_e7a0,
+            arg_end: 0x7fff_ffff_e7c0,
+            env_start: 0x7fff_ffff_e7c0,
+            env_end: 0x7fff_ffff_efe0,
+            auxv: vec![(6, PAGE), (25, 0x7fff_ffff_e8a9), (0, 0)],
+            exe: Some(0),
+            vmas: vec![
+                vma(
+                    0x5555_5555_4000,
+                    0x5555_5555_9000,
+                    r | x,
+                    Backing::File(0),
+                    "/usr/bin/program",
+                    0,
+                ),
+                vma(
+                    0x5555_5555_b000,
+                    0x5555_5555_c000,
+                    r | w,
+                    Backing::File(0),
+                    "/usr/bin/program",
+                    1,
+                ),
+                heap,
+                vma(
+                    0x7fff_f7fc_1000,
+                    0x7fff_f7fc_5000,
+                    r,
+                    Backing::Vvar,
+                    "[vvar]",
+                    0,
+                ),
+                vma(
+                    0x7fff_f7fc_5000,
+                    0x7fff_f7fc_7000,
+                    r | x,
+                    Backing::Vdso,
+                    "[vdso]",
+                    0,
+                ),
+                stack,
+                vma(
+                    0xffff_ffff_ff60_0000,
+                    0xffff_ffff_ff60_1000,
+                    x,
+                    Backing::Vsyscall,
+                    "[vsyscall]",
+                    0,
+                ),
+            ],
+            vdso_crc: Some(0xdead_beef),
+        },
+        signals: Signals {
+            actions: vec![SigAction {
+                signo: libc::SIGUSR1,
+                handler: 0x5555_5555_6000,
+                flags: 0x0400_0004,
+                restorer: 0x7fff_f7e0_0000,
+                mask: 1 << 9,
+            }],
+            shared_pending: vec![siginfo(libc::SIGUSR2)],
+        },
+        itimers: ITimers {
+            real: ITimer {
+                interval_us: 7_000_000,
+                value_us: 99_000_000,
+            },
+            ..ITimers::default()
+        },
+        fds: vec![
+            Fd {
+                fd: 0,
+                cloexec: false,
+                file: 2,
+            },
+            Fd {
+                fd: 1,
+                cloexec: false,
+                file: 1,
+            },
+            Fd {
+                fd: 2,
+                cloexec: false,
+                file: 1,
+            },
+            Fd {
+                fd: 7,
+                cloexec: true,
+                file: 3,
+            },
+            Fd {
+                fd: 8,
+                cloexec: false,
+                file: 4,
+            },
+            Fd {
+                fd: 4321,
+                cloexec: false,
+                file: 5,
+            },
+        ],
+        fs: FsInfo {
+            cwd: "/tmp/work/sub".into(),
+            root: "/".into(),
+        },
+        threads: vec![Thread {
+            tid: pid,
+            comm: "program".into(),
+            regs,
+            xsave: (0..832u32).map(|i| (i * 7) as u8).collect(),
+            sigmask: 1 << 1,
+            pending: vec![siginfo(libc::SIGRTMIN() + 5)],
+            altstack: AltStack {
+                sp: 0x7fff_f000_0000,
+                flags: 0,
+                size: 65536,
+            },
+            rseq: Some(Rseq {
+                addr: 0x7fff_f7d8_afe0,
+                len: 32,
+                signature: 0x5305_3053,
+            }),
+            robust_list: (0x7fff_f7d8_a750, 24),
+            clear_child_tid: 0x7fff_f7d8_aa10,
+        }],
+    };
+    Checkpoint {
+        objects,
+        processes: vec![process],
+    }
+}
+
+/// One random change to `b`.
+fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
+    let len = b.len();
+    match rng.below(9) {
+        // Flip one bit.
+        0 if len > 0 => {
+            let i = rng.below(len);
+            b[i] ^= 1 << rng.below(8);
+        }
+        // Overwrite a byte.
+        1 if len > 0 => {
+            let i = rng.below(len);
+            b[i] = rng.byte();
+        }
+        // An interesting byte: varint continuation, sign, extremes.
+        2 if len > 0 => {
+            let i = rng.below(len);
+            b[i] = [0x00, 0x01, 0x7f, 0x80, 0xff, 0xfe][rng.below(6)];
+        }
+        // Insert a few bytes.
+        3 => {
+            let i = rng.below(len + 1);
+            let n = 1 + rng.below(4);
+            for _ in 0..n {
+                b.insert(i, rng.byte());
+            }
+        }
+        // Delete a range.
+        4 if len > 0 => {
+            let i = rng.below(len);
+            let n = (1 + rng.below(8)).min(len - i);
+            b.drain(i..i + n);
+        }
+        // Truncate.
+        5 => b.truncate(rng.below(len + 1)),
+        // A huge varint (a length or number from nowhere).
+        6 => {
+            let i = rng.below(len + 1);
+            let huge: &[u8] = [
+                &[0xff, 0xff, 0xff, 0xff, 0x0f][..],
+                &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01][..],
+                &[
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                ][..],
+            ][rng.below(3)];
+            if i < len && rng.below(2) == 0 {
+                let end = (i + huge.len()).min(len);
+                b.splice(i..end, huge.iter().copied());
+            } else {
+                b.splice(i..i, huge.iter().copied());
+            }
+        }
+        // Duplicate a slice somewhere else.
+        7 if len > 1 => {
+            let i = rng.below(len);
+            let n = (1 + rng.below(16)).min(len - i);
+            let piece: Vec<u8> = b[i..i + n].to_vec();
+            let at = rng.below(len + 1);
+            b.splice(at..at, piece);
+        }
+        // Swap two bytes.
+        _ if len > 1 => {
+            let (i, j) = (rng.below(len), rng.below(len));
+            b.swap(i, j);
+        }
+        _ => b.push(rng.byte()),
+    }
+}
+
+#[test]
+fn the_base_checkpoint_is_valid_and_round_trips() {
+    let c = checkpoint();
+    crest::restore::validate(&c).expect("the base checkpoint is valid");
+    let p = crest::codec::encode(&c.processes[0]).unwrap();
+    assert_eq!(crest::codec::decode_process(&p).unwrap(), c.processes[0]);
+    for o in &c.objects {
+        let b = crest::codec::encode(o).unwrap();
+        assert_eq!(&crest::codec::decode_object(&b).unwrap(), o);
+    }
+}
+
+const ITERATIONS: usize = 50_000;
+
+thread_local! {
+    /// Where the last panic on this thread happened.
+    static PANIC_AT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Whether `validate` would hit the overflow that
+/// `validate_interrupted_syscall_at_rip_zero` (ignored, a crest bug)
+/// shows: a thread interrupted in a syscall with its instruction pointer
+/// below 2.  The fuzz loop counts such inputs apart instead of panicking,
+/// so that it still catches every other panic.
+fn hits_known_rip_bug(c: &Checkpoint) -> bool {
+    c.processes.iter().flat_map(|p| &p.threads).any(|t| {
+        t.regs.len() == crest_sys::arch::USER_REGS_WORDS
+            && (t.regs[15] as i64) >= 0
+            && [-512, -513, -514, -516].contains(&(t.regs[10] as i64))
+            && t.regs[15] != 219 // restart_syscall: no rip change
+            && t.regs[16] < 2
+    })
+}
+
+#[test]
+fn mutated_records_never_panic() {
+    let base = checkpoint();
+    let proc_bytes = crest::codec::encode(&base.processes[0]).unwrap();
+    let obj_bytes: Vec<Vec<u8>> = base
+        .objects
+        .iter()
+        .map(|o| crest::codec::encode(o).unwrap())
+        .collect();
+    let mut rng = Rng(0x00C0_FFEE_D00D_F00D);
+    let (mut decoded, mut valid, mut proc_tries) = (0usize, 0usize, 0usize);
+    let mut panics: Vec<String> = Vec::new();
+    let mut known = 0usize;
+    // Panics are collected with their location and reported below.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        PANIC_AT.with(|p| *p.borrow_mut() = at);
+    }));
+    for it in 0..ITERATIONS {
+        let target = rng.below(4);
+        let (mut b, which) = if target < 3 {
+            proc_tries += 1;
+            (proc_bytes.clone(), None)
+        } else {
+            let i = rng.below(obj_bytes.len());
+            (obj_bytes[i].clone(), Some(i))
+        };
+        for _ in 0..1 + rng.below(4) {
+            mutate(&mut rng, &mut b);
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let ckpt = match which {
+                None => {
+                    let p = crest::codec::decode_process(&b).ok()?;
+                    Checkpoint {
+                        objects: base.objects.clone(),
+                        processes: vec![p],
+                    }
+                }
+                Some(i) => {
+                    let o = crest::codec::decode_object(&b).ok()?;
+                    let mut c = base.clone();
+                    c.objects[i] = o;
+                    c
+                }
+            };
+            if hits_known_rip_bug(&ckpt) {
+                return Some(None);
+            }
+            Some(Some(crest::restore::validate(&ckpt).is_ok()))
+        }));
+        match r {
+            Ok(Some(None)) => {
+                decoded += 1;
+                known += 1;
+            }
+            Ok(Some(Some(ok))) => {
+                decoded += 1;
+                valid += ok as usize;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let at = PANIC_AT.with(|p| p.borrow().clone());
+                if panics.len() < 5 {
+                    panics.push(format!(
+                        "iteration {it}, {} at {at}: {msg}; input {:02x?}",
+                        match which {
+                            None => "process".to_string(),
+                            Some(i) => format!("object {i}"),
+                        },
+                        b
+                    ));
+                }
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    println!(
+        "{ITERATIONS} iterations ({proc_tries} on the process record): {decoded} decoded, \
+         {valid} of them valid; {known} hit the known resume_regs overflow \
+         (see validate_interrupted_syscall_at_rip_zero)"
+    );
+    assert!(panics.is_empty(), "panics:\n{}", panics.join("\n"));
+    // The mutations must reach both outcomes, or the test proves little.
+    assert!(
+        decoded > ITERATIONS / 50,
+        "only {decoded} mutated records decoded"
+    );
+    assert!(decoded < ITERATIONS, "every mutated record decoded");
+    assert!(valid > 0 && valid < decoded, "{valid} of {decoded} valid");
+}
+
+/// Postcard varint of `v`.
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// The encoding of the process with the length of one of its lists
+/// replaced by 2^40 (found as the first byte where an encoding with an
+/// empty list and one with a single element differ), followed by the
+/// bytes of the one-element encoding.
+fn claim_2_pow_40(set: impl Fn(&mut Process, bool)) -> Vec<u8> {
+    let base = checkpoint().processes.remove(0);
+    let mut empty = base.clone();
+    set(&mut empty, false);
+    let mut one = base;
+    set(&mut one, true);
+    let e = crest::codec::encode(&empty).unwrap();
+    let o = crest::codec::encode(&one).unwrap();
+    let at = e.iter().zip(&o).position(|(a, b)| a != b).unwrap();
+    assert_eq!((e[at], o[at]), (0, 1), "a length byte");
+    let mut out = o[..at].to_vec();
+    out.extend(varint(1 << 40));
+    out.extend(&o[at + 1..]);
+    out
+}
+
+#[test]
+fn absurd_lengths_fail_without_allocating() {
+    type Setter = fn(&mut Process, bool);
+    let cases: [(&str, Setter); 6] = [
+        ("groups", |p, one| {
+            p.creds.groups = if one { vec![7] } else { vec![] }
+        }),
+        ("vmas", |p, one| {
+            let v = p.mm.vmas[2].clone();
+            p.mm.vmas = if one { vec![v] } else { vec![] };
+        }),
+        ("auxv", |p, one| {
+            p.mm.auxv = if one { vec![(6, PAGE)] } else { vec![] }
+        }),
+        ("fds", |p, one| {
+            let f = p.fds[0];
+            p.fds = if one { vec![f] } else { vec![] };
+        }),
+        ("threads", |p, one| {
+            let t = p.threads[0].clone();
+            p.threads = if one { vec![t] } else { vec![] };
+        }),
+        ("xsave", |p, one| {
+            p.threads[0].xsave = if one { vec![1] } else { vec![] }
+        }),
+    ];
+    for (what, set) in cases {
+        let payload = claim_2_pow_40(set);
+        let (r, largest) = largest_allocation(|| crest::codec::decode_process(&payload));
+        println!("{what}: 2^40 elements claimed; largest allocation {largest} bytes");
+        let err = r.expect_err(what);
+        assert!(
+            err.to_string().contains("cannot decode a process record"),
+            "{what}: {err}"
+        );
+        assert!(
+            largest < 16 << 20,
+            "{what}: decoding a claim of 2^40 elements allocated {largest} bytes at once"
+        );
+    }
+    // A string (a path) of 2^40 bytes in an object.
+    let mut b = varint(0); // id
+    b.extend(varint(0)); // ObjectKind::File
+    b.extend(varint(1 << 40)); // path length
+    b.extend(b"/usr/bin/x");
+    let (r, largest) = largest_allocation(|| crest::codec::decode_object(&b));
+    assert!(r.is_err());
+    assert!(largest < 16 << 20, "object path: {largest} bytes");
+}
+
+/// A thread stopped in an interrupted syscall with its instruction
+/// pointer below 2: restore backs it up over the `syscall` instruction.
+#[test]
+#[ignore = "crest bug: restore::validate (tasks::resume_regs) panics with 'attempt to subtract \
+            with overflow' on a thread interrupted in a syscall (orig_rax >= 0, rax = \
+            -ERESTART*) whose rip is 0 or 1, instead of refusing the image"]
+fn validate_interrupted_syscall_at_rip_zero() {
+    for rip in [0u64, 1] {
+        let mut c = checkpoint();
+        c.processes[0].threads[0].regs[16] = rip;
+        let r = catch_unwind(|| crest::restore::validate(&c).map(|_| ()));
+        assert!(r.is_ok(), "validate panicked with rip {rip}");
+    }
+}
