@@ -38,12 +38,15 @@ pub struct UnlinkedSource {
     pub size: u64,
 }
 
+/// (pid, fd, object) of a descriptor already collected.
+type SeenFd = (i32, i32, u32);
+
 /// Descriptors seen so far in a tree, by (dev, ino) of their file, so
 /// that one open file description held by several descriptors (in one
 /// process or several) becomes one object: kcmp(KCMP_FILE) decides.
 #[derive(Default)]
 pub struct FdIndex {
-    seen: HashMap<(u64, u64), Vec<(i32, i32, u32)>>,
+    seen: HashMap<(u64, u64), Vec<SeenFd>>,
 }
 
 /// Reads the descriptor table of `pid`.
