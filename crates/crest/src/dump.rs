@@ -110,7 +110,7 @@ pub struct Collected {
     pub ckpt: Checkpoint,
     /// Page plans, one per process (same order as `ckpt.processes`).
     pub plans: Vec<memory::PagePlan>,
-    pub unlinked: Vec<files::UnlinkedSource>,
+    pub data: Vec<files::DataSource>,
 }
 
 /// Collects the model of a frozen tree.  Obstacles found are pushed; the
@@ -124,7 +124,7 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
     }
     let mut objects = ObjectTable::default();
     let mut fd_index = files::FdIndex::default();
-    let mut unlinked = Vec::new();
+    let mut data = Vec::new();
     let mut staged = Vec::new();
     let mut shmem_owner: std::collections::HashMap<u64, i32> = Default::default();
     for (pid, tids) in &tree.procs {
@@ -147,7 +147,7 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
                 }
             }
         }
-        let fds = files::collect_fds(pid, &mut objects, obstacles, &mut unlinked, &mut fd_index)?;
+        let fds = files::collect_fds(pid, &mut objects, obstacles, &mut data, &mut fd_index)?;
         let exe_path = proc::read_link(pid, "exe")?;
         if exe_path.ends_with(" (deleted)") {
             obstacles.push(Obstacle {
@@ -169,6 +169,8 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
         }
         staged.push((pid, tids, maps, vmas, fds, exe_path, leader));
     }
+    let pids: Vec<i32> = tree.procs.iter().map(|p| p.0).collect();
+    files::check_pipe_ends(&fd_index, &pids, obstacles);
     if !obstacles.is_empty() {
         return Ok(None);
     }
@@ -240,7 +242,7 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
             processes,
         },
         plans,
-        unlinked,
+        data,
     }))
 }
 
@@ -287,7 +289,7 @@ pub fn dump<W: Write>(
     let mut w = Writer::new(out, &codec::header_here()?)?;
     codec::write_metadata(&mut w, &c.ckpt)?;
     crate::fault::point("dump: metadata written")?;
-    files::write_unlinked(&c.unlinked, &mut w)?;
+    files::write_data(&c.data, &mut w)?;
     let total: u64 = c
         .plans
         .iter()

@@ -6,7 +6,7 @@
 //! descriptor number in the new task and seeks it to its offset.
 
 use crate::error::{Context, Error, Result};
-use crate::model::{Fd, FileId, ObjectKind, OpenFile, OpenTarget};
+use crate::model::{Fd, FileId, ObjectKind, OpenFile, OpenTarget, PipeObj};
 use crate::objects::{file_id, ObjectTable};
 use crate::Obstacle;
 use crest_image::Writer;
@@ -30,12 +30,26 @@ const STATELESS_DEVICES: [(u32, u32, &str); 5] = [
 /// Unlinked-file contents larger than this are refused.
 const MAX_UNLINKED: u64 = 1 << 32;
 
-/// An unlinked file whose content goes into the image.
-pub struct UnlinkedSource {
-    pub object: u32,
-    pub pid: i32,
-    pub fd: i32,
-    pub size: u64,
+/// Content that goes into the image as FILE_DATA records.
+pub enum DataSource {
+    /// An unlinked file, read through /proc/PID/fd/FD.
+    Unlinked {
+        object: u32,
+        pid: i32,
+        fd: i32,
+        size: u64,
+    },
+    /// The bytes in flight in a pipe, copied at collect time.
+    Pipe { object: u32, data: Vec<u8> },
+}
+
+/// A pipe met during collection.
+struct PipeSeen {
+    object: u32,
+    read: bool,
+    write: bool,
+    /// A descriptor on it (pid, fd), for messages.
+    at: (i32, i32),
 }
 
 /// (pid, fd, object) of a descriptor already collected.
@@ -47,6 +61,7 @@ type SeenFd = (i32, i32, u32);
 #[derive(Default)]
 pub struct FdIndex {
     seen: HashMap<(u64, u64), Vec<SeenFd>>,
+    pipes: HashMap<u64, PipeSeen>,
 }
 
 /// Reads the descriptor table of `pid`.
@@ -54,11 +69,10 @@ pub fn collect_fds(
     pid: i32,
     objects: &mut ObjectTable,
     obstacles: &mut Vec<Obstacle>,
-    unlinked: &mut Vec<UnlinkedSource>,
+    data: &mut Vec<DataSource>,
     index: &mut FdIndex,
 ) -> Result<Vec<Fd>> {
     let mut out: Vec<Fd> = Vec::new();
-    let seen = &mut index.seen;
     for fd in proc::list_fds(pid)? {
         let refuse = |obstacles: &mut Vec<Obstacle>, reason: String| {
             obstacles.push(Obstacle {
@@ -82,7 +96,7 @@ pub fn collect_fds(
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let key = (md.dev(), md.ino());
-        if let Some(prev) = seen.get(&key) {
+        if let Some(prev) = index.seen.get(&key) {
             let mut shared = None;
             for &(ppid, pfd, obj) in prev {
                 if kcmp(ppid, pid, kcmp_type::FILE, pfd as u64, fd as u64)? == 0 {
@@ -136,21 +150,58 @@ pub fn collect_fds(
             }
         } else if ft.is_fifo() {
             if link.starts_with("pipe:") {
-                refuse(obstacles, "pipes are not supported yet".into());
-                continue;
-            }
-            match fifo_bytes(pid, fd) {
-                Ok(0) => OpenTarget::Fifo { path: link.clone() },
-                Ok(n) => {
-                    refuse(
-                        obstacles,
-                        format!("FIFO {link} has {n} bytes in flight (not supported yet)"),
-                    );
-                    continue;
+                let write = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
+                let pipe = match index.pipes.get_mut(&md.ino()) {
+                    Some(p) => p,
+                    None => {
+                        let (size, bytes) = match pipe_contents(pid, fd) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                refuse(obstacles, format!("{link}: cannot read the pipe: {e}"));
+                                continue;
+                            }
+                        };
+                        let object = objects.add(ObjectKind::Pipe(PipeObj {
+                            size,
+                            data_len: bytes.len() as u64,
+                        }));
+                        if !bytes.is_empty() {
+                            data.push(DataSource::Pipe {
+                                object,
+                                data: bytes,
+                            });
+                        }
+                        index.pipes.entry(md.ino()).or_insert(PipeSeen {
+                            object,
+                            read: false,
+                            write: false,
+                            at: (pid, fd),
+                        })
+                    }
+                };
+                if write {
+                    pipe.write = true;
+                } else {
+                    pipe.read = true;
                 }
-                Err(e) => {
-                    refuse(obstacles, format!("FIFO {link}: {e}"));
-                    continue;
+                OpenTarget::PipeEnd {
+                    pipe: pipe.object,
+                    write,
+                }
+            } else {
+                match fifo_bytes(pid, fd) {
+                    Ok(0) => OpenTarget::Fifo { path: link.clone() },
+                    Ok(n) => {
+                        refuse(
+                            obstacles,
+                            format!("FIFO {link} has {n} bytes in flight (not supported yet)"),
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        refuse(obstacles, format!("FIFO {link}: {e}"));
+                        continue;
+                    }
                 }
             }
         } else if ft.is_socket() {
@@ -181,14 +232,14 @@ pub fn collect_fds(
             target: target.clone(),
         }));
         if let OpenTarget::Unlinked { size, .. } = target {
-            unlinked.push(UnlinkedSource {
+            data.push(DataSource::Unlinked {
                 object: obj,
                 pid,
                 fd,
                 size,
             });
         }
-        seen.entry(key).or_default().push((pid, fd, obj));
+        index.seen.entry(key).or_default().push((pid, fd, obj));
         out.push(Fd {
             fd,
             cloexec,
@@ -196,6 +247,104 @@ pub fn collect_fds(
         });
     }
     Ok(out)
+}
+
+/// Buffer size and bytes in flight of the pipe behind `fd` of `pid`,
+/// copied with tee(2) so nothing is consumed.
+fn pipe_contents(pid: i32, fd: i32) -> Result<(u32, Vec<u8>)> {
+    // A read end of our own on the same pipe (reopening the magic link
+    // gives one even when the task holds only the write end).
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let src = open_path(&path, (libc::O_RDONLY | libc::O_NONBLOCK) as u32)?;
+    // SAFETY: fcntl on a descriptor we own.
+    let size = unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if size < 0 {
+        return Err(crest_sys::Error::last_os(format!("F_GETPIPE_SZ on {path}")).into());
+    }
+    let (tr, tw) = make_pipe()?;
+    // SAFETY: fcntl on a descriptor we own.
+    if unsafe { libc::fcntl(tw.as_raw_fd(), libc::F_SETPIPE_SZ, size) } < 0 {
+        return Err(
+            crest_sys::Error::last_os(format!("sizing a copy pipe to {size} bytes")).into(),
+        );
+    }
+    let mut out = Vec::new();
+    // SAFETY: tee between two pipe descriptors we own.
+    let n = unsafe {
+        libc::tee(
+            src.as_raw_fd(),
+            tw.as_raw_fd(),
+            size as usize,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(Error::Io(e));
+        }
+    } else if n > 0 {
+        out.resize(n as usize, 0);
+        let mut f = File::from(tr);
+        f.read_exact(&mut out)
+            .context(|| format!("copying the data in {path}"))?;
+    }
+    Ok((size as u32, out))
+}
+
+/// A new pipe (read end, write end), close-on-exec.
+pub fn make_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(crest_sys::Error::last_os("pipe2").into());
+    }
+    // SAFETY: fresh descriptors nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Pipes whose other end is held outside the tree cannot be restored
+/// with their peer: list them.  `tree` holds the pids of the tree.
+pub fn check_pipe_ends(index: &FdIndex, tree: &[i32], obstacles: &mut Vec<Obstacle>) {
+    let half: Vec<(&u64, &PipeSeen)> = index
+        .pipes
+        .iter()
+        .filter(|(_, p)| !(p.read && p.write))
+        .collect();
+    if half.is_empty() {
+        return;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if tree.contains(&pid) || pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for f in fds.flatten() {
+            let Ok(l) = std::fs::read_link(f.path()) else {
+                continue;
+            };
+            let l = l.to_string_lossy();
+            for (ino, p) in &half {
+                if l == format!("pipe:[{ino}]") {
+                    obstacles.push(Obstacle {
+                        pid: p.at.0,
+                        object: format!("fd {}", p.at.1),
+                        reason: format!(
+                            "the other end of this pipe is held by pid {pid}, outside the tree"
+                        ),
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// Bytes waiting in a FIFO of the task.
@@ -240,24 +389,38 @@ fn socket_family(pid: i32, fd: i32) -> String {
     }
 }
 
-/// Writes the contents of unlinked files as FILE_DATA records.
-pub fn write_unlinked<W: Write>(srcs: &[UnlinkedSource], out: &mut Writer<W>) -> Result<()> {
+/// Writes unlinked files' contents and pipes' bytes as FILE_DATA records.
+pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     for s in srcs {
-        let path = format!("/proc/{}/fd/{}", s.pid, s.fd);
-        let mut f = File::open(&path)
-            .context(|| format!("pid {}: fd {}: reopening the unlinked file", s.pid, s.fd))?;
-        let mut off = 0u64;
-        while off < s.size {
-            let want = ((s.size - off) as usize).min(buf.len());
-            let n = f
-                .read(&mut buf[..want])
-                .context(|| format!("reading {path}"))?;
-            if n == 0 {
-                break;
+        match s {
+            DataSource::Pipe { object, data } => {
+                for (i, c) in data.chunks(1 << 20).enumerate() {
+                    out.write_file_data(*object as u64, (i << 20) as u64, c)?;
+                }
             }
-            out.write_file_data(s.object as u64, off, &buf[..n])?;
-            off += n as u64;
+            &DataSource::Unlinked {
+                object,
+                pid,
+                fd,
+                size,
+            } => {
+                let path = format!("/proc/{pid}/fd/{fd}");
+                let mut f = File::open(&path)
+                    .context(|| format!("pid {pid}: fd {fd}: reopening the unlinked file"))?;
+                let mut off = 0u64;
+                while off < size {
+                    let want = ((size - off) as usize).min(buf.len());
+                    let n = f
+                        .read(&mut buf[..want])
+                        .context(|| format!("reading {path}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_file_data(object as u64, off, &buf[..n])?;
+                    off += n as u64;
+                }
+            }
         }
     }
     Ok(())
@@ -271,11 +434,13 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
     })
 }
 
-/// Unlinked files being recreated for a restore.  They are unlinked as
-/// soon as they are open; whatever is left on error is removed on drop.
+/// Things crest builds before the stubs exist: unlinked files being
+/// recreated (unlinked again as soon as they are open; whatever is left
+/// on error is removed on drop) and pipes being refilled.
 #[derive(Default)]
 pub struct UnlinkedFiles {
     files: HashMap<u32, (File, String)>,
+    pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
 }
 
 impl UnlinkedFiles {
@@ -310,6 +475,25 @@ impl UnlinkedFiles {
     }
 
     /// Writes a piece of an unlinked file's content.
+    /// Creates the pipe of object `id`, sized as it was.
+    fn pipe(&mut self, id: u32, p: &PipeObj) -> Result<&(OwnedFd, OwnedFd)> {
+        if !self.pipes.contains_key(&id) {
+            let (r, w) = make_pipe()?;
+            // SAFETY: fcntl on a descriptor we own.
+            let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, p.size as i32) };
+            if got < 0 || (got as u64) < p.data_len {
+                return Err(crest_sys::Error::last_os(format!(
+                    "sizing a pipe to {} bytes (pipe-max-size may be lower here)",
+                    p.size
+                ))
+                .into());
+            }
+            self.pipes.insert(id, (r, w));
+        }
+        Ok(&self.pipes[&id])
+    }
+
+    /// Writes a piece of an unlinked file's content or of a pipe's data.
     pub fn write(
         &mut self,
         ckpt_obj: Option<&ObjectKind>,
@@ -317,6 +501,22 @@ impl UnlinkedFiles {
         offset: u64,
         data: &[u8],
     ) -> Result<()> {
+        if let Some(ObjectKind::Pipe(p)) = ckpt_obj {
+            if offset
+                .checked_add(data.len() as u64)
+                .is_none_or(|end| end > p.data_len)
+            {
+                return Err(Error::Invalid(format!(
+                    "pipe data for object {object} runs past its {} bytes",
+                    p.data_len
+                )));
+            }
+            let (_, w) = self.pipe(object, p)?;
+            let mut f = File::from(w.try_clone()?);
+            return f
+                .write_all(data)
+                .context(|| format!("refilling pipe object {object}"));
+        }
         let (path, mode, size) = match ckpt_obj {
             Some(ObjectKind::Open(OpenFile {
                 target: OpenTarget::Unlinked { path, mode, size },
@@ -396,8 +596,27 @@ fn set_fl(fd: &OwnedFd, flags: u32, path: &str) -> Result<()> {
 }
 
 /// Opens the open file description `o` (object `id`) in crest.
-pub fn open_object(id: u32, o: &OpenFile, unlinked: &mut UnlinkedFiles) -> Result<OwnedFd> {
+pub fn open_object(
+    id: u32,
+    o: &OpenFile,
+    unlinked: &mut UnlinkedFiles,
+    objects: &dyn Fn(u32) -> Option<ObjectKind>,
+) -> Result<OwnedFd> {
     let fd = match &o.target {
+        OpenTarget::PipeEnd { pipe, write } => {
+            let Some(ObjectKind::Pipe(p)) = objects(*pipe) else {
+                return Err(Error::Invalid(format!(
+                    "pipe end {id}: object {pipe} is not a pipe"
+                )));
+            };
+            let (r, w) = unlinked.pipe(*pipe, &p)?;
+            // Each end is one open file description: hand out the pipe's
+            // own; a second description of the same end is a reopen.
+            let end = if *write { w } else { r };
+            let fd = end.try_clone()?;
+            set_fl(&fd, o.flags, "a pipe")?;
+            fd
+        }
         OpenTarget::Regular(fid) => {
             let fd = open_path(&fid.path, o.flags)?;
             seek(&fd, o.pos, &fid.path)?;
@@ -439,6 +658,12 @@ pub fn open_object(id: u32, o: &OpenFile, unlinked: &mut UnlinkedFiles) -> Resul
         }
     };
     Ok(fd)
+}
+
+/// Closes crest's own ends of the recreated pipes (once the stubs hold
+/// theirs), so readers see end-of-file when the restored writers close.
+pub fn release_pipes(unlinked: &mut UnlinkedFiles) {
+    unlinked.pipes.clear();
 }
 
 /// Removes the names of the recreated unlinked files, once every

@@ -99,11 +99,20 @@ impl Inspection {
     pub fn describe_object(&self, id: u32) -> String {
         match self.checkpoint.object(id) {
             Some(ObjectKind::File(f)) => f.path.clone(),
+            Some(ObjectKind::Pipe(p)) => format!("pipe ({} bytes in flight)", p.data_len),
             Some(ObjectKind::Open(o)) => match &o.target {
                 crate::model::OpenTarget::Regular(f) => f.path.clone(),
                 crate::model::OpenTarget::Directory { path } => format!("{path}/ (directory)"),
                 crate::model::OpenTarget::CharDevice { path, .. } => path.clone(),
                 crate::model::OpenTarget::Fifo { path } => format!("{path} (fifo)"),
+                crate::model::OpenTarget::PipeEnd { pipe, write } => format!(
+                    "pipe #{pipe} {} end{}",
+                    if *write { "write" } else { "read" },
+                    match self.checkpoint.object(*pipe) {
+                        Some(ObjectKind::Pipe(p)) => format!(", {} bytes in flight", p.data_len),
+                        _ => String::new(),
+                    }
+                ),
                 crate::model::OpenTarget::Unlinked { path, size, .. } => {
                     format!("{path} (deleted, {size} bytes saved)")
                 }

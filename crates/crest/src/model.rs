@@ -26,6 +26,18 @@ pub enum ObjectKind {
     File(FileId),
     /// An open file description (what `open` returns and `dup` shares).
     Open(OpenFile),
+    /// A pipe (the buffer both ends share).  The bytes in flight follow
+    /// in FILE_DATA records with this object's id.
+    Pipe(PipeObj),
+}
+
+/// A pipe's buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeObj {
+    /// Buffer size (F_GETPIPE_SZ).
+    pub size: u32,
+    /// Bytes in flight.
+    pub data_len: u64,
 }
 
 /// The identity of a file at dump time, used to refuse a restore when
@@ -57,6 +69,8 @@ pub enum OpenTarget {
     CharDevice { path: String, rdev: u64 },
     /// A named pipe, opened by path; its buffer was empty.
     Fifo { path: String },
+    /// One end of a pipe (an [`ObjectKind::Pipe`]).
+    PipeEnd { pipe: ObjectId, write: bool },
     /// A regular file unlinked while open: its content follows in
     /// FILE_DATA records with this object's id.
     Unlinked {

@@ -277,8 +277,10 @@ impl Build {
                         let Some(ObjectKind::Open(o)) = ckpt.object(fd.file) else {
                             unreachable!("validated")
                         };
-                        let f = files::open_object(fd.file, o, unlinked)
-                            .context(|| format!("pid {}: fd {}", p.pid, fd.fd))?;
+                        let f = files::open_object(fd.file, o, unlinked, &|id| {
+                            ckpt.object(id).cloned()
+                        })
+                        .context(|| format!("pid {}: fd {}", p.pid, fd.fd))?;
                         let s = stub::raw(&f);
                         held.push(f);
                         opened.insert(fd.file, s);
@@ -390,6 +392,7 @@ impl Build {
         crate::fault::point("restore: before creating the processes")?;
         let root = ckpt.processes[0].pid;
         let tree = StubTree::spawn(plan, pipes).context(|| format!("restoring pid {root}"))?;
+        files::release_pipes(unlinked);
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
             let pid = p.pid;
             (|| -> Result<()> {
