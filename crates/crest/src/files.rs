@@ -474,7 +474,6 @@ impl UnlinkedFiles {
         Ok(&self.files[&object].0)
     }
 
-    /// Writes a piece of an unlinked file's content.
     /// Creates the pipe of object `id`, sized as it was.
     fn pipe(&mut self, id: u32, p: &PipeObj) -> Result<&(OwnedFd, OwnedFd)> {
         if let std::collections::hash_map::Entry::Vacant(e) = self.pipes.entry(id) {
@@ -489,25 +488,6 @@ impl UnlinkedFiles {
                 .into());
             }
             e.insert((r, w));
-        }
-        Ok(&self.pipes[&id])
-    }
-
-    /// Writes a piece of an unlinked file's content.
-    /// Creates the pipe of object `id`, sized as it was.
-    fn pipe(&mut self, id: u32, p: &PipeObj) -> Result<&(OwnedFd, OwnedFd)> {
-        if !self.pipes.contains_key(&id) {
-            let (r, w) = make_pipe()?;
-            // SAFETY: fcntl on a descriptor we own.
-            let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, p.size as i32) };
-            if got < 0 || (got as u64) < p.data_len {
-                return Err(crest_sys::Error::last_os(format!(
-                    "sizing a pipe to {} bytes (pipe-max-size may be lower here)",
-                    p.size
-                ))
-                .into());
-            }
-            self.pipes.insert(id, (r, w));
         }
         Ok(&self.pipes[&id])
     }
