@@ -126,27 +126,10 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
     let mut fd_index = files::FdIndex::default();
     let mut data = Vec::new();
     let mut staged = Vec::new();
-    let mut shmem_owner: std::collections::HashMap<u64, i32> = Default::default();
     for (pid, tids) in &tree.procs {
         let pid = *pid;
         let maps = proc::read_smaps(pid)?;
-        let vmas = memory::collect_vmas(pid, &maps, &mut objects, obstacles)?;
-        for m in maps
-            .iter()
-            .filter(|m| m.shared && m.path == "/dev/zero (deleted)")
-        {
-            if let Some(other) = shmem_owner.insert(m.inode, pid) {
-                if other != pid {
-                    obstacles.push(Obstacle {
-                        pid,
-                        object: format!("mapping {:x}-{:x}", m.start, m.end),
-                        reason: format!(
-                            "shared anonymous memory shared with pid {other} is not supported yet"
-                        ),
-                    });
-                }
-            }
-        }
+        let vmas = memory::collect_vmas(pid, &maps, &mut objects, obstacles, &mut data)?;
         let fds = files::collect_fds(pid, &mut objects, obstacles, &mut data, &mut fd_index)?;
         let exe_path = proc::read_link(pid, "exe")?;
         if exe_path.ends_with(" (deleted)") {

@@ -6,7 +6,7 @@
 //! descriptor number in the new task and seeks it to its offset.
 
 use crate::error::{Context, Error, Result};
-use crate::model::{Fd, FileId, ObjectKind, OpenFile, OpenTarget, PipeObj};
+use crate::model::{Fd, FileId, ObjectKind, OpenFile, OpenTarget, PipeObj, ShmemKind, ShmemObj};
 use crate::objects::{file_id, ObjectTable};
 use crate::Obstacle;
 use crest_image::Writer;
@@ -41,6 +41,12 @@ pub enum DataSource {
     },
     /// The bytes in flight in a pipe, copied at collect time.
     Pipe { object: u32, data: Vec<u8> },
+    /// A shared-memory object, read through `path` (holes skipped).
+    Shmem {
+        object: u32,
+        path: String,
+        size: u64,
+    },
 }
 
 /// A pipe met during collection.
@@ -114,7 +120,21 @@ pub fn collect_fds(
             }
         }
         let ft = md.file_type();
-        let target = if ft.is_file() {
+        let target = if ft.is_file() && link.starts_with("/memfd:") {
+            let path = format!("/proc/{pid}/fd/{fd}");
+            let shmem = match objects.shmem(md.dev(), md.ino()) {
+                Some(id) => id,
+                None => crate::memory::shmem_from_path(
+                    objects,
+                    data,
+                    md.dev(),
+                    md.ino(),
+                    &path,
+                    Some(&link),
+                )?,
+            };
+            OpenTarget::Memfd { shmem }
+        } else if ft.is_file() {
             if md.nlink() == 0 || link.ends_with(" (deleted)") {
                 if md.size() > MAX_UNLINKED {
                     refuse(
@@ -292,6 +312,64 @@ fn pipe_contents(pid: i32, fd: i32) -> Result<(u32, Vec<u8>)> {
     Ok((size as u32, out))
 }
 
+/// Creates an empty shared-memory object of the right kind and size.
+fn create_shmem(m: &ShmemObj) -> Result<OwnedFd> {
+    let fd = match &m.kind {
+        ShmemKind::Memfd { name, .. } => {
+            let c = std::ffi::CString::new(name.as_str())
+                .map_err(|_| Error::Invalid(format!("memfd name with a NUL byte: {name:?}")))?;
+            // SAFETY: `c` is a valid NUL-terminated string.
+            let fd = unsafe {
+                libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+            };
+            if fd < 0 {
+                return Err(crest_sys::Error::last_os(format!("memfd_create({name})")).into());
+            }
+            // SAFETY: a fresh descriptor nobody else owns.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        }
+        ShmemKind::Anonymous => {
+            // The kernel names this object "/dev/zero (deleted)" only when
+            // it comes from a shared anonymous mapping: make one, keep a
+            // descriptor on its file, and drop the mapping.
+            let len = m.size.max(1) as usize;
+            // SAFETY: a fresh shared anonymous mapping nobody else uses.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(crest_sys::Error::last_os(format!(
+                    "mapping {len} bytes of shared memory"
+                ))
+                .into());
+            }
+            let a = p as u64;
+            let path = format!(
+                "/proc/self/map_files/{a:x}-{:x}",
+                a + crate::memory::round_up(len as u64)
+            );
+            let r = open_path(&path, libc::O_RDWR as u32);
+            // SAFETY: unmapping exactly the mapping made above.
+            unsafe { libc::munmap(p, len) };
+            r?
+        }
+    };
+    if let ShmemKind::Memfd { .. } = m.kind {
+        // SAFETY: ftruncate on a descriptor we own.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), m.size as i64) } != 0 {
+            return Err(crest_sys::Error::last_os("sizing a memfd").into());
+        }
+    }
+    Ok(fd)
+}
+
 /// A new pipe (read end, write end), close-on-exec.
 pub fn make_pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
@@ -399,6 +477,9 @@ pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<
                     out.write_file_data(*object as u64, (i << 20) as u64, c)?;
                 }
             }
+            DataSource::Shmem { object, path, size } => {
+                write_shmem(*object, path, *size, &mut buf, out)?;
+            }
             &DataSource::Unlinked {
                 object,
                 pid,
@@ -426,6 +507,52 @@ pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<
     Ok(())
 }
 
+/// Writes the non-hole, non-zero pages of a shared-memory object.
+fn write_shmem<W: Write>(
+    object: u32,
+    path: &str,
+    size: u64,
+    buf: &mut [u8],
+    out: &mut Writer<W>,
+) -> Result<()> {
+    let f = File::open(path).context(|| format!("opening {path}"))?;
+    let ps = crate::memory::page_size() as usize;
+    let mut off = 0u64;
+    while off < size {
+        // SAFETY: lseek on a descriptor we own.
+        let start = unsafe { libc::lseek(f.as_raw_fd(), off as i64, libc::SEEK_DATA) };
+        if start < 0 {
+            break; // ENXIO: no data past `off`
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), start, libc::SEEK_HOLE) }.max(start) as u64;
+        let mut pos = start as u64;
+        let end = hole.min(size);
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], pos)
+                .context(|| format!("reading {path} at {pos}"))?;
+            let mut i = 0;
+            while i < n {
+                let pe = (i + ps).min(n);
+                if buf[i..pe].iter().all(|&b| b == 0) {
+                    i = pe;
+                    continue;
+                }
+                let mut j = pe;
+                while j < n && buf[j..(j + ps).min(n)].iter().any(|&b| b != 0) {
+                    j = (j + ps).min(n);
+                }
+                out.write_file_data(object as u64, pos + i as u64, &buf[i..j])?;
+                i = j;
+            }
+            pos += n as u64;
+        }
+        off = end.max(off + 1);
+    }
+    Ok(())
+}
+
 /// cwd and root of the task.
 pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
     Ok(crate::model::FsInfo {
@@ -441,6 +568,7 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
 pub struct UnlinkedFiles {
     files: HashMap<u32, (File, String)>,
     pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
+    shmem: HashMap<u32, OwnedFd>,
 }
 
 impl UnlinkedFiles {
@@ -492,6 +620,33 @@ impl UnlinkedFiles {
         Ok(&self.pipes[&id])
     }
 
+    /// The shared-memory object `id`, created (empty, sized) the first time.
+    pub fn shmem(&mut self, id: u32, m: &ShmemObj) -> Result<&OwnedFd> {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.shmem.entry(id) {
+            e.insert(create_shmem(m)?);
+        }
+        Ok(&self.shmem[&id])
+    }
+
+    /// Adds each memfd's seals, once every mapping of it exists.
+    pub fn seal(&self, objects: &dyn Fn(u32) -> Option<ObjectKind>) -> Result<()> {
+        for (&id, fd) in &self.shmem {
+            if let Some(ObjectKind::Shmem(ShmemObj {
+                kind: ShmemKind::Memfd { name, seals },
+                ..
+            })) = objects(id)
+            {
+                // SAFETY: fcntl on a descriptor we own.
+                if seals != 0
+                    && unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as i32) } != 0
+                {
+                    return Err(crest_sys::Error::last_os(format!("sealing memfd {name}")).into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a piece of an unlinked file's content or of a pipe's data.
     pub fn write(
         &mut self,
@@ -500,6 +655,22 @@ impl UnlinkedFiles {
         offset: u64,
         data: &[u8],
     ) -> Result<()> {
+        if let Some(ObjectKind::Shmem(m)) = ckpt_obj {
+            if offset
+                .checked_add(data.len() as u64)
+                .is_none_or(|end| end > m.size)
+            {
+                return Err(Error::Invalid(format!(
+                    "shared memory data for object {object} runs past its {} bytes",
+                    m.size
+                )));
+            }
+            let fd = self.shmem(object, m)?;
+            let f = File::from(fd.try_clone()?);
+            return f
+                .write_all_at(data, offset)
+                .context(|| format!("filling shared memory object {object}"));
+        }
         if let Some(ObjectKind::Pipe(p)) = ckpt_obj {
             if offset
                 .checked_add(data.len() as u64)
@@ -602,6 +773,18 @@ pub fn open_object(
     objects: &dyn Fn(u32) -> Option<ObjectKind>,
 ) -> Result<OwnedFd> {
     let fd = match &o.target {
+        OpenTarget::Memfd { shmem } => {
+            let Some(ObjectKind::Shmem(m)) = objects(*shmem) else {
+                return Err(Error::Invalid(format!(
+                    "memfd {id}: object {shmem} is not shared memory"
+                )));
+            };
+            let base = unlinked.shmem(*shmem, &m)?;
+            // A new open file description of the same memfd.
+            let fd = open_path(&format!("/proc/self/fd/{}", base.as_raw_fd()), o.flags)?;
+            seek(&fd, o.pos, "a memfd")?;
+            fd
+        }
         OpenTarget::PipeEnd { pipe, write } => {
             let Some(ObjectKind::Pipe(p)) = objects(*pipe) else {
                 return Err(Error::Invalid(format!(

@@ -100,11 +100,20 @@ impl Inspection {
         match self.checkpoint.object(id) {
             Some(ObjectKind::File(f)) => f.path.clone(),
             Some(ObjectKind::Pipe(p)) => format!("pipe ({} bytes in flight)", p.data_len),
+            Some(ObjectKind::Shmem(m)) => match &m.kind {
+                crate::model::ShmemKind::Anonymous => {
+                    format!("shared memory #{id} ({} bytes)", m.size)
+                }
+                crate::model::ShmemKind::Memfd { name, .. } => {
+                    format!("memfd:{name} #{id} ({} bytes)", m.size)
+                }
+            },
             Some(ObjectKind::Open(o)) => match &o.target {
                 crate::model::OpenTarget::Regular(f) => f.path.clone(),
                 crate::model::OpenTarget::Directory { path } => format!("{path}/ (directory)"),
                 crate::model::OpenTarget::CharDevice { path, .. } => path.clone(),
                 crate::model::OpenTarget::Fifo { path } => format!("{path} (fifo)"),
+                crate::model::OpenTarget::Memfd { shmem } => self.describe_object(*shmem),
                 crate::model::OpenTarget::PipeEnd { pipe, write } => format!(
                     "pipe #{pipe} {} end{}",
                     if *write { "write" } else { "read" },

@@ -9,8 +9,9 @@
 //! then sets the final protections.
 
 use crate::error::{Context, Error, Result};
+use crate::files::DataSource;
 use crate::freeze::Inject;
-use crate::model::{Backing, Mm, Vma, VmaFlags};
+use crate::model::{Backing, Mm, ObjectKind, ShmemKind, ShmemObj, Vma, VmaFlags};
 use crate::objects::ObjectTable;
 use crate::Obstacle;
 use crest_image::Writer;
@@ -28,6 +29,11 @@ const MADV_GUARD_INSTALL: u64 = 102;
 
 pub fn page_size() -> u64 {
     crest_sys::process::page_size() as u64
+}
+
+/// `n` rounded up to a whole number of pages.
+pub fn round_up(n: u64) -> u64 {
+    n.div_ceil(page_size()) * page_size()
 }
 
 fn prot_of(m: &MapEntry) -> u32 {
@@ -51,6 +57,7 @@ pub fn collect_vmas(
     maps: &[MapEntry],
     objects: &mut ObjectTable,
     obstacles: &mut Vec<Obstacle>,
+    data: &mut Vec<DataSource>,
 ) -> Result<Vec<Vma>> {
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
@@ -78,11 +85,10 @@ pub fn collect_vmas(
                 }
                 Backing::Anonymous
             }
-            _ if m.shared && m.path == "/dev/zero (deleted)" => Backing::Anonymous,
-            _ if m.is_memfd() => {
-                refuse("memfd mappings are not supported yet");
-                continue;
+            _ if m.path == "/dev/zero (deleted)" || m.path.starts_with("[anon_shmem:") => {
+                Backing::Shmem(shmem_object(pid, m, objects, data)?)
             }
+            _ if m.is_memfd() => Backing::Shmem(shmem_object(pid, m, objects, data)?),
             _ if m.is_sysv_shm() => {
                 refuse("System V shared memory is not supported yet");
                 continue;
@@ -103,7 +109,10 @@ pub fn collect_vmas(
                 Backing::File(objects.file(&path)?)
             }
         };
-        let special = !matches!(backing, Backing::Anonymous | Backing::File(_));
+        let special = !matches!(
+            backing,
+            Backing::Anonymous | Backing::File(_) | Backing::Shmem(_)
+        );
         if !special {
             if f.contains(VmFlags::HUGETLB) {
                 refuse("hugetlbfs mappings are not supported");
@@ -156,6 +165,67 @@ pub fn collect_vmas(
     Ok(out)
 }
 
+/// The shared-memory object behind mapping `m`, added to the table (with
+/// its content queued for the image) the first time it is met.
+fn shmem_object(
+    pid: i32,
+    m: &MapEntry,
+    objects: &mut ObjectTable,
+    data: &mut Vec<DataSource>,
+) -> Result<u32> {
+    let dev = libc::makedev(m.dev_major, m.dev_minor);
+    if let Some(id) = objects.shmem(dev, m.inode) {
+        return Ok(id);
+    }
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    shmem_from_path(
+        objects,
+        data,
+        dev,
+        m.inode,
+        &path,
+        m.is_memfd().then_some(m.path.as_str()),
+    )
+}
+
+/// Adds the shared-memory object reachable at `path` (a map_files or fd
+/// link); `memfd_link` is its "/memfd:NAME (deleted)" name for a memfd.
+pub fn shmem_from_path(
+    objects: &mut ObjectTable,
+    data: &mut Vec<DataSource>,
+    dev: u64,
+    ino: u64,
+    path: &str,
+    memfd_link: Option<&str>,
+) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(path).context(|| format!("opening {path}"))?;
+    let size = f.metadata().context(|| format!("stat {path}"))?.size();
+    let kind = match memfd_link {
+        Some(link) => {
+            // SAFETY: fcntl on a descriptor we own.
+            let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+            let name = link
+                .trim_start_matches("/memfd:")
+                .trim_end_matches(" (deleted)")
+                .to_string();
+            ShmemKind::Memfd {
+                name,
+                seals: seals.max(0) as u32,
+            }
+        }
+        None => ShmemKind::Anonymous,
+    };
+    let id = objects.add_shmem(dev, ino, ObjectKind::Shmem(ShmemObj { kind, size }));
+    data.push(DataSource::Shmem {
+        object: id,
+        path: path.to_string(),
+        size,
+    });
+    Ok(id)
+}
+
 /// The file mapped must be the one now at its path (not replaced since).
 fn check_mapped_file(pid: i32, m: &MapEntry, path: &str) -> std::result::Result<(), String> {
     use std::os::unix::fs::MetadataExt;
@@ -175,7 +245,9 @@ fn check_mapped_file(pid: i32, m: &MapEntry, path: &str) -> std::result::Result<
 fn must_save(v: &Vma, e: PagemapEntry) -> bool {
     match v.backing {
         Backing::Anonymous => e.present() || e.swapped(),
-        Backing::File(_) if !v.shared => e.swapped() || (e.present() && !e.file_or_shared()),
+        Backing::File(_) | Backing::Shmem(_) if !v.shared => {
+            e.swapped() || (e.present() && !e.file_or_shared())
+        }
         _ => false,
     }
 }
@@ -194,7 +266,10 @@ pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<PagePlan> {
     let mut runs = Vec::with_capacity(vmas.len());
     for v in vmas.iter_mut() {
         let mut vruns: Vec<(u64, u64)> = Vec::new();
-        let readable_kind = matches!(v.backing, Backing::Anonymous | Backing::File(_));
+        let readable_kind = matches!(
+            v.backing,
+            Backing::Anonymous | Backing::File(_) | Backing::Shmem(_)
+        );
         if !readable_kind {
             runs.push(vruns);
             continue;
@@ -303,7 +378,7 @@ fn fill_prot(v: &Vma) -> u32 {
 fn fillable(v: &Vma) -> bool {
     match v.backing {
         Backing::Anonymous => true,
-        Backing::File(_) => !v.shared,
+        Backing::File(_) | Backing::Shmem(_) => !v.shared,
         _ => false,
     }
 }
@@ -315,7 +390,7 @@ pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> 
     for v in vmas {
         let (mut flags, fd) = match v.backing {
             Backing::Anonymous => (libc::MAP_ANONYMOUS, -1),
-            Backing::File(id) => (
+            Backing::File(id) | Backing::Shmem(id) => (
                 0,
                 *file_fds.get(&id).ok_or_else(|| {
                     Error::Invalid(format!("mapping {:#x}: no file object {id}", v.start))
@@ -377,7 +452,10 @@ pub fn check_chunk(vmas: &[Vma], addr: u64, len: u64) -> Result<()> {
 /// Sets final protections and memory advice once the pages are in.
 pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
     for v in vmas {
-        if !matches!(v.backing, Backing::Anonymous | Backing::File(_)) {
+        if !matches!(
+            v.backing,
+            Backing::Anonymous | Backing::File(_) | Backing::Shmem(_)
+        ) {
             continue;
         }
         let len = v.end - v.start;

@@ -29,6 +29,24 @@ pub enum ObjectKind {
     /// A pipe (the buffer both ends share).  The bytes in flight follow
     /// in FILE_DATA records with this object's id.
     Pipe(PipeObj),
+    /// Shared memory that mappings and descriptors refer to.
+    Shmem(ShmemObj),
+}
+
+/// A shared-memory object (a shmem inode): the content follows in
+/// FILE_DATA records with this object's id (holes and zero pages left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShmemObj {
+    pub kind: ShmemKind,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShmemKind {
+    /// MAP_SHARED | MAP_ANONYMOUS memory ("/dev/zero (deleted)").
+    Anonymous,
+    /// A memfd with its name and seals.
+    Memfd { name: String, seals: u32 },
 }
 
 /// A pipe's buffer.
@@ -71,6 +89,8 @@ pub enum OpenTarget {
     Fifo { path: String },
     /// One end of a pipe (an [`ObjectKind::Pipe`]).
     PipeEnd { pipe: ObjectId, write: bool },
+    /// A memfd (an [`ObjectKind::Shmem`]).
+    Memfd { shmem: ObjectId },
     /// A regular file unlinked while open: its content follows in
     /// FILE_DATA records with this object's id.
     Unlinked {
@@ -259,6 +279,8 @@ pub struct Vma {
 pub enum Backing {
     Anonymous,
     File(ObjectId),
+    /// Shared memory (an [`ObjectKind::Shmem`]): anonymous shared or memfd.
+    Shmem(ObjectId),
     Vdso,
     Vvar,
     VvarVclock,

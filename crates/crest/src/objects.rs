@@ -10,6 +10,7 @@ use std::os::unix::fs::MetadataExt;
 pub struct ObjectTable {
     objects: Vec<Object>,
     files: HashMap<String, ObjectId>,
+    shmem: HashMap<(u64, u64), ObjectId>,
 }
 
 impl ObjectTable {
@@ -28,6 +29,18 @@ impl ObjectTable {
         let id = self.add(ObjectKind::File(file_id(path)?));
         self.files.insert(path.to_string(), id);
         Ok(id)
+    }
+
+    /// The shared-memory object of inode (dev, ino), if already added.
+    pub fn shmem(&self, dev: u64, ino: u64) -> Option<ObjectId> {
+        self.shmem.get(&(dev, ino)).copied()
+    }
+
+    /// Adds the shared-memory object of inode (dev, ino).
+    pub fn add_shmem(&mut self, dev: u64, ino: u64, kind: ObjectKind) -> ObjectId {
+        let id = self.add(kind);
+        self.shmem.insert((dev, ino), id);
+        id
     }
 
     pub fn into_objects(self) -> Vec<Object> {

@@ -308,6 +308,16 @@ impl Build {
             };
             let mut file_fds: HashMap<u32, i32> = HashMap::new();
             for v in &p.mm.vmas {
+                if let Backing::Shmem(id) = v.backing {
+                    if file_fds.contains_key(&id) {
+                        continue;
+                    }
+                    let Some(ObjectKind::Shmem(m)) = ckpt.object(id) else {
+                        unreachable!("validated")
+                    };
+                    let src = stub::raw(unlinked.shmem(id, m)?);
+                    file_fds.insert(id, aux(src, &mut moves));
+                }
                 if let Backing::File(id) = v.backing {
                     if file_fds.contains_key(&id) {
                         continue;
@@ -406,6 +416,7 @@ impl Build {
             })()
             .context(|| format!("rebuilding the address space of pid {pid}"))?;
         }
+        unlinked.seal(&|id| ckpt.object(id).cloned())?;
         Ok(Build {
             ckpt,
             tree,
