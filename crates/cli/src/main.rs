@@ -6,7 +6,7 @@ mod output;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufReader, BufWriter, IsTerminal};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -87,7 +87,7 @@ fn main() {
             for cause in e.chain().skip(1) {
                 msg.push_str(&format!(": {cause}"));
             }
-            eprintln!("crest: error: {msg}");
+            eprintln!("crest: error: {}", one_line(&msg));
             std::process::exit(1);
         }
     }
@@ -114,6 +114,29 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// An error message as one printable line: names taken from an image may
+/// hold newlines, escapes or NUL bytes, which must not reach a terminal.
+/// Multi-line lists (several obstacles) are joined with "; ".
+fn one_line(msg: &str) -> String {
+    let mut joined = String::new();
+    for l in msg.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !joined.is_empty() {
+            joined.push_str(if joined.ends_with(':') { " " } else { "; " });
+        }
+        joined.push_str(l);
+    }
+    joined
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 fn lib_err(e: crest::Error) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
@@ -131,10 +154,7 @@ fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool
             pid,
             out,
             &opts,
-            &mut |mut w| {
-                w.flush()?;
-                Ok(())
-            },
+            &mut crest::dump::Flush,
             &mut |done, total| progress.update(done, total),
         )
         .map_err(lib_err)?
@@ -152,11 +172,10 @@ fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool
             pid,
             out,
             &opts,
-            &mut |w| {
-                let f = w.into_inner().map_err(|e| e.into_error())?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, final_path)?;
-                Ok(())
+            &mut FileSink {
+                tmp: tmp.clone(),
+                path: final_path.to_path_buf(),
+                committed: false,
             },
             &mut |done, total| progress.update(done, total),
         );
@@ -196,6 +215,30 @@ fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool
         );
     }
     Ok(0)
+}
+
+/// An image file: written under a temporary name, made durable and
+/// renamed into place only when complete.
+struct FileSink {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl crest::dump::ImageSink<BufWriter<File>> for FileSink {
+    fn commit(&mut self, w: BufWriter<File>) -> crest::Result<()> {
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        if self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// A name next to `path` for writing the image before it is complete.

@@ -353,9 +353,6 @@ fn dump_error_at_every_point() {
 }
 
 #[test]
-#[ignore = "crest bug: an error after the image is renamed to its final name (fault point \
-            'dump: image committed') makes crest exit 1 but leaves the complete image under \
-            the output name"]
 fn dump_error_after_commit() {
     let w = Workload::start("memory", &["8"]);
     fault_dumps(&w, Mode::Error, &[Phase::Committed]);
@@ -383,10 +380,6 @@ fn dump_killed_before_any_injected_syscall() {
 /// crest SIGKILLed at each point from the first injected syscall on
 /// (after the commit, the complete image may stay).
 #[test]
-#[ignore = "crest bug: once crest has single-stepped the task (syscall injection), a SIGKILL \
-            of crest makes the task die of SIGTRAP when the kernel detaches it (the trap \
-            flag stays set); killed inside the session it also leaves all signals blocked \
-            and the scratch mapping"]
 fn dump_killed_after_an_injected_syscall() {
     let w = Workload::start("memory", &["8"]);
     fault_dumps(&w, Mode::Kill, &[Phase::Injected, Phase::Committed]);

@@ -550,8 +550,6 @@ fn regular_file_path_with_a_nul_byte() {
 }
 
 #[test]
-#[ignore = "crest bug: an exe path with a NUL byte is refused, but the error line prints the \
-            path raw ('the image needs file …crest-workload<NUL>x: …'), NUL byte included"]
 fn executable_path_with_a_nul_byte() {
     let b = Base::idle();
     let mut p = b.parts.clone();
@@ -567,8 +565,6 @@ fn executable_path_with_a_nul_byte() {
 /// Paths come from the image: printed raw, a newline breaks the
 /// one-line error and an escape sequence reaches the terminal.
 #[test]
-#[ignore = "crest bug: paths from the image are printed raw in errors ('opening {path}'): a \
-            newline in a path splits the error over two lines, an ESC reaches the terminal"]
 fn control_characters_in_a_path() {
     let b = Base::idle();
     for (name, junk) in [("newline", "\nforged line"), ("escape", "\u{1b}[2J")] {
@@ -620,9 +616,6 @@ fn thread_with_three_register_words() {
 /// A thread stopped in an interrupted syscall whose instruction pointer
 /// is 0: restore backs the pointer up over the `syscall` instruction.
 #[test]
-#[ignore = "crest bug: restore panics ('attempt to subtract with overflow' in \
-            tasks::resume_regs, exit 101) on a thread interrupted in a syscall (orig_rax >= 0, \
-            rax = -ERESTARTSYS) whose rip is 0, instead of refusing the image"]
 fn interrupted_syscall_at_address_zero() {
     let b = Base::idle();
     let mut p = b.parts.clone();
@@ -635,9 +628,6 @@ fn interrupted_syscall_at_address_zero() {
 }
 
 #[test]
-#[ignore = "crest bug: restore panics ('attempt to subtract with overflow' in \
-            memory::finish_vmas, exit 101) on a guard region whose end is below its start; \
-            validate does not check guard regions"]
 fn guard_region_reversed() {
     let b = Base::idle();
     let mut p = b.parts.clone();

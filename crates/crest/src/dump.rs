@@ -242,15 +242,35 @@ pub fn vdso_crc(pid: i32, maps: &[proc::MapEntry]) -> Result<Option<u32>> {
 
 /// Checkpoints process `pid` into `out`.
 ///
-/// `commit` is called with the writer once the whole image (tail
-/// included) is written: it must make the image durable (flush, fsync,
-/// rename).  Only after it succeeds is the process killed (unless
-/// `leave_running`).  On any error the process is left running as it was.
+/// Where a dump's image goes once written: `commit` makes it durable
+/// (flush, fsync, rename) and `rollback` removes a committed image again
+/// if the dump still fails after the commit.
+pub trait ImageSink<W> {
+    fn commit(&mut self, w: W) -> Result<()>;
+    fn rollback(&mut self) {}
+}
+
+/// A sink that only flushes (streams, memory).
+pub struct Flush;
+
+impl<W: Write> ImageSink<W> for Flush {
+    fn commit(&mut self, mut w: W) -> Result<()> {
+        w.flush()?;
+        Ok(())
+    }
+}
+
+/// Checkpoints the tree rooted at `pid` into `out`.
+///
+/// Once the whole image (tail included) is written, `sink.commit` makes
+/// it durable; only then is the tree killed (unless `leave_running`).  On
+/// any error the tree is left running as it was, and a committed image
+/// is rolled back.
 pub fn dump<W: Write>(
     pid: i32,
     out: W,
     opts: &DumpOptions,
-    commit: &mut dyn FnMut(W) -> Result<()>,
+    sink: &mut dyn ImageSink<W>,
     progress: Progress,
 ) -> Result<DumpReport> {
     let t0 = Instant::now();
@@ -293,8 +313,12 @@ pub fn dump<W: Write>(
     let image_bytes = w.bytes_written();
     let out = w.finish()?;
     crate::fault::point("dump: tail written")?;
-    commit(out).context(|| "saving the image".into())?;
-    crate::fault::point("dump: image committed")?;
+    sink.commit(out).context(|| "saving the image".into())?;
+    let r = finish_dump(frozen, opts.leave_running);
+    if r.is_err() {
+        sink.rollback();
+    }
+    r?;
     let mut report = DumpReport {
         pid,
         image_bytes: image_bytes + (crest_image::RECORD_HEADER_LEN + crest_image::Tail::LEN) as u64,
@@ -307,14 +331,19 @@ pub fn dump<W: Write>(
         left_running: opts.leave_running,
         ..Default::default()
     };
-    if opts.leave_running {
-        frozen.release()?;
-    } else {
-        frozen.kill()?;
-    }
     report.frozen_ms = ms(t_frozen.elapsed());
     report.total_ms = ms(t0.elapsed());
     Ok(report)
+}
+
+/// After the commit: let the tree go, or kill it.
+fn finish_dump(frozen: FrozenTree, leave_running: bool) -> Result<()> {
+    crate::fault::point("dump: image committed")?;
+    if leave_running {
+        frozen.release()
+    } else {
+        frozen.kill()
+    }
 }
 
 /// Lists what stops `pid` from being checkpointed now, stopping it only

@@ -258,18 +258,33 @@ struct ThreadCtx {
 
 /// Syscalls running in the threads of a frozen process, with a scratch
 /// area in its address space for arguments.
+///
+/// The scratch area is taken from the leader's stack, below the 128-byte
+/// red zone: nothing the program may rely on lives there (a signal frame
+/// could land there at any moment), its bytes are put back at close
+/// anyway, and if crest dies mid-session nothing new is left in the
+/// process.  Only when the stack has no room is a page mapped instead.
 pub struct Session {
     threads: Vec<ThreadCtx>,
     scratch: u64,
+    /// The scratch bytes as they were (stack scratch), or None when the
+    /// scratch area was mapped for the session.
+    saved: Option<Vec<u8>>,
     mem: ProcMem,
     closed: bool,
 }
 
+/// Bytes of scratch a dump session needs (a siginfo is the largest).
+pub const STACK_SCRATCH: u64 = 512;
+/// The x86-64 ABI's red zone below the stack pointer.
+const RED_ZONE: u64 = 128;
+
 impl Session {
     /// Starts running syscalls in the frozen threads `tids` of one process
     /// (the leader first).  `maps` are its mappings, searched for a
-    /// `syscall` instruction (vDSO first).  Signals are blocked in every
-    /// thread while the session lasts.
+    /// `syscall` instruction (vDSO first).  Signal masks are left alone: a
+    /// signal that arrives meanwhile is queued again when the session
+    /// closes.
     pub fn open(tids: &[i32], maps: &[MapEntry]) -> Result<Session> {
         let pid = tids[0];
         let mem = ProcMem::open(pid, true)?;
@@ -281,28 +296,34 @@ impl Session {
         let mut s = Session {
             threads: Vec::with_capacity(tids.len()),
             scratch: 0,
+            saved: None,
             mem,
             closed: false,
         };
         for &tid in tids {
             let sigmask = ptrace::get_sigmask(tid)?;
-            ptrace::set_sigmask(tid, !0u64)?;
-            let remote = match Remote::new(tid, ip) {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = ptrace::set_sigmask(tid, sigmask);
-                    return Err(e.into());
-                }
-            };
+            let remote = Remote::new(tid, ip)?;
             s.threads.push(ThreadCtx { remote, sigmask });
         }
-        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        s.scratch = s.threads[0].remote.syscall(
-            libc::SYS_mmap,
-            &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0],
-            "mapping a scratch area",
-        )?;
+        let rsp = s.threads[0].remote.saved_regs().rsp;
+        let lo = rsp.saturating_sub(RED_ZONE + STACK_SCRATCH) & !15;
+        let on_stack = maps
+            .iter()
+            .any(|m| m.read && m.write && m.start <= lo && rsp <= m.end && !m.shared);
+        if on_stack {
+            let mut old = vec![0u8; STACK_SCRATCH as usize];
+            s.mem.read(lo, &mut old)?;
+            s.saved = Some(old);
+            s.scratch = lo;
+        } else {
+            let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+            s.scratch = s.threads[0].remote.syscall(
+                libc::SYS_mmap,
+                &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0],
+                "mapping a scratch area",
+            )?;
+        }
         Ok(s)
     }
 
@@ -323,16 +344,44 @@ impl Session {
 
     fn cleanup(&mut self) -> Result<()> {
         if self.scratch != 0 {
-            self.threads[0].remote.syscall(
-                libc::SYS_munmap,
-                &[self.scratch, SCRATCH_LEN],
-                "unmapping the scratch area",
-            )?;
+            self.requeue_signals()?;
+            match self.saved.take() {
+                Some(old) => self.mem.write(self.scratch, &old)?,
+                None => {
+                    self.threads[0].remote.syscall(
+                        libc::SYS_munmap,
+                        &[self.scratch, SCRATCH_LEN],
+                        "unmapping the scratch area",
+                    )?;
+                }
+            }
             self.scratch = 0;
         }
         for t in &self.threads {
             t.remote.restore_regs()?;
-            ptrace::set_sigmask(t.remote.pid(), t.sigmask)?;
+        }
+        Ok(())
+    }
+
+    /// Queues again, in the thread that was about to take it, each signal
+    /// that arrived while syscalls ran.
+    fn requeue_signals(&self) -> Result<()> {
+        let tgid = self.threads[0].remote.pid() as u64;
+        for t in &self.threads {
+            for info in t.remote.take_suppressed() {
+                let sig = i32::from_ne_bytes(info[0..4].try_into().expect("4 bytes")) as u64;
+                let tid = t.remote.pid() as u64;
+                self.mem.write(self.scratch, &info)?;
+                let r = t
+                    .remote
+                    .raw_syscall(libc::SYS_rt_tgsigqueueinfo, &[tgid, tid, sig, self.scratch])?;
+                if r < 0 {
+                    // The kernel lets only the leader queue a signal
+                    // claiming another sender: fall back to a plain one.
+                    t.remote
+                        .syscall(libc::SYS_tgkill, &[tgid, tid, sig], "re-sending a signal")?;
+                }
+            }
         }
         Ok(())
     }

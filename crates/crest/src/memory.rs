@@ -383,11 +383,42 @@ fn fillable(v: &Vma) -> bool {
     }
 }
 
+/// Two adjacent mappings created one after the other would be merged by
+/// the kernel into one, although the checkpointed process had two (they
+/// had different anon_vmas).  Every other mapping of a run of adjacent
+/// ones gets a temporary madvise flag while it is created and filled, so
+/// no two neighbours look alike and each gets its own anon_vma; the flag
+/// is cleared at the end.  Returns (set, clear) advice per mapping.
+fn merge_barriers(vmas: &[Vma]) -> Vec<Option<(i32, i32)>> {
+    let mut out: Vec<Option<(i32, i32)>> = vec![None; vmas.len()];
+    let kind = |v: &Vma| {
+        matches!(
+            v.backing,
+            Backing::Anonymous | Backing::File(_) | Backing::Shmem(_)
+        )
+    };
+    for i in 1..vmas.len() {
+        let (a, b) = (&vmas[i - 1], &vmas[i]);
+        if a.end != b.start || !kind(a) || !kind(b) || out[i - 1].is_some() {
+            continue;
+        }
+        out[i] = if !b.flags.dontfork {
+            Some((libc::MADV_DONTFORK, libc::MADV_DOFORK))
+        } else if !b.flags.dontdump {
+            Some((libc::MADV_DONTDUMP, libc::MADV_DODUMP))
+        } else {
+            None
+        };
+    }
+    out
+}
+
 /// Maps every mapping of the model into the (emptied) task.
 /// `file_fds` gives, for each backing file object, a descriptor open in
 /// the task.
 pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> Result<()> {
-    for v in vmas {
+    let barriers = merge_barriers(vmas);
+    for (v, barrier) in vmas.iter().zip(&barriers) {
         let (mut flags, fd) = match v.backing {
             Backing::Anonymous => (libc::MAP_ANONYMOUS, -1),
             Backing::File(id) | Backing::Shmem(id) => (
@@ -431,6 +462,16 @@ pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> 
                 v.end
             )));
         }
+        if let Some((set, _)) = barrier {
+            t.call(
+                libc::SYS_madvise,
+                &[v.start, v.end - v.start, *set as u64],
+                &format!(
+                    "keeping {:#x}-{:#x} apart from its neighbour",
+                    v.start, v.end
+                ),
+            )?;
+        }
     }
     Ok(())
 }
@@ -451,7 +492,14 @@ pub fn check_chunk(vmas: &[Vma], addr: u64, len: u64) -> Result<()> {
 
 /// Sets final protections and memory advice once the pages are in.
 pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
-    for v in vmas {
+    for (v, barrier) in vmas.iter().zip(merge_barriers(vmas)) {
+        if let Some((_, clear)) = barrier {
+            t.call(
+                libc::SYS_madvise,
+                &[v.start, v.end - v.start, clear as u64],
+                &format!("clearing the temporary flag of {:#x}-{:#x}", v.start, v.end),
+            )?;
+        }
         if !matches!(
             v.backing,
             Backing::Anonymous | Backing::File(_) | Backing::Shmem(_)

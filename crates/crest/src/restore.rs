@@ -191,6 +191,14 @@ fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
                 what()
             )));
         }
+        for &(gs, ge) in &v.guards {
+            if gs % ps != 0 || ge % ps != 0 || gs >= ge || gs < v.start || ge > v.end {
+                return Err(Error::Invalid(format!(
+                    "{}: guard region {gs:#x}-{ge:#x} is not inside it",
+                    what()
+                )));
+            }
+        }
         prev_end = v.end;
         if let Backing::File(id) = v.backing {
             if !matches!(ckpt.object(id), Some(ObjectKind::File(_))) {
@@ -476,7 +484,6 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         signals::restore_altstack(&t, &th.altstack)?;
         signals::restore_pending(&sp.thread(0), Some(th.tid), &th.pending)?;
         tasks::restore_thread_regs(&t, th)?;
-        tasks::restore_pdeath(&t, &p.attrs)?;
         tasks::restore_comm(&t, &th.comm)?;
     }
     let t = sp.thread(0);
@@ -486,9 +493,12 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         &[a.aux_lo as u64, u32::MAX as u64, 0],
         "closing restore helper descriptors",
     )?;
+    tasks::restore_rlimits(&t, &p.attrs)?;
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {
         creds::restore(&sp.thread(i), &p.creds)?;
+        // A credential change clears the parent-death signal: set it after.
+        tasks::restore_pdeath(&sp.thread(i), &p.attrs)?;
     }
     tasks::restore_attrs_outside(p.pid, &p.attrs)?;
     let t = sp.thread(0);

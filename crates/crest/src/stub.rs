@@ -325,7 +325,10 @@ fn read_exact_fd(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Seizes a task and waits until it is stopped.
 fn seize_stopped(tid: i32) -> Result<()> {
-    ptrace::seize(tid, libc::PTRACE_O_EXITKILL as u32)?;
+    ptrace::seize(
+        tid,
+        (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD) as u32,
+    )?;
     ptrace::interrupt(tid)?;
     loop {
         match ptrace::wait(tid)? {

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::freeze::{Inject, ThreadView};
 use crate::model::{Attrs, Rseq, Thread};
 use crate::signals;
-use crest_sys::arch::{self, restart, UserRegs};
+use crest_sys::arch::{self, UserRegs};
 use crest_sys::proc::Stat;
 use crest_sys::{process, ptrace};
 
@@ -45,10 +45,19 @@ pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
 
 /// Reads the process attributes.
 pub fn collect_attrs(s: &impl Inject, pid: i32, stat: &Stat, umask: u32) -> Result<Attrs> {
+    // prlimit on another process needs the same ids or CAP_SYS_RESOURCE:
+    // ask the task itself.
     let mut rlimits = Vec::new();
+    let mut b = [0u8; 16];
     for r in 0..RLIM_NLIMITS {
-        let (cur, max) = process::get_rlimit(pid, r)?;
-        rlimits.push((r, cur, max));
+        s.call(
+            libc::SYS_prlimit64,
+            &[0, r as u64, 0, s.scratch()],
+            &format!("reading resource limit {r}"),
+        )?;
+        s.read_scratch(0, &mut b)?;
+        let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        rlimits.push((r, w(0), w(1)));
     }
     let (policy, prio) = process::get_sched(pid)?;
     s.call(
@@ -99,31 +108,46 @@ pub fn resume_regs(words: &[u64]) -> Result<UserRegs> {
         ))
     })?;
     let mut r = UserRegs::from_words(w);
-    if (r.orig_rax as i64) >= 0 {
-        let ret = r.rax as i64;
-        if matches!(
-            ret,
-            restart::ERESTARTSYS | restart::ERESTARTNOINTR | restart::ERESTARTNOHAND
-        ) || ret == restart::ERESTART_RESTARTBLOCK
-        {
-            if r.orig_rax == NR_RESTART_SYSCALL {
-                r.rax = (-libc::EINTR) as i64 as u64;
-            } else {
-                r.rax = r.orig_rax;
-                r.rip -= 2;
-            }
+    if r.in_restartable_syscall() {
+        if r.rip < 2 {
+            return Err(crate::Error::Invalid(format!(
+                "a thread interrupted in a syscall at rip {:#x}",
+                r.rip
+            )));
+        }
+        if r.orig_rax == NR_RESTART_SYSCALL {
+            r.rax = (-libc::EINTR) as i64 as u64;
+        } else {
+            // A restart block lives in the old kernel task: issue the
+            // original call again instead.
+            r.rax = r.orig_rax;
+            r.rip -= 2;
         }
     }
     r.orig_rax = u64::MAX;
     Ok(r)
 }
 
-/// Sets what crest can set from outside once the task exists: limits,
-/// nice value and scheduling policy.
-pub fn restore_attrs_outside(pid: i32, a: &Attrs) -> Result<()> {
+/// Sets the resource limits, from inside the task (before its
+/// credentials change, while it may still lower any limit).
+pub fn restore_rlimits(t: &impl Inject, a: &Attrs) -> Result<()> {
     for &(r, cur, max) in &a.rlimits {
-        process::set_rlimit(pid, r, cur, max)?;
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&cur.to_ne_bytes());
+        b[8..].copy_from_slice(&max.to_ne_bytes());
+        t.write_scratch(0, &b)?;
+        t.call(
+            libc::SYS_prlimit64,
+            &[0, r as u64, t.scratch(), 0],
+            &format!("setting resource limit {r} to {cur}/{max}"),
+        )?;
     }
+    Ok(())
+}
+
+/// Sets what crest can set from outside once the task exists: nice value
+/// and scheduling policy.
+pub fn restore_attrs_outside(pid: i32, a: &Attrs) -> Result<()> {
     process::set_nice(pid, a.nice)?;
     process::set_sched(pid, a.sched_policy, a.sched_priority)?;
     Ok(())

@@ -2,25 +2,36 @@
 //!
 //! The task sits in a ptrace stop.  To make it run `syscall(nr, args…)`
 //! crest points its RIP at a `syscall` instruction that is mapped in the
-//! task, loads the number and arguments into its registers and
-//! single-steps it: the kernel runs the call as that task and stops it
-//! again right after.  `orig_rax` is set to -1 so the kernel's
-//! syscall-restart logic never touches the injected call.
+//! task, loads the number and arguments into its registers and resumes it
+//! with PTRACE_SYSCALL: the kernel stops it at the syscall's entry and
+//! exit, and crest reads the result at the exit stop.  `orig_rax` is -1
+//! so the kernel's syscall-restart logic never touches the injected call.
 //!
-//! Signals must be blocked in the task meanwhile (see
-//! [`crate::ptrace::set_sigmask`]), or a pending signal would stop it
-//! before the call instead of after.
+//! Between calls the task holds its own registers again — with an
+//! interrupted syscall already set to restart, as the kernel's signal
+//! path would have done — so if crest dies at any stop the kernel lets
+//! the task go and it simply carries on.  No single-step trap flag is
+//! ever armed.  A signal that arrives meanwhile is taken off (its siginfo
+//! kept, see [`Remote::take_suppressed`]) so the caller can queue it
+//! again when done.
 
 use crate::arch::UserRegs;
-use crate::ptrace::{self, WaitStatus};
+use crate::ptrace::{self, RawSiginfo, WaitStatus, SYSCALL_STOP};
 use crate::{Error, Result};
 use libc::pid_t;
+use std::cell::RefCell;
 
-/// A stopped task that crest runs system calls in.
+const PTRACE_EVENT_STOP: i32 = 128;
+
+/// A stopped task that crest runs system calls in.  It must have been
+/// seized with PTRACE_O_TRACESYSGOOD.
 pub struct Remote {
     pid: pid_t,
     syscall_ip: u64,
     base: UserRegs,
+    /// What the task resumes with: `base` with a pending restart applied.
+    resume: UserRegs,
+    suppressed: RefCell<Vec<RawSiginfo>>,
 }
 
 impl Remote {
@@ -32,6 +43,8 @@ impl Remote {
             pid,
             syscall_ip,
             base,
+            resume: base.restarted_in_place(),
+            suppressed: RefCell::new(Vec::new()),
         })
     }
 
@@ -42,6 +55,42 @@ impl Remote {
     /// The registers the task had when this `Remote` was made.
     pub fn saved_regs(&self) -> &UserRegs {
         &self.base
+    }
+
+    /// Signals that arrived while syscalls ran and were taken off; the
+    /// caller queues them again.
+    pub fn take_suppressed(&self) -> Vec<RawSiginfo> {
+        std::mem::take(&mut self.suppressed.borrow_mut())
+    }
+
+    /// Resumes to the next syscall stop, taking off any signal that
+    /// stops the task first.
+    fn to_syscall_stop(&self, nr: i64) -> Result<()> {
+        ptrace::syscall(self.pid, 0)?;
+        loop {
+            match ptrace::wait(self.pid)? {
+                WaitStatus::Stopped {
+                    sig: SYSCALL_STOP, ..
+                } => return Ok(()),
+                WaitStatus::Stopped { sig, event: 0 } => {
+                    // A signal about to be delivered: keep it for later.
+                    let info = ptrace::get_siginfo(self.pid)?;
+                    let _ = sig;
+                    self.suppressed.borrow_mut().push(info);
+                    ptrace::syscall(self.pid, 0)?;
+                }
+                WaitStatus::Stopped {
+                    event: PTRACE_EVENT_STOP,
+                    ..
+                } => ptrace::syscall(self.pid, 0)?,
+                other => {
+                    return Err(Error::parse(
+                        format!("pid {}", self.pid),
+                        format!("unexpected {other:?} while running injected syscall {nr}"),
+                    ))
+                }
+            }
+        }
     }
 
     /// Runs one system call in the task and returns its raw result (a
@@ -58,24 +107,13 @@ impl Remote {
         r.r10 = arg(3);
         r.r8 = arg(4);
         r.r9 = arg(5);
-        r.eflags &= !0x100; // TF: the kernel sets it for the step
         ptrace::set_regs(self.pid, &r)?;
-        ptrace::singlestep(self.pid, 0)?;
-        match ptrace::wait(self.pid)? {
-            WaitStatus::Stopped {
-                sig: libc::SIGTRAP, ..
-            } => {}
-            other => {
-                return Err(Error::parse(
-                    format!("pid {}", self.pid),
-                    format!("unexpected {other:?} while running injected syscall {nr}"),
-                ))
-            }
-        }
+        self.to_syscall_stop(nr)?; // entry
+        self.to_syscall_stop(nr)?; // exit
         let after = ptrace::get_regs(self.pid)?;
-        // Put the task's own registers back at once: if crest dies before
-        // the next call, the kernel lets the task go exactly as it was.
-        ptrace::set_regs(self.pid, &self.base)?;
+        // The task's own registers again at once: if crest dies before
+        // the next call, the task carries on as if never stopped.
+        ptrace::set_regs(self.pid, &self.resume)?;
         if after.rip != self.syscall_ip + 2 {
             return Err(Error::parse(
                 format!("pid {}", self.pid),
@@ -102,9 +140,9 @@ impl Remote {
         Ok(r as u64)
     }
 
-    /// Puts back the registers the task had when this `Remote` was made.
+    /// Puts back the registers the task resumes with.
     pub fn restore_regs(&self) -> Result<()> {
-        ptrace::set_regs(self.pid, &self.base)
+        ptrace::set_regs(self.pid, &self.resume)
     }
 }
 
@@ -113,16 +151,4 @@ pub fn find_syscall_insn(code: &[u8], base: u64) -> Option<u64> {
     code.windows(2)
         .position(|w| w == crate::arch::SYSCALL_INSN)
         .map(|i| base + i as u64)
-}
-
-impl Remote {
-    /// A `Remote` whose base registers are not read yet (the task is not
-    /// stopped); [`Remote::new`] must replace it before any syscall.
-    pub fn new_unchecked(pid: pid_t, syscall_ip: u64) -> Self {
-        Remote {
-            pid,
-            syscall_ip,
-            base: UserRegs::default(),
-        }
-    }
 }

@@ -13,8 +13,12 @@ const NT_X86_XSTATE: usize = 0x202;
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
 const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 
-/// Options used when crest seizes a task it is about to checkpoint.
-pub const SEIZE_OPTIONS: u32 = 0;
+/// Options used when crest seizes a task it is about to checkpoint:
+/// syscall stops are reported as SIGTRAP | 0x80.
+pub const SEIZE_OPTIONS: u32 = libc::PTRACE_O_TRACESYSGOOD as u32;
+
+/// The stop signal of a syscall-enter or syscall-exit stop.
+pub const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 
 fn req(request: libc::c_uint, pid: pid_t, addr: usize, data: usize, what: &str) -> Result<c_long> {
     // SAFETY: every caller passes either plain integers or pointers to
@@ -56,6 +60,24 @@ pub fn set_options(pid: pid_t, options: u32) -> Result<()> {
 /// Resumes the task, delivering `sig` (0 for none).
 pub fn cont(pid: pid_t, sig: i32) -> Result<()> {
     req(libc::PTRACE_CONT, pid, 0, sig as usize, "CONT").map(drop)
+}
+
+/// Resumes the task until the next syscall entry or exit.
+pub fn syscall(pid: pid_t, sig: i32) -> Result<()> {
+    req(libc::PTRACE_SYSCALL, pid, 0, sig as usize, "SYSCALL").map(drop)
+}
+
+/// The siginfo of the signal a task is stopped for.
+pub fn get_siginfo(pid: pid_t) -> Result<RawSiginfo> {
+    let mut info = [0u8; 128];
+    req(
+        libc::PTRACE_GETSIGINFO,
+        pid,
+        0,
+        info.as_mut_ptr() as usize,
+        "GETSIGINFO",
+    )?;
+    Ok(info)
 }
 
 /// Executes one instruction, delivering `sig` (0 for none).

@@ -76,7 +76,10 @@ pub fn reap(pid: i32, timeout: Duration) -> Option<Exit> {
             }
             continue;
         }
-        if r < 0 || start.elapsed() > timeout {
+        // ECHILD while the process still exists: it is not ours yet (a
+        // tracer is still handing it over); keep trying.
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if (r < 0 && gone) || start.elapsed() > timeout {
             return None;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -108,6 +111,30 @@ fn wait_for_while(path: &Path, timeout: Duration, ok: impl Fn() -> bool) -> bool
         std::thread::sleep(Duration::from_millis(5));
     }
     false
+}
+
+/// Every descendant process of `pid` (not `pid` itself).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("children");
+            for c in std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(c) = c.parse::<i32>() {
+                    out.push(c);
+                    todo.push(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A workload process and its directory.
@@ -194,6 +221,7 @@ impl Workload {
 
     /// Dumps, expects success, and reaps the killed process.
     pub fn dump_ok(&self) {
+        let tree = descendants(self.pid);
         let o = self.dump(&[]);
         assert!(
             o.status.success(),
@@ -201,6 +229,14 @@ impl Workload {
             self.scenario,
             stderr(&o)
         );
+        // Descendants first: orphans come to the subreaper (this process).
+        for &pid in tree.iter().rev() {
+            reap(pid, Duration::from_secs(10));
+            assert!(
+                !alive(pid),
+                "process {pid} of the dumped tree is still running"
+            );
+        }
         let e = reap(self.pid, Duration::from_secs(10));
         assert_eq!(
             e,

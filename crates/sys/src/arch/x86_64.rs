@@ -88,6 +88,41 @@ pub mod restart {
     pub const ERESTART_RESTARTBLOCK: i64 = -516;
 }
 
+const NR_RESTART_SYSCALL: u64 = 219;
+
+impl UserRegs {
+    /// Whether the task was stopped inside a syscall the kernel wants to
+    /// restart (its return value is one of the ERESTART codes).
+    pub fn in_restartable_syscall(&self) -> bool {
+        (self.orig_rax as i64) >= 0
+            && matches!(
+                self.rax as i64,
+                restart::ERESTARTSYS
+                    | restart::ERESTARTNOINTR
+                    | restart::ERESTARTNOHAND
+                    | restart::ERESTART_RESTARTBLOCK
+            )
+    }
+
+    /// The registers the task resumes with in the same kernel task when
+    /// no signal handler runs: an interrupted syscall is set up to run
+    /// again (through restart_syscall for a restart block), as the
+    /// kernel's own signal path would do on the way out.
+    pub fn restarted_in_place(&self) -> UserRegs {
+        let mut r = *self;
+        if r.in_restartable_syscall() {
+            r.rax = if r.rax as i64 == restart::ERESTART_RESTARTBLOCK {
+                NR_RESTART_SYSCALL
+            } else {
+                r.orig_rax
+            };
+            r.rip = r.rip.wrapping_sub(2);
+        }
+        r.orig_rax = u64::MAX;
+        r
+    }
+}
+
 /// The `syscall` instruction.
 pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
