@@ -1,0 +1,474 @@
+//! `crest-bench`: crest's dump and restore measured against this machine's
+//! own limits, in one run.
+//!
+//! For each workload and sink it starts a self-verifying workload with
+//! `crest run`, dumps it, restores it, tells it to verify its memory and
+//! records crest's wall time, frozen time, CPU time and peak RSS (from
+//! `wait4`) and the image size. In the same run it measures `dd` into the
+//! page cache and first-touch copies of the same sizes, and reports crest's
+//! times as ratios to those. Prints tables and writes everything as JSON.
+
+mod baseline;
+mod procs;
+mod report;
+mod run;
+mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use baseline::Baseline;
+use report::{Case, Status};
+use run::{Ctx, Failure, Sink, Workload};
+
+const USAGE: &str = "\
+usage: crest-bench [--smoke] [--sizes 1,256,1024,4096] [--only mem,maps,tree,threads]
+                   [--sinks file,pipe,live] [--reps N] [--maps COUNT] [--tree PROCS,MIB]
+                   [--threads COUNT] [--json-out PATH] [--workdir DIR] [--crest PATH]
+
+Benchmarks crest (dump and restore wall time, frozen time, peak RSS, CPU time, image size)
+on self-verifying workloads, against this machine's dd and first-touch bounds measured in the
+same run. Prints tables and writes JSON (default target/bench.json). Must run as root.
+
+  --smoke       sizes 1,16, 1000 mappings, no tree/threads, 1 repetition (CI: checks it works)
+  --sizes       MiB of the mem workloads (each also run with half its pages zero)
+  --only        workload kinds to run (default all; --smoke: mem,maps)
+  --sinks       where images go (default all three: file, pipe, live)
+  --reps        repetitions of each measurement, medians reported (default 3; --smoke 1)
+  --workdir     where images and workload files go (default /tmp)
+  --crest       the crest binary (default: next to crest-bench)";
+
+struct Config {
+    smoke: bool,
+    sizes: Vec<u64>,
+    only: Vec<String>,
+    sinks: Vec<Sink>,
+    reps: usize,
+    maps: usize,
+    tree: (usize, usize),
+    threads: usize,
+    json_out: PathBuf,
+    workdir: PathBuf,
+    crest: Option<PathBuf>,
+}
+
+fn list<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| parse(x.trim()).ok_or_else(|| format!("bad list item {x:?}")))
+        .collect()
+}
+
+fn parse_args(args: &[String]) -> Result<Config, String> {
+    let mut smoke = false;
+    let mut sizes = None;
+    let mut only: Option<Vec<String>> = None;
+    let mut sinks = None;
+    let mut reps = None;
+    let mut maps = None;
+    let mut tree = (50, 16);
+    let mut threads = 200;
+    let mut json_out = PathBuf::from("target/bench.json");
+    let mut workdir = PathBuf::from("/tmp");
+    let mut crest = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        let pos = |s: &str| s.parse::<usize>().ok().filter(|&n| n > 0);
+        match a.as_str() {
+            "--smoke" => smoke = true,
+            "--sizes" => sizes = Some(list(&val()?, |s| s.parse::<u64>().ok().filter(|&n| n > 0))?),
+            "--only" => {
+                only = Some(list(&val()?, |s| {
+                    ["mem", "maps", "tree", "threads"]
+                        .contains(&s)
+                        .then(|| s.to_string())
+                })?)
+            }
+            "--sinks" => sinks = Some(list(&val()?, Sink::parse)?),
+            "--reps" => reps = Some(pos(&val()?).ok_or("--reps needs a positive number")?),
+            "--maps" => maps = Some(pos(&val()?).ok_or("--maps needs a positive number")?),
+            "--tree" => {
+                let v = list(&val()?, pos)?;
+                match v[..] {
+                    [p, m] => tree = (p, m),
+                    _ => return Err("--tree needs PROCS,MIB".into()),
+                }
+            }
+            "--threads" => threads = pos(&val()?).ok_or("--threads needs a positive number")?,
+            "--json-out" => json_out = PathBuf::from(val()?),
+            "--workdir" => workdir = PathBuf::from(val()?),
+            "--crest" => crest = Some(PathBuf::from(val()?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let default_only = if smoke {
+        vec!["mem", "maps"]
+    } else {
+        vec!["mem", "maps", "tree", "threads"]
+    };
+    Ok(Config {
+        smoke,
+        sizes: sizes.unwrap_or(if smoke {
+            vec![1, 16]
+        } else {
+            vec![1, 256, 1024, 4096]
+        }),
+        only: only.unwrap_or_else(|| default_only.iter().map(|s| s.to_string()).collect()),
+        sinks: sinks.unwrap_or(vec![Sink::File, Sink::Pipe, Sink::Live]),
+        reps: reps.unwrap_or(if smoke { 1 } else { 3 }),
+        maps: maps.unwrap_or(if smoke { 1000 } else { 10_000 }),
+        tree,
+        threads,
+        json_out,
+        workdir,
+        crest,
+    })
+}
+
+fn workloads(cfg: &Config) -> Vec<Workload> {
+    let ps = crest_bench::page_size() as u64;
+    let mib_of = |bytes: u64| bytes.div_ceil(crest_bench::MIB);
+    let on = |k: &str| cfg.only.iter().any(|o| o == k);
+    let mut v = Vec::new();
+    if on("mem") {
+        for &n in &cfg.sizes {
+            for half in [false, true] {
+                let mut args = vec![n.to_string()];
+                if half {
+                    args.push("half-zero".into());
+                }
+                v.push(Workload {
+                    name: format!("mem-{n}{}", if half { "-half0" } else { "" }),
+                    kind: "mem",
+                    args,
+                    mib: n,
+                    may_refuse: false,
+                });
+            }
+        }
+    }
+    if on("maps") {
+        v.push(Workload {
+            name: format!("maps-{}", cfg.maps),
+            kind: "maps",
+            args: vec![cfg.maps.to_string()],
+            mib: mib_of(cfg.maps as u64 * ps),
+            may_refuse: false,
+        });
+    }
+    if on("tree") {
+        let (p, m) = cfg.tree;
+        v.push(Workload {
+            name: format!("tree-{p}x{m}"),
+            kind: "tree",
+            args: vec![p.to_string(), m.to_string()],
+            mib: (p * m) as u64,
+            may_refuse: true,
+        });
+    }
+    if on("threads") {
+        v.push(Workload {
+            name: format!("threads-{}", cfg.threads),
+            kind: "threads",
+            args: vec![cfg.threads.to_string()],
+            mib: mib_of((cfg.threads as u64 - 1) * 72 * 1024),
+            may_refuse: true,
+        });
+    }
+    v
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    benchmark: &'static str,
+    schema: u32,
+    mode: &'static str,
+    reps: usize,
+    sizes: &'a [u64],
+    sinks: &'a [Sink],
+    started_unix: u64,
+    elapsed_s: f64,
+    machine: stats::Machine,
+    crest: stats::CrestInfo,
+    /// Peak RSS of `crest --version`: a spawned child's ru_maxrss is never
+    /// below its parent's RSS at the spawn, so this is the floor.
+    crest_idle_maxrss_kib: u64,
+    driver_maxrss_kib: u64,
+    workdir: String,
+    baselines: Vec<Baseline>,
+    cases: &'a [Case],
+    failures: usize,
+    legend: &'static str,
+}
+
+fn self_maxrss_kib() -> u64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as u64
+}
+
+fn idle_maxrss(crest: &Path) -> u64 {
+    let mut cmd = std::process::Command::new(crest);
+    cmd.arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    procs::Spawned::spawn(&mut cmd)
+        .and_then(|mut s| s.wait())
+        .map(|e| e.maxrss_kib)
+        .unwrap_or(0)
+}
+
+fn locate(name: &str, explicit: Option<&PathBuf>) -> Result<PathBuf, String> {
+    let p = match explicit {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("locating myself: {e}"))?
+            .with_file_name(name),
+    };
+    if !p.is_file() {
+        return Err(format!(
+            "{} not found (build it: cargo build --release -p crest-cli -p crest-bench, or pass --crest)",
+            p.display()
+        ));
+    }
+    Ok(p)
+}
+
+fn progress(msg: &str) {
+    eprintln!("crest-bench: {msg}");
+}
+
+fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
+    let started = Instant::now();
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let ctx = Ctx {
+        crest: locate("crest", cfg.crest.as_ref())?,
+        workload: locate("crest-bench-workload", None)?,
+    };
+    let machine = stats::machine();
+    let crest = stats::crest_info(&ctx.crest);
+    progress(&format!(
+        "{} on Linux {} ({} CPUs, {} MiB), {} repetition(s); work directory {}",
+        if crest.version.is_empty() {
+            "crest"
+        } else {
+            &crest.version
+        },
+        machine.kernel,
+        machine.nproc,
+        machine.mem_total_kib / 1024,
+        cfg.reps,
+        work.display()
+    ));
+    let crest_idle_maxrss_kib = idle_maxrss(&ctx.crest);
+
+    let mut bases: BTreeMap<u64, Baseline> = BTreeMap::new();
+    let mut cases: Vec<Case> = Vec::new();
+    let mut last_image: HashMap<String, u64> = HashMap::new();
+    let mut seq = 0usize;
+    for wl in workloads(cfg) {
+        let first = cases.len();
+        for &sink in &cfg.sinks {
+            cases.push(Case {
+                workload: wl.name.clone(),
+                kind: wl.kind.to_string(),
+                args: wl.args.clone(),
+                sink,
+                mib: wl.mib,
+                touched_bytes: 0,
+                nonzero_bytes: 0,
+                status: Status::Ok,
+                error: None,
+                kept_dir: None,
+                runs: Vec::new(),
+                median: None,
+                ratios: None,
+            });
+        }
+        for rep in 0..cfg.reps {
+            if cases[first..].iter().all(|c| c.status != Status::Ok) {
+                break;
+            }
+            let base = bases.entry(wl.mib).or_insert_with(|| Baseline::new(wl.mib));
+            if base.samples() <= rep {
+                base.sample(work, &ctx.workload)?;
+                progress(&format!(
+                    "baseline {} MiB rep {}/{}: {}",
+                    wl.mib,
+                    rep + 1,
+                    cfg.reps,
+                    base.last()
+                ));
+            }
+            for case in cases[first..].iter_mut() {
+                if case.status != Status::Ok {
+                    continue;
+                }
+                seq += 1;
+                let dir = work.join(format!("{seq:03}-{}-{}-{rep}", wl.name, case.sink.name()));
+                let cap = last_image.get(&wl.name).map(|b| b + b / 8 + (1 << 20));
+                let tag = format!(
+                    "{} {} rep {}/{}",
+                    wl.name,
+                    case.sink.name(),
+                    rep + 1,
+                    cfg.reps
+                );
+                let r = run::run_once(&ctx, &wl, case.sink, rep, &dir, cap);
+                let strays = procs::settle();
+                match r {
+                    Ok(run) => {
+                        progress(&format!(
+                            "{tag}: dump {:.1} ms (frozen {:.1}), restore {:.1} ms, image {:.1} MiB, {}",
+                            run.dump_wall_ms,
+                            run.frozen_ms,
+                            run.restore_wall_ms,
+                            run.image_bytes as f64 / crest_bench::MIB as f64,
+                            run.result
+                        ));
+                        last_image.insert(wl.name.clone(), run.image_bytes);
+                        case.runs.push(run);
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                    Err(Failure::Refused(m)) => {
+                        progress(&format!("{tag}: refused: {m}"));
+                        case.status = Status::Refused;
+                        case.error = Some(m);
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                    Err(Failure::Failed(m)) => {
+                        progress(&format!(
+                            "{tag}: FAILED: {m} (files kept in {})",
+                            dir.display()
+                        ));
+                        case.status = Status::Failed;
+                        case.error = Some(m);
+                        case.kept_dir = Some(dir.display().to_string());
+                        // Keep a small image for a post-mortem; a big one would
+                        // fill the disk over a long run.
+                        let img = dir.join("img");
+                        if std::fs::metadata(&img).is_ok_and(|m| m.len() > 256 << 20) {
+                            let _ = std::fs::remove_file(img);
+                        }
+                    }
+                }
+                if strays > 0 {
+                    progress(&format!(
+                        "{tag}: warning: killed {strays} stray process(es)"
+                    ));
+                }
+            }
+        }
+        for case in cases[first..].iter_mut() {
+            case.finish(bases.get(&wl.mib));
+        }
+    }
+
+    let bases: Vec<Baseline> = bases.into_values().collect();
+    let failures = cases.iter().filter(|c| c.status == Status::Failed).count();
+    println!();
+    report::print_baselines(&bases, cfg.reps);
+    println!();
+    report::print_cases(&cases, cfg.reps);
+    println!();
+    println!("{}", report::LEGEND);
+    let out = Output {
+        benchmark: "crest-bench",
+        schema: 1,
+        mode: if cfg.smoke { "smoke" } else { "full" },
+        reps: cfg.reps,
+        sizes: &cfg.sizes,
+        sinks: &cfg.sinks,
+        started_unix,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        machine,
+        crest,
+        crest_idle_maxrss_kib,
+        driver_maxrss_kib: self_maxrss_kib(),
+        workdir: work.display().to_string(),
+        baselines: bases,
+        cases: &cases,
+        failures,
+        legend: report::LEGEND,
+    };
+    let json = serde_json::to_string_pretty(&out).map_err(|e| format!("JSON: {e}"))?;
+    if let Some(parent) = cfg.json_out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    std::fs::write(&cfg.json_out, json + "\n")
+        .map_err(|e| format!("writing {}: {e}", cfg.json_out.display()))?;
+    println!();
+    println!(
+        "JSON written to {} ({:.0} s in all)",
+        cfg.json_out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(failures)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("crest-bench: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "crest-bench: must run as root (crest checkpoints with ptrace and restores PIDs)"
+        );
+        std::process::exit(2);
+    }
+    if let Err(e) = procs::init() {
+        eprintln!("crest-bench: PR_SET_CHILD_SUBREAPER: {e}");
+        std::process::exit(2);
+    }
+    let work = cfg
+        .workdir
+        .join(format!("crest-bench-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        eprintln!("crest-bench: creating {}: {e}", work.display());
+        std::process::exit(2);
+    }
+    let r = bench(&cfg, &work);
+    procs::settle();
+    let code = match r {
+        Ok(0) => {
+            let _ = std::fs::remove_dir_all(&work);
+            0
+        }
+        Ok(n) => {
+            eprintln!(
+                "crest-bench: {n} case(s) FAILED (see above; their files are kept under {})",
+                work.display()
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!("crest-bench: error: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,48 @@
+//! `touch MIB REPS`: the machine's bound for a restore. Copies MIB MiB from
+//! a pre-faulted source into fresh anonymous memory in 1 MiB pieces (every
+//! page is first-touched by the copy), then copies it again into the now
+//! faulted memory (plain memcpy). Prints the times as JSON on stdout.
+
+use std::time::Instant;
+
+use crest_bench::{pattern, MIB};
+
+use crate::region::Region;
+
+fn copy_all(src: &Region, dst: &mut Region) {
+    let piece = MIB as usize;
+    let s = src.bytes();
+    let d = dst.bytes_mut();
+    for (d, s) in d.chunks_mut(piece).zip(s.chunks(piece)) {
+        d.copy_from_slice(s);
+    }
+    std::hint::black_box(&d[d.len() - 1]);
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let parse = |i: usize| args.get(i).and_then(|s| s.parse::<usize>().ok());
+    let (Some(mib), Some(reps)) = (parse(0), parse(1)) else {
+        return Err("usage: touch MIB REPS".into());
+    };
+    let bytes = mib * MIB as usize;
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let mut src = Region::new(bytes, rw).map_err(|e| format!("mmap: {e}"))?;
+    pattern::fill(src.words_mut(), 1, 0);
+    let mut touch = Vec::new();
+    let mut copy = Vec::new();
+    for _ in 0..reps.max(1) {
+        let mut dst = Region::new(bytes, rw).map_err(|e| format!("mmap: {e}"))?;
+        let t = Instant::now();
+        copy_all(&src, &mut dst);
+        touch.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        copy_all(&src, &mut dst);
+        copy.push(t.elapsed().as_secs_f64() * 1e3);
+        if dst.words()[dst.words().len() / 2] != src.words()[src.words().len() / 2] {
+            return Err("copy mismatch".into());
+        }
+    }
+    let out = serde_json::json!({ "mib": mib, "first_touch_ms": touch, "memcpy_ms": copy });
+    println!("{out}");
+    Ok(())
+}
