@@ -225,6 +225,21 @@ impl Drop for Frozen {
     }
 }
 
+/// One syscall of a batch.
+pub struct Call {
+    pub nr: i64,
+    pub args: [u64; 6],
+    pub what: String,
+}
+
+impl Call {
+    pub fn new(nr: i64, args: &[u64], what: String) -> Call {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        Call { nr, args: a, what }
+    }
+}
+
 /// A stopped task crest runs syscalls in, with a scratch area in its
 /// address space for syscall arguments: the dump-side [`Session`] and the
 /// restore-side stub implement it, so each kernel concept's code can read
@@ -237,6 +252,15 @@ pub trait Inject {
     fn scratch(&self) -> u64;
     fn read_scratch(&self, off: u64, buf: &mut [u8]) -> Result<()>;
     fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()>;
+
+    /// Runs several syscalls in order, stopping at the first that fails
+    /// (its error names `what` of that call); returns their results.
+    fn batch(&self, calls: &[Call]) -> Result<Vec<u64>> {
+        calls
+            .iter()
+            .map(|c| self.call(c.nr, &c.args, &c.what))
+            .collect()
+    }
 
     /// prctl(2) run in the task.
     fn prctl(&self, option: i32, args: &[u64], what: &str) -> Result<u64> {

@@ -10,7 +10,7 @@
 
 use crate::error::{Context, Error, Result};
 use crate::files::DataSource;
-use crate::freeze::Inject;
+use crate::freeze::{Call, Inject};
 use crate::model::{Backing, Mm, ObjectKind, ShmemKind, ShmemObj, Vma, VmaFlags};
 use crate::objects::ObjectTable;
 use crate::Obstacle;
@@ -418,6 +418,8 @@ fn merge_barriers(vmas: &[Vma]) -> Vec<Option<(i32, i32)>> {
 /// the task.
 pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> Result<()> {
     let barriers = merge_barriers(vmas);
+    let mut calls = Vec::with_capacity(vmas.len() * 2);
+    let mut want = Vec::with_capacity(vmas.len() * 2);
     for (v, barrier) in vmas.iter().zip(&barriers) {
         let (mut flags, fd) = match v.backing {
             Backing::Anonymous => (libc::MAP_ANONYMOUS, -1),
@@ -442,7 +444,7 @@ pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> 
             flags |= libc::MAP_NORESERVE;
         }
         let offset = if fd >= 0 { v.offset } else { 0 };
-        let got = t.call(
+        calls.push(Call::new(
             libc::SYS_mmap,
             &[
                 v.start,
@@ -452,25 +454,31 @@ pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> 
                 fd as i64 as u64,
                 offset,
             ],
-            &format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
-        )?;
-        if got != v.start {
-            return Err(Error::msg(format!(
-                "pid {}: mapping {:#x}-{:#x} landed at {got:#x}",
-                t.pid(),
-                v.start,
-                v.end
-            )));
-        }
+            format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
+        ));
+        want.push(Some(v.start));
         if let Some((set, _)) = barrier {
-            t.call(
+            calls.push(Call::new(
                 libc::SYS_madvise,
                 &[v.start, v.end - v.start, *set as u64],
-                &format!(
+                format!(
                     "keeping {:#x}-{:#x} apart from its neighbour",
                     v.start, v.end
                 ),
-            )?;
+            ));
+            want.push(None);
+        }
+    }
+    let got = t.batch(&calls)?;
+    for ((c, w), g) in calls.iter().zip(&want).zip(&got) {
+        if let Some(start) = w {
+            if g != start {
+                return Err(Error::msg(format!(
+                    "pid {}: {} landed at {g:#x}",
+                    t.pid(),
+                    c.what
+                )));
+            }
         }
     }
     Ok(())
@@ -492,14 +500,9 @@ pub fn check_chunk(vmas: &[Vma], addr: u64, len: u64) -> Result<()> {
 
 /// Sets final protections and memory advice once the pages are in.
 pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
+    let mut calls = Vec::new();
+    let mut named = Vec::new();
     for (v, barrier) in vmas.iter().zip(merge_barriers(vmas)) {
-        if let Some((_, clear)) = barrier {
-            t.call(
-                libc::SYS_madvise,
-                &[v.start, v.end - v.start, clear as u64],
-                &format!("clearing the temporary flag of {:#x}-{:#x}", v.start, v.end),
-            )?;
-        }
         if !matches!(
             v.backing,
             Backing::Anonymous | Backing::File(_) | Backing::Shmem(_)
@@ -508,12 +511,19 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
         }
         let len = v.end - v.start;
         let what = |op: &str| format!("{op} {:#x}-{:#x}", v.start, v.end);
+        if let Some((_, clear)) = barrier {
+            calls.push(Call::new(
+                libc::SYS_madvise,
+                &[v.start, len, clear as u64],
+                what("clearing the temporary flag of"),
+            ));
+        }
         if fill_prot(v) != v.prot {
-            t.call(
+            calls.push(Call::new(
                 libc::SYS_mprotect,
                 &[v.start, len, v.prot as u64],
-                &what("setting the protection of"),
-            )?;
+                what("setting the protection of"),
+            ));
         }
         let advice = [
             (v.flags.dontdump, libc::MADV_DONTDUMP),
@@ -525,37 +535,46 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
         ];
         for (on, adv) in advice {
             if on {
-                t.call(
+                calls.push(Call::new(
                     libc::SYS_madvise,
                     &[v.start, len, adv as u64],
-                    &what(&format!("madvise({adv})")),
-                )?;
+                    what(&format!("madvise({adv})")),
+                ));
             }
         }
         for &(gs, ge) in &v.guards {
-            t.call(
+            calls.push(Call::new(
                 libc::SYS_madvise,
                 &[gs, ge - gs, MADV_GUARD_INSTALL],
-                &format!("installing guard region {gs:#x}-{ge:#x}"),
-            )?;
+                format!("installing guard region {gs:#x}-{ge:#x}"),
+            ));
         }
         if v.flags.locked {
-            t.call(libc::SYS_mlock, &[v.start, len], &what("locking"))?;
+            calls.push(Call::new(libc::SYS_mlock, &[v.start, len], what("locking")));
         }
         if let Some(name) = v
             .name
             .strip_prefix("[anon:")
             .and_then(|n| n.strip_suffix(']'))
         {
-            let mut b = name.as_bytes().to_vec();
-            b.push(0);
-            t.write_scratch(0, &b)?;
-            t.prctl(
-                libc::PR_SET_VMA,
-                &[libc::PR_SET_VMA_ANON_NAME as u64, v.start, len, t.scratch()],
-                &what("naming"),
-            )?;
+            named.push((v, name));
         }
+    }
+    t.batch(&calls)?;
+    for (v, name) in named {
+        let mut b = name.as_bytes().to_vec();
+        b.push(0);
+        t.write_scratch(0, &b)?;
+        t.prctl(
+            libc::PR_SET_VMA,
+            &[
+                libc::PR_SET_VMA_ANON_NAME as u64,
+                v.start,
+                v.end - v.start,
+                t.scratch(),
+            ],
+            &format!("naming {:#x}-{:#x}", v.start, v.end),
+        )?;
     }
     Ok(())
 }

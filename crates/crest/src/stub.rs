@@ -18,7 +18,7 @@
 //! the tree), and dropping a [`StubTree`] kills them all.
 
 use crate::error::{Context, Error, Result};
-use crate::freeze::Inject;
+use crate::freeze::{Call, Inject};
 use crate::model::{Backing, SigAction, Vma};
 use crest_sys::arch::UserRegs;
 use crest_sys::inject::Remote;
@@ -27,8 +27,43 @@ use crest_sys::process::{self, Forked};
 use crest_sys::ptrace::{self, WaitStatus};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// Scratch pages after the code page of the helper area.
-const SCRATCH_PAGES: u64 = 4;
+/// Scratch pages after the code page of the helper area (room for a
+/// batch of 4096 syscalls).
+const SCRATCH_PAGES: u64 = 64;
+/// Where the batch loop starts in the code page.
+const BATCH_OFF: usize = 16;
+/// The batch loop: r12 points at a table of 64-byte entries (nr, six
+/// arguments, result), r13 counts them.  Each syscall's result is stored;
+/// the loop stops at the first error, and at the end, with `int3`.
+///
+/// ```text
+/// loop: test r13,r13 / jz done / mov rax,[r12] / mov rdi,[r12+8]
+///       mov rsi,[r12+16] / mov rdx,[r12+24] / mov r10,[r12+32]
+///       mov r8,[r12+40] / mov r9,[r12+48] / syscall / mov [r12+56],rax
+///       cmp rax,-4095 / jae done / add r12,64 / dec r13 / jmp loop
+/// done: int3
+/// ```
+const BATCH_CODE: [u8; 64] = [
+    0x4d, 0x85, 0xed, // test r13, r13
+    0x74, 0x3a, // jz done
+    0x49, 0x8b, 0x04, 0x24, // mov rax, [r12]
+    0x49, 0x8b, 0x7c, 0x24, 0x08, // mov rdi, [r12+8]
+    0x49, 0x8b, 0x74, 0x24, 0x10, // mov rsi, [r12+16]
+    0x49, 0x8b, 0x54, 0x24, 0x18, // mov rdx, [r12+24]
+    0x4d, 0x8b, 0x54, 0x24, 0x20, // mov r10, [r12+32]
+    0x4d, 0x8b, 0x44, 0x24, 0x28, // mov r8, [r12+40]
+    0x4d, 0x8b, 0x4c, 0x24, 0x30, // mov r9, [r12+48]
+    0x0f, 0x05, // syscall
+    0x49, 0x89, 0x44, 0x24, 0x38, // mov [r12+56], rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax, -4095
+    0x73, 0x09, // jae done
+    0x49, 0x83, 0xc4, 0x40, // add r12, 64
+    0x49, 0xff, 0xcd, // dec r13
+    0xeb, 0xc1, // jmp loop
+    0xcc, // done: int3
+];
+/// Bytes per batch entry.
+const BATCH_ENTRY: u64 = 64;
 const ARCH_MAP_VDSO_64: u64 = 0x2003;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const PTRACE_EVENT_STOP: i32 = 128;
@@ -202,6 +237,9 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     std::ptr::write_bytes(code, 0xcc, ps); // int3 everywhere else
     for (k, b) in HELPER_CODE.iter().enumerate() {
         *code.add(k) = *b;
+    }
+    for (k, b) in BATCH_CODE.iter().enumerate() {
+        *code.add(BATCH_OFF + k) = *b;
     }
     if libc::mprotect(h, ps, libc::PROT_READ | libc::PROT_EXEC) != 0 {
         fail(10, report);
@@ -524,16 +562,18 @@ impl StubProc {
             )?;
         }
         let hend = self.helper + helper_len();
-        for m in crest_sys::proc::read_maps(self.pid)? {
-            if m.path == "[vsyscall]" || (m.start >= self.helper && m.end <= hend) {
-                continue;
-            }
-            t.call(
-                libc::SYS_munmap,
-                &[m.start, m.end - m.start],
-                &format!("unmapping {:#x}-{:#x} {}", m.start, m.end, m.path),
-            )?;
-        }
+        let calls: Vec<Call> = crest_sys::proc::read_maps(self.pid)?
+            .into_iter()
+            .filter(|m| m.path != "[vsyscall]" && !(m.start >= self.helper && m.end <= hend))
+            .map(|m| {
+                Call::new(
+                    libc::SYS_munmap,
+                    &[m.start, m.end - m.start],
+                    format!("unmapping {:#x}-{:#x} {}", m.start, m.end, m.path),
+                )
+            })
+            .collect();
+        t.batch(&calls)?;
         Ok(())
     }
 
@@ -655,6 +695,47 @@ impl Inject for TaskView<'_> {
     }
     fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()> {
         Ok(self.p.mem.write(self.scratch() + off, data)?)
+    }
+
+    /// Runs the calls with the helper's batch loop: one round trip per
+    /// 4096 syscalls instead of several per syscall.
+    fn batch(&self, calls: &[Call]) -> Result<Vec<u64>> {
+        let per = ((SCRATCH_PAGES * crate::memory::page_size()) / BATCH_ENTRY) as usize;
+        let mut out = Vec::with_capacity(calls.len());
+        let remote = &self.p.threads[self.i].remote;
+        for chunk in calls.chunks(per) {
+            crate::fault::point("restore: injected syscall")?;
+            let mut table = Vec::with_capacity(chunk.len() * BATCH_ENTRY as usize);
+            for c in chunk {
+                table.extend_from_slice(&(c.nr as u64).to_ne_bytes());
+                for a in c.args {
+                    table.extend_from_slice(&a.to_ne_bytes());
+                }
+                table.extend_from_slice(&0u64.to_ne_bytes());
+            }
+            self.write_scratch(0, &table)?;
+            let base = self.scratch();
+            let at = remote.run_until_trap(self.p.helper + BATCH_OFF as u64, |r| {
+                r.r12 = base;
+                r.r13 = chunk.len() as u64;
+            })?;
+            self.read_scratch(0, &mut table)?;
+            let results: Vec<u64> = table
+                .chunks_exact(BATCH_ENTRY as usize)
+                .map(|e| u64::from_ne_bytes(e[56..64].try_into().unwrap()))
+                .collect();
+            if at.r13 != 0 {
+                let i = ((at.r12 - base) / BATCH_ENTRY) as usize;
+                let err = -(results[i] as i64);
+                return Err(crest_sys::Error::io(
+                    format!("pid {}: {}", self.pid(), chunk[i].what),
+                    std::io::Error::from_raw_os_error(err as i32),
+                )
+                .into());
+            }
+            out.extend(results);
+        }
+        Ok(out)
     }
 }
 

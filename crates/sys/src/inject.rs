@@ -140,6 +140,42 @@ impl Remote {
         Ok(r as u64)
     }
 
+    /// Runs code already mapped in the task at `ip` until it executes an
+    /// `int3`, with registers prepared by `setup` from the task's own; the
+    /// task's registers are put back afterwards and the registers at the
+    /// trap are returned.
+    pub fn run_until_trap(&self, ip: u64, setup: impl FnOnce(&mut UserRegs)) -> Result<UserRegs> {
+        let mut r = self.base;
+        r.rip = ip;
+        r.orig_rax = u64::MAX;
+        setup(&mut r);
+        ptrace::set_regs(self.pid, &r)?;
+        ptrace::cont(self.pid, 0)?;
+        let at = loop {
+            match ptrace::wait(self.pid)? {
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => break ptrace::get_regs(self.pid)?,
+                WaitStatus::Stopped { sig, event: 0 } => {
+                    let info = ptrace::get_siginfo(self.pid)?;
+                    let _ = sig;
+                    self.suppressed.borrow_mut().push(info);
+                    ptrace::cont(self.pid, 0)?;
+                }
+                WaitStatus::Stopped { .. } => ptrace::cont(self.pid, 0)?,
+                other => {
+                    return Err(Error::parse(
+                        format!("pid {}", self.pid),
+                        format!("unexpected {other:?} while running injected code"),
+                    ))
+                }
+            }
+        };
+        ptrace::set_regs(self.pid, &self.resume)?;
+        Ok(at)
+    }
+
     /// Puts back the registers the task resumes with.
     pub fn restore_regs(&self) -> Result<()> {
         ptrace::set_regs(self.pid, &self.resume)

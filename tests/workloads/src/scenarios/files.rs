@@ -245,7 +245,13 @@ fn compare_fd(c: &mut Checks, fd: i32, a: &FdState, b: &FdState) {
         ("F_GETFD", a.getfd.to_string(), b.getfd.to_string()),
         ("offset", a.offset.to_string(), b.offset.to_string()),
         ("st_dev", a.dev.to_string(), b.dev.to_string()),
-        ("st_ino", a.ino.to_string(), b.ino.to_string()),
+        // An unlinked file is recreated on restore: its inode number is
+        // the filesystem's choice; only a named file keeps it.
+        (
+            "st_ino",
+            a.ino.to_string(),
+            if a.nlink == 0 { a.ino } else { b.ino }.to_string(),
+        ),
         (
             "st_mode",
             format!("{:#o}", a.mode),
