@@ -37,6 +37,10 @@ enum Cmd {
         /// No progress bar
         #[arg(short, long)]
         quiet: bool,
+        /// Do not fsync the image before stopping the process (faster; a
+        /// crash of the machine right after the dump can then lose both)
+        #[arg(long)]
+        no_sync: bool,
     },
     /// Restore a process from an image, with its original PID
     Restore {
@@ -101,7 +105,8 @@ fn run(cli: Cli) -> Result<i32> {
             leave_running,
             json,
             quiet,
-        } => cmd_dump(pid, &output, leave_running, json, quiet),
+            no_sync,
+        } => cmd_dump(pid, &output, leave_running, json, quiet, !no_sync),
         Cmd::Restore {
             input,
             detach,
@@ -141,7 +146,14 @@ fn lib_err(e: crest::Error) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
-fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool) -> Result<i32> {
+fn cmd_dump(
+    pid: i32,
+    output: &str,
+    leave_running: bool,
+    json: bool,
+    quiet: bool,
+    sync: bool,
+) -> Result<i32> {
     let opts = crest::DumpOptions { leave_running };
     let mut progress = output::Progress::new("dump", quiet);
     let report = if output == "-" {
@@ -149,6 +161,7 @@ fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool
         if stdout.is_terminal() {
             bail!("refusing to write an image to a terminal: use -o FILE or a pipe");
         }
+        grow_pipe(1);
         let out = BufWriter::with_capacity(1 << 20, stdout.lock());
         crest::dump(
             pid,
@@ -167,7 +180,15 @@ fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        let out = BufWriter::with_capacity(1 << 20, file);
+        let out = BufWriter::with_capacity(
+            1 << 20,
+            SyncingFile {
+                file,
+                written: 0,
+                started: 0,
+                sync,
+            },
+        );
         let r = crest::dump(
             pid,
             out,
@@ -176,6 +197,7 @@ fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool
                 tmp: tmp.clone(),
                 path: final_path.to_path_buf(),
                 committed: false,
+                sync,
             },
             &mut |done, total| progress.update(done, total),
         );
@@ -217,18 +239,59 @@ fn cmd_dump(pid: i32, output: &str, leave_running: bool, json: bool, quiet: bool
     Ok(0)
 }
 
+/// An image file being written: disk writeback of what is written is
+/// started every 32 MiB (sync_file_range), so the fsync at the end has
+/// little left to wait for.
+struct SyncingFile {
+    file: File,
+    written: u64,
+    started: u64,
+    sync: bool,
+}
+
+const WRITEBACK_STEP: u64 = 32 << 20;
+
+impl std::io::Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = std::io::Write::write(&mut self.file, buf)?;
+        self.written += n as u64;
+        if self.sync && self.written - self.started >= WRITEBACK_STEP {
+            use std::os::fd::AsRawFd;
+            // SAFETY: plain syscall on a descriptor we own; it only
+            // starts writeback of the given range and does not wait.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as i64,
+                    (self.written - self.started) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.file)
+    }
+}
+
 /// An image file: written under a temporary name, made durable and
 /// renamed into place only when complete.
 struct FileSink {
     tmp: PathBuf,
     path: PathBuf,
     committed: bool,
+    sync: bool,
 }
 
-impl crest::dump::ImageSink<BufWriter<File>> for FileSink {
-    fn commit(&mut self, w: BufWriter<File>) -> crest::Result<()> {
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
+impl crest::dump::ImageSink<BufWriter<SyncingFile>> for FileSink {
+    fn commit(&mut self, w: BufWriter<SyncingFile>) -> crest::Result<()> {
+        let f = w.into_inner().map_err(|e| e.into_error())?.file;
+        if self.sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&self.tmp, &self.path)?;
         self.committed = true;
         Ok(())
@@ -239,6 +302,17 @@ impl crest::dump::ImageSink<BufWriter<File>> for FileSink {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// If `fd` is a pipe, makes its buffer as large as an unprivileged
+/// process may (fewer context switches when an image streams through).
+fn grow_pipe(fd: i32) {
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(1 << 20);
+    // SAFETY: fcntl on a standard descriptor; failure (not a pipe) is fine.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, max) };
 }
 
 /// A name next to `path` for writing the image before it is complete.
@@ -253,6 +327,7 @@ fn temp_name(path: &Path) -> PathBuf {
 fn cmd_restore(input: &str, detach: bool, pidfile: Option<&Path>, json: bool) -> Result<i32> {
     let mut progress = output::Progress::new("restore", json);
     let report = if input == "-" {
+        grow_pipe(0);
         let stdin = std::io::stdin();
         crest::restore(BufReader::with_capacity(1 << 20, stdin.lock()), &mut |n| {
             progress.add(n)

@@ -318,8 +318,23 @@ fn is_zero(page: &[u8]) -> bool {
     }) == 0
 }
 
+/// A run of pages read from the task, with its non-zero stretches.
+struct ReadChunk {
+    addr: u64,
+    buf: Vec<u8>,
+    len: usize,
+    /// Byte ranges of `buf[..len]` holding non-zero pages.
+    keep: Vec<(usize, usize)>,
+}
+
+/// Buffers in flight between the reader thread and the writer.
+const BUFFERS: usize = 3;
+
 /// Reads the planned pages from the frozen task and writes them as page
-/// chunks, dropping all-zero pages.
+/// chunks, dropping all-zero pages.  A reader thread copies the memory
+/// out of the task and finds the zero pages while this thread checksums
+/// and writes the previous chunk: both cores work, and crest holds only
+/// a few chunks at a time.
 pub fn write_pages<W: Write>(
     pid: i32,
     space: u32,
@@ -328,41 +343,86 @@ pub fn write_pages<W: Write>(
     out: &mut Writer<W>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<PageStats> {
+    use std::sync::mpsc::sync_channel;
     let ps = page_size() as usize;
-    let mut buf = vec![0u8; CHUNK_PAGES * ps];
     let mut stats = PageStats::default();
     let procmem = crest_sys::mem::ProcMem::open(pid, false)?;
-    for (v, runs) in vmas.iter().zip(&plan.runs) {
-        let readable = v.prot & libc::PROT_READ as u32 != 0;
-        for &(addr, n) in runs {
-            let len = n as usize * ps;
-            let data = &mut buf[..len];
-            if readable {
-                crest_sys::mem::read(pid, addr, data)?;
-            } else {
-                procmem.read(addr, data)?;
-            }
-            stats.pages_scanned += n;
-            // Write maximal runs of non-zero pages.
-            let mut i = 0;
-            while i < n as usize {
-                if is_zero(&data[i * ps..(i + 1) * ps]) {
-                    stats.zero_pages += 1;
-                    i += 1;
-                    continue;
-                }
-                let j = (i + 1..n as usize)
-                    .find(|&j| is_zero(&data[j * ps..(j + 1) * ps]))
-                    .unwrap_or(n as usize);
-                out.write_pages(space, addr + (i * ps) as u64, &data[i * ps..j * ps])?;
-                stats.pages_written += (j - i) as u64;
-                i = j;
-            }
-            progress(len as u64);
-            crate::fault::point("dump: page chunk written")?;
-        }
+    let jobs: Vec<(u64, u64, bool)> = vmas
+        .iter()
+        .zip(&plan.runs)
+        .flat_map(|(v, runs)| {
+            let readable = v.prot & libc::PROT_READ as u32 != 0;
+            runs.iter().map(move |&(a, n)| (a, n, readable))
+        })
+        .collect();
+    let (full_tx, full_rx) = sync_channel::<Result<ReadChunk>>(BUFFERS);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        empty_tx
+            .send(vec![0u8; CHUNK_PAGES * ps])
+            .expect("the receiver is alive");
     }
-    Ok(stats)
+    std::thread::scope(|sc| -> Result<PageStats> {
+        // Owned here, so that an early return drops them before the scope
+        // joins the reader: a reader blocked on either channel then wakes
+        // up and stops.
+        let full_rx = full_rx;
+        let empty_tx = empty_tx;
+        let procmem = &procmem;
+        let jobs = &jobs;
+        sc.spawn(move || {
+            for &(addr, n, readable) in jobs {
+                let Ok(mut buf) = empty_rx.recv() else {
+                    return; // the writer stopped
+                };
+                let len = n as usize * ps;
+                let r = if readable {
+                    crest_sys::mem::read(pid, addr, &mut buf[..len])
+                } else {
+                    procmem.read(addr, &mut buf[..len])
+                };
+                let msg = r.map_err(Into::into).map(|()| {
+                    let mut keep: Vec<(usize, usize)> = Vec::new();
+                    for p in 0..n as usize {
+                        let (a, b) = (p * ps, (p + 1) * ps);
+                        if is_zero(&buf[a..b]) {
+                            continue;
+                        }
+                        match keep.last_mut() {
+                            Some(k) if k.1 == a => k.1 = b,
+                            _ => keep.push((a, b)),
+                        }
+                    }
+                    ReadChunk {
+                        addr,
+                        buf,
+                        len,
+                        keep,
+                    }
+                });
+                let failed = msg.is_err();
+                if full_tx.send(msg).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for msg in full_rx.iter() {
+            let c = msg?;
+            let pages = (c.len / ps) as u64;
+            let mut kept = 0;
+            for &(a, b) in &c.keep {
+                out.write_pages(space, c.addr + a as u64, &c.buf[a..b])?;
+                kept += ((b - a) / ps) as u64;
+            }
+            stats.pages_scanned += pages;
+            stats.pages_written += kept;
+            stats.zero_pages += pages - kept;
+            progress(c.len as u64);
+            crate::fault::point("dump: page chunk written")?;
+            let _ = empty_tx.send(c.buf);
+        }
+        Ok(stats)
+    })
 }
 
 /// The protection a mapping gets while its pages are written in.

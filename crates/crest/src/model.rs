@@ -99,6 +99,54 @@ pub enum OpenTarget {
         size: u64,
         mode: u32,
     },
+    /// An eventfd: its counter and whether it is in semaphore mode.
+    Eventfd { count: u64, semaphore: bool },
+    /// A timerfd.  `value_ns` is the time left at the dump (restore arms
+    /// it relative to the restore), `ticks` the expirations not yet read.
+    Timerfd {
+        clockid: i32,
+        /// TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET as last set.
+        settime_flags: u32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+    },
+    /// A signalfd and the signals it accepts.
+    Signalfd { mask: u64 },
+    /// An inotify instance and its watches (no events were queued).
+    Inotify { watches: Vec<InotifyWatch> },
+    /// An epoll instance and what it watches: the targets are added once
+    /// every other descriptor of the tree is open.
+    Epoll { targets: Vec<EpollTarget> },
+}
+
+/// One watch of an inotify instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    /// The watch descriptor the program knows.
+    pub wd: i32,
+    /// The watched inode's path at the dump.
+    pub path: String,
+    /// The user-visible mask (events, IN_ONESHOT, IN_EXCL_UNLINK).
+    pub mask: u32,
+    /// The watched inode and its device (st_dev encoding).
+    pub ino: u64,
+    pub dev: u64,
+}
+
+/// One registration of an epoll instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    /// The process whose fd table held the target at the dump, and the
+    /// descriptor there that is the target's open file description.
+    pub pid: i32,
+    pub fd: i32,
+    /// The descriptor number the registration was made with (usually
+    /// `fd`; it differs when that descriptor was closed or moved since).
+    pub tfd: i32,
+    /// The event mask as the kernel holds it (EPOLLET, EPOLLONESHOT, … included).
+    pub events: u32,
+    pub data: u64,
 }
 
 /// A whole checkpoint: the processes and the objects they share.
@@ -123,6 +171,9 @@ pub struct Process {
     pub fds: Vec<Fd>,
     pub fs: FsInfo,
     pub threads: Vec<Thread>,
+    /// POSIX timers (timer_create), by id.
+    #[serde(default)]
+    pub posix_timers: Vec<PosixTimer>,
 }
 
 /// One thread.  The first thread of a process is its leader (tid == pid).
@@ -322,4 +373,23 @@ impl Checkpoint {
     pub fn object(&self, id: ObjectId) -> Option<&ObjectKind> {
         self.objects.iter().find(|o| o.id == id).map(|o| &o.kind)
     }
+}
+
+/// A POSIX timer (timer_create) of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    /// The timer id the program holds.
+    pub id: i32,
+    pub clockid: i32,
+    /// The sigevent: signal number, value and notify kind (SIGEV_*, with
+    /// SIGEV_THREAD_ID when directed at thread `tid`).
+    pub signo: i32,
+    pub sigev_value: u64,
+    pub notify: i32,
+    pub tid: i32,
+    /// Time left and interval at the dump, in nanoseconds (0: disarmed).
+    pub value_ns: u64,
+    pub interval_ns: u64,
+    /// timer_getoverrun at the dump (informational: it cannot be set).
+    pub overrun: i32,
 }
