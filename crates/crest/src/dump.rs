@@ -71,10 +71,9 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
         return Ok(obs);
     }
     match status.state {
-        'Z' | 'X' => refuse("task", "zombie processes are not supported yet".into()),
-        'T' => refuse(
+        'Z' | 'X' => refuse(
             "task",
-            "the process is stopped by a signal (job control); send it SIGCONT first".into(),
+            "the process has exited (a zombie); only zombie children inside a tree are kept".into(),
         ),
         _ => {}
     }
@@ -177,6 +176,7 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
         let actions = signals::collect_actions(&lead)?;
         crate::fault::point("dump: signal actions collected")?;
         let itimers = timers::collect(&lead)?;
+        let posix_timers = timers::collect_posix(&lead, tids)?;
         let brk = tasks::collect_brk(&lead)?;
         crate::fault::point("dump: timers collected")?;
         session.close()?;
@@ -213,9 +213,12 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
                 shared_pending: signals::collect_pending(pid, true)?,
             },
             itimers,
+            posix_timers,
             fds,
             fs: files::collect_fs(pid)?,
             threads,
+            stopped: tree.stopped(pid),
+            zombies: zombie_children(pid)?,
         });
         plans.push(plan);
     }
@@ -227,6 +230,25 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
         plans,
         data,
     }))
+}
+
+/// The unreaped exited children of `pid`.
+fn zombie_children(pid: i32) -> Result<Vec<crate::model::Zombie>> {
+    let mut out = Vec::new();
+    for c in proc::process_children(pid)? {
+        if let Ok(st) = proc::read_stat(c) {
+            if st.state == 'Z' || st.state == 'X' {
+                out.push(crate::model::Zombie {
+                    pid: c,
+                    pgid: st.pgrp,
+                    sid: st.session,
+                    status: st.exit_code,
+                    comm: st.comm.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// CRC32C of the vDSO of `pid`, if it has one.

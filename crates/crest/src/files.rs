@@ -231,14 +231,13 @@ pub fn collect_fds(
             );
             continue;
         } else if link.starts_with("anon_inode:") {
-            let what = link
-                .trim_start_matches("anon_inode:")
-                .trim_matches(|c| c == '[' || c == ']');
-            refuse(
-                obstacles,
-                format!("{what} descriptors are not supported yet"),
-            );
-            continue;
+            match crate::events::collect(pid, fd, &link, &info) {
+                Ok(t) => t,
+                Err(reason) => {
+                    refuse(obstacles, reason);
+                    continue;
+                }
+            }
         } else {
             refuse(
                 obstacles,
@@ -838,6 +837,11 @@ pub fn open_object(
             seek(&fd, o.pos, path)?;
             fd
         }
+        OpenTarget::Eventfd { .. }
+        | OpenTarget::Timerfd { .. }
+        | OpenTarget::Signalfd { .. }
+        | OpenTarget::Inotify { .. }
+        | OpenTarget::Epoll { .. } => crate::events::open(o)?,
     };
     Ok(fd)
 }

@@ -17,6 +17,8 @@ const PTRACE_EVENT_STOP: i32 = 128;
 pub struct Frozen {
     pid: i32,
     attached: bool,
+    /// The task was in a job-control stop when frozen.
+    stopped: bool,
 }
 
 impl Frozen {
@@ -29,6 +31,7 @@ impl Frozen {
         let mut f = Frozen {
             pid,
             attached: true,
+            stopped: false,
         };
         ptrace::interrupt(pid)?;
         loop {
@@ -37,17 +40,10 @@ impl Frozen {
                     event: PTRACE_EVENT_STOP,
                     sig,
                 } => {
-                    if sig != libc::SIGTRAP {
-                        // A group stop (SIGSTOP/SIGTSTP…): not supported yet.
-                        f.detach_now();
-                        return Err(Error::Unsupported(vec![crate::Obstacle {
-                            pid,
-                            object: "task".into(),
-                            reason: "the task is stopped by a signal (job control); \
-                                     send it SIGCONT first"
-                                .into(),
-                        }]));
-                    }
+                    // SIGTRAP: our interrupt.  Another signal: the task
+                    // was in a job-control stop, which the model records
+                    // (from /proc) and a detach keeps.
+                    f.stopped = sig != libc::SIGTRAP;
                     return Ok(f);
                 }
                 WaitStatus::Stopped { sig, event: 0 } => {
@@ -140,6 +136,10 @@ impl FrozenTree {
             while i < order.len() {
                 let pid = order[i];
                 i += 1;
+                if pid != root && is_zombie(pid) {
+                    // Nothing to seize: saved with its parent.
+                    continue;
+                }
                 let tids = match proc::list_tasks(pid) {
                     Ok(t) => t,
                     Err(_) if pid != root => continue, // exited meanwhile
@@ -165,6 +165,7 @@ impl FrozenTree {
             if !changed {
                 tree.procs = order
                     .into_iter()
+                    .filter(|&pid| pid == root || !is_zombie(pid))
                     .map(|pid| {
                         let mut tids: Vec<i32> = tree
                             .tasks
@@ -183,6 +184,11 @@ impl FrozenTree {
 
     pub fn root(&self) -> i32 {
         self.procs[0].0
+    }
+
+    /// Whether process `pid` was in a job-control stop when frozen.
+    pub fn stopped(&self, pid: i32) -> bool {
+        self.tasks.iter().any(|t| t.pid == pid && t.stopped)
     }
 
     /// Lets every task run on.
@@ -212,6 +218,11 @@ impl FrozenTree {
         }
         Ok(())
     }
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped).
+pub fn is_zombie(pid: i32) -> bool {
+    matches!(proc::read_stat(pid), Ok(st) if st.state == 'Z' || st.state == 'X')
 }
 
 /// The thread group a task belongs to.

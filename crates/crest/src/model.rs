@@ -174,6 +174,21 @@ pub struct Process {
     /// POSIX timers (timer_create), by id.
     #[serde(default)]
     pub posix_timers: Vec<PosixTimer>,
+    /// Stopped by a job-control signal (SIGSTOP, SIGTSTP…) at the dump.
+    pub stopped: bool,
+    /// Children that had exited but were not reaped yet.
+    pub zombies: Vec<Zombie>,
+}
+
+/// A child that exited and waits for its parent to reap it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zombie {
+    pub pid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// The wait status its parent will collect.
+    pub status: i32,
+    pub comm: String,
 }
 
 /// One thread.  The first thread of a process is its leader (tid == pid).

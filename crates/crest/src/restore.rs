@@ -157,6 +157,14 @@ pub fn validate(ckpt: &Checkpoint) -> Result<()> {
                 )))
             }
         }
+        for z in &p.zombies {
+            if z.pid <= 1 || z.pid > pid_max || !tids.insert(z.pid) {
+                return Err(Error::Invalid(format!(
+                    "pid {}: bad or repeated zombie pid {}",
+                    p.pid, z.pid
+                )));
+            }
+        }
         for t in &p.threads {
             if t.tid <= 1 || t.tid > pid_max || !tids.insert(t.tid) {
                 return Err(Error::Invalid(format!(
@@ -256,13 +264,18 @@ impl Build {
     fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles) -> Result<Build> {
         validate(&ckpt)?;
         for p in &ckpt.processes {
-            for t in &p.threads {
-                wait_zombie_gone(t.tid);
-                if crest_sys::process::exists(t.tid) {
-                    let who = crest_sys::proc::read_comm(t.tid).unwrap_or_else(|_| "?".into());
+            let ids = p
+                .threads
+                .iter()
+                .map(|t| t.tid)
+                .chain(p.zombies.iter().map(|z| z.pid));
+            for tid in ids {
+                wait_zombie_gone(tid);
+                if crest_sys::process::exists(tid) {
+                    let who = crest_sys::proc::read_comm(tid).unwrap_or_else(|_| "?".into());
                     return Err(Error::msg(format!(
                         "pid {} is in use (by \"{who}\"); the restored process needs that pid",
-                        t.tid
+                        tid
                     )));
                 }
             }
@@ -368,9 +381,7 @@ impl Build {
             let ready_dst = aux(stub::raw(&pipes.ready_w), &mut moves);
             let hold_dst = aux(stub::raw(&pipes.hold_r), &mut moves);
             max_dst = max_dst.max(next);
-            let mut comm = [0u8; 16];
-            let name = p.threads[0].comm.as_bytes();
-            comm[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+            let comm = comm16(&p.threads[0].comm);
             let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
             procs.push(ProcPlan {
@@ -388,6 +399,21 @@ impl Build {
                 actions: p.signals.actions.clone(),
                 ready_dst,
                 hold_dst,
+                zombies: p
+                    .zombies
+                    .iter()
+                    .map(|z| stub::ZombiePlan {
+                        comm: comm16(&z.comm),
+                        pid: z.pid,
+                        setsid: z.sid == z.pid,
+                        pgid: (z.pgid != p.pgid && z.sid != z.pid).then_some(if z.pgid == z.pid {
+                            0
+                        } else {
+                            z.pgid
+                        }),
+                        status: z.status,
+                    })
+                    .collect(),
             });
             aux_info.push((Aux { exe_fd, aux_lo }, file_fds));
         }
@@ -399,6 +425,7 @@ impl Build {
                 .expect("validated");
             procs[parent].children.push(i);
         }
+        crate::events::add_epoll_targets(&ckpt, &opened)?;
         files::unlink_recreated(unlinked)?;
         let plan = TreePlan {
             floor: stub::max_open_fd().max(max_dst) + 1,
@@ -454,6 +481,15 @@ impl Build {
             _held,
             aux,
         } = self;
+        for (i, (p, sp)) in ckpt.processes.iter().zip(tree.procs.iter()).enumerate() {
+            let parent_pgid = ckpt.processes[..i]
+                .iter()
+                .find(|q| q.pid == p.ppid)
+                .map(|q| q.pgid)
+                .unwrap_or_else(unsafe_getpgid);
+            join_group(p, parent_pgid, &sp.thread(0))
+                .context(|| format!("restoring the process group of pid {}", p.pid))?;
+        }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             finish_process(p, sp, a).context(|| format!("restoring the state of pid {}", p.pid))?;
         }
@@ -462,8 +498,22 @@ impl Build {
             let th = &ckpt.processes[pi].threads[ti];
             Ok((tasks::resume_regs(&th.regs)?, th.xsave.clone(), th.sigmask))
         };
-        tree.release(&fin)
+        let stopped: Vec<bool> = ckpt.processes.iter().map(|p| p.stopped).collect();
+        tree.release(&fin, &stopped)
     }
+}
+
+/// Puts the process into the process group led by another process of the
+/// tree, once every stub exists (and so every group).
+fn join_group(p: &Process, parent_pgid: i32, t: &impl Inject) -> Result<()> {
+    if p.pgid != p.pid && p.sid != p.pid && p.pgid != parent_pgid {
+        t.call(
+            libc::SYS_setpgid,
+            &[0, p.pgid as u64],
+            &format!("joining process group {}", p.pgid),
+        )?;
+    }
+    Ok(())
 }
 
 /// Everything after the pages, for one process, while it is still held.
@@ -474,6 +524,11 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         crate::fault::point("restore: protections set")?;
         memory::set_mm_fields(&t, &p.mm, a.exe_fd)?;
         crate::fault::point("restore: mm fields set")?;
+        if !p.zombies.is_empty() {
+            // The recreated zombies' exits queued a SIGCHLD the process
+            // did not have pending: take it off before restoring its own.
+            drain_sigchld(&t)?;
+        }
         signals::restore_pending(&t, None, &p.signals.shared_pending)?;
     }
     for th in &p.threads[1..] {
@@ -508,6 +563,31 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         "setting the dumpable flag",
     )?;
     timers::restore(&t, &p.itimers)?;
+    timers::restore_posix(&t, &p.posix_timers)?;
+    Ok(())
+}
+
+/// A task name as the kernel stores it (at most 15 bytes and a NUL).
+fn comm16(name: &str) -> [u8; 16] {
+    let mut comm = [0u8; 16];
+    let n = name.len().min(15);
+    comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+    comm
+}
+
+/// Dequeues a pending SIGCHLD of the task, if any.
+fn drain_sigchld(t: &impl Inject) -> Result<()> {
+    let set: u64 = 1 << (libc::SIGCHLD - 1);
+    let mut b = [0u8; 24];
+    b[0..8].copy_from_slice(&set.to_ne_bytes());
+    // b[8..24]: a zero timeout
+    t.write_scratch(0, &b)?;
+    let s = t.scratch();
+    let _ = t.call(
+        libc::SYS_rt_sigtimedwait,
+        &[s, 0, s + 8, 8],
+        "taking off the recreated zombies' SIGCHLD",
+    );
     Ok(())
 }
 
@@ -529,12 +609,12 @@ fn session_plan(
             p.pid, p.sid
         )));
     }
-    let pgid = if setsid || p.pgid == ppgid {
+    // Joining another process's group is done later (see join_group):
+    // that group's leader may not have created it yet when this stub runs.
+    let pgid = if setsid || p.pgid == ppgid || p.pgid != p.pid {
         None
-    } else if p.pgid == p.pid {
-        Some(0)
     } else {
-        Some(p.pgid)
+        Some(0)
     };
     Ok((setsid, pgid))
 }

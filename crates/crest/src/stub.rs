@@ -100,6 +100,17 @@ pub struct ProcPlan {
     /// land in this stub.
     pub ready_dst: i32,
     pub hold_dst: i32,
+    /// Children to recreate as zombies: forked, then exit at once.
+    pub zombies: Vec<ZombiePlan>,
+}
+
+/// A zombie child: its pid, how it joins its session/group, its status.
+pub struct ZombiePlan {
+    pub comm: [u8; 16],
+    pub pid: i32,
+    pub setsid: bool,
+    pub pgid: Option<i32>,
+    pub status: i32,
 }
 
 /// The whole tree's plan.
@@ -171,6 +182,13 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
         let c = plan.procs[i].children[k];
         match process::clone_with_pid(plan.procs[c].pid) {
             Ok(Forked::Child) => routine(plan, c),
+            Ok(Forked::Parent(_)) => {}
+            Err(_) => fail(3, report),
+        }
+    }
+    for z in &plan.procs[i].zombies {
+        match process::clone_with_pid(z.pid) {
+            Ok(Forked::Child) => become_zombie(z),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
         }
@@ -257,6 +275,40 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             libc::_exit(1);
         }
     }
+}
+
+/// # Safety
+/// As [`routine`]: runs in a forked child and never returns.  Leaves the
+/// process exactly as the checkpointed zombie: exited with `status`.
+unsafe fn become_zombie(z: &ZombiePlan) -> ! {
+    libc::prctl(libc::PR_SET_NAME, z.comm.as_ptr(), 0, 0, 0);
+    if z.setsid {
+        libc::setsid();
+    }
+    if let Some(pg) = z.pgid {
+        libc::setpgid(0, pg);
+    }
+    let status = z.status;
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // No core file: the original already wrote (or did not write) it.
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::signal(sig, libc::SIG_DFL);
+        let none: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none,
+            0usize,
+            8usize,
+        );
+        libc::kill(libc::getpid(), sig);
+    }
+    libc::_exit(libc::WEXITSTATUS(status))
 }
 
 /// One task of the tree being built.
@@ -446,6 +498,20 @@ impl StubTree {
                 got += 1;
             }
         }
+        // Zombies exit on their own: wait until they have, so their
+        // SIGCHLD is pending in their parent before it is rebuilt.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for z in plan.procs.iter().flat_map(|p| &p.zombies) {
+            while !crate::freeze::is_zombie(z.pid) {
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::msg(format!(
+                        "restoring zombie {}: it did not exit",
+                        z.pid
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         for p in &plan.procs {
             seize_stopped(p.pid)?;
             tree.procs.push(StubProc {
@@ -467,6 +533,7 @@ impl StubTree {
     pub fn release(
         mut self,
         fin: &dyn Fn(usize, usize) -> Result<(UserRegs, Vec<u8>, u64)>,
+        stopped: &[bool],
     ) -> Result<i32> {
         for (pi, p) in self.procs.iter().enumerate() {
             for (ti, t) in p.threads.iter().enumerate() {
@@ -492,9 +559,16 @@ impl StubTree {
             }
         }
         self.released = true;
-        for p in &self.procs {
+        for (pi, p) in self.procs.iter().enumerate() {
+            // A process that was in a job-control stop goes back into it:
+            // SIGSTOP is delivered before it runs an instruction.
+            let sig = if stopped.get(pi) == Some(&true) {
+                libc::SIGSTOP
+            } else {
+                0
+            };
             for t in &p.threads {
-                ptrace::detach(t.tid, 0)?;
+                ptrace::detach(t.tid, sig)?;
             }
         }
         Ok(self.root)

@@ -350,6 +350,9 @@ fn checkpoint() -> Checkpoint {
             robust_list: (0x7fff_f7d8_a750, 24),
             clear_child_tid: 0x7fff_f7d8_aa10,
         }],
+        posix_timers: Vec::new(),
+        stopped: false,
+        zombies: Vec::new(),
     };
     Checkpoint {
         objects,

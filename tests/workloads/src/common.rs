@@ -27,6 +27,19 @@ impl Baseline {
         let pid = unsafe { libc::getpid() };
         c.eq("getpid() vs pid before ready", self.pid, pid);
         c.eq("getpid() vs pid written to ready", p.ready_pid(), pid);
+        self.verify_fds(c);
+    }
+
+    /// For a member of a process tree (which writes no `ready`): the same
+    /// pid as before, and the same fds pointing at the same objects.
+    pub fn verify_member(&self, c: &mut Checks) {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        c.eq("getpid() vs pid before ready", self.pid, pid);
+        self.verify_fds(c);
+    }
+
+    fn verify_fds(&self, c: &mut Checks) {
         let now = snapshot();
         let before: Vec<i32> = self.fds.iter().map(|f| f.0).collect();
         let after: Vec<i32> = now.iter().map(|f| f.0).collect();

@@ -6,6 +6,7 @@
 
 mod checks;
 mod common;
+mod family;
 mod probe;
 mod proto;
 mod scenarios;

@@ -152,6 +152,12 @@ impl Proto {
 
     /// Writes `<dir>/result` atomically and exits (0 on PASS, 1 on FAIL).
     pub fn finish(&self, c: &Checks) -> ! {
+        self.finish_code(c, 0, 1)
+    }
+
+    /// Like `finish`, with chosen exit codes for PASS and FAIL (tree members
+    /// exit with distinct codes their parent checks).
+    pub fn finish_code(&self, c: &Checks, pass: i32, fail: i32) -> ! {
         let text = result_text(c.failures());
         if let Err(e) = write_atomic(&self.result_tmp, &self.result, text.as_bytes()) {
             eprintln!("crest-workload: writing result: {}", err_str(e));
@@ -162,7 +168,7 @@ impl Proto {
                 eprintln!("crest-workload: FAIL: {f}");
             }
         }
-        std::process::exit(if c.passed() { 0 } else { 1 })
+        std::process::exit(if c.passed() { pass } else { fail })
     }
 
     /// Writes an informational `<dir>/<name>` file (atomically).
@@ -172,6 +178,32 @@ impl Proto {
         if let Err(e) = write_atomic(&tmp, &dst, text.as_bytes()) {
             self.bail(&format!("writing {name}: {}", err_str(e)));
         }
+    }
+
+    /// The protocol handle of a forked member `pid` of a process tree: its
+    /// verdict goes to `<dir>/child-<pid>` instead of `<dir>/result` (a
+    /// member never writes `ready`). Call `install_member_panic_hook` in the
+    /// new process.
+    pub fn for_member(&self, pid: i32) -> Self {
+        let mut m = Self::new(self.dir.clone());
+        m.result_tmp = cpath(&self.dir.join(format!("child-{pid}.tmp")));
+        m.result = cpath(&self.dir.join(format!("child-{pid}")));
+        m
+    }
+
+    /// In a forked tree member: replaces the inherited panic hook (which
+    /// would write the root's result) by one writing this member's verdict.
+    pub fn install_member_panic_hook(&self) {
+        let tmp = self.result_tmp.clone();
+        let dst = self.result.clone();
+        drop(std::panic::take_hook());
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = format!("panic: {info}").replace('\n', " ");
+            eprintln!("crest-workload: {msg}");
+            let _ = write_atomic(&tmp, &dst, result_text(&[msg]).as_bytes());
+            // SAFETY: _exit has no preconditions.
+            unsafe { libc::_exit(1) };
+        }));
     }
 
     /// A panic writes a FAIL result naming the panic, then exits 1.

@@ -276,3 +276,180 @@ pub fn show(b: &[u8]) -> String {
         s
     }
 }
+
+// ---- per-thread kernel state, read by the thread itself
+
+extern "C" {
+    /// Offset of glibc's rseq area from the thread pointer (glibc >= 2.35).
+    static __rseq_offset: isize;
+    /// Size of the registered rseq area; 0 if glibc did not register it.
+    static __rseq_size: u32;
+}
+
+const RSEQ_SIG: u32 = 0x5305_3053;
+const RSEQ_LEN: u32 = 32;
+const PR_GET_TID_ADDRESS: i32 = 40;
+const ARCH_GET_FS: i32 = 0x1003;
+
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// The thread pointer: on x86-64 Linux fs:0 holds the TCB's self pointer.
+pub fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: fs:0 is readable in every thread glibc created.
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    tp
+}
+
+/// The FS base as the kernel reports it.
+pub fn fs_base() -> usize {
+    let mut v = 0usize;
+    // SAFETY: valid out-pointer.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_FS, &mut v as *mut usize) };
+    v
+}
+
+/// This thread's glibc rseq area and its registered size.
+pub fn rseq_area() -> (usize, u32) {
+    // SAFETY: glibc exports both symbols; they are constant after startup.
+    let (off, size) = unsafe { (__rseq_offset, __rseq_size) };
+    (thread_pointer().wrapping_add_signed(off), size)
+}
+
+/// rseq must still be registered for the calling thread at `area`: the
+/// kernel refreshes cpu_id after we sleep, and re-registering gives EBUSY.
+pub fn check_rseq(c: &mut crate::checks::Checks, what: &str, area: usize) {
+    // SAFETY: the rseq area is glibc's, in this thread's TLS block, live for
+    // the thread's lifetime; cpu_id (offset 4) is a u32 the kernel rewrites
+    // on return to user space after the thread was scheduled out.
+    let cpu_id = (area + 4) as *mut u32;
+    // SAFETY: see above.
+    unsafe { std::ptr::write_volatile(cpu_id, u32::MAX) };
+    sleep_ns(20_000_000);
+    // SAFETY: see above.
+    let got = unsafe { std::ptr::read_volatile(cpu_id) };
+    // SAFETY: sysconf has no preconditions.
+    let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) } as u32;
+    c.ensure(got < ncpu, || {
+        format!("{what}: rseq cpu_id after a 20 ms sleep: {got:#x} (expected < {ncpu}: the kernel no longer updates the area)")
+    });
+    // SAFETY: re-registering the same area: the kernel only compares it.
+    let r = unsafe { libc::syscall(libc::SYS_rseq, area, RSEQ_LEN, 0, RSEQ_SIG) };
+    let e = errno();
+    c.ensure(r == -1 && e == libc::EBUSY, || {
+        format!("{what}: rseq(area {area:#x}, 32, 0, RSEQ_SIG): expected EBUSY (already registered), got {r} ({})", err_str(e))
+    });
+}
+
+/// `get_robust_list(0)`: (return value, head, len) of the calling thread.
+pub fn robust_list() -> (i64, usize, usize) {
+    let (mut head, mut len) = (0usize, 0usize);
+    // SAFETY: valid out-pointers; tid 0 is the calling thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut usize,
+            &mut len as *mut usize,
+        )
+    };
+    (r, head, len)
+}
+
+/// `PR_GET_TID_ADDRESS`: (return value, clear_child_tid) of the thread.
+pub fn tid_address() -> (i64, usize) {
+    let mut v = 0usize;
+    // SAFETY: the kernel writes one pointer to arg2.
+    let r = unsafe { libc::prctl(PR_GET_TID_ADDRESS, &mut v as *mut usize, 0u64, 0u64, 0u64) };
+    (r as i64, v)
+}
+
+/// The calling thread's name (`PR_GET_NAME`), without the NUL padding.
+pub fn thread_name() -> Vec<u8> {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr(), 0u64, 0u64, 0u64) };
+    name.iter().take_while(|&&b| b != 0).copied().collect()
+}
+
+/// Sets the calling thread's name; `Err(errno)` on failure.
+pub fn set_thread_name(name: &[u8]) -> Result<(), i32> {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name[..n]);
+    // SAFETY: a NUL-terminated 16-byte buffer.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr(), 0u64, 0u64, 0u64) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// The mask bit of signal `sig` in the kernel's 64-bit sigset.
+pub fn sig_bit(sig: i32) -> u64 {
+    1u64 << (sig - 1)
+}
+
+/// `rt_sigprocmask(how, set)` on the calling thread with the raw syscall
+/// (glibc would filter its internal signals); returns the old mask.
+pub fn sigmask(how: i32, set: Option<u64>) -> u64 {
+    let mut old = 0u64;
+    let new = set.unwrap_or(0);
+    // SAFETY: valid 8-byte sets; a null `set` only queries.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            how,
+            if set.is_some() {
+                &new as *const u64
+            } else {
+                std::ptr::null()
+            },
+            &mut old as *mut u64,
+            8usize,
+        )
+    };
+    old
+}
+
+/// The calling thread's alternate signal stack: (sp, size, flags).
+pub fn altstack() -> (usize, usize, i32) {
+    // SAFETY: a zeroed stack_t is a valid out-parameter.
+    let ss = unsafe {
+        let mut ss: libc::stack_t = std::mem::zeroed();
+        libc::sigaltstack(std::ptr::null(), &mut ss);
+        ss
+    };
+    (ss.ss_sp as usize, ss.ss_size, ss.ss_flags)
+}
+
+/// The value of `key:` in /proc/thread-self/status (the calling thread's).
+pub fn thread_status_field(key: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().to_string())
+    })
+}
+
+/// A hex signal mask from /proc/thread-self/status.
+pub fn thread_status_mask(key: &str) -> Option<u64> {
+    u64::from_str_radix(&thread_status_field(key)?, 16).ok()
+}
+
+/// The thread ids listed in /proc/self/task, sorted.
+pub fn task_ids() -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}

@@ -303,6 +303,54 @@ fn unsupported_netlink() {
 }
 
 #[test]
+fn threads() {
+    let w = pass(&["threads"]);
+    let info = w.read("info");
+    assert_eq!(info.lines().filter(|l| l.starts_with("thread ")).count(), 8);
+}
+
+#[test]
+fn threads_many() {
+    pass(&["threads", "200"]);
+    pass(&["threads", "1"]);
+}
+
+#[test]
+fn tree() {
+    pass(&["tree"]);
+}
+
+#[test]
+fn tree_sibling_pgrp() {
+    pass(&["tree", "sibling-pgrp"]);
+}
+
+#[test]
+fn shared_fd() {
+    pass(&["shared-fd"]);
+}
+
+#[test]
+fn pipes() {
+    pass(&["pipes"]);
+}
+
+#[test]
+fn many() {
+    pass(&["many"]);
+    pass(&["many", "3", "1", "1"]);
+}
+
+#[test]
+fn many_bad_args_fail_setup() {
+    let mut w = Workload::start(&["many", "0"], &[]);
+    let st = w.child.as_mut().unwrap().wait().expect("wait");
+    w.child = None;
+    assert_eq!(st.code(), Some(1));
+    assert!(w.read("result").starts_with("FAIL\nsetup: many"));
+}
+
+#[test]
 fn unknown_scenario_is_a_usage_error() {
     let st = Command::new(BIN)
         .args(["no-such-scenario", "/nonexistent"])
@@ -363,4 +411,212 @@ fn memory_detects_a_populated_sparse_page() {
     }
     let o = w.go();
     assert_fail(&w.name, &o, "never-touched pages are resident");
+}
+
+/// `key=value` from a workload's info file.
+fn info_value(w: &Workload, key: &str) -> i32 {
+    w.read("info")
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}: no {key}= in info", w.name))
+}
+
+/// The tid of thread `i` of a `threads` workload (from its info file).
+fn thread_tid(w: &Workload, i: usize) -> i32 {
+    w.read("info")
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "thread" && f.next()?.parse::<usize>().ok()? == i)
+                .then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{}: no tid for thread {i} in info", w.name))
+}
+
+/// A duplicate of descriptor `fd` of process `pid`: the same open file
+/// description (pidfd_getfd), or None where the kernel refuses.
+fn steal_fd(pid: i32, fd: i32) -> Option<i32> {
+    // SAFETY: plain syscalls; the result fds are ours.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if pidfd < 0 {
+            return None;
+        }
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        libc::close(pidfd);
+        (got >= 0).then_some(got)
+    }
+}
+
+#[test]
+fn threads_detects_a_changed_thread_local() {
+    let mut w = Workload::start(&["threads"], &[]);
+    w.wait_ready();
+    // Thread 3's thread_local! block (address in the info file).
+    let tls = w
+        .read("info")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("thread 3 ")?
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        })
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        .expect("thread 3's TLS address in info");
+    let mem = Path::new("/proc").join(w.pid().to_string()).join("mem");
+    match fs::OpenOptions::new().write(true).open(&mem) {
+        Ok(f) => {
+            use std::os::unix::fs::FileExt;
+            f.write_at(&[0xFF], tls + 8 * 5)
+                .expect("write /proc/pid/mem");
+        }
+        Err(e) => {
+            eprintln!("skipped: cannot open {}: {e}", mem.display());
+            return;
+        }
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "thread 3: thread_local! words [5]");
+}
+
+#[test]
+fn threads_detects_an_extra_thread_directed_signal() {
+    let mut w = Workload::start(&["threads"], &[]);
+    w.wait_ready();
+    let tid = thread_tid(&w, 2);
+    // SAFETY: SIGRTMIN+1 is blocked in every thread of the workload.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, w.pid() as i32, tid, libc::SIGRTMIN() + 1) };
+    assert_eq!(r, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "thread 2: thread-directed pending");
+}
+
+#[test]
+fn threads_detects_a_changed_register() {
+    let mut w = Workload::start(&["threads"], &[]);
+    w.wait_ready();
+    // Thread 1 holds its registers across a FUTEX_WAIT; flip a bit of rbx.
+    let tid = thread_tid(&w, 1);
+    // SAFETY: ptrace of the workload's thread (our descendant); the regs
+    // struct is plain data.
+    unsafe {
+        let null = std::ptr::null_mut::<libc::c_void>();
+        if libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) != 0 {
+            eprintln!("skipped: PTRACE_SEIZE: {}", std::io::Error::last_os_error());
+            return;
+        }
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null), 0);
+        let mut st = 0;
+        assert_eq!(libc::waitpid(tid, &mut st, libc::__WALL), tid);
+        let mut regs: libc::user_regs_struct = std::mem::zeroed();
+        assert_eq!(
+            libc::ptrace(
+                libc::PTRACE_GETREGS,
+                tid,
+                null,
+                &mut regs as *mut _ as *mut libc::c_void
+            ),
+            0
+        );
+        regs.rbx ^= 0x10;
+        assert_eq!(
+            libc::ptrace(
+                libc::PTRACE_SETREGS,
+                tid,
+                null,
+                &mut regs as *mut _ as *mut libc::c_void
+            ),
+            0
+        );
+        assert_eq!(libc::ptrace(libc::PTRACE_DETACH, tid, null, null), 0);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "rbx across FUTEX_WAIT");
+}
+
+#[test]
+fn tree_detects_a_killed_grandchild() {
+    let mut w = Workload::start(&["tree"], &[]);
+    w.wait_ready();
+    let a1 = info_value(&w, "A1");
+    // SAFETY: kills a grandchild of the workload.
+    assert_eq!(unsafe { libc::kill(a1, libc::SIGKILL) }, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "child A1");
+    assert!(o.result.contains("killed by signal 9"), "{}", o.result);
+}
+
+#[test]
+fn shared_fd_detects_a_moved_shared_offset() {
+    let mut w = Workload::start(&["shared-fd"], &[]);
+    w.wait_ready();
+    // Our duplicate shares the three processes' description: moving its
+    // offset moves theirs.
+    let Some(fd) = steal_fd(w.pid() as i32, 10) else {
+        eprintln!("skipped: pidfd_getfd refused");
+        return;
+    };
+    // SAFETY: our duplicate.
+    unsafe {
+        assert!(libc::lseek(fd, 1, libc::SEEK_CUR) > 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "lseek(fd 10, 0, SEEK_CUR) before post turn 0");
+}
+
+#[test]
+fn shared_fd_detects_a_moved_private_offset() {
+    let mut w = Workload::start(&["shared-fd"], &[]);
+    w.wait_ready();
+    let y = info_value(&w, "Y");
+    let Some(fd) = steal_fd(y, 12) else {
+        eprintln!("skipped: pidfd_getfd refused");
+        return;
+    };
+    // SAFETY: our duplicate of Y's own description.
+    unsafe {
+        assert_eq!(libc::lseek(fd, 5, libc::SEEK_SET), 5);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "its own description");
+}
+
+#[test]
+fn pipes_detects_an_extra_byte_in_flight() {
+    let mut w = Workload::start(&["pipes"], &[]);
+    w.wait_ready();
+    // Opening /proc/PID/fd/N of a pipe end opens that same pipe.
+    let end = format!("/proc/{}/fd/27", w.pid());
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(&end)
+        .expect("open the big pipe's write end");
+    f.write_all(b"x").expect("write one byte");
+    drop(f);
+    let o = w.go();
+    assert_fail(&w.name, &o, "FIONREAD(fd 26)");
+}
+
+#[test]
+fn many_detects_a_killed_child() {
+    let mut w = Workload::start(&["many", "4", "2", "1"], &[]);
+    w.wait_ready();
+    let pids: Vec<i32> = w
+        .read("info")
+        .lines()
+        .find_map(|l| l.strip_prefix("pids="))
+        .expect("pids in info")
+        .split(',')
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert_eq!(pids.len(), 4);
+    // SAFETY: kills a child of the workload.
+    assert_eq!(unsafe { libc::kill(pids[2], libc::SIGKILL) }, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "child 2");
+    assert!(o.result.contains("killed by signal 9"), "{}", o.result);
 }

@@ -7,14 +7,19 @@ use crate::proto::Proto;
 mod attrs;
 mod files;
 mod idle;
+mod many;
 mod memory;
 mod mm;
+mod pipes;
 mod read;
 mod regs;
 mod regs_asm;
+mod shared_fd;
 mod signals;
 mod sleep;
+mod threads;
 mod timers;
+mod tree;
 mod unsupported;
 
 pub type Run = fn(&Proto, &[String]) -> Checks;
@@ -30,6 +35,11 @@ const TABLE: &[(&str, Run)] = &[
     ("alarm", timers::run_alarm),
     ("files", files::run),
     ("attrs", attrs::run),
+    ("threads", threads::run),
+    ("tree", tree::run),
+    ("shared-fd", shared_fd::run),
+    ("pipes", pipes::run),
+    ("many", many::run),
     ("idle", idle::run),
     ("unsupported", unsupported::run),
 ];
@@ -45,6 +55,11 @@ pub const NAMES: &[&str] = &[
     "alarm",
     "files",
     "attrs",
+    "threads [N]",
+    "tree [sibling-pgrp]",
+    "shared-fd",
+    "pipes",
+    "many [children] [threads-per-child] [MiB-per-child]",
     "idle",
     "unsupported <thread|child|socket|netlink>",
 ];
