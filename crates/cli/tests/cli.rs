@@ -241,3 +241,43 @@ fn library_round_trip() {
     w.go();
     w.expect_pass();
 }
+
+/// `check` says yes exactly when `dump` succeeds, on every workload.
+#[test]
+fn check_agrees_with_dump_on_every_workload() {
+    let cases: &[(&str, &[&str])] = &[
+        ("idle", &[]),
+        ("regs", &["sleep"]),
+        ("sleep", &[]),
+        ("read", &[]),
+        ("memory", &["16"]),
+        ("mm", &["x"]),
+        ("signals", &[]),
+        ("timers", &[]),
+        ("alarm", &[]),
+        ("files", &[]),
+        ("attrs", &[]),
+        ("threads", &["4"]),
+        ("tree", &[]),
+        ("shared-fd", &[]),
+        ("pipes", &[]),
+        ("unsupported", &["socket"]),
+        ("unsupported", &["netlink"]),
+    ];
+    for (scenario, args) in cases {
+        let w = Workload::start(scenario, args);
+        let c = crest(&["check", "-p", &w.pid.to_string(), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&c.stdout)
+            .unwrap_or_else(|_| panic!("{scenario}: check output: {}", stderr(&c)));
+        let d = w.dump(&["--leave-running"]);
+        assert_eq!(
+            c.status.success(),
+            d.status.success(),
+            "{scenario} {args:?}: check said {v} but dump said: {}",
+            stderr(&d)
+        );
+        assert_eq!(v["ok"], c.status.success());
+        w.go();
+        w.expect_pass();
+    }
+}

@@ -31,6 +31,45 @@ pub fn collect(t: &impl Inject, st: &Status) -> Result<Creds> {
     })
 }
 
+/// Refuses to give a restored process more privilege than crest's caller
+/// has: a caller that is not root may only restore processes running as
+/// its own user and group, and nobody may restore capabilities beyond
+/// those crest itself holds (permitted set).
+pub fn check_restorable(pid: i32, c: &Creds) -> Result<()> {
+    let me = crest_sys::proc::read_status(std::process::id() as i32)?;
+    let mut why = Vec::new();
+    if me.uid[1] != 0 {
+        let mine_u = me.uid[0];
+        let mine_g = me.gid[0];
+        if c.uids.iter().any(|&u| u != mine_u) {
+            why.push(format!(
+                "it runs as uid {:?} and you are uid {mine_u}",
+                c.uids
+            ));
+        }
+        if c.gids.iter().any(|&g| g != mine_g) || c.groups.iter().any(|g| !me.groups.contains(g)) {
+            why.push(format!(
+                "it has gids {:?} and groups {:?}, which you do not",
+                c.gids, c.groups
+            ));
+        }
+    }
+    let extra = (c.cap_prm | c.cap_eff | c.cap_inh | c.cap_amb) & !me.cap_prm;
+    if extra != 0 {
+        why.push(format!(
+            "it holds capabilities {extra:#x} that crest does not have"
+        ));
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::Error::msg(format!(
+            "restoring pid {pid} would give it more privilege than you have: {}",
+            why.join("; ")
+        )))
+    }
+}
+
 /// Highest capability number this kernel knows.
 pub fn cap_last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")

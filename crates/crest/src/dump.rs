@@ -90,7 +90,14 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
         refuse("task", "seccomp filters cannot be checkpointed yet".into());
     }
     let mine = proc::read_ns(std::process::id() as i32)?;
-    for (name, ino) in proc::read_ns(pid)? {
+    let theirs = proc::read_ns(pid).map_err(|e| match e.errno() {
+        Some(libc::EACCES) | Some(libc::EPERM) => Error::msg(format!(
+            "permission denied: only pid {pid}'s owner or root may checkpoint it \
+             (the kernel's ptrace access check)"
+        )),
+        _ => e.into(),
+    })?;
+    for (name, ino) in theirs {
         if let Some((_, m)) = mine.iter().find(|(n, _)| *n == name) {
             if *m != ino {
                 refuse(

@@ -264,6 +264,9 @@ impl Build {
     fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles) -> Result<Build> {
         validate(&ckpt)?;
         for p in &ckpt.processes {
+            creds::check_restorable(p.pid, &p.creds)?;
+        }
+        for p in &ckpt.processes {
             let ids = p
                 .threads
                 .iter()

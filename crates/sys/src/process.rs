@@ -57,6 +57,10 @@ pub unsafe fn clone_with_pid(pid: pid_t) -> Result<Forked> {
             let err = std::io::Error::last_os_error();
             let ctx = match err.raw_os_error() {
                 Some(libc::EEXIST) => format!("PID {pid} is already in use"),
+                Some(libc::EPERM) => format!(
+                    "creating a process with PID {pid} needs CAP_CHECKPOINT_RESTORE \
+                     (or CAP_SYS_ADMIN); run crest restore as root"
+                ),
                 _ => format!("creating a process with PID {pid} (clone3 set_tid)"),
             };
             Err(Error::io(ctx, err))
