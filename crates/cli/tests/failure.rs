@@ -669,3 +669,110 @@ fn restore_with_unlinked_file_error_at_every_point() {
 fn restore_with_unlinked_file_killed_at_every_point() {
     fault_restores(Workload::start("files", &[]), Mode::Kill);
 }
+
+/// A restore that runs out of memory (crest limited by RLIMIT_AS, which
+/// its stubs inherit) fails with a clear error and leaves no process.
+#[test]
+fn restore_out_of_memory_leaves_nothing() {
+    use std::os::unix::process::CommandExt;
+    let w = Workload::start("memory", &["64"]);
+    w.dump_ok();
+    let img = w.image();
+    let mut cmd = std::process::Command::new(crest_bin());
+    cmd.args(["restore", "-i", img.to_str().unwrap(), "-d"]);
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 512 << 20,
+                rlim_max: 512 << 20,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &lim);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        !o.status.success(),
+        "the restore must fail under a 512 MiB limit"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("crest: error: ") && err.contains("Cannot allocate memory"),
+        "{err}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    reap(w.pid, std::time::Duration::from_millis(500));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", w.pid)).exists(),
+        "a process was left"
+    );
+    // Without the limit it restores.
+    w.restore_ok();
+    w.go();
+    w.expect_pass();
+}
+
+/// A tree whose processes fork and exit all the time while crest seizes it:
+/// each dump succeeds or refuses cleanly, and the tree keeps working.
+#[test]
+fn dump_while_the_tree_forks_and_exits() {
+    init();
+    let dir = temp_dir("forker");
+    let log = dir.join("log");
+    let script = format!(
+        "cd '{}' && i=0; while [ $i -lt 100000 ]; do /bin/true; i=$((i+1)); echo $i > count.tmp; done",
+        dir.display()
+    );
+    let out = crest(&[
+        "run",
+        "--log",
+        log.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid: i32 = stdout(&out).trim().parse().unwrap();
+    let mut ok = 0;
+    for k in 0..20 {
+        let img = dir.join(format!("img{k}"));
+        let d = crest(&[
+            "dump",
+            "-p",
+            &pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+            "--leave-running",
+            "--no-sync",
+        ]);
+        let err = stderr(&d);
+        assert!(!err.contains("panicked"), "{err}");
+        if d.status.success() {
+            ok += 1;
+        } else {
+            assert!(
+                err.starts_with("crest: error: ") && err.lines().count() == 1,
+                "{err}"
+            );
+            assert!(!img.exists());
+        }
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(st.contains("TracerPid:\t0"), "left traced: {st}");
+        assert!(
+            !st.contains("State:\tT") && !st.contains("State:\tt"),
+            "left stopped: {st}"
+        );
+    }
+    // The shell goes on counting.
+    let before = std::fs::read_to_string(format!("/proc/{pid}/cwd/count.tmp")).unwrap_or_default();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = std::fs::read_to_string(format!("/proc/{pid}/cwd/count.tmp")).unwrap_or_default();
+    assert_ne!(before, after, "the tree stopped working");
+    eprintln!("{ok} of 20 dumps of a forking tree succeeded");
+    // SAFETY: plain kill of the pid this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid, std::time::Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
