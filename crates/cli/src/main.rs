@@ -41,6 +41,9 @@ enum Cmd {
         /// crash of the machine right after the dump can then lose both)
         #[arg(long)]
         no_sync: bool,
+        /// Compress memory pages (LZ4, per chunk, only where it pays)
+        #[arg(long)]
+        compress: bool,
     },
     /// Restore a process from an image, with its original PID
     Restore {
@@ -106,7 +109,8 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             quiet,
             no_sync,
-        } => cmd_dump(pid, &output, leave_running, json, quiet, !no_sync),
+            compress,
+        } => cmd_dump(pid, &output, leave_running, compress, json, quiet, !no_sync),
         Cmd::Restore {
             input,
             detach,
@@ -150,11 +154,15 @@ fn cmd_dump(
     pid: i32,
     output: &str,
     leave_running: bool,
+    compress: bool,
     json: bool,
     quiet: bool,
     sync: bool,
 ) -> Result<i32> {
-    let opts = crest::DumpOptions { leave_running };
+    let opts = crest::DumpOptions {
+        leave_running,
+        compress,
+    };
     let mut progress = output::Progress::new("dump", quiet);
     let report = if output == "-" {
         let stdout = std::io::stdout();

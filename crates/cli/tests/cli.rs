@@ -281,3 +281,32 @@ fn check_agrees_with_dump_on_every_workload() {
         w.expect_pass();
     }
 }
+
+/// --compress makes compressible memory smaller and restores the same.
+#[test]
+fn compressed_images() {
+    let w = Workload::start("files", &[]);
+    let plain = w.dir.join("plain");
+    let o = crest(&[
+        "dump",
+        "-p",
+        &w.pid.to_string(),
+        "-o",
+        plain.to_str().unwrap(),
+        "--leave-running",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = w.dump(&["--compress"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (
+        std::fs::metadata(&plain).unwrap().len(),
+        std::fs::metadata(w.image()).unwrap().len(),
+    );
+    assert!(b < a, "compressed image {b} bytes, plain {a}");
+    let tree = descendants(w.pid);
+    assert!(tree.is_empty());
+    reap(w.pid, std::time::Duration::from_secs(10));
+    w.restore_ok();
+    w.go();
+    w.expect_pass();
+}

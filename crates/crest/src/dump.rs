@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct DumpOptions {
     /// Let the process run on after the checkpoint instead of killing it.
     pub leave_running: bool,
+    /// LZ4-compress page chunks that compress well.
+    pub compress: bool,
 }
 
 /// What a dump did.
@@ -331,10 +333,18 @@ pub fn dump<W: Write>(
     let mut done = 0u64;
     let mut stats = memory::PageStats::default();
     for (space, (p, plan)) in c.ckpt.processes.iter().zip(&c.plans).enumerate() {
-        let s = memory::write_pages(p.pid, space as u32, &p.mm.vmas, plan, &mut w, &mut |n| {
-            done += n;
-            progress(done, total);
-        })?;
+        let s = memory::write_pages(
+            p.pid,
+            space as u32,
+            &p.mm.vmas,
+            plan,
+            opts.compress,
+            &mut w,
+            &mut |n| {
+                done += n;
+                progress(done, total);
+            },
+        )?;
         stats.pages_written += s.pages_written;
         stats.zero_pages += s.zero_pages;
     }

@@ -8,7 +8,10 @@
 //! is open, since its targets are other descriptors.
 
 use crate::error::{Context, Error, Result};
-use crate::model::{Checkpoint, EpollTarget, InotifyWatch, ObjectKind, OpenFile, OpenTarget};
+use crate::freeze::Inject;
+use crate::model::{
+    Checkpoint, EpollTarget, InotifyWatch, ObjectKind, OpenFile, OpenTarget, Process,
+};
 use crest_sys::proc::{self, FdInfo};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -629,6 +632,121 @@ fn add_watches(ifd: &OwnedFd, watches: &[InotifyWatch]) -> Result<()> {
     Ok(())
 }
 
+/// Object `id` (ids are indexes in a restored image; anything else falls
+/// back to a search).
+fn object(ckpt: &Checkpoint, id: u32) -> Option<&ObjectKind> {
+    match ckpt.objects.get(id as usize) {
+        Some(o) if o.id == id => Some(&o.kind),
+        _ => ckpt.object(id),
+    }
+}
+
+/// The object of an epoll target: the open file description at (pid, fd).
+fn target_object(ckpt: &Checkpoint, t: &EpollTarget) -> Option<u32> {
+    ckpt.processes
+        .iter()
+        .find(|p| p.pid == t.pid)
+        .and_then(|p| p.fds.iter().find(|f| f.fd == t.fd))
+        .map(|f| f.file)
+}
+
+fn is_signalfd(ckpt: &Checkpoint, id: u32) -> bool {
+    matches!(
+        object(ckpt, id),
+        Some(ObjectKind::Open(OpenFile {
+            target: OpenTarget::Signalfd { .. },
+            ..
+        }))
+    )
+}
+
+/// Registers, from inside the restored process `p` (whose descriptors are
+/// in place), the signalfd targets of its epolls.  A signalfd reports the
+/// signals of the task that polls it, and epoll polls it once, at
+/// EPOLL_CTL_ADD, hooking itself on *that* task's signal wait queue: the
+/// add must come from the process, not from crest.
+pub fn add_process_targets(t: &impl Inject, ckpt: &Checkpoint, p: &Process) -> Result<()> {
+    let mut done = std::collections::HashSet::new();
+    for epfd in &p.fds {
+        let Some(ObjectKind::Open(OpenFile {
+            target: OpenTarget::Epoll { targets },
+            ..
+        })) = object(ckpt, epfd.file)
+        else {
+            continue;
+        };
+        if !done.insert(epfd.file) {
+            continue;
+        }
+        for tg in targets {
+            if tg.pid != p.pid || !target_object(ckpt, tg).is_some_and(|o| is_signalfd(ckpt, o)) {
+                continue;
+            }
+            let mut ev = [0u8; 12];
+            ev[0..4].copy_from_slice(&tg.events.to_ne_bytes());
+            ev[4..12].copy_from_slice(&tg.data.to_ne_bytes());
+            t.write_scratch(0, &ev)?;
+            let what = format!(
+                "registering signalfd {} in the epoll at fd {} as fd {}",
+                tg.fd, epfd.fd, tg.tfd
+            );
+            let add = || {
+                t.call(
+                    libc::SYS_epoll_ctl,
+                    &[
+                        epfd.fd as u64,
+                        libc::EPOLL_CTL_ADD as u64,
+                        tg.tfd as u64,
+                        t.scratch(),
+                    ],
+                    &what,
+                )
+            };
+            if tg.tfd == tg.fd {
+                add()?;
+                continue;
+            }
+            // Registered under a number that is closed now or another
+            // file's (the program's, or a restore helper's right above the
+            // program's descriptors): place the signalfd there for the add,
+            // then put back whatever was there.
+            let occupant = t
+                .call(
+                    libc::SYS_fcntl,
+                    &[tg.tfd as u64, libc::F_GETFD as u64, 0],
+                    &what,
+                )
+                .ok();
+            let top = p.fds.iter().map(|f| f.fd).max().unwrap_or(0).max(tg.tfd) + 1;
+            let saved = match occupant {
+                Some(_) => Some(t.call(
+                    libc::SYS_fcntl,
+                    &[tg.tfd as u64, libc::F_DUPFD_CLOEXEC as u64, top as u64],
+                    &what,
+                )?),
+                None => None,
+            };
+            t.call(libc::SYS_dup2, &[tg.fd as u64, tg.tfd as u64], &what)?;
+            add()?;
+            match (saved, occupant) {
+                (Some(s), Some(fdflags)) => {
+                    t.call(libc::SYS_dup2, &[s, tg.tfd as u64], &what)?;
+                    t.call(
+                        libc::SYS_fcntl,
+                        &[tg.tfd as u64, libc::F_SETFD as u64, fdflags],
+                        &what,
+                    )?;
+                    t.call(libc::SYS_close, &[s], &what)?;
+                }
+                _ => {
+                    t.call(libc::SYS_close, &[tg.tfd as u64], &what)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One epoll_ctl(ADD) to make: crest's descriptors of the epoll and of
 /// the target, the number to register it with, the event.
 struct EpollAdd {
@@ -645,7 +763,8 @@ struct EpollAdd {
 /// registered it with (the kernel keys registrations by (file, number),
 /// and the program's later EPOLL_CTL_MOD/DEL use that number): the adds
 /// run in a thread of crest with a private descriptor table, where each
-/// target is placed at that number.
+/// target is placed at that number.  Signalfd targets are left to
+/// [`add_process_targets`].
 pub fn add_epoll_targets(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
     let mut adds = Vec::new();
     let mut ids: Vec<u32> = opened.keys().copied().collect();
@@ -654,17 +773,15 @@ pub fn add_epoll_targets(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Res
         let Some(ObjectKind::Open(OpenFile {
             target: OpenTarget::Epoll { targets },
             ..
-        })) = ckpt.object(id)
+        })) = object(ckpt, id)
         else {
             continue;
         };
         for t in targets {
-            let obj = ckpt
-                .processes
-                .iter()
-                .find(|p| p.pid == t.pid)
-                .and_then(|p| p.fds.iter().find(|f| f.fd == t.fd))
-                .map(|f| f.file);
+            let obj = target_object(ckpt, t);
+            if obj.is_some_and(|o| is_signalfd(ckpt, o)) {
+                continue; // added by the process itself: see add_process_targets
+            }
             let Some(&target) = obj.and_then(|o| opened.get(&o)) else {
                 return Err(Error::Invalid(format!(
                     "epoll object {id}: its target fd {} of pid {} is not in the image",

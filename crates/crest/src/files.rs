@@ -68,6 +68,7 @@ type SeenFd = (i32, i32, u32);
 pub struct FdIndex {
     seen: HashMap<(u64, u64), Vec<SeenFd>>,
     pipes: HashMap<u64, PipeSeen>,
+    ptys: crate::tty::PtyIndex,
 }
 
 /// Reads the descriptor table of `pid`.
@@ -153,6 +154,14 @@ pub fn collect_fds(
             }
         } else if ft.is_dir() {
             OpenTarget::Directory { path: link.clone() }
+        } else if let Some(t) = crate::tty::collect(pid, fd, &link, &md, &info, &mut index.ptys) {
+            match t {
+                Ok(t) => t,
+                Err(reason) => {
+                    refuse(obstacles, reason);
+                    continue;
+                }
+            }
         } else if ft.is_char_device() {
             let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
             match STATELESS_DEVICES.iter().find(|d| d.0 == maj && d.1 == min) {
@@ -225,11 +234,13 @@ pub fn collect_fds(
                 }
             }
         } else if ft.is_socket() {
-            refuse(
-                obstacles,
-                format!("{} socket is not supported", socket_family(pid, fd)),
-            );
-            continue;
+            match crate::sockets::collect(pid, fd) {
+                Ok(t) => t,
+                Err(reason) => {
+                    refuse(obstacles, reason);
+                    continue;
+                }
+            }
         } else if link.starts_with("anon_inode:") {
             match crate::events::collect(pid, fd, &link, &info) {
                 Ok(t) => t,
@@ -383,6 +394,7 @@ pub fn make_pipe() -> Result<(OwnedFd, OwnedFd)> {
 /// Pipes whose other end is held outside the tree cannot be restored
 /// with their peer: list them.  `tree` holds the pids of the tree.
 pub fn check_pipe_ends(index: &FdIndex, tree: &[i32], obstacles: &mut Vec<Obstacle>) {
+    crate::tty::check_pairs(&index.ptys, tree, obstacles);
     let half: Vec<(&u64, &PipeSeen)> = index
         .pipes
         .iter()
@@ -434,36 +446,6 @@ fn fifo_bytes(pid: i32, fd: i32) -> Result<i32> {
         return Err(crest_sys::Error::last_os("FIONREAD").into());
     }
     Ok(n)
-}
-
-/// "AF_INET" etc. for a socket descriptor of the task.
-fn socket_family(pid: i32, fd: i32) -> String {
-    let name = (|| -> Option<i32> {
-        let pidfd = crest_sys::pidfd::open(pid).ok()?;
-        let f = crest_sys::pidfd::getfd(&pidfd, pid, fd).ok()?;
-        let mut dom: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: SO_DOMAIN writes one int; len says how big it is.
-        let r = unsafe {
-            libc::getsockopt(
-                f.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_DOMAIN,
-                (&mut dom as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (r == 0).then_some(dom)
-    })();
-    match name {
-        Some(libc::AF_UNIX) => "AF_UNIX".into(),
-        Some(libc::AF_INET) => "AF_INET".into(),
-        Some(libc::AF_INET6) => "AF_INET6".into(),
-        Some(libc::AF_NETLINK) => "AF_NETLINK".into(),
-        Some(libc::AF_PACKET) => "AF_PACKET".into(),
-        Some(d) => format!("address family {d}"),
-        None => "this".into(),
-    }
 }
 
 /// Writes unlinked files' contents and pipes' bytes as FILE_DATA records.
@@ -568,6 +550,7 @@ pub struct UnlinkedFiles {
     files: HashMap<u32, (File, String)>,
     pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
     shmem: HashMap<u32, OwnedFd>,
+    ptys: crate::tty::Ptys,
 }
 
 impl UnlinkedFiles {
@@ -842,6 +825,10 @@ pub fn open_object(
         | OpenTarget::Signalfd { .. }
         | OpenTarget::Inotify { .. }
         | OpenTarget::Epoll { .. } => crate::events::open(o)?,
+        OpenTarget::Unix(u) => crate::sockets::open(u)?,
+        OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => {
+            crate::tty::open(o, &mut unlinked.ptys, objects)?
+        }
     };
     Ok(fd)
 }

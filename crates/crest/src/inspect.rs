@@ -125,6 +125,7 @@ impl Inspection {
                 crate::model::OpenTarget::Unlinked { path, size, .. } => {
                     format!("{path} (deleted, {size} bytes saved)")
                 }
+                crate::model::OpenTarget::Unix(u) => crate::sockets::describe(u),
                 t => crate::events::describe(t).unwrap_or_else(|| format!("{t:?}")),
             },
             None => format!("<missing object {id}>"),

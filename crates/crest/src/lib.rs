@@ -19,9 +19,11 @@ pub mod model;
 pub mod objects;
 pub mod restore;
 pub mod signals;
+pub mod sockets;
 pub mod stub;
 pub mod tasks;
 pub mod timers;
+pub mod tty;
 
 pub use dump::{check, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};

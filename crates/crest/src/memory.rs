@@ -340,6 +340,7 @@ pub fn write_pages<W: Write>(
     space: u32,
     vmas: &[Vma],
     plan: &PagePlan,
+    compress: bool,
     out: &mut Writer<W>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<PageStats> {
@@ -411,7 +412,11 @@ pub fn write_pages<W: Write>(
             let pages = (c.len / ps) as u64;
             let mut kept = 0;
             for &(a, b) in &c.keep {
-                out.write_pages(space, c.addr + a as u64, &c.buf[a..b])?;
+                if compress {
+                    out.write_pages_compressed(space, c.addr + a as u64, &c.buf[a..b])?;
+                } else {
+                    out.write_pages(space, c.addr + a as u64, &c.buf[a..b])?;
+                }
                 kept += ((b - a) / ps) as u64;
             }
             stats.pages_scanned += pages;

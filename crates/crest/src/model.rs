@@ -118,6 +118,83 @@ pub enum OpenTarget {
     /// An epoll instance and what it watches: the targets are added once
     /// every other descriptor of the tree is open.
     Epoll { targets: Vec<EpollTarget> },
+    /// An AF_UNIX socket (see `crate::sockets`): its peers are other
+    /// sockets of the image, found by their dump-time inode numbers.
+    Unix(UnixSocket),
+    /// The master side of a pseudo-terminal pair (opened from /dev/ptmx),
+    /// with the pair's state (see `crate::tty`).  Restore makes a new
+    /// pair: its number, and so the slave's /dev/pts/N path, may differ.
+    PtyMaster(Pty),
+    /// A slave side (/dev/pts/N) of the pair whose master, in the same
+    /// image, has this `index`; `exclusive`: TIOCEXCL on the slave side.
+    PtySlave { index: u32, exclusive: bool },
+}
+
+/// An AF_UNIX socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixSocket {
+    /// The socket's inode at the dump: peers refer to each other by it.
+    pub ino: u64,
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    pub sock_type: i32,
+    /// The bound address as in `sun_path` (abstract names start with a
+    /// NUL byte); empty when unbound.  An accepted socket shows its
+    /// listener's.
+    pub name: Vec<u8>,
+    /// For a filesystem name: the socket file's mode and owner, or `None`
+    /// when the file was unlinked (or replaced) since the bind.
+    pub file: Option<UnixFile>,
+    /// Listening, with this backlog.
+    pub listen: Option<u32>,
+    /// The peer's inode; `Some(0)` when the peer has been closed, or is
+    /// the server end of a connection not accepted yet (see `pending`).
+    pub peer: Option<u64>,
+    /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
+    pub shutdown: u8,
+    /// The receive queue, oldest first (datagram and seqpacket messages
+    /// keep their boundaries; stream data is split where the senders'
+    /// credentials change).
+    pub queue: Vec<UnixMsg>,
+    /// Listening: the connections not yet accepted, oldest first.
+    pub pending: Vec<UnixPending>,
+    pub passcred: bool,
+    pub passpidfd: bool,
+    /// SO_RCVBUF / SO_SNDBUF as getsockopt reports them.
+    pub rcvbuf: u32,
+    pub sndbuf: u32,
+    /// SO_PEEK_OFF (-1: off).
+    pub peek_off: i32,
+    /// SO_RCVTIMEO / SO_SNDTIMEO in microseconds (0: none).
+    pub rcvtimeo_us: u64,
+    pub sndtimeo_us: u64,
+}
+
+/// The file a filesystem-bound UNIX socket created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixFile {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One message (or stream chunk) queued on a UNIX socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixMsg {
+    pub data: Vec<u8>,
+    /// The sender's address (datagrams; empty: unbound sender).
+    pub from: Vec<u8>,
+    /// The sender's credentials (pid, uid, gid), when the receiver had
+    /// SO_PASSCRED set at the dump.
+    pub creds: Option<(i32, u32, u32)>,
+}
+
+/// A connection waiting in a listening socket's queue.  Its server end
+/// has no inode (no process holds it yet): it is known by its client end,
+/// which shows it as a peer of inode 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixPending {
+    /// The client end's inode (0: the client end was closed).
+    pub client: u64,
 }
 
 /// One watch of an inotify instance.
@@ -407,4 +484,41 @@ pub struct PosixTimer {
     pub interval_ns: u64,
     /// timer_getoverrun at the dump (informational: it cannot be set).
     pub overrun: i32,
+}
+
+/// A pseudo-terminal pair whose master and slave are both held in the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pty {
+    /// The pair's number at the dump (/dev/pts/N).
+    pub index: u32,
+    /// The multiplexer it came from: /dev/ptmx or /dev/pts/ptmx.
+    pub ptmx: String,
+    /// The line settings (one set for the pair: the slave's).
+    pub termios: Termios,
+    /// Rows, columns, x and y pixels (TIOCGWINSZ).
+    pub winsize: [u16; 4],
+    /// Packet mode on the master (TIOCPKT).
+    pub packet: bool,
+    /// Slave opens refused until unlocked (TIOCSPTLCK).
+    pub locked: bool,
+    /// TIOCEXCL on the master side.
+    pub exclusive: bool,
+    /// The session whose controlling terminal the slave is, and that
+    /// session's foreground process group (0: none).
+    pub session: i32,
+    pub foreground: i32,
+}
+
+/// `struct termios2` (TCGETS2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Termios {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    /// The 19 control characters.
+    pub cc: Vec<u8>,
+    pub ispeed: u32,
+    pub ospeed: u32,
 }

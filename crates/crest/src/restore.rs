@@ -392,6 +392,7 @@ impl Build {
                 children: Vec::new(),
                 setsid,
                 pgid,
+                ctty: None,
                 tmp: vec![0; moves.len()],
                 moves,
                 cwd_fd,
@@ -428,6 +429,8 @@ impl Build {
                 .expect("validated");
             procs[parent].children.push(i);
         }
+        crate::tty::plan_ctty(&ckpt, &opened, &mut procs)?;
+        crate::sockets::restore(&ckpt, &opened)?;
         crate::events::add_epoll_targets(&ckpt, &opened)?;
         files::unlink_recreated(unlinked)?;
         let plan = TreePlan {
@@ -494,6 +497,8 @@ impl Build {
                 .context(|| format!("restoring the process group of pid {}", p.pid))?;
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
+            crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
+            crate::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
             finish_process(p, sp, a).context(|| format!("restoring the state of pid {}", p.pid))?;
         }
         crate::fault::point("restore: before resuming")?;

@@ -87,6 +87,10 @@ pub struct ProcPlan {
     pub setsid: bool,
     /// `setpgid(0, pgid)` in the routine (0: become a group leader).
     pub pgid: Option<i32>,
+    /// After setsid: a descriptor (crest's number, inherited) on the
+    /// terminal to make the controlling one, before forking the children
+    /// (see `crate::tty`).
+    pub ctty: Option<i32>,
     pub moves: Vec<FdMove>,
     /// Room for the routine's temporary descriptor numbers.
     pub tmp: Vec<i32>,
@@ -171,6 +175,11 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
         let p = &plan.procs[i];
         if p.setsid && libc::setsid() < 0 {
             fail(2, report);
+        }
+        if let Some(t) = p.ctty {
+            if libc::ioctl(t, libc::TIOCSCTTY, 0) != 0 {
+                fail(2, report);
+            }
         }
         if let Some(pg) = p.pgid {
             if libc::setpgid(0, pg) != 0 {

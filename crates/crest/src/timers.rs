@@ -442,4 +442,143 @@ mod tests {
         );
         assert!(parse_proc_timers("signal: 1/0\n").is_err());
     }
+
+    /// A task whose timer syscalls a model kernel answers: with `restore_ids`
+    /// the prctl exists; without it ids come from an increasing counter.
+    struct Model {
+        restore_ids: bool,
+        mode_on: std::cell::Cell<bool>,
+        next: std::cell::Cell<i32>,
+        live: std::cell::RefCell<std::collections::BTreeMap<i32, (i32, i32, u64)>>,
+        armed: std::cell::RefCell<Vec<(i32, [u64; 4])>>,
+        scratch: std::cell::RefCell<Vec<u8>>,
+    }
+
+    impl Model {
+        fn new(restore_ids: bool) -> Model {
+            Model {
+                restore_ids,
+                mode_on: false.into(),
+                next: 0.into(),
+                live: Default::default(),
+                armed: Default::default(),
+                scratch: vec![0; 4096].into(),
+            }
+        }
+        fn word(&self, off: u64) -> u64 {
+            let s = self.scratch.borrow();
+            u64::from_ne_bytes(s[off as usize..off as usize + 8].try_into().unwrap())
+        }
+    }
+
+    const BASE: u64 = 0x10000;
+
+    impl Inject for Model {
+        fn pid(&self) -> i32 {
+            100
+        }
+        fn call(&self, nr: i64, a: &[u64], what: &str) -> Result<u64> {
+            let err = || Err(crate::Error::msg(format!("{what}: EINVAL")));
+            match nr {
+                libc::SYS_prctl if a[0] == PR_TIMER_CREATE_RESTORE_IDS as u64 => {
+                    if !self.restore_ids {
+                        return err();
+                    }
+                    self.mode_on.set(a[1] == PR_TIMER_CREATE_RESTORE_IDS_ON);
+                    Ok(0)
+                }
+                libc::SYS_timer_create => {
+                    let id_off = a[2] - BASE;
+                    let id = if self.mode_on.get() {
+                        self.word(id_off) as u32 as i32
+                    } else {
+                        let n = self.next.get();
+                        self.next.set(n + 1);
+                        n
+                    };
+                    if self.live.borrow().contains_key(&id) {
+                        return err();
+                    }
+                    let ev = a[1] - BASE;
+                    let signo = (self.word(ev + 8) & 0xffff_ffff) as i32;
+                    self.live
+                        .borrow_mut()
+                        .insert(id, (a[0] as i32, signo, self.word(ev)));
+                    self.scratch.borrow_mut()[id_off as usize..id_off as usize + 4]
+                        .copy_from_slice(&id.to_ne_bytes());
+                    Ok(0)
+                }
+                libc::SYS_timer_delete => {
+                    self.live.borrow_mut().remove(&(a[0] as i32));
+                    Ok(0)
+                }
+                libc::SYS_timer_settime => {
+                    let o = a[2] - BASE;
+                    let spec = [
+                        self.word(o),
+                        self.word(o + 8),
+                        self.word(o + 16),
+                        self.word(o + 24),
+                    ];
+                    self.armed.borrow_mut().push((a[0] as i32, spec));
+                    Ok(0)
+                }
+                _ => err(),
+            }
+        }
+        fn scratch(&self) -> u64 {
+            BASE
+        }
+        fn read_scratch(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+            buf.copy_from_slice(&self.scratch.borrow()[off as usize..off as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()> {
+            self.scratch.borrow_mut()[off as usize..off as usize + data.len()]
+                .copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn timer(id: i32, clockid: i32, value_ns: u64, interval_ns: u64) -> PosixTimer {
+        PosixTimer {
+            id,
+            clockid,
+            signo: 34 + id,
+            sigev_value: 0x1000 + id as u64,
+            notify: SIGEV_SIGNAL,
+            tid: 0,
+            value_ns,
+            interval_ns,
+            overrun: 0,
+        }
+    }
+
+    #[test]
+    fn restore_keeps_ids_both_ways() {
+        let want = [
+            timer(5, 1, 2_500_000_000, 0),
+            timer(0, 0, 0, 0),
+            timer(2, -6, 7, 1_000_000_001),
+        ];
+        for restore_ids in [true, false] {
+            let m = Model::new(restore_ids);
+            restore_posix(&m, &want).unwrap();
+            let live = m.live.borrow();
+            assert_eq!(
+                live.iter().map(|(&id, &v)| (id, v)).collect::<Vec<_>>(),
+                vec![
+                    (0, (0, 34, 0x1000)),
+                    (2, (-6, 36, 0x1002)),
+                    (5, (1, 39, 0x1005))
+                ],
+                "restore_ids {restore_ids}"
+            );
+            assert!(!m.mode_on.get(), "the prctl must be off again");
+            assert_eq!(
+                *m.armed.borrow(),
+                vec![(2, [1, 1, 0, 7]), (5, [0, 0, 2, 500_000_000])]
+            );
+        }
+    }
 }

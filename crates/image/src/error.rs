@@ -67,7 +67,7 @@ pub enum Error {
     #[error(
         "record {} (kind {kind:#x}) at byte {offset} has flags {flags:#x}: {}",
         kind::name(*.kind),
-        flags_detail(*.flags)
+        flags_detail(*.kind, *.flags)
     )]
     UnsupportedFlags {
         /// Kind of the record.
@@ -118,12 +118,13 @@ impl Error {
     }
 }
 
-fn flags_detail(flags: u32) -> String {
-    let unknown = flags & !KNOWN_FLAGS;
+fn flags_detail(kind: u32, flags: u32) -> String {
+    let mut unknown = flags & !KNOWN_FLAGS;
+    if kind == kind::PAGES {
+        unknown &= !FLAG_COMPRESSED;
+    }
     if unknown & FLAG_COMPRESSED != 0 {
-        "it is compressed (flag bit 1), which this crest does not support; \
-         read it with the crest that wrote it (or a newer one)"
-            .to_string()
+        "it is marked compressed (flag bit 1), which only page records may be".to_string()
     } else {
         format!(
             "bits {unknown:#x} are unknown to this crest; the image was written by a newer crest \

@@ -25,8 +25,8 @@
 //!   the 20 header bytes before it. Every record header starts at a multiple
 //!   of 8 from the start of the stream.
 //! * `flags` bit 0 is [`FLAG_OPTIONAL`]: a reader that does not know the kind
-//!   may skip the record. Bit 1 ([`FLAG_COMPRESSED`]) is reserved for
-//!   per-chunk compression and refused today; all other bits must be zero.
+//!   may skip the record. Bit 1 ([`FLAG_COMPRESSED`]) marks a PAGES record
+//!   whose page data is LZ4-compressed; all other bits must be zero.
 //! * `len` is at most [`MAX_RECORD_LEN`]; a reader checks it before
 //!   allocating anything.
 //! * The TAIL payload holds the number of records before it, the stream
@@ -105,9 +105,10 @@ pub const MAX_RECORD_LEN: u64 = 64 * 1024 * 1024 + 4096;
 /// Record flag: a reader that does not know this record's kind may skip it.
 pub const FLAG_OPTIONAL: u32 = 1 << 0;
 
-/// Record flag reserved for per-chunk compression. Not supported by this
-/// format version: writers refuse to set it and readers refuse records that
-/// carry it.
+/// Record flag: the page data of a PAGES record is LZ4-compressed (block
+/// format; the 24-byte chunk header stays uncompressed and gives the
+/// decompressed size).  Only PAGES records may carry it; readers hand out
+/// the decompressed chunk.
 pub const FLAG_COMPRESSED: u32 = 1 << 1;
 
 /// The record flags this format version understands.

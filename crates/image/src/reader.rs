@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::record::{padding_for, Record, RecordHeader, Tail};
 use crate::{
-    kind, FLAG_OPTIONAL, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_RECORD_LEN, PREAMBLE_LEN,
-    RECORD_ALIGN, RECORD_HEADER_LEN,
+    kind, FLAG_COMPRESSED, FLAG_OPTIONAL, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_RECORD_LEN,
+    PREAMBLE_LEN, RECORD_ALIGN, RECORD_HEADER_LEN,
 };
 
 /// The payload buffer grows by at most this much ahead of the data actually
@@ -58,6 +58,8 @@ pub struct Reader<R: Read> {
     records: u64,
     digest: StreamDigest,
     buf: Vec<u8>,
+    /// Spare buffer for decompressing page chunks.
+    dbuf: Vec<u8>,
     state: State,
     tail: Option<Tail>,
 }
@@ -72,6 +74,7 @@ impl<R: Read> Reader<R> {
             records: 0,
             digest: StreamDigest::new(),
             buf: Vec::new(),
+            dbuf: Vec::new(),
             state: State::Records,
             tail: None,
         };
@@ -202,6 +205,9 @@ impl<R: Read> Reader<R> {
                     self.read_payload(&head, offset)?;
                     match k {
                         kind::PAGES => {
+                            if head.flags & FLAG_COMPRESSED != 0 {
+                                self.decompress_pages(offset)?;
+                            }
                             PageChunk::parse_at(&self.buf, self.header.page_size, offset)?;
                         }
                         kind::FILE_DATA => {
@@ -218,6 +224,43 @@ impl<R: Read> Reader<R> {
                 }
             }
         }
+    }
+
+    /// Replaces a compressed PAGES payload (CRC already verified) by its
+    /// decompressed form: the chunk header, then the page data.
+    fn decompress_pages(&mut self, offset: u64) -> Result<()> {
+        let head_len = crate::PAGE_CHUNK_HEADER_LEN;
+        if self.buf.len() < head_len {
+            return Err(Error::chunk(
+                offset,
+                "compressed page chunk shorter than its header",
+            ));
+        }
+        let nr = u64::from_le_bytes(self.buf[16..24].try_into().expect("8 bytes"));
+        let want = nr
+            .checked_mul(u64::from(self.header.page_size))
+            .filter(|&n| n > 0 && n <= MAX_RECORD_LEN)
+            .ok_or_else(|| {
+                Error::chunk(
+                    offset,
+                    format!("compressed page chunk claims {nr} pages, more than a record may hold"),
+                )
+            })? as usize;
+        let mut out = std::mem::take(&mut self.dbuf);
+        out.clear();
+        out.extend_from_slice(&self.buf[..head_len]);
+        out.resize(head_len + want, 0);
+        let got = lz4_flex::block::decompress_into(&self.buf[head_len..], &mut out[head_len..])
+            .map_err(|e| Error::chunk(offset, format!("compressed page data is damaged: {e}")))?;
+        if got != want {
+            self.dbuf = out;
+            return Err(Error::chunk(
+                offset,
+                format!("compressed page data gives {got} bytes, the header says {want}"),
+            ));
+        }
+        self.dbuf = std::mem::replace(&mut self.buf, out);
+        Ok(())
     }
 
     /// Counts a verified record (other than the tail) into the digest.
@@ -291,7 +334,12 @@ impl<R: Read> Reader<R> {
         let mut raw = [0u8; RECORD_HEADER_LEN];
         self.read_exact_or_truncated(&mut raw)?;
         let head = RecordHeader::decode(&raw).map_err(|what| Error::corrupt(offset, what))?;
-        if head.flags & !KNOWN_FLAGS != 0 {
+        let allowed = if head.kind == kind::PAGES {
+            KNOWN_FLAGS | FLAG_COMPRESSED
+        } else {
+            KNOWN_FLAGS
+        };
+        if head.flags & !allowed != 0 {
             return Err(Error::UnsupportedFlags {
                 kind: head.kind,
                 flags: head.flags,

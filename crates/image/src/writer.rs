@@ -41,6 +41,8 @@ pub struct Writer<W: Write> {
     records: u64,
     digest: StreamDigest,
     scratch: Vec<u8>,
+    /// Reused output buffer for compression.
+    zbuf: Vec<u8>,
     failed: bool,
 }
 
@@ -55,6 +57,7 @@ impl<W: Write> Writer<W> {
             records: 0,
             digest: StreamDigest::new(),
             scratch: Vec::with_capacity(COALESCE_MAX + RECORD_HEADER_LEN + RECORD_ALIGN),
+            zbuf: Vec::new(),
             failed: false,
         };
         let mut preamble = [0u8; PREAMBLE_LEN];
@@ -140,6 +143,34 @@ impl<W: Write> Writer<W> {
                 other => other,
             })?;
         self.write_page_chunk(&chunk)
+    }
+
+    /// Like [`Writer::write_pages`], but LZ4-compresses the page data when
+    /// that saves at least 1/16 of it (otherwise writes it as it is).
+    pub fn write_pages_compressed(
+        &mut self,
+        space: u32,
+        addr: u64,
+        page_data: &[u8],
+    ) -> Result<u64> {
+        let chunk =
+            PageChunk::new(space, addr, page_data, self.page_size).map_err(|e| match e {
+                Error::BadChunk { what, .. } => Error::chunk(self.offset, what),
+                other => other,
+            })?;
+        let max = lz4_flex::block::get_maximum_output_size(page_data.len());
+        let mut z = std::mem::take(&mut self.zbuf);
+        z.resize(max, 0);
+        let n = lz4_flex::block::compress_into(page_data, &mut z)
+            .map_err(|e| Error::InvalidInput(format!("compressing a page chunk: {e}")))?;
+        let r = if n < page_data.len() - page_data.len() / 16 {
+            let head = chunk.header_bytes();
+            self.emit(kind::PAGES, FLAG_COMPRESSED, &[&head, &z[..n]])
+        } else {
+            self.write_page_chunk(&chunk)
+        };
+        self.zbuf = z;
+        r
     }
 
     /// Writes a PAGES record for `chunk` (validated against the image's page

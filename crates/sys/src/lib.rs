@@ -13,5 +13,6 @@ pub mod pidfd;
 pub mod proc;
 pub mod process;
 pub mod ptrace;
+pub mod sockdiag;
 
 pub use error::{Error, Result};

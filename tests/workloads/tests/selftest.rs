@@ -620,3 +620,9 @@ fn many_detects_a_killed_child() {
     assert_fail(&w.name, &o, "child 2");
     assert!(o.result.contains("killed by signal 9"), "{}", o.result);
 }
+
+#[test]
+fn pty() {
+    pass(&["pty"]);
+    pass(&["pty", "unread"]);
+}

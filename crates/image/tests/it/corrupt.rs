@@ -244,7 +244,7 @@ fn unknown_optional_kind_is_skipped_but_counted() {
 #[test]
 fn unknown_flag_bits_are_refused() {
     for (k, flags, needle) in [
-        (kind::PAGES, FLAG_COMPRESSED, "compressed"),
+        (kind::PAGES, FLAG_COMPRESSED | 0x4, "0x4"),
         (kind::PROCESS, FLAG_COMPRESSED | FLAG_OPTIONAL, "compressed"),
         (kind::PROCESS, 0x4, "0x4"),
         (0x7777, FLAG_OPTIONAL | 0x8000_0000, "0x80000000"),
@@ -264,6 +264,70 @@ fn unknown_flag_bits_are_refused() {
         }
         assert!(e.to_string().contains(needle), "{e}");
     }
+}
+
+#[test]
+fn damaged_compressed_pages_are_refused() {
+    // A compressed PAGES record whose LZ4 data is garbage (its CRC is
+    // right: the damage is in what was compressed).
+    let mut head = Vec::new();
+    head.extend_from_slice(&0u32.to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    head.extend_from_slice(&0x1000u64.to_le_bytes());
+    head.extend_from_slice(&1u64.to_le_bytes());
+    let mut payload = head.clone();
+    payload.extend_from_slice(&[0xff; 40]);
+    let mut raw = start();
+    raw.record(kind::PAGES, FLAG_COMPRESSED, &payload).tail();
+    let e = read_err(&raw.take());
+    assert!(e.to_string().contains("compressed page data"), "{e}");
+    // A header claiming more pages than a record may hold.
+    let mut huge = head.clone();
+    huge[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    huge.extend_from_slice(&[0; 8]);
+    let mut raw = start();
+    raw.record(kind::PAGES, FLAG_COMPRESSED, &huge).tail();
+    let e = read_err(&raw.take());
+    assert!(e.to_string().contains("more than a record may hold"), "{e}");
+}
+
+#[test]
+fn compressed_pages_round_trip() {
+    let ps = 4096usize;
+    let mut data = vec![0u8; 8 * ps];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i / 512) as u8; // compressible
+    }
+    let mut w = crest_image::Writer::new(Vec::new(), &crest_image::Header::default()).unwrap();
+    w.write_pages_compressed(3, 0x10000, &data).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..ps)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    w.write_pages_compressed(3, 0x40000, &random).unwrap();
+    let bytes = w.finish().unwrap();
+    assert!(
+        bytes.len() < data.len() / 2 + ps + 1024,
+        "compressible data shrank"
+    );
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    let a = r.next_record().unwrap().unwrap();
+    assert_eq!(a.flags & FLAG_COMPRESSED, FLAG_COMPRESSED);
+    let c = a.page_chunk(4096).unwrap();
+    assert_eq!((c.space, c.addr, c.data), (3, 0x10000, &data[..]));
+    let b = r.next_record().unwrap().unwrap();
+    assert_eq!(
+        b.flags & FLAG_COMPRESSED,
+        0,
+        "incompressible data is stored as it is"
+    );
+    assert_eq!(b.page_chunk(4096).unwrap().data, &random[..]);
+    assert!(r.next_record().unwrap().is_none());
 }
 
 #[test]

@@ -31,6 +31,9 @@ const D_S: u64 = 0x5f;
 const D_I: u64 = 0x1e;
 const D_E2: u64 = 0xe2;
 const D_B: u64 = 0xb0;
+const D_SX: u64 = 0x5a;
+const D_SY: u64 = 0x5b;
+const D_Z: u64 = 0x2a;
 
 const IN: u32 = libc::EPOLLIN as u32;
 const OUT: u32 = libc::EPOLLOUT as u32;
@@ -50,6 +53,10 @@ struct Fds {
     pw: i32,
     e: i32,
     e2: i32,
+    /// Numbers under which closed registrations were made, now holding
+    /// other files: y (c, close-on-exec), z (b).
+    y: i32,
+    z: i32,
 }
 
 fn ck(p: &Proto, r: i64, what: &str) -> i64 {
@@ -271,7 +278,11 @@ fn setup(p: &Proto) -> Fds {
         mk(libc::CLOCK_BOOTTIME),
         mk(libc::CLOCK_MONOTONIC),
     );
-    ck(p, t1.min(t2).min(t3).min(t4).min(t6) as i64, "timerfd_create");
+    ck(
+        p,
+        t1.min(t2).min(t3).min(t4).min(t6) as i64,
+        "timerfd_create",
+    );
     ck(p, arm(t1, 0, T1_VALUE, T1_INTERVAL) as i64, "arming t1");
     let now = clock_ns(libc::CLOCK_REALTIME) as u64;
     ck(
@@ -350,7 +361,12 @@ fn setup(p: &Proto) -> Fds {
     let (pr, pw) = (pfd[0], pfd[1]);
 
     // SAFETY: plain syscalls.
-    let (e, e2) = unsafe { (libc::epoll_create1(0), libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+    let (e, e2) = unsafe {
+        (
+            libc::epoll_create1(0),
+            libc::epoll_create1(libc::EPOLL_CLOEXEC),
+        )
+    };
     ck(p, e.min(e2) as i64, "epoll_create1");
     // A dup of c registered, then closed: the registration outlives it.
     // SAFETY: plain syscall.
@@ -373,6 +389,23 @@ fn setup(p: &Proto) -> Fds {
     }
     // SAFETY: closing our own dup.
     unsafe { libc::close(x) };
+    // Registrations under numbers that are closed since (sx, above every
+    // fd left: where a restorer keeps its own descriptors) or hold another
+    // file now (y: a signalfd's, now c close-on-exec; z: a's, now b).
+    // SAFETY: plain syscalls.
+    let (y, z) = unsafe { (libc::dup(s), libc::dup(a)) };
+    // SAFETY: plain syscall.
+    let sx = unsafe { libc::fcntl(s, libc::F_DUPFD, z + 2) };
+    ck(p, sx.min(y).min(z) as i64, "dup");
+    ck(p, add(e, sx, IN, D_SX) as i64, "epoll_ctl(ADD sx)");
+    ck(p, add(e, y, IN, D_SY) as i64, "epoll_ctl(ADD y)");
+    ck(p, add(e, z, OUT, D_Z) as i64, "epoll_ctl(ADD z)");
+    // SAFETY: plain syscalls on our own descriptors.
+    unsafe {
+        libc::close(sx);
+        ck(p, libc::dup3(c, y, libc::O_CLOEXEC) as i64, "dup3");
+        ck(p, libc::dup2(b, z) as i64, "dup2");
+    }
     // Let t3 (one-shot) and t4/t6 (periodic) expire, unread.
     crate::util::sleep_ns(30_000_000);
     Fds {
@@ -390,6 +423,8 @@ fn setup(p: &Proto) -> Fds {
         pw,
         e,
         e2,
+        y,
+        z,
     }
 }
 
@@ -414,19 +449,60 @@ fn fd_table() -> Vec<(i32, String)> {
         .collect()
 }
 
-pub fn run(p: &Proto, _args: &[String]) -> Checks {
+pub fn run(p: &Proto, args: &[String]) -> Checks {
+    match args.first().map(String::as_str) {
+        None => run_all(p),
+        Some("queued-inotify") => run_queued_inotify(p),
+        Some(o) => p.bail(&format!(
+            "setup: events takes no argument or 'queued-inotify', got {o:?}"
+        )),
+    }
+}
+
+/// An inotify with an event queued (which crest refuses to checkpoint):
+/// after go the event must still be there.
+fn run_queued_inotify(p: &Proto) -> Checks {
+    // SAFETY: plain syscall.
+    let i = unsafe { libc::inotify_init1(libc::IN_NONBLOCK) };
+    ck(p, i as i64, "inotify_init1");
+    ck(p, mkdir(&p.dir().join("w")) as i64, "mkdir");
+    ck(
+        p,
+        add_watch(i, &p.dir().join("w"), libc::IN_CREATE) as i64,
+        "inotify_add_watch",
+    );
+    ck(p, mkdir(&p.dir().join("w/queued")) as i64, "mkdir");
+    let fds = fd_table();
+    p.write_ready();
+    let wait = p.wait_go();
+    let mut c = Checks::new();
+    wait.report(&mut c, "go-wait");
+    c.eq("open fds and their links", fds, fd_table());
+    c.eq(
+        "the queued inotify event",
+        Ok(vec![(
+            1,
+            libc::IN_CREATE | libc::IN_ISDIR,
+            "queued".to_string(),
+        )]),
+        inotify_events(i),
+    );
+    c
+}
+
+fn run_all(p: &Proto) -> Checks {
     let f = setup(p);
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let all = [
-        f.a, f.b, f.c, f.t1, f.t2, f.t3, f.t4, f.t6, f.s, f.i, f.pr, f.pw, f.e, f.e2,
+        f.a, f.b, f.c, f.t1, f.t2, f.t3, f.t4, f.t6, f.s, f.i, f.pr, f.pw, f.e, f.e2, f.y, f.z,
     ];
     let flags: Vec<(i32, i32)> = all.iter().map(|&fd| (getfl(fd), getfd(fd))).collect();
     let table = fd_table();
     let e_regs = epoll_regs(f.e);
     let e2_regs = epoll_regs(f.e2);
     let watches = inotify_watches(f.i);
-    if e_regs.len() != 9 || e2_regs.len() != 1 || watches.len() != 4 {
+    if e_regs.len() != 12 || e2_regs.len() != 1 || watches.len() != 4 {
         p.bail(&format!(
             "setup: fdinfo shows {e_regs:?} / {e2_regs:?} / {watches:?}"
         ));
@@ -458,6 +534,8 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
         "pipe write end",
         "epoll e",
         "epoll e2",
+        "fd y (dup3 of c, close-on-exec)",
+        "fd z (dup2 of b)",
     ];
     for ((name, &fd), fl) in names.iter().zip(&all).zip(&flags) {
         c.eq(
@@ -485,7 +563,10 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
         Ok((v, i)) => {
             c.eq("timerfd t1 interval (ns)", T1_INTERVAL, i);
             c.ensure(v > 0 && v <= t1_0.0 && v + SLACK > t1_0.0, || {
-                format!("timerfd t1 remaining {v} ns, recorded {} ns before ready", t1_0.0)
+                format!(
+                    "timerfd t1 remaining {v} ns, recorded {} ns before ready",
+                    t1_0.0
+                )
             });
         }
         Err(e) => c.fail(format!("timerfd_gettime(t1): {}", err_str(e))),
@@ -494,7 +575,10 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
         Ok((v, i)) => {
             c.eq("timerfd t2 interval (ns)", 0, i);
             c.ensure(v > 0 && v <= t2_0.0 && v + SLACK > t2_0.0, || {
-                format!("timerfd t2 remaining {v} ns, recorded {} ns before ready", t2_0.0)
+                format!(
+                    "timerfd t2 remaining {v} ns, recorded {} ns before ready",
+                    t2_0.0
+                )
             });
         }
         Err(e) => c.fail(format!("timerfd_gettime(t2): {}", err_str(e))),
@@ -506,7 +590,13 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     );
     c.eq(
         "timerfd clockids (t1 t2 t3 t4 t6)",
-        vec![Some("1".to_string()), Some("0".into()), Some("1".into()), Some("7".into()), Some("1".into())],
+        vec![
+            Some("1".to_string()),
+            Some("0".into()),
+            Some("1".into()),
+            Some("7".into()),
+            Some("1".into()),
+        ],
         [f.t1, f.t2, f.t3, f.t4, f.t6]
             .iter()
             .map(|&fd| fdinfo_field(fd, "clockid"))
@@ -520,14 +610,27 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
         )),
         fdinfo_field(f.s, "sigmask"),
     );
-    c.eq("inotify watches (wd, ino, sdev, mask)", watches, inotify_watches(f.i));
+    c.eq(
+        "inotify watches (wd, ino, sdev, mask)",
+        watches,
+        inotify_watches(f.i),
+    );
     c.eq("inotify FIONREAD (no stray events)", 0, fionread(f.i));
-    c.eq("epoll e registrations (tfd, events, data)", e_regs, epoll_regs(f.e));
-    c.eq("epoll e2 registrations (tfd, events, data)", e2_regs, epoll_regs(f.e2));
+    c.eq(
+        "epoll e registrations (tfd, events, data)",
+        e_regs,
+        epoll_regs(f.e),
+    );
+    c.eq(
+        "epoll e2 registrations (tfd, events, data)",
+        e2_regs,
+        epoll_regs(f.e2),
+    );
 
     // epoll behaviour: what is ready now.
     let first = sorted(vec![
         (D_A, IN),
+        (D_Z, OUT),
         (D_X, OUT),
         (D_T3, IN),
         (D_PW, OUT),
@@ -535,7 +638,7 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     ]);
     c.eq("epoll e: first epoll_wait", Ok(first), ready(f.e));
     // Edge-triggered a and one-shot t3 are not reported again.
-    let second = sorted(vec![(D_X, OUT), (D_PW, OUT), (D_E2, IN)]);
+    let second = sorted(vec![(D_Z, OUT), (D_X, OUT), (D_PW, OUT), (D_E2, IN)]);
     c.eq("epoll e: second epoll_wait", Ok(second.clone()), ready(f.e));
     c.eq("epoll e2: epoll_wait", Ok(vec![(D_B, IN)]), ready(f.e2));
     // Make the others ready.
@@ -550,10 +653,21 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     let third = sorted(
         second
             .into_iter()
-            .chain([(D_C, IN), (D_PR, IN), (D_S, IN), (D_I, IN)])
+            .chain([
+                (D_C, IN),
+                (D_PR, IN),
+                (D_S, IN),
+                (D_SX, IN),
+                (D_SY, IN),
+                (D_I, IN),
+            ])
             .collect(),
     );
-    c.eq("epoll e: epoll_wait after making fds ready", Ok(third), ready(f.e));
+    c.eq(
+        "epoll e: epoll_wait after making fds ready",
+        Ok(third),
+        ready(f.e),
+    );
     // Registrations are keyed by the program's fd numbers.
     let mut ev = libc::epoll_event {
         events: OUT,
@@ -561,21 +675,41 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     };
     // SAFETY: valid event.
     let r = unsafe { libc::epoll_ctl(f.e, libc::EPOLL_CTL_MOD, f.c, &mut ev) };
-    c.eq("epoll_ctl(MOD) of fd c", 0, if r == 0 { 0 } else { errno() });
+    c.eq(
+        "epoll_ctl(MOD) of fd c",
+        0,
+        if r == 0 { 0 } else { errno() },
+    );
     // SAFETY: valid event.
     let r = unsafe { libc::epoll_ctl(f.e, libc::EPOLL_CTL_DEL, f.a, &mut ev) };
-    c.eq("epoll_ctl(DEL) of fd a", 0, if r == 0 { 0 } else { errno() });
+    c.eq(
+        "epoll_ctl(DEL) of fd a",
+        0,
+        if r == 0 { 0 } else { errno() },
+    );
     // SAFETY: valid event.
     let r = unsafe { libc::epoll_ctl(f.e, libc::EPOLL_CTL_ADD, f.a, &mut ev) };
-    c.eq("epoll_ctl(ADD) of fd a again", 0, if r == 0 { 0 } else { errno() });
+    c.eq(
+        "epoll_ctl(ADD) of fd a again",
+        0,
+        if r == 0 { 0 } else { errno() },
+    );
 
     // Counters.
     c.eq("read eventfd a", Ok(A_COUNT), read_u64(f.a));
     c.eq("read eventfd a again", Err(libc::EAGAIN), read_u64(f.a));
     for k in 0..B_COUNT {
-        c.eq(&format!("read semaphore eventfd b ({k})"), Ok(1), read_u64(f.b));
+        c.eq(
+            &format!("read semaphore eventfd b ({k})"),
+            Ok(1),
+            read_u64(f.b),
+        );
     }
-    c.eq("read semaphore eventfd b (empty)", Err(libc::EAGAIN), read_u64(f.b));
+    c.eq(
+        "read semaphore eventfd b (empty)",
+        Err(libc::EAGAIN),
+        read_u64(f.b),
+    );
     c.eq("read eventfd c", Ok(1), read_u64(f.c));
     let mut byte = [0u8; 2];
     // SAFETY: reads into a local buffer.
@@ -583,7 +717,7 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     c.eq("read the pipe", (1, b'z'), (n, byte[0]));
 
     // signalfd: the signal sent above, then a queued one with a value.
-    let mut si: libc::signalfd_siginfo = unsafe_zeroed();
+    let mut si = zeroed_ssi();
     let sz = std::mem::size_of::<libc::signalfd_siginfo>();
     // SAFETY: reads one signalfd_siginfo.
     let n = unsafe { libc::read(f.s, (&mut si as *mut libc::signalfd_siginfo).cast(), sz) };
@@ -612,7 +746,10 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     c.eq("mkdir w2/x", 0, mkdir(&p.dir().join("w2/x")));
     c.eq("mkdir w3/y", 0, mkdir(&p.dir().join("w3/y")));
     c.eq("mkdir w3/z", 0, mkdir(&p.dir().join("w3/z")));
-    match std::fs::OpenOptions::new().write(true).open(p.dir().join("f")) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.dir().join("f"))
+    {
         Ok(file) => drop(file),
         Err(e) => c.fail(format!("opening f for writing: {e}")),
     }
@@ -630,8 +767,16 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     );
 
     // Timers.
-    c.eq("read timerfd t3 (expired once, unread)", Ok(1), read_u64(f.t3));
-    c.eq("read timerfd t4 (periodic, expired once)", Ok(1), read_u64(f.t4));
+    c.eq(
+        "read timerfd t3 (expired once, unread)",
+        Ok(1),
+        read_u64(f.t3),
+    );
+    c.eq(
+        "read timerfd t4 (periodic, expired once)",
+        Ok(1),
+        read_u64(f.t4),
+    );
     match tget(f.t4) {
         Ok((v, i)) => {
             c.eq("timerfd t4 interval (ns)", T4_INTERVAL, i);
@@ -664,9 +809,10 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     // SAFETY: one valid pollfd.
     let r = unsafe { libc::poll(&mut pfd, 1, 2000) };
     let waited = clock_ns(libc::CLOCK_MONOTONIC) - t0;
-    c.ensure(r == 1 && waited <= (T6_INTERVAL as i128) + 100_000_000, || {
-        format!("timerfd t6: poll returned {r} after {waited} ns (interval {T6_INTERVAL} ns)")
-    });
+    c.ensure(
+        r == 1 && waited <= (T6_INTERVAL as i128) + 100_000_000,
+        || format!("timerfd t6: poll returned {r} after {waited} ns (interval {T6_INTERVAL} ns)"),
+    );
     c.ensure(read_u64(f.t6).is_ok_and(|n| n >= 1), || {
         "timerfd t6: nothing to read after it fired".into()
     });
@@ -675,7 +821,11 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     pfd.fd = f.t1;
     // SAFETY: one valid pollfd.
     let r = unsafe { libc::poll(&mut pfd, 1, 2000) };
-    c.eq("timerfd t1 fires after re-arming", (1, Ok(1)), (r, read_u64(f.t1)));
+    c.eq(
+        "timerfd t1 fires after re-arming",
+        (1, Ok(1)),
+        (r, read_u64(f.t1)),
+    );
 
     for fd in all {
         // SAFETY: closing our own descriptors.
@@ -684,7 +834,7 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     c
 }
 
-fn unsafe_zeroed<T>() -> T {
-    // SAFETY: only used for plain C structs, for which all-zero is valid.
+fn zeroed_ssi() -> libc::signalfd_siginfo {
+    // SAFETY: a plain C struct of integers: all-zero is valid.
     unsafe { std::mem::zeroed() }
 }

@@ -5,12 +5,15 @@ use crate::checks::Checks;
 use crate::proto::Proto;
 
 mod attrs;
+mod events;
 mod files;
 mod idle;
 mod many;
 mod memory;
 mod mm;
 mod pipes;
+mod posix_timers;
+mod pty;
 mod read;
 mod regs;
 mod regs_asm;
@@ -20,6 +23,7 @@ mod sleep;
 mod threads;
 mod timers;
 mod tree;
+mod unix_sockets;
 mod unsupported;
 
 pub type Run = fn(&Proto, &[String]) -> Checks;
@@ -40,7 +44,11 @@ const TABLE: &[(&str, Run)] = &[
     ("shared-fd", shared_fd::run),
     ("pipes", pipes::run),
     ("many", many::run),
+    ("events", events::run),
+    ("posix-timers", posix_timers::run),
+    ("pty", pty::run),
     ("idle", idle::run),
+    ("unix-sockets", unix_sockets::run),
     ("unsupported", unsupported::run),
 ];
 
@@ -60,7 +68,11 @@ pub const NAMES: &[&str] = &[
     "shared-fd",
     "pipes",
     "many [children] [threads-per-child] [MiB-per-child]",
+    "events [queued-inotify]",
+    "posix-timers",
+    "pty [unread]",
     "idle",
+    "unix-sockets",
     "unsupported <thread|child|socket|netlink>",
 ];
 

@@ -1,0 +1,661 @@
+//! Pseudo-terminals: Unix98 pty pairs whose master and slave are both
+//! held inside the tree, and the controlling terminal of a session.
+//!
+//! Dump reads each pair's state through a copy of a descriptor taken with
+//! pidfd_getfd (termios, window size, packet mode, lock, exclusive mode,
+//! session and foreground process group — the last two through the
+//! master, where the kernel answers whoever asks).  The pair's state lives
+//! in the master's [`OpenTarget::PtyMaster`]; slaves name it by the pair's
+//! number.  Bytes in flight cannot be read without consuming them, so a
+//! pair with unread input or output is refused.
+//!
+//! Restore opens a new pair in crest (its number differs, so does the
+//! slave's /dev/pts path), sets it up, and hands master and slave
+//! descriptions to the stubs like any other file.  A session leader's stub
+//! makes the slave its controlling terminal before forking its children
+//! (they inherit it; see [`plan_ctty`]); once every process group exists,
+//! [`restore_foreground`] gives the terminal its foreground group back.
+
+use crate::error::{Context, Error, Result};
+use crate::freeze::Inject;
+use crate::model::{Checkpoint, ObjectKind, OpenFile, OpenTarget, Process, Pty, Termios};
+use crate::Obstacle;
+use crest_sys::proc::FdInfo;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::Metadata;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+/// /dev/ptmx (and /dev/pts/ptmx): 5:2.
+const PTMX: (u32, u32) = (5, 2);
+/// Unix98 pty slaves: majors 136..=143 (the number runs on into the minor).
+const SLAVE_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
+/// The number of control characters in `struct termios2`.
+const NCCS2: usize = 19;
+/// The line discipline restore recreates.
+const N_TTY: i32 = 0;
+
+/// What a refused descriptor says.
+type Refusal = std::result::Result<OpenTarget, String>;
+
+/// The pairs met while collecting a tree's descriptors.
+#[derive(Default)]
+pub struct PtyIndex {
+    pairs: BTreeMap<u32, Seen>,
+}
+
+/// One pair met during collection.
+#[derive(Default)]
+struct Seen {
+    /// (pid, fd) of the master.
+    master: Option<(i32, i32)>,
+    session: i32,
+    foreground: i32,
+    /// (pid, fd) of every slave description.
+    slaves: Vec<(i32, i32)>,
+    /// The devpts instance (st_dev) and device number of the slave.
+    slave_dev: Option<u64>,
+    slave_rdev: u64,
+}
+
+/// The state of pty descriptor `fd` of `pid`, or why it cannot be
+/// checkpointed; `None` when the descriptor is not a pty (the caller
+/// then refuses it as any other device).
+pub fn collect(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    md: &Metadata,
+    info: &FdInfo,
+    index: &mut PtyIndex,
+) -> Option<Refusal> {
+    if !md.file_type().is_char_device() {
+        return None;
+    }
+    let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+    if (maj, min) == PTMX {
+        Some(collect_master(pid, fd, link, info, index))
+    } else if SLAVE_MAJORS.contains(&maj) {
+        Some(collect_slave(pid, fd, link, md, index))
+    } else {
+        None
+    }
+}
+
+/// A copy of descriptor `fd` of `pid`.
+fn steal(pid: i32, fd: i32) -> std::result::Result<OwnedFd, String> {
+    let pidfd = crest_sys::pidfd::open(pid).map_err(|e| e.to_string())?;
+    crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
+}
+
+/// An ioctl that reads one int.
+fn get_int(f: &OwnedFd, req: libc::Ioctl, what: &str) -> std::result::Result<i32, String> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: the request writes one int through the pointer.
+    if unsafe { libc::ioctl(f.as_raw_fd(), req, &mut v) } != 0 {
+        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(v)
+}
+
+fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyIndex) -> Refusal {
+    if link != "/dev/ptmx" && link != "/dev/pts/ptmx" {
+        return Err(format!(
+            "pty master opened as {link}: only /dev/ptmx and /dev/pts/ptmx are supported"
+        ));
+    }
+    let mut f = None;
+    let n = match info.get("tty-index").map(|s| s.trim().parse::<u32>()) {
+        Some(Ok(n)) => n,
+        _ => get_int(f.insert(steal(pid, fd)?), libc::TIOCGPTN, "TIOCGPTN")? as u32,
+    };
+    let seen = index.pairs.entry(n).or_default();
+    if let Some((p, d)) = seen.master {
+        return Err(format!(
+            "{link}: pty {n} has a second master description (pid {p} fd {d})"
+        ));
+    }
+    seen.master = Some((pid, fd));
+    let what = format!("{link} (master of /dev/pts/{n})");
+    let f = match f {
+        Some(f) => f,
+        None => steal(pid, fd)?,
+    };
+    let ldisc = get_int(&f, libc::TIOCGETD, "TIOCGETD")?;
+    if ldisc != N_TTY {
+        return Err(format!(
+            "{what}: line discipline {ldisc} is not supported (only N_TTY)"
+        ));
+    }
+    let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
+    let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
+    if inq > 0 || outq > 0 {
+        return Err(format!(
+            "{what}: {} bytes written on the slave side are not read yet \
+             ({outq} queued for output); data in flight in a terminal is not supported yet",
+            inq.max(0)
+        ));
+    }
+    let mut t: libc::termios2 = {
+        // SAFETY: termios2 is plain integers and bytes: all zeros is valid.
+        unsafe { std::mem::zeroed() }
+    };
+    // SAFETY: TCGETS2 fills one termios2.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS2, &mut t) } != 0 {
+        return Err(format!(
+            "{what}: TCGETS2: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut ws: libc::winsize = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills one winsize.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } != 0 {
+        return Err(format!(
+            "{what}: TIOCGWINSZ: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let packet = get_int(&f, libc::TIOCGPKT, "TIOCGPKT")? != 0;
+    let locked = get_int(&f, libc::TIOCGPTLCK, "TIOCGPTLCK")? != 0;
+    let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
+    // Asked through the master, the kernel tells anyone; ENOTTY: the
+    // slave is nobody's controlling terminal.
+    let session = get_int(&f, libc::TIOCGSID, "TIOCGSID").unwrap_or(0);
+    let foreground = if session > 0 {
+        get_int(&f, libc::TIOCGPGRP, "TIOCGPGRP")?
+    } else {
+        0
+    };
+    seen.session = session;
+    seen.foreground = foreground;
+    Ok(OpenTarget::PtyMaster(Pty {
+        index: n,
+        ptmx: link.to_string(),
+        termios: Termios {
+            iflag: t.c_iflag,
+            oflag: t.c_oflag,
+            cflag: t.c_cflag,
+            lflag: t.c_lflag,
+            line: t.c_line,
+            cc: t.c_cc.to_vec(),
+            ispeed: t.c_ispeed,
+            ospeed: t.c_ospeed,
+        },
+        winsize: [ws.ws_row, ws.ws_col, ws.ws_xpixel, ws.ws_ypixel],
+        packet,
+        locked,
+        exclusive,
+        session,
+        foreground,
+    }))
+}
+
+fn collect_slave(pid: i32, fd: i32, link: &str, md: &Metadata, index: &mut PtyIndex) -> Refusal {
+    let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+    let n = ((maj - SLAVE_MAJORS.start()) << 20) | min;
+    if link != format!("/dev/pts/{n}") {
+        return Err(format!(
+            "pty slave {link} ({maj}:{min}): only slaves under /dev/pts are supported"
+        ));
+    }
+    let seen = index.pairs.entry(n).or_default();
+    seen.slaves.push((pid, fd));
+    match seen.slave_dev {
+        Some(d) if d != md.dev() => {
+            return Err(format!(
+                "{link}: ptys of several devpts instances are not supported"
+            ))
+        }
+        _ => seen.slave_dev = Some(md.dev()),
+    }
+    seen.slave_rdev = md.rdev();
+    let f = steal(pid, fd)?;
+    let ldisc = get_int(&f, libc::TIOCGETD, "TIOCGETD")?;
+    if ldisc != N_TTY {
+        return Err(format!(
+            "{link}: line discipline {ldisc} is not supported (only N_TTY)"
+        ));
+    }
+    let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
+    let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
+    if inq > 0 || outq > 0 {
+        return Err(format!(
+            "{link}: {} bytes written on the master side are not read yet \
+             ({outq} queued for output); data in flight in a terminal is not supported yet",
+            inq.max(0)
+        ));
+    }
+    let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
+    Ok(OpenTarget::PtySlave {
+        index: n,
+        exclusive,
+    })
+}
+
+/// Refuses pairs with a side outside the tree, and sessions whose
+/// controlling terminal cannot be given back.  `tree` holds the tree's
+/// pids.
+pub fn check_pairs(index: &PtyIndex, tree: &[i32], obstacles: &mut Vec<Obstacle>) {
+    let stats: HashMap<i32, crest_sys::proc::Stat> = tree
+        .iter()
+        .filter_map(|&p| crest_sys::proc::read_stat(p).ok().map(|s| (p, s)))
+        .collect();
+    let devpts = std::fs::metadata("/dev/pts").map(|m| m.dev()).ok();
+    let mut push = |pid: i32, object: String, reason: String| {
+        obstacles.push(Obstacle {
+            pid,
+            object,
+            reason,
+        })
+    };
+    for (&n, s) in &index.pairs {
+        let Some((mpid, mfd)) = s.master else {
+            for &(pid, fd) in &s.slaves {
+                push(
+                    pid,
+                    format!("fd {fd}"),
+                    format!(
+                        "/dev/pts/{n}: its master is held outside the tree (a terminal \
+                         emulator, sshd, or the caller's own terminal); a pseudo-terminal \
+                         is supported only when both sides are in the tree"
+                    ),
+                );
+            }
+            continue;
+        };
+        let mobj = format!("fd {mfd}");
+        if s.slaves.is_empty() {
+            push(
+                mpid,
+                mobj,
+                format!(
+                    "pty master of /dev/pts/{n}: no process of the tree holds its slave; \
+                     a pseudo-terminal is supported only when both sides are in the tree"
+                ),
+            );
+            continue;
+        }
+        if s.slave_dev.is_some() && s.slave_dev != devpts {
+            push(
+                mpid,
+                mobj.clone(),
+                format!("/dev/pts/{n} is on another devpts instance than /dev/pts"),
+            );
+        }
+        if s.session <= 0 {
+            continue;
+        }
+        let sid = s.session;
+        let in_session = |pid: &i32| stats.get(pid).is_some_and(|st| st.session == sid);
+        if !tree.contains(&sid) || !in_session(&sid) {
+            push(
+                mpid,
+                mobj,
+                format!(
+                    "/dev/pts/{n} is the controlling terminal of session {sid}, whose \
+                     leader is not in the tree"
+                ),
+            );
+            continue;
+        }
+        if s.foreground > 0 && s.foreground != sid {
+            let fg = s.foreground;
+            if !stats.values().any(|st| st.session == sid && st.pgrp == fg) {
+                push(
+                    mpid,
+                    mobj.clone(),
+                    format!(
+                        "the foreground process group {fg} of /dev/pts/{n} has no \
+                         process in the tree"
+                    ),
+                );
+            }
+            let holder = s
+                .slaves
+                .iter()
+                .chain(s.master.iter())
+                .any(|(p, _)| in_session(p));
+            if !holder {
+                push(
+                    mpid,
+                    mobj,
+                    format!(
+                        "no process of session {sid} holds a descriptor on its controlling \
+                         terminal /dev/pts/{n}, needed to give back its foreground group"
+                    ),
+                );
+            }
+        }
+    }
+    // Controlling terminals: a session recreated by the restore gets back
+    // only a terminal that is one of the pairs above.
+    for (&pid, st) in &stats {
+        if !tree.contains(&st.session) {
+            continue; // the session is the restorer's: its terminal stays
+        }
+        let ctty = index
+            .pairs
+            .iter()
+            .find(|(_, s)| s.master.is_some() && s.session == st.session && st.session > 0);
+        match (st.tty_nr as u32 as u64, ctty) {
+            (0, None) => {}
+            (0, Some((n, _))) => push(
+                pid,
+                "controlling terminal".into(),
+                format!(
+                    "the process has none, while its session {} has /dev/pts/{n} \
+                     (not supported)",
+                    st.session
+                ),
+            ),
+            (dev, Some((_, s))) if dev == s.slave_rdev => {}
+            (dev, _) => push(
+                pid,
+                "controlling terminal".into(),
+                format!(
+                    "its controlling terminal (device {}:{}) is not a pseudo-terminal held \
+                     in the tree; not supported",
+                    libc::major(dev),
+                    libc::minor(dev)
+                ),
+            ),
+        }
+    }
+}
+
+/// The pairs made during a restore, by their number at the dump.
+#[derive(Default)]
+pub struct Ptys {
+    masters: HashMap<u32, OwnedFd>,
+    /// Pairs whose master description was handed out.
+    given: std::collections::HashSet<u32>,
+}
+
+fn check(r: libc::c_int, what: impl FnOnce() -> String) -> Result<()> {
+    if r < 0 {
+        return Err(crest_sys::Error::last_os(what()).into());
+    }
+    Ok(())
+}
+
+fn set_fl(fd: &OwnedFd, flags: u32, what: &str) -> Result<()> {
+    // SAFETY: plain fcntl on a descriptor we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags as i32) };
+    check(r, || format!("setting the flags of {what}"))
+}
+
+fn set_lock(m: &OwnedFd, locked: bool, n: u32) -> Result<()> {
+    let v: libc::c_int = locked.into();
+    // SAFETY: TIOCSPTLCK reads one int.
+    let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &v) };
+    check(r, || format!("TIOCSPTLCK {v} on the new pty for pty {n}"))
+}
+
+/// Checks what restore relies on in a pair's state.
+fn validate(p: &Pty) -> Result<()> {
+    if p.ptmx != "/dev/ptmx" && p.ptmx != "/dev/pts/ptmx" {
+        return Err(Error::Invalid(format!(
+            "pty {}: multiplexer {:?} is neither /dev/ptmx nor /dev/pts/ptmx",
+            p.index, p.ptmx
+        )));
+    }
+    if p.termios.cc.len() != NCCS2 {
+        return Err(Error::Invalid(format!(
+            "pty {}: {} control characters (expected {NCCS2})",
+            p.index,
+            p.termios.cc.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Ptys {
+    /// The new pair standing for pair `p` of the image, made and set up
+    /// the first time.
+    fn pair(&mut self, p: &Pty) -> Result<&OwnedFd> {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.masters.entry(p.index) {
+            validate(p)?;
+            let n = p.index;
+            let path = std::ffi::CString::new(p.ptmx.as_str()).expect("validated");
+            // SAFETY: a valid NUL-terminated path.
+            let fd = unsafe {
+                libc::open(
+                    path.as_ptr(),
+                    libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+                )
+            };
+            check(fd, || format!("opening {} for pty {n}", p.ptmx))?;
+            // SAFETY: a fresh descriptor nobody else owns.
+            let m = unsafe { OwnedFd::from_raw_fd(fd) };
+            set_lock(&m, false, n)?;
+            let t = &p.termios;
+            let mut k: libc::termios2 = {
+                // SAFETY: plain integers and bytes: all zeros is valid.
+                unsafe { std::mem::zeroed() }
+            };
+            k.c_iflag = t.iflag;
+            k.c_oflag = t.oflag;
+            k.c_cflag = t.cflag;
+            k.c_lflag = t.lflag;
+            k.c_line = t.line;
+            k.c_cc.copy_from_slice(&t.cc);
+            k.c_ispeed = t.ispeed;
+            k.c_ospeed = t.ospeed;
+            // SAFETY: TCSETS2 reads one termios2.  Through the master it
+            // sets the slave's (the pair's) settings.
+            let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TCSETS2, &k) };
+            check(r, || format!("setting the line settings of pty {n}"))?;
+            let ws = libc::winsize {
+                ws_row: p.winsize[0],
+                ws_col: p.winsize[1],
+                ws_xpixel: p.winsize[2],
+                ws_ypixel: p.winsize[3],
+            };
+            // SAFETY: TIOCSWINSZ reads one winsize.
+            let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            check(r, || format!("setting the window size of pty {n}"))?;
+            // Packet mode last: setting the line settings must not leave a
+            // status packet for the master to read.
+            let pkt: libc::c_int = p.packet.into();
+            // SAFETY: TIOCPKT reads one int.
+            let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCPKT, &pkt) };
+            check(r, || format!("setting packet mode on pty {n}"))?;
+            if p.exclusive {
+                // SAFETY: TIOCEXCL takes no argument.
+                let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCEXCL) };
+                check(r, || format!("TIOCEXCL on the master of pty {n}"))?;
+            }
+            if p.locked {
+                set_lock(&m, true, n)?;
+            }
+            e.insert(m);
+        }
+        Ok(&self.masters[&p.index])
+    }
+}
+
+/// The pair `index` of the image: found among the objects (ids are dense).
+fn find_pty(index: u32, objects: &dyn Fn(u32) -> Option<ObjectKind>) -> Option<Pty> {
+    (0..).map_while(objects).find_map(|o| match o {
+        ObjectKind::Open(OpenFile {
+            target: OpenTarget::PtyMaster(p),
+            ..
+        }) if p.index == index => Some(p),
+        _ => None,
+    })
+}
+
+/// Opens the pty description `o` (a master or a slave) in crest.
+pub fn open(
+    o: &OpenFile,
+    ptys: &mut Ptys,
+    objects: &dyn Fn(u32) -> Option<ObjectKind>,
+) -> Result<OwnedFd> {
+    match &o.target {
+        OpenTarget::PtyMaster(p) => {
+            if !ptys.given.insert(p.index) {
+                return Err(Error::Invalid(format!(
+                    "pty {} has two master descriptions",
+                    p.index
+                )));
+            }
+            let m = ptys.pair(p)?;
+            let fd = m
+                .try_clone()
+                .context(|| format!("dup of pty master {}", p.index))?;
+            set_fl(&fd, o.flags, "a pty master")?;
+            Ok(fd)
+        }
+        &OpenTarget::PtySlave { index, exclusive } => {
+            let p = find_pty(index, objects).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "pty slave of pty {index}, whose master is not in the image"
+                ))
+            })?;
+            let m = ptys.pair(&p)?;
+            if p.locked {
+                set_lock(m, false, index)?;
+            }
+            let flags = (o.flags as i32 & libc::O_ACCMODE) | libc::O_NOCTTY | libc::O_CLOEXEC;
+            // SAFETY: TIOCGPTPEER takes open flags and returns a new
+            // descriptor on this pair's slave.
+            let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+            let peer = check(r, || {
+                format!("opening the slave of the new pty for pty {index}")
+            });
+            if p.locked {
+                set_lock(m, true, index)?;
+            }
+            peer?;
+            // SAFETY: a fresh descriptor nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(r) };
+            if exclusive {
+                // SAFETY: TIOCEXCL takes no argument.
+                let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCEXCL) };
+                check(r, || format!("TIOCEXCL on the slave of pty {index}"))?;
+            }
+            set_fl(&fd, o.flags, "a pty slave")?;
+            Ok(fd)
+        }
+        t => Err(Error::Invalid(format!("{t:?} is not a pty"))),
+    }
+}
+
+/// The pairs of the image that are some session's controlling terminal.
+fn ctty_pairs(ckpt: &Checkpoint) -> impl Iterator<Item = &Pty> {
+    ckpt.objects.iter().filter_map(|o| match &o.kind {
+        ObjectKind::Open(OpenFile {
+            target: OpenTarget::PtyMaster(p),
+            ..
+        }) if p.session > 0 => Some(p),
+        _ => None,
+    })
+}
+
+/// Whether object `id` is a description of pair `index` (either side).
+fn on_pair(ckpt: &Checkpoint, id: u32, index: u32) -> bool {
+    matches!(
+        ckpt.object(id),
+        Some(ObjectKind::Open(OpenFile { target: OpenTarget::PtySlave { index: n, .. }, .. })) if *n == index
+    ) || matches!(
+        ckpt.object(id),
+        Some(ObjectKind::Open(OpenFile { target: OpenTarget::PtyMaster(p), .. })) if p.index == index
+    )
+}
+
+/// For each session leader whose session had a pair as controlling
+/// terminal: a descriptor crest holds on that pair's new slave, which the
+/// stub makes its controlling terminal before forking its children (so
+/// they inherit it, as they had).  `opened` maps objects to crest's
+/// descriptors; `procs` are the stubs' plans in the image's order.
+pub fn plan_ctty(
+    ckpt: &Checkpoint,
+    opened: &HashMap<u32, RawFd>,
+    procs: &mut [crate::stub::ProcPlan],
+) -> Result<()> {
+    for p in ctty_pairs(ckpt) {
+        let Some(i) = ckpt
+            .processes
+            .iter()
+            .position(|q| q.pid == p.session && q.sid == q.pid)
+        else {
+            return Err(Error::Invalid(format!(
+                "pty {} is the controlling terminal of session {}, whose leader is not in the image",
+                p.index, p.session
+            )));
+        };
+        let slave = opened.iter().find_map(|(&id, &fd)| {
+            matches!(
+                ckpt.object(id),
+                Some(ObjectKind::Open(OpenFile { target: OpenTarget::PtySlave { index, .. }, .. })) if *index == p.index
+            )
+            .then_some(fd)
+        });
+        let Some(fd) = slave else {
+            return Err(Error::Invalid(format!(
+                "pid {}: its controlling terminal, pty {}, has no slave description in the image",
+                p.session, p.index
+            )));
+        };
+        if let Some(pp) = procs.get_mut(i) {
+            pp.ctty = Some(fd);
+        }
+    }
+    Ok(())
+}
+
+/// Gives each controlling terminal its foreground process group back,
+/// from a process of its session that holds a descriptor on it (the
+/// leader if it does).  Runs for every process once all process groups
+/// exist; acts in the one chosen for each terminal.
+pub fn restore_foreground(t: &impl Inject, ckpt: &Checkpoint, p: &Process) -> Result<()> {
+    for pty in ctty_pairs(ckpt) {
+        let (sid, fg) = (pty.session, pty.foreground);
+        // After TIOCSCTTY the leader's group (numbered as the session) is
+        // in the foreground.
+        if p.sid != sid || fg <= 0 || fg == sid {
+            continue;
+        }
+        let holder = |q: &Process| {
+            q.fds
+                .iter()
+                .find(|f| on_pair(ckpt, f.file, pty.index))
+                .map(|f| f.fd)
+        };
+        let leader = ckpt.processes.iter().filter(|q| q.pid == sid);
+        let members = ckpt
+            .processes
+            .iter()
+            .filter(|q| q.sid == sid && q.pid != sid);
+        let Some((who, fd)) = leader
+            .chain(members)
+            .find_map(|q| holder(q).map(|fd| (q.pid, fd)))
+        else {
+            return Err(Error::Invalid(format!(
+                "no process of session {sid} holds a descriptor on its terminal (pty {})",
+                pty.index
+            )));
+        };
+        if who != p.pid {
+            continue;
+        }
+        t.write_scratch(0, &fg.to_ne_bytes())?;
+        t.call(
+            libc::SYS_ioctl,
+            &[fd as u64, libc::TIOCSPGRP, t.scratch()],
+            &format!("fd {fd}: making process group {fg} the foreground group of its terminal"),
+        )
+        .context(|| {
+            format!(
+                "pid {}: restoring the foreground group of pty {}",
+                p.pid, pty.index
+            )
+        })?;
+    }
+    Ok(())
+}
