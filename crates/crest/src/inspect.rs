@@ -126,6 +126,13 @@ impl Inspection {
                     format!("{path} (deleted, {size} bytes saved)")
                 }
                 crate::model::OpenTarget::Unix(u) => crate::sockets::describe(u),
+                crate::model::OpenTarget::PtyMaster(p) => format!(
+                    "pty master of /dev/pts/{} ({}x{})",
+                    p.index, p.winsize[0], p.winsize[1]
+                ),
+                crate::model::OpenTarget::PtySlave { index, .. } => {
+                    format!("pty slave /dev/pts/{index}")
+                }
                 t => crate::events::describe(t).unwrap_or_else(|| format!("{t:?}")),
             },
             None => format!("<missing object {id}>"),
