@@ -162,6 +162,7 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
     }
     let pids: Vec<i32> = tree.procs.iter().map(|p| p.0).collect();
     files::check_pipe_ends(&fd_index, &pids, obstacles);
+    check_shared_tables(&pids, obstacles)?;
     if !obstacles.is_empty() {
         return Ok(None);
     }
@@ -239,6 +240,33 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
         plans,
         data,
     }))
+}
+
+/// Processes created with CLONE_FILES, CLONE_FS or CLONE_SIGHAND but not
+/// CLONE_VM share their descriptor table, fs information or signal
+/// handlers with another process; restoring them unshared would be wrong,
+/// so they are refused until crest recreates the sharing.
+fn check_shared_tables(pids: &[i32], obstacles: &mut Vec<Obstacle>) -> Result<()> {
+    use crest_sys::process::{kcmp, kcmp_type};
+    let what = [
+        (kcmp_type::FILES, "its descriptor table (CLONE_FILES)"),
+        (kcmp_type::FS, "its cwd/root/umask (CLONE_FS)"),
+        (kcmp_type::SIGHAND, "its signal handlers (CLONE_SIGHAND)"),
+    ];
+    for (i, &a) in pids.iter().enumerate() {
+        for &b in &pids[i + 1..] {
+            for (kind, name) in what {
+                if kcmp(a, b, kind, 0, 0)? == 0 {
+                    obstacles.push(Obstacle {
+                        pid: b,
+                        object: "task".into(),
+                        reason: format!("it shares {name} with pid {a}; not supported yet"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The unreaped exited children of `pid`.

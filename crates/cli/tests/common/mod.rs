@@ -162,16 +162,32 @@ impl Workload {
     }
 
     pub fn start_env(scenario: &str, args: &[&str], env: &[(&str, &str)]) -> Workload {
+        let wl = workload_bin();
+        Self::start_program(scenario, wl.to_str().unwrap(), &[scenario], args, env)
+    }
+
+    /// A Python workload: `script` gets the directory as `sys.argv[1]` and
+    /// follows the same protocol (ready, go, result).
+    pub fn start_python(name: &str, script: &str) -> Workload {
+        Self::start_program(name, "python3", &["-c", script], &[], &[])
+    }
+
+    fn start_program(
+        scenario: &str,
+        program: &str,
+        before_dir: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Workload {
         init();
         let dir = temp_dir(scenario);
-        let wl = workload_bin();
         let mut cmd = Command::new(crest_bin());
         cmd.arg("run")
             .arg("--log")
             .arg(dir.join("log"))
             .arg("--")
-            .arg(&wl)
-            .arg(scenario)
+            .arg(program)
+            .args(before_dir)
             .arg(&dir)
             .args(args)
             .stdin(Stdio::null());
