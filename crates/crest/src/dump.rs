@@ -148,21 +148,11 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
             });
         }
         let leader = proc::read_status(pid)?;
-        for &tid in &tids[1..] {
-            let st = proc::read_task_status(pid, tid)?;
-            if st.uid != leader.uid || st.gid != leader.gid || st.cap_eff != leader.cap_eff {
-                obstacles.push(Obstacle {
-                    pid,
-                    object: format!("thread {tid}"),
-                    reason: "threads with credentials of their own are not supported yet".into(),
-                });
-            }
-        }
         staged.push((pid, tids, maps, vmas, fds, exe_path, leader));
     }
     let pids: Vec<i32> = tree.procs.iter().map(|p| p.0).collect();
     files::check_pipe_ends(&fd_index, &pids, obstacles);
-    check_shared_tables(&pids, obstacles)?;
+    let shared = check_shared_tables(&pids, obstacles)?;
     if !obstacles.is_empty() {
         return Ok(None);
     }
@@ -177,7 +167,26 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
         let lead = session.thread(0);
         let mut threads = Vec::with_capacity(tids.len());
         for (i, &tid) in tids.iter().enumerate() {
-            threads.push(tasks::collect_thread(&session.thread(i), pid, tid)?);
+            let mut th = tasks::collect_thread(&session.thread(i), pid, tid)?;
+            if i > 0 {
+                let st = proc::read_task_status(pid, tid)?;
+                let differs = st.uid != status.uid
+                    || st.gid != status.gid
+                    || st.groups != status.groups
+                    || (st.cap_inh, st.cap_prm, st.cap_eff, st.cap_bnd, st.cap_amb)
+                        != (
+                            status.cap_inh,
+                            status.cap_prm,
+                            status.cap_eff,
+                            status.cap_bnd,
+                            status.cap_amb,
+                        )
+                    || st.no_new_privs != status.no_new_privs;
+                if differs {
+                    th.creds = Some(creds::collect(&session.thread(i), &st)?);
+                }
+            }
+            threads.push(th);
         }
         crate::fault::point("dump: threads collected")?;
         let attrs = tasks::collect_attrs(&lead, pid, &stat, status.umask.unwrap_or(0o022))?;
@@ -229,6 +238,8 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
             threads,
             stopped: tree.stopped(pid),
             zombies: zombie_children(pid)?,
+            shares_files_with: shared.get(&pid).and_then(|s| s.0),
+            shares_fs_with: shared.get(&pid).and_then(|s| s.1),
         });
         plans.push(plan);
     }
@@ -242,31 +253,66 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
     }))
 }
 
+/// What a process shares with its parent in the tree: the parent's pid
+/// for the descriptor table (CLONE_FILES) and for cwd/root/umask (CLONE_FS).
+type Shared = std::collections::HashMap<i32, (Option<i32>, Option<i32>)>;
+
 /// Processes created with CLONE_FILES, CLONE_FS or CLONE_SIGHAND but not
 /// CLONE_VM share their descriptor table, fs information or signal
-/// handlers with another process; restoring them unshared would be wrong,
-/// so they are refused until crest recreates the sharing.
-fn check_shared_tables(pids: &[i32], obstacles: &mut Vec<Obstacle>) -> Result<()> {
+/// handlers with another process.  Restore recreates a descriptor table
+/// or fs information shared with the process's parent in the tree (it
+/// forks the child with the same flag); every other shape is refused, as
+/// is sharing signal handlers (the kernel allows that only with CLONE_VM)
+/// and a shared descriptor table in a process with children of its own
+/// (they are forked before the table is in place).
+fn check_shared_tables(pids: &[i32], obstacles: &mut Vec<Obstacle>) -> Result<Shared> {
     use crest_sys::process::{kcmp, kcmp_type};
     let what = [
         (kcmp_type::FILES, "its descriptor table (CLONE_FILES)"),
         (kcmp_type::FS, "its cwd/root/umask (CLONE_FS)"),
         (kcmp_type::SIGHAND, "its signal handlers (CLONE_SIGHAND)"),
     ];
-    for (i, &a) in pids.iter().enumerate() {
-        for &b in &pids[i + 1..] {
-            for (kind, name) in what {
+    let mut ppids = std::collections::HashMap::new();
+    for &p in pids {
+        ppids.insert(p, proc::read_stat(p)?.ppid);
+    }
+    let mut shared = Shared::new();
+    for (i, &b) in pids.iter().enumerate() {
+        let parent = ppids[&b];
+        for (k, (kind, name)) in what.into_iter().enumerate() {
+            let mut partners = Vec::new();
+            for &a in &pids[..i] {
                 if kcmp(a, b, kind, 0, 0)? == 0 {
-                    obstacles.push(Obstacle {
-                        pid: b,
-                        object: "task".into(),
-                        reason: format!("it shares {name} with pid {a}; not supported yet"),
-                    });
+                    partners.push(a);
                 }
             }
+            let Some(&first) = partners.first() else {
+                continue;
+            };
+            let with_parent = k < 2 && partners.contains(&parent);
+            let has_children = pids.iter().any(|&c| ppids[&c] == b);
+            if with_parent && !(k == 0 && has_children) {
+                let e = shared.entry(b).or_default();
+                if k == 0 {
+                    e.0 = Some(parent);
+                } else {
+                    e.1 = Some(parent);
+                }
+                continue;
+            }
+            let extra = if with_parent {
+                " and has child processes of its own"
+            } else {
+                ""
+            };
+            obstacles.push(Obstacle {
+                pid: b,
+                object: "task".into(),
+                reason: format!("it shares {name} with pid {first}{extra}; not supported yet"),
+            });
         }
     }
-    Ok(())
+    Ok(shared)
 }
 
 /// The unreaped exited children of `pid`.
@@ -386,6 +432,10 @@ pub fn dump<W: Write>(
         sink.rollback();
     }
     r?;
+    if !opts.leave_running {
+        // The segments went into the image with the tree: free their ids.
+        crate::sysv::remove_dumped(&c.ckpt.objects);
+    }
     let mut report = DumpReport {
         pid,
         image_bytes: image_bytes + (crest_image::RECORD_HEADER_LEN + crest_image::Tail::LEN) as u64,

@@ -338,6 +338,11 @@ fn create_shmem(m: &ShmemObj) -> Result<OwnedFd> {
             // SAFETY: a fresh descriptor nobody else owns.
             unsafe { OwnedFd::from_raw_fd(fd) }
         }
+        ShmemKind::SysV { shmid, .. } => {
+            return Err(Error::Invalid(format!(
+                "System V segment {shmid} is recreated by UnlinkedFiles::shmem"
+            )))
+        }
         ShmemKind::Anonymous => {
             // The kernel names this object "/dev/zero (deleted)" only when
             // it comes from a shared anonymous mapping: make one, keep a
@@ -551,6 +556,7 @@ pub struct UnlinkedFiles {
     pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
     shmem: HashMap<u32, OwnedFd>,
     ptys: crate::tty::Ptys,
+    sysv: crate::sysv::Segments,
 }
 
 impl UnlinkedFiles {
@@ -605,13 +611,19 @@ impl UnlinkedFiles {
     /// The shared-memory object `id`, created (empty, sized) the first time.
     pub fn shmem(&mut self, id: u32, m: &ShmemObj) -> Result<&OwnedFd> {
         if let std::collections::hash_map::Entry::Vacant(e) = self.shmem.entry(id) {
-            e.insert(create_shmem(m)?);
+            e.insert(match m.kind {
+                ShmemKind::SysV { .. } => self.sysv.create(id, m)?,
+                _ => create_shmem(m)?,
+            });
         }
         Ok(&self.shmem[&id])
     }
 
     /// Adds each memfd's seals, once every mapping of it exists.
+    /// Also restores the System V segments' owners and modes (and removes
+    /// the ones marked for removal), once every process attached them.
     pub fn seal(&self, objects: &dyn Fn(u32) -> Option<ObjectKind>) -> Result<()> {
+        self.sysv.finish(objects)?;
         for (&id, fd) in &self.shmem {
             if let Some(ObjectKind::Shmem(ShmemObj {
                 kind: ShmemKind::Memfd { name, seals },
@@ -627,6 +639,11 @@ impl UnlinkedFiles {
             }
         }
         Ok(())
+    }
+
+    /// The restore succeeded: the recreated System V segments stay.
+    pub fn keep_sysv(&mut self) {
+        self.sysv.keep();
     }
 
     /// Writes a piece of an unlinked file's content or of a pipe's data.

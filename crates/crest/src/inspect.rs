@@ -107,6 +107,9 @@ impl Inspection {
                 crate::model::ShmemKind::Memfd { name, .. } => {
                     format!("memfd:{name} #{id} ({} bytes)", m.size)
                 }
+                crate::model::ShmemKind::SysV { key, shmid, .. } => {
+                    format!("SysV shm id {shmid} key {key:#x} #{id} ({} bytes)", m.size)
+                }
             },
             Some(ObjectKind::Open(o)) => match &o.target {
                 crate::model::OpenTarget::Regular(f) => f.path.clone(),

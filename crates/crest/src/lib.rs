@@ -21,6 +21,7 @@ pub mod restore;
 pub mod signals;
 pub mod sockets;
 pub mod stub;
+pub mod sysv;
 pub mod tasks;
 pub mod timers;
 pub mod tty;

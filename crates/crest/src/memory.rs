@@ -89,10 +89,13 @@ pub fn collect_vmas(
                 Backing::Shmem(shmem_object(pid, m, objects, data)?)
             }
             _ if m.is_memfd() => Backing::Shmem(shmem_object(pid, m, objects, data)?),
-            _ if m.is_sysv_shm() => {
-                refuse("System V shared memory is not supported yet");
-                continue;
-            }
+            _ if m.is_sysv_shm() => match sysv_object(pid, m, objects, data) {
+                Ok(id) => Backing::Shmem(id),
+                Err(reason) => {
+                    refuse(&reason);
+                    continue;
+                }
+            },
             _ if m.deleted() => {
                 refuse("the mapped file was deleted");
                 continue;
@@ -188,6 +191,64 @@ fn shmem_object(
     )
 }
 
+/// The System V segment attached at mapping `m`, added to the table (with
+/// its content queued) the first time it is met.  Only whole attaches
+/// (one mapping from offset 0 over the whole segment) are supported.
+fn sysv_object(
+    pid: i32,
+    m: &MapEntry,
+    objects: &mut ObjectTable,
+    data: &mut Vec<DataSource>,
+) -> std::result::Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let size = std::fs::metadata(&path)
+        .map_err(|e| format!("cannot stat {path}: {e}"))?
+        .size();
+    if m.offset != 0 || round_up(size.max(1)) != m.end - m.start {
+        return Err(
+            "a partial System V shared memory attach (split or partly unmapped) is not supported"
+                .to_string(),
+        );
+    }
+    let dev = libc::makedev(m.dev_major, m.dev_minor);
+    if let Some(id) = objects.shmem(dev, m.inode) {
+        return Ok(id);
+    }
+    let mut seg = crate::sysv::find(m.inode, size)?;
+    // A segment marked for removal lists key 0; its name keeps the key.
+    if let Some(k) = m
+        .path
+        .strip_prefix("/SYSV")
+        .and_then(|k| k.get(..8))
+        .and_then(|k| u32::from_str_radix(k, 16).ok())
+    {
+        if seg.key == 0 {
+            seg.key = k as i32;
+        }
+    }
+    let kind = seg.kind();
+    Ok(add_shmem_at(objects, data, dev, m.inode, &path, kind, size))
+}
+
+fn add_shmem_at(
+    objects: &mut ObjectTable,
+    data: &mut Vec<DataSource>,
+    dev: u64,
+    ino: u64,
+    path: &str,
+    kind: ShmemKind,
+    size: u64,
+) -> u32 {
+    let id = objects.add_shmem(dev, ino, ObjectKind::Shmem(ShmemObj { kind, size }));
+    data.push(DataSource::Shmem {
+        object: id,
+        path: path.to_string(),
+        size,
+    });
+    id
+}
+
 /// Adds the shared-memory object reachable at `path` (a map_files or fd
 /// link); `memfd_link` is its "/memfd:NAME (deleted)" name for a memfd.
 pub fn shmem_from_path(
@@ -217,13 +278,7 @@ pub fn shmem_from_path(
         }
         None => ShmemKind::Anonymous,
     };
-    let id = objects.add_shmem(dev, ino, ObjectKind::Shmem(ShmemObj { kind, size }));
-    data.push(DataSource::Shmem {
-        object: id,
-        path: path.to_string(),
-        size,
-    });
-    Ok(id)
+    Ok(add_shmem_at(objects, data, dev, ino, path, kind, size))
 }
 
 /// The file mapped must be the one now at its path (not replaced since).
@@ -480,12 +535,46 @@ fn merge_barriers(vmas: &[Vma]) -> Vec<Option<(i32, i32)>> {
 
 /// Maps every mapping of the model into the (emptied) task.
 /// `file_fds` gives, for each backing file object, a descriptor open in
-/// the task.
-pub fn map_vmas(t: &impl Inject, vmas: &[Vma], file_fds: &HashMap<u32, i32>) -> Result<()> {
+/// the task; `sysv`, for each System V shared memory object, its shmid
+/// (those are attached with `shmat`).
+pub fn map_vmas(
+    t: &impl Inject,
+    vmas: &[Vma],
+    file_fds: &HashMap<u32, i32>,
+    sysv: &HashMap<u32, i32>,
+) -> Result<()> {
     let barriers = merge_barriers(vmas);
     let mut calls = Vec::with_capacity(vmas.len() * 2);
     let mut want = Vec::with_capacity(vmas.len() * 2);
     for (v, barrier) in vmas.iter().zip(&barriers) {
+        if let Some(&shmid) = match v.backing {
+            Backing::Shmem(id) => sysv.get(&id),
+            _ => None,
+        } {
+            let mut flags = 0;
+            if v.prot & libc::PROT_WRITE as u32 == 0 {
+                flags |= libc::SHM_RDONLY;
+            }
+            if v.prot & libc::PROT_EXEC as u32 != 0 {
+                flags |= libc::SHM_EXEC;
+            }
+            let what = format!("attaching {:#x}-{:#x} {}", v.start, v.end, v.name);
+            calls.push(Call::new(
+                libc::SYS_shmat,
+                &[shmid as u64, v.start, flags as u64],
+                what,
+            ));
+            want.push(Some(v.start));
+            if v.prot & libc::PROT_READ as u32 == 0 {
+                calls.push(Call::new(
+                    libc::SYS_mprotect,
+                    &[v.start, v.end - v.start, v.prot as u64],
+                    format!("setting the protection of {:#x}-{:#x}", v.start, v.end),
+                ));
+                want.push(None);
+            }
+            continue;
+        }
         let (mut flags, fd) = match v.backing {
             Backing::Anonymous => (libc::MAP_ANONYMOUS, -1),
             Backing::File(id) | Backing::Shmem(id) => (

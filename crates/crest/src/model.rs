@@ -47,6 +47,19 @@ pub enum ShmemKind {
     Anonymous,
     /// A memfd with its name and seals.
     Memfd { name: String, seals: u32 },
+    /// A System V shared memory segment ("/SYSV%08x (deleted)"), recreated
+    /// with the same id.  `mode` holds the permission bits; `destroyed`:
+    /// marked for removal (IPC_RMID) while still attached.
+    SysV {
+        key: i32,
+        shmid: i32,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        cuid: u32,
+        cgid: u32,
+        destroyed: bool,
+    },
 }
 
 /// A pipe's buffer.
@@ -255,6 +268,15 @@ pub struct Process {
     pub stopped: bool,
     /// Children that had exited but were not reaped yet.
     pub zombies: Vec<Zombie>,
+    /// The process (its parent in the tree) whose descriptor table this
+    /// one shares (CLONE_FILES without CLONE_VM); `fds` are then that
+    /// table's, the same as the parent's.
+    #[serde(default)]
+    pub shares_files_with: Option<i32>,
+    /// The process (its parent in the tree) whose cwd, root and umask
+    /// this one shares (CLONE_FS without CLONE_VM).
+    #[serde(default)]
+    pub shares_fs_with: Option<i32>,
 }
 
 /// A child that exited and waits for its parent to reap it.
@@ -284,6 +306,10 @@ pub struct Thread {
     pub rseq: Option<Rseq>,
     pub robust_list: (u64, u64),
     pub clear_child_tid: u64,
+    /// The thread's own credentials, when they differ from its process's
+    /// (a raw setresuid/setresgid/capset in one thread).
+    #[serde(default)]
+    pub creds: Option<Creds>,
 }
 
 /// A queued signal with its full siginfo.

@@ -117,6 +117,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
         }
     };
     let pid = build.finish()?;
+    unlinked.keep_sysv();
     Ok(RestoreReport {
         pid,
         pages,
@@ -175,6 +176,23 @@ pub fn validate(ckpt: &Checkpoint) -> Result<()> {
             tasks::resume_regs(&t.regs)?;
         }
         validate_process(ckpt, p)?;
+        let sharing = [p.shares_files_with, p.shares_fs_with];
+        if sharing
+            .iter()
+            .any(|s| s.is_some_and(|s| i == 0 || s != p.ppid))
+        {
+            return Err(Error::Invalid(format!(
+                "pid {}: it shares its descriptor table or fs information with \
+                 a process other than its parent",
+                p.pid
+            )));
+        }
+        if p.shares_files_with.is_some() && ckpt.processes.iter().any(|c| c.ppid == p.pid) {
+            return Err(Error::Invalid(format!(
+                "pid {}: it shares its parent's descriptor table and has children",
+                p.pid
+            )));
+        }
     }
     Ok(())
 }
@@ -249,6 +267,10 @@ struct Aux {
     exe_fd: i32,
     /// First helper descriptor (all are above the target's own).
     aux_lo: i32,
+    /// Whether this process closes the helper descriptors at the end: a
+    /// descriptor table shared with children is closed once, by the last
+    /// of them, when every process on it is finished.
+    close_aux: bool,
 }
 
 /// A restore in progress: the stubs and what they still need.
@@ -265,6 +287,9 @@ impl Build {
         validate(&ckpt)?;
         for p in &ckpt.processes {
             creds::check_restorable(p.pid, &p.creds)?;
+            for t in p.threads.iter().filter_map(|t| t.creds.as_ref()) {
+                creds::check_restorable(p.pid, t)?;
+            }
         }
         for p in &ckpt.processes {
             let ids = p
@@ -289,12 +314,23 @@ impl Build {
         // it, in any process, gets the same one.
         let mut opened: HashMap<u32, i32> = HashMap::new();
         let pipes = stub::pipes()?;
-        let mut procs = Vec::new();
-        let mut aux_info = Vec::new();
+        let mut procs: Vec<ProcPlan> = Vec::new();
+        let mut aux_info: Vec<(Aux, HashMap<u32, i32>)> = Vec::new();
         let mut max_dst = 0;
+        // Per process: the next free helper descriptor number.
+        let mut aux_next: Vec<i32> = Vec::new();
         for (i, p) in ckpt.processes.iter().enumerate() {
             let mut moves = Vec::new();
-            for fd in &p.fds {
+            // A child sharing its parent's descriptor table gets nothing
+            // placed itself: the parent places the table's descriptors and
+            // this child's helper descriptors (numbered after its own).
+            let files_parent = p.shares_files_with.map(|pp| {
+                ckpt.processes[..i]
+                    .iter()
+                    .position(|q| q.pid == pp)
+                    .expect("validated")
+            });
+            for fd in p.fds.iter().filter(|_| files_parent.is_none()) {
                 let src = match opened.get(&fd.file) {
                     Some(&s) => s,
                     None => {
@@ -318,8 +354,11 @@ impl Build {
                 });
             }
             // Helper descriptors, numbered above the target's.
-            let aux_lo = p.fds.iter().map(|f| f.fd).max().unwrap_or(-1) + 1;
-            let mut next = aux_lo;
+            let aux_lo = match files_parent {
+                Some(j) => aux_info[j].0.aux_lo,
+                None => p.fds.iter().map(|f| f.fd).max().unwrap_or(-1) + 1,
+            };
+            let mut next = files_parent.map_or(aux_lo, |j| aux_next[j]);
             let mut aux = |src: i32, moves: &mut Vec<FdMove>| {
                 let dst = next;
                 next += 1;
@@ -381,9 +420,23 @@ impl Build {
             } else {
                 None
             };
-            let ready_dst = aux(stub::raw(&pipes.ready_w), &mut moves);
-            let hold_dst = aux(stub::raw(&pipes.hold_r), &mut moves);
+            let (ready_dst, hold_dst) = match files_parent {
+                Some(j) => (procs[j].ready_dst, procs[j].hold_dst),
+                None => (
+                    aux(stub::raw(&pipes.ready_w), &mut moves),
+                    aux(stub::raw(&pipes.hold_r), &mut moves),
+                ),
+            };
             max_dst = max_dst.max(next);
+            if let Some(j) = files_parent {
+                let pp: &mut ProcPlan = &mut procs[j];
+                pp.moves.append(&mut moves);
+                pp.tmp.resize(pp.moves.len(), 0);
+                aux_next[j] = next;
+            }
+            aux_next.push(next);
+            let share = p.shares_files_with.map_or(0, |_| libc::CLONE_FILES as u64)
+                | p.shares_fs_with.map_or(0, |_| libc::CLONE_FS as u64);
             let comm = comm16(&p.threads[0].comm);
             let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
@@ -403,6 +456,7 @@ impl Build {
                 actions: p.signals.actions.clone(),
                 ready_dst,
                 hold_dst,
+                share,
                 zombies: p
                     .zombies
                     .iter()
@@ -419,7 +473,23 @@ impl Build {
                     })
                     .collect(),
             });
-            aux_info.push((Aux { exe_fd, aux_lo }, file_fds));
+            aux_info.push((
+                Aux {
+                    exe_fd,
+                    aux_lo,
+                    close_aux: true,
+                },
+                file_fds,
+            ));
+        }
+        for i in 0..ckpt.processes.len() {
+            if let Some(pp) = ckpt.processes[i].shares_files_with {
+                let j = ckpt.processes[..i].iter().position(|q| q.pid == pp);
+                aux_info[j.expect("validated")].0.close_aux = false;
+                let last = (i + 1..ckpt.processes.len())
+                    .all(|k| ckpt.processes[k].shares_files_with != Some(pp));
+                aux_info[i].0.close_aux = last;
+            }
         }
         for i in 1..ckpt.processes.len() {
             let ppid = ckpt.processes[i].ppid;
@@ -430,6 +500,22 @@ impl Build {
             procs[parent].children.push(i);
         }
         crate::tty::plan_ctty(&ckpt, &opened, &mut procs)?;
+        // A child on its parent's descriptor table no longer has crest's
+        // descriptors when it runs: its terminal is the parent's copy.
+        for i in 0..procs.len() {
+            let (Some(t), Some(pp)) = (procs[i].ctty, ckpt.processes[i].shares_files_with) else {
+                continue;
+            };
+            let j = ckpt.processes[..i].iter().position(|q| q.pid == pp);
+            let parent = &procs[j.expect("validated")];
+            let Some(m) = parent.moves.iter().find(|m| m.src == t) else {
+                return Err(Error::msg(format!(
+                    "pid {}: its controlling terminal is not in the descriptor table it shares",
+                    procs[i].pid
+                )));
+            };
+            procs[i].ctty = Some(m.dst);
+        }
         crate::sockets::restore(&ckpt, &opened)?;
         crate::events::add_epoll_targets(&ckpt, &opened)?;
         files::unlink_recreated(unlinked)?;
@@ -444,6 +530,7 @@ impl Build {
         let root = ckpt.processes[0].pid;
         let tree = StubTree::spawn(plan, pipes).context(|| format!("restoring pid {root}"))?;
         files::release_pipes(unlinked);
+        let sysv_ids = crate::sysv::shmids(&ckpt.objects);
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
             let pid = p.pid;
             (|| -> Result<()> {
@@ -451,7 +538,7 @@ impl Build {
                 sp.map_vdso(&p.mm.vmas)?;
                 check_vdso(sp, p)?;
                 crate::fault::point("restore: address space emptied")?;
-                memory::map_vmas(&sp.thread(0), &p.mm.vmas, file_fds)?;
+                memory::map_vmas(&sp.thread(0), &p.mm.vmas, file_fds, &sysv_ids)?;
                 crate::fault::point("restore: memory mapped")?;
                 Ok(())
             })()
@@ -551,15 +638,18 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
     }
     let t = sp.thread(0);
     tasks::restore_prctl(&t, &p.attrs)?;
-    t.call(
-        libc::SYS_close_range,
-        &[a.aux_lo as u64, u32::MAX as u64, 0],
-        "closing restore helper descriptors",
-    )?;
+    if a.close_aux {
+        t.call(
+            libc::SYS_close_range,
+            &[a.aux_lo as u64, u32::MAX as u64, 0],
+            "closing restore helper descriptors",
+        )?;
+    }
     tasks::restore_rlimits(&t, &p.attrs)?;
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {
-        creds::restore(&sp.thread(i), &p.creds)?;
+        let own = p.threads[i].creds.as_ref();
+        creds::restore(&sp.thread(i), own.unwrap_or(&p.creds))?;
         // A credential change clears the parent-death signal: set it after.
         tasks::restore_pdeath(&sp.thread(i), &p.attrs)?;
     }

@@ -104,6 +104,13 @@ pub struct ProcPlan {
     /// land in this stub.
     pub ready_dst: i32,
     pub hold_dst: i32,
+    /// What it shares with its parent (CLONE_FILES, CLONE_FS): the parent
+    /// forks it with these flags.  With CLONE_FILES it is forked once the
+    /// parent's table is in place (the parent places this one's helper
+    /// descriptors too; `moves` is empty and `ready_dst`/`hold_dst` are
+    /// the parent's) and places nothing itself; with CLONE_FS it leaves
+    /// cwd, root and umask to the parent.
+    pub share: u64,
     /// Children to recreate as zombies: forked, then exit at once.
     pub zombies: Vec<ZombiePlan>,
 }
@@ -150,7 +157,16 @@ const STEPS: [&str; 13] = [
 /// Runs in a forked child: only raw syscalls on data prepared before the
 /// fork (the plan is this process's private copy); never returns.
 unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
-    let mut report = plan.ready_src;
+    const FILES: u64 = libc::CLONE_FILES as u64;
+    const FS: u64 = libc::CLONE_FS as u64;
+    let share = plan.procs[i].share;
+    // On a shared table crest's descriptors are gone: report on the
+    // parent's copy of the ready pipe.
+    let mut report = if share & FILES != 0 {
+        plan.procs[i].ready_dst
+    } else {
+        plan.ready_src
+    };
     let fail = |step: usize, fd: i32| -> ! {
         let e = *libc::__errno_location();
         let msg = [i as u32, step as u32, e as u32];
@@ -187,16 +203,20 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             }
         }
     }
+    // Children on this table are forked once it is in place, below.
     for k in 0..plan.procs[i].children.len() {
         let c = plan.procs[i].children[k];
-        match process::clone_with_pid(plan.procs[c].pid) {
+        if plan.procs[c].share & FILES != 0 {
+            continue;
+        }
+        match process::clone_with_pid(plan.procs[c].pid, plan.procs[c].share) {
             Ok(Forked::Child) => routine(plan, c),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
         }
     }
     for z in &plan.procs[i].zombies {
-        match process::clone_with_pid(z.pid) {
+        match process::clone_with_pid(z.pid, 0) {
             Ok(Forked::Child) => become_zombie(z),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
@@ -205,36 +225,54 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     let floor = plan.floor;
     let p = &mut plan.procs[i];
     // Move every source above `floor`, close everything below, then put
-    // each at its final number.
-    for m in 0..p.moves.len() {
-        let t = libc::fcntl(p.moves[m].src, libc::F_DUPFD_CLOEXEC, floor);
-        if t < 0 {
-            fail(4, report);
+    // each at its final number (on a shared table the parent did it).
+    if share & FILES == 0 {
+        for m in 0..p.moves.len() {
+            let t = libc::fcntl(p.moves[m].src, libc::F_DUPFD_CLOEXEC, floor);
+            if t < 0 {
+                fail(4, report);
+            }
+            p.tmp[m] = t;
+            if p.moves[m].src == report {
+                report = t;
+            }
         }
-        p.tmp[m] = t;
-        if p.moves[m].src == report {
-            report = t;
+        libc::syscall(libc::SYS_close_range, 0u32, (floor - 1) as u32, 0u32);
+        for m in 0..p.moves.len() {
+            let mv = &p.moves[m];
+            let flags = if mv.cloexec { libc::O_CLOEXEC } else { 0 };
+            if libc::dup3(p.tmp[m], mv.dst, flags) < 0 {
+                fail(5, report);
+            }
         }
+        report = p.ready_dst;
+        libc::syscall(libc::SYS_close_range, floor as u32, u32::MAX, 0u32);
     }
-    libc::syscall(libc::SYS_close_range, 0u32, (floor - 1) as u32, 0u32);
-    for m in 0..p.moves.len() {
-        let mv = &p.moves[m];
-        let flags = if mv.cloexec { libc::O_CLOEXEC } else { 0 };
-        if libc::dup3(p.tmp[m], mv.dst, flags) < 0 {
-            fail(5, report);
+    if share & FS == 0 {
+        if let Some(r) = p.root_fd {
+            if libc::fchdir(r) != 0 || libc::chroot(c".".as_ptr()) != 0 {
+                fail(6, report);
+            }
         }
-    }
-    report = p.ready_dst;
-    libc::syscall(libc::SYS_close_range, floor as u32, u32::MAX, 0u32);
-    if let Some(r) = p.root_fd {
-        if libc::fchdir(r) != 0 || libc::chroot(c".".as_ptr()) != 0 {
+        if libc::fchdir(p.cwd_fd) != 0 {
             fail(6, report);
         }
+        libc::umask(p.umask as libc::mode_t);
     }
-    if libc::fchdir(p.cwd_fd) != 0 {
-        fail(6, report);
+    // The table (and cwd/umask) is in place: fork the children that share
+    // it, before the helper area is mapped (each maps its own).
+    for k in 0..plan.procs[i].children.len() {
+        let c = plan.procs[i].children[k];
+        if plan.procs[c].share & FILES == 0 {
+            continue;
+        }
+        match process::clone_with_pid(plan.procs[c].pid, plan.procs[c].share) {
+            Ok(Forked::Child) => routine(plan, c),
+            Ok(Forked::Parent(_)) => {}
+            Err(_) => fail(3, report),
+        }
     }
-    libc::umask(p.umask as libc::mode_t);
+    let p = &mut plan.procs[i];
     if libc::personality(p.personality as libc::c_ulong) < 0 {
         fail(7, report);
     }
@@ -453,7 +491,7 @@ impl StubTree {
         let root_pid = plan.procs[0].pid;
         // SAFETY: the child runs only `routine`, raw syscalls on its own
         // copy of the plan; it never returns.
-        let root = match unsafe { process::clone_with_pid(root_pid)? } {
+        let root = match unsafe { process::clone_with_pid(root_pid, 0)? } {
             Forked::Child => unsafe { routine(&mut plan, 0) },
             Forked::Parent(pid) => pid,
         };

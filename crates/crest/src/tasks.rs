@@ -40,6 +40,7 @@ pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
         }),
         robust_list: process::get_robust_list(tid)?,
         clear_child_tid: u64::from_ne_bytes(b),
+        creds: None,
     })
 }
 

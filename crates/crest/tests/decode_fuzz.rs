@@ -349,10 +349,13 @@ fn checkpoint() -> Checkpoint {
             }),
             robust_list: (0x7fff_f7d8_a750, 24),
             clear_child_tid: 0x7fff_f7d8_aa10,
+            creds: None,
         }],
         posix_timers: Vec::new(),
         stopped: false,
         zombies: Vec::new(),
+        shares_files_with: None,
+        shares_fs_with: None,
     };
     Checkpoint {
         objects,

@@ -33,9 +33,14 @@ struct CloneArgs {
 /// As with fork() in a program that may hold locks: until it execs or
 /// exits, the child may only make async-signal-safe calls (no allocation,
 /// no locks).  The caller's child code must keep to that.
-pub unsafe fn clone_with_pid(pid: pid_t) -> Result<Forked> {
+///
+/// `flags` are clone flags for what the child shares with the caller
+/// (CLONE_FILES, CLONE_FS); never CLONE_VM.
+pub unsafe fn clone_with_pid(pid: pid_t, flags: u64) -> Result<Forked> {
+    debug_assert!(flags & libc::CLONE_VM as u64 == 0);
     let tid = [pid];
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,
