@@ -369,3 +369,32 @@ result(e)
 "#;
     Workload::start_python("py-sysv-shm", &script(body)).cycle();
 }
+
+/// A named FIFO with bytes in flight, held by a parent and its child.
+#[test]
+fn fifo_with_data_in_flight() {
+    let body = r#"
+path = D + "/data.fifo"
+os.mkfifo(path)
+fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+os.write(fd, bytes(range(256)) * 4 + b"END")
+pid = os.fork()
+if pid == 0:
+    wait_go(); time.sleep(0.2)
+    os.write(fd, b"more")
+    os._exit(0)
+ready(); wait_go()
+e = []
+import fcntl, termios, struct
+got = os.read(fd, 2000)
+if got != bytes(range(256)) * 4 + b"END": e.append("bytes in flight: %d %r" % (len(got), got[-8:]))
+os.waitpid(pid, 0)
+if os.read(fd, 100) != b"more": e.append("no data from the child after the restore")
+if os.path.realpath("/proc/self/fd/%d" % fd) != os.path.realpath(path): e.append("fd no longer on the FIFO")
+result(e)
+"#;
+    let w = Workload::start_python("py-fifo", &script(body));
+    let o = crest(&["check", "-p", &w.pid.to_string()]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    w.cycle();
+}

@@ -193,6 +193,7 @@ pub fn collect_fds(
                         let object = objects.add(ObjectKind::Pipe(PipeObj {
                             size,
                             data_len: bytes.len() as u64,
+                            fifo: false,
                         }));
                         if !bytes.is_empty() {
                             data.push(DataSource::Pipe {
@@ -220,12 +221,46 @@ pub fn collect_fds(
             } else {
                 match fifo_bytes(pid, fd) {
                     Ok(0) => OpenTarget::Fifo { path: link.clone() },
-                    Ok(n) => {
-                        refuse(
-                            obstacles,
-                            format!("FIFO {link} has {n} bytes in flight (not supported yet)"),
-                        );
-                        continue;
+                    Ok(_) => {
+                        // The bytes in flight belong to the FIFO's inode,
+                        // whoever opened it: one pipe object per inode.
+                        let pipe = match index.pipes.get(&md.ino()) {
+                            Some(p) => p.object,
+                            None => {
+                                let (size, bytes) = match pipe_contents(pid, fd) {
+                                    Ok(v) => v,
+                                    Err(e) => {
+                                        refuse(obstacles, format!("FIFO {link}: {e}"));
+                                        continue;
+                                    }
+                                };
+                                let object = objects.add(ObjectKind::Pipe(PipeObj {
+                                    size,
+                                    data_len: bytes.len() as u64,
+                                    fifo: true,
+                                }));
+                                data.push(DataSource::Pipe {
+                                    object,
+                                    data: bytes,
+                                });
+                                // Named: anyone may open it, so there is no
+                                // "other end outside the tree" to look for.
+                                index.pipes.insert(
+                                    md.ino(),
+                                    PipeSeen {
+                                        object,
+                                        read: true,
+                                        write: true,
+                                        at: (pid, fd),
+                                    },
+                                );
+                                object
+                            }
+                        };
+                        OpenTarget::FifoData {
+                            path: link.clone(),
+                            pipe,
+                        }
                     }
                     Err(e) => {
                         refuse(obstacles, format!("FIFO {link}: {e}"));
@@ -554,6 +589,8 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
 pub struct UnlinkedFiles {
     files: HashMap<u32, (File, String)>,
     pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
+    /// Bytes to write into named FIFOs when they are opened.
+    fifo_data: HashMap<u32, Vec<u8>>,
     shmem: HashMap<u32, OwnedFd>,
     ptys: crate::tty::Ptys,
     sysv: crate::sysv::Segments,
@@ -679,6 +716,14 @@ impl UnlinkedFiles {
                     "pipe data for object {object} runs past its {} bytes",
                     p.data_len
                 )));
+            }
+            if p.fifo {
+                // Written into the FIFO when it is opened by path.
+                self.fifo_data
+                    .entry(object)
+                    .or_default()
+                    .extend_from_slice(data);
+                return Ok(());
             }
             let (_, w) = self.pipe(object, p)?;
             let mut f = File::from(w.try_clone()?);
@@ -829,6 +874,24 @@ pub fn open_object(
             // hold a reader while opening, then set the real flags.
             let _keeper = open_path(path, (libc::O_RDONLY | libc::O_NONBLOCK) as u32)?;
             let fd = open_path(path, o.flags | libc::O_NONBLOCK as u32)?;
+            set_fl(&fd, o.flags, path)?;
+            fd
+        }
+        OpenTarget::FifoData { path, pipe } => {
+            let _keeper = open_path(path, (libc::O_RDONLY | libc::O_NONBLOCK) as u32)?;
+            let fd = open_path(path, o.flags | libc::O_NONBLOCK as u32)?;
+            // The first description opened refills the FIFO's buffer; it
+            // lives as long as any descriptor is open on the FIFO.
+            if let Some(bytes) = unlinked.fifo_data.remove(pipe) {
+                let w = open_path(path, (libc::O_WRONLY | libc::O_NONBLOCK) as u32)?;
+                if let Some(ObjectKind::Pipe(p)) = objects(*pipe) {
+                    // SAFETY: fcntl on a descriptor we own.
+                    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, p.size as i32) };
+                }
+                File::from(w)
+                    .write_all(&bytes)
+                    .context(|| format!("refilling FIFO {path}"))?;
+            }
             set_fl(&fd, o.flags, path)?;
             fd
         }

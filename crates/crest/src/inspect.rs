@@ -116,6 +116,13 @@ impl Inspection {
                 crate::model::OpenTarget::Directory { path } => format!("{path}/ (directory)"),
                 crate::model::OpenTarget::CharDevice { path, .. } => path.clone(),
                 crate::model::OpenTarget::Fifo { path } => format!("{path} (fifo)"),
+                crate::model::OpenTarget::FifoData { path, pipe } => format!(
+                    "{path} (fifo, {} bytes in flight)",
+                    match self.checkpoint.object(*pipe) {
+                        Some(ObjectKind::Pipe(p)) => p.data_len,
+                        _ => 0,
+                    }
+                ),
                 crate::model::OpenTarget::Memfd { shmem } => self.describe_object(*shmem),
                 crate::model::OpenTarget::PipeEnd { pipe, write } => format!(
                     "pipe #{pipe} {} end{}",

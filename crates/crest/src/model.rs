@@ -69,6 +69,10 @@ pub struct PipeObj {
     pub size: u32,
     /// Bytes in flight.
     pub data_len: u64,
+    /// The buffer of a named FIFO (refilled through its path) rather than
+    /// of an anonymous pipe.
+    #[serde(default)]
+    pub fifo: bool,
 }
 
 /// The identity of a file at dump time, used to refuse a restore when
@@ -141,6 +145,9 @@ pub enum OpenTarget {
     /// A slave side (/dev/pts/N) of the pair whose master, in the same
     /// image, has this `index`; `exclusive`: TIOCEXCL on the slave side.
     PtySlave { index: u32, exclusive: bool },
+    /// A named FIFO whose buffer held data (an [`ObjectKind::Pipe`] with
+    /// `fifo` set), opened by path.
+    FifoData { path: String, pipe: ObjectId },
 }
 
 /// An AF_UNIX socket.
