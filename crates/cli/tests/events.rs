@@ -14,25 +14,12 @@ fn event_descriptors() {
 fn event_descriptors_twice() {
     // A restored process's event descriptors can be checkpointed again
     // (no leftover events from the restore, same watch numbers).
-    let w = Workload::start("events", &[]);
-    w.dump_ok();
-    w.restore_ok();
-    w.dump_ok();
-    w.restore_ok();
-    w.go();
-    w.expect_pass();
+    Workload::start("events", &[]).cycle_twice();
 }
 
 #[test]
 fn event_descriptors_leave_running_and_inspect() {
-    let w = Workload::start("events", &[]);
-    let o = w.dump(&["--leave-running"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(alive(w.pid));
-    let o = crest(&["inspect", w.image().to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = stdout(&o);
-    for want in [
+    Workload::start("events", &[]).leave_running_and_inspect(&[
         "eventfd (count 4886718345)",
         "eventfd (count 3, semaphore)",
         "timerfd (clock 1",
@@ -41,11 +28,7 @@ fn event_descriptors_leave_running_and_inspect() {
         "inotify (1:",
         "epoll (",
         "data 0xdeadbeef12345678",
-    ] {
-        assert!(text.contains(want), "inspect lacks {want:?}:\n{text}");
-    }
-    w.go();
-    w.expect_pass();
+    ]);
 }
 
 #[test]
@@ -71,11 +54,5 @@ fn posix_timers() {
 
 #[test]
 fn posix_timers_twice() {
-    let w = Workload::start("posix-timers", &[]);
-    w.dump_ok();
-    w.restore_ok();
-    w.dump_ok();
-    w.restore_ok();
-    w.go();
-    w.expect_pass();
+    Workload::start("posix-timers", &[]).cycle_twice();
 }

@@ -16,13 +16,7 @@ fn pty_pair_in_the_tree() {
 fn pty_pair_twice() {
     // A restored pair (new number, new controlling terminal) can be
     // checkpointed again.
-    let w = Workload::start("pty", &[]);
-    w.dump_ok();
-    w.restore_ok();
-    w.dump_ok();
-    w.restore_ok();
-    w.go();
-    w.expect_pass();
+    Workload::start("pty", &[]).cycle_twice();
 }
 
 #[test]

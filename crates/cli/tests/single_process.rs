@@ -62,13 +62,7 @@ fn process_attributes() {
 
 #[test]
 fn restored_process_can_be_dumped_again() {
-    let w = Workload::start("memory", &["16"]);
-    w.dump_ok();
-    w.restore_ok();
-    w.dump_ok();
-    w.restore_ok();
-    w.go();
-    w.expect_pass();
+    Workload::start("memory", &["16"]).cycle_twice();
 }
 
 #[test]

@@ -14,36 +14,19 @@ fn unix_sockets() {
 #[test]
 fn unix_sockets_twice() {
     // A restored tree's sockets can be checkpointed again.
-    let w = Workload::start("unix-sockets", &[]);
-    w.dump_ok();
-    w.restore_ok();
-    w.dump_ok();
-    w.restore_ok();
-    w.go();
-    w.expect_pass();
+    Workload::start("unix-sockets", &[]).cycle_twice();
 }
 
 #[test]
 fn unix_sockets_leave_running_and_inspect() {
     // The dump reads the queues without consuming them and puts the
     // peek offset back: the tree runs on exactly as before.
-    let w = Workload::start("unix-sockets", &[]);
-    let o = w.dump(&["--leave-running"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(alive(w.pid));
-    let o = crest(&["inspect", w.image().to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = stdout(&o);
-    for want in [
+    Workload::start("unix-sockets", &[]).leave_running_and_inspect(&[
         "AF_UNIX stream socket",
         "AF_UNIX datagram socket",
         "3 messages / 318 bytes queued",
         "AF_UNIX seqpacket socket",
         "listen.sock, listening (backlog 5, 2 waiting)",
         "@crest-wl-",
-    ] {
-        assert!(text.contains(want), "inspect lacks {want:?}:\n{text}");
-    }
-    w.go();
-    w.expect_pass();
+    ]);
 }

@@ -312,6 +312,33 @@ impl Workload {
         assert_eq!(exit, Some(Exit::Code(0)), "workload exit status");
     }
 
+    /// Two cycles in a row (a restored tree can be checkpointed again),
+    /// then verify.
+    pub fn cycle_twice(self) {
+        for _ in 0..2 {
+            self.dump_ok();
+            self.restore_ok();
+        }
+        self.go();
+        self.expect_pass();
+    }
+
+    /// `dump --leave-running`, then `inspect` must mention every `want`;
+    /// the tree runs on and verifies itself.
+    pub fn leave_running_and_inspect(self, wants: &[&str]) {
+        let o = self.dump(&["--leave-running"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(alive(self.pid));
+        let o = crest(&["inspect", self.image().to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = stdout(&o);
+        for want in wants {
+            assert!(text.contains(want), "inspect lacks {want:?}:\n{text}");
+        }
+        self.go();
+        self.expect_pass();
+    }
+
     /// The full cycle: dump (process killed), restore (same pid), verify.
     pub fn cycle(self) {
         self.dump_ok();
