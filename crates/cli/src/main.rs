@@ -1,6 +1,8 @@
 //! The `crest` command: argument parsing and output; the work is in the
 //! `crest` library.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod output;
 
 use anyhow::{bail, Context as _, Result};

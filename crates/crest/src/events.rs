@@ -509,8 +509,8 @@ pub fn open(o: &OpenFile) -> Result<OwnedFd> {
             fd
         }
         OpenTarget::Epoll { .. } => {
-            // SAFETY: plain syscall.
             owned(
+                // SAFETY: plain syscall.
                 unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as libc::c_long,
                 || "epoll_create1".into(),
             )?

@@ -667,8 +667,8 @@ impl UnlinkedFiles {
                 ..
             })) = objects(id)
             {
-                // SAFETY: fcntl on a descriptor we own.
                 if seals != 0
+                    // SAFETY: fcntl on a descriptor we own.
                     && unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as i32) } != 0
                 {
                     return Err(crest_sys::Error::last_os(format!("sealing memfd {name}")).into());

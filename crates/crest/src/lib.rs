@@ -5,6 +5,8 @@
 //! the same PID.  One module per kernel concept owns both directions:
 //! [`memory`], [`files`], [`signals`], [`timers`], [`creds`], [`tasks`].
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod codec;
 pub mod creds;
 pub mod dump;

@@ -492,6 +492,7 @@ impl StubTree {
         // SAFETY: the child runs only `routine`, raw syscalls on its own
         // copy of the plan; it never returns.
         let root = match unsafe { process::clone_with_pid(root_pid, 0)? } {
+            // SAFETY: as above: in the child, only `routine`.
             Forked::Child => unsafe { routine(&mut plan, 0) },
             Forked::Parent(pid) => pid,
         };

@@ -5,6 +5,8 @@
 //! done (which pid, which file, which address), so callers can pass them on
 //! to users without adding guesswork.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod arch;
 pub mod error;
 pub mod inject;

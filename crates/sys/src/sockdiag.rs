@@ -249,10 +249,8 @@ mod tests {
     fn lists_a_socketpair() {
         let mut fds = [0i32; 2];
         // SAFETY: socketpair fills two descriptors into the array.
-        assert_eq!(
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) },
-            0
-        );
+        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(r, 0);
         // SAFETY: fresh descriptors nobody else owns.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let ino = |f: &OwnedFd| {
