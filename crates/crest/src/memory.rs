@@ -102,7 +102,7 @@ pub fn collect_vmas(
             }
             _ => {
                 let path = m.file_path().unwrap_or(&m.path).to_string();
-                match check_mapped_file(pid, m, &path) {
+                match check_mapped_file(m, &path) {
                     Ok(()) => {}
                     Err(reason) => {
                         refuse(&reason);
@@ -282,7 +282,7 @@ pub fn shmem_from_path(
 }
 
 /// The file mapped must be the one now at its path (not replaced since).
-fn check_mapped_file(pid: i32, m: &MapEntry, path: &str) -> std::result::Result<(), String> {
+fn check_mapped_file(m: &MapEntry, path: &str) -> std::result::Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(path).map_err(|e| format!("cannot stat the mapped file: {e}"))?;
     if md.ino() != m.inode {
@@ -292,7 +292,6 @@ fn check_mapped_file(pid: i32, m: &MapEntry, path: &str) -> std::result::Result<
             md.ino()
         ));
     }
-    let _ = pid;
     Ok(())
 }
 

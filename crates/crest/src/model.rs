@@ -495,8 +495,13 @@ pub struct FsInfo {
 
 impl Checkpoint {
     /// Looks up an object by id.
+    /// Looks up an object by id.  Ids are indexes (restore refuses an
+    /// image where they are not); anything else falls back to a search.
     pub fn object(&self, id: ObjectId) -> Option<&ObjectKind> {
-        self.objects.iter().find(|o| o.id == id).map(|o| &o.kind)
+        match self.objects.get(id as usize) {
+            Some(o) if o.id == id => Some(&o.kind),
+            _ => self.objects.iter().find(|o| o.id == id).map(|o| &o.kind),
+        }
     }
 }
 

@@ -437,7 +437,7 @@ impl Build {
             aux_next.push(next);
             let share = p.shares_files_with.map_or(0, |_| libc::CLONE_FILES as u64)
                 | p.shares_fs_with.map_or(0, |_| libc::CLONE_FS as u64);
-            let comm = comm16(&p.threads[0].comm);
+            let comm = tasks::comm_bytes(&p.threads[0].comm);
             let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
             procs.push(ProcPlan {
@@ -461,7 +461,7 @@ impl Build {
                     .zombies
                     .iter()
                     .map(|z| stub::ZombiePlan {
-                        comm: comm16(&z.comm),
+                        comm: tasks::comm_bytes(&z.comm),
                         pid: z.pid,
                         setsid: z.sid == z.pid,
                         pgid: (z.pgid != p.pgid && z.sid != z.pid).then_some(if z.pgid == z.pid {
@@ -663,14 +663,6 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
     timers::restore(&t, &p.itimers)?;
     timers::restore_posix(&t, &p.posix_timers)?;
     Ok(())
-}
-
-/// A task name as the kernel stores it (at most 15 bytes and a NUL).
-fn comm16(name: &str) -> [u8; 16] {
-    let mut comm = [0u8; 16];
-    let n = name.len().min(15);
-    comm[..n].copy_from_slice(&name.as_bytes()[..n]);
-    comm
 }
 
 /// Dequeues a pending SIGCHLD of the task, if any.

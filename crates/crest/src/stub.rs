@@ -25,7 +25,7 @@ use crest_sys::inject::Remote;
 use crest_sys::mem::ProcMem;
 use crest_sys::process::{self, Forked};
 use crest_sys::ptrace::{self, WaitStatus};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Scratch pages after the code page of the helper area (room for a
 /// batch of 4096 syscalls).
@@ -393,24 +393,14 @@ pub struct Pipes {
 }
 
 pub fn pipes() -> Result<Pipes> {
-    let (ready_r, ready_w) = pipe()?;
-    let (hold_r, hold_w) = pipe()?;
+    let (ready_r, ready_w) = crate::files::make_pipe()?;
+    let (hold_r, hold_w) = crate::files::make_pipe()?;
     Ok(Pipes {
         ready_r,
         ready_w,
         hold_r,
         hold_w,
     })
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(crest_sys::Error::last_os("pipe2").into());
-    }
-    // SAFETY: fresh descriptors nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 pub fn helper_len() -> u64 {

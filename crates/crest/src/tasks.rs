@@ -154,12 +154,17 @@ pub fn restore_attrs_outside(pid: i32, a: &Attrs) -> Result<()> {
     Ok(())
 }
 
+/// A task name as the kernel stores it (at most 15 bytes and a NUL).
+pub fn comm_bytes(name: &str) -> [u8; 16] {
+    let mut comm = [0u8; 16];
+    let n = name.len().min(15);
+    comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+    comm
+}
+
 /// Sets the thread's name.
 pub fn restore_comm(t: &impl Inject, comm: &str) -> Result<()> {
-    let mut b = [0u8; 16];
-    let n = comm.len().min(15);
-    b[..n].copy_from_slice(&comm.as_bytes()[..n]);
-    t.write_scratch(0, &b)?;
+    t.write_scratch(0, &comm_bytes(comm))?;
     t.prctl(libc::PR_SET_NAME, &[t.scratch()], "setting the thread name")?;
     Ok(())
 }

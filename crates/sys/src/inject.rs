@@ -72,10 +72,9 @@ impl Remote {
                 WaitStatus::Stopped {
                     sig: SYSCALL_STOP, ..
                 } => return Ok(()),
-                WaitStatus::Stopped { sig, event: 0 } => {
+                WaitStatus::Stopped { event: 0, .. } => {
                     // A signal about to be delivered: keep it for later.
                     let info = ptrace::get_siginfo(self.pid)?;
-                    let _ = sig;
                     self.suppressed.borrow_mut().push(info);
                     ptrace::syscall(self.pid, 0)?;
                 }
@@ -157,9 +156,8 @@ impl Remote {
                     sig: libc::SIGTRAP,
                     event: 0,
                 } => break ptrace::get_regs(self.pid)?,
-                WaitStatus::Stopped { sig, event: 0 } => {
+                WaitStatus::Stopped { event: 0, .. } => {
                     let info = ptrace::get_siginfo(self.pid)?;
-                    let _ = sig;
                     self.suppressed.borrow_mut().push(info);
                     ptrace::cont(self.pid, 0)?;
                 }

@@ -73,36 +73,6 @@ pub unsafe fn clone_with_pid(pid: pid_t, flags: u64) -> Result<Forked> {
     }
 }
 
-/// Reads a resource limit of process `pid`.
-pub fn get_rlimit(pid: pid_t, resource: u32) -> Result<(u64, u64)> {
-    let mut old = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscall; `old` is a valid out pointer.
-    let r = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
-    if r != 0 {
-        return Err(Error::last_os(format!("prlimit({pid}, {resource})")));
-    }
-    Ok((old.rlim_cur, old.rlim_max))
-}
-
-/// Sets a resource limit of process `pid`.
-pub fn set_rlimit(pid: pid_t, resource: u32, cur: u64, max: u64) -> Result<()> {
-    let new = libc::rlimit64 {
-        rlim_cur: cur,
-        rlim_max: max,
-    };
-    // SAFETY: plain syscall; `new` is a valid in pointer.
-    let r = unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(Error::last_os(format!(
-            "setting resource limit {resource} of pid {pid} to {cur}/{max}"
-        )));
-    }
-    Ok(())
-}
-
 /// The nice value of process `pid`.
 pub fn get_nice(pid: pid_t) -> Result<i32> {
     // getpriority returns 20 - nice for the raw syscall.
