@@ -33,12 +33,17 @@ enum Cmd {
         /// Let the process continue after the checkpoint
         #[arg(long)]
         leave_running: bool,
-        /// Print the result as JSON on standard error... no: on standard output unless the image goes there
+        /// Print the result as JSON (on standard error when the image goes to standard output)
         #[arg(long)]
         json: bool,
         /// No progress bar
         #[arg(short, long)]
         quiet: bool,
+        /// With --leave-running, copy all memory while the process is
+        /// stopped instead of copying it first while it runs (by default
+        /// it is stopped only for the pages it writes meanwhile)
+        #[arg(long)]
+        no_pre_copy: bool,
         /// Do not fsync the image before stopping the process (faster; a
         /// crash of the machine right after the dump can then lose both)
         #[arg(long)]
@@ -112,7 +117,15 @@ fn run(cli: Cli) -> Result<i32> {
             quiet,
             no_sync,
             compress,
-        } => cmd_dump(pid, &output, leave_running, compress, json, quiet, !no_sync),
+            no_pre_copy,
+        } => {
+            let opts = crest::DumpOptions {
+                leave_running,
+                compress,
+                no_precopy: no_pre_copy,
+            };
+            cmd_dump(pid, &output, &opts, json, quiet, !no_sync)
+        }
         Cmd::Restore {
             input,
             detach,
@@ -155,16 +168,11 @@ fn lib_err(e: crest::Error) -> anyhow::Error {
 fn cmd_dump(
     pid: i32,
     output: &str,
-    leave_running: bool,
-    compress: bool,
+    opts: &crest::DumpOptions,
     json: bool,
     quiet: bool,
     sync: bool,
 ) -> Result<i32> {
-    let opts = crest::DumpOptions {
-        leave_running,
-        compress,
-    };
     let mut progress = output::Progress::new("dump", quiet);
     let report = if output == "-" {
         let stdout = std::io::stdout();
@@ -176,7 +184,7 @@ fn cmd_dump(
         crest::dump(
             pid,
             out,
-            &opts,
+            opts,
             &mut crest::dump::Flush,
             &mut |done, total| progress.update(done, total),
         )
@@ -202,7 +210,7 @@ fn cmd_dump(
         let r = crest::dump(
             pid,
             out,
-            &opts,
+            opts,
             &mut FileSink {
                 tmp: tmp.clone(),
                 path: final_path.to_path_buf(),

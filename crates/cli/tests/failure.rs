@@ -225,6 +225,8 @@ fn dump_points(w: &Workload) -> Vec<String> {
             "-o",
             out.to_str().unwrap(),
             "--leave-running",
+            // The same points as a dump that stops the process.
+            "--no-pre-copy",
             "-q",
         ],
         0,
@@ -383,6 +385,126 @@ fn dump_killed_before_any_injected_syscall() {
 fn dump_killed_after_an_injected_syscall() {
     let w = Workload::start("memory", &["8"]);
     fault_dumps(&w, Mode::Kill, &[Phase::Injected, Phase::Committed]);
+    w.go();
+    w.expect_pass();
+}
+
+/// Waits (up to 2 s: a killed crest's descriptors are closed by the
+/// kernel a moment after it dies) until no mapping of `pid` is registered
+/// with a userfaultfd and no page is write-protected by one.
+fn untracked(pid: i32) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        let registered = smaps
+            .lines()
+            .filter(|l| l.starts_with("VmFlags:"))
+            .any(|l| l.split_whitespace().any(|f| f == "uw"));
+        let protected = protected_pages(pid);
+        if !registered && protected == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "write tracking left behind: registered mappings {registered}, \
+                 write-protected pages {protected}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Pages of `pid` whose pagemap entry has the userfaultfd write-protect
+/// bit (57).
+fn protected_pages(pid: i32) -> usize {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let Ok(pagemap) = std::fs::File::open(format!("/proc/{pid}/pagemap")) else {
+        return 0;
+    };
+    let mut count = 0;
+    for l in maps.lines() {
+        let range = l.split_whitespace().next().unwrap_or("");
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        if a >= 0xffff_ffff_ff60_0000 {
+            continue; // vsyscall: not in pagemap
+        }
+        let mut buf = vec![0u8; ((b - a) / 4096 * 8) as usize];
+        if pagemap.read_exact_at(&mut buf, a / 4096 * 8).is_err() {
+            continue;
+        }
+        count += buf
+            .chunks_exact(8)
+            .filter(|e| u64::from_le_bytes((*e).try_into().unwrap()) & (1 << 57) != 0)
+            .count();
+    }
+    count
+}
+
+/// A --leave-running dump, which copies memory while the process runs
+/// (write tracking with a userfaultfd), failed by error and by SIGKILL
+/// at each of its points: the process runs on as it was, crest's write
+/// tracking is gone from it, and no image is left (but a complete one
+/// after the commit, when crest is killed).
+#[test]
+fn precopy_dump_fails_at_every_point() {
+    let w = Workload::start("memory", &["8"]);
+    let img = w.image();
+    let pid = w.pid.to_string();
+    let args = [
+        "dump",
+        "-p",
+        &pid,
+        "-o",
+        img.to_str().unwrap(),
+        "--leave-running",
+        "-q",
+    ];
+    let counted = crest_fault(&args, 0, Mode::Error);
+    assert!(
+        counted.status.success(),
+        "traced dump: {}",
+        errors(&counted)
+    );
+    std::fs::remove_file(&img).unwrap();
+    let names = trace(&counted);
+    assert!(
+        names.iter().any(|n| n == "dump: frozen pages copied"),
+        "the dump did not pre-copy: {names:?}"
+    );
+    let committed = names
+        .iter()
+        .position(|n| n == "dump: image committed")
+        .expect("an image-committed point");
+    let before = snapshot(w.pid);
+    for mode in [Mode::Error, Mode::Kill] {
+        for n in 1..=names.len() {
+            let what = format!("{mode:?} at pre-copy dump point {n} ({})", names[n - 1]);
+            let o = crest_fault(&args, n, mode);
+            check_failed_at(&o, n, &names[n - 1], mode, &what);
+            if let Err(e) = intact(&w, &before).and_then(|()| untracked(w.pid)) {
+                panic!("{what}: the process was not left as it was: {e}");
+            }
+            if mode == Mode::Kill && n > committed {
+                std::fs::remove_file(&img).unwrap();
+            }
+            assert!(
+                !img.exists(),
+                "{what}: a file was left under the output name"
+            );
+            for p in files_starting(&w.dir, ".img.partial-") {
+                assert_eq!(mode, Mode::Kill, "{what}: temporary file left: {p:?}");
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+    eprintln!("{} pre-copy dump points, each failed twice", names.len());
     w.go();
     w.expect_pass();
 }

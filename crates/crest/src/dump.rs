@@ -4,6 +4,7 @@ use crate::error::{Context, Error, Result};
 use crate::freeze::{FrozenTree, Session};
 use crate::model::{Checkpoint, Mm, Process, Signals};
 use crate::objects::ObjectTable;
+use crate::precopy::{PreCopy, Prepared};
 use crate::{codec, creds, files, memory, signals, tasks, timers, Obstacle};
 use crest_image::Writer;
 use crest_sys::proc;
@@ -17,6 +18,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// LZ4-compress page chunks that compress well.
     pub compress: bool,
+    /// With `leave_running`: copy everything in one pass while frozen
+    /// instead of pre-copying memory while the tree runs.
+    pub no_precopy: bool,
 }
 
 /// What a dump did.
@@ -34,6 +38,14 @@ pub struct DumpReport {
     pub frozen_ms: f64,
     pub total_ms: f64,
     pub left_running: bool,
+    /// Pages copied while the tree still ran (`--leave-running`).
+    pub precopied_pages: u64,
+    /// Pages copied while it was frozen: all of them without pre-copy,
+    /// else those written (or not yet copied) when it was frozen.
+    pub frozen_copied_pages: u64,
+    /// Why memory was not pre-copied, when it could have been.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precopy_skipped: Option<String>,
 }
 
 /// Progress of a dump: bytes of memory read so far and the total.
@@ -123,7 +135,12 @@ pub struct Collected {
 
 /// Collects the model of a frozen tree.  Obstacles found are pushed; the
 /// model is returned only when there are none.
-pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Option<Collected>> {
+/// `precopy`, when memory was pre-copied, is the tracking to look past.
+pub fn collect(
+    tree: &FrozenTree,
+    obstacles: &mut Vec<Obstacle>,
+    precopy: Option<&Prepared>,
+) -> Result<Option<Collected>> {
     for (pid, _) in &tree.procs {
         obstacles.extend(preflight(*pid)?);
     }
@@ -136,7 +153,10 @@ pub fn collect(tree: &FrozenTree, obstacles: &mut Vec<Obstacle>) -> Result<Optio
     let mut staged = Vec::new();
     for (pid, tids) in &tree.procs {
         let pid = *pid;
-        let maps = proc::read_smaps(pid)?;
+        let mut maps = proc::read_smaps(pid)?;
+        if let Some(p) = precopy {
+            p.hide_tracking(pid, &mut maps);
+        }
         let vmas = memory::collect_vmas(pid, &maps, &mut objects, obstacles, &mut data)?;
         let fds = files::collect_fds(pid, &mut objects, obstacles, &mut data, &mut fd_index)?;
         let exe_path = proc::read_link(pid, "exe")?;
@@ -383,12 +403,21 @@ pub fn dump<W: Write>(
     if !pre.is_empty() {
         return Err(Error::Unsupported(pre));
     }
+    let mut precopy = None;
+    let mut precopy_skipped = None;
+    if opts.leave_running && !opts.no_precopy {
+        match PreCopy::run(pid, progress)? {
+            Ok(pc) => precopy = Some(pc),
+            Err(why) => precopy_skipped = Some(why),
+        }
+    }
     crate::fault::point("dump: before freezing")?;
     let frozen = FrozenTree::freeze(pid)?;
     let t_frozen = Instant::now();
     crate::fault::point("dump: frozen")?;
+    let prepared = precopy.map(PreCopy::stop).transpose()?;
     let mut obstacles = Vec::new();
-    let collected = collect(&frozen, &mut obstacles)
+    let collected = collect(&frozen, &mut obstacles, prepared.as_ref())
         .context(|| format!("collecting the state of pid {pid}"))?;
     let Some(c) = collected else {
         return Err(Error::Unsupported(obstacles));
@@ -398,68 +427,94 @@ pub fn dump<W: Write>(
     codec::write_metadata(&mut w, &c.ckpt)?;
     crate::fault::point("dump: metadata written")?;
     files::write_data(&c.data, &mut w)?;
-    let total: u64 = c
+    let ps = memory::page_size();
+    let planned: u64 = c
         .plans
         .iter()
         .flat_map(|p| p.runs.iter().flatten())
-        .map(|r| r.1 * memory::page_size())
+        .map(|r| r.1)
         .sum();
-    let mut done = 0u64;
-    let mut stats = memory::PageStats::default();
-    for (space, (p, plan)) in c.ckpt.processes.iter().zip(&c.plans).enumerate() {
-        let s = memory::write_pages(
-            p.pid,
-            space as u32,
-            &p.mm.vmas,
-            plan,
-            opts.compress,
-            &mut w,
-            &mut |n| {
-                done += n;
-                progress(done, total);
-            },
-        )?;
-        stats.pages_written += s.pages_written;
-        stats.zero_pages += s.zero_pages;
-    }
-    crate::fault::point("dump: pages written")?;
-    let image_bytes = w.bytes_written();
-    let out = w.finish()?;
-    crate::fault::point("dump: tail written")?;
-    sink.commit(out).context(|| "saving the image".into())?;
-    let r = finish_dump(frozen, opts.leave_running);
-    if r.is_err() {
-        sink.rollback();
-    }
-    r?;
-    if !opts.leave_running {
-        // The segments went into the image with the tree: free their ids.
-        crate::sysv::remove_dumped(&c.ckpt.objects);
-    }
     let mut report = DumpReport {
         pid,
-        image_bytes: image_bytes + (crest_image::RECORD_HEADER_LEN + crest_image::Tail::LEN) as u64,
-        pages_written: stats.pages_written,
-        zero_pages_skipped: stats.zero_pages,
         processes: c.ckpt.processes.len(),
         threads: c.ckpt.processes.iter().map(|p| p.threads.len()).sum(),
         mappings: c.ckpt.processes.iter().map(|p| p.mm.vmas.len()).sum(),
         fds: c.ckpt.processes.iter().map(|p| p.fds.len()).sum(),
         left_running: opts.leave_running,
+        precopy_skipped,
         ..Default::default()
     };
-    report.frozen_ms = ms(t_frozen.elapsed());
+    let mut frozen = Some(frozen);
+    if let Some(mut prep) = prepared {
+        // Everything but the pages is in the image, and the pages the
+        // pre-copy could not keep are in its spool: let the tree go.
+        let spooled = prep.complete(&c.ckpt, &c.plans)?;
+        crate::fault::point("dump: frozen pages copied")?;
+        frozen.take().expect("not released yet").release()?;
+        report.frozen_ms = ms(t_frozen.elapsed());
+        prep.end_tracking();
+        report.precopied_pages = prep.pages_copied;
+        report.frozen_copied_pages = prep.pages_reread;
+        report.pages_written = prep.write_pages(&spooled, opts.compress, &mut w, progress)?;
+    } else {
+        let total = planned * ps;
+        let mut done = 0u64;
+        for (space, (p, plan)) in c.ckpt.processes.iter().zip(&c.plans).enumerate() {
+            let s = memory::write_pages(
+                p.pid,
+                space as u32,
+                &p.mm.vmas,
+                plan,
+                opts.compress,
+                &mut w,
+                &mut |n| {
+                    done += n;
+                    progress(done, total);
+                },
+            )?;
+            report.pages_written += s.pages_written;
+        }
+        report.frozen_copied_pages = planned;
+        if opts.leave_running {
+            // The image holds everything: the tree may run on while it is
+            // finished and saved.
+            frozen.take().expect("not released yet").release()?;
+            report.frozen_ms = ms(t_frozen.elapsed());
+        }
+    }
+    report.zero_pages_skipped = planned - report.pages_written.min(planned);
+    crate::fault::point("dump: pages written")?;
+    let image_bytes = w.bytes_written();
+    let out = w.finish()?;
+    crate::fault::point("dump: tail written")?;
+    sink.commit(out).context(|| "saving the image".into())?;
+    // Without --leave-running the tree is still frozen, and goes only now
+    // that its image is safe.
+    let killing = frozen.is_some();
+    let r = finish_dump(frozen);
+    if r.is_err() {
+        sink.rollback();
+    }
+    r?;
+    if killing {
+        report.frozen_ms = ms(t_frozen.elapsed());
+    }
+    if !opts.leave_running {
+        // The segments went into the image with the tree: free their ids.
+        crate::sysv::remove_dumped(&c.ckpt.objects);
+    }
+    report.image_bytes =
+        image_bytes + (crest_image::RECORD_HEADER_LEN + crest_image::Tail::LEN) as u64;
     report.total_ms = ms(t0.elapsed());
     Ok(report)
 }
 
-/// After the commit: let the tree go, or kill it.
-fn finish_dump(frozen: FrozenTree, leave_running: bool) -> Result<()> {
+/// After the commit: a tree still frozen goes with its image.
+fn finish_dump(frozen: Option<FrozenTree>) -> Result<()> {
     crate::fault::point("dump: image committed")?;
-    if leave_running {
-        frozen.release()
-    } else {
-        frozen.kill()
+    match frozen {
+        Some(f) => f.kill(),
+        None => Ok(()),
     }
 }
 
@@ -472,7 +527,7 @@ pub fn check(pid: i32) -> Result<Vec<Obstacle>> {
     }
     let frozen = FrozenTree::freeze(pid)?;
     let mut obstacles = Vec::new();
-    collect(&frozen, &mut obstacles)?;
+    collect(&frozen, &mut obstacles, None)?;
     frozen.release()?;
     Ok(obstacles)
 }

@@ -66,6 +66,17 @@ impl Error {
         Error::Msg(s.into())
     }
 
+    /// The errno, if this error is a failed system call (in crest or run
+    /// in a task).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Sys(e) => e.errno(),
+            Error::Io(e) => e.raw_os_error(),
+            Error::Context { source, .. } => source.errno(),
+            _ => None,
+        }
+    }
+
     /// The obstacles, if this error is a refusal to checkpoint.
     pub fn obstacles(&self) -> Option<&[Obstacle]> {
         match self {

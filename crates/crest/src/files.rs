@@ -421,6 +421,19 @@ fn create_shmem(m: &ShmemObj) -> Result<OwnedFd> {
 }
 
 /// A new pipe (read end, write end), close-on-exec.
+/// A new unlinked file in `$TMPDIR` (mode 0600), for data crest keeps
+/// aside while it works; it disappears when closed.
+pub fn spool_file() -> Result<File> {
+    let dir = std::env::temp_dir();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(&dir)
+        .context(|| format!("creating a spool file in {}", dir.display()))
+}
+
 pub fn make_pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills two descriptors into the array.

@@ -371,6 +371,18 @@ impl Session {
         self.threads.len()
     }
 
+    /// Closes descriptor `fd` in the leader: for undoing what crest itself
+    /// opened there.  Unlike [`Inject::call`] this is no fault point, as
+    /// the undoing is what must happen whatever else fails.
+    pub fn close_in_task(&self, fd: i32) -> Result<()> {
+        self.threads[0].remote.syscall(
+            libc::SYS_close,
+            &[fd as u64],
+            "closing a descriptor crest opened",
+        )?;
+        Ok(())
+    }
+
     /// Unmaps the scratch area and puts back registers and signal masks.
     pub fn close(mut self) -> Result<()> {
         self.closed = true;

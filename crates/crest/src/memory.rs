@@ -365,7 +365,8 @@ pub struct PageStats {
     pub zero_pages: u64,
 }
 
-fn is_zero(page: &[u8]) -> bool {
+/// Whether `page` holds only zero bytes.
+pub fn is_zero(page: &[u8]) -> bool {
     // Word-wise OR: the compiler vectorizes this.
     page.chunks_exact(8).fold(0u64, |acc, w| {
         acc | u64::from_ne_bytes(w.try_into().unwrap())
@@ -491,6 +492,11 @@ fn fill_prot(v: &Vma) -> u32 {
     } else {
         v.prot
     }
+}
+
+/// Whether the mapping's pages go into the image (restore writes them in).
+pub fn takes_pages(v: &Vma) -> bool {
+    fillable(v)
 }
 
 /// Whether restore writes pages into this mapping.

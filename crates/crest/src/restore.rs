@@ -763,15 +763,10 @@ struct Spool {
 
 impl Spool {
     fn new() -> Result<Spool> {
-        let dir = std::env::temp_dir();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_TMPFILE)
-            .mode(0o600)
-            .open(&dir)
-            .context(|| format!("creating a spool file in {}", dir.display()))?;
-        Ok(Spool { file, len: 0 })
+        Ok(Spool {
+            file: crate::files::spool_file()?,
+            len: 0,
+        })
     }
 
     fn push(&mut self, space: u32, addr: u64, data: &[u8]) -> Result<()> {

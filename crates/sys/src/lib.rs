@@ -16,5 +16,6 @@ pub mod proc;
 pub mod process;
 pub mod ptrace;
 pub mod sockdiag;
+pub mod uffd;
 
 pub use error::{Error, Result};

@@ -626,3 +626,85 @@ fn pty() {
     pass(&["pty"]);
     pass(&["pty", "unread"]);
 }
+
+/// `key=0x...` (hex) from a workload's info file.
+fn info_hex(w: &Workload, key: &str) -> u64 {
+    w.read("info")
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix("=0x"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("{}: no {key}= in info", w.name))
+}
+
+#[test]
+fn mutator() {
+    let mut w = Workload::start(&["mutator", "8"], &[]);
+    w.wait_ready();
+    // Let it work: it must do at least 1000 iterations before go.
+    std::thread::sleep(Duration::from_millis(200));
+    let o = w.go();
+    assert_pass(&w.name, &o);
+    assert!(info_value(&w, "iterations") >= 1000, "{}", w.read("info"));
+}
+
+#[test]
+fn mutator_needs_iterations() {
+    // go before ready: it stops at once, having done nothing.
+    let mut w = Workload::start(&["mutator", "1"], &[]);
+    fs::write(w.dir.join("go"), b"").unwrap();
+    w.wait_ready();
+    let o = w.go();
+    assert_fail(&w.name, &o, "only 0 iterations before go");
+}
+
+/// Pages and slots changed behind the mutator's back (as a stale copy in a
+/// checkpoint would be) are reported; it rewrites at most 64 pages and two
+/// slots before it sees go.
+#[test]
+fn mutator_detects_changed_pages_and_slots() {
+    let mut w = Workload::start(&["mutator", "8"], &[]);
+    w.wait_ready();
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = w.pid() as i32;
+    let a = info_hex(&w, "a");
+    let slots = info_hex(&w, "slots");
+    let pages = info_value(&w, "pages") as u64;
+    // SAFETY: stops our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let start = Instant::now();
+    while !fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .starts_with('T')
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "not stopped");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    fs::write(w.dir.join("go"), b"").unwrap();
+    let mem = Path::new("/proc").join(pid.to_string()).join("mem");
+    match fs::OpenOptions::new().write(true).open(&mem) {
+        Ok(f) => {
+            use std::os::unix::fs::FileExt;
+            for pg in 0..pages {
+                f.write_at(&[0x55], a + pg * 4096 + 100).unwrap();
+            }
+            for s in 0..8u64 {
+                f.write_at(&[0x55; 8], slots + s * 65536 + 4096 * 3 + 8)
+                    .unwrap();
+            }
+        }
+        Err(e) => {
+            eprintln!("skipped: cannot open {}: {e}", mem.display());
+            // SAFETY: resumes our own child.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            return;
+        }
+    }
+    // SAFETY: resumes our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "differ in all");
+    assert_fail(&w.name, &o, "first differing word 1537");
+}

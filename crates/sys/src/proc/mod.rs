@@ -28,7 +28,7 @@ pub use misc::{
     parse_personality, read_cmdline, read_comm, read_link, read_personality, read_task_comm,
 };
 pub use mountinfo::{parse_mountinfo, read_mountinfo, MountInfo};
-pub use pagemap::{Pagemap, PagemapEntry};
+pub use pagemap::{page_category, Pagemap, PagemapEntry, ScanQuery};
 pub use stat::{parse_stat, read_stat, read_task_stat, Stat};
 pub use status::{parse_status, read_status, read_task_status, Status};
 pub use tasks::{list_tasks, parse_ns_link, process_children, read_ns, task_children};

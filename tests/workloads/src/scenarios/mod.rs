@@ -11,6 +11,7 @@ mod idle;
 mod many;
 mod memory;
 mod mm;
+mod mutator;
 mod pipes;
 mod posix_timers;
 mod pty;
@@ -44,6 +45,7 @@ const TABLE: &[(&str, Run)] = &[
     ("shared-fd", shared_fd::run),
     ("pipes", pipes::run),
     ("many", many::run),
+    ("mutator", mutator::run),
     ("events", events::run),
     ("posix-timers", posix_timers::run),
     ("pty", pty::run),
@@ -68,6 +70,7 @@ pub const NAMES: &[&str] = &[
     "shared-fd",
     "pipes",
     "many [children] [threads-per-child] [MiB-per-child]",
+    "mutator [MiB] [no-churn]",
     "events [queued-inotify]",
     "posix-timers",
     "pty [unread]",
