@@ -311,9 +311,71 @@ pub struct PagePlan {
     pub runs: Vec<Vec<(u64, u64)>>,
 }
 
-/// Scans pagemap to find the pages to save, and records counts and guard
-/// regions in the mappings.
+/// Finds the pages to save, and records counts and guard regions in the
+/// mappings: with PAGEMAP_SCAN (Linux 6.15+, which reports guard regions),
+/// which lists runs of pages, else by reading every pagemap entry.
 pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<PagePlan> {
+    match plan_pages_scan(pid, vmas) {
+        Ok(plan) => Ok(plan),
+        Err(_) => {
+            for v in vmas.iter_mut() {
+                v.pages = 0;
+                v.guards.clear();
+            }
+            plan_pages_read(pid, vmas)
+        }
+    }
+}
+
+/// [`plan_pages`] with PAGEMAP_SCAN: a page is saved if it is present or
+/// swapped and neither a file page (private file mappings keep only
+/// their modified, anonymous, pages) nor a guard marker.
+fn plan_pages_scan(pid: i32, vmas: &mut [Vma]) -> Result<PagePlan> {
+    use crest_sys::proc::{page_category as cat, ScanQuery};
+    let ps = page_size();
+    let pagemap = Pagemap::open(pid)?;
+    // One walk finds both: runs of pages to save, and guard regions.
+    let query = ScanQuery {
+        any: cat::PRESENT | cat::SWAPPED | cat::GUARD,
+        excluded: cat::FILE,
+        report: cat::GUARD,
+        ..Default::default()
+    };
+    let mut runs = Vec::with_capacity(vmas.len());
+    let mut found = Vec::new();
+    for v in vmas.iter_mut() {
+        let mut vruns: Vec<(u64, u64)> = Vec::new();
+        let readable_kind = matches!(
+            v.backing,
+            Backing::Anonymous | Backing::File(_) | Backing::Shmem(_)
+        );
+        if readable_kind {
+            found.clear();
+            pagemap.scan(v.start, v.end, query, false, &mut found)?;
+            for &(s, e, c) in &found {
+                if c & cat::GUARD != 0 {
+                    v.guards.push((s, e));
+                    continue;
+                }
+                if !fillable(v) {
+                    continue;
+                }
+                let mut a = s;
+                while a < e {
+                    let n = ((e - a) / ps).min(CHUNK_PAGES as u64);
+                    vruns.push((a, n));
+                    v.pages += n;
+                    a += n * ps;
+                }
+            }
+        }
+        runs.push(vruns);
+    }
+    Ok(PagePlan { runs })
+}
+
+/// [`plan_pages`] by reading the pagemap entry of every page.
+fn plan_pages_read(pid: i32, vmas: &mut [Vma]) -> Result<PagePlan> {
     let ps = page_size();
     let pagemap = Pagemap::open(pid)?;
     let mut entries = vec![PagemapEntry(0); PAGEMAP_BATCH];
@@ -775,4 +837,67 @@ pub fn set_mm_fields(t: &impl Inject, mm: &Mm, exe_fd: i32) -> Result<()> {
         "setting the mm fields (PR_SET_MM_MAP)",
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ways of planning find the same pages and guard regions in a
+    /// mapping of this process with resident, untouched and guard pages.
+    #[test]
+    fn scan_and_read_plans_agree() {
+        let ps = page_size();
+        let len = 64 * ps as usize;
+        // SAFETY: a fresh private mapping; nothing else references it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let base = p as u64;
+        for i in [0u64, 1, 2, 7, 20, 21, 40, 63] {
+            // SAFETY: inside the mapping made above.
+            unsafe { ((base + i * ps) as *mut u8).write_volatile(1) };
+        }
+        // SAFETY: madvise on pages of the mapping made above.
+        let g = unsafe {
+            libc::madvise(
+                (base + 30 * ps) as *mut libc::c_void,
+                2 * ps as usize,
+                MADV_GUARD_INSTALL as i32,
+            )
+        };
+        let vma = || Vma {
+            start: base,
+            end: base + len as u64,
+            prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+            shared: false,
+            offset: 0,
+            backing: Backing::Anonymous,
+            flags: VmaFlags::default(),
+            name: String::new(),
+            guards: Vec::new(),
+            pages: 0,
+        };
+        let pid = std::process::id() as i32;
+        let (mut a, mut b) = ([vma()], [vma()]);
+        let scanned = plan_pages_scan(pid, &mut a).expect("PAGEMAP_SCAN");
+        let read = plan_pages_read(pid, &mut b).unwrap();
+        assert_eq!(scanned.runs, read.runs);
+        assert_eq!(a[0].pages, 8);
+        assert_eq!(a[0].pages, b[0].pages);
+        assert_eq!(a[0].guards, b[0].guards);
+        if g == 0 {
+            assert_eq!(a[0].guards, vec![(base + 30 * ps, base + 32 * ps)]);
+        }
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(p, len) };
+    }
 }

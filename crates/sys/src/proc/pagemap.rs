@@ -192,7 +192,9 @@ impl Pagemap {
                 category_inverted: q.excluded,
                 category_mask: q.required | q.excluded,
                 category_anyof_mask: q.any,
-                return_mask: report | q.required,
+                // Asking for the categories matched, the kernel merges
+                // only pages alike in them; `report` decides what is kept.
+                return_mask: report | q.required | q.any,
             };
             // SAFETY: PAGEMAP_SCAN reads and updates `arg` (a `struct
             // pm_scan_arg`, layout checked below) and writes at most
