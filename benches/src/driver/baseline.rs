@@ -2,7 +2,8 @@
 //! `dd bs=1M` into a new file (the page-cache write bound for a dump; with
 //! `conv=fsync` the disk bound), and first-touching fresh anonymous memory
 //! by copying into it (the bound for a restore), plus a plain memcpy
-//! between two faulted buffers.
+//! between two faulted buffers and a process_vm_readv copy (the two
+//! measures of "copying the memory once" that frozen time is held to).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -24,6 +25,8 @@ pub struct Baseline {
     pub first_touch_ms: Vec<f64>,
     /// The same copy into the now faulted memory.
     pub memcpy_ms: Vec<f64>,
+    /// The same copy with process_vm_readv (as a dumper reads memory).
+    pub vm_readv_ms: Vec<f64>,
     pub median: BaselineMedian,
 }
 
@@ -33,6 +36,7 @@ pub struct BaselineMedian {
     pub dd_fsync_ms: f64,
     pub first_touch_ms: f64,
     pub memcpy_ms: f64,
+    pub vm_readv_ms: f64,
 }
 
 fn dd(file: &Path, mib: u64, fsync: bool) -> Result<f64, String> {
@@ -63,7 +67,10 @@ fn dd(file: &Path, mib: u64, fsync: bool) -> Result<f64, String> {
 }
 
 /// Runs `crest-bench-workload touch MIB REPS` and reads its JSON.
-fn touch(workload: &Path, mib: u64, reps: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
+/// The touch helper's times: first-touch, memcpy, process_vm_readv.
+type TouchTimes = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+fn touch(workload: &Path, mib: u64, reps: usize) -> Result<TouchTimes, String> {
     let mut cmd = Command::new(workload);
     cmd.arg("touch")
         .arg(mib.to_string())
@@ -98,7 +105,11 @@ fn touch(workload: &Path, mib: u64, reps: usize) -> Result<(Vec<f64>, Vec<f64>),
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
             .unwrap_or_default()
     };
-    Ok((list("first_touch_ms"), list("memcpy_ms")))
+    Ok((
+        list("first_touch_ms"),
+        list("memcpy_ms"),
+        list("vm_readv_ms"),
+    ))
 }
 
 impl Baseline {
@@ -110,11 +121,13 @@ impl Baseline {
             dd_fsync_ms: Vec::new(),
             first_touch_ms: Vec::new(),
             memcpy_ms: Vec::new(),
+            vm_readv_ms: Vec::new(),
             median: BaselineMedian {
                 dd_ms: nan,
                 dd_fsync_ms: nan,
                 first_touch_ms: nan,
                 memcpy_ms: nan,
+                vm_readv_ms: nan,
             },
         }
     }
@@ -131,11 +144,12 @@ impl Baseline {
         let file = workdir.join("dd.out");
         self.dd_ms.push(dd(&file, self.mib, false)?);
         self.dd_fsync_ms.push(dd(&file, self.mib, true)?);
-        let (touch, copy) = touch(workload, self.mib, 1)?;
-        match (touch.first(), copy.first()) {
-            (Some(&t), Some(&c)) => {
+        let (touch, copy, readv) = touch(workload, self.mib, 1)?;
+        match (touch.first(), copy.first(), readv.first()) {
+            (Some(&t), Some(&c), Some(&r)) => {
                 self.first_touch_ms.push(t);
                 self.memcpy_ms.push(c);
+                self.vm_readv_ms.push(r);
             }
             _ => return Err("the touch baseline printed no times".into()),
         }
@@ -149,6 +163,7 @@ impl Baseline {
             dd_fsync_ms: median(&self.dd_fsync_ms),
             first_touch_ms: median(&self.first_touch_ms),
             memcpy_ms: median(&self.memcpy_ms),
+            vm_readv_ms: median(&self.vm_readv_ms),
         };
     }
 
@@ -156,11 +171,13 @@ impl Baseline {
     pub fn last(&self) -> String {
         let l = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
         format!(
-            "dd {:.1} ms, dd+fsync {:.1} ms, first-touch {:.1} ms, memcpy {:.1} ms",
+            "dd {:.1} ms, dd+fsync {:.1} ms, first-touch {:.1} ms, memcpy {:.1} ms, \
+             process_vm_readv {:.1} ms",
             l(&self.dd_ms),
             l(&self.dd_fsync_ms),
             l(&self.first_touch_ms),
-            l(&self.memcpy_ms)
+            l(&self.memcpy_ms),
+            l(&self.vm_readv_ms)
         )
     }
 }

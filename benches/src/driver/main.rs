@@ -7,8 +7,15 @@
 //! `wait4`) and the image size. In the same run it measures `dd` into the
 //! page cache and first-touch copies of the same sizes, and reports crest's
 //! times as ratios to those. Prints tables and writes everything as JSON.
+//!
+//! Besides plain dumps it measures `--compress` (against the same workload
+//! dumped plain) and `--leave-running` (frozen time against copying the
+//! memory once), and runs the tree and threads workloads at their size
+//! and twice it (scaling). It ends with the issue's targets, each with
+//! its measured figure and whether this run met it.
 
 mod baseline;
+mod compare;
 mod procs;
 mod report;
 mod run;
@@ -22,21 +29,32 @@ use serde::Serialize;
 
 use baseline::Baseline;
 use report::{Case, Status};
-use run::{Ctx, Failure, Sink, Workload};
+use run::{Ctx, Failure, Mode, Sink, Workload};
 
 const USAGE: &str = "\
 usage: crest-bench [--smoke] [--sizes 1,256,1024,4096] [--only mem,maps,tree,threads]
-                   [--sinks file,pipe,live] [--reps N] [--maps COUNT] [--tree PROCS,MIB]
-                   [--threads COUNT] [--json-out PATH] [--workdir DIR] [--crest PATH]
+                   [--sinks file,pipe,live] [--modes plain,compress,leave-running] [--reps N]
+                   [--maps COUNT] [--tree PROCS,MIB] [--threads COUNT] [--json-out PATH]
+                   [--workdir DIR] [--crest PATH]
 
 Benchmarks crest (dump and restore wall time, frozen time, peak RSS, CPU time, image size)
-on self-verifying workloads, against this machine's dd and first-touch bounds measured in the
-same run. Prints tables and writes JSON (default target/bench.json). Must run as root.
+on self-verifying workloads, against this machine's dd, first-touch, memcpy and
+process_vm_readv bounds measured in the same run. Prints tables, then the issue's targets
+with the measured figures and met / NOT MET, and writes JSON (default target/bench.json).
+Must run as root.
 
-  --smoke       sizes 1,16, 1000 mappings, no tree/threads, 1 repetition (CI: checks it works)
-  --sizes       MiB of the mem workloads (each also run with half its pages zero)
-  --only        workload kinds to run (default all; --smoke: mem,maps)
+  --smoke       size 2, 1000 mappings, a 2- and 4-process tree of 1 MiB, 4 and 8 threads,
+                1 repetition (CI: checks that every code path works; no timing is judged)
+  --sizes       MiB of the mem workloads (each with random pages, half its pages zero,
+                text-like pages, and random pages it keeps rewriting while dumped with
+                --leave-running)
+  --only        workload kinds to run (default all)
   --sinks       where images go (default all three: file, pipe, live)
+  --modes       dump modes (default all): plain; compress = --compress on the random,
+                half-zero and text mem workloads (file and pipe); leave-running =
+                --leave-running on the random and busy mem workloads (file and pipe)
+  --tree        processes and MiB each of the tree (default 50,16); twice the processes too
+  --threads     threads of the threads workload (default 200); twice as many too
   --reps        repetitions of each measurement, medians reported (default 3; --smoke 1)
   --workdir     where images and workload files go (default /tmp)
   --crest       the crest binary (default: next to crest-bench)";
@@ -46,6 +64,7 @@ struct Config {
     sizes: Vec<u64>,
     only: Vec<String>,
     sinks: Vec<Sink>,
+    modes: Vec<Mode>,
     reps: usize,
     maps: usize,
     tree: (usize, usize),
@@ -67,10 +86,11 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
     let mut sizes = None;
     let mut only: Option<Vec<String>> = None;
     let mut sinks = None;
+    let mut modes = None;
     let mut reps = None;
     let mut maps = None;
-    let mut tree = (50, 16);
-    let mut threads = 200;
+    let mut tree = None;
+    let mut threads = None;
     let mut json_out = PathBuf::from("target/bench.json");
     let mut workdir = PathBuf::from("/tmp");
     let mut crest = None;
@@ -93,16 +113,17 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                 })?)
             }
             "--sinks" => sinks = Some(list(&val()?, Sink::parse)?),
+            "--modes" => modes = Some(list(&val()?, Mode::parse)?),
             "--reps" => reps = Some(pos(&val()?).ok_or("--reps needs a positive number")?),
             "--maps" => maps = Some(pos(&val()?).ok_or("--maps needs a positive number")?),
             "--tree" => {
                 let v = list(&val()?, pos)?;
                 match v[..] {
-                    [p, m] => tree = (p, m),
+                    [p, m] => tree = Some((p, m)),
                     _ => return Err("--tree needs PROCS,MIB".into()),
                 }
             }
-            "--threads" => threads = pos(&val()?).ok_or("--threads needs a positive number")?,
+            "--threads" => threads = Some(pos(&val()?).ok_or("--threads needs a positive number")?),
             "--json-out" => json_out = PathBuf::from(val()?),
             "--workdir" => workdir = PathBuf::from(val()?),
             "--crest" => crest = Some(PathBuf::from(val()?)),
@@ -113,24 +134,21 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let default_only = if smoke {
-        vec!["mem", "maps"]
-    } else {
-        vec!["mem", "maps", "tree", "threads"]
-    };
+    let all = ["mem", "maps", "tree", "threads"];
     Ok(Config {
         smoke,
         sizes: sizes.unwrap_or(if smoke {
-            vec![1, 16]
+            vec![2]
         } else {
             vec![1, 256, 1024, 4096]
         }),
-        only: only.unwrap_or_else(|| default_only.iter().map(|s| s.to_string()).collect()),
+        only: only.unwrap_or_else(|| all.iter().map(|s| s.to_string()).collect()),
         sinks: sinks.unwrap_or(vec![Sink::File, Sink::Pipe, Sink::Live]),
+        modes: modes.unwrap_or(Mode::ALL.to_vec()),
         reps: reps.unwrap_or(if smoke { 1 } else { 3 }),
         maps: maps.unwrap_or(if smoke { 1000 } else { 10_000 }),
-        tree,
-        threads,
+        tree: tree.unwrap_or(if smoke { (2, 1) } else { (50, 16) }),
+        threads: threads.unwrap_or(if smoke { 4 } else { 200 }),
         json_out,
         workdir,
         crest,
@@ -144,17 +162,26 @@ fn workloads(cfg: &Config) -> Vec<Workload> {
     let mut v = Vec::new();
     if on("mem") {
         for &n in &cfg.sizes {
-            for half in [false, true] {
+            // (fill, name suffix, workload option, dump modes)
+            let both = &[Mode::Plain, Mode::Compress];
+            let fills: [(&str, &str, Option<&str>, &[Mode]); 4] = [
+                ("random", "", None, &Mode::ALL),
+                ("half-zero", "-half0", Some("half-zero"), both),
+                ("text", "-text", Some("text"), both),
+                ("busy", "-busy", Some("busy"), &[Mode::LeaveRunning]),
+            ];
+            for (fill, suffix, opt, modes) in fills {
                 let mut args = vec![n.to_string()];
-                if half {
-                    args.push("half-zero".into());
-                }
+                args.extend(opt.map(String::from));
                 v.push(Workload {
-                    name: format!("mem-{n}{}", if half { "-half0" } else { "" }),
+                    name: format!("mem-{n}{suffix}"),
                     kind: "mem",
                     args,
                     mib: n,
+                    fill: Some(fill),
+                    tasks: None,
                     may_refuse: false,
+                    modes: modes.to_vec(),
                 });
             }
         }
@@ -165,28 +192,45 @@ fn workloads(cfg: &Config) -> Vec<Workload> {
             kind: "maps",
             args: vec![cfg.maps.to_string()],
             mib: mib_of(cfg.maps as u64 * ps),
+            fill: None,
+            tasks: None,
             may_refuse: false,
+            modes: vec![Mode::Plain],
         });
     }
     if on("tree") {
         let (p, m) = cfg.tree;
-        v.push(Workload {
-            name: format!("tree-{p}x{m}"),
-            kind: "tree",
-            args: vec![p.to_string(), m.to_string()],
-            mib: (p * m) as u64,
-            may_refuse: true,
-        });
+        for p in [p, 2 * p] {
+            v.push(Workload {
+                name: format!("tree-{p}x{m}"),
+                kind: "tree",
+                args: vec![p.to_string(), m.to_string()],
+                mib: (p * m) as u64,
+                fill: None,
+                tasks: Some(p as u64),
+                may_refuse: true,
+                modes: vec![Mode::Plain],
+            });
+        }
     }
     if on("threads") {
-        v.push(Workload {
-            name: format!("threads-{}", cfg.threads),
-            kind: "threads",
-            args: vec![cfg.threads.to_string()],
-            mib: mib_of((cfg.threads as u64 - 1) * 72 * 1024),
-            may_refuse: true,
-        });
+        for t in [cfg.threads, 2 * cfg.threads] {
+            v.push(Workload {
+                name: format!("threads-{t}"),
+                kind: "threads",
+                args: vec![t.to_string()],
+                mib: mib_of((t as u64 - 1) * 72 * 1024),
+                fill: None,
+                tasks: Some(t as u64),
+                may_refuse: true,
+                modes: vec![Mode::Plain],
+            });
+        }
     }
+    for w in &mut v {
+        w.modes.retain(|m| cfg.modes.contains(m));
+    }
+    v.retain(|w| !w.modes.is_empty());
     v
 }
 
@@ -198,6 +242,7 @@ struct Output<'a> {
     reps: usize,
     sizes: &'a [u64],
     sinks: &'a [Sink],
+    modes: &'a [Mode],
     started_unix: u64,
     elapsed_s: f64,
     machine: stats::Machine,
@@ -209,6 +254,14 @@ struct Output<'a> {
     workdir: String,
     baselines: Vec<Baseline>,
     cases: &'a [Case],
+    /// Leave-running cases: frozen time against copying the memory once.
+    leave_running: &'a [compare::LeaveRunning],
+    /// Each workload dumped with --compress against the same dumped plain.
+    compression: &'a [compare::Compression],
+    /// Twice the processes or threads against once.
+    scaling: &'a [compare::Scaling],
+    /// The issue's targets with the measured figures.
+    targets: &'a [compare::Target],
     failures: usize,
     legend: &'static str,
 }
@@ -285,11 +338,20 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
     let mut seq = 0usize;
     for wl in workloads(cfg) {
         let first = cases.len();
-        for &sink in &cfg.sinks {
+        let combos = wl.modes.iter().flat_map(|&m| {
+            cfg.sinks
+                .iter()
+                .filter(move |&&s| m.runs_on(s))
+                .map(move |&s| (m, s))
+        });
+        for (mode, sink) in combos {
             cases.push(Case {
                 workload: wl.name.clone(),
                 kind: wl.kind.to_string(),
                 args: wl.args.clone(),
+                fill: wl.fill.map(String::from),
+                tasks: wl.tasks,
+                mode,
                 sink,
                 mib: wl.mib,
                 touched_bytes: 0,
@@ -301,6 +363,9 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
                 median: None,
                 ratios: None,
             });
+        }
+        if cases.len() == first {
+            continue;
         }
         for rep in 0..cfg.reps {
             if cases[first..].iter().all(|c| c.status != Status::Ok) {
@@ -322,16 +387,23 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
                     continue;
                 }
                 seq += 1;
-                let dir = work.join(format!("{seq:03}-{}-{}-{rep}", wl.name, case.sink.name()));
-                let cap = last_image.get(&wl.name).map(|b| b + b / 8 + (1 << 20));
-                let tag = format!(
-                    "{} {} rep {}/{}",
+                let dir = work.join(format!(
+                    "{seq:03}-{}-{}-{}-{rep}",
                     wl.name,
+                    case.mode.name(),
+                    case.sink.name()
+                ));
+                let key = format!("{} {}", wl.name, case.mode.name());
+                let cap = last_image.get(&key).map(|b| b + b / 8 + (1 << 20));
+                let tag = format!(
+                    "{} {} {} rep {}/{}",
+                    wl.name,
+                    case.mode.name(),
                     case.sink.name(),
                     rep + 1,
                     cfg.reps
                 );
-                let r = run::run_once(&ctx, &wl, case.sink, rep, &dir, cap);
+                let r = run::run_once(&ctx, &wl, case.mode, case.sink, rep, &dir, cap);
                 let strays = procs::settle();
                 match r {
                     Ok(run) => {
@@ -343,7 +415,7 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
                             run.image_bytes as f64 / crest_bench::MIB as f64,
                             run.result
                         ));
-                        last_image.insert(wl.name.clone(), run.image_bytes);
+                        last_image.insert(key, run.image_bytes);
                         case.runs.push(run);
                         let _ = std::fs::remove_dir_all(&dir);
                     }
@@ -383,19 +455,35 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
 
     let bases: Vec<Baseline> = bases.into_values().collect();
     let failures = cases.iter().filter(|c| c.status == Status::Failed).count();
+    let leave_running = compare::leave_running(&cases, &bases);
+    let compression = compare::compression(&cases);
+    let scaling = compare::scaling(&cases);
+    let targets = compare::targets(&cases, &leave_running, &compression, &scaling);
     println!();
     report::print_baselines(&bases, cfg.reps);
     println!();
     report::print_cases(&cases, cfg.reps);
+    let tables = [
+        compare::print_leave_running(&leave_running),
+        compare::print_compression(&compression),
+        compare::print_scaling(&scaling),
+    ];
+    for t in tables.into_iter().flatten() {
+        println!();
+        print!("{t}");
+    }
     println!();
     println!("{}", report::LEGEND);
+    println!();
+    print!("{}", compare::print_targets(&targets));
     let out = Output {
         benchmark: "crest-bench",
-        schema: 1,
+        schema: 2,
         mode: if cfg.smoke { "smoke" } else { "full" },
         reps: cfg.reps,
         sizes: &cfg.sizes,
         sinks: &cfg.sinks,
+        modes: &cfg.modes,
         started_unix,
         elapsed_s: started.elapsed().as_secs_f64(),
         machine,
@@ -405,6 +493,10 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
         workdir: work.display().to_string(),
         baselines: bases,
         cases: &cases,
+        leave_running: &leave_running,
+        compression: &compression,
+        scaling: &scaling,
+        targets: &targets,
         failures,
         legend: report::LEGEND,
     };

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::baseline::Baseline;
-use crate::run::{Run, Sink};
+use crate::run::{Mode, Run, Sink};
 use crate::stats::median;
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -42,6 +42,10 @@ pub struct Ratios {
     pub restore_over_first_touch: f64,
     /// restore wall / memcpy of the workload's MiB between faulted buffers.
     pub restore_over_memcpy: f64,
+    /// frozen / memcpy of the workload's MiB ("copying the memory once").
+    pub frozen_over_memcpy: f64,
+    /// frozen / process_vm_readv of the workload's MiB.
+    pub frozen_over_vm_readv: f64,
     /// image bytes / non-zero bytes the workload touched.
     pub image_over_nonzero: f64,
     /// image bytes / dump wall, in GB/s (1e9 B/s).
@@ -55,6 +59,11 @@ pub struct Case {
     pub workload: String,
     pub kind: String,
     pub args: Vec<String>,
+    /// mem: what its pages hold (`random`, `half-zero`, `text`, `busy`).
+    pub fill: Option<String>,
+    /// tree and threads: how many processes or threads.
+    pub tasks: Option<u64>,
+    pub mode: Mode,
     pub sink: Sink,
     /// The workload's memory rounded up to MiB (its baselines' size).
     pub mib: u64,
@@ -90,21 +99,24 @@ impl Case {
         self.touched_bytes = last.touched_bytes;
         self.nonzero_bytes = last.nonzero_bytes;
         let nan = f64::NAN;
-        let (dd, dds, ft, mc) = base
+        let (dd, dds, ft, mc, rv) = base
             .map(|b| {
                 (
                     b.median.dd_ms,
                     b.median.dd_fsync_ms,
                     b.median.first_touch_ms,
                     b.median.memcpy_ms,
+                    b.median.vm_readv_ms,
                 )
             })
-            .unwrap_or((nan, nan, nan, nan));
+            .unwrap_or((nan, nan, nan, nan, nan));
         self.ratios = Some(Ratios {
             dump_over_dd: s.dump_wall_ms / dd,
             dump_over_dd_fsync: s.dump_wall_ms / dds,
             restore_over_first_touch: s.restore_wall_ms / ft,
             restore_over_memcpy: s.restore_wall_ms / mc,
+            frozen_over_memcpy: s.frozen_ms / mc,
+            frozen_over_vm_readv: s.frozen_ms / rv,
             image_over_nonzero: s.image_bytes / self.nonzero_bytes as f64,
             dump_gbps: s.image_bytes / s.dump_wall_ms / 1e6,
             restore_gbps: s.image_bytes / s.restore_wall_ms / 1e6,
@@ -113,7 +125,7 @@ impl Case {
     }
 }
 
-fn num(v: f64, decimals: usize) -> String {
+pub fn num(v: f64, decimals: usize) -> String {
     if v.is_finite() {
         format!("{v:.decimals$}")
     } else {
@@ -121,8 +133,21 @@ fn num(v: f64, decimals: usize) -> String {
     }
 }
 
+/// Milliseconds with enough decimals to show a small time (0.021, 3.14,
+/// 123.4).
+pub fn num_ms(v: f64) -> String {
+    let d = if v.abs() < 1.0 {
+        3
+    } else if v.abs() < 10.0 {
+        2
+    } else {
+        1
+    };
+    num(v, d)
+}
+
 /// An error message cut to fit a table row (the JSON has all of it).
-fn short(msg: Option<&str>) -> String {
+pub fn short(msg: Option<&str>) -> String {
     const MAX: usize = 120;
     let m = msg.unwrap_or("?");
     if m.chars().count() <= MAX {
@@ -133,7 +158,14 @@ fn short(msg: Option<&str>) -> String {
 }
 
 /// Prints rows with the first `left` columns left-aligned, the rest right.
-fn print_rows(rows: &[Vec<String>], left: usize) {
+pub fn print_rows(rows: &[Vec<String>], left: usize) {
+    print!("{}", format_rows(rows, left));
+}
+
+/// Lays out rows with the first `left` columns left-aligned, the rest
+/// right, one line each.
+pub fn format_rows(rows: &[Vec<String>], left: usize) -> String {
+    let mut out = String::new();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut w = vec![0usize; cols];
     for r in rows {
@@ -159,8 +191,10 @@ fn print_rows(rows: &[Vec<String>], left: usize) {
                 line.push_str(&format!("{c:>0$}", w[i]));
             }
         }
-        println!("{}", line.trim_end());
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
+    out
 }
 
 pub fn print_baselines(bases: &[Baseline], reps: usize) {
@@ -171,10 +205,12 @@ pub fn print_baselines(bases: &[Baseline], reps: usize) {
         "dd+fsync ms",
         "first-touch ms",
         "memcpy ms",
+        "vm_readv ms",
         "dd GB/s",
         "dd+fsync GB/s",
         "touch GB/s",
         "memcpy GB/s",
+        "vm_readv GB/s",
     ]
     .map(String::from)
     .to_vec()];
@@ -183,14 +219,16 @@ pub fn print_baselines(bases: &[Baseline], reps: usize) {
         let gbps = |ms: f64| num(b.mib as f64 * MIB / ms / 1e6, 2);
         rows.push(vec![
             b.mib.to_string(),
-            num(m.dd_ms, 1),
-            num(m.dd_fsync_ms, 1),
-            num(m.first_touch_ms, 1),
-            num(m.memcpy_ms, 1),
+            num_ms(m.dd_ms),
+            num_ms(m.dd_fsync_ms),
+            num_ms(m.first_touch_ms),
+            num_ms(m.memcpy_ms),
+            num_ms(m.vm_readv_ms),
             gbps(m.dd_ms),
             gbps(m.dd_fsync_ms),
             gbps(m.first_touch_ms),
             gbps(m.memcpy_ms),
+            gbps(m.vm_readv_ms),
         ]);
     }
     print_rows(&rows, 0);
@@ -200,6 +238,7 @@ pub fn print_cases(cases: &[Case], reps: usize) {
     println!("crest (median of {reps}):");
     let mut rows = vec![[
         "workload",
+        "mode",
         "sink",
         "MiB",
         "dump ms",
@@ -222,6 +261,7 @@ pub fn print_cases(cases: &[Case], reps: usize) {
     for c in cases {
         let mut row = vec![
             c.workload.clone(),
+            c.mode.name().to_string(),
             c.sink.name().to_string(),
             c.mib.to_string(),
         ];
@@ -253,7 +293,7 @@ pub fn print_cases(cases: &[Case], reps: usize) {
         }
         rows.push(row);
     }
-    print_rows(&rows, 2);
+    print_rows(&rows, 3);
 }
 
 pub const LEGEND: &str = "\
@@ -268,4 +308,18 @@ sinks: file = image on the work directory (restore reads it back from the page c
 dump/dd: dump ms / `dd if=/dev/zero bs=1M count=MiB` into a new file (page cache);
   dump/dd+fsync: the same with conv=fsync; restore/first-touch: restore ms / copying MiB into fresh
   anonymous memory 1 MiB at a time. GB/s: image bytes / wall time (1 GB = 1e9 B).
+memcpy: copying MiB between two faulted buffers; vm_readv: the same copy with process_vm_readv;
+  either is the time to copy the memory once that frozen time with --leave-running is held to.
+modes: plain = `crest dump`; compress = `crest dump --compress`; leave-running = `crest dump
+  --leave-running`: the process goes on, verifies its memory right after the dump and ends, then
+  the image is restored and verified again.
+mem workloads: mem-N = N MiB of random (incompressible) pages; -half0 = every other page zero;
+  -text = text-like pages (words of a 64-word dictionary, about 1.5 bits a byte of entropy);
+  -busy = random pages, a sixteenth of which the process keeps rewriting (about 128 MiB/s) while
+  it is dumped with --leave-running; the restored copy checks they were captured at one instant.
+leave-running: pre-copied / copied frozen MiB come from crest's report when it has them. At small
+  sizes frozen time is mostly the fixed cost of stopping and resuming the process, which a copy of
+  a few MiB does not have.
+Scaling: tree and threads also run with twice the processes / threads; x = time(2x)/time(1x).
+Targets are judged on this run's medians; at small sizes and on a busy machine they are noisy.
 Every run's restored workload verified all of its memory itself before the run counted.";

@@ -44,6 +44,53 @@ impl Sink {
     }
 }
 
+/// How crest dumps: the options of `crest dump` a case measures.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// `crest dump` (the process is killed after the dump).
+    Plain,
+    /// `crest dump --compress`.
+    Compress,
+    /// `crest dump --leave-running`: the process goes on; it verifies its
+    /// memory right after the dump, then ends, and the image is restored
+    /// and verified as in the other modes.
+    LeaveRunning,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Plain, Mode::Compress, Mode::LeaveRunning];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Compress => "compress",
+            Mode::LeaveRunning => "leave-running",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// The options this mode adds to `crest dump`.
+    fn dump_flags(self) -> &'static [&'static str] {
+        match self {
+            Mode::Plain => &[],
+            Mode::Compress => &["--compress"],
+            Mode::LeaveRunning => &["--leave-running"],
+        }
+    }
+
+    /// Whether this mode is measured with `sink`. A process left running
+    /// keeps its PID, so it cannot be restored while the dump still runs
+    /// (live); compression is measured on a file (the disk) and a pipe
+    /// (memory speed) only, to keep the run short.
+    pub fn runs_on(self, sink: Sink) -> bool {
+        self == Mode::Plain || sink != Sink::Live
+    }
+}
+
 /// A workload program and its arguments.
 #[derive(Clone, Debug)]
 pub struct Workload {
@@ -54,9 +101,16 @@ pub struct Workload {
     pub args: Vec<String>,
     /// Memory it touches, rounded up to MiB: the size of its baselines.
     pub mib: u64,
+    /// mem: what its pages hold (`random`, `half-zero`, `text`, or `busy`:
+    /// random pages it keeps rewriting).
+    pub fill: Option<&'static str>,
+    /// tree and threads: how many processes or threads (scaling pairs).
+    pub tasks: Option<u64>,
     /// crest may not support this workload (yet): a dump refused with
     /// "… not supported …" is recorded as refused, not as a failure.
     pub may_refuse: bool,
+    /// The dump modes measured on it.
+    pub modes: Vec<Mode>,
 }
 
 /// Everything measured in one cycle.
@@ -70,6 +124,8 @@ pub struct Run {
     pub dump_wall_ms: f64,
     /// From crest's report: how long the process was stopped.
     pub frozen_ms: f64,
+    /// From crest's report: the process was left running.
+    pub left_running: bool,
     /// From crest's report: its own idea of the dump's duration.
     pub dump_crest_total_ms: f64,
     pub image_bytes: u64,
@@ -94,8 +150,14 @@ pub struct Run {
     pub end_to_end_ms: f64,
     /// Bytes that went through the pipe (pipe sink).
     pub pipe_bytes: Option<u64>,
+    /// Leave-running: what the process that went on after the dump said
+    /// when it verified its memory (before the image was restored).
+    pub live_result: Option<String>,
     /// What the workload said after the restore.
     pub result: String,
+    /// crest's whole JSON reports, fields the driver does not know included.
+    pub dump_report: serde_json::Value,
+    pub restore_report: serde_json::Value,
 }
 
 /// Why a cycle gave no numbers.
@@ -118,9 +180,19 @@ pub struct Ctx {
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 const RESULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// crest's error line from a stderr file (`crest: error: ` removed).
+/// crest's error line from a stderr file (`crest: error: ` removed), or
+/// its panic message.
 fn crest_error(path: &Path, end: &Ended) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if let Some((i, at)) = lines
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| l.split_once("panicked at ").map(|(_, at)| (i, at)))
+    {
+        let why = lines.get(i + 1).map_or("", |l| l.trim());
+        return format!("crest panicked at {} {why}", at.trim());
+    }
     let line = text
         .lines()
         .rev()
@@ -257,19 +329,82 @@ fn dump_failed(wl: &Workload, err_file: &Path, end: &Ended) -> Failure {
     }
 }
 
-fn take_dump(run: &mut Run, end: &Ended, report: &serde_json::Value) {
+fn take_dump(
+    run: &mut Run,
+    mode: Mode,
+    end: &Ended,
+    report: serde_json::Value,
+) -> Result<(), Failure> {
     run.dump_wall_ms = end.wall_ms();
     run.dump_user_ms = end.user_ms;
     run.dump_sys_ms = end.sys_ms;
     run.dump_cpu_ms = end.cpu_ms();
     run.dump_maxrss_kib = end.maxrss_kib;
-    run.frozen_ms = f(report, "frozen_ms");
-    run.dump_crest_total_ms = f(report, "total_ms");
-    run.image_bytes = u(report, "image_bytes");
-    run.pages_written = u(report, "pages_written");
-    run.zero_pages_skipped = u(report, "zero_pages_skipped");
-    run.mappings = u(report, "mappings");
-    run.fds = u(report, "fds");
+    run.frozen_ms = f(&report, "frozen_ms");
+    run.dump_crest_total_ms = f(&report, "total_ms");
+    run.image_bytes = u(&report, "image_bytes");
+    run.pages_written = u(&report, "pages_written");
+    run.zero_pages_skipped = u(&report, "zero_pages_skipped");
+    run.mappings = u(&report, "mappings");
+    run.fds = u(&report, "fds");
+    run.left_running = report["left_running"].as_bool().unwrap_or(false);
+    if run.left_running != (mode == Mode::LeaveRunning) {
+        return Err(failed(format!(
+            "crest dump ({} mode) reports left_running {}",
+            mode.name(),
+            report["left_running"]
+        )));
+    }
+    run.dump_report = report;
+    Ok(())
+}
+
+/// The state letter of `pid` in /proc (R, S, D, T, t, Z, …).
+fn proc_state(pid: i32) -> Result<char, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("reading /proc/{pid}/stat: {e}"))?;
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .ok_or_else(|| format!("unexpected /proc/{pid}/stat: {stat:?}"))
+}
+
+/// After a dump, makes the workload's PID (and those of its tree) free
+/// for the restore. Plain and compressed dumps killed the process: it is
+/// reaped. A process left running must still run, not stopped: it is told
+/// to verify its memory now (what the dump must not have disturbed) and
+/// end; its verdict is kept aside for the restored copy's own.
+fn release_dumped(
+    pid: i32,
+    mode: Mode,
+    dir: &Path,
+    run: &mut Run,
+    except: &[i32],
+) -> Result<(), Failure> {
+    if mode != Mode::LeaveRunning {
+        return reap_dumped(pid, except);
+    }
+    if let Some(st) = procs::try_reap(pid).map_err(io_fail("waitpid on the dumped process"))? {
+        return Err(failed(format!(
+            "the process dumped with --leave-running has ended ({})",
+            procs::describe_status(st)
+        )));
+    }
+    let state = proc_state(pid).map_err(failed)?;
+    if matches!(state, 'T' | 't') {
+        return Err(failed(format!(
+            "the process dumped with --leave-running is still stopped (state {state})"
+        )));
+    }
+    let verdict = verdict_of(pid, dir, "after the --leave-running dump, still running")?;
+    run.live_result = Some(verdict);
+    std::fs::rename(dir.join("result"), dir.join("result.live"))
+        .map_err(io_fail("renaming result to result.live"))?;
+    std::fs::remove_file(dir.join("go")).map_err(io_fail("removing go"))?;
+    procs::reap_others(except, Duration::from_secs(10)).map_err(|left| {
+        failed(format!(
+            "processes still alive after the verification: {left:?}"
+        ))
+    })
 }
 
 fn take_restore(
@@ -301,6 +436,7 @@ fn take_restore(
     run.restore_maxrss_kib = end.maxrss_kib;
     run.restore_crest_total_ms = f(&report, "total_ms");
     run.restore_pages = u(&report, "pages");
+    run.restore_report = report;
     Ok(())
 }
 
@@ -308,12 +444,20 @@ fn io_fail(what: &str) -> impl Fn(std::io::Error) -> Failure + '_ {
     move |e| failed(format!("{what}: {e}"))
 }
 
-fn file_sink(ctx: &Ctx, wl: &Workload, pid: i32, dir: &Path, run: &mut Run) -> Result<(), Failure> {
+fn file_sink(
+    ctx: &Ctx,
+    wl: &Workload,
+    mode: Mode,
+    pid: i32,
+    dir: &Path,
+    run: &mut Run,
+) -> Result<(), Failure> {
     let img = dir.join("img");
     let p = pid.to_string();
     let mut cmd = crest_cmd(ctx, &["dump", "-p", &p, "-o"]);
     cmd.arg(&img)
         .args(["--json", "--quiet"])
+        .args(mode.dump_flags())
         .stdout(out_file(&dir.join("dump.out")).map_err(io_fail("dump.out"))?)
         .stderr(out_file(&dir.join("dump.err")).map_err(io_fail("dump.err"))?);
     let mut d = Spawned::spawn(&mut cmd).map_err(io_fail("spawning crest dump"))?;
@@ -322,7 +466,7 @@ fn file_sink(ctx: &Ctx, wl: &Workload, pid: i32, dir: &Path, run: &mut Run) -> R
     if !de.success() {
         return Err(dump_failed(wl, &dir.join("dump.err"), &de));
     }
-    take_dump(run, &de, &json_from(&dir.join("dump.out"))?);
+    take_dump(run, mode, &de, json_from(&dir.join("dump.out"))?)?;
     let on_disk = std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0);
     if on_disk != run.image_bytes {
         return Err(failed(format!(
@@ -330,7 +474,7 @@ fn file_sink(ctx: &Ctx, wl: &Workload, pid: i32, dir: &Path, run: &mut Run) -> R
             run.image_bytes
         )));
     }
-    reap_dumped(pid, &[])?;
+    release_dumped(pid, mode, dir, run, &[])?;
 
     let mut cmd = crest_cmd(ctx, &["restore", "-i"]);
     cmd.arg(&img)
@@ -361,6 +505,7 @@ fn relay_says(r: &mut impl BufRead, what: &str) -> Result<u64, Failure> {
 fn pipe_sink(
     ctx: &Ctx,
     wl: &Workload,
+    mode: Mode,
     pid: i32,
     dir: &Path,
     run: &mut Run,
@@ -381,7 +526,8 @@ fn pipe_sink(
 
     let p = pid.to_string();
     let mut cmd = crest_cmd(ctx, &["dump", "-p", &p, "-o", "-", "--json", "--quiet"]);
-    cmd.stdout(Stdio::from(a_w))
+    cmd.args(mode.dump_flags())
+        .stdout(Stdio::from(a_w))
         .stderr(out_file(&dir.join("dump.err")).map_err(io_fail("dump.err"))?);
     let mut d = Spawned::spawn(&mut cmd).map_err(io_fail("spawning crest dump"))?;
     drop(cmd);
@@ -390,7 +536,7 @@ fn pipe_sink(
     if !de.success() {
         return Err(dump_failed(wl, &dir.join("dump.err"), &de));
     }
-    take_dump(run, &de, &json_from(&dir.join("dump.err"))?);
+    take_dump(run, mode, &de, json_from(&dir.join("dump.err"))?)?;
     run.pipe_bytes = Some(got);
     if got != run.image_bytes {
         return Err(failed(format!(
@@ -398,7 +544,7 @@ fn pipe_sink(
             run.image_bytes
         )));
     }
-    reap_dumped(pid, &[relay.pid])?;
+    release_dumped(pid, mode, dir, run, &[relay.pid])?;
 
     let mut cmd = crest_cmd(ctx, &["restore", "-i", "-", "-d", "--json"]);
     cmd.stdin(Stdio::from(b_r))
@@ -417,7 +563,17 @@ fn pipe_sink(
     Ok(())
 }
 
-fn live_sink(ctx: &Ctx, wl: &Workload, pid: i32, dir: &Path, run: &mut Run) -> Result<(), Failure> {
+fn live_sink(
+    ctx: &Ctx,
+    wl: &Workload,
+    mode: Mode,
+    pid: i32,
+    dir: &Path,
+    run: &mut Run,
+) -> Result<(), Failure> {
+    if !mode.runs_on(Sink::Live) {
+        return Err(failed(format!("mode {} does not run live", mode.name())));
+    }
     let (a_r, a_w) = procs::pipe().map_err(io_fail("pipe"))?;
     let mut cmd = crest_cmd(ctx, &["restore", "-i", "-", "-d", "--json"]);
     cmd.stdin(Stdio::from(a_r))
@@ -427,7 +583,8 @@ fn live_sink(ctx: &Ctx, wl: &Workload, pid: i32, dir: &Path, run: &mut Run) -> R
     drop(cmd);
     let p = pid.to_string();
     let mut cmd = crest_cmd(ctx, &["dump", "-p", &p, "-o", "-", "--json", "--quiet"]);
-    cmd.stdout(Stdio::from(a_w))
+    cmd.args(mode.dump_flags())
+        .stdout(Stdio::from(a_w))
         .stderr(out_file(&dir.join("dump.err")).map_err(io_fail("dump.err"))?);
     let mut d = Spawned::spawn(&mut cmd).map_err(io_fail("spawning crest dump"))?;
     drop(cmd);
@@ -436,7 +593,7 @@ fn live_sink(ctx: &Ctx, wl: &Workload, pid: i32, dir: &Path, run: &mut Run) -> R
         let _ = r.wait();
         return Err(dump_failed(wl, &dir.join("dump.err"), &de));
     }
-    take_dump(run, &de, &json_from(&dir.join("dump.err"))?);
+    take_dump(run, mode, &de, json_from(&dir.join("dump.err"))?)?;
     // The restore runs meanwhile: once it has returned, the restored root
     // (the same pid, reaped above in its old life) is our child too.
     reap_dumped(pid, &[r.pid, pid])?;
@@ -447,6 +604,14 @@ fn live_sink(ctx: &Ctx, wl: &Workload, pid: i32, dir: &Path, run: &mut Run) -> R
 
 /// Tells the restored workload to verify itself and waits for its verdict.
 fn verify(pid: i32, dir: &Path, run: &mut Run) -> Result<(), Failure> {
+    run.result = verdict_of(pid, dir, "after the restore")?;
+    Ok(())
+}
+
+/// Tells the workload `pid` to verify itself, waits for its verdict and
+/// reaps it; `Ok` with the verdict only if it is PASS and it exited 0.
+/// `when` says when this is, for messages.
+fn verdict_of(pid: i32, dir: &Path, when: &str) -> Result<String, Failure> {
     std::fs::write(dir.join("go"), b"go\n").map_err(io_fail("writing go"))?;
     let res = dir.join("result");
     let t = Instant::now();
@@ -459,7 +624,9 @@ fn verify(pid: i32, dir: &Path, run: &mut Run) -> Result<(), Failure> {
             break;
         }
         if t.elapsed() > RESULT_TIMEOUT {
-            return Err(failed("no verdict from the restored workload after 600 s"));
+            return Err(failed(format!(
+                "no verdict from the workload {when} after 600 s"
+            )));
         }
         crest_bench::sleep_ns(2_000_000);
     }
@@ -468,10 +635,9 @@ fn verify(pid: i32, dir: &Path, run: &mut Run) -> Result<(), Failure> {
         Some(st) => Some(st),
         None => procs::reap(pid, Duration::from_secs(60)).map_err(io_fail("waitpid"))?,
     };
-    run.result = verdict.trim().to_string();
     if !verdict.starts_with("PASS") {
         return Err(failed(format!(
-            "VERIFICATION FAILED after restore: {:?} (workload {}); log: {}",
+            "VERIFICATION FAILED {when}: {:?} (workload {}); log: {}",
             verdict.trim(),
             st.map(procs::describe_status)
                 .unwrap_or_else(|| "still running".into()),
@@ -479,19 +645,25 @@ fn verify(pid: i32, dir: &Path, run: &mut Run) -> Result<(), Failure> {
         )));
     }
     match st {
-        Some(st) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 => Ok(()),
+        Some(st) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 => {
+            Ok(verdict.trim().to_string())
+        }
         Some(st) => Err(failed(format!(
-            "the restored workload said PASS but ended with {}",
+            "the workload said PASS {when} but ended with {}",
             procs::describe_status(st)
         ))),
-        None => Err(failed("the restored workload said PASS but did not exit")),
+        None => Err(failed(format!(
+            "the workload said PASS {when} but did not exit"
+        ))),
     }
 }
 
-/// One full cycle in `dir`: start, dump, reap, restore, verify.
+/// One full cycle in `dir`: start, dump, reap (or, left running, verify),
+/// restore, verify.
 pub fn run_once(
     ctx: &Ctx,
     wl: &Workload,
+    mode: Mode,
     sink: Sink,
     rep: usize,
     dir: &Path,
@@ -504,13 +676,13 @@ pub fn run_once(
     };
     let pid = start(ctx, wl, dir, &mut run)?;
     let r = match sink {
-        Sink::File => file_sink(ctx, wl, pid, dir, &mut run),
+        Sink::File => file_sink(ctx, wl, mode, pid, dir, &mut run),
         Sink::Pipe => {
             let cap =
                 relay_capacity.unwrap_or(run.nonzero_bytes + run.nonzero_bytes / 4 + (16 << 20));
-            pipe_sink(ctx, wl, pid, dir, &mut run, cap)
+            pipe_sink(ctx, wl, mode, pid, dir, &mut run, cap)
         }
-        Sink::Live => live_sink(ctx, wl, pid, dir, &mut run),
+        Sink::Live => live_sink(ctx, wl, mode, pid, dir, &mut run),
     };
     r?;
     verify(pid, dir, &mut run)?;

@@ -2,11 +2,11 @@
 //! restores, plus two helpers of the driver.
 //!
 //! ```text
-//! crest-bench-workload mem DIR MIB [half-zero]
+//! crest-bench-workload mem DIR MIB [half-zero|text|busy]
 //! crest-bench-workload maps DIR COUNT
 //! crest-bench-workload tree DIR PROCS MIB
 //! crest-bench-workload threads DIR COUNT
-//! crest-bench-workload touch MIB REPS      (baseline: first-touch and memcpy)
+//! crest-bench-workload touch MIB REPS      (baseline: first-touch, memcpy, process_vm_readv)
 //! crest-bench-workload relay CAPACITY      (memory-speed pipe endpoint)
 //! ```
 //!

@@ -51,6 +51,11 @@ impl Proto {
         wait_file(&self.dir.join("go"))
     }
 
+    /// Waits for `<dir>/go`, calling `work` before each poll.
+    pub fn wait_go_doing(&self, work: impl FnMut()) -> Result<(), String> {
+        wait_file_doing(&self.dir.join("go"), work)
+    }
+
     /// Writes the verdict and exits with 0 (pass) or 1.
     pub fn finish(&self, verdict: Result<(), String>) -> ! {
         let (text, code) = match &verdict {
@@ -68,10 +73,16 @@ impl Proto {
 
 /// Polls for `path` every 2 ms (`access` + a monotonic sleep).
 pub fn wait_file(path: &Path) -> Result<(), String> {
+    wait_file_doing(path, || {})
+}
+
+/// Polls for `path` every 2 ms, calling `work` before each poll.
+pub fn wait_file_doing(path: &Path, mut work: impl FnMut()) -> Result<(), String> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| "path with NUL".to_string())?;
     let mut slept = 0u64;
     loop {
+        work();
         // SAFETY: `c` is a valid NUL-terminated path.
         if unsafe { libc::access(c.as_ptr(), libc::F_OK) } == 0 {
             return Ok(());

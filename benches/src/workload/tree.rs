@@ -6,7 +6,7 @@
 
 use crest_bench::{sleep_ns, write_atomic, MIB};
 
-use crate::mem::Filled;
+use crate::mem::{Fill, Filled};
 use crate::proto::{wait_file, Proto};
 
 fn seed(i: usize) -> u64 {
@@ -16,7 +16,7 @@ fn seed(i: usize) -> u64 {
 /// The body of child `i`; never returns.
 fn child(p: &Proto, i: usize, bytes: usize) -> ! {
     let verdict = (|| {
-        let mem = Filled::new(bytes, seed(i), false)?;
+        let mem = Filled::new(bytes, seed(i), Fill::Random)?;
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         write_atomic(
@@ -66,7 +66,7 @@ pub fn run(p: &Proto, args: &[String]) -> ! {
             ))),
         }
     }
-    let mem = match Filled::new(bytes, seed(0), false) {
+    let mem = match Filled::new(bytes, seed(0), Fill::Random) {
         Ok(m) => m,
         Err(e) => p.finish(Err(e)),
     };
