@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod memory;
 pub mod model;
 pub mod objects;
+pub mod pipeline;
 pub mod precopy;
 pub mod restore;
 pub mod signals;

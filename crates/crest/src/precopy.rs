@@ -229,22 +229,40 @@ impl PreCopy {
             .flat_map(|(_, plan)| plan.runs.iter().flatten())
             .map(|r| r.1 * ps)
             .sum();
+        // (process, mapping, address, pages)
+        let jobs: Vec<(usize, &Vma, u64, u64)> = work
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (vmas, plan))| {
+                vmas.iter()
+                    .zip(&plan.runs)
+                    .flat_map(move |(v, runs)| runs.iter().map(move |&(a, n)| (i, v, a, n)))
+            })
+            .collect();
+        let pids: Vec<i32> = pc.procs.iter().map(|t| t.pid).collect();
         let mut done = 0;
-        let mut buf = vec![0u8; (CHUNK_PAGES * ps) as usize];
-        for (t, (vmas, plan)) in pc.procs.iter_mut().zip(&work) {
-            for (v, runs) in vmas.iter().zip(&plan.runs) {
-                for &(addr, n) in runs {
-                    let data = &mut buf[..(n * ps) as usize];
-                    // A run unmapped meanwhile is simply not pre-copied.
-                    if read_task(t.pid, v, addr, data).is_ok() {
-                        pc.spool.store(addr, data, &mut t.copied)?;
-                        pc.pages_copied += n;
-                    }
-                    done += n * ps;
-                    progress(done, total);
+        let PreCopy {
+            procs,
+            spool,
+            pages_copied,
+            ..
+        } = &mut pc;
+        crate::pipeline::run(
+            &jobs,
+            (CHUNK_PAGES * ps) as usize,
+            |j| (j.3 * ps) as usize,
+            // A run unmapped meanwhile is simply not pre-copied.
+            |&(i, v, a, _), buf| Ok(read_task(pids[i], v, a, buf).is_ok()),
+            |&(i, _, a, n), data, read| {
+                if read {
+                    spool.store(a, data, &mut procs[i].copied)?;
+                    *pages_copied += n;
                 }
-            }
-        }
+                done += n * ps;
+                progress(done, total);
+                Ok(())
+            },
+        )?;
         Ok(Ok(pc))
     }
 
@@ -496,22 +514,33 @@ impl Prepared {
     ) -> Result<u64> {
         let ps = memory::page_size();
         let total: u64 = pages.0.iter().flatten().map(|r| r.1 * ps).sum();
-        let mut buf = vec![0u8; (CHUNK_PAGES * ps) as usize];
+        // (address space, address, pages, spool offset)
+        let jobs: Vec<(u32, u64, u64, u64)> = pages
+            .0
+            .iter()
+            .enumerate()
+            .flat_map(|(space, runs)| {
+                runs.iter()
+                    .map(move |&(a, n, off)| (space as u32, a, n, off))
+            })
+            .collect();
         let mut done = 0;
-        for (space, runs) in pages.0.iter().enumerate() {
-            for &(addr, n, off) in runs {
-                let data = &mut buf[..(n * ps) as usize];
-                self.spool.read(off, data)?;
+        crate::pipeline::run(
+            &jobs,
+            (CHUNK_PAGES * ps) as usize,
+            |j| (j.2 * ps) as usize,
+            |&(_, _, _, off), buf| self.spool.read(off, buf),
+            |&(space, addr, n, _), data, ()| {
                 if compress {
-                    out.write_pages_compressed(space as u32, addr, data)?;
+                    out.write_pages_compressed(space, addr, data)?;
                 } else {
-                    out.write_pages(space as u32, addr, data)?;
+                    out.write_pages(space, addr, data)?;
                 }
                 done += n * ps;
                 progress(done, total);
-                crate::fault::point("dump: page chunk written")?;
-            }
-        }
+                crate::fault::point("dump: page chunk written")
+            },
+        )?;
         Ok(done / ps)
     }
 }
