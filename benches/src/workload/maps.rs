@@ -13,7 +13,7 @@ use crate::region::Region;
 const SEED: u64 = 0x6d61_7073;
 
 fn prot_of(i: usize) -> i32 {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         libc::PROT_READ | libc::PROT_WRITE
     } else {
         libc::PROT_READ
@@ -21,7 +21,7 @@ fn prot_of(i: usize) -> i32 {
 }
 
 fn perms_of(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "rw-p"
     } else {
         "r--p"

@@ -62,7 +62,7 @@ impl Region {
 
     /// `n` words at byte offset `off` (page-aligned offsets keep them aligned).
     pub fn words_at(&self, off: usize, n: usize) -> &[u64] {
-        assert!(off % 8 == 0 && off + n * 8 <= self.len);
+        assert!(off.is_multiple_of(8) && off + n * 8 <= self.len);
         // SAFETY: the range lies inside the mapping, is 8-byte aligned and
         // callers only ask for readable parts; it lives as long as `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.add(off).cast::<u64>(), n) }

@@ -4,11 +4,12 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod output;
+mod sink;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal};
+use std::io::{BufReader, IsTerminal};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -180,7 +181,13 @@ fn cmd_dump(
             bail!("refusing to write an image to a terminal: use -o FILE or a pipe");
         }
         grow_pipe(1);
-        let out = BufWriter::with_capacity(1 << 20, stdout.lock());
+        // Straight to the descriptor (a duplicate of it): std's stdout
+        // would look for line ends in every byte of the image.
+        let fd = {
+            use std::os::fd::AsFd;
+            stdout.as_fd().try_clone_to_owned()?
+        };
+        let out = sink::Gather::new(File::from(fd));
         crest::dump(
             pid,
             out,
@@ -198,15 +205,12 @@ fn cmd_dump(
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        let out = BufWriter::with_capacity(
-            1 << 20,
-            SyncingFile {
-                file,
-                written: 0,
-                started: 0,
-                sync,
-            },
-        );
+        let out = sink::Gather::new(SyncingFile {
+            file,
+            written: 0,
+            started: 0,
+            sync,
+        });
         let r = crest::dump(
             pid,
             out,
@@ -269,9 +273,10 @@ struct SyncingFile {
 
 const WRITEBACK_STEP: u64 = 32 << 20;
 
-impl std::io::Write for SyncingFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = std::io::Write::write(&mut self.file, buf)?;
+impl SyncingFile {
+    /// Counts `n` bytes written, starting writeback every
+    /// [`WRITEBACK_STEP`].
+    fn wrote(&mut self, n: usize) {
         self.written += n as u64;
         if self.sync && self.written - self.started >= WRITEBACK_STEP {
             use std::os::fd::AsRawFd;
@@ -287,6 +292,19 @@ impl std::io::Write for SyncingFile {
             };
             self.started = self.written;
         }
+    }
+}
+
+impl std::io::Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = std::io::Write::write(&mut self.file, buf)?;
+        self.wrote(n);
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let n = std::io::Write::write_vectored(&mut self.file, bufs)?;
+        self.wrote(n);
         Ok(n)
     }
 
@@ -304,9 +322,9 @@ struct FileSink {
     sync: bool,
 }
 
-impl crest::dump::ImageSink<BufWriter<SyncingFile>> for FileSink {
-    fn commit(&mut self, w: BufWriter<SyncingFile>) -> crest::Result<()> {
-        let f = w.into_inner().map_err(|e| e.into_error())?.file;
+impl crest::dump::ImageSink<sink::Gather<SyncingFile>> for FileSink {
+    fn commit(&mut self, w: sink::Gather<SyncingFile>) -> crest::Result<()> {
+        let f = w.into_inner()?.file;
         if self.sync {
             f.sync_all()?;
         }
@@ -342,17 +360,23 @@ fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
+/// Read buffer of a restore.  Small on purpose: the records' headers and
+/// metadata come from it, while the image reader takes the large page
+/// chunks straight from the file or pipe (a read at least this large into
+/// an empty buffer bypasses it), so pages are not copied twice.
+const READ_BUF: usize = 64 << 10;
+
 fn cmd_restore(input: &str, detach: bool, pidfile: Option<&Path>, json: bool) -> Result<i32> {
     let mut progress = output::Progress::new("restore", json);
     let report = if input == "-" {
         grow_pipe(0);
         let stdin = std::io::stdin();
-        crest::restore(BufReader::with_capacity(1 << 20, stdin.lock()), &mut |n| {
+        crest::restore(BufReader::with_capacity(READ_BUF, stdin.lock()), &mut |n| {
             progress.add(n)
         })
     } else {
         let f = File::open(input).with_context(|| format!("opening image {input}"))?;
-        crest::restore(BufReader::with_capacity(1 << 20, f), &mut |n| {
+        crest::restore(BufReader::with_capacity(READ_BUF, f), &mut |n| {
             progress.add(n)
         })
     }

@@ -93,10 +93,11 @@ impl Progress {
 pub fn print_inspection(ins: &Inspection) {
     let h = &ins.header;
     println!(
-        "image: {} in {} records, written by {}",
+        "image: {} in {} records, written by {} (format version {})",
         bytes(ins.image_bytes),
         ins.records,
-        h.producer
+        h.producer,
+        h.format_version
     );
     println!(
         "  source: {} on {} ({}), {} XSAVE {} bytes features {}",

@@ -364,6 +364,42 @@ fn page_chunk_in_mapping_without_saved_pages() {
     b.finish();
 }
 
+/// A sparse chunk whose first page lies in a mapping that takes pages but
+/// whose window runs past the end of it: the whole window is checked, not
+/// only where its first page goes.
+#[test]
+fn sparse_chunk_window_leaving_its_mapping() {
+    let b = Base::idle();
+    let p = b.parts.clone();
+    let v = p.processes[0]
+        .mm
+        .vmas
+        .iter()
+        .find(|v| v.pages > 0 && matches!(v.backing, Backing::Anonymous) && !v.shared)
+        .expect("an idle process has private anonymous memory with saved pages")
+        .clone();
+    let ps = u64::from(p.header.page_size);
+    // Window of 3 pages from the mapping's last page: pages 0 and 2 present.
+    let mut chunk = Vec::new();
+    chunk.extend_from_slice(&0u32.to_le_bytes());
+    chunk.extend_from_slice(&crest_image::CHUNK_SPARSE.to_le_bytes());
+    chunk.extend_from_slice(&(v.end - ps).to_le_bytes());
+    chunk.extend_from_slice(&3u64.to_le_bytes());
+    chunk.extend_from_slice(&[0b101, 0, 0, 0, 0, 0, 0, 0]);
+    chunk.extend(std::iter::repeat_n(0xEF, 2 * ps as usize));
+    let img = b.write(
+        "sparse-past-end",
+        &p.encode(&[], &[(kind::PAGES, 0, chunk)]),
+    );
+    b.refused(
+        "sparse page chunk whose window leaves its mapping",
+        &img,
+        &[&format!("{:#x}", v.end - ps), "outside any mapping"],
+        &[],
+    );
+    b.finish();
+}
+
 #[test]
 fn overlapping_mappings() {
     let b = Base::idle();

@@ -398,3 +398,28 @@ result(e)
     assert!(o.status.success(), "{}", stdout(&o));
     w.cycle();
 }
+
+/// Signals a process leaves at their default action stay so after the
+/// restore: it does not inherit crest's own actions (the Rust runtime
+/// ignores SIGPIPE and catches SIGSEGV and SIGBUS).
+#[test]
+fn default_signal_actions_stay_default() {
+    let body = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+default = ctypes.create_string_buffer(32)       # struct sigaction: SIG_DFL, no flags, empty mask
+for s in (7, 11, 13):                           # SIGBUS, SIGSEGV, SIGPIPE
+    if libc.syscall(ctypes.c_long(13), ctypes.c_long(s), default, None, ctypes.c_long(8)) != 0:
+        raise SystemExit("rt_sigaction(%d) failed" % s)
+def masks():
+    st = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+    return int(st["SigIgn"], 16), int(st["SigCgt"], 16)
+before = masks()
+ready(); wait_go()
+after = masks()
+e = []
+if after != before: e.append("SigIgn/SigCgt %x/%x, before %x/%x" % (after + before))
+result(e)
+"#;
+    Workload::start_python("py-default-actions", &script(body)).cycle();
+}

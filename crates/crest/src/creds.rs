@@ -7,7 +7,7 @@
 //! capability sets themselves.
 
 use crate::error::Result;
-use crate::freeze::Inject;
+use crate::freeze::{Call, Inject};
 use crate::model::Creds;
 use crest_sys::proc::Status;
 
@@ -72,37 +72,60 @@ pub fn check_restorable(pid: i32, c: &Creds) -> Result<()> {
 
 /// Highest capability number this kernel knows.
 pub fn cap_last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
 }
 
+/// Sets the credentials of the task's thread (every call queued).
 pub fn restore(t: &impl Inject, c: &Creds) -> Result<()> {
+    let prctl = |args: &[u64], what: String| t.queue(Call::new(libc::SYS_prctl, args, what));
     for cap in 0..=cap_last_cap() {
         if c.cap_bnd & (1u64 << cap) == 0 {
-            t.prctl(
-                libc::PR_CAPBSET_DROP,
-                &[cap as u64],
-                &format!("dropping capability {cap} from the bounding set"),
+            prctl(
+                &[libc::PR_CAPBSET_DROP as u64, cap as u64],
+                format!("dropping capability {cap} from the bounding set"),
             )?;
         }
     }
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-    t.write_scratch(0, &groups)?;
-    t.call(
+    let at = t.place(&groups)?;
+    t.queue(Call::new(
         libc::SYS_setgroups,
-        &[c.groups.len() as u64, t.scratch()],
-        "setting supplementary groups",
-    )?;
+        &[c.groups.len() as u64, at],
+        "setting supplementary groups".into(),
+    ))?;
     let [rg, eg, sg, fg] = c.gids.map(u64::from);
-    t.call(libc::SYS_setresgid, &[rg, eg, sg], "setting gids")?;
-    t.call(libc::SYS_setfsgid, &[fg], "setting the fs gid")?;
+    t.queue(Call::new(
+        libc::SYS_setresgid,
+        &[rg, eg, sg],
+        "setting gids".into(),
+    ))?;
+    t.queue(Call::new(
+        libc::SYS_setfsgid,
+        &[fg],
+        "setting the fs gid".into(),
+    ))?;
     let keep = c.securebits as u64 | SECBIT_KEEP_CAPS;
-    t.prctl(libc::PR_SET_SECUREBITS, &[keep], "setting securebits")?;
+    prctl(
+        &[libc::PR_SET_SECUREBITS as u64, keep],
+        "setting securebits".into(),
+    )?;
     let [ru, eu, su, fu] = c.uids.map(u64::from);
-    t.call(libc::SYS_setresuid, &[ru, eu, su], "setting uids")?;
-    t.call(libc::SYS_setfsuid, &[fu], "setting the fs uid")?;
+    t.queue(Call::new(
+        libc::SYS_setresuid,
+        &[ru, eu, su],
+        "setting uids".into(),
+    ))?;
+    t.queue(Call::new(
+        libc::SYS_setfsuid,
+        &[fu],
+        "setting the fs uid".into(),
+    ))?;
     // capset v3: header {version, pid}, then two {effective, permitted,
     // inheritable} u32 triples (low and high halves).
     let mut b = Vec::with_capacity(32);
@@ -113,34 +136,36 @@ pub fn restore(t: &impl Inject, c: &Creds) -> Result<()> {
             b.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
         }
     }
-    t.write_scratch(0, &b)?;
-    let s = t.scratch();
-    t.call(libc::SYS_capset, &[s, s + 8], "setting capabilities")?;
+    let s = t.place(&b)?;
+    t.queue(Call::new(
+        libc::SYS_capset,
+        &[s, s + 8],
+        "setting capabilities".into(),
+    ))?;
     for cap in 0..=cap_last_cap() {
         if c.cap_amb & (1u64 << cap) != 0 {
-            t.prctl(
-                libc::PR_CAP_AMBIENT,
-                &[libc::PR_CAP_AMBIENT_RAISE as u64, cap as u64],
-                &format!("raising ambient capability {cap}"),
+            prctl(
+                &[
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_RAISE as u64,
+                    cap as u64,
+                ],
+                format!("raising ambient capability {cap}"),
             )?;
         }
     }
     if keep != c.securebits as u64 {
-        t.prctl(
-            libc::PR_SET_SECUREBITS,
-            &[c.securebits as u64],
-            "setting securebits",
-        )
-        .or_else(|_| {
-            // Without CAP_SETPCAP left, clearing KEEP_CAPS is still allowed.
-            t.prctl(libc::PR_SET_KEEPCAPS, &[0], "clearing keep-caps")
-        })?;
+        // Only KEEP_CAPS differs, and clearing it needs no CAP_SETPCAP
+        // (which the task may no longer have).
+        prctl(
+            &[libc::PR_SET_KEEPCAPS as u64, 0],
+            "clearing keep-caps".into(),
+        )?;
     }
     if c.no_new_privs {
-        t.prctl(
-            libc::PR_SET_NO_NEW_PRIVS,
-            &[1, 0, 0, 0],
-            "setting no_new_privs",
+        prctl(
+            &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+            "setting no_new_privs".into(),
         )?;
     }
     Ok(())

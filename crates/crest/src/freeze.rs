@@ -241,13 +241,26 @@ pub struct Call {
     pub nr: i64,
     pub args: [u64; 6],
     pub what: String,
+    /// A failure of this call is ignored: the calls after it run anyway.
+    pub may_fail: bool,
 }
 
 impl Call {
     pub fn new(nr: i64, args: &[u64], what: String) -> Call {
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
-        Call { nr, args: a, what }
+        Call {
+            nr,
+            args: a,
+            what,
+            may_fail: false,
+        }
+    }
+
+    /// The same call, with its failure ignored.
+    pub fn may_fail(mut self) -> Call {
+        self.may_fail = true;
+        self
     }
 }
 
@@ -265,12 +278,51 @@ pub trait Inject {
     fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()>;
 
     /// Runs several syscalls in order, stopping at the first that fails
-    /// (its error names `what` of that call); returns their results.
+    /// (its error names `what` of that call) unless it may fail; returns
+    /// their results (a negative number for a call that failed but may).
     fn batch(&self, calls: &[Call]) -> Result<Vec<u64>> {
         calls
             .iter()
-            .map(|c| self.call(c.nr, &c.args, &c.what))
+            .map(|c| match self.call(c.nr, &c.args, &c.what) {
+                Err(_) if c.may_fail => Ok(u64::MAX),
+                r => r,
+            })
             .collect()
+    }
+
+    /// Runs a syscall whose result is not needed, now or later: queued
+    /// calls run in order, before any later call, batch, scratch access or
+    /// [`Inject::flush`] of the same task returns, and that one reports a
+    /// failure (naming `what`).  Data the call points to must be placed
+    /// with [`Inject::place`].
+    fn queue(&self, call: Call) -> Result<()> {
+        match self.call(call.nr, &call.args, &call.what) {
+            Err(_) if call.may_fail => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Puts `len` bytes in the task's scratch area for the call queued
+    /// next ([`Inject::queue`]) and returns their address; `fill(address,
+    /// bytes)` writes them.  They stay in place until that call has run.
+    /// (Implementations that run each call at once use the start of the
+    /// scratch area: one placement per call.)
+    fn place_with(&self, len: usize, fill: &mut dyn FnMut(u64, &mut [u8])) -> Result<u64> {
+        let addr = self.scratch();
+        let mut b = vec![0u8; len];
+        fill(addr, &mut b);
+        self.write_scratch(0, &b)?;
+        Ok(addr)
+    }
+
+    /// [`Inject::place_with`] for bytes known already.
+    fn place(&self, data: &[u8]) -> Result<u64> {
+        self.place_with(data.len(), &mut |_, b| b.copy_from_slice(data))
+    }
+
+    /// Runs every queued call now.
+    fn flush(&self) -> Result<()> {
+        Ok(())
     }
 
     /// prctl(2) run in the task.

@@ -21,6 +21,8 @@ pub struct Inspection {
 
 #[derive(Debug, Serialize)]
 pub struct HeaderView {
+    /// Image format version (from the preamble).
+    pub format_version: u32,
     pub producer: String,
     pub arch: String,
     pub page_size: u32,
@@ -36,6 +38,7 @@ pub struct HeaderView {
 pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
     let mut reader = Reader::new(r)?;
     let h = reader.header().clone();
+    let format_version = reader.format_version();
     let ps = reader.page_size();
     let mut ckpt = Checkpoint::default();
     let mut pages: BTreeMap<(u32, u64), u64> = BTreeMap::new();
@@ -46,6 +49,7 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
             kind::PROCESS => ckpt.processes.push(codec::decode_process(rec.payload)?),
             kind::FILE_DATA => file_data_bytes += rec.file_data()?.data.len() as u64,
             kind::PAGES => {
+                // Dense or sparse: `nr_pages` counts the pages it carries.
                 let c = rec.page_chunk(ps)?;
                 let start = ckpt
                     .processes
@@ -64,6 +68,7 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
     }
     Ok(Inspection {
         header: HeaderView {
+            format_version,
             producer: h.producer,
             arch: h.arch,
             page_size: h.page_size,

@@ -14,7 +14,7 @@ use crate::freeze::{Call, Inject};
 use crate::model::{Backing, Mm, ObjectKind, ShmemKind, ShmemObj, Vma, VmaFlags};
 use crate::objects::ObjectTable;
 use crate::Obstacle;
-use crest_image::Writer;
+use crest_image::{SealedPages, Writer};
 use crest_sys::proc::{MapEntry, Pagemap, PagemapEntry, VmFlags};
 use std::collections::HashMap;
 use std::io::Write;
@@ -435,23 +435,14 @@ pub fn is_zero(page: &[u8]) -> bool {
     }) == 0
 }
 
-/// A run of pages read from the task, with its non-zero stretches.
-struct ReadChunk {
-    addr: u64,
-    buf: Vec<u8>,
-    len: usize,
-    /// Byte ranges of `buf[..len]` holding non-zero pages.
-    keep: Vec<(usize, usize)>,
-}
-
-/// Buffers in flight between the reader thread and the writer.
-const BUFFERS: usize = 3;
-
 /// Reads the planned pages from the frozen task and writes them as page
 /// chunks, dropping all-zero pages.  A reader thread copies the memory
-/// out of the task and finds the zero pages while this thread checksums
-/// and writes the previous chunk: both cores work, and crest holds only
-/// a few chunks at a time.
+/// out of the task and seals it ([`SealedPages`]: finds the zero pages,
+/// chooses dense or sparse chunks, computes the checksums), a few hundred
+/// KiB at a time so that each part is sealed while it is still in that
+/// core's cache; this thread only writes the sealed records
+/// (compressing them first with `compress`): both cores work, and crest
+/// holds only a few chunks at a time.
 pub fn write_pages<W: Write>(
     pid: i32,
     space: u32,
@@ -461,8 +452,8 @@ pub fn write_pages<W: Write>(
     out: &mut Writer<W>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<PageStats> {
-    use std::sync::mpsc::sync_channel;
     let ps = page_size() as usize;
+    let image_ps = out.page_size();
     let mut stats = PageStats::default();
     let procmem = crest_sys::mem::ProcMem::open(pid, false)?;
     let jobs: Vec<(u64, u64, bool)> = vmas
@@ -473,78 +464,31 @@ pub fn write_pages<W: Write>(
             runs.iter().map(move |&(a, n)| (a, n, readable))
         })
         .collect();
-    let (full_tx, full_rx) = sync_channel::<Result<ReadChunk>>(BUFFERS);
-    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
-    for _ in 0..BUFFERS {
-        empty_tx
-            .send(vec![0u8; CHUNK_PAGES * ps])
-            .expect("the receiver is alive");
-    }
-    std::thread::scope(|sc| -> Result<PageStats> {
-        // Owned here, so that an early return drops them before the scope
-        // joins the reader: a reader blocked on either channel then wakes
-        // up and stops.
-        let full_rx = full_rx;
-        let empty_tx = empty_tx;
-        let procmem = &procmem;
-        let jobs = &jobs;
-        sc.spawn(move || {
-            for &(addr, n, readable) in jobs {
-                let Ok(mut buf) = empty_rx.recv() else {
-                    return; // the writer stopped
-                };
-                let len = n as usize * ps;
-                let r = if readable {
-                    crest_sys::mem::read(pid, addr, &mut buf[..len])
+    let procmem = &procmem;
+    crate::pipeline::run(
+        &jobs,
+        CHUNK_PAGES * ps,
+        |&(addr, n, readable), buf| {
+            let read = |at: u64, part: &mut [u8]| -> Result<()> {
+                if readable {
+                    Ok(crest_sys::mem::read(pid, at, part)?)
                 } else {
-                    procmem.read(addr, &mut buf[..len])
-                };
-                let msg = r.map_err(Into::into).map(|()| {
-                    let mut keep: Vec<(usize, usize)> = Vec::new();
-                    for p in 0..n as usize {
-                        let (a, b) = (p * ps, (p + 1) * ps);
-                        if is_zero(&buf[a..b]) {
-                            continue;
-                        }
-                        match keep.last_mut() {
-                            Some(k) if k.1 == a => k.1 = b,
-                            _ => keep.push((a, b)),
-                        }
-                    }
-                    ReadChunk {
-                        addr,
-                        buf,
-                        len,
-                        keep,
-                    }
-                });
-                let failed = msg.is_err();
-                if full_tx.send(msg).is_err() || failed {
-                    return;
+                    Ok(procmem.read(at, part)?)
                 }
-            }
-        });
-        for msg in full_rx.iter() {
-            let c = msg?;
-            let pages = (c.len / ps) as u64;
-            let mut kept = 0;
-            for &(a, b) in &c.keep {
-                if compress {
-                    out.write_pages_compressed(space, c.addr + a as u64, &c.buf[a..b])?;
-                } else {
-                    out.write_pages(space, c.addr + a as u64, &c.buf[a..b])?;
-                }
-                kept += ((b - a) / ps) as u64;
-            }
-            stats.pages_scanned += pages;
-            stats.pages_written += kept;
-            stats.zero_pages += pages - kept;
-            progress(c.len as u64);
+            };
+            SealedPages::read_and_seal(space, addr, buf, n as usize * ps, image_ps, read)
+        },
+        |_, sealed| {
+            out.write_sealed(&sealed, compress)?;
+            stats.pages_scanned += (sealed.len() / ps) as u64;
+            stats.pages_written += sealed.pages();
+            stats.zero_pages += sealed.zero_pages();
+            progress(sealed.len() as u64);
             crate::fault::point("dump: page chunk written")?;
-            let _ = empty_tx.send(c.buf);
-        }
-        Ok(stats)
-    })
+            Ok(sealed.into_buffer())
+        },
+    )?;
+    Ok(stats)
 }
 
 /// The protection a mapping gets while its pages are written in.
@@ -781,27 +725,30 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
             named.push((v, name));
         }
     }
-    t.batch(&calls)?;
+    for c in calls {
+        t.queue(c)?;
+    }
     for (v, name) in named {
         let mut b = name.as_bytes().to_vec();
         b.push(0);
-        t.write_scratch(0, &b)?;
-        t.prctl(
-            libc::PR_SET_VMA,
+        let at = t.place(&b)?;
+        t.queue(Call::new(
+            libc::SYS_prctl,
             &[
+                libc::PR_SET_VMA as u64,
                 libc::PR_SET_VMA_ANON_NAME as u64,
                 v.start,
                 v.end - v.start,
-                t.scratch(),
+                at,
             ],
-            &format!("naming {:#x}-{:#x}", v.start, v.end),
-        )?;
+            format!("naming {:#x}-{:#x}", v.start, v.end),
+        ))?;
     }
     Ok(())
 }
 
 /// Sets brk, the arg/env areas, auxv and the exe link in one
-/// PR_SET_MM_MAP call (`exe_fd` open in the task, or -1).
+/// PR_SET_MM_MAP call (`exe_fd` open in the task, or -1), queued.
 pub fn set_mm_fields(t: &impl Inject, mm: &Mm, exe_fd: i32) -> Result<()> {
     let auxv: Vec<u8> = mm
         .auxv
@@ -809,34 +756,35 @@ pub fn set_mm_fields(t: &impl Inject, mm: &Mm, exe_fd: i32) -> Result<()> {
         .flat_map(|&(k, v)| [k.to_ne_bytes(), v.to_ne_bytes()])
         .flatten()
         .collect();
-    let auxv_off = 256u64;
-    let mut b = Vec::with_capacity(104);
-    for v in [
-        mm.start_code,
-        mm.end_code,
-        mm.start_data,
-        mm.end_data,
-        mm.start_brk,
-        mm.brk,
-        mm.start_stack,
-        mm.arg_start,
-        mm.arg_end,
-        mm.env_start,
-        mm.env_end,
-        t.scratch() + auxv_off,
-    ] {
-        b.extend_from_slice(&v.to_ne_bytes());
-    }
-    b.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
-    b.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
-    t.write_scratch(0, &b)?;
-    t.write_scratch(auxv_off, &auxv)?;
-    t.prctl(
-        PR_SET_MM,
-        &[PR_SET_MM_MAP, t.scratch(), b.len() as u64, 0],
-        "setting the mm fields (PR_SET_MM_MAP)",
-    )?;
-    Ok(())
+    // struct prctl_mm_map, then the auxv it points to.
+    const MAP_LEN: usize = 104;
+    let at = t.place_with(MAP_LEN + auxv.len(), &mut |at, b| {
+        let words = [
+            mm.start_code,
+            mm.end_code,
+            mm.start_data,
+            mm.end_data,
+            mm.start_brk,
+            mm.brk,
+            mm.start_stack,
+            mm.arg_start,
+            mm.arg_end,
+            mm.env_start,
+            mm.env_end,
+            at + MAP_LEN as u64,
+        ];
+        for (i, v) in words.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+        }
+        b[96..100].copy_from_slice(&(auxv.len() as u32).to_ne_bytes());
+        b[100..104].copy_from_slice(&(exe_fd as u32).to_ne_bytes());
+        b[MAP_LEN..].copy_from_slice(&auxv);
+    })?;
+    t.queue(Call::new(
+        libc::SYS_prctl,
+        &[PR_SET_MM as u64, PR_SET_MM_MAP, at, MAP_LEN as u64, 0],
+        "setting the mm fields (PR_SET_MM_MAP)".into(),
+    ))
 }
 
 #[cfg(test)]

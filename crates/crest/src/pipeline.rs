@@ -8,23 +8,22 @@ use std::sync::mpsc::sync_channel;
 /// Buffers in flight between the stages.
 const BUFFERS: usize = 3;
 
-/// For each job in order, `fill` (on a thread of its own) puts the job's
-/// bytes into a buffer of `len(job)` bytes and says something of them,
-/// then `drain` (on the caller's thread) consumes both.  Buffers are
-/// reused; at most [`BUFFERS`] of `max_len` bytes exist at a time.  The
-/// first error of either stage stops both and is returned.
+/// For each job in order, `fill` (on a thread of its own) takes a buffer
+/// of `buf_len` bytes and makes something of it for the job, which
+/// `drain` (on the caller's thread) consumes, handing the buffer back for
+/// reuse.  At most [`BUFFERS`] buffers exist at a time.  The first error
+/// of either stage stops both and is returned.
 pub fn run<J: Sync, T: Send>(
     jobs: &[J],
-    max_len: usize,
-    len: impl Fn(&J) -> usize + Sync,
-    fill: impl Fn(&J, &mut [u8]) -> Result<T> + Sync,
-    mut drain: impl FnMut(&J, &[u8], T) -> Result<()>,
+    buf_len: usize,
+    fill: impl Fn(&J, Vec<u8>) -> Result<T> + Sync,
+    mut drain: impl FnMut(&J, T) -> Result<Vec<u8>>,
 ) -> Result<()> {
-    let (full_tx, full_rx) = sync_channel::<Result<(Vec<u8>, T)>>(BUFFERS);
+    let (full_tx, full_rx) = sync_channel::<Result<T>>(BUFFERS);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
-    for _ in 0..BUFFERS {
+    for _ in 0..BUFFERS.min(jobs.len()) {
         empty_tx
-            .send(vec![0u8; max_len])
+            .send(vec![0u8; buf_len])
             .expect("the receiver is alive");
     }
     std::thread::scope(|sc| -> Result<()> {
@@ -33,13 +32,13 @@ pub fn run<J: Sync, T: Send>(
         // up and stops.
         let full_rx = full_rx;
         let empty_tx = empty_tx;
-        let (len, fill) = (&len, &fill);
+        let fill = &fill;
         sc.spawn(move || {
             for j in jobs {
-                let Ok(mut buf) = empty_rx.recv() else {
+                let Ok(buf) = empty_rx.recv() else {
                     return; // the drain stopped
                 };
-                let r = fill(j, &mut buf[..len(j)]).map(|t| (buf, t));
+                let r = fill(j, buf);
                 let failed = r.is_err();
                 if full_tx.send(r).is_err() || failed {
                     return;
@@ -47,10 +46,10 @@ pub fn run<J: Sync, T: Send>(
             }
         });
         for j in jobs {
-            let (buf, t) = full_rx
+            let t = full_rx
                 .recv()
-                .expect("the filler sends one buffer per job or stops at an error")?;
-            drain(j, &buf[..len(j)], t)?;
+                .expect("the filler sends one result per job or stops at an error")?;
+            let buf = drain(j, t)?;
             let _ = empty_tx.send(buf);
         }
         Ok(())
@@ -69,15 +68,14 @@ mod tests {
         run(
             &jobs,
             32,
-            |&j| j,
-            |&j, b| {
-                b.fill(j as u8);
-                Ok(())
+            |&j, mut b| {
+                b[..j].fill(j as u8);
+                Ok((b, j))
             },
-            |&j, b, ()| {
-                assert!(b.len() == j && b.iter().all(|&x| x == j as u8));
+            |&j, (b, n)| {
+                assert!(n == j && b[..j].iter().all(|&x| x == j as u8));
                 seen.push(j);
-                Ok(())
+                Ok(b)
             },
         )
         .unwrap();
@@ -90,29 +88,27 @@ mod tests {
         let r = run(
             &jobs,
             8,
-            |_| 8,
-            |&j, _| {
+            |&j, b| {
                 if j == 50 {
                     Err(Error::msg("fill failed"))
                 } else {
-                    Ok(())
+                    Ok(b)
                 }
             },
-            |_, _, ()| Ok(()),
+            |_, b| Ok(b),
         );
         assert!(r.unwrap_err().to_string().contains("fill failed"));
         let mut drained = 0;
         let r = run(
             &jobs,
             8,
-            |_| 8,
-            |_, _| Ok(()),
-            |&j, _, ()| {
+            |_, b| Ok(b),
+            |&j, b| {
                 drained += 1;
                 if j == 10 {
                     Err(Error::msg("drain failed"))
                 } else {
-                    Ok(())
+                    Ok(b)
                 }
             },
         );

@@ -26,7 +26,7 @@ use crate::freeze::{FrozenTree, Inject, Session};
 use crate::memory::{self, PagePlan};
 use crate::model::{Checkpoint, Vma};
 use crate::objects::ObjectTable;
-use crest_image::Writer;
+use crest_image::{SealedPages, Writer};
 use crest_sys::proc::{self, page_category, Pagemap, ScanQuery};
 use crest_sys::uffd::{self, Event, Userfaultfd};
 use std::io::Write;
@@ -250,17 +250,19 @@ impl PreCopy {
         crate::pipeline::run(
             &jobs,
             (CHUNK_PAGES * ps) as usize,
-            |j| (j.3 * ps) as usize,
             // A run unmapped meanwhile is simply not pre-copied.
-            |&(i, v, a, _), buf| Ok(read_task(pids[i], v, a, buf).is_ok()),
-            |&(i, _, a, n), data, read| {
+            |&(i, v, a, n), mut buf| {
+                let read = read_task(pids[i], v, a, &mut buf[..(n * ps) as usize]).is_ok();
+                Ok((buf, read))
+            },
+            |&(i, _, a, n), (buf, read)| {
                 if read {
-                    spool.store(a, data, &mut procs[i].copied)?;
+                    spool.store(a, &buf[..(n * ps) as usize], &mut procs[i].copied)?;
                     *pages_copied += n;
                 }
                 done += n * ps;
                 progress(done, total);
-                Ok(())
+                Ok(buf)
             },
         )?;
         Ok(Ok(pc))
@@ -431,8 +433,8 @@ pub struct Prepared {
     pub pages_reread: u64,
 }
 
-/// Non-zero pages to write, per process: (address, pages, spool offset).
-pub struct SpooledPages(Vec<Vec<(u64, u64, u64)>>);
+/// Non-zero pages to write, per process.
+pub struct SpooledPages(Vec<Runs>);
 
 impl Prepared {
     /// Clears, in `maps` of process `pid`, the write-tracking flag of the
@@ -498,13 +500,14 @@ impl Prepared {
                     }
                 }
             }
-            out.push(runs.list);
+            out.push(runs);
         }
         Ok(SpooledPages(out))
     }
 
     /// With the tree running again: writes the spooled pages as page
-    /// chunks of address space `space`.
+    /// chunks, one window of up to a chunk of pages of one mapping at a
+    /// time (sparse where that is smaller); returns the pages written.
     pub fn write_pages<W: Write>(
         &self,
         pages: &SpooledPages,
@@ -513,36 +516,48 @@ impl Prepared {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64> {
         let ps = memory::page_size();
-        let total: u64 = pages.0.iter().flatten().map(|r| r.1 * ps).sum();
-        // (address space, address, pages, spool offset)
-        let jobs: Vec<(u32, u64, u64, u64)> = pages
+        let image_ps = out.page_size();
+        let total: u64 = pages.0.iter().flat_map(|r| &r.list).map(|r| r.1 * ps).sum();
+        let windows: Vec<Window> = pages
             .0
             .iter()
             .enumerate()
-            .flat_map(|(space, runs)| {
-                runs.iter()
-                    .map(move |&(a, n, off)| (space as u32, a, n, off))
-            })
+            .flat_map(|(space, runs)| runs.windows(space as u32))
             .collect();
         let mut done = 0;
         crate::pipeline::run(
-            &jobs,
+            &windows,
             (CHUNK_PAGES * ps) as usize,
-            |j| (j.2 * ps) as usize,
-            |&(_, _, _, off), buf| self.spool.read(off, buf),
-            |&(space, addr, n, _), data, ()| {
-                if compress {
-                    out.write_pages_compressed(space, addr, data)?;
-                } else {
-                    out.write_pages(space, addr, data)?;
+            |w, mut buf| {
+                let len = (w.pages * ps) as usize;
+                buf[..len].fill(0);
+                for &(at, n, off) in &w.pieces {
+                    let from = (at - w.addr) as usize;
+                    self.spool
+                        .read(off, &mut buf[from..from + (n * ps) as usize])?;
                 }
-                done += n * ps;
+                Ok(SealedPages::seal(w.space, w.addr, buf, len, image_ps)?)
+            },
+            |_, sealed| {
+                out.write_sealed(&sealed, compress)?;
+                done += sealed.pages() * ps;
                 progress(done, total);
-                crate::fault::point("dump: page chunk written")
+                crate::fault::point("dump: page chunk written")?;
+                Ok(sealed.into_buffer())
             },
         )?;
         Ok(done / ps)
     }
+}
+
+/// Spooled pages of one window of memory: `pages` pages from `addr` of
+/// address space `space`, of which `pieces` (address, pages, spool
+/// offset) are in the spool and the rest are zero.
+struct Window {
+    space: u32,
+    addr: u64,
+    pages: u64,
+    pieces: Vec<(u64, u64, u64)>,
 }
 
 /// Runs of spooled pages to write: (address, pages, spool offset), with
@@ -552,6 +567,8 @@ struct Runs {
     list: Vec<(u64, u64, u64)>,
     /// Entries before this one are closed to merging.
     floor: usize,
+    /// Where each mapping's entries start in `list`.
+    mappings: Vec<usize>,
 }
 
 impl Runs {
@@ -569,6 +586,44 @@ impl Runs {
 
     fn barrier(&mut self) {
         self.floor = self.list.len();
+        self.mappings.push(self.floor);
+    }
+
+    /// The runs cut into windows of at most a chunk of pages, each inside
+    /// one mapping.
+    fn windows(&self, space: u32) -> Vec<Window> {
+        let ps = memory::page_size();
+        let mut out: Vec<Window> = Vec::new();
+        let mut bounds = self.mappings.clone();
+        bounds.push(self.list.len());
+        for m in bounds.windows(2) {
+            let mut open: Option<Window> = None;
+            for &(addr, n, off) in &self.list[m[0]..m[1]] {
+                let (mut a, mut n, mut off) = (addr, n, off);
+                while n > 0 {
+                    let fits = matches!(&open, Some(w) if a + ps <= w.addr + CHUNK_PAGES * ps);
+                    if !fits {
+                        out.extend(open.take());
+                        open = Some(Window {
+                            space,
+                            addr: a,
+                            pages: 0,
+                            pieces: Vec::new(),
+                        });
+                    }
+                    let w = open.as_mut().expect("opened above");
+                    let room = (w.addr + CHUNK_PAGES * ps - a) / ps;
+                    let take = n.min(room);
+                    w.pieces.push((a, take, off));
+                    w.pages = (a - w.addr) / ps + take;
+                    a += take * ps;
+                    off += take * ps;
+                    n -= take;
+                }
+            }
+            out.extend(open.take());
+        }
+        out
     }
 }
 
@@ -802,6 +857,39 @@ mod tests {
         assert_eq!(
             r.list,
             vec![(0x1000, 3, 0), (0x4000, 1, 3 * P), (0x6000, 1, 4 * P)]
+        );
+    }
+
+    #[test]
+    fn windows_hold_a_chunk_within_a_mapping() {
+        let c = CHUNK_PAGES;
+        let mut r = Runs::default();
+        r.barrier();
+        r.push(0x10_0000, 2, 0);
+        // Past the first window's end by one page: split.
+        r.push(0x10_0000 + (c - 1) * P, 2, 2 * P);
+        r.barrier();
+        r.push(0x10_0000 + (c + 1) * P, 1, 4 * P);
+        let w = r.windows(3);
+        type Shape = (u32, u64, u64, Vec<(u64, u64, u64)>);
+        let got: Vec<Shape> = w
+            .into_iter()
+            .map(|w| (w.space, w.addr, w.pages, w.pieces))
+            .collect();
+        let second = 0x10_0000 + c * P;
+        assert_eq!(
+            got,
+            vec![
+                (
+                    3,
+                    0x10_0000,
+                    c,
+                    vec![(0x10_0000, 2, 0), (0x10_0000 + (c - 1) * P, 1, 2 * P)]
+                ),
+                (3, second, 1, vec![(second, 1, 3 * P)]),
+                // Another mapping starts a window of its own.
+                (3, second + P, 1, vec![(second + P, 1, 4 * P)]),
+            ]
         );
     }
 }

@@ -8,11 +8,11 @@
 
 use crate::error::{Context, Error, Result};
 use crate::files::{self, UnlinkedFiles};
-use crate::freeze::Inject;
-use crate::model::{Backing, Checkpoint, ObjectKind, Process};
+use crate::freeze::{Call, Inject};
+use crate::model::{Backing, Checkpoint, ObjectKind, Process, SigInfo};
 use crate::stub::{self, FdMove, ProcPlan, StubProc, StubTree, TreePlan};
 use crate::{codec, creds, memory, signals, tasks, timers};
-use crest_image::{kind, Reader};
+use crest_image::{kind, PageChunk, Reader};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -84,8 +84,12 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                     }
                 }
                 match (&mut build, &mut spool) {
-                    (Some(b), _) => b.fill(c.space, c.addr, c.data)?,
-                    (None, Some(s)) => s.push(c.space, c.addr, c.data)?,
+                    (Some(b), _) => b.fill(&c)?,
+                    (None, Some(s)) => {
+                        for (addr, data) in c.runs() {
+                            s.push(c.space, addr, data)?;
+                        }
+                    }
                     (None, None) => unreachable!("one of them was set up above"),
                 }
                 pages += c.nr_pages;
@@ -111,7 +115,9 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
             }
             let mut b = Build::start(ckpt, &mut unlinked)?;
             if let Some(s) = spool {
-                s.replay(&mut |space, addr, data| b.fill(space, addr, data))?;
+                s.replay(&mut |space, addr, data| {
+                    b.fill(&PageChunk::new(space, addr, data, page_size)?)
+                })?;
             }
             b
         }
@@ -553,17 +559,22 @@ impl Build {
         })
     }
 
-    fn fill(&mut self, space: u32, addr: u64, data: &[u8]) -> Result<()> {
+    /// Writes the pages of chunk `c` into its process once its whole
+    /// window is known to lie in one mapping that takes pages: all the runs
+    /// of a sparse chunk with one process_vm_writev.
+    fn fill(&mut self, c: &PageChunk<'_>) -> Result<()> {
         let (Some(p), Some(sp)) = (
-            self.ckpt.processes.get(space as usize),
-            self.tree.procs.get(space as usize),
+            self.ckpt.processes.get(c.space as usize),
+            self.tree.procs.get(c.space as usize),
         ) else {
             return Err(Error::Invalid(format!(
-                "page chunk for unknown address space {space}"
+                "page chunk at {:#x} for unknown address space {}",
+                c.addr, c.space
             )));
         };
-        memory::check_chunk(&p.mm.vmas, addr, data.len() as u64)?;
-        sp.write_pages(addr, data)?;
+        memory::check_chunk(&p.mm.vmas, c.addr, c.end() - c.addr)?;
+        let runs: Vec<(u64, &[u8])> = c.runs().collect();
+        sp.write_pages(&runs)?;
         crate::fault::point("restore: page chunk written")
     }
 
@@ -612,7 +623,11 @@ fn join_group(p: &Process, parent_pgid: i32, t: &impl Inject) -> Result<()> {
 }
 
 /// Everything after the pages, for one process, while it is still held.
+/// The injected calls are queued and run together (see [`Inject::queue`]).
 fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
+    // SIGTRAP stops the batch loop: pending ones are queued after it ran
+    // for the last time (below).
+    let not_trap = |s: &&SigInfo| s.signo != libc::SIGTRAP;
     {
         let t = sp.thread(0);
         memory::finish_vmas(&t, &p.mm.vmas)?;
@@ -624,26 +639,31 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
             // did not have pending: take it off before restoring its own.
             drain_sigchld(&t)?;
         }
-        signals::restore_pending(&t, None, &p.signals.shared_pending)?;
+        signals::restore_pending(&t, None, p.signals.shared_pending.iter().filter(not_trap))?;
     }
     for th in &p.threads[1..] {
         sp.add_thread(th.tid)?;
     }
+    // The leader queues every thread's signals: only it may queue one
+    // claiming another sender.
+    for th in &p.threads {
+        let pending = th.pending.iter().filter(not_trap);
+        signals::restore_pending(&sp.thread(0), Some(th.tid), pending)?;
+    }
     for (i, th) in p.threads.iter().enumerate() {
         let t = sp.thread(i);
         signals::restore_altstack(&t, &th.altstack)?;
-        signals::restore_pending(&sp.thread(0), Some(th.tid), &th.pending)?;
         tasks::restore_thread_regs(&t, th)?;
         tasks::restore_comm(&t, &th.comm)?;
     }
     let t = sp.thread(0);
     tasks::restore_prctl(&t, &p.attrs)?;
     if a.close_aux {
-        t.call(
+        t.queue(Call::new(
             libc::SYS_close_range,
             &[a.aux_lo as u64, u32::MAX as u64, 0],
-            "closing restore helper descriptors",
-        )?;
+            "closing restore helper descriptors".into(),
+        ))?;
     }
     tasks::restore_rlimits(&t, &p.attrs)?;
     crate::fault::point("restore: before credentials")?;
@@ -653,32 +673,63 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         // A credential change clears the parent-death signal: set it after.
         tasks::restore_pdeath(&sp.thread(i), &p.attrs)?;
     }
-    tasks::restore_attrs_outside(p.pid, &p.attrs)?;
     let t = sp.thread(0);
-    t.prctl(
-        libc::PR_SET_DUMPABLE,
-        &[p.attrs.dumpable as u64],
-        "setting the dumpable flag",
-    )?;
+    t.queue(Call::new(
+        libc::SYS_prctl,
+        &[libc::PR_SET_DUMPABLE as u64, p.attrs.dumpable as u64],
+        "setting the dumpable flag".into(),
+    ))?;
     timers::restore(&t, &p.itimers)?;
     timers::restore_posix(&t, &p.posix_timers)?;
+    t.flush()?;
+    restore_traps(p, sp)?;
+    tasks::restore_attrs_outside(p.pid, &p.attrs)
+}
+
+/// What the batch loop's int3 would disturb, restored once it has run for
+/// the last time, by syscall stops: the action of SIGTRAP (the kernel
+/// forces the trap's SIGTRAP through with the default action if the
+/// signal is ignored or blocked) and pending SIGTRAPs (queued with every
+/// signal blocked, so that none is delivered meanwhile; the final masks
+/// are set at release).
+fn restore_traps(p: &Process, sp: &StubProc) -> Result<()> {
+    let d = sp.direct();
+    if let Some(act) = p.signals.actions.iter().find(|a| a.signo == libc::SIGTRAP) {
+        signals::restore_action(&d, act)?;
+    }
+    let is_trap = |s: &&SigInfo| s.signo == libc::SIGTRAP;
+    let any = p.signals.shared_pending.iter().any(|s| is_trap(&s))
+        || p.threads
+            .iter()
+            .any(|t| t.pending.iter().any(|s| is_trap(&s)));
+    if !any {
+        return Ok(());
+    }
+    for t in &sp.threads {
+        crest_sys::ptrace::set_sigmask(t.tid, !0)?;
+    }
+    signals::restore_pending(&d, None, p.signals.shared_pending.iter().filter(is_trap))?;
+    for th in &p.threads {
+        signals::restore_pending(&d, Some(th.tid), th.pending.iter().filter(is_trap))?;
+    }
     Ok(())
 }
 
-/// Dequeues a pending SIGCHLD of the task, if any.
+/// Dequeues a pending SIGCHLD of the task, if any (queued).
 fn drain_sigchld(t: &impl Inject) -> Result<()> {
     let set: u64 = 1 << (libc::SIGCHLD - 1);
     let mut b = [0u8; 24];
     b[0..8].copy_from_slice(&set.to_ne_bytes());
     // b[8..24]: a zero timeout
-    t.write_scratch(0, &b)?;
-    let s = t.scratch();
-    let _ = t.call(
-        libc::SYS_rt_sigtimedwait,
-        &[s, 0, s + 8, 8],
-        "taking off the recreated zombies' SIGCHLD",
-    );
-    Ok(())
+    let s = t.place(&b)?;
+    t.queue(
+        Call::new(
+            libc::SYS_rt_sigtimedwait,
+            &[s, 0, s + 8, 8],
+            "taking off the recreated zombies' SIGCHLD".into(),
+        )
+        .may_fail(),
+    )
 }
 
 /// How a stub joins its session and process group: (setsid, setpgid arg).
@@ -723,14 +774,9 @@ fn unsafe_getpgid() -> i32 {
 /// reaps it (an init that reaps lazily can take seconds): wait a little
 /// for that instead of failing at once.
 fn wait_zombie_gone(pid: i32) {
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while Instant::now() < deadline {
-        match crest_sys::proc::read_stat(pid) {
-            Ok(st) if st.state == 'Z' || st.state == 'X' => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            _ => return,
-        }
+    if matches!(crest_sys::proc::read_stat(pid), Ok(st) if st.state == 'Z' || st.state == 'X') {
+        // A failure here shows as the pid still in use, named by the caller.
+        let _ = crest_sys::pidfd::wait_reaped(pid, std::time::Duration::from_secs(10));
     }
 }
 
@@ -745,10 +791,8 @@ fn pid_held_by_live_process(pid: i32) -> bool {
 /// Waits up to 30 s for `pid` to be released (the dump that feeds a
 /// spooled restore kills its process once the image is complete).
 fn wait_pid_free(pid: i32) {
-    let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    while crest_sys::process::exists(pid) && Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    // A failure here shows as the pid still in use, named later.
+    let _ = crest_sys::pidfd::wait_reaped(pid, std::time::Duration::from_secs(30));
 }
 
 /// Receives page chunks: (address space, address, bytes).

@@ -7,12 +7,12 @@
 //! allows with the full siginfo.
 
 use crate::error::Result;
-use crate::freeze::Inject;
+use crate::freeze::{Call, Inject};
 use crate::model::{AltStack, SigAction, SigInfo};
 use crest_sys::ptrace;
 
 /// Size of the kernel's `struct sigaction` on x86-64.
-const KSIGACTION_LEN: usize = 32;
+pub const KSIGACTION_LEN: usize = 32;
 /// Bytes of the signal set the kernel expects.
 const SIGSET_LEN: u64 = 8;
 const SS_ONSTACK: i32 = 1;
@@ -79,24 +79,25 @@ pub fn collect_pending(tid: i32, shared: bool) -> Result<Vec<SigInfo>> {
         .collect())
 }
 
-/// Queues signals again: to the thread group, or to thread `tid`.
-pub fn restore_pending(t: &impl Inject, tid: Option<i32>, sigs: &[SigInfo]) -> Result<()> {
+/// Queues signals again: to the thread group, or to thread `tid`.  (The
+/// injected calls are themselves queued, see [`Inject::queue`].)
+pub fn restore_pending<'a>(
+    t: &impl Inject,
+    tid: Option<i32>,
+    sigs: impl IntoIterator<Item = &'a SigInfo>,
+) -> Result<()> {
     let pid = t.pid() as u64;
     for s in sigs {
-        t.write_scratch(0, &s.raw)?;
+        let at = t.place(&s.raw)?;
         let what = format!("queueing pending signal {}", s.signo);
-        match tid {
-            None => t.call(
-                libc::SYS_rt_sigqueueinfo,
-                &[pid, s.signo as u64, t.scratch()],
-                &what,
-            )?,
-            Some(tid) => t.call(
+        t.queue(match tid {
+            None => Call::new(libc::SYS_rt_sigqueueinfo, &[pid, s.signo as u64, at], what),
+            Some(tid) => Call::new(
                 libc::SYS_rt_tgsigqueueinfo,
-                &[pid, tid as u64, s.signo as u64, t.scratch()],
-                &what,
-            )?,
-        };
+                &[pid, tid as u64, s.signo as u64, at],
+                what,
+            ),
+        })?;
     }
     Ok(())
 }
@@ -127,11 +128,10 @@ pub fn restore_altstack(t: &impl Inject, ss: &AltStack) -> Result<()> {
     // "on the stack" is a state, not a setting.
     b[8..12].copy_from_slice(&(ss.flags & !SS_ONSTACK).to_ne_bytes());
     b[16..24].copy_from_slice(&ss.size.to_ne_bytes());
-    t.write_scratch(0, &b)?;
-    t.call(
+    let at = t.place(&b)?;
+    t.queue(Call::new(
         libc::SYS_sigaltstack,
-        &[t.scratch(), 0],
-        "setting the alternate signal stack",
-    )?;
-    Ok(())
+        &[at, 0],
+        "setting the alternate signal stack".into(),
+    ))
 }

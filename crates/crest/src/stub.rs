@@ -16,6 +16,17 @@
 //! then gets its final registers and is let go.  Until then every stub
 //! dies with crest (PTRACE_O_EXITKILL, the hold pipe, and PDEATHSIG down
 //! the tree), and dropping a [`StubTree`] kills them all.
+//!
+//! Every round trip to a stub costs two context switches, and many more
+//! when the machine is busy, so syscalls whose results are not needed are
+//! queued ([`Inject::queue`], their data placed with [`Inject::place`])
+//! and run together by a small batch loop in the helper area, which ends
+//! at an `int3`: one stop of the thread for the whole queue.  That int3's
+//! SIGTRAP is forced through by the kernel, which resets an ignored or
+//! blocked SIGTRAP's action to the default; so the routine leaves SIGTRAP
+//! alone, and its action and any pending SIGTRAP are restored after the
+//! last batch, by syscall stops ([`StubProc::direct`]), as are the calls
+//! the loop cannot run (clone3 of a thread, unmapping the helper).
 
 use crate::error::{Context, Error, Result};
 use crate::freeze::{Call, Inject};
@@ -25,11 +36,15 @@ use crest_sys::inject::Remote;
 use crest_sys::mem::ProcMem;
 use crest_sys::process::{self, Forked};
 use crest_sys::ptrace::{self, WaitStatus};
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// Scratch pages after the code page of the helper area (room for a
-/// batch of 4096 syscalls).
+/// Scratch pages after the code page of the helper area: the data that
+/// injected syscalls point to.
 const SCRATCH_PAGES: u64 = 64;
+/// Pages after the scratch pages holding the table of a batch (room for
+/// 4096 syscalls).
+const TABLE_PAGES: u64 = 64;
 /// Where the batch loop starts in the code page.
 const BATCH_OFF: usize = 16;
 /// The batch loop: r12 points at a table of 64-byte entries (nr, six
@@ -64,6 +79,9 @@ const BATCH_CODE: [u8; 64] = [
 ];
 /// Bytes per batch entry.
 const BATCH_ENTRY: u64 = 64;
+/// Offset of the first byte after the batch loop's final `int3`: where a
+/// batch that ran to its end stops.
+const BATCH_END: u64 = (BATCH_OFF + BATCH_CODE.len()) as u64;
 const ARCH_MAP_VDSO_64: u64 = 0x2003;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const PTRACE_EVENT_STOP: i32 = 128;
@@ -279,14 +297,22 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     if libc::prctl(libc::PR_SET_NAME, p.comm.as_ptr(), 0, 0, 0) != 0 {
         fail(8, report);
     }
-    for a in &p.actions {
-        let k = crate::signals::ksigaction_bytes(a);
-        if libc::syscall(libc::SYS_rt_sigaction, a.signo, k.as_ptr(), 0usize, 8usize) != 0 {
+    // Every action the image does not name is the default one, not the
+    // one the stub inherited from crest (Rust's SIGPIPE, SIGSEGV, SIGBUS).
+    for sig in (1..=64).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP) {
+        let k = match p.actions.iter().find(|a| a.signo == sig) {
+            // The batch loop stops at an int3, whose SIGTRAP the kernel
+            // forces through with the default action if the signal is
+            // ignored: crest sets this action after the last batch.
+            Some(a) if sig != libc::SIGTRAP => crate::signals::ksigaction_bytes(a),
+            _ => [0; crate::signals::KSIGACTION_LEN],
+        };
+        if libc::syscall(libc::SYS_rt_sigaction, sig, k.as_ptr(), 0usize, 8usize) != 0 {
             fail(9, report);
         }
     }
     let ps = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-    let len = (1 + SCRATCH_PAGES as usize) * ps;
+    let len = (1 + SCRATCH_PAGES + TABLE_PAGES) as usize * ps;
     let h = libc::mmap(
         plan.helper as *mut libc::c_void,
         len,
@@ -370,6 +396,18 @@ pub struct StubProc {
     pub threads: Vec<Task>,
     helper: u64,
     mem: ProcMem,
+    queue: RefCell<Queue>,
+}
+
+/// Syscalls queued for one thread of a stub ([`Inject::queue`]), run
+/// together through the batch loop: one stop of the thread for all.
+#[derive(Default)]
+struct Queue {
+    /// The thread they run in.
+    thread: usize,
+    calls: Vec<Call>,
+    /// The data they point to, for the start of the scratch area.
+    data: Vec<u8>,
 }
 
 /// The restored tree while it is being built.
@@ -404,7 +442,7 @@ pub fn pipes() -> Result<Pipes> {
 }
 
 pub fn helper_len() -> u64 {
-    (1 + SCRATCH_PAGES) * crate::memory::page_size()
+    (1 + SCRATCH_PAGES + TABLE_PAGES) * crate::memory::page_size()
 }
 
 /// Picks an address for the helper area that is free in crest now (each
@@ -540,14 +578,12 @@ impl StubTree {
         // SIGCHLD is pending in their parent before it is rebuilt.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         for z in plan.procs.iter().flat_map(|p| &p.zombies) {
-            while !crate::freeze::is_zombie(z.pid) {
-                if std::time::Instant::now() > deadline {
-                    return Err(Error::msg(format!(
-                        "restoring zombie {}: it did not exit",
-                        z.pid
-                    )));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !crest_sys::pidfd::wait_exited(z.pid, left)? {
+                return Err(Error::msg(format!(
+                    "restoring zombie {}: it did not exit",
+                    z.pid
+                )));
             }
         }
         for p in &plan.procs {
@@ -560,6 +596,7 @@ impl StubTree {
                 }],
                 helper: plan.helper,
                 mem: ProcMem::open(p.pid, true)?,
+                queue: RefCell::default(),
             });
         }
         Ok(tree)
@@ -582,7 +619,8 @@ impl StubTree {
                     })?;
                 }
             }
-            p.thread(0).call(
+            // Not through the batch loop: this call unmaps it.
+            p.direct().call(
                 libc::SYS_munmap,
                 &[p.helper, helper_len()],
                 "unmapping the restore helper",
@@ -623,8 +661,10 @@ impl Drop for StubTree {
         for &pid in self.pids.iter().rev() {
             let _ = process::kill(pid, libc::SIGKILL);
         }
+        // The kernel reports a thread-group leader's death only after the
+        // other threads' have been collected: wait for those first.
         for p in self.procs.iter().rev() {
-            for t in &p.threads {
+            for t in p.threads.iter().rev() {
                 if t.tid != self.root {
                     let _ = ptrace::wait(t.tid);
                 }
@@ -656,13 +696,21 @@ impl StubProc {
         TaskView { p: self, i }
     }
 
+    /// The leader, running each syscall by ptrace syscall stops at the
+    /// helper's `syscall; jmp .` instead of through the batch loop (after
+    /// the queued calls).
+    pub fn direct(&self) -> DirectView<'_> {
+        DirectView { p: self }
+    }
+
     /// Removes everything crest's copy left in the stub's address space
-    /// (and its rseq registration, which points into it).
+    /// (and its rseq registration, which points into it).  The calls are
+    /// queued: they run with the next batch (see [`StubProc::map_vdso`]).
     pub fn empty_address_space(&self) -> Result<()> {
         let t = self.thread(0);
         let rseq = ptrace::get_rseq_config(self.pid)?;
         if rseq.rseq_abi_pointer != 0 {
-            t.call(
+            t.queue(Call::new(
                 libc::SYS_rseq,
                 &[
                     rseq.rseq_abi_pointer,
@@ -670,22 +718,20 @@ impl StubProc {
                     RSEQ_FLAG_UNREGISTER,
                     rseq.signature as u64,
                 ],
-                "unregistering the inherited rseq area",
-            )?;
+                "unregistering the inherited rseq area".into(),
+            ))?;
         }
         let hend = self.helper + helper_len();
-        let calls: Vec<Call> = crest_sys::proc::read_maps(self.pid)?
+        for m in crest_sys::proc::read_maps(self.pid)?
             .into_iter()
             .filter(|m| m.path != "[vsyscall]" && !(m.start >= self.helper && m.end <= hend))
-            .map(|m| {
-                Call::new(
-                    libc::SYS_munmap,
-                    &[m.start, m.end - m.start],
-                    format!("unmapping {:#x}-{:#x} {}", m.start, m.end, m.path),
-                )
-            })
-            .collect();
-        t.batch(&calls)?;
+        {
+            t.queue(Call::new(
+                libc::SYS_munmap,
+                &[m.start, m.end - m.start],
+                format!("unmapping {:#x}-{:#x} {}", m.start, m.end, m.path),
+            ))?;
+        }
         Ok(())
     }
 
@@ -703,11 +749,13 @@ impl StubProc {
         let Some(lowest) = special.iter().map(|v| v.start).min() else {
             return Ok(());
         };
-        self.thread(0).call(
+        let t = self.thread(0);
+        t.queue(Call::new(
             libc::SYS_arch_prctl,
             &[ARCH_MAP_VDSO_64, lowest],
-            &format!("mapping the vDSO at {lowest:#x}"),
-        )?;
+            format!("mapping the vDSO at {lowest:#x}"),
+        ))?;
+        t.flush()?;
         let here: Vec<(u64, u64, String)> = crest_sys::proc::read_maps(self.pid)?
             .into_iter()
             .filter(|m| matches!(m.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
@@ -739,9 +787,10 @@ impl StubProc {
         Ok(self.mem.read(addr, buf)?)
     }
 
-    /// Writes pages into the stub.
-    pub fn write_pages(&self, addr: u64, data: &[u8]) -> Result<()> {
-        crest_sys::mem::write(self.pid, addr, data)
+    /// Writes pages into the stub: each `(address, contents)` of `runs`,
+    /// all in one process_vm_writev (up to the kernel's iovec limit).
+    pub fn write_pages(&self, runs: &[(u64, &[u8])]) -> Result<()> {
+        crest_sys::mem::write_runs(self.pid, runs)
             .context(|| format!("filling restored memory of pid {}", self.pid))
     }
 
@@ -749,6 +798,7 @@ impl StubProc {
     /// attaches it.  It spins in the helper area until given its state.
     pub fn add_thread(&mut self, tid: i32) -> Result<()> {
         let t = self.thread(0);
+        t.flush()?;
         // struct clone_args, then the set_tid array.
         let flags = (libc::CLONE_VM
             | libc::CLONE_FS
@@ -765,7 +815,10 @@ impl StubProc {
         let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_ne_bytes()).collect();
         t.write_scratch(0, &bytes)?;
         t.write_scratch(128, &tid.to_ne_bytes())?;
-        let got = t.call(
+        // Not through the batch loop: the new thread starts after the
+        // `syscall` with the caller's registers, and must land on the
+        // `jmp .` that follows the helper's single `syscall`.
+        let got = self.direct().call(
             libc::SYS_clone3,
             &[s, bytes.len() as u64],
             &format!("creating thread {tid}"),
@@ -791,63 +844,209 @@ pub struct TaskView<'a> {
     i: usize,
 }
 
+impl TaskView<'_> {
+    fn remote(&self) -> &Remote {
+        &self.p.threads[self.i].remote
+    }
+
+    /// Address of the batch table in the task.
+    fn table(&self) -> u64 {
+        self.scratch() + SCRATCH_PAGES * crate::memory::page_size()
+    }
+
+    /// Most calls one run of the batch loop takes.
+    fn table_capacity() -> usize {
+        ((TABLE_PAGES * crate::memory::page_size()) / BATCH_ENTRY) as usize
+    }
+
+    /// Bytes of data the queued calls may point to.
+    fn data_capacity() -> usize {
+        (SCRATCH_PAGES * crate::memory::page_size()) as usize
+    }
+
+    /// Runs `calls` (at most a table's worth) in this thread with the
+    /// batch loop: one stop of the thread, plus one more for each call that
+    /// fails but may.  Returns every result (a negative errno for those).
+    fn run_table(&self, calls: &[Call]) -> Result<Vec<u64>> {
+        debug_assert!(calls.len() <= Self::table_capacity());
+        let mut table = Vec::with_capacity(calls.len() * BATCH_ENTRY as usize);
+        for c in calls {
+            table.extend_from_slice(&(c.nr as u64).to_ne_bytes());
+            for a in c.args {
+                table.extend_from_slice(&a.to_ne_bytes());
+            }
+            table.extend_from_slice(&0u64.to_ne_bytes());
+        }
+        let base = self.table();
+        self.p.mem.write(base, &table)?;
+        let mut next = 0;
+        let mut failed = None;
+        while next < calls.len() {
+            let start = base + next as u64 * BATCH_ENTRY;
+            let left = (calls.len() - next) as u64;
+            let at = self.remote().run_until_trap(
+                self.p.helper + BATCH_OFF as u64,
+                self.p.helper + BATCH_END,
+                |r| {
+                    r.r12 = start;
+                    r.r13 = left;
+                },
+            )?;
+            if at.r13 == 0 {
+                break;
+            }
+            let i = ((at.r12 - base) / BATCH_ENTRY) as usize;
+            if !calls[i].may_fail {
+                failed = Some(i);
+                break;
+            }
+            next = i + 1;
+        }
+        self.p.mem.read(base, &mut table)?;
+        let results: Vec<u64> = table
+            .chunks_exact(BATCH_ENTRY as usize)
+            .map(|e| u64::from_ne_bytes(e[56..64].try_into().expect("8 bytes")))
+            .collect();
+        if let Some(i) = failed {
+            let err = -(results[i] as i64);
+            return Err(crest_sys::Error::io(
+                format!("pid {}: {}", self.pid(), calls[i].what),
+                std::io::Error::from_raw_os_error(err as i32),
+            )
+            .into());
+        }
+        Ok(results)
+    }
+
+    /// Makes the queue this thread's: another thread's queued calls run
+    /// first, so every call runs in the order it was made.
+    fn claim_queue(&self) -> Result<()> {
+        let owner = {
+            let q = self.p.queue.borrow();
+            (q.thread != self.i && !(q.calls.is_empty() && q.data.is_empty())).then_some(q.thread)
+        };
+        if let Some(i) = owner {
+            TaskView { p: self.p, i }.flush()?;
+        }
+        self.p.queue.borrow_mut().thread = self.i;
+        Ok(())
+    }
+}
+
 impl Inject for TaskView<'_> {
     fn pid(&self) -> i32 {
         self.p.threads[self.i].tid
     }
+
+    /// Runs the call through the batch loop (one stop of the thread),
+    /// after the queued calls.
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
         crate::fault::point("restore: injected syscall")?;
-        Ok(self.p.threads[self.i].remote.syscall(nr, args, what)?)
+        self.flush()?;
+        let r = self.run_table(&[Call::new(nr, args, what.to_string())])?;
+        Ok(r[0])
     }
+
     fn scratch(&self) -> u64 {
         self.p.helper + crate::memory::page_size()
     }
+
     fn read_scratch(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.flush()?;
         Ok(self.p.mem.read(self.scratch() + off, buf)?)
     }
+
     fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()> {
+        // The queued calls' data is there.
+        self.flush()?;
         Ok(self.p.mem.write(self.scratch() + off, data)?)
     }
 
     /// Runs the calls with the helper's batch loop: one round trip per
     /// 4096 syscalls instead of several per syscall.
     fn batch(&self, calls: &[Call]) -> Result<Vec<u64>> {
-        let per = ((SCRATCH_PAGES * crate::memory::page_size()) / BATCH_ENTRY) as usize;
+        self.flush()?;
         let mut out = Vec::with_capacity(calls.len());
-        let remote = &self.p.threads[self.i].remote;
-        for chunk in calls.chunks(per) {
+        for chunk in calls.chunks(Self::table_capacity()) {
             crate::fault::point("restore: injected syscall")?;
-            let mut table = Vec::with_capacity(chunk.len() * BATCH_ENTRY as usize);
-            for c in chunk {
-                table.extend_from_slice(&(c.nr as u64).to_ne_bytes());
-                for a in c.args {
-                    table.extend_from_slice(&a.to_ne_bytes());
-                }
-                table.extend_from_slice(&0u64.to_ne_bytes());
-            }
-            self.write_scratch(0, &table)?;
-            let base = self.scratch();
-            let at = remote.run_until_trap(self.p.helper + BATCH_OFF as u64, |r| {
-                r.r12 = base;
-                r.r13 = chunk.len() as u64;
-            })?;
-            self.read_scratch(0, &mut table)?;
-            let results: Vec<u64> = table
-                .chunks_exact(BATCH_ENTRY as usize)
-                .map(|e| u64::from_ne_bytes(e[56..64].try_into().unwrap()))
-                .collect();
-            if at.r13 != 0 {
-                let i = ((at.r12 - base) / BATCH_ENTRY) as usize;
-                let err = -(results[i] as i64);
-                return Err(crest_sys::Error::io(
-                    format!("pid {}: {}", self.pid(), chunk[i].what),
-                    std::io::Error::from_raw_os_error(err as i32),
-                )
-                .into());
-            }
-            out.extend(results);
+            out.extend(self.run_table(chunk)?);
         }
         Ok(out)
+    }
+
+    fn queue(&self, call: Call) -> Result<()> {
+        crate::fault::point("restore: injected syscall")?;
+        if self.p.queue.borrow().calls.len() >= Self::table_capacity() {
+            self.flush()?;
+        }
+        self.claim_queue()?;
+        self.p.queue.borrow_mut().calls.push(call);
+        Ok(())
+    }
+
+    fn place_with(&self, len: usize, fill: &mut dyn FnMut(u64, &mut [u8])) -> Result<u64> {
+        if len > Self::data_capacity() {
+            return Err(Error::msg(format!(
+                "pid {}: {len} bytes of syscall arguments do not fit the restore helper",
+                self.pid()
+            )));
+        }
+        let used = self.p.queue.borrow().data.len().next_multiple_of(16);
+        if used + len > Self::data_capacity() {
+            self.flush()?;
+        }
+        self.claim_queue()?;
+        let mut q = self.p.queue.borrow_mut();
+        let off = q.data.len().next_multiple_of(16);
+        q.data.resize(off + len, 0);
+        let addr = self.scratch() + off as u64;
+        fill(addr, &mut q.data[off..]);
+        Ok(addr)
+    }
+
+    /// Runs the queued calls: their data is written to the scratch area in
+    /// one go, then the batch loop runs them.
+    fn flush(&self) -> Result<()> {
+        let q = std::mem::take(&mut *self.p.queue.borrow_mut());
+        if q.calls.is_empty() {
+            return Ok(());
+        }
+        let t = TaskView {
+            p: self.p,
+            i: q.thread,
+        };
+        if !q.data.is_empty() {
+            self.p.mem.write(self.scratch(), &q.data)?;
+        }
+        t.run_table(&q.calls)?;
+        Ok(())
+    }
+}
+
+/// The leader of a stub, running syscalls by ptrace syscall stops: for the
+/// calls the batch loop cannot run (one that unmaps it, clone3) and those
+/// that must not meet its int3 (see `restore`).
+pub struct DirectView<'a> {
+    p: &'a StubProc,
+}
+
+impl Inject for DirectView<'_> {
+    fn pid(&self) -> i32 {
+        self.p.pid
+    }
+    fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
+        crate::fault::point("restore: injected syscall")?;
+        self.p.thread(0).flush()?;
+        Ok(self.p.threads[0].remote.syscall(nr, args, what)?)
+    }
+    fn scratch(&self) -> u64 {
+        self.p.thread(0).scratch()
+    }
+    fn read_scratch(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.p.thread(0).read_scratch(off, buf)
+    }
+    fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()> {
+        self.p.thread(0).write_scratch(off, data)
     }
 }
 

@@ -2,7 +2,7 @@
 //! process attributes that are neither memory, files nor signals.
 
 use crate::error::Result;
-use crate::freeze::{Inject, ThreadView};
+use crate::freeze::{Call, Inject, ThreadView};
 use crate::model::{Attrs, Rseq, Thread};
 use crate::signals;
 use crest_sys::arch::{self, UserRegs};
@@ -46,19 +46,26 @@ pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
 
 /// Reads the process attributes.
 pub fn collect_attrs(s: &impl Inject, pid: i32, stat: &Stat, umask: u32) -> Result<Attrs> {
-    // prlimit on another process needs the same ids or CAP_SYS_RESOURCE:
-    // ask the task itself.
     let mut rlimits = Vec::new();
     let mut b = [0u8; 16];
     for r in 0..RLIM_NLIMITS {
-        s.call(
-            libc::SYS_prlimit64,
-            &[0, r as u64, 0, s.scratch()],
-            &format!("reading resource limit {r}"),
-        )?;
-        s.read_scratch(0, &mut b)?;
-        let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-        rlimits.push((r, w(0), w(1)));
+        // prlimit on another process needs the same ids or
+        // CAP_SYS_RESOURCE: without them, ask the task itself.
+        let (cur, max) = match process::get_rlimit(pid, r) {
+            Ok(l) => l,
+            Err(e) if e.errno() == Some(libc::EPERM) => {
+                s.call(
+                    libc::SYS_prlimit64,
+                    &[0, r as u64, 0, s.scratch()],
+                    &format!("reading resource limit {r}"),
+                )?;
+                s.read_scratch(0, &mut b)?;
+                let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+                (w(0), w(1))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        rlimits.push((r, cur, max));
     }
     let (policy, prio) = process::get_sched(pid)?;
     s.call(
@@ -130,18 +137,18 @@ pub fn resume_regs(words: &[u64]) -> Result<UserRegs> {
 }
 
 /// Sets the resource limits, from inside the task (before its
-/// credentials change, while it may still lower any limit).
+/// credentials change, while it may still lower any limit); queued.
 pub fn restore_rlimits(t: &impl Inject, a: &Attrs) -> Result<()> {
     for &(r, cur, max) in &a.rlimits {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&cur.to_ne_bytes());
         b[8..].copy_from_slice(&max.to_ne_bytes());
-        t.write_scratch(0, &b)?;
-        t.call(
+        let at = t.place(&b)?;
+        t.queue(Call::new(
             libc::SYS_prlimit64,
-            &[0, r as u64, t.scratch(), 0],
-            &format!("setting resource limit {r} to {cur}/{max}"),
-        )?;
+            &[0, r as u64, at, 0],
+            format!("setting resource limit {r} to {cur}/{max}"),
+        ))?;
     }
     Ok(())
 }
@@ -162,54 +169,57 @@ pub fn comm_bytes(name: &str) -> [u8; 16] {
     comm
 }
 
-/// Sets the thread's name.
+/// Sets the thread's name (queued).
 pub fn restore_comm(t: &impl Inject, comm: &str) -> Result<()> {
-    t.write_scratch(0, &comm_bytes(comm))?;
-    t.prctl(libc::PR_SET_NAME, &[t.scratch()], "setting the thread name")?;
-    Ok(())
+    let at = t.place(&comm_bytes(comm))?;
+    t.queue(Call::new(
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, at],
+        "setting the thread name".into(),
+    ))
 }
 
-/// Sets the parent-death signal (a per-thread attribute).
+/// Sets the parent-death signal (a per-thread attribute; queued).
 pub fn restore_pdeath(t: &impl Inject, a: &Attrs) -> Result<()> {
-    t.prctl(
-        libc::PR_SET_PDEATHSIG,
-        &[a.pdeath_signal as u64],
-        "setting the parent-death signal",
-    )?;
-    Ok(())
+    t.queue(Call::new(
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, a.pdeath_signal as u64],
+        "setting the parent-death signal".into(),
+    ))
 }
 
-/// Sets the process-wide prctl attributes.
+/// Sets the process-wide prctl attributes (queued).
 pub fn restore_prctl(t: &impl Inject, a: &Attrs) -> Result<()> {
-    t.prctl(
-        libc::PR_SET_CHILD_SUBREAPER,
-        &[a.child_subreaper as u64],
-        "setting the child-subreaper flag",
-    )?;
-    Ok(())
+    t.queue(Call::new(
+        libc::SYS_prctl,
+        &[
+            libc::PR_SET_CHILD_SUBREAPER as u64,
+            a.child_subreaper as u64,
+        ],
+        "setting the child-subreaper flag".into(),
+    ))
 }
 
 /// Restores per-thread kernel registrations: rseq, robust list,
-/// clear_child_tid.
+/// clear_child_tid (queued).
 pub fn restore_thread_regs(t: &impl Inject, th: &Thread) -> Result<()> {
     if let Some(r) = th.rseq {
-        t.call(
+        t.queue(Call::new(
             libc::SYS_rseq,
             &[r.addr, r.len as u64, 0, r.signature as u64],
-            "registering rseq",
-        )?;
+            "registering rseq".into(),
+        ))?;
     }
     if th.robust_list.0 != 0 {
-        t.call(
+        t.queue(Call::new(
             libc::SYS_set_robust_list,
             &[th.robust_list.0, th.robust_list.1],
-            "setting the robust futex list",
-        )?;
+            "setting the robust futex list".into(),
+        ))?;
     }
-    t.call(
+    t.queue(Call::new(
         libc::SYS_set_tid_address,
         &[th.clear_child_tid],
-        "setting clear_child_tid",
-    )?;
-    Ok(())
+        "setting clear_child_tid".into(),
+    ))
 }

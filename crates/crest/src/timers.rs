@@ -2,7 +2,7 @@
 //! were at the freeze, so a restored timer fires as late as it would have.
 
 use crate::error::Result;
-use crate::freeze::Inject;
+use crate::freeze::{Call, Inject};
 use crate::model::{ITimer, ITimers, PosixTimer};
 
 const WHICH: [(i32, &str); 3] = [
@@ -103,12 +103,12 @@ pub fn restore(t: &impl Inject, timers: &ITimers) -> Result<()> {
         {
             b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
         }
-        t.write_scratch(0, &b)?;
-        t.call(
+        let at = t.place(&b)?;
+        t.queue(Call::new(
             libc::SYS_setitimer,
-            &[which as u64, t.scratch(), 0],
-            &format!("arming {name}"),
-        )?;
+            &[which as u64, at, 0],
+            format!("arming {name}"),
+        ))?;
     }
     Ok(())
 }

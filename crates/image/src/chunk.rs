@@ -26,6 +26,26 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Page chunk flag (format version 2 and later): the chunk is *sparse*. Its
+/// `nr_pages` is the length of a window of pages, followed by a bitmap of
+/// the pages of the window that the chunk carries; only those pages' data
+/// follows. See the crate documentation for the exact layout.
+pub const CHUNK_SPARSE: u32 = 1 << 0;
+
+/// The page chunk flags this format version defines.
+const KNOWN_CHUNK_FLAGS: u32 = CHUNK_SPARSE;
+
+/// Length in bytes of the bitmap of a sparse window of `window` pages: whole
+/// 64-bit words, so the page data that follows stays 8-byte aligned.
+pub(crate) fn bitmap_len(window: u64) -> u64 {
+    window.div_ceil(64) * 8
+}
+
+/// Whether page `i` of a window is marked present in `bitmap`.
+fn bit(bitmap: &[u8], i: u64) -> bool {
+    bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0
+}
+
 /// The decoded fixed part of a PAGES payload.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PageChunkHead {
@@ -33,6 +53,16 @@ pub(crate) struct PageChunkHead {
     pub flags: u32,
     pub addr: u64,
     pub nr_pages: u64,
+}
+
+/// What a validated chunk header (and bitmap) says about the rest of the
+/// payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkFrame {
+    /// Bytes between the chunk header and the page data (the bitmap).
+    pub bitmap_len: usize,
+    /// Pages whose contents follow.
+    pub data_pages: u64,
 }
 
 impl PageChunkHead {
@@ -54,15 +84,30 @@ impl PageChunkHead {
         b
     }
 
-    /// Checks the chunk header against the length of the page data that
-    /// follows it. Returns what is wrong.
-    pub fn check(&self, data_len: u64, page_size: u32) -> Result<(), String> {
+    pub fn is_sparse(&self) -> bool {
+        self.flags & CHUNK_SPARSE != 0
+    }
+
+    /// Length of the bitmap after the header: 0 for a dense chunk. `None`
+    /// if a sparse window is too large to describe at all.
+    pub fn bitmap_len(&self) -> Option<u64> {
+        if self.is_sparse() {
+            Some(bitmap_len(self.nr_pages)).filter(|&n| n <= crate::MAX_RECORD_LEN)
+        } else {
+            Some(0)
+        }
+    }
+
+    /// Checks the chunk header and, for a sparse chunk, the bitmap at the
+    /// start of `rest` (the payload after the header), without looking at
+    /// the length of the page data. Returns what is wrong.
+    pub fn check_frame(&self, rest: &[u8], page_size: u32) -> Result<ChunkFrame, String> {
         if !page_size_ok(page_size) {
             return Err(format!("the image page size {page_size} is invalid"));
         }
-        if self.flags != 0 {
+        if self.flags & !KNOWN_CHUNK_FLAGS != 0 {
             return Err(format!(
-                "page chunk flags {:#x} are not supported (must be 0)",
+                "page chunk flags {:#x} are not supported (known: {KNOWN_CHUNK_FLAGS:#x})",
                 self.flags
             ));
         }
@@ -83,8 +128,8 @@ impl PageChunkHead {
                 self.addr, self.nr_pages
             ));
         };
-        let end = match self.addr.checked_add(bytes) {
-            Some(end) if end <= USER_ADDR_END => end,
+        match self.addr.checked_add(bytes) {
+            Some(end) if end <= USER_ADDR_END => {}
             _ => {
                 return Err(format!(
                     "page chunk at {:#x} of {} pages reaches beyond the user address space \
@@ -92,40 +137,128 @@ impl PageChunkHead {
                     self.addr, self.nr_pages
                 ))
             }
-        };
-        if data_len != bytes {
+        }
+        if !self.is_sparse() {
+            return Ok(ChunkFrame {
+                bitmap_len: 0,
+                data_pages: self.nr_pages,
+            });
+        }
+        // nr_pages * page_size fits in 47 bits (checked above), so does this.
+        let blen = bitmap_len(self.nr_pages);
+        let Some(bitmap) = rest.get(..blen as usize) else {
             return Err(format!(
-                "page chunk {:#x}..{end:#x} declares {} pages ({bytes} bytes) but carries \
-                 {data_len} bytes",
+                "sparse page chunk at {:#x} with a window of {} pages needs a {blen}-byte \
+                 bitmap, but only {} bytes follow its header",
+                self.addr,
+                self.nr_pages,
+                rest.len()
+            ));
+        };
+        let last = self.nr_pages - 1;
+        if !bit(bitmap, 0) || !bit(bitmap, last) {
+            return Err(format!(
+                "sparse page chunk at {:#x}: the first and the last page of its window \
+                 ({} pages) must be present",
                 self.addr, self.nr_pages
             ));
         }
-        Ok(())
+        // Bits past the window, in the last byte and in the padding bytes.
+        let tail_bits = self.nr_pages % 8;
+        let first_pad = (self.nr_pages / 8) as usize;
+        let stray = if tail_bits != 0 {
+            bitmap[first_pad] >> tail_bits != 0 || bitmap[first_pad + 1..].iter().any(|&b| b != 0)
+        } else {
+            bitmap[first_pad..].iter().any(|&b| b != 0)
+        };
+        if stray {
+            return Err(format!(
+                "sparse page chunk at {:#x}: its bitmap marks pages beyond its window of {} \
+                 pages",
+                self.addr, self.nr_pages
+            ));
+        }
+        let data_pages = bitmap.iter().map(|b| u64::from(b.count_ones())).sum();
+        Ok(ChunkFrame {
+            bitmap_len: blen as usize,
+            data_pages,
+        })
+    }
+
+    /// Checks the chunk header, the bitmap of a sparse chunk and the length
+    /// of the page data against each other (`rest` is the payload after the
+    /// header). Returns what is wrong.
+    pub fn check(&self, rest: &[u8], page_size: u32) -> Result<ChunkFrame, String> {
+        let frame = self.check_frame(rest, page_size)?;
+        self.check_data_len(frame, (rest.len() - frame.bitmap_len) as u64, page_size)?;
+        Ok(frame)
+    }
+
+    /// Checks that `data_len` bytes of page data is what `frame` (from
+    /// [`check_frame`](Self::check_frame)) announces.
+    pub fn check_data_len(
+        &self,
+        frame: ChunkFrame,
+        data_len: u64,
+        page_size: u32,
+    ) -> Result<(), String> {
+        // data_pages <= nr_pages, whose byte size was checked.
+        let want = frame.data_pages * u64::from(page_size);
+        if data_len == want {
+            return Ok(());
+        }
+        Err(if self.is_sparse() {
+            format!(
+                "sparse page chunk at {:#x} marks {} pages present ({want} bytes) but \
+                 carries {data_len} bytes",
+                self.addr, frame.data_pages
+            )
+        } else {
+            format!(
+                "page chunk {:#x}..{:#x} declares {} pages ({want} bytes) but carries \
+                 {data_len} bytes",
+                self.addr,
+                self.addr + want,
+                self.nr_pages
+            )
+        })
     }
 }
 
 /// A chunk of raw memory pages: the payload of a PAGES record.
 ///
-/// Encoding: `space: u32`, `flags: u32` (0), `addr: u64`, `nr_pages: u64`,
-/// then exactly `nr_pages * page_size` bytes of page contents, for the
-/// virtual range `addr .. addr + nr_pages * page_size`, which is page aligned
-/// and lies below [`USER_ADDR_END`].
+/// A *dense* chunk carries every page of `addr .. end()`; a *sparse* one
+/// (format version 2) carries the pages of that window marked in its
+/// bitmap, [`present`](PageChunk::present). Either way `data` holds the
+/// carried pages in address order, and [`runs`](PageChunk::runs) says where
+/// each stretch of it belongs.
+///
+/// Encoding: `space: u32`, `flags: u32` (0 or [`CHUNK_SPARSE`]), `addr: u64`,
+/// `nr_pages: u64` (the window), for a sparse chunk the bitmap, then the
+/// page contents. The window is page aligned and lies below
+/// [`USER_ADDR_END`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageChunk<'a> {
     /// Which address space (memory object / mm) the pages belong to; the
     /// numbering is defined by the model.
     pub space: u32,
-    /// Virtual address of the first page (page aligned).
+    /// Virtual address of the first page of the window (page aligned).
     pub addr: u64,
-    /// Number of pages (at least 1).
+    /// Number of pages carried (at least 1): `data.len() / page_size`.
     pub nr_pages: u64,
-    /// Their contents, `nr_pages * page_size` bytes.
+    /// Their contents, `nr_pages * page_size` bytes, in address order.
     pub data: &'a [u8],
+    /// For a sparse chunk, the bitmap of the window's pages that `data`
+    /// carries (bit `i % 8` of byte `i / 8` for page `i`); `None` for a
+    /// dense chunk.
+    pub present: Option<&'a [u8]>,
+    window: u64,
+    page_size: u32,
 }
 
 impl<'a> PageChunk<'a> {
-    /// A chunk of `data` (a whole number of pages, at least one) at `addr`;
-    /// validated like [`PageChunk::parse`] would.
+    /// A dense chunk of `data` (a whole number of pages, at least one) at
+    /// `addr`; validated like [`PageChunk::parse`] would.
     pub fn new(space: u32, addr: u64, data: &'a [u8], page_size: u32) -> Result<Self> {
         if !page_size_ok(page_size) {
             return Err(Error::chunk(
@@ -149,12 +282,16 @@ impl<'a> PageChunk<'a> {
             addr,
             nr_pages: len / u64::from(page_size),
         };
-        head.check(len, page_size).map_err(|w| Error::chunk(0, w))?;
+        head.check(data, page_size)
+            .map_err(|w| Error::chunk(0, w))?;
         Ok(PageChunk {
             space,
             addr,
             nr_pages: head.nr_pages,
             data,
+            present: None,
+            window: head.nr_pages,
+            page_size,
         })
     }
 
@@ -167,7 +304,7 @@ impl<'a> PageChunk<'a> {
     /// Like [`PageChunk::parse`], reporting errors at stream offset
     /// `record_offset` (the offset of the record's header).
     pub fn parse_at(payload: &'a [u8], page_size: u32, record_offset: u64) -> Result<Self> {
-        let Some((head, data)) = payload.split_first_chunk::<PAGE_CHUNK_HEADER_LEN>() else {
+        let Some((head, rest)) = payload.split_first_chunk::<PAGE_CHUNK_HEADER_LEN>() else {
             return Err(Error::chunk(
                 record_offset,
                 format!(
@@ -178,30 +315,104 @@ impl<'a> PageChunk<'a> {
             ));
         };
         let head = PageChunkHead::decode(head);
-        head.check(data.len() as u64, page_size)
+        let frame = head
+            .check(rest, page_size)
             .map_err(|w| Error::chunk(record_offset, w))?;
+        let (bitmap, data) = rest.split_at(frame.bitmap_len);
         Ok(PageChunk {
             space: head.space,
             addr: head.addr,
-            nr_pages: head.nr_pages,
+            nr_pages: frame.data_pages,
             data,
+            present: head.is_sparse().then_some(bitmap),
+            window: head.nr_pages,
+            page_size,
         })
     }
 
-    /// End (exclusive) of the virtual range the chunk covers.
-    pub fn end(&self) -> u64 {
-        self.addr + self.data.len() as u64
+    /// Whether the chunk is sparse.
+    pub fn is_sparse(&self) -> bool {
+        self.present.is_some()
     }
 
-    /// The 24-byte chunk header that precedes `data` in the payload.
+    /// Number of pages in the window `addr .. end()` (for a dense chunk,
+    /// [`nr_pages`](PageChunk::nr_pages)).
+    pub fn window_pages(&self) -> u64 {
+        self.window
+    }
+
+    /// End (exclusive) of the window the chunk covers.
+    pub fn end(&self) -> u64 {
+        self.addr + self.window * u64::from(self.page_size)
+    }
+
+    /// The stretches of consecutive carried pages, in address order: each
+    /// its address and its contents (a part of `data`). One item for a
+    /// dense chunk.
+    pub fn runs(&self) -> PageRuns<'a> {
+        PageRuns {
+            chunk_addr: self.addr,
+            present: self.present,
+            window: self.window,
+            page_size: u64::from(self.page_size),
+            next: 0,
+            data: self.data,
+        }
+    }
+
+    /// The 24-byte chunk header that starts the payload (for a sparse
+    /// chunk, the bitmap follows it).
     pub fn header_bytes(&self) -> [u8; PAGE_CHUNK_HEADER_LEN] {
         PageChunkHead {
             space: self.space,
-            flags: 0,
+            flags: if self.is_sparse() { CHUNK_SPARSE } else { 0 },
             addr: self.addr,
-            nr_pages: self.nr_pages,
+            nr_pages: self.window,
         }
         .encode()
+    }
+}
+
+/// Iterator over the runs of carried pages of a [`PageChunk`]: `(address,
+/// contents)`.
+#[derive(Clone, Debug)]
+pub struct PageRuns<'a> {
+    chunk_addr: u64,
+    present: Option<&'a [u8]>,
+    window: u64,
+    page_size: u64,
+    /// Next page of the window to look at.
+    next: u64,
+    /// Data of the pages not yet returned.
+    data: &'a [u8],
+}
+
+impl<'a> Iterator for PageRuns<'a> {
+    type Item = (u64, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let Some(bitmap) = self.present else {
+            if self.data.is_empty() {
+                return None;
+            }
+            return Some((self.chunk_addr, std::mem::take(&mut self.data)));
+        };
+        let mut i = self.next;
+        while i < self.window && !bit(bitmap, i) {
+            i += 1;
+        }
+        if i == self.window {
+            return None;
+        }
+        let start = i;
+        while i < self.window && bit(bitmap, i) {
+            i += 1;
+        }
+        self.next = i;
+        // The chunk was validated: the bitmap's population matches the data.
+        let (run, rest) = self.data.split_at(((i - start) * self.page_size) as usize);
+        self.data = rest;
+        Some((self.chunk_addr + start * self.page_size, run))
     }
 }
 
@@ -359,7 +570,8 @@ mod tests {
     fn page_chunk_errors() {
         assert!(chunk_err(&[0; 23], 4096).contains("shorter"));
         assert!(chunk_err(&payload(0, 0, 0x1000, 1, 4096), 1000).contains("page size"));
-        assert!(chunk_err(&payload(0, 1, 0x1000, 1, 4096), 4096).contains("flags"));
+        assert!(chunk_err(&payload(0, 2, 0x1000, 1, 4096), 4096).contains("flags"));
+        assert!(chunk_err(&payload(0, 3, 0x1000, 1, 4096), 4096).contains("flags"));
         assert!(chunk_err(&payload(0, 0, 0x1000, 0, 0), 4096).contains("no pages"));
         assert!(chunk_err(&payload(0, 0, 0x1001, 1, 4096), 4096).contains("not aligned"));
         assert!(chunk_err(&payload(0, 0, 0x1000, 1, 4096), 8192).contains("not aligned"));
@@ -370,6 +582,72 @@ mod tests {
         assert!(chunk_err(&payload(0, 0, 0x1000, 2, 4096), 4096).contains("carries"));
         assert!(chunk_err(&payload(0, 0, 0x1000, 1, 4097), 4096).contains("carries"));
         assert!(chunk_err(&payload(0, 0, 0x1000, 1, 0), 4096).contains("carries"));
+    }
+
+    /// A sparse payload: window of `window` pages, bitmap bytes as given
+    /// (zero-extended to whole words), then `data_pages` pages of data.
+    fn sparse(addr: u64, window: u64, bits: &[u8], data_pages: usize) -> Vec<u8> {
+        let mut p = payload(1, CHUNK_SPARSE, addr, window, 0);
+        let mut bitmap = bits.to_vec();
+        bitmap.resize(bitmap_len(window) as usize, 0);
+        p.extend_from_slice(&bitmap);
+        p.extend((0..data_pages * 4096).map(|i| (i / 4096) as u8 + 1));
+        p
+    }
+
+    #[test]
+    fn sparse_chunk_parses_and_runs() {
+        // Window of 12 pages: present 0, 1, 5, 9, 10, 11.
+        let p = sparse(0x10_0000, 12, &[0b0010_0011, 0b0000_1110], 6);
+        let c = PageChunk::parse(&p, 4096).unwrap();
+        assert!(c.is_sparse());
+        assert_eq!((c.nr_pages, c.window_pages()), (6, 12));
+        assert_eq!(c.end(), 0x10_0000 + 12 * 4096);
+        assert_eq!(&c.header_bytes()[..], &p[..24]);
+        assert_eq!(c.present.unwrap(), &p[24..32]);
+        let runs: Vec<(u64, usize, u8)> = c.runs().map(|(a, d)| (a, d.len(), d[0])).collect();
+        assert_eq!(
+            runs,
+            [
+                (0x10_0000, 2 * 4096, 1),
+                (0x10_0000 + 5 * 4096, 4096, 3),
+                (0x10_0000 + 9 * 4096, 3 * 4096, 4)
+            ]
+        );
+        // Dense: one run, the whole data.
+        let d = payload(0, 0, 0x2000, 3, 3 * 4096);
+        let c = PageChunk::parse(&d, 4096).unwrap();
+        assert_eq!(c.runs().collect::<Vec<_>>(), [(0x2000, &d[24..])]);
+        // A window of exactly 64 pages: a one-word bitmap, all present.
+        let p = sparse(0, 64, &[0xFF; 8], 64);
+        assert_eq!(PageChunk::parse(&p, 4096).unwrap().runs().count(), 1);
+    }
+
+    #[test]
+    fn sparse_chunk_errors() {
+        // Bitmap cut short.
+        let mut p = payload(0, CHUNK_SPARSE, 0x1000, 100, 0);
+        p.extend_from_slice(&[1; 9]);
+        assert!(chunk_err(&p, 4096).contains("bitmap"));
+        // First or last page of the window missing.
+        assert!(chunk_err(&sparse(0x1000, 9, &[0b10, 1], 2), 4096).contains("first and the last"));
+        assert!(chunk_err(&sparse(0x1000, 9, &[0b11, 0], 2), 4096).contains("first and the last"));
+        // Bits beyond the window: in the last byte, in the padding.
+        assert!(chunk_err(&sparse(0x1000, 9, &[1, 0b11], 3), 4096).contains("beyond its window"));
+        let mut bits = [0u8; 8];
+        bits[0] = 0b1000_0001;
+        bits[7] = 0x80;
+        assert!(chunk_err(&sparse(0x1000, 8, &bits, 3), 4096).contains("beyond its window"));
+        // Data not matching the population count.
+        assert!(chunk_err(&sparse(0x1000, 9, &[1, 1], 3), 4096).contains("carries"));
+        assert!(chunk_err(&sparse(0x1000, 9, &[1, 1], 1), 4096).contains("carries"));
+        // Window limits apply as for dense chunks.
+        assert!(chunk_err(&sparse(0x1800, 1, &[1], 1), 4096).contains("not aligned"));
+        assert!(chunk_err(&sparse(USER_ADDR_END - 4096, 2, &[3], 2), 4096).contains("beyond"));
+        let mut p = payload(0, CHUNK_SPARSE, 0x1000, u64::MAX, 0);
+        p.extend_from_slice(&[0xFF; 64]);
+        assert!(chunk_err(&p, 4096).contains("claims"));
+        assert!(chunk_err(&payload(0, CHUNK_SPARSE, 0x1000, 0, 0), 4096).contains("no pages"));
     }
 
     #[test]

@@ -21,13 +21,15 @@ pub enum Error {
 
     /// The image uses a format version this crate cannot read.
     #[error(
-        "image format version {found} is not supported: this crest reads format version \
-         {supported}; read it with the crest that wrote it (or a newer one)"
+        "image format version {found} is not supported: this crest reads format versions \
+         {} to {supported}; read it with the crest that wrote it (or a newer one)",
+        crate::MIN_FORMAT_VERSION
     )]
     UnsupportedVersion {
         /// Version found in the preamble.
         found: u32,
-        /// Version this crate supports.
+        /// Newest version this crate reads (it reads all from
+        /// [`MIN_FORMAT_VERSION`](crate::MIN_FORMAT_VERSION) on).
         supported: u32,
     },
 

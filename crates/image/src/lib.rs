@@ -19,6 +19,16 @@
 //!
 //! RECORD = kind: u32  flags: u32  len: u64  payload_crc: u32  header_crc: u32
 //!          payload (len bytes)  zero padding to the next multiple of 8
+//!
+//! PAGES payload, dense (chunk flags 0):
+//!          space: u32  flags: u32 (= 0)  addr: u64  nr_pages: u64
+//!          page data (nr_pages * page_size bytes, for addr .. addr + nr_pages pages)
+//! PAGES payload, sparse (chunk flags CHUNK_SPARSE; format version 2 and later):
+//!          space: u32  flags: u32 (= 1)  addr: u64  nr_pages: u64 (the window)
+//!          bitmap (8 * ceil(nr_pages / 64) bytes: bit i % 8 of byte i / 8 set
+//!                  = page i of the window is present; the first and the last
+//!                  page of the window are present; bits from nr_pages on are 0)
+//!          page data (the present pages in address order, popcount * page_size bytes)
 //! ```
 //!
 //! * `payload_crc` is the CRC32C of the payload, `header_crc` the CRC32C of
@@ -26,7 +36,13 @@
 //!   of 8 from the start of the stream.
 //! * `flags` bit 0 is [`FLAG_OPTIONAL`]: a reader that does not know the kind
 //!   may skip the record. Bit 1 ([`FLAG_COMPRESSED`]) marks a PAGES record
-//!   whose page data is LZ4-compressed; all other bits must be zero.
+//!   whose page data is LZ4-compressed (the chunk header, and the bitmap of a
+//!   sparse chunk, stay uncompressed); all other bits must be zero.
+//! * A PAGES chunk is either *dense* (every page of `addr .. addr + nr_pages`)
+//!   or, from format version 2 on, *sparse* ([`CHUNK_SPARSE`]): a window of
+//!   pages with a bitmap of the pages it carries, so memory whose zero pages
+//!   are scattered costs one record per window instead of one per run of
+//!   non-zero pages. Writers choose whichever form is smaller.
 //! * `len` is at most [`MAX_RECORD_LEN`]; a reader checks it before
 //!   allocating anything.
 //! * The TAIL payload holds the number of records before it, the stream
@@ -67,27 +83,38 @@ mod header;
 pub mod kind;
 mod reader;
 mod record;
+mod sealed;
 mod writer;
 
 pub use chunk::{
-    FileData, PageChunk, FILE_DATA_HEADER_LEN, MAX_FILE_OFFSET, PAGE_CHUNK_HEADER_LEN,
-    USER_ADDR_END,
+    FileData, PageChunk, PageRuns, CHUNK_SPARSE, FILE_DATA_HEADER_LEN, MAX_FILE_OFFSET,
+    PAGE_CHUNK_HEADER_LEN, USER_ADDR_END,
 };
 pub use digest::StreamDigest;
 pub use error::{Error, Result};
 pub use header::{Header, MAX_PAGE_SIZE, MAX_STRING_LEN, MIN_PAGE_SIZE};
 pub use reader::Reader;
 pub use record::{Record, Tail};
+pub use sealed::{SealedPages, READ_STEP};
 pub use writer::Writer;
 
 /// The 8 bytes every crest image starts with.
 pub const MAGIC: [u8; 8] = *b"CRESTIMG";
 
-/// The image format version this crate writes (and the only one it reads).
+/// The image format version this crate writes.
 ///
 /// It is independent of the program's version and changes only when the
-/// framing or a payload this crate defines changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// framing or a payload this crate defines changes in a way older readers
+/// cannot follow. Versions:
+///
+/// * 1 — the first version.
+/// * 2 — sparse page chunks ([`CHUNK_SPARSE`]). Everything else is as in
+///   version 1, so version 1 images stay readable; a sparse chunk in a
+///   version 1 image is refused.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest image format version this crate reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 /// Length of the preamble: magic, format version, reserved word.
 pub const PREAMBLE_LEN: usize = 16;

@@ -2,14 +2,14 @@
 
 use std::io::{ErrorKind, Read};
 
-use crate::chunk::{FileData, PageChunk};
+use crate::chunk::{FileData, PageChunk, PageChunkHead};
 use crate::digest::StreamDigest;
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::record::{padding_for, Record, RecordHeader, Tail};
 use crate::{
     kind, FLAG_COMPRESSED, FLAG_OPTIONAL, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_RECORD_LEN,
-    PREAMBLE_LEN, RECORD_ALIGN, RECORD_HEADER_LEN,
+    MIN_FORMAT_VERSION, PAGE_CHUNK_HEADER_LEN, PREAMBLE_LEN, RECORD_ALIGN, RECORD_HEADER_LEN,
 };
 
 /// The payload buffer grows by at most this much ahead of the data actually
@@ -54,6 +54,8 @@ struct Meta {
 pub struct Reader<R: Read> {
     r: R,
     header: Header,
+    /// Format version from the preamble.
+    version: u32,
     offset: u64,
     records: u64,
     digest: StreamDigest,
@@ -70,6 +72,7 @@ impl<R: Read> Reader<R> {
         let mut reader = Reader {
             r,
             header: Header::default(),
+            version: FORMAT_VERSION,
             offset: 0,
             records: 0,
             digest: StreamDigest::new(),
@@ -101,6 +104,12 @@ impl<R: Read> Reader<R> {
     /// The image header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The image's format version (from the preamble), between
+    /// [`MIN_FORMAT_VERSION`] and [`FORMAT_VERSION`].
+    pub fn format_version(&self) -> u32 {
+        self.version
     }
 
     /// The image page size (from the header).
@@ -208,7 +217,17 @@ impl<R: Read> Reader<R> {
                             if head.flags & FLAG_COMPRESSED != 0 {
                                 self.decompress_pages(offset)?;
                             }
-                            PageChunk::parse_at(&self.buf, self.header.page_size, offset)?;
+                            let c = PageChunk::parse_at(&self.buf, self.header.page_size, offset)?;
+                            if c.is_sparse() && self.version < 2 {
+                                return Err(Error::chunk(
+                                    offset,
+                                    format!(
+                                        "sparse page chunk at {:#x} in a format version {} \
+                                         image (sparse chunks exist from version 2 on)",
+                                        c.addr, self.version
+                                    ),
+                                ));
+                            }
                         }
                         kind::FILE_DATA => {
                             FileData::parse_at(&self.buf, offset)?;
@@ -227,23 +246,29 @@ impl<R: Read> Reader<R> {
     }
 
     /// Replaces a compressed PAGES payload (CRC already verified) by its
-    /// decompressed form: the chunk header, then the page data.
+    /// decompressed form: the chunk header (and bitmap), then the page data.
     fn decompress_pages(&mut self, offset: u64) -> Result<()> {
-        let head_len = crate::PAGE_CHUNK_HEADER_LEN;
-        if self.buf.len() < head_len {
+        let Some((head, rest)) = self.buf.split_first_chunk::<PAGE_CHUNK_HEADER_LEN>() else {
             return Err(Error::chunk(
                 offset,
                 "compressed page chunk shorter than its header",
             ));
-        }
-        let nr = u64::from_le_bytes(self.buf[16..24].try_into().expect("8 bytes"));
-        let want = nr
+        };
+        let frame = PageChunkHead::decode(head)
+            .check_frame(rest, self.header.page_size)
+            .map_err(|w| Error::chunk(offset, w))?;
+        let head_len = PAGE_CHUNK_HEADER_LEN + frame.bitmap_len;
+        let want = frame
+            .data_pages
             .checked_mul(u64::from(self.header.page_size))
-            .filter(|&n| n > 0 && n <= MAX_RECORD_LEN)
+            .filter(|&n| n <= MAX_RECORD_LEN)
             .ok_or_else(|| {
                 Error::chunk(
                     offset,
-                    format!("compressed page chunk claims {nr} pages, more than a record may hold"),
+                    format!(
+                        "compressed page chunk claims {} pages, more than a record may hold",
+                        frame.data_pages
+                    ),
                 )
             })? as usize;
         let mut out = std::mem::take(&mut self.dbuf);
@@ -310,12 +335,13 @@ impl<R: Read> Reader<R> {
             });
         }
         let version = u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
             });
         }
+        self.version = version;
         let reserved = u32::from_le_bytes([pre[12], pre[13], pre[14], pre[15]]);
         if reserved != 0 {
             return Err(Error::corrupt(

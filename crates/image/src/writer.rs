@@ -1,6 +1,6 @@
 //! Writing an image stream.
 
-use std::io::Write;
+use std::io::{ErrorKind, IoSlice, Write};
 
 use crate::chunk::{FileData, FileDataHead, PageChunk, PageChunkHead};
 use crate::chunk::{FILE_DATA_HEADER_LEN, PAGE_CHUNK_HEADER_LEN};
@@ -8,26 +8,23 @@ use crate::digest::StreamDigest;
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::record::{padding_for, RecordHeader, Tail};
+use crate::sealed::{SealedPages, SealedRecord};
 use crate::{
     kind, FLAG_COMPRESSED, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_RECORD_LEN, PREAMBLE_LEN,
     RECORD_ALIGN, RECORD_HEADER_LEN,
 };
 
-/// Payload parts up to this size are copied next to the record header (or
-/// the padding) and written together with it; larger parts are written
-/// straight from the caller's memory.
-const COALESCE_MAX: usize = 4096;
-/// Flush the coalescing buffer when it holds more than this.
-const SCRATCH_FLUSH: usize = 64 * 1024;
-
 /// Writes an image stream front to back.
 ///
 /// [`Writer::new`] writes the preamble and the HEADER record; each
-/// `write_*` call writes one record; [`Writer::finish`] writes the TAIL and
-/// flushes. The writer issues few, large writes (at most about three per
-/// record: header with small parts, each large part, padding with trailing
-/// small parts) and does no buffering of its own: wrap a file or socket in a
-/// [`std::io::BufWriter`] if you write many small records.
+/// `write_*` call writes one record (or, for
+/// [`write_sealed`](Writer::write_sealed), a few); [`Writer::finish`] writes
+/// the TAIL and flushes. Each record goes out as one vectored write
+/// (`write_vectored`, repeated only on short writes) of its header, the
+/// payload parts straight from the caller's memory, and the padding; the
+/// writer does no buffering of its own: wrap a file or socket in a
+/// [`std::io::BufWriter`] if you write many small records (and give the
+/// stream a `write_vectored` if it can do better than one slice at a time).
 ///
 /// If a write to the underlying stream fails, the image is incomplete and the
 /// writer refuses further records ([`Error::InvalidInput`]). An image that
@@ -40,9 +37,10 @@ pub struct Writer<W: Write> {
     offset: u64,
     records: u64,
     digest: StreamDigest,
-    scratch: Vec<u8>,
     /// Reused output buffer for compression.
     zbuf: Vec<u8>,
+    /// Reused input buffer for compressing a sparse chunk's page data.
+    gbuf: Vec<u8>,
     failed: bool,
 }
 
@@ -56,8 +54,8 @@ impl<W: Write> Writer<W> {
             offset: 0,
             records: 0,
             digest: StreamDigest::new(),
-            scratch: Vec::with_capacity(COALESCE_MAX + RECORD_HEADER_LEN + RECORD_ALIGN),
             zbuf: Vec::new(),
+            gbuf: Vec::new(),
             failed: false,
         };
         let mut preamble = [0u8; PREAMBLE_LEN];
@@ -112,9 +110,17 @@ impl<W: Write> Writer<W> {
                         "PAGES payload is shorter than its chunk header",
                     )
                 })?;
-                PageChunkHead::decode(&head)
-                    .check(len - PAGE_CHUNK_HEADER_LEN as u64, self.page_size)
-                    .map_err(|w| Error::chunk(self.offset, w))?;
+                let head = PageChunkHead::decode(&head);
+                let rest_len = len - PAGE_CHUNK_HEADER_LEN as u64;
+                // The bitmap of a sparse chunk (or as much as there is).
+                let want = head.bitmap_len().unwrap_or(u64::MAX).min(rest_len) as usize;
+                let front = gather(parts, PAGE_CHUNK_HEADER_LEN + want);
+                let bad = |w| Error::chunk(self.offset, w);
+                let frame = head
+                    .check_frame(&front[PAGE_CHUNK_HEADER_LEN..], self.page_size)
+                    .map_err(bad)?;
+                head.check_data_len(frame, rest_len - frame.bitmap_len as u64, self.page_size)
+                    .map_err(bad)?;
             }
             kind::FILE_DATA => {
                 let head = prefix::<FILE_DATA_HEADER_LEN>(parts).ok_or_else(|| {
@@ -177,7 +183,78 @@ impl<W: Write> Writer<W> {
     /// size); returns the stream offset of the record header.
     pub fn write_page_chunk(&mut self, chunk: &PageChunk<'_>) -> Result<u64> {
         let head = chunk.header_bytes();
-        self.write_record_parts(kind::PAGES, 0, &[&head, chunk.data])
+        let bitmap = chunk.present.unwrap_or_default();
+        self.write_record_parts(kind::PAGES, 0, &[&head, bitmap, chunk.data])
+    }
+
+    /// Writes the PAGES records of `pages` (none if all its pages are zero)
+    /// with the checksums computed when they were sealed; returns the number
+    /// of records written.
+    ///
+    /// With `compress`, each record's page data is LZ4-compressed when that
+    /// saves at least 1/16 of it, like
+    /// [`write_pages_compressed`](Writer::write_pages_compressed) does (for a
+    /// sparse chunk: the data of its present pages; its header and bitmap
+    /// stay uncompressed), and the checksum of a compressed payload is
+    /// computed here.
+    ///
+    /// Refused ([`Error::InvalidInput`]) if `pages` was sealed with another
+    /// page size than the image's.
+    pub fn write_sealed(&mut self, pages: &SealedPages, compress: bool) -> Result<usize> {
+        if pages.page_size() != self.page_size {
+            return Err(Error::InvalidInput(format!(
+                "pages sealed with page size {} cannot go into an image of page size {}",
+                pages.page_size(),
+                self.page_size
+            )));
+        }
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for rec in &pages.records {
+            parts.clear();
+            parts.push(&pages.heads[rec.head.clone()]);
+            parts.extend(pages.record_data(rec));
+            if compress && self.write_sealed_compressed(pages, rec, &parts)? {
+                continue;
+            }
+            self.emit_with_crc(kind::PAGES, 0, &parts, rec.crc)?;
+        }
+        Ok(pages.records.len())
+    }
+
+    /// Writes record `rec` of `pages` (whose parts are `parts`: head, then
+    /// data) compressed if that is worth it; returns whether it did.
+    fn write_sealed_compressed(
+        &mut self,
+        pages: &SealedPages,
+        rec: &SealedRecord,
+        parts: &[&[u8]],
+    ) -> Result<bool> {
+        let data = match &parts[1..] {
+            [one] => *one,
+            many => {
+                self.gbuf.clear();
+                for d in many {
+                    self.gbuf.extend_from_slice(d);
+                }
+                &self.gbuf[..]
+            }
+        };
+        let max = lz4_flex::block::get_maximum_output_size(data.len());
+        self.zbuf.resize(max, 0);
+        let n = lz4_flex::block::compress_into(data, &mut self.zbuf)
+            .map_err(|e| Error::InvalidInput(format!("compressing a page chunk: {e}")))?;
+        debug_assert_eq!(data.len() as u64, rec.data_len);
+        if n >= data.len() - data.len() / 16 {
+            return Ok(false);
+        }
+        let z = std::mem::take(&mut self.zbuf);
+        let r = self.emit(
+            kind::PAGES,
+            FLAG_COMPRESSED,
+            &[&pages.heads[rec.head.clone()], &z[..n]],
+        );
+        self.zbuf = z;
+        r.map(|_| true)
     }
 
     /// Writes a FILE_DATA record: `bytes` at `offset` of file object
@@ -225,6 +302,23 @@ impl<W: Write> Writer<W> {
 
     /// Frames and writes one record. Kind and flags are not checked here.
     fn emit(&mut self, kind: u32, flags: u32, parts: &[&[u8]]) -> Result<u64> {
+        let payload_crc = parts
+            .iter()
+            .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
+        self.emit_with_crc(kind, flags, parts, payload_crc)
+    }
+
+    /// Frames and writes one record whose payload CRC32C (over the
+    /// concatenated `parts`) is `payload_crc`; the caller guarantees it
+    /// (computed here by `emit`, or sealed with the data in
+    /// [`SealedPages`]).
+    fn emit_with_crc(
+        &mut self,
+        kind: u32,
+        flags: u32,
+        parts: &[&[u8]],
+        payload_crc: u32,
+    ) -> Result<u64> {
         if self.failed {
             return Err(Error::InvalidInput(
                 "an earlier write to the image stream failed; the image is incomplete and \
@@ -233,9 +327,6 @@ impl<W: Write> Writer<W> {
             ));
         }
         let len = payload_len(parts)?;
-        let payload_crc = parts
-            .iter()
-            .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
         let header = RecordHeader {
             kind,
             flags,
@@ -248,31 +339,19 @@ impl<W: Write> Writer<W> {
 
         // Until the record is completely written, the stream is unusable.
         self.failed = true;
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&header);
-        for part in parts {
-            if part.len() <= COALESCE_MAX {
-                self.scratch.extend_from_slice(part);
-                if self.scratch.len() > SCRATCH_FLUSH {
-                    self.w.write_all(&self.scratch)?;
-                    self.scratch.clear();
-                }
-            } else {
-                if !self.scratch.is_empty() {
-                    self.w.write_all(&self.scratch)?;
-                    self.scratch.clear();
-                }
-                self.w.write_all(part)?;
-            }
+        let zeros = [0u8; RECORD_ALIGN];
+        let mut slices = Vec::with_capacity(parts.len() + 2);
+        slices.push(IoSlice::new(&header));
+        slices.extend(
+            parts
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| IoSlice::new(p)),
+        );
+        if pad > 0 {
+            slices.push(IoSlice::new(&zeros[..pad]));
         }
-        self.scratch.extend_from_slice(&[0u8; RECORD_ALIGN][..pad]);
-        if !self.scratch.is_empty() {
-            self.w.write_all(&self.scratch)?;
-            self.scratch.clear();
-        }
-        if self.scratch.capacity() > 2 * SCRATCH_FLUSH {
-            self.scratch.shrink_to(2 * SCRATCH_FLUSH);
-        }
+        write_all_vectored(&mut self.w, &mut slices)?;
         self.failed = false;
 
         self.offset += RECORD_HEADER_LEN as u64 + len + pad as u64;
@@ -282,6 +361,25 @@ impl<W: Write> Writer<W> {
         }
         Ok(offset)
     }
+}
+
+/// Writes all of `slices` with as few `write_vectored` calls as the stream
+/// allows.
+fn write_all_vectored<W: Write>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    ErrorKind::WriteZero,
+                    "the image stream accepts no more data",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Total payload length of `parts`, refused above [`MAX_RECORD_LEN`].
@@ -297,6 +395,20 @@ fn payload_len(parts: &[&[u8]]) -> Result<u64> {
         )));
     }
     Ok(len)
+}
+
+/// The first `n` bytes of the concatenation of `parts` (fewer if there
+/// are not that many).
+fn gather(parts: &[&[u8]], n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    for part in parts {
+        let take = part.len().min(n - out.len());
+        out.extend_from_slice(&part[..take]);
+        if out.len() == n {
+            break;
+        }
+    }
+    out
 }
 
 /// The first `N` bytes of the concatenation of `parts`, if there are that

@@ -139,11 +139,18 @@ impl Remote {
         Ok(r as u64)
     }
 
-    /// Runs code already mapped in the task at `ip` until it executes an
-    /// `int3`, with registers prepared by `setup` from the task's own; the
-    /// task's registers are put back afterwards and the registers at the
-    /// trap are returned.
-    pub fn run_until_trap(&self, ip: u64, setup: impl FnOnce(&mut UserRegs)) -> Result<UserRegs> {
+    /// Runs code already mapped in the task at `ip` until it executes the
+    /// `int3` whose next byte is at `trap_at`, with registers prepared by
+    /// `setup` from the task's own; the task's registers are put back
+    /// afterwards and the registers at the trap are returned.  Any other
+    /// signal (a SIGTRAP from elsewhere too) is taken off as in
+    /// [`Remote::raw_syscall`].
+    pub fn run_until_trap(
+        &self,
+        ip: u64,
+        trap_at: u64,
+        setup: impl FnOnce(&mut UserRegs),
+    ) -> Result<UserRegs> {
         let mut r = self.base;
         r.rip = ip;
         r.orig_rax = u64::MAX;
@@ -152,11 +159,11 @@ impl Remote {
         ptrace::cont(self.pid, 0)?;
         let at = loop {
             match ptrace::wait(self.pid)? {
-                WaitStatus::Stopped {
-                    sig: libc::SIGTRAP,
-                    event: 0,
-                } => break ptrace::get_regs(self.pid)?,
-                WaitStatus::Stopped { event: 0, .. } => {
+                WaitStatus::Stopped { sig, event: 0 } => {
+                    let regs = ptrace::get_regs(self.pid)?;
+                    if sig == libc::SIGTRAP && regs.rip == trap_at {
+                        break regs;
+                    }
                     let info = ptrace::get_siginfo(self.pid)?;
                     self.suppressed.borrow_mut().push(info);
                     ptrace::cont(self.pid, 0)?;

@@ -109,6 +109,30 @@ pub fn get_sched(pid: pid_t) -> Result<(i32, i32)> {
     Ok((policy, param.sched_priority))
 }
 
+/// Resource limit `resource` (soft, hard) of process `pid`.  The kernel
+/// allows this only to a caller with the process's uids and gids, or with
+/// CAP_SYS_RESOURCE (EPERM otherwise).
+pub fn get_rlimit(pid: pid_t, resource: u32) -> Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall reading into a valid out pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            pid,
+            resource,
+            std::ptr::null::<libc::rlimit64>(),
+            &mut old as *mut libc::rlimit64,
+        )
+    };
+    if r != 0 {
+        return Err(Error::last_os(format!("prlimit({pid}, {resource})")));
+    }
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
 /// Sets the scheduling policy (with SCHED_RESET_ON_FORK as given) of `pid`.
 pub fn set_sched(pid: pid_t, policy: i32, priority: i32) -> Result<()> {
     let param = libc::sched_param {

@@ -2,7 +2,7 @@
 //! encoder of the wire format (written from the format description, not from
 //! the crate's code) used both to pin the format and to craft broken images.
 
-use crest_image::{kind, Header, Reader, Result, Writer, FLAG_OPTIONAL};
+use crest_image::{kind, Header, Reader, Result, SealedPages, Writer, FLAG_OPTIONAL};
 
 pub fn sample_header() -> Header {
     Header {
@@ -79,7 +79,8 @@ pub fn small_image() -> Vec<u8> {
     w.finish().unwrap()
 }
 
-/// `small_image` plus two PAGES records.
+/// `small_image` plus PAGES records: two dense, one sparse, one compressed
+/// sparse.
 pub fn paged_image() -> Vec<u8> {
     let mut w = Writer::new(Vec::new(), &sample_header()).unwrap();
     w.write_record(kind::PROCESS, 0, b"process").unwrap();
@@ -88,7 +89,24 @@ pub fn paged_image() -> Vec<u8> {
     w.write_record(0x4242, FLAG_OPTIONAL, b"opt").unwrap();
     w.write_file_data(3, 0, b"abc").unwrap();
     w.write_pages(2, 0x40_0000, &pages[..4096]).unwrap();
+    let (buf, len) = sparse_window();
+    let s = SealedPages::seal(2, 0x50_0000, buf, len, 4096).unwrap();
+    assert_eq!(w.write_sealed(&s, false).unwrap(), 1);
+    let s = SealedPages::seal(3, 0x60_0000, s.into_buffer(), len, 4096).unwrap();
+    assert_eq!(w.write_sealed(&s, true).unwrap(), 1);
     w.finish().unwrap()
+}
+
+/// A window of 12 pages of which 0, 3, 4 and 11 are not zero (compressible
+/// data), as a buffer with room to spare and its length.
+pub fn sparse_window() -> (Vec<u8>, usize) {
+    let mut buf = vec![0u8; 16 * 4096];
+    for p in [0usize, 3, 4, 11] {
+        for (i, b) in buf[p * 4096..(p + 1) * 4096].iter_mut().enumerate() {
+            *b = (i / 64 + p) as u8 | 1;
+        }
+    }
+    (buf, 12 * 4096)
 }
 
 pub fn crc(bytes: &[u8]) -> u32 {
@@ -127,7 +145,7 @@ impl Raw {
 
     /// A valid preamble and HEADER record for `header`.
     pub fn with_header(header: &Header) -> Raw {
-        let mut raw = Raw::preamble(1, 0);
+        let mut raw = Raw::preamble(2, 0);
         raw.record(1, 0, &encode_header(header));
         raw
     }

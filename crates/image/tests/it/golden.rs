@@ -1,16 +1,17 @@
 //! Golden images: what this format version's writer produces must never
 //! change, and what older writers produced must stay readable.
 //!
-//! If `golden_v1_bytes_are_stable` fails, the wire format changed: do not
-//! re-bless `v1.img`; bump `FORMAT_VERSION` and add a new golden image (the
-//! old one must stay readable or convertible). To create a missing golden
+//! If `golden_v2_bytes_are_stable` fails, the wire format changed: do not
+//! re-bless `v2.img`; bump `FORMAT_VERSION` and add a new golden image (the
+//! old ones must stay readable or convertible). To create a missing golden
 //! image, run the tests with `CREST_BLESS_GOLDEN=1`.
 
-use crest_image::{kind, Header, Writer, FLAG_OPTIONAL};
+use crest_image::{kind, Header, Reader, SealedPages, Writer, FLAG_COMPRESSED, FLAG_OPTIONAL};
 
 use crate::common::*;
 
 const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/v1.img");
+const GOLDEN_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/v2.img");
 
 fn golden_header() -> Header {
     Header {
@@ -43,20 +44,107 @@ fn build_golden_v1() -> Vec<u8> {
     w.finish().unwrap()
 }
 
-fn stored() -> Vec<u8> {
-    if std::env::var_os("CREST_BLESS_GOLDEN").is_some() && std::fs::metadata(GOLDEN_V1).is_err() {
-        std::fs::write(GOLDEN_V1, build_golden_v1()).unwrap();
+/// Version 2 adds sparse page chunks: the version 1 records, then a
+/// sparse chunk and a compressed sparse chunk.
+fn build_golden_v2() -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), &golden_header()).unwrap();
+    w.write_record(kind::PROCESS, 0, b"golden process").unwrap();
+    w.write_record(kind::FILE, 0, b"").unwrap();
+    w.write_record(0x5151, FLAG_OPTIONAL, b"optional").unwrap();
+    w.write_file_data(7, 3, b"file bytes").unwrap();
+    w.write_pages(1, 0x7ffd_0000_0000, &golden_page()).unwrap();
+    let (buf, len) = golden_window();
+    let s = SealedPages::seal(1, 0x7ffd_0001_0000, buf, len, 4096).unwrap();
+    assert_eq!(w.write_sealed(&s, false).unwrap(), 1);
+    let s = SealedPages::seal(2, 0x5555_0000_0000, s.into_buffer(), len, 4096).unwrap();
+    assert_eq!(w.write_sealed(&s, true).unwrap(), 1);
+    w.finish().unwrap()
+}
+
+/// 70 pages: a zero page, then pages 1, 2, 5 and 69 (the golden page).
+fn golden_window() -> (Vec<u8>, usize) {
+    let mut buf = vec![0u8; 70 * 4096];
+    for p in [1, 2, 5, 69] {
+        buf[p * 4096..(p + 1) * 4096].copy_from_slice(&golden_page());
     }
-    std::fs::read(GOLDEN_V1).unwrap_or_else(|e| {
-        panic!("cannot read {GOLDEN_V1} ({e}); create it with CREST_BLESS_GOLDEN=1")
-    })
+    let len = buf.len();
+    (buf, len)
+}
+
+fn stored_at(path: &str, build: fn() -> Vec<u8>) -> Vec<u8> {
+    if std::env::var_os("CREST_BLESS_GOLDEN").is_some() && std::fs::metadata(path).is_err() {
+        std::fs::write(path, build()).unwrap();
+    }
+    std::fs::read(path)
+        .unwrap_or_else(|e| panic!("cannot read {path} ({e}); create it with CREST_BLESS_GOLDEN=1"))
+}
+
+/// The v1 golden image (this writer writes version 2: it cannot re-create
+/// it).
+fn stored() -> Vec<u8> {
+    std::fs::read(GOLDEN_V1).unwrap_or_else(|e| panic!("cannot read {GOLDEN_V1}: {e}"))
+}
+
+/// Version 2 changed nothing that version 1 images hold: the current
+/// writer, given what the v1 golden image holds, writes it byte for byte,
+/// but for the version word.
+#[test]
+fn golden_v1_records_are_written_unchanged() {
+    let mut now = build_golden_v1();
+    assert_eq!(&now[8..12], &2u32.to_le_bytes());
+    now[8..12].copy_from_slice(&1u32.to_le_bytes());
+    assert!(
+        now == stored(),
+        "the writer no longer writes the records of the v1 golden image as version 1 did"
+    );
 }
 
 #[test]
-fn golden_v1_bytes_are_stable() {
+fn golden_v2_bytes_are_stable() {
     assert!(
-        build_golden_v1() == stored(),
-        "the writer no longer produces the v1 golden image: the wire format changed"
+        build_golden_v2() == stored_at(GOLDEN_V2, build_golden_v2),
+        "the writer no longer produces the v2 golden image: the wire format changed"
+    );
+}
+
+#[test]
+fn golden_v2_reads() {
+    let image = stored_at(GOLDEN_V2, build_golden_v2);
+    assert_eq!(&image[..16], b"CRESTIMG\x02\0\0\0\0\0\0\0");
+    let mut r = Reader::new(&image[..]).unwrap();
+    assert_eq!(r.format_version(), 2);
+    assert_eq!(r.header(), &golden_header());
+    let (window, _) = golden_window();
+    let mut sparse = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        if rec.kind != kind::PAGES {
+            continue;
+        }
+        let c = rec.page_chunk(4096).unwrap();
+        if !c.is_sparse() {
+            assert_eq!(c.data, &golden_page()[..]);
+            continue;
+        }
+        assert_eq!((c.nr_pages, c.window_pages()), (4, 69));
+        let base = c.addr - 4096;
+        for (a, d) in c.runs() {
+            let off = (a - base) as usize;
+            assert_eq!(d, &window[off..off + d.len()]);
+        }
+        sparse.push((c.space, rec.flags & FLAG_COMPRESSED != 0, c.runs().count()));
+    }
+    assert_eq!(sparse, [(1, false, 3), (2, true, 3)]);
+}
+
+/// A sparse chunk in an image that says it is version 1 is refused.
+#[test]
+fn sparse_chunk_in_a_v1_image_is_refused() {
+    let mut image = stored_at(GOLDEN_V2, build_golden_v2);
+    image[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let e = read_err(&image);
+    assert!(
+        matches!(e, crest_image::Error::BadChunk { .. }) && e.to_string().contains("version 1"),
+        "{e}"
     );
 }
 

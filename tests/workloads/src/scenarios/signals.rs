@@ -208,6 +208,9 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     );
     install(p, libc::SIGINT, libc::SIG_IGN, 0, &[]);
     install(p, libc::SIGPIPE, libc::SIG_IGN, 0, &[]);
+    // Restore's batch loop stops at an int3, whose SIGTRAP the kernel
+    // forces through with the default action when the signal is ignored.
+    install(p, libc::SIGTRAP, libc::SIG_IGN, 0, &[]);
     install(p, rt3, info, libc::SA_SIGINFO, &[]);
     install(p, rt5, info, libc::SA_SIGINFO, &[]);
 
