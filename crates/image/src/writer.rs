@@ -14,6 +14,19 @@ use crate::{
     RECORD_ALIGN, RECORD_HEADER_LEN,
 };
 
+/// Bytes of a chunk compressed first to judge whether the rest is worth
+/// compressing.
+const COMPRESS_SAMPLE: usize = 64 * 1024;
+
+/// Whether LZ4 saves at least 1/16 of `data` (`zbuf`: room to compress
+/// into).
+fn shrinks(zbuf: &mut Vec<u8>, data: &[u8]) -> Result<bool> {
+    zbuf.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
+    let n = lz4_flex::block::compress_into(data, zbuf)
+        .map_err(|e| Error::InvalidInput(format!("compressing a page chunk: {e}")))?;
+    Ok(n < data.len() - data.len() / 16)
+}
+
 /// Writes an image stream front to back.
 ///
 /// [`Writer::new`] writes the preamble and the HEADER record; each
@@ -229,6 +242,15 @@ impl<W: Write> Writer<W> {
         rec: &SealedRecord,
         parts: &[&[u8]],
     ) -> Result<bool> {
+        // Random memory does not compress, and trying (or gathering the
+        // runs of a sparse chunk) costs as much CPU as writing it: judge a
+        // chunk by the start of its data first.
+        let total: usize = parts[1..].iter().map(|p| p.len()).sum();
+        let first = parts.get(1).copied().unwrap_or_default();
+        let sample = &first[..first.len().min(COMPRESS_SAMPLE)];
+        if sample.len() < total && !shrinks(&mut self.zbuf, sample)? {
+            return Ok(false);
+        }
         let data = match &parts[1..] {
             [one] => *one,
             many => {
