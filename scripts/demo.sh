@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== building crest (release)"
 cargo build --release -q -p crest-cli
-CREST=$PWD/target/release/crest
+CREST=$(realpath "${CARGO_TARGET_DIR:-target}")/release/crest
 WORK=$(mktemp -d /tmp/crest-demo.XXXXXX)
 trap 'kill "${PID:-0}" 2>/dev/null || true' EXIT
 show() { sed 's/^/    | /' "$WORK/log" | tail -n "${1:-4}"; }
@@ -26,7 +26,8 @@ fi
 echo "   pid $PID is gone; nothing has run for a second:"; show 2
 
 echo "== crest inspect $WORK/image (first lines)"
-"$CREST" inspect "$WORK/image" | head -n 6
+"$CREST" inspect "$WORK/image" > "$WORK/inspect.txt"
+head -n 6 "$WORK/inspect.txt"
 
 echo "== crest restore -i $WORK/image -d"
 "$CREST" restore -i "$WORK/image" -d

@@ -418,6 +418,10 @@ fn cmd_check(pid: i32, json: bool) -> Result<i32> {
 }
 
 fn cmd_inspect(image: &str, json: bool) -> Result<i32> {
+    // Like other filters, end quietly when the reader goes away
+    // (`crest inspect IMAGE | head`) instead of failing on EPIPE.
+    // SAFETY: restores the default action of one signal; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let ins = if image == "-" {
         crest::inspect::inspect(BufReader::with_capacity(1 << 20, std::io::stdin().lock()))
     } else {

@@ -101,6 +101,32 @@ fn inspect_shows_the_image() {
         text.contains(&format!("process {}", w.pid)) && text.contains("[stack]"),
         "{text}"
     );
+    // A reader that stops early (`crest inspect IMAGE | head -1`): crest
+    // ends quietly, by SIGPIPE like other filters, not with a panic.
+    // A one-page pipe, so that the output does not fit in it.
+    let (mut r, w_end) = std::io::pipe().unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a pipe descriptor this test owns.
+    unsafe { libc::fcntl(w_end.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let child = std::process::Command::new(crest_bin())
+        .args(["inspect", img.to_str().unwrap(), "--json"])
+        .stdout(w_end)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    use std::io::Read;
+    r.read_exact(&mut first).unwrap();
+    drop(r);
+    let o = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        o.status.success() || o.status.signal() == Some(libc::SIGPIPE),
+        "inspect into a closed pipe: {:?} {}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
     let mode = std::fs::metadata(&img).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
