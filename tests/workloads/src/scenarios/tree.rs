@@ -20,7 +20,8 @@
 //! process overwrote its own page before forking its children (so each
 //! process sees the pages of its ancestors and the root's originals for the
 //! rest). The root also cross-checks every member in `/proc/<pid>/stat`.
-//! Then the root creates `release`; each parent reaps its children and
+//! Once every member has checked itself after go (`checked-<role>`), the
+//! root creates `release`; each parent reaps its children and
 //! checks their exit codes, C exits leaving C2, which must be reparented to
 //! the root. Members report in `<dir>/child-<pid>`; the root copies every
 //! failure into its result. Nothing is a zombie before the checkpoint.
@@ -243,6 +244,9 @@ fn member_run(m: &Proto, t: &Tree, s: &Me) -> Checks {
     wait.report(&mut c, "go-wait");
     s.check(&mut c);
     s.base.verify_member(&mut c);
+    // The root releases the tree only once every member has checked
+    // itself: C exits on release, and C2 must see C as its parent here.
+    m.write_aux(&format!("checked-{}", s.role.name()), "");
     if let Err(e) = wait_path(
         &m.dir().join("release"),
         STEP_TIMEOUT_NS,
@@ -540,6 +544,16 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
     unsafe { libc::prctl(PR_GET_CHILD_SUBREAPER, &mut v as *mut u64, 0u64, 0u64, 0u64) };
     c.eq("PR_GET_CHILD_SUBREAPER", 1, v);
     cross_check(&mut c);
+    for &(r, pid) in pids.iter().filter(|(r, _)| *r != Role::Root) {
+        let f = dir.join(format!("checked-{}", r.name()));
+        let alive = || match proc_stat(pid) {
+            Some((state, ..)) if !matches!(state, 'Z' | 'X') => Ok(()),
+            _ => Err(format!("{} (pid {pid}) ended", r.name())),
+        };
+        if let Err(e) = wait_path(&f, STEP_TIMEOUT_NS, alive) {
+            c.fail(format!("waiting for {} to check itself: {e}", r.name()));
+        }
+    }
     p.write_aux("release", "");
     for (r, k) in kids {
         let st = reap(k, STEP_TIMEOUT_NS);
