@@ -55,6 +55,8 @@ struct Tracked {
     registered: Vec<(u64, u64)>,
     /// What the pre-copy saved, in address order.
     copied: Vec<Copied>,
+    /// Ranges whose copy is known stale before the freeze.
+    stale: Vec<(u64, u64)>,
 }
 
 /// A pre-copy under way, or why there is none.
@@ -205,6 +207,7 @@ impl PreCopy {
                     uffd: u.clone(),
                     registered: Vec::new(),
                     copied: Vec::new(),
+                    stale: Vec::new(),
                 })
                 .collect(),
             spool,
@@ -265,6 +268,54 @@ impl PreCopy {
                 Ok(buf)
             },
         )?;
+        // A second, shorter round while the tree still runs: the pages
+        // written during the first are protected again and copied once
+        // more, so that the freeze has only this round's writes to copy.
+        let to_protect_again = ScanQuery {
+            required: page_category::WRITTEN,
+            excluded: page_category::GUARD,
+            any: page_category::PRESENT | page_category::SWAPPED,
+            report: 0,
+        };
+        let mut again: Vec<(usize, &Vma, u64, u64)> = Vec::new();
+        for (i, (vmas, _)) in work.iter().enumerate() {
+            let pm = Pagemap::open(pids[i])?;
+            let mut written = Vec::new();
+            for v in vmas {
+                written.clear();
+                pm.scan(v.start, v.end, to_protect_again, true, &mut written)?;
+                for &(s, e, _) in &written {
+                    let mut a = s;
+                    while a < e {
+                        let n = ((e - a) / ps).min(CHUNK_PAGES);
+                        again.push((i, v, a, n));
+                        a += n * ps;
+                    }
+                }
+            }
+        }
+        let mut recopied: Vec<Vec<Copied>> = vec![Vec::new(); procs.len()];
+        crate::pipeline::run(
+            &again,
+            (CHUNK_PAGES * ps) as usize,
+            |&(i, v, a, n), mut buf| {
+                let read = read_task(pids[i], v, a, &mut buf[..(n * ps) as usize]).is_ok();
+                Ok((buf, read))
+            },
+            |&(i, _, a, n), (buf, read)| {
+                if read {
+                    spool.store(a, &buf[..(n * ps) as usize], &mut recopied[i])?;
+                } else {
+                    // Protected again but not copied: the first copy is
+                    // stale whatever the freeze finds.
+                    procs[i].stale.push((a, a + n * ps));
+                }
+                Ok(buf)
+            },
+        )?;
+        for (t, newer) in procs.iter_mut().zip(recopied) {
+            t.copied = overlay(&t.copied, newer);
+        }
         Ok(Ok(pc))
     }
 
@@ -280,7 +331,7 @@ impl PreCopy {
         let seen = events.events()?;
         let mut clean = Vec::with_capacity(procs.len());
         for t in procs {
-            let mut stale: Vec<(u64, u64)> = Vec::new();
+            let mut stale: Vec<(u64, u64)> = t.stale.clone();
             let mut ours = t.registered.clone();
             for (pid, e) in &seen {
                 if *pid != t.pid {
@@ -329,6 +380,37 @@ impl PreCopy {
             pages_reread: 0,
         })
     }
+}
+
+/// `older` (sorted, disjoint) with every page that `newer` (sorted,
+/// disjoint) holds taken from `newer` instead.
+fn overlay(older: &[Copied], newer: Vec<Copied>) -> Vec<Copied> {
+    let ps = memory::page_size();
+    let covered = merge(
+        newer
+            .iter()
+            .map(|c| (c.addr, c.addr + c.pages * ps))
+            .collect(),
+    );
+    let mut out = newer;
+    for c in older {
+        let end = c.addr + c.pages * ps;
+        let i = covered.partition_point(|r| r.1 <= c.addr);
+        let mut left = vec![(c.addr, end)];
+        for r in covered[i..].iter().take_while(|r| r.0 < end) {
+            left = left
+                .iter()
+                .flat_map(|&(s, e)| subtract(&[(s, e)], r.0, r.1))
+                .collect();
+        }
+        out.extend(left.into_iter().map(|(s, e)| Copied {
+            addr: s,
+            pages: (e - s) / ps,
+            off: c.off.map(|o| o + (s - c.addr)),
+        }));
+    }
+    out.sort_unstable_by_key(|c| c.addr);
+    out
 }
 
 /// `r` (sorted, disjoint) without `start..end`.
@@ -828,6 +910,48 @@ mod tests {
                 // A stale range not page aligned covers the whole page.
                 (0x21000, 1, None),
                 (0x22000, 2, Some(Some(6 * P))),
+            ]
+        );
+    }
+
+    #[test]
+    fn newer_copies_replace_older_ones_page_by_page() {
+        let older = vec![
+            Copied {
+                addr: 0x10000,
+                pages: 8,
+                off: Some(0),
+            },
+            Copied {
+                addr: 0x20000,
+                pages: 2,
+                off: None,
+            },
+        ];
+        let newer = vec![
+            Copied {
+                addr: 0x12000,
+                pages: 2,
+                off: Some(100 * P),
+            },
+            Copied {
+                addr: 0x21000,
+                pages: 1,
+                off: Some(200 * P),
+            },
+        ];
+        let got: Vec<(u64, u64, Option<u64>)> = overlay(&older, newer)
+            .iter()
+            .map(|c| (c.addr, c.pages, c.off))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x10000, 2, Some(0)),
+                (0x12000, 2, Some(100 * P)),
+                (0x14000, 4, Some(4 * P)),
+                (0x20000, 1, None),
+                (0x21000, 1, Some(200 * P)),
             ]
         );
     }
