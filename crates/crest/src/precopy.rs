@@ -11,12 +11,15 @@
 //!    userfaultfd reports munmap, mremap and madvise(DONTNEED/FREE), whose
 //!    ranges are forgotten.
 //! 3. The pages to save (planned exactly as the final dump plans them) are
-//!    copied into a spool file (an unlinked temporary file).
+//!    copied into a spool file (an unlinked temporary file).  Then the
+//!    pages written meanwhile are listed and protected again in one
+//!    PAGEMAP_SCAN and copied once more (a second, shorter round).
 //! 4. The tree is frozen for the dump.  PAGEMAP_SCAN lists the pages
-//!    written since step 2; closing the userfaultfds ends the tracking.
+//!    written since the second round.
 //! 5. While still frozen, the pages the final plan needs that were not
 //!    copied, or were written or remapped since, are read into the spool.
-//! 6. The tree runs again and the pages go from the spool into the image.
+//! 6. The tree runs again, closing the userfaultfds ends the tracking, and
+//!    the pages go from the spool into the image.
 //!
 //! If tracking cannot be set up (an older kernel, a process that uses
 //! userfaultfd itself, ...), the dump simply copies everything while frozen.
