@@ -357,7 +357,7 @@ fn plan_pages_scan(pid: i32, vmas: &mut [Vma]) -> Result<PagePlan> {
                     v.guards.push((s, e));
                     continue;
                 }
-                if !fillable(v) {
+                if !takes_pages(v) {
                     continue;
                 }
                 let mut a = s;
@@ -502,11 +502,6 @@ fn fill_prot(v: &Vma) -> u32 {
 
 /// Whether the mapping's pages go into the image (restore writes them in).
 pub fn takes_pages(v: &Vma) -> bool {
-    fillable(v)
-}
-
-/// Whether restore writes pages into this mapping.
-fn fillable(v: &Vma) -> bool {
     match v.backing {
         Backing::Anonymous => true,
         Backing::File(_) | Backing::Shmem(_) => !v.shared,
@@ -656,7 +651,7 @@ pub fn check_chunk(vmas: &[Vma], addr: u64, len: u64) -> Result<()> {
         .ok_or_else(|| Error::Invalid(format!("page chunk at {addr:#x} overflows")))?;
     let i = vmas.partition_point(|v| v.end <= addr);
     match vmas.get(i) {
-        Some(v) if v.start <= addr && end <= v.end && fillable(v) && v.pages > 0 => Ok(()),
+        Some(v) if v.start <= addr && end <= v.end && takes_pages(v) && v.pages > 0 => Ok(()),
         _ => Err(Error::Invalid(format!(
             "page chunk {addr:#x}-{end:#x} lies outside any mapping that holds saved pages"
         ))),
