@@ -1,6 +1,7 @@
 //! One measured checkpoint/restore cycle of one workload through one sink.
 
 use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -236,6 +237,23 @@ fn crest_cmd(ctx: &Ctx, args: &[&str]) -> Command {
     let mut c = Command::new(&ctx.crest);
     c.args(args).stdin(Stdio::null());
     c
+}
+
+/// Starts `crest dump` of `pid` in `mode` into `out` (a pipe), its
+/// report and errors going to `dir/dump.err`.
+fn spawn_dump_to(
+    ctx: &Ctx,
+    pid: i32,
+    mode: Mode,
+    out: OwnedFd,
+    dir: &Path,
+) -> Result<Spawned, Failure> {
+    let p = pid.to_string();
+    let mut cmd = crest_cmd(ctx, &["dump", "-p", &p, "-o", "-", "--json", "--quiet"]);
+    cmd.args(mode.dump_flags())
+        .stdout(Stdio::from(out))
+        .stderr(out_file(&dir.join("dump.err")).map_err(io_fail("dump.err"))?);
+    Spawned::spawn(&mut cmd).map_err(io_fail("spawning crest dump"))
 }
 
 /// Starts the workload with `crest run` and waits until it is ready.
@@ -524,13 +542,7 @@ fn pipe_sink(
     let mut says = BufReader::new(relay.child.stderr.take().expect("piped stderr"));
     relay_says(&mut says, "ready")?;
 
-    let p = pid.to_string();
-    let mut cmd = crest_cmd(ctx, &["dump", "-p", &p, "-o", "-", "--json", "--quiet"]);
-    cmd.args(mode.dump_flags())
-        .stdout(Stdio::from(a_w))
-        .stderr(out_file(&dir.join("dump.err")).map_err(io_fail("dump.err"))?);
-    let mut d = Spawned::spawn(&mut cmd).map_err(io_fail("spawning crest dump"))?;
-    drop(cmd);
+    let mut d = spawn_dump_to(ctx, pid, mode, a_w, dir)?;
     let de = d.wait().map_err(io_fail("waiting for crest dump"))?;
     let got = relay_says(&mut says, "read")?;
     if !de.success() {
@@ -581,13 +593,7 @@ fn live_sink(
         .stderr(out_file(&dir.join("restore.err")).map_err(io_fail("restore.err"))?);
     let mut r = Spawned::spawn(&mut cmd).map_err(io_fail("spawning crest restore"))?;
     drop(cmd);
-    let p = pid.to_string();
-    let mut cmd = crest_cmd(ctx, &["dump", "-p", &p, "-o", "-", "--json", "--quiet"]);
-    cmd.args(mode.dump_flags())
-        .stdout(Stdio::from(a_w))
-        .stderr(out_file(&dir.join("dump.err")).map_err(io_fail("dump.err"))?);
-    let mut d = Spawned::spawn(&mut cmd).map_err(io_fail("spawning crest dump"))?;
-    drop(cmd);
+    let mut d = spawn_dump_to(ctx, pid, mode, a_w, dir)?;
     let de = d.wait().map_err(io_fail("waiting for crest dump"))?;
     if !de.success() {
         let _ = r.wait();

@@ -235,8 +235,7 @@ impl PreCopy {
             .flat_map(|(_, plan)| plan.runs.iter().flatten())
             .map(|r| r.1 * ps)
             .sum();
-        // (process, mapping, address, pages)
-        let jobs: Vec<(usize, &Vma, u64, u64)> = work
+        let jobs: Vec<Run> = work
             .iter()
             .enumerate()
             .flat_map(|(i, (vmas, plan))| {
@@ -253,24 +252,16 @@ impl PreCopy {
             pages_copied,
             ..
         } = &mut pc;
-        crate::pipeline::run(
-            &jobs,
-            (CHUNK_PAGES * ps) as usize,
-            // A run unmapped meanwhile is simply not pre-copied.
-            |&(i, v, a, n), mut buf| {
-                let read = read_task(pids[i], v, a, &mut buf[..(n * ps) as usize]).is_ok();
-                Ok((buf, read))
-            },
-            |&(i, _, a, n), (buf, read)| {
-                if read {
-                    spool.store(a, &buf[..(n * ps) as usize], &mut procs[i].copied)?;
-                    *pages_copied += n;
-                }
-                done += n * ps;
-                progress(done, total);
-                Ok(buf)
-            },
-        )?;
+        // A run unmapped meanwhile is simply not pre-copied.
+        copy_runs(&pids, &jobs, |&(i, _, a, n), data| {
+            if let Some(data) = data {
+                spool.store(a, data, &mut procs[i].copied)?;
+                *pages_copied += n;
+            }
+            done += n * ps;
+            progress(done, total);
+            Ok(())
+        })?;
         // A second, shorter round while the tree still runs: the pages
         // written during the first are protected again and copied once
         // more, so that the freeze has only this round's writes to copy.
@@ -280,7 +271,7 @@ impl PreCopy {
             any: page_category::PRESENT | page_category::SWAPPED,
             report: 0,
         };
-        let mut again: Vec<(usize, &Vma, u64, u64)> = Vec::new();
+        let mut again: Vec<Run> = Vec::new();
         for (i, (vmas, _)) in work.iter().enumerate() {
             let pm = Pagemap::open(pids[i])?;
             let mut written = Vec::new();
@@ -298,24 +289,15 @@ impl PreCopy {
             }
         }
         let mut recopied: Vec<Vec<Copied>> = vec![Vec::new(); procs.len()];
-        crate::pipeline::run(
-            &again,
-            (CHUNK_PAGES * ps) as usize,
-            |&(i, v, a, n), mut buf| {
-                let read = read_task(pids[i], v, a, &mut buf[..(n * ps) as usize]).is_ok();
-                Ok((buf, read))
-            },
-            |&(i, _, a, n), (buf, read)| {
-                if read {
-                    spool.store(a, &buf[..(n * ps) as usize], &mut recopied[i])?;
-                } else {
-                    // Protected again but not copied: the first copy is
-                    // stale whatever the freeze finds.
-                    procs[i].stale.push((a, a + n * ps));
-                }
-                Ok(buf)
-            },
-        )?;
+        copy_runs(&pids, &again, |&(i, _, a, n), data| {
+            match data {
+                Some(data) => spool.store(a, data, &mut recopied[i])?,
+                // Protected again but not copied: the first copy is stale
+                // whatever the freeze finds.
+                None => procs[i].stale.push((a, a + n * ps)),
+            }
+            Ok(())
+        })?;
         for (t, newer) in procs.iter_mut().zip(recopied) {
             t.copied = overlay(&t.copied, newer);
         }
@@ -432,6 +414,34 @@ fn subtract(r: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// Pages to copy from a running task: (index of its process, its
+/// mapping, address, pages).
+type Run<'a> = (usize, &'a Vma, u64, u64);
+
+/// Copies each run out of its process (`pids[index]`) on a second thread
+/// while `store` takes the previous one on this thread: the run's bytes,
+/// or None if they could not be read (unmapped meanwhile).
+fn copy_runs(
+    pids: &[i32],
+    runs: &[Run],
+    mut store: impl FnMut(&Run, Option<&[u8]>) -> Result<()>,
+) -> Result<()> {
+    let ps = memory::page_size();
+    let len = |n: u64| (n * ps) as usize;
+    crate::pipeline::run(
+        runs,
+        len(CHUNK_PAGES),
+        |&(i, v, a, n), mut buf| {
+            let read = read_task(pids[i], v, a, &mut buf[..len(n)]).is_ok();
+            Ok((buf, read))
+        },
+        |r, (buf, read)| {
+            store(r, read.then(|| &buf[..len(r.3)]))?;
+            Ok(buf)
+        },
+    )
 }
 
 /// Registers the mappings of `t` that hold pages to save and
