@@ -270,10 +270,10 @@ fn files() {
 
 #[test]
 fn attrs() {
-    if !is_root() {
-        eprintln!("attrs: skipped (needs root for setgroups/setresgid/capabilities)");
-        return;
-    }
+    assert!(
+        is_root(),
+        "the attrs selftest needs root (setgroups, setresgid, capabilities)"
+    );
     pass(&["attrs"]);
 }
 
@@ -404,10 +404,7 @@ fn memory_detects_a_populated_sparse_page() {
             f.write_at(&[1], sparse + 5 * 4096)
                 .expect("write /proc/pid/mem");
         }
-        Err(e) => {
-            eprintln!("skipped: cannot open {}: {e}", mem.display());
-            return;
-        }
+        Err(e) => panic!("cannot open {}: {e}", mem.display()),
     }
     let o = w.go();
     assert_fail(&w.name, &o, "never-touched pages are resident");
@@ -472,10 +469,7 @@ fn threads_detects_a_changed_thread_local() {
             f.write_at(&[0xFF], tls + 8 * 5)
                 .expect("write /proc/pid/mem");
         }
-        Err(e) => {
-            eprintln!("skipped: cannot open {}: {e}", mem.display());
-            return;
-        }
+        Err(e) => panic!("cannot open {}: {e}", mem.display()),
     }
     let o = w.go();
     assert_fail(&w.name, &o, "thread 3: thread_local! words [5]");
@@ -504,8 +498,7 @@ fn threads_detects_a_changed_register() {
     unsafe {
         let null = std::ptr::null_mut::<libc::c_void>();
         if libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) != 0 {
-            eprintln!("skipped: PTRACE_SEIZE: {}", std::io::Error::last_os_error());
-            return;
+            panic!("PTRACE_SEIZE: {}", std::io::Error::last_os_error());
         }
         assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null), 0);
         let mut st = 0;
@@ -555,8 +548,7 @@ fn shared_fd_detects_a_moved_shared_offset() {
     // Our duplicate shares the three processes' description: moving its
     // offset moves theirs.
     let Some(fd) = steal_fd(w.pid() as i32, 10) else {
-        eprintln!("skipped: pidfd_getfd refused");
-        return;
+        panic!("pidfd_getfd refused");
     };
     // SAFETY: our duplicate.
     unsafe {
@@ -573,8 +565,7 @@ fn shared_fd_detects_a_moved_private_offset() {
     w.wait_ready();
     let y = info_value(&w, "Y");
     let Some(fd) = steal_fd(y, 12) else {
-        eprintln!("skipped: pidfd_getfd refused");
-        return;
+        panic!("pidfd_getfd refused");
     };
     // SAFETY: our duplicate of Y's own description.
     unsafe {
@@ -696,10 +687,9 @@ fn mutator_detects_changed_pages_and_slots() {
             }
         }
         Err(e) => {
-            eprintln!("skipped: cannot open {}: {e}", mem.display());
             // SAFETY: resumes our own child.
             unsafe { libc::kill(pid, libc::SIGCONT) };
-            return;
+            panic!("cannot open {}: {e}", mem.display());
         }
     }
     // SAFETY: resumes our own child.
