@@ -40,19 +40,22 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
     let h = reader.header().clone();
     let format_version = reader.format_version();
     let ps = reader.page_size();
-    let mut ckpt = Checkpoint::default();
+    let mut model = codec::ModelReader::new(format_version);
     let mut pages: BTreeMap<(u32, u64), u64> = BTreeMap::new();
     let mut file_data_bytes = 0;
     while let Some(rec) = reader.next_record()? {
+        if model.is_model(rec.kind) {
+            model.feed(&rec)?;
+            continue;
+        }
+        model.finish()?;
         match rec.kind {
-            kind::FILE => ckpt.objects.push(codec::decode_object(rec.payload)?),
-            kind::PROCESS => ckpt.processes.push(codec::decode_process(rec.payload)?),
             kind::FILE_DATA => file_data_bytes += rec.file_data()?.data.len() as u64,
             kind::PAGES => {
                 // Dense or sparse: `nr_pages` counts the pages it carries.
                 let c = rec.page_chunk(ps)?;
-                let start = ckpt
-                    .processes
+                let start = model
+                    .processes()
                     .get(c.space as usize)
                     .and_then(|p| {
                         p.mm.vmas
@@ -82,7 +85,7 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
         },
         image_bytes: reader.offset(),
         records: reader.records_read(),
-        checkpoint: ckpt,
+        checkpoint: model.take()?,
         pages: pages
             .into_iter()
             .map(|((s, a), n)| (format!("{s}:{a:x}"), n))

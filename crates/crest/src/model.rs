@@ -200,6 +200,7 @@ pub struct UnixFile {
 /// One message (or stream chunk) queued on a UNIX socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnixMsg {
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// The sender's address (datagrams; empty: unbound sender).
     pub from: Vec<u8>,
@@ -305,6 +306,7 @@ pub struct Thread {
     /// `user_regs_struct` words in kernel order (27 on x86-64).
     pub regs: Vec<u64>,
     /// The XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it.
+    #[serde(with = "serde_bytes")]
     pub xsave: Vec<u8>,
     pub sigmask: u64,
     /// Signals queued to this thread only.
@@ -324,6 +326,7 @@ pub struct Thread {
 pub struct SigInfo {
     pub signo: i32,
     /// The 128 bytes of `siginfo_t`.
+    #[serde(with = "serde_bytes")]
     pub raw: Vec<u8>,
 }
 

@@ -576,7 +576,13 @@ fn reader_refuses_to_continue_after_an_error() {
 /// word changed from 3 to 2 is caught by them.
 #[test]
 fn format_3_model_record_in_a_version_2_image_is_refused() {
-    for k in [kind::TASK, kind::THREAD, kind::MM, kind::OPEN_SOCKET, kind::SHMEM] {
+    for k in [
+        kind::TASK,
+        kind::THREAD,
+        kind::MM,
+        kind::OPEN_SOCKET,
+        kind::SHMEM,
+    ] {
         let mut raw = Raw::preamble(2, 0);
         raw.record(kind::HEADER, 0, &encode_header(&sample_header()))
             .record(k, 0, b"x")
