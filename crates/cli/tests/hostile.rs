@@ -479,7 +479,9 @@ fn a_million_mappings() {
     vmas.append(&mut many);
     vmas.extend(tail);
     let img = p.encode(&[], &[]);
-    assert!(img.len() < 100 << 20, "image of {} bytes", img.len());
+    // About 200 bytes a mapping with named fields (format 3; postcard
+    // needed about 30): the image stays bounded all the same.
+    assert!(img.len() < 256 << 20, "image of {} bytes", img.len());
     let path = b.write("million", &img);
     b.refused("a million mappings", &path, &[], &[]);
     b.finish();
