@@ -78,9 +78,14 @@ enum Cmd {
     /// Show what an image holds
     Inspect {
         /// The image ("-" for standard input)
-        image: String,
+        #[arg(required_unless_present = "schema")]
+        image: Option<String>,
+        /// Print the whole model as JSON (its schema: --schema)
         #[arg(long)]
         json: bool,
+        /// Print the JSON Schema of the --json document (docs/image-schema.json)
+        #[arg(long, conflicts_with_all = ["image", "json"])]
+        schema: bool,
     },
     /// Rewrite an image of an older format version in the current one
     Convert {
@@ -144,7 +149,11 @@ fn run(cli: Cli) -> Result<i32> {
             json,
         } => cmd_restore(&input, detach, pidfile.as_deref(), json),
         Cmd::Check { pid, json } => cmd_check(pid, json),
-        Cmd::Inspect { image, json } => cmd_inspect(&image, json),
+        Cmd::Inspect { schema: true, .. } => {
+            print!("{}", crest::inspect::json_schema());
+            Ok(0)
+        }
+        Cmd::Inspect { image, json, .. } => cmd_inspect(&image.unwrap_or_default(), json),
         Cmd::Convert {
             input,
             output,

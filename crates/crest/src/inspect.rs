@@ -4,35 +4,60 @@ use crate::codec;
 use crate::error::Result;
 use crate::model::{Checkpoint, ObjectKind};
 use crest_image::{kind, Reader};
+use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
 
-#[derive(Debug, Serialize)]
+/// The document `crest inspect --json` prints.  Its JSON Schema
+/// ([`json_schema`]) is generated from these types and the model's, and
+/// committed as `docs/image-schema.json`.
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Inspection {
+    /// The image header.
     pub header: HeaderView,
+    /// Length of the image stream in bytes.
     pub image_bytes: u64,
+    /// Records before the tail (the header record included).
     pub records: u64,
+    /// The model: every object and process the image holds.
     pub checkpoint: Checkpoint,
-    /// Pages stored per mapping, keyed by "space:start".
+    /// Pages stored per mapping, keyed by "space:start" (space: the
+    /// process's index in `checkpoint.processes`; start: the mapping's
+    /// start address in hex).
     pub pages: BTreeMap<String, u64>,
+    /// Bytes of file contents stored (unlinked files, pipe buffers,
+    /// shared memory).
     pub file_data_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct HeaderView {
     /// Image format version (from the preamble).
     pub format_version: u32,
+    /// The program that wrote the image ("crest 0.1.0").
     pub producer: String,
+    /// Architecture ("x86_64").
     pub arch: String,
     pub page_size: u32,
+    /// uname sysname, release and version of the dumping machine.
     pub kernel: String,
+    /// uname machine.
     pub machine: String,
+    /// uname nodename.
     pub nodename: String,
     pub cpu_vendor: String,
+    /// XCR0 of the dumping CPU, in hex.
     pub xsave_features: String,
+    /// XSAVE area size of the dumping CPU in bytes.
     pub xsave_size: u32,
     pub created_unix_secs: u64,
+}
+
+/// The JSON Schema of the `inspect --json` document, as pretty JSON.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Inspection);
+    serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
 
 pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
