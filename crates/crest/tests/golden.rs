@@ -171,3 +171,45 @@ fn the_current_format_round_trips() {
     let (_, back, _) = read_image(&bytes);
     assert!(back == m);
 }
+
+/// A record kind this reader does not know, among a process's records:
+/// skipped when the writer marked it optional, refused by its number
+/// otherwise.
+#[test]
+fn unknown_record_kinds_optional_or_mandatory() {
+    let bytes = stored("v3.img", || unreachable!());
+    let future = 0x3f;
+    assert!(!kind::is_known(future));
+    for flags in [crest_image::FLAG_OPTIONAL, 0] {
+        let mut r = Reader::new(&bytes[..]).unwrap();
+        let mut w = Writer::new(Vec::new(), r.header()).unwrap();
+        while let Some(rec) = r.next_record().unwrap() {
+            // (Pages come decompressed: written back plain.)
+            let f = rec.flags & !crest_image::FLAG_COMPRESSED;
+            w.write_record(rec.kind, f, rec.payload).unwrap();
+            if rec.kind == kind::THREAD {
+                w.write_record(future, flags, b"\x81\xa1x\x01").unwrap();
+            }
+        }
+        let img = w.finish().unwrap();
+        let mut r = Reader::new(&img[..]).unwrap();
+        let mut model = ModelReader::new(r.format_version());
+        let res = (|| {
+            while let Some(rec) = r.next_record()? {
+                if model.is_model(rec.kind) {
+                    model
+                        .feed(&rec)
+                        .map_err(|e| crest_image::Error::InvalidInput(e.to_string()))?;
+                }
+            }
+            Ok::<_, crest_image::Error>(())
+        })();
+        if flags == 0 {
+            let e = res.unwrap_err().to_string();
+            assert!(e.contains("0x3f"), "{e}");
+        } else {
+            res.unwrap();
+            assert!(model.take().unwrap() == model_of_json("v3.json"));
+        }
+    }
+}

@@ -395,3 +395,87 @@ impl Assembler {
         self.current.take().map(Partial::build).transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FsInfo, ITimer};
+
+    /// A later version of the FS record, with a field this reader does not
+    /// know.
+    #[derive(Serialize)]
+    struct FsLater {
+        cwd: String,
+        future_field: Vec<u64>,
+        root: String,
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped() {
+        let b = encode_record(&FsLater {
+            cwd: "/a".into(),
+            future_field: vec![1, 2, 3],
+            root: "/".into(),
+        })
+        .unwrap();
+        let fs: FsInfo = decode_record(&b, kind::FS, 0).unwrap();
+        assert_eq!((fs.cwd.as_str(), fs.root.as_str()), ("/a", "/"));
+    }
+
+    /// A TIMERS record written before `posix_timers` existed.
+    #[derive(Serialize)]
+    struct TimersEarlier {
+        itimers: ITimers,
+    }
+
+    #[test]
+    fn a_missing_field_with_a_default_takes_it() {
+        let it = ITimers {
+            real: ITimer {
+                interval_us: 1,
+                value_us: 2,
+            },
+            ..ITimers::default()
+        };
+        let b = encode_record(&TimersEarlier { itimers: it }).unwrap();
+        let t: TimersRec<'static> = decode_record(&b, kind::TIMERS, 0).unwrap();
+        assert_eq!(t.itimers, it);
+        assert!(t.posix_timers.is_empty());
+    }
+
+    #[derive(Serialize)]
+    struct FsWithoutRoot {
+        cwd: String,
+    }
+
+    #[test]
+    fn a_missing_mandatory_field_is_refused_by_record_and_name() {
+        let b = encode_record(&FsWithoutRoot { cwd: "/a".into() }).unwrap();
+        let e = decode_record::<FsInfo>(&b, kind::FS, 4096).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("FS record at byte 4096") && msg.contains("missing field `root`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_enum_variant_is_refused_by_name() {
+        #[derive(Serialize)]
+        enum Later {
+            Teleporter { range: u32 },
+        }
+        #[derive(Serialize)]
+        struct Obj {
+            id: u32,
+            kind: Later,
+        }
+        let b = encode_record(&Obj {
+            id: 0,
+            kind: Later::Teleporter { range: 5 },
+        })
+        .unwrap();
+        let e = decode_record::<Object>(&b, kind::FILE_ID, 0).unwrap_err();
+        assert!(e.to_string().contains("Teleporter"), "{e}");
+    }
+}
