@@ -78,7 +78,22 @@ enum Cmd {
     /// Show what an image holds
     Inspect {
         /// The image ("-" for standard input)
-        image: String,
+        #[arg(required_unless_present = "schema")]
+        image: Option<String>,
+        /// Print the whole model as JSON (its schema: --schema)
+        #[arg(long)]
+        json: bool,
+        /// Print the JSON Schema of the --json document (docs/image-schema.json)
+        #[arg(long, conflicts_with_all = ["image", "json"])]
+        schema: bool,
+    },
+    /// Rewrite an image of an older format version in the current one
+    Convert {
+        /// The image to read ("-" for standard input)
+        input: String,
+        /// Where to write the converted image ("-" for standard output)
+        output: String,
+        /// Print the result as JSON (on standard error when the image goes to standard output)
         #[arg(long)]
         json: bool,
     },
@@ -134,7 +149,16 @@ fn run(cli: Cli) -> Result<i32> {
             json,
         } => cmd_restore(&input, detach, pidfile.as_deref(), json),
         Cmd::Check { pid, json } => cmd_check(pid, json),
-        Cmd::Inspect { image, json } => cmd_inspect(&image, json),
+        Cmd::Inspect { schema: true, .. } => {
+            print!("{}", crest::inspect::json_schema());
+            Ok(0)
+        }
+        Cmd::Inspect { image, json, .. } => cmd_inspect(&image.unwrap_or_default(), json),
+        Cmd::Convert {
+            input,
+            output,
+            json,
+        } => cmd_convert(&input, &output, json),
         Cmd::Run { log, cmd } => cmd_run(log.as_deref(), &cmd),
     }
 }
@@ -433,6 +457,83 @@ fn cmd_inspect(image: &str, json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&ins)?);
     } else {
         output::print_inspection(&ins);
+    }
+    Ok(0)
+}
+
+fn cmd_convert(input: &str, output: &str, json: bool) -> Result<i32> {
+    let reader: Box<dyn std::io::Read> = if input == "-" {
+        grow_pipe(0);
+        Box::new(BufReader::with_capacity(READ_BUF, std::io::stdin().lock()))
+    } else {
+        let f = File::open(input).with_context(|| format!("opening image {input}"))?;
+        Box::new(BufReader::with_capacity(READ_BUF, f))
+    };
+    let report = if output == "-" {
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            bail!("refusing to write an image to a terminal: give OUTPUT a file or a pipe");
+        }
+        grow_pipe(1);
+        let fd = {
+            use std::os::fd::AsFd;
+            stdout.as_fd().try_clone_to_owned()?
+        };
+        // On an error no tail is written: what went out is no image.
+        let (w, report) =
+            crest::convert::convert(reader, sink::Gather::new(File::from(fd))).map_err(lib_err)?;
+        w.into_inner()?;
+        report
+    } else {
+        let final_path = Path::new(output);
+        let tmp = temp_name(final_path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let done = crest::convert::convert(reader, sink::Gather::new(file))
+            .map_err(lib_err)
+            .and_then(|(w, report)| {
+                let f = w.into_inner()?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, final_path)
+                    .with_context(|| format!("renaming {} to {output}", tmp.display()))?;
+                Ok(report)
+            });
+        match done {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+    };
+    if json {
+        let s = serde_json::to_string(&report)?;
+        if output == "-" {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    } else {
+        eprintln!(
+            "crest: converted {} (format {}) into {} (format {}, {})",
+            if input == "-" {
+                "standard input"
+            } else {
+                input
+            },
+            report.from_version,
+            if output == "-" {
+                "standard output"
+            } else {
+                output
+            },
+            report.to_version,
+            output::bytes(report.output_bytes),
+        );
     }
     Ok(0)
 }

@@ -4,35 +4,60 @@ use crate::codec;
 use crate::error::Result;
 use crate::model::{Checkpoint, ObjectKind};
 use crest_image::{kind, Reader};
+use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
 
-#[derive(Debug, Serialize)]
+/// The document `crest inspect --json` prints.  Its JSON Schema
+/// ([`json_schema`]) is generated from these types and the model's, and
+/// committed as `docs/image-schema.json`.
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Inspection {
+    /// The image header.
     pub header: HeaderView,
+    /// Length of the image stream in bytes.
     pub image_bytes: u64,
+    /// Records before the tail (the header record included).
     pub records: u64,
+    /// The model: every object and process the image holds.
     pub checkpoint: Checkpoint,
-    /// Pages stored per mapping, keyed by "space:start".
+    /// Pages stored per mapping, keyed by "space:start" (space: the
+    /// process's index in `checkpoint.processes`; start: the mapping's
+    /// start address in hex).
     pub pages: BTreeMap<String, u64>,
+    /// Bytes of file contents stored (unlinked files, pipe buffers,
+    /// shared memory).
     pub file_data_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct HeaderView {
     /// Image format version (from the preamble).
     pub format_version: u32,
+    /// The program that wrote the image ("crest 0.1.0").
     pub producer: String,
+    /// Architecture ("x86_64").
     pub arch: String,
     pub page_size: u32,
+    /// uname sysname, release and version of the dumping machine.
     pub kernel: String,
+    /// uname machine.
     pub machine: String,
+    /// uname nodename.
     pub nodename: String,
     pub cpu_vendor: String,
+    /// XCR0 of the dumping CPU, in hex.
     pub xsave_features: String,
+    /// XSAVE area size of the dumping CPU in bytes.
     pub xsave_size: u32,
     pub created_unix_secs: u64,
+}
+
+/// The JSON Schema of the `inspect --json` document, as pretty JSON.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Inspection);
+    serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
 
 pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
@@ -40,19 +65,22 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
     let h = reader.header().clone();
     let format_version = reader.format_version();
     let ps = reader.page_size();
-    let mut ckpt = Checkpoint::default();
+    let mut model = codec::ModelReader::new(format_version);
     let mut pages: BTreeMap<(u32, u64), u64> = BTreeMap::new();
     let mut file_data_bytes = 0;
     while let Some(rec) = reader.next_record()? {
+        if model.is_model(rec.kind) {
+            model.feed(&rec)?;
+            continue;
+        }
+        model.finish()?;
         match rec.kind {
-            kind::FILE => ckpt.objects.push(codec::decode_object(rec.payload)?),
-            kind::PROCESS => ckpt.processes.push(codec::decode_process(rec.payload)?),
             kind::FILE_DATA => file_data_bytes += rec.file_data()?.data.len() as u64,
             kind::PAGES => {
                 // Dense or sparse: `nr_pages` counts the pages it carries.
                 let c = rec.page_chunk(ps)?;
-                let start = ckpt
-                    .processes
+                let start = model
+                    .processes()
                     .get(c.space as usize)
                     .and_then(|p| {
                         p.mm.vmas
@@ -82,7 +110,7 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
         },
         image_bytes: reader.offset(),
         records: reader.records_read(),
-        checkpoint: ckpt,
+        checkpoint: model.take()?,
         pages: pages
             .into_iter()
             .map(|((s, a), n)| (format!("{s}:{a:x}"), n))

@@ -8,6 +8,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod codec;
+pub mod convert;
 pub mod creds;
 pub mod dump;
 pub mod error;

@@ -7,19 +7,20 @@
 //! Shared things (an open file description, a file that several mappings
 //! map) live once in the object table and are referenced by [`ObjectId`].
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Index into the object table.
 pub type ObjectId = u32;
 
 /// An entry of the object table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Object {
     pub id: ObjectId,
     pub kind: ObjectKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ObjectKind {
     /// A file on disk as the kernel knew it at dump time.  Mappings and
     /// `/proc/PID/exe` refer to it; restore checks it is still the same.
@@ -35,13 +36,13 @@ pub enum ObjectKind {
 
 /// A shared-memory object (a shmem inode): the content follows in
 /// FILE_DATA records with this object's id (holes and zero pages left out).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShmemObj {
     pub kind: ShmemKind,
     pub size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ShmemKind {
     /// MAP_SHARED | MAP_ANONYMOUS memory ("/dev/zero (deleted)").
     Anonymous,
@@ -63,7 +64,7 @@ pub enum ShmemKind {
 }
 
 /// A pipe's buffer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PipeObj {
     /// Buffer size (F_GETPIPE_SZ).
     pub size: u32,
@@ -77,7 +78,7 @@ pub struct PipeObj {
 
 /// The identity of a file at dump time, used to refuse a restore when
 /// the file has changed since.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FileId {
     pub path: String,
     pub size: u64,
@@ -86,7 +87,7 @@ pub struct FileId {
 }
 
 /// An open file description.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OpenFile {
     /// Open flags as fdinfo shows them (access mode and status flags).
     pub flags: u32,
@@ -94,7 +95,7 @@ pub struct OpenFile {
     pub target: OpenTarget,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum OpenTarget {
     /// A regular file that still has a name.
     Regular(FileId),
@@ -151,7 +152,7 @@ pub enum OpenTarget {
 }
 
 /// An AF_UNIX socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UnixSocket {
     /// The socket's inode at the dump: peers refer to each other by it.
     pub ino: u64,
@@ -190,7 +191,7 @@ pub struct UnixSocket {
 }
 
 /// The file a filesystem-bound UNIX socket created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UnixFile {
     pub mode: u32,
     pub uid: u32,
@@ -198,8 +199,10 @@ pub struct UnixFile {
 }
 
 /// One message (or stream chunk) queued on a UNIX socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UnixMsg {
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
     pub data: Vec<u8>,
     /// The sender's address (datagrams; empty: unbound sender).
     pub from: Vec<u8>,
@@ -211,14 +214,14 @@ pub struct UnixMsg {
 /// A connection waiting in a listening socket's queue.  Its server end
 /// has no inode (no process holds it yet): it is known by its client end,
 /// which shows it as a peer of inode 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UnixPending {
     /// The client end's inode (0: the client end was closed).
     pub client: u64,
 }
 
 /// One watch of an inotify instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InotifyWatch {
     /// The watch descriptor the program knows.
     pub wd: i32,
@@ -232,7 +235,7 @@ pub struct InotifyWatch {
 }
 
 /// One registration of an epoll instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EpollTarget {
     /// The process whose fd table held the target at the dump, and the
     /// descriptor there that is the target's open file description.
@@ -247,14 +250,14 @@ pub struct EpollTarget {
 }
 
 /// A whole checkpoint: the processes and the objects they share.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Checkpoint {
     pub objects: Vec<Object>,
     pub processes: Vec<Process>,
 }
 
 /// A process (thread group) and everything it owns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Process {
     pub pid: i32,
     pub ppid: i32,
@@ -287,7 +290,7 @@ pub struct Process {
 }
 
 /// A child that exited and waits for its parent to reap it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Zombie {
     pub pid: i32,
     pub pgid: i32,
@@ -298,13 +301,15 @@ pub struct Zombie {
 }
 
 /// One thread.  The first thread of a process is its leader (tid == pid).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Thread {
     pub tid: i32,
     pub comm: String,
     /// `user_regs_struct` words in kernel order (27 on x86-64).
     pub regs: Vec<u64>,
     /// The XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
     pub xsave: Vec<u8>,
     pub sigmask: u64,
     /// Signals queued to this thread only.
@@ -320,21 +325,23 @@ pub struct Thread {
 }
 
 /// A queued signal with its full siginfo.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SigInfo {
     pub signo: i32,
     /// The 128 bytes of `siginfo_t`.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
     pub raw: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AltStack {
     pub sp: u64,
     pub flags: i32,
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Rseq {
     pub addr: u64,
     pub len: u32,
@@ -342,7 +349,7 @@ pub struct Rseq {
 }
 
 /// The process-wide signal state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Signals {
     /// Dispositions for signals 1..=64 other than SIGKILL and SIGSTOP
     /// that are not default.
@@ -352,7 +359,7 @@ pub struct Signals {
 }
 
 /// A `struct sigaction` as the kernel stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SigAction {
     pub signo: i32,
     pub handler: u64,
@@ -362,20 +369,20 @@ pub struct SigAction {
 }
 
 /// ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ITimers {
     pub real: ITimer,
     pub virt: ITimer,
     pub prof: ITimer,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ITimer {
     pub interval_us: u64,
     pub value_us: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Creds {
     /// Real, effective, saved and filesystem uid.
     pub uids: [u32; 4],
@@ -390,7 +397,7 @@ pub struct Creds {
     pub no_new_privs: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Attrs {
     pub umask: u32,
     pub personality: u32,
@@ -405,7 +412,7 @@ pub struct Attrs {
 }
 
 /// The address space.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Mm {
     pub start_code: u64,
     pub end_code: u64,
@@ -429,7 +436,7 @@ pub struct Mm {
 }
 
 /// One mapping, as /proc/PID/maps and smaps describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Vma {
     pub start: u64,
     pub end: u64,
@@ -451,7 +458,7 @@ pub struct Vma {
     pub pages: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Backing {
     Anonymous,
     File(ObjectId),
@@ -464,7 +471,7 @@ pub enum Backing {
 }
 
 /// The smaps VmFlags crest restores.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VmaFlags {
     pub growsdown: bool,
     pub noreserve: bool,
@@ -479,7 +486,7 @@ pub struct VmaFlags {
 }
 
 /// A descriptor in the fd table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Fd {
     pub fd: i32,
     pub cloexec: bool,
@@ -487,7 +494,7 @@ pub struct Fd {
     pub file: ObjectId,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FsInfo {
     pub cwd: String,
     pub root: String,
@@ -506,7 +513,7 @@ impl Checkpoint {
 }
 
 /// A POSIX timer (timer_create) of a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PosixTimer {
     /// The timer id the program holds.
     pub id: i32,
@@ -525,7 +532,7 @@ pub struct PosixTimer {
 }
 
 /// A pseudo-terminal pair whose master and slave are both held in the tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Pty {
     /// The pair's number at the dump (/dev/pts/N).
     pub index: u32,
@@ -548,7 +555,7 @@ pub struct Pty {
 }
 
 /// `struct termios2` (TCGETS2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Termios {
     pub iflag: u32,
     pub oflag: u32,

@@ -35,32 +35,39 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     let mut reader = Reader::new(input)?;
     codec::check_header(reader.header())?;
     let page_size = reader.page_size();
+    let mut model = codec::ModelReader::new(reader.format_version());
     let mut ckpt = Checkpoint::default();
     let mut unlinked = UnlinkedFiles::default();
     let mut build: Option<Build> = None;
     let mut spool: Option<Spool> = None;
     let mut pages = 0u64;
+    let mut model_done = false;
     while let Some(rec) = reader.next_record()? {
-        match rec.kind {
-            kind::FILE | kind::PROCESS | kind::FILE_DATA if build.is_some() || spool.is_some() => {
+        if (model.is_model(rec.kind) || rec.kind == kind::FILE_DATA)
+            && (build.is_some() || spool.is_some())
+        {
+            return Err(Error::Invalid(format!(
+                "{} record at byte {} comes after the memory pages",
+                rec.kind_name(),
+                rec.offset
+            )));
+        }
+        if model.is_model(rec.kind) {
+            if model_done {
                 return Err(Error::Invalid(format!(
-                    "{} record at byte {} comes after the memory pages",
+                    "{} record at byte {} comes after the file data",
                     rec.kind_name(),
                     rec.offset
-                )))
+                )));
             }
-            kind::FILE => {
-                let o = codec::decode_object(rec.payload)?;
-                if o.id as usize != ckpt.objects.len() {
-                    return Err(Error::Invalid(format!(
-                        "object {} out of order (expected {})",
-                        o.id,
-                        ckpt.objects.len()
-                    )));
-                }
-                ckpt.objects.push(o);
-            }
-            kind::PROCESS => ckpt.processes.push(codec::decode_process(rec.payload)?),
+            model.feed(&rec)?;
+            continue;
+        }
+        if !model_done {
+            ckpt = model.take()?;
+            model_done = true;
+        }
+        match rec.kind {
             kind::FILE_DATA => {
                 let d = rec.file_data()?;
                 let obj = u32::try_from(d.object).ok().and_then(|id| ckpt.object(id));
@@ -105,6 +112,9 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
         }
     }
     // The tail is verified: nothing above could have been resumed yet.
+    if !model_done {
+        ckpt = model.take()?;
+    }
     let build = match build {
         Some(b) => b,
         None => {

@@ -1,10 +1,13 @@
-//! Decoder fuzz: the PROCESS and FILE payloads of a valid checkpoint are
-//! mutated at random (deterministically); decoding must never panic, and
-//! whatever decodes must go through `restore::validate` without a panic
-//! (errors are fine).  A payload claiming an absurd number of elements
-//! must fail without allocating for them.
+//! Decoder fuzz: the model records (TASK, THREAD, MM, FDTABLE, the object
+//! records…) of a valid checkpoint are mutated at random
+//! (deterministically); decoding must never panic, and whatever decodes
+//! must go through `restore::validate` without a panic (errors are fine).
+//! A payload claiming an absurd number of elements must fail without
+//! allocating for them.
 
+use crest::codec::ModelReader;
 use crest::model::*;
+use crest_image::{kind, Reader, Record, Writer};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -398,16 +401,19 @@ fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
         }
         // Truncate.
         5 => b.truncate(rng.below(len + 1)),
-        // A huge varint (a length or number from nowhere).
+        // A huge length or number from nowhere: MessagePack array, map,
+        // string and byte-string headers of 2^32 - 1, a u64, and varints.
         6 => {
             let i = rng.below(len + 1);
             let huge: &[u8] = [
+                &[0xdd, 0xff, 0xff, 0xff, 0xff][..],
+                &[0xdf, 0xff, 0xff, 0xff, 0xff][..],
+                &[0xdb, 0xff, 0xff, 0xff, 0xff][..],
+                &[0xc6, 0xff, 0xff, 0xff, 0xff][..],
+                &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
                 &[0xff, 0xff, 0xff, 0xff, 0x0f][..],
                 &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01][..],
-                &[
-                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
-                ][..],
-            ][rng.below(3)];
+            ][rng.below(7)];
             if i < len && rng.below(2) == 0 {
                 let end = (i + huge.len()).min(len);
                 b.splice(i..end, huge.iter().copied());
@@ -432,16 +438,38 @@ fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
     }
 }
 
+/// The model records of `c`, as (kind, payload), in image order.
+fn records_of(c: &Checkpoint) -> Vec<(u32, Vec<u8>)> {
+    let mut w = Writer::new(Vec::new(), &crest_image::Header::default()).unwrap();
+    crest::codec::write_metadata(&mut w, c).unwrap();
+    let img = w.finish().unwrap();
+    let mut r = Reader::new(&img[..]).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        out.push((rec.kind, rec.payload.to_vec()));
+    }
+    out
+}
+
+/// Assembles a checkpoint from (kind, payload) records as restore does.
+fn decode(records: &[(u32, Vec<u8>)]) -> crest::Result<Checkpoint> {
+    let mut m = ModelReader::new(crest_image::FORMAT_VERSION);
+    for (i, (k, payload)) in records.iter().enumerate() {
+        m.feed(&Record {
+            kind: *k,
+            flags: 0,
+            offset: 8 * i as u64,
+            payload,
+        })?;
+    }
+    m.take()
+}
+
 #[test]
 fn the_base_checkpoint_is_valid_and_round_trips() {
     let c = checkpoint();
     crest::restore::validate(&c).expect("the base checkpoint is valid");
-    let p = crest::codec::encode(&c.processes[0]).unwrap();
-    assert_eq!(crest::codec::decode_process(&p).unwrap(), c.processes[0]);
-    for o in &c.objects {
-        let b = crest::codec::encode(o).unwrap();
-        assert_eq!(&crest::codec::decode_object(&b).unwrap(), o);
-    }
+    assert_eq!(decode(&records_of(&c)).unwrap(), c);
 }
 
 const ITERATIONS: usize = 50_000;
@@ -454,14 +482,15 @@ thread_local! {
 #[test]
 fn mutated_records_never_panic() {
     let base = checkpoint();
-    let proc_bytes = crest::codec::encode(&base.processes[0]).unwrap();
-    let obj_bytes: Vec<Vec<u8>> = base
-        .objects
+    let records = records_of(&base);
+    let objects = records
         .iter()
-        .map(|o| crest::codec::encode(o).unwrap())
-        .collect();
+        .filter(|(k, _)| *k < kind::TASK || *k >= kind::FILE_ID);
+    let n_objects = objects.count();
+    assert!(n_objects > 0 && n_objects < records.len());
     let mut rng = Rng(0x00C0_FFEE_D00D_F00D);
     let (mut decoded, mut valid, mut proc_tries) = (0usize, 0usize, 0usize);
+    let mut per_kind = std::collections::BTreeMap::<&str, usize>::new();
     let mut panics: Vec<String> = Vec::new();
     // Panics are collected with their location and reported below.
     let hook = std::panic::take_hook();
@@ -473,33 +502,20 @@ fn mutated_records_never_panic() {
         PANIC_AT.with(|p| *p.borrow_mut() = at);
     }));
     for it in 0..ITERATIONS {
-        let target = rng.below(4);
-        let (mut b, which) = if target < 3 {
+        // Three in four mutate a record of the process, the others an object.
+        let i = if rng.below(4) < 3 {
             proc_tries += 1;
-            (proc_bytes.clone(), None)
+            n_objects + rng.below(records.len() - n_objects)
         } else {
-            let i = rng.below(obj_bytes.len());
-            (obj_bytes[i].clone(), Some(i))
+            rng.below(n_objects)
         };
+        let mut recs = records.clone();
+        *per_kind.entry(kind::name(recs[i].0)).or_default() += 1;
         for _ in 0..1 + rng.below(4) {
-            mutate(&mut rng, &mut b);
+            mutate(&mut rng, &mut recs[i].1);
         }
         let r = catch_unwind(AssertUnwindSafe(|| {
-            let ckpt = match which {
-                None => {
-                    let p = crest::codec::decode_process(&b).ok()?;
-                    Checkpoint {
-                        objects: base.objects.clone(),
-                        processes: vec![p],
-                    }
-                }
-                Some(i) => {
-                    let o = crest::codec::decode_object(&b).ok()?;
-                    let mut c = base.clone();
-                    c.objects[i] = o;
-                    c
-                }
-            };
+            let ckpt = decode(&recs).ok()?;
             Some(crest::restore::validate(&ckpt).is_ok())
         }));
         match r {
@@ -517,12 +533,9 @@ fn mutated_records_never_panic() {
                 let at = PANIC_AT.with(|p| p.borrow().clone());
                 if panics.len() < 5 {
                     panics.push(format!(
-                        "iteration {it}, {} at {at}: {msg}; input {:02x?}",
-                        match which {
-                            None => "process".to_string(),
-                            Some(i) => format!("object {i}"),
-                        },
-                        b
+                        "iteration {it}, {} record at {at}: {msg}; input {:02x?}",
+                        kind::name(recs[i].0),
+                        recs[i].1
                     ));
                 }
             }
@@ -530,10 +543,18 @@ fn mutated_records_never_panic() {
     }
     std::panic::set_hook(hook);
     println!(
-        "{ITERATIONS} iterations ({proc_tries} on the process record): {decoded} decoded, \
-         {valid} of them valid"
+        "{ITERATIONS} iterations ({proc_tries} on the process's records): {decoded} decoded, \
+         {valid} of them valid; mutated per kind: {per_kind:?}"
     );
     assert!(panics.is_empty(), "panics:\n{}", panics.join("\n"));
+    // Every record kind of the checkpoint was mutated.
+    for (k, _) in &records {
+        assert!(
+            per_kind.get(kind::name(*k)).is_some_and(|&n| n > 100),
+            "{}",
+            kind::name(*k)
+        );
+    }
     // The mutations must reach both outcomes, or the test proves little.
     assert!(
         decoded > ITERATIONS / 50,
@@ -543,38 +564,34 @@ fn mutated_records_never_panic() {
     assert!(valid > 0 && valid < decoded, "{valid} of {decoded} valid");
 }
 
-/// Postcard varint of `v`.
-fn varint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
+/// The records of the checkpoint with one list of its process holding
+/// one element, where the length of that list is replaced by the
+/// largest MessagePack can say (2^32 - 1 elements or bytes; found as the
+/// first byte where the encoding with an empty list and the one with a
+/// single element differ).
+fn claim_u32_max(set: impl Fn(&mut Process, bool)) -> Vec<(u32, Vec<u8>)> {
+    let mut empty = checkpoint();
+    set(&mut empty.processes[0], false);
+    let mut one = checkpoint();
+    set(&mut one.processes[0], true);
+    let (e, mut o) = (records_of(&empty), records_of(&one));
+    let i = e.iter().zip(&o).position(|(a, b)| a != b).unwrap();
+    let (eb, ob) = (&e[i].1, &o[i].1);
+    let at = eb.iter().zip(ob).position(|(a, b)| a != b).unwrap();
+    let claim: &[u8] = match (eb[at], ob[at]) {
+        (0x90, 0x91) => &[0xdd, 0xff, 0xff, 0xff, 0xff], // array 32
+        (0x00, 0x01) if at > 0 && eb[at - 1] == 0xc4 => &[0xff, 0xff, 0xff, 0xff], // bin 8 → length bytes
+        other => panic!("not a length: {other:x?}"),
+    };
+    let mut b = ob[..at].to_vec();
+    if claim.len() == 4 {
+        // bin 8 length: rewrite the marker as bin 32.
+        *b.last_mut().unwrap() = 0xc6;
     }
-}
-
-/// The encoding of the process with the length of one of its lists
-/// replaced by 2^40 (found as the first byte where an encoding with an
-/// empty list and one with a single element differ), followed by the
-/// bytes of the one-element encoding.
-fn claim_2_pow_40(set: impl Fn(&mut Process, bool)) -> Vec<u8> {
-    let base = checkpoint().processes.remove(0);
-    let mut empty = base.clone();
-    set(&mut empty, false);
-    let mut one = base;
-    set(&mut one, true);
-    let e = crest::codec::encode(&empty).unwrap();
-    let o = crest::codec::encode(&one).unwrap();
-    let at = e.iter().zip(&o).position(|(a, b)| a != b).unwrap();
-    assert_eq!((e[at], o[at]), (0, 1), "a length byte");
-    let mut out = o[..at].to_vec();
-    out.extend(varint(1 << 40));
-    out.extend(&o[at + 1..]);
-    out
+    b.extend(claim);
+    b.extend(&ob[at + 1..]);
+    o[i].1 = b;
+    o
 }
 
 #[test]
@@ -595,36 +612,64 @@ fn absurd_lengths_fail_without_allocating() {
             let f = p.fds[0];
             p.fds = if one { vec![f] } else { vec![] };
         }),
-        ("threads", |p, one| {
-            let t = p.threads[0].clone();
-            p.threads = if one { vec![t] } else { vec![] };
+        ("pending", |p, one| {
+            let s = siginfo(10);
+            p.threads[0].pending = if one { vec![s] } else { vec![] };
         }),
         ("xsave", |p, one| {
             p.threads[0].xsave = if one { vec![1] } else { vec![] }
         }),
     ];
     for (what, set) in cases {
-        let payload = claim_2_pow_40(set);
-        let (r, largest) = largest_allocation(|| crest::codec::decode_process(&payload));
-        println!("{what}: 2^40 elements claimed; largest allocation {largest} bytes");
+        let records = claim_u32_max(set);
+        let (r, largest) = largest_allocation(|| decode(&records));
+        println!("{what}: 2^32 - 1 elements claimed; largest allocation {largest} bytes");
         let err = r.expect_err(what);
         assert!(
-            err.to_string().contains("cannot decode a process record"),
+            err.to_string().contains("cannot decode the"),
             "{what}: {err}"
         );
         assert!(
             largest < 16 << 20,
-            "{what}: decoding a claim of 2^40 elements allocated {largest} bytes at once"
+            "{what}: decoding a claim of 2^32 - 1 elements allocated {largest} bytes at once"
         );
     }
-    // A string (a path) of 2^40 bytes in an object.
-    let mut b = varint(0); // id
-    b.extend(varint(0)); // ObjectKind::File
-    b.extend(varint(1 << 40)); // path length
-    b.extend(b"/usr/bin/x");
-    let (r, largest) = largest_allocation(|| crest::codec::decode_object(&b));
-    assert!(r.is_err());
+    // A string (a path) of 2^32 - 1 bytes in an object record.
+    let mut records = records_of(&checkpoint());
+    let b = &mut records[0].1;
+    let at = b
+        .windows(17)
+        .position(|w| w == b"\xb0/usr/bin/program")
+        .unwrap();
+    b.splice(at..at + 1, [0xdb, 0xff, 0xff, 0xff, 0xff]);
+    let (r, largest) = largest_allocation(|| decode(&records));
+    let err = r.expect_err("path");
+    assert!(
+        err.to_string().contains("cannot decode the FILE_ID record"),
+        "{err}"
+    );
     assert!(largest < 16 << 20, "object path: {largest} bytes");
+}
+
+/// Nesting deeper than any model record (here: arrays in arrays where an
+/// unknown field's value is skipped) is refused before the stack runs out.
+#[test]
+fn deep_nesting_is_refused() {
+    let mut records = records_of(&checkpoint());
+    let i = records.iter().position(|(k, _)| *k == kind::FS).unwrap();
+    let b = &mut records[i].1;
+    // One more key at the front of the FS map: "x" → [[[[…]]]].
+    assert_eq!(b[0] & 0xf0, 0x80, "a fixmap");
+    b[0] += 1;
+    let mut deep = vec![0xa1, b'x'];
+    deep.extend(std::iter::repeat_n(0x91, 100_000));
+    deep.push(0xc0);
+    b.splice(1..1, deep);
+    let err = decode(&records).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot decode the FS record"),
+        "{err}"
+    );
 }
 
 /// A thread stopped in an interrupted syscall with its instruction

@@ -14,7 +14,7 @@
 //! ```text
 //! PREAMBLE (16 bytes)   "CRESTIMG"  format_version: u32  reserved: u32 (= 0)
 //! RECORD                HEADER (exactly one, always first)
-//! RECORD ...            PROCESS, FILE, FILE_DATA, PAGES, future kinds
+//! RECORD ...            model records (see [`kind`]), FILE_DATA, PAGES, future kinds
 //! RECORD                TAIL (always last; followed by end of stream)
 //!
 //! RECORD = kind: u32  flags: u32  len: u64  payload_crc: u32  header_crc: u32
@@ -59,7 +59,7 @@
 //!
 //! let header = Header { page_size: 4096, arch: "x86_64".into(), ..Header::default() };
 //! let mut w = Writer::new(Vec::new(), &header)?;
-//! w.write_record(kind::PROCESS, 0, b"model bytes")?;
+//! w.write_record(kind::TASK, 0, b"model bytes")?;
 //! w.write_pages(0, 0x40_0000, &vec![0xAB; 2 * 4096])?;
 //! let image = w.finish()?;
 //!
@@ -69,7 +69,7 @@
 //! while let Some(rec) = r.next_record()? {
 //!     kinds.push(rec.kind);
 //! }
-//! assert_eq!(kinds, [kind::PROCESS, kind::PAGES]);
+//! assert_eq!(kinds, [kind::TASK, kind::PAGES]);
 //! # Ok::<(), crest_image::Error>(())
 //! ```
 
@@ -111,7 +111,13 @@ pub const MAGIC: [u8; 8] = *b"CRESTIMG";
 /// * 2 — sparse page chunks ([`CHUNK_SPARSE`]). Everything else is as in
 ///   version 1, so version 1 images stay readable; a sparse chunk in a
 ///   version 1 image is refused.
-pub const FORMAT_VERSION: u32 = 2;
+/// * 3 — the model is written as one record per kernel concept (TASK,
+///   THREAD, MM, … see [`kind`]), each a MessagePack map with named
+///   fields, instead of PROCESS and FILE records holding postcard. The
+///   framing is as in version 2; which model records an image holds
+///   depends on its version, so the program reading it must look at
+///   [`Reader::format_version`].
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest image format version this crate reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;

@@ -211,6 +211,17 @@ impl<R: Read> Reader<R> {
                     self.account(&raw);
                 }
                 k => {
+                    if self.version < 3 && kind::is_model_v3(k) {
+                        return Err(Error::corrupt(
+                            offset,
+                            format!(
+                                "{} record in a format version {} image (that record kind \
+                                 exists from version 3 on)",
+                                kind::name(k),
+                                self.version
+                            ),
+                        ));
+                    }
                     self.read_payload(&head, offset)?;
                     match k {
                         kind::PAGES => {

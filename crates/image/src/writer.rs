@@ -200,6 +200,28 @@ impl<W: Write> Writer<W> {
         self.write_record_parts(kind::PAGES, 0, &[&head, bitmap, chunk.data])
     }
 
+    /// Like [`Writer::write_page_chunk`], but LZ4-compresses the chunk's
+    /// page data (the chunk header and the bitmap of a sparse chunk stay
+    /// as they are) when that saves at least 1/16 of it.
+    pub fn write_page_chunk_compressed(&mut self, chunk: &PageChunk<'_>) -> Result<u64> {
+        let mut z = std::mem::take(&mut self.zbuf);
+        z.resize(
+            lz4_flex::block::get_maximum_output_size(chunk.data.len()),
+            0,
+        );
+        let n = lz4_flex::block::compress_into(chunk.data, &mut z)
+            .map_err(|e| Error::InvalidInput(format!("compressing a page chunk: {e}")))?;
+        let r = if n < chunk.data.len() - chunk.data.len() / 16 {
+            let head = chunk.header_bytes();
+            let bitmap = chunk.present.unwrap_or_default();
+            self.emit(kind::PAGES, FLAG_COMPRESSED, &[&head, bitmap, &z[..n]])
+        } else {
+            self.write_page_chunk(chunk)
+        };
+        self.zbuf = z;
+        r
+    }
+
     /// Writes the PAGES records of `pages` (none if all its pages are zero)
     /// with the checksums computed when they were sealed; returns the number
     /// of records written.

@@ -69,7 +69,7 @@ pub fn read_err(image: &[u8]) -> crest_image::Error {
 /// crate's writer.
 pub fn small_image() -> Vec<u8> {
     let mut w = Writer::new(Vec::new(), &sample_header()).unwrap();
-    w.write_record(kind::PROCESS, 0, b"process model: 29 bytes long!")
+    w.write_record(kind::TASK, 0, b"process model: 29 bytes long!")
         .unwrap();
     w.write_record(kind::FILE, 0, b"").unwrap();
     w.write_record(0x4242, FLAG_OPTIONAL, b"optional extension")
@@ -145,7 +145,7 @@ impl Raw {
 
     /// A valid preamble and HEADER record for `header`.
     pub fn with_header(header: &Header) -> Raw {
-        let mut raw = Raw::preamble(2, 0);
+        let mut raw = Raw::preamble(crest_image::FORMAT_VERSION, 0);
         raw.record(1, 0, &encode_header(header));
         raw
     }

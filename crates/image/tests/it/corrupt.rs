@@ -54,27 +54,27 @@ fn empty_or_partial_preamble_is_truncation() {
 
 #[test]
 fn unsupported_versions() {
-    for v in [0, 3, 4, 0x100, u32::MAX] {
+    for v in [0, 4, 5, 0x100, u32::MAX] {
         let mut raw = Raw::preamble(v, 0);
         raw.record(kind::HEADER, 0, &encode_header(&sample_header()))
             .tail();
         let e = read_err(&raw.take());
         match &e {
             Error::UnsupportedVersion { found, supported } => {
-                assert_eq!((*found, *supported), (v, 2));
+                assert_eq!((*found, *supported), (v, 3));
             }
             other => panic!("{other:?}"),
         }
         assert!(e.to_string().contains(&format!("format version {v} ")));
-        assert!(e.to_string().contains("versions 1 to 2"), "{e}");
+        assert!(e.to_string().contains("versions 1 to 3"), "{e}");
     }
     // Refused before reading anything else: a future image whose body is
     // garbage still gives the version error.
-    let mut bytes = Raw::preamble(3, 0).take();
+    let mut bytes = Raw::preamble(4, 0).take();
     bytes.extend_from_slice(&[0xEE; 100]);
     assert!(matches!(
         read_err(&bytes),
-        Error::UnsupportedVersion { found: 3, .. }
+        Error::UnsupportedVersion { found: 4, .. }
     ));
 }
 
@@ -570,4 +570,27 @@ fn reader_refuses_to_continue_after_an_error() {
     assert!(matches!(r.next_record(), Err(Error::UnknownRecord { .. })));
     assert!(matches!(r.next_record(), Err(Error::InvalidInput(_))));
     assert!(!r.is_finished());
+}
+
+/// The model records of format 3 do not exist in older images: a version
+/// word changed from 3 to 2 is caught by them.
+#[test]
+fn format_3_model_record_in_a_version_2_image_is_refused() {
+    for k in [
+        kind::TASK,
+        kind::THREAD,
+        kind::MM,
+        kind::OPEN_SOCKET,
+        kind::SHMEM,
+    ] {
+        let mut raw = Raw::preamble(2, 0);
+        raw.record(kind::HEADER, 0, &encode_header(&sample_header()))
+            .record(k, 0, b"x")
+            .tail();
+        let e = read_err(&raw.take());
+        assert!(
+            e.to_string().contains(kind::name(k)) && e.to_string().contains("version 2"),
+            "{e}"
+        );
+    }
 }
