@@ -406,7 +406,6 @@ fn stress() -> bool {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
-#[ignore = "reproduces issue 17: fails until injected calls unwind themselves"]
 fn dump_killed_at_random_instants() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new();

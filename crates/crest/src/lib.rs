@@ -29,6 +29,7 @@ pub mod sysv;
 pub mod tasks;
 pub mod timers;
 pub mod tty;
+pub mod unwind;
 
 pub use dump::{check, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};

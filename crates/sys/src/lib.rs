@@ -15,6 +15,7 @@ pub mod pidfd;
 pub mod proc;
 pub mod process;
 pub mod ptrace;
+pub mod sigframe;
 pub mod sockdiag;
 pub mod uffd;
 
