@@ -166,6 +166,37 @@ fn lib_err(e: crest::Error) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
+/// SIGINT, SIGTERM or SIGHUP during a dump or restore: the run stops at
+/// its next step and unwinds as after any error (the tree left running as
+/// it was, nothing half-restored left).  A second one ends crest at once,
+/// which is safe too: the tree's tasks then unwind by themselves and the
+/// restored stubs die with crest.
+fn stop_on_signals() {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        if crest::fault::stop_requested().is_some() {
+            // SAFETY: signal() and raise() are async-signal-safe.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+        }
+        crest::fault::request_stop(sig);
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores an atomic, or re-raises with the
+        // default action.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// An error of a run stopped by a signal says what was left.
+fn stopped_err(e: crest::Error, what: &str) -> anyhow::Error {
+    match crest::fault::stop_requested() {
+        Some(_) => anyhow::anyhow!("{e} ({what})"),
+        None => lib_err(e),
+    }
+}
+
 fn cmd_dump(
     pid: i32,
     output: &str,
@@ -174,6 +205,9 @@ fn cmd_dump(
     quiet: bool,
     sync: bool,
 ) -> Result<i32> {
+    stop_on_signals();
+    let abandoned = format!("dump abandoned: pid {pid} runs on as it was");
+    let lib_err = |e| stopped_err(e, &abandoned);
     let mut progress = output::Progress::new("dump", quiet);
     let report = if output == "-" {
         let stdout = std::io::stdout();
@@ -367,6 +401,8 @@ fn temp_name(path: &Path) -> PathBuf {
 const READ_BUF: usize = 64 << 10;
 
 fn cmd_restore(input: &str, detach: bool, pidfile: Option<&Path>, json: bool) -> Result<i32> {
+    stop_on_signals();
+    let lib_err = |e| stopped_err(e, "restore abandoned: nothing of it is left");
     let mut progress = output::Progress::new("restore", json);
     let report = if input == "-" {
         grow_pipe(0);

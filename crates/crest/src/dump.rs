@@ -97,7 +97,11 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
     if status.tracer_pid != 0 && !traced_by_us() {
         refuse(
             "task",
-            format!("the process is already traced by pid {}", status.tracer_pid),
+            format!(
+                "the process is already traced by {} (a debugger or tracer; crest cannot \
+                 trace it too)",
+                crate::lock::describe(status.tracer_pid)
+            ),
         );
     }
     if status.seccomp != 0 {
@@ -401,6 +405,7 @@ pub fn dump<W: Write>(
     progress: Progress,
 ) -> Result<DumpReport> {
     let t0 = Instant::now();
+    let _lock = crate::lock::take(pid)?;
     let pre = preflight(pid)?;
     if !pre.is_empty() {
         return Err(Error::Unsupported(pre));

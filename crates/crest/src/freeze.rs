@@ -7,12 +7,11 @@
 
 use crate::error::{Context, Error, Result};
 use crate::unwind::Trampoline;
-use crest_sys::arch;
 use crest_sys::inject::Remote;
 use crest_sys::mem::ProcMem;
 use crest_sys::proc::{self, MapEntry};
 use crest_sys::ptrace::{self, WaitStatus};
-use crest_sys::sigframe;
+use crest_sys::trampoline;
 
 const PTRACE_EVENT_STOP: i32 = 128;
 
@@ -29,7 +28,13 @@ impl Frozen {
     /// delivered is delivered first, as it would have been anyway.
     pub fn freeze(pid: i32) -> Result<Frozen> {
         ptrace::seize(pid, ptrace::SEIZE_OPTIONS).context(|| {
-            format!("cannot attach to pid {pid} (is it yours, and not traced already?)")
+            match proc::read_status(pid).map(|s| s.tracer_pid) {
+                Ok(t) if t != 0 => format!(
+                    "cannot attach to pid {pid}: it is traced by {}",
+                    crate::lock::describe(t)
+                ),
+                _ => format!("cannot attach to pid {pid} (is it yours, and not traced already?)"),
+            }
         })?;
         let mut f = Frozen {
             pid,
@@ -351,16 +356,16 @@ struct ThreadCtx {
 ///
 /// Every call unwinds by itself if crest dies (`crest_sys::inject`): the
 /// trampoline is in the vDSO padding ([`crate::unwind`]), and each
-/// thread's signal frame — its own registers (an interrupted syscall set
-/// up to restart), blocked mask and XSAVE state — is on its own stack
-/// below the 128-byte red zone, where nothing the program may rely on
-/// lives (a signal frame could land there at any moment).  The leader's
-/// scratch area lies between its red zone and its frame.  While the
-/// session lasts every signal is blocked in its threads, so signals that
-/// arrive stay queued, in order, and are delivered once the threads run
-/// again — by the frame's mask if crest dies.  Closing the session puts
-/// back masks, registers, the stack bytes and the vDSO padding, in an
-/// order where a death at any point leaves the task as it was.
+/// thread's own state — its registers (an interrupted syscall set up to
+/// restart) and blocked mask — is on its own stack below the 128-byte red
+/// zone, where nothing the program may rely on lives (a signal frame could
+/// land there at any moment).  The leader's scratch area lies between its
+/// red zone and that block.  While the session lasts every signal is
+/// blocked in its threads, so signals that arrive stay queued, in order,
+/// and are delivered once the threads run again (the block's mask
+/// unblocks them if crest dies).  Closing the session puts back masks,
+/// registers, the stack bytes and the vDSO padding, in an order where a
+/// death at any point leaves the task as it was.
 pub struct Session {
     threads: Vec<ThreadCtx>,
     scratch: u64,
@@ -393,37 +398,34 @@ impl Session {
         let tramp = Trampoline::install(&s.mem, pid, maps)?;
         let tramp_addr = tramp.addr;
         s.tramp = Some(tramp);
-        let xmax = arch::cpuid(0xd, 0).ecx.max(4096) as usize;
-        let xfeatures = arch::xcr0();
         for (i, &tid) in tids.iter().enumerate() {
             let regs = ptrace::get_regs(tid)?;
             let sigmask = ptrace::get_sigmask(tid)?;
-            let xstate = ptrace::get_xstate(tid, xmax)?;
-            let mut top = regs.rsp.saturating_sub(RED_ZONE) & !15;
+            let ip_slot = regs.rsp.wrapping_sub(trampoline::IP_SLOT);
+            let mut top = ip_slot & !15;
             if i == 0 {
                 top = top.saturating_sub(STACK_SCRATCH);
-            }
-            let resume = regs.restarted_through_sigreturn();
-            let frame = sigframe::build(top, &resume, sigmask, &xstate, xfeatures);
-            let on_stack = maps.iter().any(|m| {
-                m.read && m.write && !m.shared && m.start <= frame.start && regs.rsp <= m.end
-            });
-            if !on_stack {
-                return Err(Error::msg(format!(
-                    "pid {pid}: thread {tid} has no room below its stack pointer {:#x} for                      the {} bytes crest needs there",
-                    regs.rsp,
-                    regs.rsp - frame.start
-                )));
-            }
-            let len = (regs.rsp - RED_ZONE - frame.start) as usize;
-            let mut old = vec![0u8; len];
-            s.mem.read(frame.start, &mut old)?;
-            s.saved.push((frame.start, old));
-            if i == 0 {
                 s.scratch = top;
             }
-            s.mem.write(frame.start, &frame.bytes)?;
-            let remote = Remote::unwinding(tid, regs, tramp_addr, frame.sp)?;
+            let block = trampoline::block(top, &regs.restarted_in_place(), sigmask);
+            let on_stack = maps.iter().any(|m| {
+                m.read && m.write && !m.shared && m.start <= block.start && regs.rsp <= m.end
+            });
+            if !on_stack || block.start > regs.rsp {
+                return Err(Error::msg(format!(
+                    "pid {pid}: thread {tid} has no room below its stack pointer {:#x} for \
+                     the {} bytes crest needs there",
+                    regs.rsp,
+                    regs.rsp.wrapping_sub(block.start)
+                )));
+            }
+            let len = (regs.rsp - RED_ZONE - block.start) as usize;
+            let mut old = vec![0u8; len];
+            s.mem.read(block.start, &mut old)?;
+            s.saved.push((block.start, old));
+            s.mem.write(block.start, &block.bytes)?;
+            s.mem.write(ip_slot, &block.ip)?;
+            let remote = Remote::unwinding(tid, regs, tramp_addr, block.start)?;
             s.threads.push(ThreadCtx { remote, sigmask });
             ptrace::set_sigmask(tid, !0)?;
         }
@@ -448,8 +450,8 @@ impl Session {
     fn cleanup(&mut self) -> Result<()> {
         let mut errors: Vec<Error> = Vec::new();
         for t in &self.threads {
-            // The mask first: a thread still parked unwinds to the same
-            // mask if crest dies now.
+            // The mask first: a thread still parked restores the same
+            // mask itself if crest dies now.
             if let Err(e) = ptrace::set_sigmask(t.remote.pid(), t.sigmask) {
                 errors.push(e.into());
             }
@@ -457,7 +459,7 @@ impl Session {
                 errors.push(e.into());
             }
         }
-        // A thread that may still be parked needs its frame and the
+        // A thread that may still be parked needs its block and the
         // trampoline: leave them then (they are below its red zone and in
         // the vDSO padding, where the program never looks).
         if errors.is_empty() {

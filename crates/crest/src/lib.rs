@@ -16,6 +16,7 @@ pub mod fault;
 pub mod files;
 pub mod freeze;
 pub mod inspect;
+pub mod lock;
 pub mod memory;
 pub mod model;
 pub mod objects;

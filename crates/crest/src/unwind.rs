@@ -3,8 +3,8 @@
 //!
 //! The kernel maps the vDSO as whole pages, and its ELF image (code, data,
 //! section headers) ends before the last page does: the bytes after it are
-//! zero and nothing ever executes or reads them.  crest writes the 18
-//! bytes of [`crest_sys::sigframe::TRAMPOLINE`] there through
+//! zero and nothing ever executes or reads them.  crest writes the 70
+//! bytes of [`crest_sys::trampoline::TRAMPOLINE`] there through
 //! /proc/PID/mem before the first injected syscall, so every injected call
 //! — the first one too — can unwind by itself (see `crest_sys::inject`),
 //! and writes zeros back when the session ends.  (The vDSO is mapped
@@ -22,7 +22,7 @@
 use crate::error::{Error, Result};
 use crest_sys::mem::ProcMem;
 use crest_sys::proc::MapEntry;
-use crest_sys::sigframe::TRAMPOLINE;
+use crest_sys::trampoline::TRAMPOLINE;
 
 /// The trampoline, written in a task's vDSO padding.
 pub struct Trampoline {

@@ -21,18 +21,18 @@
 //! (between setting its registers and putting them back) holds crest's
 //! registers, and if crest dies then, the kernel lets it return to user
 //! space with them.  A [`Remote::unwinding`] task closes it: its calls run
-//! through the trampoline of [`crate::sigframe`] with the stack pointer on
-//! a signal frame of the task's own context, and between calls it waits
-//! at the trampoline's `rt_sigreturn`.  Whenever crest vanishes, the task
-//! finishes the call it is in (if any) and returns to its own registers,
-//! signal mask and FPU state by itself.  Signals cannot be taken off such
-//! a task (they stay queued; the caller blocks them meanwhile and the
-//! frame unblocks them): one that stops the task anyway (SIGSTOP) is
-//! delivered as it comes.
+//! through the code of [`crate::trampoline`] with the stack pointer on a
+//! block of the task's own state, and between calls it waits at the
+//! trampoline's restoring code.  Whenever crest vanishes, the task
+//! finishes the call it is in (if any) and returns to its own registers
+//! and signal mask by itself.  Signals cannot be taken off such a task
+//! (they stay queued; the caller blocks them meanwhile and the block
+//! unblocks them): one that stops the task anyway (SIGSTOP) is delivered
+//! as it comes.
 
 use crate::arch::UserRegs;
 use crate::ptrace::{self, RawSiginfo, WaitStatus, SYSCALL_STOP};
-use crate::sigframe;
+use crate::trampoline;
 use crate::{Error, Result};
 use libc::pid_t;
 use std::cell::RefCell;
@@ -69,23 +69,23 @@ impl Remote {
     }
 
     /// A task whose calls unwind themselves if crest dies (see the module
-    /// documentation).  `tramp` is the address of [`sigframe::TRAMPOLINE`]
-    /// mapped executable in the task, `sp` the stack pointer of a
-    /// [`sigframe::Frame`] of the task's own context, already written.
-    /// The task is parked at the trampoline's `rt_sigreturn` at once; it
+    /// documentation).  `tramp` is the address of [`trampoline::TRAMPOLINE`]
+    /// mapped executable in the task, `sp` the address of a
+    /// [`trampoline::Block`] of the task's own state, already written.
+    /// The task is parked at the trampoline's [`trampoline::PARK`] at once; it
     /// holds its own registers again after [`Remote::restore_regs`].
     /// `base` are its registers as read before the frame was built.
     pub fn unwinding(pid: pid_t, base: UserRegs, tramp: u64, sp: u64) -> Result<Self> {
         let r = Remote {
             pid,
-            syscall_ip: tramp + sigframe::PLAIN_ENTRY,
+            syscall_ip: tramp + trampoline::PLAIN_ENTRY,
             base,
             resume: base.restarted_in_place(),
             suppressed: RefCell::new(Vec::new()),
             unwind: Some((tramp, sp)),
         };
         let mut park = base;
-        park.rip = tramp + sigframe::PARK;
+        park.rip = tramp + trampoline::PARK;
         park.rsp = sp;
         park.orig_rax = u64::MAX;
         ptrace::set_regs(pid, &park)?;
@@ -186,15 +186,15 @@ impl Remote {
             Some((tramp, sp)) => {
                 r.rsp = sp;
                 if closing {
-                    r.rip = tramp + sigframe::CLOSING_ENTRY;
+                    r.rip = tramp + trampoline::CLOSING_ENTRY;
                 }
                 let ret = tramp
                     + if closing {
-                        sigframe::CLOSING_RETURN
+                        trampoline::CLOSING_RETURN
                     } else {
-                        sigframe::PARK
+                        trampoline::PARK
                     };
-                (tramp + sigframe::PARK, ret)
+                (tramp + trampoline::PARK, ret)
             }
             None => (self.syscall_ip + 2, self.syscall_ip + 2),
         };
@@ -217,7 +217,7 @@ impl Remote {
             // the next call, the task carries on as if never stopped.
             ptrace::set_regs(self.pid, &self.resume)?;
         }
-        // An unwinding task stays parked at the trampoline's rt_sigreturn.
+        // An unwinding task stays parked in the trampoline.
         if after.rip != expect {
             return Err(Error::parse(
                 format!("pid {}", self.pid),

@@ -123,22 +123,6 @@ impl UserRegs {
     }
 }
 
-impl UserRegs {
-    /// The registers to resume with through `rt_sigreturn` (see
-    /// [`crate::sigframe`]): as [`UserRegs::restarted_in_place`], except
-    /// that a call interrupted with ERESTART_RESTARTBLOCK is issued afresh
-    /// with its own arguments, since `rt_sigreturn` resets the thread's
-    /// restart block (`restart_syscall` would then fail with EINTR).  A
-    /// sleep with a relative timeout starts over.
-    pub fn restarted_through_sigreturn(&self) -> UserRegs {
-        let mut r = self.restarted_in_place();
-        if self.in_restartable_syscall() && self.rax as i64 == restart::ERESTART_RESTARTBLOCK {
-            r.rax = self.orig_rax;
-        }
-        r
-    }
-}
-
 /// The `syscall` instruction.
 pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
