@@ -93,7 +93,36 @@ enum Cmd {
     },
 }
 
+/// A panic ends crest at once, printing only what needs no allocation:
+/// the standard hook takes a lock and formats, and a panic for want of
+/// memory there (crest under a small RLIMIT_AS) deadlocked crest with the
+/// tree still frozen.  Aborting lets the tree go (its tasks unwind by
+/// themselves) and a restore's stubs die with crest.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let write = |b: &[u8]| {
+            // SAFETY: write(2) of a borrowed buffer to stderr.
+            unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        };
+        write(b"crest: internal error: ");
+        if let Some(m) = info.payload().downcast_ref::<&str>() {
+            write(m.as_bytes());
+        } else if let Some(m) = info.payload().downcast_ref::<String>() {
+            write(m.as_bytes());
+        } else {
+            write(b"panic");
+        }
+        if let Some(l) = info.location() {
+            write(b" at ");
+            write(l.file().as_bytes());
+        }
+        write(b"; crest stops here (a dumped tree runs on as it was, a restore leaves nothing)\n");
+        std::process::abort();
+    }));
+}
+
 fn main() {
+    abort_on_panic();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => std::process::exit(code),
