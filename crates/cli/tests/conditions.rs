@@ -309,7 +309,7 @@ fn stopped_and_continued_during_dumps() {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let sig = if (seed >> 33) % 2 == 0 {
+            let sig = if (seed >> 33).is_multiple_of(2) {
                 libc::SIGSTOP
             } else {
                 libc::SIGCONT
