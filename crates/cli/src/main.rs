@@ -108,7 +108,36 @@ enum Cmd {
     },
 }
 
+/// A panic ends crest at once, printing only what needs no allocation:
+/// the standard hook takes a lock and formats, and a panic for want of
+/// memory there (crest under a small RLIMIT_AS) deadlocked crest with the
+/// tree still frozen.  Aborting lets the tree go (its tasks unwind by
+/// themselves) and a restore's stubs die with crest.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let write = |b: &[u8]| {
+            // SAFETY: write(2) of a borrowed buffer to stderr.
+            unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        };
+        write(b"crest: internal error: ");
+        if let Some(m) = info.payload().downcast_ref::<&str>() {
+            write(m.as_bytes());
+        } else if let Some(m) = info.payload().downcast_ref::<String>() {
+            write(m.as_bytes());
+        } else {
+            write(b"panic");
+        }
+        if let Some(l) = info.location() {
+            write(b" at ");
+            write(l.file().as_bytes());
+        }
+        write(b"; crest stops here (a dumped tree runs on as it was, a restore leaves nothing)\n");
+        std::process::abort();
+    }));
+}
+
 fn main() {
+    abort_on_panic();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => std::process::exit(code),
@@ -190,6 +219,37 @@ fn lib_err(e: crest::Error) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
+/// SIGINT, SIGTERM or SIGHUP during a dump or restore: the run stops at
+/// its next step and unwinds as after any error (the tree left running as
+/// it was, nothing half-restored left).  A second one ends crest at once,
+/// which is safe too: the tree's tasks then unwind by themselves and the
+/// restored stubs die with crest.
+fn stop_on_signals() {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        if crest::fault::stop_requested().is_some() {
+            // SAFETY: signal() and raise() are async-signal-safe.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+        }
+        crest::fault::request_stop(sig);
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores an atomic, or re-raises with the
+        // default action.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// An error of a run stopped by a signal says what was left.
+fn stopped_err(e: crest::Error, what: &str) -> anyhow::Error {
+    match crest::fault::stop_requested() {
+        Some(_) => anyhow::anyhow!("{e} ({what})"),
+        None => lib_err(e),
+    }
+}
+
 fn cmd_dump(
     pid: i32,
     output: &str,
@@ -198,6 +258,9 @@ fn cmd_dump(
     quiet: bool,
     sync: bool,
 ) -> Result<i32> {
+    stop_on_signals();
+    let abandoned = format!("dump abandoned: pid {pid} runs on as it was");
+    let lib_err = |e| stopped_err(e, &abandoned);
     let mut progress = output::Progress::new("dump", quiet);
     let report = if output == "-" {
         let stdout = std::io::stdout();
@@ -391,6 +454,8 @@ fn temp_name(path: &Path) -> PathBuf {
 const READ_BUF: usize = 64 << 10;
 
 fn cmd_restore(input: &str, detach: bool, pidfile: Option<&Path>, json: bool) -> Result<i32> {
+    stop_on_signals();
+    let lib_err = |e| stopped_err(e, "restore abandoned: nothing of it is left");
     let mut progress = output::Progress::new("restore", json);
     let report = if input == "-" {
         grow_pipe(0);

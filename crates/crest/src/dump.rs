@@ -97,7 +97,11 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
     if status.tracer_pid != 0 && !traced_by_us() {
         refuse(
             "task",
-            format!("the process is already traced by pid {}", status.tracer_pid),
+            format!(
+                "the process is already traced by {} (a debugger or tracer; crest cannot \
+                 trace it too)",
+                crate::lock::describe(status.tracer_pid)
+            ),
         );
     }
     if status.seccomp != 0 {
@@ -354,7 +358,9 @@ fn zombie_children(pid: i32) -> Result<Vec<crate::model::Zombie>> {
     Ok(out)
 }
 
-/// CRC32C of the vDSO of `pid`, if it has one.
+/// CRC32C of the vDSO of `pid`, if it has one, as the kernel maps it
+/// (a trampoline an earlier crest left in its padding, see
+/// [`crate::unwind`], reads as the zeros it replaced).
 pub fn vdso_crc(pid: i32, maps: &[proc::MapEntry]) -> Result<Option<u32>> {
     let Some(v) = maps.iter().find(|m| m.path == "[vdso]") else {
         return Ok(None);
@@ -362,7 +368,7 @@ pub fn vdso_crc(pid: i32, maps: &[proc::MapEntry]) -> Result<Option<u32>> {
     let mem = crest_sys::mem::ProcMem::open(pid, false)?;
     let mut buf = vec![0u8; (v.end - v.start) as usize];
     mem.read(v.start, &mut buf)?;
-    Ok(Some(crc32c::crc32c(&buf)))
+    Ok(Some(crc32c::crc32c(&crate::unwind::pristine_vdso(buf))))
 }
 
 /// Checkpoints process `pid` into `out`.
@@ -399,6 +405,7 @@ pub fn dump<W: Write>(
     progress: Progress,
 ) -> Result<DumpReport> {
     let t0 = Instant::now();
+    let _lock = crate::lock::take(pid)?;
     let pre = preflight(pid)?;
     if !pre.is_empty() {
         return Err(Error::Unsupported(pre));

@@ -6,12 +6,28 @@
 //! SIGKILLs itself there instead.  Without the variable a point costs one
 //! relaxed atomic load.  `CREST_FAULT_TRACE=1` prints every point passed
 //! (to stderr) so tests can count them.
+//!
+//! The same points are where a dump or restore stops when asked to
+//! ([`request_stop`], from a SIGINT or SIGTERM handler): the point fails
+//! with an error naming the signal, and the run unwinds as for any error.
 
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 static HITS: AtomicU64 = AtomicU64::new(0);
+static STOP: AtomicI32 = AtomicI32::new(0);
+
+/// Asks the dump or restore under way to stop at its next point and
+/// unwind, because of signal `sig`.  Async-signal-safe (one atomic store).
+pub fn request_stop(sig: i32) {
+    STOP.store(sig, Ordering::Relaxed);
+}
+
+/// The signal a stop was requested for, if one was.
+pub fn stop_requested() -> Option<i32> {
+    Some(STOP.load(Ordering::Relaxed)).filter(|&s| s != 0)
+}
 
 struct Config {
     at: u64,
@@ -39,6 +55,15 @@ fn config() -> &'static Option<Config> {
 
 /// A place where a test may make crest fail.
 pub fn point(name: &str) -> Result<()> {
+    if let Some(sig) = stop_requested() {
+        let what = match sig {
+            libc::SIGINT => "SIGINT".to_string(),
+            libc::SIGTERM => "SIGTERM".to_string(),
+            libc::SIGHUP => "SIGHUP".to_string(),
+            s => format!("signal {s}"),
+        };
+        return Err(Error::msg(format!("interrupted by {what}")));
+    }
     let Some(c) = config() else {
         return Ok(());
     };

@@ -596,8 +596,9 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
 }
 
 /// Things crest builds before the stubs exist: unlinked files being
-/// recreated (unlinked again as soon as they are open; whatever is left
-/// on error is removed on drop) and pipes being refilled.
+/// recreated (unlinked as soon as they are created, before they are filled,
+/// so nothing of them is left however the restore ends) and pipes being
+/// refilled.
 #[derive(Default)]
 pub struct UnlinkedFiles {
     files: HashMap<u32, (File, String)>,
@@ -624,6 +625,12 @@ impl UnlinkedFiles {
                     .open(&p)
                 {
                     Ok(f) => {
+                        // Unlinked at once, before it is filled: a crest
+                        // killed from here on leaves nothing behind.  Its
+                        // descriptors are opened through /proc/self/fd,
+                        // which names it "PATH (deleted)" as it was.
+                        std::fs::remove_file(&p)
+                            .context(|| format!("unlinking the recreated file {p}"))?;
                         self.files.insert(object, (f, p));
                         last = None;
                         break;
@@ -779,16 +786,8 @@ impl UnlinkedFiles {
         self.create(object, path, mode)?;
         let (f, p) = &self.files[&object];
         f.set_len(size).context(|| format!("sizing {p}"))?;
-        let fd = open_path(p, flags)?;
+        let fd = open_path(&format!("/proc/self/fd/{}", f.as_raw_fd()), flags)?;
         Ok(fd)
-    }
-}
-
-impl Drop for UnlinkedFiles {
-    fn drop(&mut self) {
-        for (_, (_, p)) in self.files.drain() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 
@@ -932,12 +931,11 @@ pub fn release_pipes(unlinked: &mut UnlinkedFiles) {
     unlinked.pipes.clear();
 }
 
-/// Removes the names of the recreated unlinked files, once every
-/// descriptor on them is open.
+/// Lets go of the recreated unlinked files once every descriptor on them
+/// is open (their names went when they were created).
 pub fn unlink_recreated(unlinked: &mut UnlinkedFiles) -> Result<()> {
-    for (_, (_, p)) in unlinked.files.drain() {
-        std::fs::remove_file(&p).context(|| format!("unlinking {p}"))?;
-    }
+    // Each was unlinked as soon as it was created.
+    unlinked.files.clear();
     Ok(())
 }
 

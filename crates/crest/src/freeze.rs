@@ -6,10 +6,12 @@
 //! signals, maps one scratch page and puts everything back when closed.
 
 use crate::error::{Context, Error, Result};
-use crest_sys::inject::{find_syscall_insn, Remote};
+use crate::unwind::Trampoline;
+use crest_sys::inject::Remote;
 use crest_sys::mem::ProcMem;
 use crest_sys::proc::{self, MapEntry};
 use crest_sys::ptrace::{self, WaitStatus};
+use crest_sys::trampoline;
 
 const PTRACE_EVENT_STOP: i32 = 128;
 
@@ -26,7 +28,13 @@ impl Frozen {
     /// delivered is delivered first, as it would have been anyway.
     pub fn freeze(pid: i32) -> Result<Frozen> {
         ptrace::seize(pid, ptrace::SEIZE_OPTIONS).context(|| {
-            format!("cannot attach to pid {pid} (is it yours, and not traced already?)")
+            match proc::read_status(pid).map(|s| s.tracer_pid) {
+                Ok(t) if t != 0 => format!(
+                    "cannot attach to pid {pid}: it is traced by {}",
+                    crate::lock::describe(t)
+                ),
+                _ => format!("cannot attach to pid {pid} (is it yours, and not traced already?)"),
+            }
         })?;
         let mut f = Frozen {
             pid,
@@ -346,17 +354,24 @@ struct ThreadCtx {
 /// Syscalls running in the threads of a frozen process, with a scratch
 /// area in its address space for arguments.
 ///
-/// The scratch area is taken from the leader's stack, below the 128-byte
-/// red zone: nothing the program may rely on lives there (a signal frame
-/// could land there at any moment), its bytes are put back at close
-/// anyway, and if crest dies mid-session nothing new is left in the
-/// process.  Only when the stack has no room is a page mapped instead.
+/// Every call unwinds by itself if crest dies (`crest_sys::inject`): the
+/// trampoline is in the vDSO padding ([`crate::unwind`]), and each
+/// thread's own state — its registers (an interrupted syscall set up to
+/// restart) and blocked mask — is on its own stack below the 128-byte red
+/// zone, where nothing the program may rely on lives (a signal frame could
+/// land there at any moment).  The leader's scratch area lies between its
+/// red zone and that block.  While the session lasts every signal is
+/// blocked in its threads, so signals that arrive stay queued, in order,
+/// and are delivered once the threads run again (the block's mask
+/// unblocks them if crest dies).  Closing the session puts back masks,
+/// registers, the stack bytes and the vDSO padding, in an order where a
+/// death at any point leaves the task as it was.
 pub struct Session {
     threads: Vec<ThreadCtx>,
     scratch: u64,
-    /// The scratch bytes as they were (stack scratch), or None when the
-    /// scratch area was mapped for the session.
-    saved: Option<Vec<u8>>,
+    /// Stack bytes overwritten, to put back: (address, old bytes).
+    saved: Vec<(u64, Vec<u8>)>,
+    tramp: Option<Trampoline>,
     mem: ProcMem,
     closed: bool,
 }
@@ -368,48 +383,51 @@ const RED_ZONE: u64 = 128;
 
 impl Session {
     /// Starts running syscalls in the frozen threads `tids` of one process
-    /// (the leader first).  `maps` are its mappings, searched for a
-    /// `syscall` instruction (vDSO first).  Signal masks are left alone: a
-    /// signal that arrives meanwhile is queued again when the session
-    /// closes.
+    /// (the leader first).  `maps` are its mappings.
     pub fn open(tids: &[i32], maps: &[MapEntry]) -> Result<Session> {
         let pid = tids[0];
         let mem = ProcMem::open(pid, true)?;
-        let ip = find_syscall_in(&mem, maps)?.ok_or_else(|| {
-            Error::msg(format!(
-                "pid {pid}: no `syscall` instruction found in its executable mappings"
-            ))
-        })?;
         let mut s = Session {
             threads: Vec::with_capacity(tids.len()),
             scratch: 0,
-            saved: None,
+            saved: Vec::new(),
+            tramp: None,
             mem,
             closed: false,
         };
-        for &tid in tids {
+        let tramp = Trampoline::install(&s.mem, pid, maps)?;
+        let tramp_addr = tramp.addr;
+        s.tramp = Some(tramp);
+        for (i, &tid) in tids.iter().enumerate() {
+            let regs = ptrace::get_regs(tid)?;
             let sigmask = ptrace::get_sigmask(tid)?;
-            let remote = Remote::new(tid, ip)?;
+            let ip_slot = regs.rsp.wrapping_sub(trampoline::IP_SLOT);
+            let mut top = ip_slot & !15;
+            if i == 0 {
+                top = top.saturating_sub(STACK_SCRATCH);
+                s.scratch = top;
+            }
+            let block = trampoline::block(top, &regs.restarted_in_place(), sigmask);
+            let on_stack = maps.iter().any(|m| {
+                m.read && m.write && !m.shared && m.start <= block.start && regs.rsp <= m.end
+            });
+            if !on_stack || block.start > regs.rsp {
+                return Err(Error::msg(format!(
+                    "pid {pid}: thread {tid} has no room below its stack pointer {:#x} for \
+                     the {} bytes crest needs there",
+                    regs.rsp,
+                    regs.rsp.wrapping_sub(block.start)
+                )));
+            }
+            let len = (regs.rsp - RED_ZONE - block.start) as usize;
+            let mut old = vec![0u8; len];
+            s.mem.read(block.start, &mut old)?;
+            s.saved.push((block.start, old));
+            s.mem.write(block.start, &block.bytes)?;
+            s.mem.write(ip_slot, &block.ip)?;
+            let remote = Remote::unwinding(tid, regs, tramp_addr, block.start)?;
             s.threads.push(ThreadCtx { remote, sigmask });
-        }
-        let rsp = s.threads[0].remote.saved_regs().rsp;
-        let lo = rsp.saturating_sub(RED_ZONE + STACK_SCRATCH) & !15;
-        let on_stack = maps
-            .iter()
-            .any(|m| m.read && m.write && m.start <= lo && rsp <= m.end && !m.shared);
-        if on_stack {
-            let mut old = vec![0u8; STACK_SCRATCH as usize];
-            s.mem.read(lo, &mut old)?;
-            s.saved = Some(old);
-            s.scratch = lo;
-        } else {
-            let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-            let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-            s.scratch = s.threads[0].remote.syscall(
-                libc::SYS_mmap,
-                &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0],
-                "mapping a scratch area",
-            )?;
+            ptrace::set_sigmask(tid, !0)?;
         }
         Ok(s)
     }
@@ -423,66 +441,44 @@ impl Session {
         self.threads.len()
     }
 
-    /// Closes descriptor `fd` in the leader: for undoing what crest itself
-    /// opened there.  Unlike [`Inject::call`] this is no fault point, as
-    /// the undoing is what must happen whatever else fails.
-    pub fn close_in_task(&self, fd: i32) -> Result<()> {
-        self.threads[0].remote.syscall(
-            libc::SYS_close,
-            &[fd as u64],
-            "closing a descriptor crest opened",
-        )?;
-        Ok(())
-    }
-
-    /// Unmaps the scratch area and puts back registers and signal masks.
+    /// Puts back signal masks, registers, stack bytes and the vDSO.
     pub fn close(mut self) -> Result<()> {
         self.closed = true;
         self.cleanup()
     }
 
     fn cleanup(&mut self) -> Result<()> {
-        if self.scratch != 0 {
-            self.requeue_signals()?;
-            match self.saved.take() {
-                Some(old) => self.mem.write(self.scratch, &old)?,
-                None => {
-                    self.threads[0].remote.syscall(
-                        libc::SYS_munmap,
-                        &[self.scratch, SCRATCH_LEN],
-                        "unmapping the scratch area",
-                    )?;
+        let mut errors: Vec<Error> = Vec::new();
+        for t in &self.threads {
+            // The mask first: a thread still parked restores the same
+            // mask itself if crest dies now.
+            if let Err(e) = ptrace::set_sigmask(t.remote.pid(), t.sigmask) {
+                errors.push(e.into());
+            }
+            if let Err(e) = t.remote.restore_regs() {
+                errors.push(e.into());
+            }
+        }
+        // A thread that may still be parked needs its block and the
+        // trampoline: leave them then (they are below its red zone and in
+        // the vDSO padding, where the program never looks).
+        if errors.is_empty() {
+            for (addr, old) in self.saved.drain(..) {
+                if let Err(e) = self.mem.write(addr, &old) {
+                    errors.push(e.into());
                 }
             }
-            self.scratch = 0;
-        }
-        for t in &self.threads {
-            t.remote.restore_regs()?;
-        }
-        Ok(())
-    }
-
-    /// Queues again, in the thread that was about to take it, each signal
-    /// that arrived while syscalls ran.
-    fn requeue_signals(&self) -> Result<()> {
-        let tgid = self.threads[0].remote.pid() as u64;
-        for t in &self.threads {
-            for info in t.remote.take_suppressed() {
-                let sig = i32::from_ne_bytes(info[0..4].try_into().expect("4 bytes")) as u64;
-                let tid = t.remote.pid() as u64;
-                self.mem.write(self.scratch, &info)?;
-                let r = t
-                    .remote
-                    .raw_syscall(libc::SYS_rt_tgsigqueueinfo, &[tgid, tid, sig, self.scratch])?;
-                if r < 0 {
-                    // The kernel lets only the leader queue a signal
-                    // claiming another sender: fall back to a plain one.
-                    t.remote
-                        .syscall(libc::SYS_tgkill, &[tgid, tid, sig], "re-sending a signal")?;
+            if let Some(t) = self.tramp.take() {
+                if let Err(e) = t.remove(&self.mem) {
+                    errors.push(e);
                 }
             }
         }
-        Ok(())
+        self.threads.clear();
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -510,6 +506,35 @@ impl ThreadView<'_> {
     pub fn sigmask(&self) -> u64 {
         self.s.threads[self.i].sigmask
     }
+
+    /// Runs a syscall that returns a new descriptor in the task and
+    /// closes it there again, calling `take(fd)` in between (to take it
+    /// over with pidfd_getfd).  If crest dies after the call, the task
+    /// closes the descriptor itself: it is never left behind.
+    pub fn call_closing(
+        &self,
+        nr: i64,
+        args: &[u64],
+        what: &str,
+        take: &mut dyn FnMut(i32),
+    ) -> Result<u64> {
+        crate::fault::point("dump: injected syscall")?;
+        let r = self.s.threads[self.i]
+            .remote
+            .raw_syscall_closing(nr, args, &mut |r| {
+                if r >= 0 {
+                    take(r as i32)
+                }
+            })?;
+        if (-4095..0).contains(&r) {
+            return Err(crest_sys::Error::io(
+                format!("pid {}: {what}", self.pid()),
+                std::io::Error::from_raw_os_error(-r as i32),
+            )
+            .into());
+        }
+        Ok(r as u64)
+    }
 }
 
 impl Inject for ThreadView<'_> {
@@ -529,31 +554,4 @@ impl Inject for ThreadView<'_> {
     fn write_scratch(&self, off: u64, data: &[u8]) -> Result<()> {
         Ok(self.s.mem.write(self.s.scratch + off, data)?)
     }
-}
-
-/// Looks for the bytes of a `syscall` instruction in the vDSO, then in
-/// any other executable mapping.
-fn find_syscall_in(mem: &ProcMem, maps: &[MapEntry]) -> Result<Option<u64>> {
-    let mut order: Vec<&MapEntry> = maps
-        .iter()
-        .filter(|m| m.exec && m.path != "[vsyscall]")
-        .collect();
-    order.sort_by_key(|m| m.path != "[vdso]");
-    let mut buf = vec![0u8; 64 * 1024];
-    for m in order {
-        let mut addr = m.start;
-        while addr < m.end {
-            let n = ((m.end - addr) as usize).min(buf.len());
-            if mem.read(addr, &mut buf[..n]).is_err() {
-                break;
-            }
-            if let Some(ip) = find_syscall_insn(&buf[..n], addr) {
-                return Ok(Some(ip));
-            }
-            // Keep one byte of overlap so an instruction split across
-            // reads is found.
-            addr += (n as u64).saturating_sub(1).max(1);
-        }
-    }
-    Ok(None)
 }

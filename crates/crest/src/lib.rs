@@ -17,6 +17,7 @@ pub mod fault;
 pub mod files;
 pub mod freeze;
 pub mod inspect;
+pub mod lock;
 pub mod memory;
 pub mod model;
 pub mod objects;
@@ -30,6 +31,7 @@ pub mod sysv;
 pub mod tasks;
 pub mod timers;
 pub mod tty;
+pub mod unwind;
 
 pub use dump::{check, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};

@@ -25,7 +25,7 @@
 //! userfaultfd itself, ...), the dump simply copies everything while frozen.
 
 use crate::error::{Context, Result};
-use crate::freeze::{FrozenTree, Inject, Session};
+use crate::freeze::{FrozenTree, Session};
 use crate::memory::{self, PagePlan};
 use crate::model::{Checkpoint, Vma};
 use crate::objects::ObjectTable;
@@ -143,7 +143,22 @@ fn take_userfaultfd(pid: i32, tids: &[i32]) -> Result<std::result::Result<Userfa
     let session = Session::open(&tids[..1], &maps)?;
     let t = session.thread(0);
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-    let create = |flags: u64| t.call(libc::SYS_userfaultfd, &[flags], "creating a userfaultfd");
+    // The process's descriptor is taken over between the call and the
+    // close that follows it in the trampoline: if crest dies at any point,
+    // the process closes it itself.
+    let mut taken = None;
+    let mut create = |flags: u64| {
+        t.call_closing(
+            libc::SYS_userfaultfd,
+            &[flags],
+            "creating a userfaultfd",
+            &mut |fd| {
+                taken = Some(
+                    crest_sys::pidfd::open(pid).and_then(|p| crest_sys::pidfd::getfd(&p, pid, fd)),
+                )
+            },
+        )
+    };
     // Without CAP_SYS_PTRACE in the process and with
     // vm.unprivileged_userfaultfd=0, only a user-mode-only descriptor is
     // allowed; asynchronous write tracking works with either.
@@ -151,20 +166,18 @@ fn take_userfaultfd(pid: i32, tids: &[i32]) -> Result<std::result::Result<Userfa
         Err(e) if e.errno().is_some() => create(flags | uffd::USER_MODE_ONLY),
         r => r,
     };
-    let fd = match fd {
-        Ok(fd) => fd as i32,
+    match fd {
+        Ok(_) => {}
         Err(e) if e.errno().is_some() => {
             session.close()?;
             return Ok(Err(format!("pid {pid}: {e}")));
         }
         Err(e) => return Err(e),
-    };
-    // Between the creation and the close, crest dying would leave the
-    // descriptor in the process: nothing else happens in between.
-    let taken = crest_sys::pidfd::open(pid).and_then(|p| crest_sys::pidfd::getfd(&p, pid, fd));
-    let closed = session.close_in_task(fd);
+    }
     session.close()?;
-    closed?;
+    let taken = taken.ok_or_else(|| {
+        crate::error::Error::msg(format!("pid {pid}: the userfaultfd was not taken over"))
+    })?;
     Ok(Ok(Userfaultfd::new(taken?, pid)))
 }
 

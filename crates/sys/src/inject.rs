@@ -14,9 +14,25 @@
 //! ever armed.  A signal that arrives meanwhile is taken off (its siginfo
 //! kept, see [`Remote::take_suppressed`]) so the caller can queue it
 //! again when done.
+//!
+//! # Self-unwinding calls
+//!
+//! That alone leaves one window: a task in the middle of an injected call
+//! (between setting its registers and putting them back) holds crest's
+//! registers, and if crest dies then, the kernel lets it return to user
+//! space with them.  A [`Remote::unwinding`] task closes it: its calls run
+//! through the code of [`crate::trampoline`] with the stack pointer on a
+//! block of the task's own state, and between calls it waits at the
+//! trampoline's restoring code.  Whenever crest vanishes, the task
+//! finishes the call it is in (if any) and returns to its own registers
+//! and signal mask by itself.  Signals cannot be taken off such a task
+//! (they stay queued; the caller blocks them meanwhile and the block
+//! unblocks them): one that stops the task anyway (SIGSTOP) is delivered
+//! as it comes.
 
 use crate::arch::UserRegs;
 use crate::ptrace::{self, RawSiginfo, WaitStatus, SYSCALL_STOP};
+use crate::trampoline;
 use crate::{Error, Result};
 use libc::pid_t;
 use std::cell::RefCell;
@@ -32,6 +48,9 @@ pub struct Remote {
     /// What the task resumes with: `base` with a pending restart applied.
     resume: UserRegs,
     suppressed: RefCell<Vec<RawSiginfo>>,
+    /// Self-unwinding calls: the trampoline's address and the stack
+    /// pointer on the task's signal frame.
+    unwind: Option<(u64, u64)>,
 }
 
 impl Remote {
@@ -45,7 +64,32 @@ impl Remote {
             base,
             resume: base.restarted_in_place(),
             suppressed: RefCell::new(Vec::new()),
+            unwind: None,
         })
+    }
+
+    /// A task whose calls unwind themselves if crest dies (see the module
+    /// documentation).  `tramp` is the address of [`trampoline::TRAMPOLINE`]
+    /// mapped executable in the task, `sp` the address of a
+    /// [`trampoline::Block`] of the task's own state, already written.
+    /// The task is parked at the trampoline's [`trampoline::PARK`] at once; it
+    /// holds its own registers again after [`Remote::restore_regs`].
+    /// `base` are its registers as read before the frame was built.
+    pub fn unwinding(pid: pid_t, base: UserRegs, tramp: u64, sp: u64) -> Result<Self> {
+        let r = Remote {
+            pid,
+            syscall_ip: tramp + trampoline::PLAIN_ENTRY,
+            base,
+            resume: base.restarted_in_place(),
+            suppressed: RefCell::new(Vec::new()),
+            unwind: Some((tramp, sp)),
+        };
+        let mut park = base;
+        park.rip = tramp + trampoline::PARK;
+        park.rsp = sp;
+        park.orig_rax = u64::MAX;
+        ptrace::set_regs(pid, &park)?;
+        Ok(r)
     }
 
     pub fn pid(&self) -> pid_t {
@@ -72,6 +116,11 @@ impl Remote {
                 WaitStatus::Stopped {
                     sig: SYSCALL_STOP, ..
                 } => return Ok(()),
+                WaitStatus::Stopped { event: 0, sig } if self.unwind.is_some() => {
+                    // Only a signal that cannot be blocked gets here
+                    // (SIGSTOP): the task stops as it would have.
+                    ptrace::syscall(self.pid, sig)?;
+                }
                 WaitStatus::Stopped { event: 0, .. } => {
                     // A signal about to be delivered: keep it for later.
                     let info = ptrace::get_siginfo(self.pid)?;
@@ -95,6 +144,32 @@ impl Remote {
     /// Runs one system call in the task and returns its raw result (a
     /// negative errno on failure).
     pub fn raw_syscall(&self, nr: i64, args: &[u64]) -> Result<i64> {
+        self.run_call(nr, args, None)
+    }
+
+    /// Runs a system call whose result is a new descriptor in the task and
+    /// closes that descriptor again in the task; `take(result)` runs in
+    /// between (to take the descriptor over with pidfd_getfd).  In an
+    /// unwinding task the close is part of the trampoline: if crest dies
+    /// after the call, the task closes the descriptor itself.
+    pub fn raw_syscall_closing(
+        &self,
+        nr: i64,
+        args: &[u64],
+        take: &mut dyn FnMut(i64),
+    ) -> Result<i64> {
+        if self.unwind.is_none() {
+            let r = self.raw_syscall(nr, args)?;
+            take(r);
+            if r >= 0 {
+                self.raw_syscall(libc::SYS_close, &[r as u64])?;
+            }
+            return Ok(r);
+        }
+        self.run_call(nr, args, Some(take))
+    }
+
+    fn run_call(&self, nr: i64, args: &[u64], take: Option<&mut dyn FnMut(i64)>) -> Result<i64> {
         let mut r = self.base;
         let arg = |i: usize| args.get(i).copied().unwrap_or(0);
         r.rax = nr as u64;
@@ -106,24 +181,53 @@ impl Remote {
         r.r10 = arg(3);
         r.r8 = arg(4);
         r.r9 = arg(5);
+        let closing = take.is_some();
+        let (expect, result_at) = match self.unwind {
+            Some((tramp, sp)) => {
+                r.rsp = sp;
+                if closing {
+                    r.rip = tramp + trampoline::CLOSING_ENTRY;
+                }
+                let ret = tramp
+                    + if closing {
+                        trampoline::CLOSING_RETURN
+                    } else {
+                        trampoline::PARK
+                    };
+                (tramp + trampoline::PARK, ret)
+            }
+            None => (self.syscall_ip + 2, self.syscall_ip + 2),
+        };
         ptrace::set_regs(self.pid, &r)?;
         self.to_syscall_stop(nr)?; // entry
         self.to_syscall_stop(nr)?; // exit
-        let after = ptrace::get_regs(self.pid)?;
-        // The task's own registers again at once: if crest dies before
-        // the next call, the task carries on as if never stopped.
-        ptrace::set_regs(self.pid, &self.resume)?;
-        if after.rip != self.syscall_ip + 2 {
+        let mut after = ptrace::get_regs(self.pid)?;
+        let result = after.rax as i64;
+        if let Some(take) = take {
+            if after.rip == result_at {
+                take(result);
+                // The trampoline's close.
+                self.to_syscall_stop(nr)?;
+                self.to_syscall_stop(nr)?;
+                after = ptrace::get_regs(self.pid)?;
+            }
+        }
+        if self.unwind.is_none() {
+            // The task's own registers again at once: if crest dies before
+            // the next call, the task carries on as if never stopped.
+            ptrace::set_regs(self.pid, &self.resume)?;
+        }
+        // An unwinding task stays parked in the trampoline.
+        if after.rip != expect {
             return Err(Error::parse(
                 format!("pid {}", self.pid),
                 format!(
-                    "injected syscall {nr} stopped at {:#x}, expected {:#x}",
-                    after.rip,
-                    self.syscall_ip + 2
+                    "injected syscall {nr} stopped at {:#x}, expected {expect:#x}",
+                    after.rip
                 ),
             ));
         }
-        Ok(after.rax as i64)
+        Ok(result)
     }
 
     /// Runs one system call and turns a negative result into an error
@@ -151,6 +255,12 @@ impl Remote {
         trap_at: u64,
         setup: impl FnOnce(&mut UserRegs),
     ) -> Result<UserRegs> {
+        if self.unwind.is_some() {
+            return Err(Error::parse(
+                format!("pid {}", self.pid),
+                "code runs only in a task that does not unwind",
+            ));
+        }
         let mut r = self.base;
         r.rip = ip;
         r.orig_rax = u64::MAX;

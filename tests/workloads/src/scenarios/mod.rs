@@ -19,6 +19,7 @@ mod read;
 mod regs;
 mod regs_asm;
 mod shared_fd;
+mod sigcount;
 mod signals;
 mod sleep;
 mod threads;
@@ -52,6 +53,7 @@ const TABLE: &[(&str, Run)] = &[
     ("idle", idle::run),
     ("unix-sockets", unix_sockets::run),
     ("unsupported", unsupported::run),
+    ("sigcount", sigcount::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -77,6 +79,7 @@ pub const NAMES: &[&str] = &[
     "idle",
     "unix-sockets",
     "unsupported <thread|child|socket|netlink>",
+    "sigcount",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
