@@ -28,9 +28,28 @@ pub struct RestoreReport {
     pub total_ms: f64,
 }
 
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Make the restored root a child of the caller's parent (a sibling
+    /// of the caller, `clone3(CLONE_PARENT)`) instead of the caller's: a
+    /// container runtime that started crest then waits for the restored
+    /// process as for one it started itself.
+    pub sibling: bool,
+}
+
 /// Restores the image read from `input`; returns once the process runs.
 /// crest (the caller) is its parent.
 pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<RestoreReport> {
+    restore_with(input, &RestoreOptions::default(), progress)
+}
+
+/// [`restore`] with options.
+pub fn restore_with<R: Read>(
+    input: R,
+    opts: &RestoreOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let mut reader = Reader::new(input)?;
     codec::check_header(reader.header())?;
@@ -80,7 +99,11 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                         // pages on disk until then.
                         spool = Some(Spool::new()?);
                     } else {
-                        build = Some(Build::start(std::mem::take(&mut ckpt), &mut unlinked)?);
+                        build = Some(Build::start(
+                            std::mem::take(&mut ckpt),
+                            &mut unlinked,
+                            opts,
+                        )?);
                     }
                 }
                 match (&mut build, &mut spool) {
@@ -113,7 +136,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                     wait_pid_free(p.pid);
                 }
             }
-            let mut b = Build::start(ckpt, &mut unlinked)?;
+            let mut b = Build::start(ckpt, &mut unlinked, opts)?;
             if let Some(s) = spool {
                 s.replay(&mut |space, addr, data| {
                     b.fill(&PageChunk::new(space, addr, data, page_size)?)
@@ -289,7 +312,11 @@ struct Build {
 }
 
 impl Build {
-    fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles) -> Result<Build> {
+    fn start(
+        ckpt: Checkpoint,
+        unlinked: &mut UnlinkedFiles,
+        opts: &RestoreOptions,
+    ) -> Result<Build> {
         validate(&ckpt)?;
         for p in &ckpt.processes {
             creds::check_restorable(p.pid, &p.creds)?;
@@ -530,6 +557,7 @@ impl Build {
             helper: stub::pick_helper_addr(ckpt.processes.iter().map(|p| p.mm.vmas.as_slice()))?,
             ready_src: stub::raw(&pipes.ready_w),
             hold_src: stub::raw(&pipes.hold_r),
+            root_sibling: opts.sibling,
             procs,
         };
         crate::fault::point("restore: before creating the processes")?;

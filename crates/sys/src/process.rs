@@ -35,7 +35,8 @@ struct CloneArgs {
 /// no locks).  The caller's child code must keep to that.
 ///
 /// `flags` are clone flags for what the child shares with the caller
-/// (CLONE_FILES, CLONE_FS); never CLONE_VM.
+/// (CLONE_FILES, CLONE_FS), or CLONE_PARENT to make it a child of the
+/// caller's parent; never CLONE_VM.
 pub unsafe fn clone_with_pid(pid: pid_t, flags: u64) -> Result<Forked> {
     debug_assert!(flags & libc::CLONE_VM as u64 == 0);
     let tid = [pid];
