@@ -49,22 +49,17 @@ pub struct Prepared {
     pub display_stats: bool,
 }
 
-/// Duplicates inherited descriptor `fd` (close-on-exec), checking that it
-/// is a directory; `what` names the option.
-fn dir_fd(fd: i32, what: &str) -> Result<OwnedFd, String> {
-    // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor.
-    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if d < 0 {
-        return Err(format!("{what} {fd}: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: d was just created and is owned by nothing else.
-    let owned = unsafe { OwnedFd::from_raw_fd(d) };
-    let f = File::from(owned);
-    match f.metadata() {
-        Ok(m) if m.is_dir() => Ok(f.into()),
-        Ok(_) => Err(format!("{what} {fd} is not a directory")),
-        Err(e) => Err(format!("{what} {fd}: {e}")),
-    }
+/// Opens directory descriptor `fd` of process `peer` (the runtime: the
+/// protocol's descriptor numbers are the runtime's); `what` names the
+/// option.
+fn dir_fd(peer: i32, fd: i32, what: &str) -> Result<OwnedFd, String> {
+    let path = format!("/proc/{peer}/fd/{fd}");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_dir()
+        .open(&path)
+        .map_err(|e| format!("{what} {fd} (of the runtime, pid {peer}): {e}"))?;
+    Ok(f.into())
 }
 
 fn open_dir(path: &str, what: &str) -> Result<OwnedFd, String> {
@@ -125,16 +120,17 @@ pub fn open_in(dir: &OwnedFd, name: &str) -> std::io::Result<File> {
 
 /// Opens the directories and the log of a request.  Errors here are the
 /// runtime's (a bad descriptor, a log name with a slash).
-pub fn prepare(opts: &CriuOpts) -> Result<Prepared, String> {
+/// `peer` is the runtime's pid.
+pub fn prepare(opts: &CriuOpts, peer: i32) -> Result<Prepared, String> {
     let images = if opts.images_dir_fd >= 0 {
-        dir_fd(opts.images_dir_fd, "images_dir_fd")?
+        dir_fd(peer, opts.images_dir_fd, "images_dir_fd")?
     } else if let Some(p) = opts.images_dir.as_deref().filter(|p| !p.is_empty()) {
         open_dir(p, "images_dir")?
     } else {
         return Err("no images directory: set images_dir_fd or images_dir".into());
     };
     let work = match opts.work_dir_fd {
-        Some(fd) if fd >= 0 => dir_fd(fd, "work_dir_fd")?,
+        Some(fd) if fd >= 0 => dir_fd(peer, fd, "work_dir_fd")?,
         _ => File::from(images.try_clone().map_err(|e| e.to_string())?).into(),
     };
     let level = opts.log_level();
@@ -162,9 +158,9 @@ pub fn prepare(opts: &CriuOpts) -> Result<Prepared, String> {
 }
 
 /// The options of a `kind` request that crest does not implement, each
-/// as "name: why" (empty when the request can be served).  `raw` is the
-/// options message as received, for fields unknown to this schema.
-pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: Option<&[u8]>) -> Vec<String> {
+/// as "name: why" (empty when the request can be served).  `raw` are the
+/// options messages as received, for fields unknown to this schema.
+pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: &[&[u8]]) -> Vec<String> {
     let mut out = Vec::new();
     let mut refuse = |name: &str, why: &str| out.push(format!("{name}: {why}"));
     let on = |b: Option<bool>| b == Some(true);
@@ -383,7 +379,7 @@ pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: Option<&[u8]>) -> Ve
             }
         }
     }
-    if let Some(raw) = raw {
+    for raw in raw {
         match wire::fields(raw) {
             Ok(fields) => {
                 let mut unknown: Vec<u32> = fields

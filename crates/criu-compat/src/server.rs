@@ -152,20 +152,14 @@ pub fn handle(sock: &OwnedFd, pkt: &[u8]) -> Outcome {
             &Failure::new(format!("unknown request type {}", req.r#type)).errno(libc::EINVAL),
         ));
     };
-    // Only the last occurrence of the options field counts for a
-    // scalar, but prost merges all of them: walk them all.
-    let raw_opts = wire::all(pkt, 2).unwrap_or_default();
-    let raw = if raw_opts.len() == 1 {
-        Some(raw_opts[0])
-    } else {
-        None
-    };
+    // prost merges every occurrence of the options field: look at all.
+    let raw = wire::all(pkt, 2).unwrap_or_default();
     let result = match kind {
         CriuReqType::Version => Ok(version()),
         CriuReqType::Check => check().map(|()| ok(kind)),
         CriuReqType::FeatureCheck => Ok(features(&req)),
-        CriuReqType::Dump => Session::new(sock, &req, kind, raw).and_then(|s| s.dump()),
-        CriuReqType::Restore => Session::new(sock, &req, kind, raw).and_then(|s| s.restore()),
+        CriuReqType::Dump => Session::new(sock, &req, kind, &raw).and_then(|s| s.dump()),
+        CriuReqType::Restore => Session::new(sock, &req, kind, &raw).and_then(|s| s.restore()),
         CriuReqType::PreDump | CriuReqType::SinglePreDump => Err(Failure::new(format!(
             "{}: iterative pre-dumps are not implemented; crest copies memory while the tree \
              runs inside one DUMP with leave_running",
@@ -272,12 +266,15 @@ impl<'a> Session<'a> {
         sock: &'a OwnedFd,
         req: &CriuReq,
         kind: CriuReqType,
-        raw: Option<&[u8]>,
+        raw: &[&[u8]],
     ) -> Result<Session<'a>, Failure> {
         let opts = req.opts.clone().ok_or_else(|| {
             Failure::new(format!("{} without options", kind.name())).errno(libc::EINVAL)
         })?;
-        let mut p = options::prepare(&opts).map_err(|e| Failure::new(e).errno(libc::EINVAL))?;
+        let peer = transport::peer_pid(sock)
+            .map_err(|e| Failure::new(format!("the runtime's pid (SO_PEERCRED): {e}")))?;
+        let mut p =
+            options::prepare(&opts, peer).map_err(|e| Failure::new(e).errno(libc::EINVAL))?;
         p.log.info(&format!(
             "crest {} serving {} (criu-compatible front, protocol of CRIU {}.{})",
             env!("CARGO_PKG_VERSION"),
