@@ -28,6 +28,9 @@ fn shim(dir: &Path) -> PathBuf {
     link
 }
 
+/// Notifications a runtime saw: script and pid.
+type Notes = Vec<(String, Option<i32>)>;
+
 /// One request served by a fresh `criu swrk 3`: the final response, the
 /// notifications seen (answered with `answer(script)`; `None` closes the
 /// socket instead), and whether the server exited with status 0.
@@ -35,7 +38,7 @@ fn rpc(
     criu: &Path,
     req: &CriuReq,
     answer: &dyn Fn(&str) -> Option<bool>,
-) -> (Option<CriuResp>, Vec<(String, Option<i32>)>, bool) {
+) -> (Option<CriuResp>, Notes, bool) {
     let (client, server) = transport::seqpacket_pair().unwrap();
     let sfd = server.as_raw_fd();
     let mut cmd = Command::new(criu);
@@ -60,11 +63,8 @@ fn rpc(
     transport::send(&client, &req.encode_to_vec()).unwrap();
     let mut notes = Vec::new();
     let mut last = None;
-    loop {
-        let resp = match transport::recv(&client).unwrap() {
-            Packet::Data(d) => CriuResp::decode(&d[..]).expect("a criu_resp"),
-            Packet::Closed => break,
-        };
+    while let Packet::Data(d) = transport::recv(&client).unwrap() {
+        let resp = CriuResp::decode(&d[..]).expect("a criu_resp");
         if resp.r#type == CriuReqType::Notify as i32 {
             let n = resp.notify.clone().unwrap();
             let script = n.script.unwrap_or_default();
