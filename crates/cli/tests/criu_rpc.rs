@@ -28,18 +28,18 @@ fn shim(dir: &Path) -> PathBuf {
     link
 }
 
-/// Notifications a runtime saw: script and pid.
-type Notes = Vec<(String, Option<i32>)>;
-
-/// One request served by a fresh `criu swrk 3`: the final response, the
-/// notifications seen (answered with `answer(script)`; `None` closes the
-/// socket instead), and whether the server exited with status 0.
-fn rpc(
-    criu: &Path,
-    req: &CriuReq,
-    answer: &dyn Fn(&str) -> Option<bool>,
-) -> (Option<CriuResp>, Notes, bool) {
+/// Sends a request to a fresh `criu swrk 3` and closes the socket at once,
+/// as a runtime that dies; returns whether the server exited with 0.
+fn rpc_and_vanish(criu: &Path, req: &CriuReq) -> bool {
     let (client, server) = transport::seqpacket_pair().unwrap();
+    let mut child = spawn_swrk(criu, server);
+    transport::send(&client, &req.encode_to_vec()).unwrap();
+    drop(client);
+    child.wait().unwrap().success()
+}
+
+/// `criu swrk 3` with `server` as its descriptor 3.
+fn spawn_swrk(criu: &Path, server: std::os::fd::OwnedFd) -> std::process::Child {
     let sfd = server.as_raw_fd();
     let mut cmd = Command::new(criu);
     cmd.args(["swrk", "3"])
@@ -58,8 +58,24 @@ fn rpc(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("starting criu swrk");
+    let child = cmd.spawn().expect("starting criu swrk");
     drop(server);
+    child
+}
+
+/// Notifications a runtime saw: script and pid.
+type Notes = Vec<(String, Option<i32>)>;
+
+/// One request served by a fresh `criu swrk 3`: the final response, the
+/// notifications seen (answered with `answer(script)`; `None` closes the
+/// socket instead), and whether the server exited with status 0.
+fn rpc(
+    criu: &Path,
+    req: &CriuReq,
+    answer: &dyn Fn(&str) -> Option<bool>,
+) -> (Option<CriuResp>, Notes, bool) {
+    let (client, server) = transport::seqpacket_pair().unwrap();
+    let mut child = spawn_swrk(criu, server);
     transport::send(&client, &req.encode_to_vec()).unwrap();
     let mut notes = Vec::new();
     let mut last = None;
@@ -369,6 +385,32 @@ fn a_runtime_gone_mid_dump_leaves_the_process_running() {
     assert!(
         !d.images_path.join("crest.img").exists(),
         "no image is left"
+    );
+    w.go();
+    w.expect_pass();
+}
+
+#[test]
+fn a_runtime_gone_right_after_its_request_leaves_the_process_running() {
+    let w = Workload::start("memory", &["64"]);
+    let criu = shim(&w.dir);
+    let d = Dirs::new(&w.dir);
+    let mut opts = d.dump_opts(w.pid, false);
+    opts.notify_scripts = Some(false);
+    let ok = rpc_and_vanish(&criu, &request(CriuReqType::Dump, opts));
+    assert!(!ok, "the dump must not count as done");
+    assert!(
+        alive(w.pid),
+        "no one will read the result: the tree runs on"
+    );
+    assert!(
+        !d.images_path.join("crest.img").exists(),
+        "no image is left"
+    );
+    assert!(
+        d.log("dump.log").contains("closed the socket"),
+        "{}",
+        d.log("dump.log")
     );
     w.go();
     w.expect_pass();

@@ -496,7 +496,8 @@ fn unlink_in(dir: &OwnedFd, name: &str) -> std::io::Result<()> {
 /// The image in the images directory: written under a temporary name,
 /// made durable and renamed to [`IMAGE_NAME`] when complete; then the
 /// runtime's "post-dump" hook runs while the tree is still frozen.  If it
-/// fails, the image goes and the tree runs on.
+/// fails, or the runtime has gone away meanwhile, the image goes and the
+/// tree runs on.
 struct DirSink<'a> {
     dir: &'a OwnedFd,
     tmp: String,
@@ -524,6 +525,12 @@ impl crest::dump::ImageSink<BufWriter<std::fs::File>> for DirSink<'_> {
         // SAFETY: fsync of a directory descriptor we hold.
         unsafe { libc::fsync(d) };
         self.committed = true;
+        if transport::peer_gone(self.sock) {
+            self.rollback();
+            return Err(crest::Error::msg(
+                "the runtime closed the socket before the dump completed; the tree is left running",
+            ));
+        }
         if self.notify {
             if let Err(f) = notify(self.sock, "post-dump", None) {
                 self.rollback();

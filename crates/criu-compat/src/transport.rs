@@ -110,6 +110,19 @@ pub fn recv(fd: &OwnedFd) -> io::Result<Packet> {
     }
 }
 
+/// Whether the runtime has closed its end (checked without waiting):
+/// a result no one will read must not cost the tree its life.
+pub fn peer_gone(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, without waiting.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+}
+
 /// Sends one packet (no SIGPIPE if the peer is gone: an error instead).
 pub fn send(fd: &OwnedFd, data: &[u8]) -> io::Result<()> {
     loop {
