@@ -141,6 +141,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_running,
                 compress,
                 no_precopy: no_pre_copy,
+                external_pipes: false,
             };
             cmd_dump(pid, &output, &opts, json, quiet, !no_sync)
         }

@@ -36,6 +36,11 @@ pub struct RestoreOptions {
     /// container runtime that started crest then waits for the restored
     /// process as for one it started itself.
     pub sibling: bool,
+    /// Descriptors (of the caller, open during the call) standing for the
+    /// external pipe ends of the image, by key `pipe:[INODE]` (see
+    /// [`crate::DumpOptions::external_pipes`]).  Keys the image does not
+    /// use are ignored.
+    pub inherit: HashMap<String, std::os::fd::RawFd>,
 }
 
 /// Restores the image read from `input`; returns once the process runs.
@@ -56,6 +61,7 @@ pub fn restore_with<R: Read>(
     let page_size = reader.page_size();
     let mut ckpt = Checkpoint::default();
     let mut unlinked = UnlinkedFiles::default();
+    unlinked.inherit(&opts.inherit)?;
     let mut build: Option<Build> = None;
     let mut spool: Option<Spool> = None;
     let mut pages = 0u64;
