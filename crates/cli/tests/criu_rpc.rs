@@ -32,19 +32,19 @@ fn shim(dir: &Path) -> PathBuf {
 /// as a runtime that dies; returns whether the server exited with 0.
 fn rpc_and_vanish(criu: &Path, req: &CriuReq) -> bool {
     let (client, server) = transport::seqpacket_pair().unwrap();
-    let mut child = spawn_swrk(criu, server);
+    let mut child = spawn_swrk(criu, server, Stdio::null());
     transport::send(&client, &req.encode_to_vec()).unwrap();
     drop(client);
     child.wait().unwrap().success()
 }
 
 /// `criu swrk 3` with `server` as its descriptor 3.
-fn spawn_swrk(criu: &Path, server: std::os::fd::OwnedFd) -> std::process::Child {
+fn spawn_swrk(criu: &Path, server: std::os::fd::OwnedFd, stdout: Stdio) -> std::process::Child {
     let sfd = server.as_raw_fd();
     let mut cmd = Command::new(criu);
     cmd.args(["swrk", "3"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::inherit());
     // SAFETY: dup2/fcntl are async-signal-safe; they place the server end
     // at descriptor 3 (without close-on-exec) in the child.
@@ -74,8 +74,19 @@ fn rpc(
     req: &CriuReq,
     answer: &dyn Fn(&str) -> Option<bool>,
 ) -> (Option<CriuResp>, Notes, bool) {
+    rpc_with_stdout(criu, req, answer, Stdio::null())
+}
+
+/// [`rpc`] with the server's standard output (what runc gives it on a
+/// restore: the restored process's stdio).
+fn rpc_with_stdout(
+    criu: &Path,
+    req: &CriuReq,
+    answer: &dyn Fn(&str) -> Option<bool>,
+    stdout: Stdio,
+) -> (Option<CriuResp>, Notes, bool) {
     let (client, server) = transport::seqpacket_pair().unwrap();
-    let mut child = spawn_swrk(criu, server);
+    let mut child = spawn_swrk(criu, server, stdout);
     transport::send(&client, &req.encode_to_vec()).unwrap();
     let mut notes = Vec::new();
     let mut last = None;
@@ -414,4 +425,163 @@ fn a_runtime_gone_right_after_its_request_leaves_the_process_running() {
     );
     w.go();
     w.expect_pass();
+}
+
+/// A pipe (read end, write end).
+fn pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into fds.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    use std::os::fd::FromRawFd;
+    // SAFETY: both descriptors are new and owned by no one else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+fn pipe_inode(f: &std::fs::File) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().unwrap().ino()
+}
+
+/// Reads lines from `r` until `n` numbers arrived (or end of file).
+fn read_numbers(r: &mut std::io::BufReader<std::fs::File>, n: usize) -> Vec<u64> {
+    use std::io::BufRead;
+    let mut out = Vec::new();
+    let mut line = String::new();
+    while out.len() < n {
+        line.clear();
+        if r.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        out.push(line.trim().parse().expect("a number"));
+    }
+    out
+}
+
+/// A shell loop printing 1, 2, 3… on its stdout, a pipe to this test (the
+/// way a container's stdout is a pipe to conmon): its pid, the pipe's
+/// read end.
+fn start_printer() -> (i32, std::io::BufReader<std::fs::File>, std::fs::File) {
+    init();
+    let (r, w) = pipe();
+    let mut cmd = Command::new("setsid");
+    cmd.args([
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done",
+    ])
+    .stdin(Stdio::null())
+    .stdout(w.try_clone().unwrap())
+    .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe: nothing of the test's
+    // (a build jobserver's pipe) but stdio goes into the loop.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    // Reaped by pid (reap), as the harness does with its workloads.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.spawn().unwrap();
+    (child.id() as i32, std::io::BufReader::new(r), w)
+}
+
+#[test]
+fn stdio_pipes_to_the_runtime_are_external_and_inherited_on_restore() {
+    let (pid, mut out, w) = start_printer();
+    let key = format!("pipe:[{}]", pipe_inode(&w));
+    drop(w);
+    let first = read_numbers(&mut out, 3);
+    assert_eq!(first, [1, 2, 3]);
+    let base = temp_dir("criu-pipes");
+    let criu = shim(&base);
+    let d = Dirs::new(&base);
+    let (resp, _, ok) = rpc(
+        &criu,
+        &request(CriuReqType::Dump, d.dump_opts(pid, false)),
+        &all_ok,
+    );
+    let resp = resp.unwrap();
+    assert!(
+        resp.success && ok,
+        "{:?}\n{}",
+        resp.cr_errmsg,
+        d.log("dump.log")
+    );
+    // The dumped tree is gone: reap it (this test is its subreaper), as
+    // the image lists it (the loop's `sleep` child changes all the time).
+    let img = d.images_path.join("crest.img");
+    let o = crest(&["inspect", "--json", img.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut pids: Vec<i32> = v["checkpoint"]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .collect();
+    pids.reverse();
+    for p in pids {
+        reap(p, Duration::from_secs(10));
+    }
+    assert!(!alive(pid));
+    // What was printed before the checkpoint, to the end of the old pipe.
+    let before = read_numbers(&mut out, usize::MAX);
+    let last = *before.last().unwrap_or(&3);
+    let o = crest(&["inspect", d.images_path.join("crest.img").to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains(&key),
+        "inspect names the external pipe:\n{}",
+        stdout(&o)
+    );
+
+    // Without a descriptor for the pipe, the restore is refused by key.
+    let (resp, _, ok) = rpc(
+        &criu,
+        &request(CriuReqType::Restore, d.restore_opts(true)),
+        &all_ok,
+    );
+    let resp = resp.unwrap();
+    assert!(!resp.success && !ok);
+    let msg = resp.cr_errmsg.unwrap();
+    assert!(msg.contains(&key), "{msg}");
+    assert!(!alive(pid), "a refused restore leaves nothing");
+
+    // With it (the server's stdout, as runc passes a new pipe), the
+    // restored loop prints into the new pipe, going on from its count.
+    let (r2, w2) = pipe();
+    let mut opts = d.restore_opts(true);
+    opts.inherit_fd = vec![InheritFd {
+        key: key.clone(),
+        fd: 1,
+    }];
+    let (resp, _, ok) = rpc_with_stdout(
+        &criu,
+        &request(CriuReqType::Restore, opts),
+        &all_ok,
+        Stdio::from(w2),
+    );
+    let resp = resp.unwrap();
+    assert!(
+        resp.success && ok,
+        "{:?}\n{}",
+        resp.cr_errmsg,
+        d.log("restore.log")
+    );
+    assert_eq!(resp.restore.unwrap().pid, pid);
+    let mut out2 = std::io::BufReader::new(r2);
+    let after = read_numbers(&mut out2, 3);
+    assert_eq!(
+        after,
+        [last + 1, last + 2, last + 3],
+        "the count goes on in the new pipe"
+    );
+    // SAFETY: plain kill of the process this test restored.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid, Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -3,6 +3,10 @@
 //! Every field of `criu_opts` is in exactly one of three groups:
 //!
 //! - **implemented**: `images_dir_fd`/`images_dir`, `work_dir_fd`,
+//!   `inherit_fd` for external pipes (`pipe:[INODE]`: a pipe end of the
+//!   tree whose other end was outside — a runtime's stdio pipe — is
+//!   recorded by that key on dump and becomes the given descriptor on
+//!   restore),
 //!   `log_file`, `log_level`, `log_to_stderr`, `pid`, `leave_running`,
 //!   `notify_scripts`, `rst_sibling`, `display_stats`; `root` when it is
 //!   `/` (or, on dump, the process's own root directory); `manage_cgroups`
@@ -23,7 +27,8 @@
 //! - **not implemented**: everything else, refused when set to anything
 //!   but its default, naming the option: page server, parent images and
 //!   memory tracking (pre-dumps), external mounts and resources
-//!   (`ext_mnt`, `external`, `inherit_fd`, `join_ns`, `empty_ns`, …), LSM
+//!   (`ext_mnt`, `external`, `inherit_fd` other than pipes, `join_ns`,
+//!   `empty_ns`, …), LSM
 //!   profiles, lazy pages, TLS, cgroup properties and more.  Fields this
 //!   schema does not know are refused by number.
 
@@ -209,15 +214,20 @@ pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: &[&[u8]]) -> Vec<Str
             ),
         );
     }
-    if !opts.inherit_fd.is_empty() {
-        let keys: Vec<&str> = opts.inherit_fd.iter().map(|i| i.key.as_str()).collect();
-        refuse(
-            "inherit_fd",
-            &format!(
-                "replacing external files ({}) by inherited descriptors is not implemented",
-                keys.join(", ")
-            ),
-        );
+    for i in &opts.inherit_fd {
+        if kind != CriuReqType::Restore {
+            refuse("inherit_fd", "only a restore takes inherited descriptors");
+        } else if !is_pipe_key(&i.key) {
+            refuse(
+                "inherit_fd",
+                &format!("{} → fd {}: only external pipes (pipe:[INODE]) are implemented; other external resources {NS}", i.key, i.fd),
+            );
+        } else if !fd_open(i.fd) {
+            refuse(
+                "inherit_fd",
+                &format!("{} → fd {}: that descriptor is not open", i.key, i.fd),
+            );
+        }
     }
     if on(opts.auto_ext_mnt) {
         refuse("auto_ext_mnt", NS);
@@ -399,6 +409,28 @@ pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: &[&[u8]]) -> Vec<Str
         }
     }
     out
+}
+
+/// `pipe:[INODE]`, the key of an external pipe.
+fn is_pipe_key(k: &str) -> bool {
+    k.strip_prefix("pipe:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn fd_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
+/// The inherited descriptors of a restore, by key (checked by
+/// [`unsupported`] first).
+pub fn inherited(opts: &CriuOpts) -> std::collections::HashMap<String, i32> {
+    opts.inherit_fd
+        .iter()
+        .filter(|i| is_pipe_key(&i.key))
+        .map(|i| (i.key.clone(), i.fd))
+        .collect()
 }
 
 /// Logs what crest does with the options it acts on.

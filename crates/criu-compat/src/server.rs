@@ -347,8 +347,12 @@ impl<'a> Session<'a> {
         let file = options::create_in(&self.p.images, &tmp, true)
             .map_err(|e| Failure::new(format!("creating {tmp} in the images directory: {e}")))
             .map_err(|f| self.fail(f))?;
+        // As CRIU, pipes leading out of the tree (the runtime's stdio
+        // pipes) are dumped; crest records them by key, and a restore
+        // needs an inherit_fd for each.
         let dopts = crest::DumpOptions {
             leave_running: self.p.leave_running,
+            external_pipes: true,
             ..Default::default()
         };
         let notify = self.p.notify;
@@ -406,6 +410,7 @@ impl<'a> Session<'a> {
             .map_err(|f| self.fail(f))?;
         let ropts = crest::RestoreOptions {
             sibling: self.p.sibling,
+            inherit: options::inherited(&self.opts),
         };
         let report = crest::restore_with(
             BufReader::with_capacity(64 << 10, file),
@@ -428,7 +433,6 @@ impl<'a> Session<'a> {
             report.pages, report.total_ms
         ));
         self.write_stats(stats::RESTORE_FILE, &stats::restore_entry(&report));
-        let _ = &self.opts;
         Ok(CriuResp {
             restore: Some(CriuRestoreResp { pid }),
             ..ok(CriuReqType::Restore)
