@@ -278,6 +278,7 @@ fn dump_and_restore_as_the_runtimes_sibling() {
             .dump
             .unwrap();
     assert!(st.pages_written > 0 && st.frozen_time > 0, "{st:?}");
+    eprintln!("stats-dump: {st:?}");
     assert!(d.log("dump.log").contains(&format!("dumped pid {}", w.pid)));
 
     let (resp, notes, ok) = rpc(
@@ -308,6 +309,7 @@ fn dump_and_restore_as_the_runtimes_sibling() {
     .restore
     .unwrap();
     assert!(st.pages_restored.unwrap() > 0);
+    eprintln!("stats-restore: {st:?}");
     w.go();
     w.expect_pass();
 }

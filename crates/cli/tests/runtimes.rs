@@ -39,7 +39,7 @@ fn busybox_rootfs(root: &Path) {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    let list = run(Command::new("/bin/busybox").arg("--list"));
     for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
         if applet != "busybox" && !applet.contains('/') {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
@@ -47,25 +47,29 @@ fn busybox_rootfs(root: &Path) {
     }
 }
 
+/// The commands this test runs and waits for itself (see [`run`]).
+static SPAWNED: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// Reaps the runtimes' orphans (the container's init after `runc run
-/// -d`, conmon): this test is their subreaper.  Only zombies that are not
-/// the runtime commands the test waits for itself are taken.
+/// -d`, conmon): this test is their subreaper.  Commands the test waits
+/// for itself are registered in [`SPAWNED`] as they are spawned (under
+/// the lock the reaper takes), and left alone.
 fn start_reaper() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         init();
         std::thread::spawn(|| loop {
-            for pid in descendants_direct() {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                let comm = stat
-                    .split_once('(')
-                    .and_then(|(_, r)| r.rsplit_once(')'))
-                    .map(|(c, _)| c.to_string())
-                    .unwrap_or_default();
-                let zombie = stat.rsplit(") ").next().unwrap_or("").starts_with('Z');
-                if zombie && comm != "runc" && comm != "podman" {
-                    // SAFETY: reaps one zombie child that no one waits for.
-                    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            {
+                let mine = SPAWNED.lock().unwrap();
+                for pid in direct_children() {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let zombie = stat.rsplit(") ").next().unwrap_or("").starts_with('Z');
+                    if zombie && !mine.contains(&pid) {
+                        // SAFETY: reaps one zombie child that no one waits for.
+                        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -74,7 +78,7 @@ fn start_reaper() {
 }
 
 /// Direct children of this process.
-fn descendants_direct() -> Vec<i32> {
+fn direct_children() -> Vec<i32> {
     let mut out = Vec::new();
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
@@ -87,7 +91,7 @@ fn descendants_direct() -> Vec<i32> {
 
 /// PATH with the shim directory first.
 fn shim_path(dir: &Path) -> String {
-    let o = crest(&["install-criu-shim", dir.to_str().unwrap()]);
+    let o = run(Command::new(crest_bin()).arg("install-criu-shim").arg(dir));
     assert!(o.status.success(), "{}", stderr(&o));
     format!(
         "{}:{}",
@@ -96,10 +100,30 @@ fn shim_path(dir: &Path) -> String {
     )
 }
 
+/// Runs `cmd` to its end, its output captured.
 fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    run_with(cmd)
+}
+
+/// Runs `cmd` (stdio as set by the caller, stdin null) to its end; it is
+/// registered for the reaper to leave alone from before it can exit.
+fn run_with(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null());
+    let child = {
+        let mut mine = SPAWNED.lock().unwrap();
+        let c = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        mine.insert(c.id() as i32);
+        c
+    };
+    let pid = child.id() as i32;
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+    SPAWNED.lock().unwrap().remove(&pid);
+    out
 }
 
 fn text(o: &Output) -> String {
@@ -197,13 +221,14 @@ impl Runc {
     }
 
     fn start(&self) {
-        let o = run(self
-            .cmd()
-            .args(["run", "-d", "--bundle"])
-            .arg(&self.bundle)
-            .arg(&self.id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()));
+        let o = run_with(
+            self.cmd()
+                .args(["run", "-d", "--bundle"])
+                .arg(&self.bundle)
+                .arg(&self.id)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         assert!(o.status.success(), "runc run: {}", text(&o));
         wait_count_above(&self.data(), 2);
     }
@@ -235,17 +260,18 @@ impl Runc {
     }
 
     fn restore(&self) -> Output {
-        run(self
-            .cmd()
-            .args(["restore", "-d", "--image-path"])
-            .arg(self.base.join("images"))
-            .arg("--work-path")
-            .arg(self.base.join("work"))
-            .arg("--bundle")
-            .arg(&self.bundle)
-            .arg(&self.id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()))
+        run_with(
+            self.cmd()
+                .args(["restore", "-d", "--image-path"])
+                .arg(self.base.join("images"))
+                .arg("--work-path")
+                .arg(self.base.join("work"))
+                .arg("--bundle")
+                .arg(&self.bundle)
+                .arg(&self.id)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
     }
 
     fn work_log(&self, name: &str) -> String {
@@ -506,6 +532,10 @@ fn podman_checkpoint_restore_export_import() {
     );
     let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     eprintln!("podman checkpoint --print-stats: {stats}");
+    // podman read crest's stats-dump back.
+    let criu = &stats["container_statistics"][0]["criu_statistics"];
+    assert!(criu["frozen_time"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(criu["pages_written"].as_u64().unwrap_or(0) > 0, "{stats}");
     assert!(!c.in_ps(), "checkpointed: not running");
     let at_dump = read_count(&c.data()).unwrap();
     let o = run(c
@@ -518,6 +548,9 @@ fn podman_checkpoint_restore_export_import() {
         c.userdata_log("restore.log")
     );
     eprintln!("podman restore --print-stats: {}", stdout(&o));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let criu = &stats["container_statistics"][0]["criu_statistics"];
+    assert!(criu["restore_time"].as_u64().unwrap_or(0) > 0, "{stats}");
     assert!(c.in_ps(), "podman ps shows it running again");
     wait_count_above(&c.data(), at_dump + 3);
     assert_no_verdict(&c.data());
