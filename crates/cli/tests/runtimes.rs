@@ -318,6 +318,26 @@ fn runc_checkpoint_fails_cleanly_while_namespaces_are_refused() {
 }
 
 #[test]
+fn the_container_detects_a_wrong_state() {
+    // The self-check the restore tests rely on: a counter file that no
+    // longer matches the shell's count makes the container write its
+    // verdict and stop.
+    let c = Runc::new("runc-selftest");
+    c.start();
+    let t0 = Instant::now();
+    while !c.data().join("verdict").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the container did not notice a wrong count"
+        );
+        std::fs::write(c.data().join("count"), "999999\n").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let v = std::fs::read_to_string(c.data().join("verdict")).unwrap();
+    assert!(v.starts_with("BAD"), "{v}");
+}
+
+#[test]
 #[ignore = "needs namespace support from the ns branch"]
 fn runc_checkpoint_and_restore() {
     let c = Runc::new("runc-cycle");

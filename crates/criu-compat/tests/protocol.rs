@@ -444,3 +444,45 @@ fn the_schema_file_lists_the_option_numbers_the_server_knows() {
     let want: Vec<u32> = OPTS_FIELDS.filter(|n| *n != OPTS_FIELD_GAP).collect();
     assert_eq!(nums, want);
 }
+
+#[test]
+fn freeze_cgroup_refuses_a_container_process_outside_the_tree() {
+    // A freezer cgroup of this test's own, holding the target and an
+    // unrelated process: dumping the target alone would leave the other
+    // running outside the checkpoint.
+    let dir = format!(
+        "/sys/fs/cgroup/freezer/crest-test-{}-freeze",
+        std::process::id()
+    );
+    std::fs::create_dir(&dir).expect("creating a freezer cgroup (cgroup v1 freezer)");
+    let t = Target::start();
+    let other = Target::start();
+    let images = temp_dir("freeze");
+    let run = || {
+        let mut r = req(CriuReqType::Dump);
+        r.opts = Some(CriuOpts {
+            pid: Some(t.pid()),
+            images_dir: Some(images.to_str().unwrap().into()),
+            freeze_cgroup: Some(dir.clone()),
+            ..Default::default()
+        });
+        one(&r)
+    };
+    let procs = format!("{dir}/cgroup.procs");
+    std::fs::write(&procs, t.pid().to_string()).unwrap();
+    std::fs::write(&procs, other.pid().to_string()).unwrap();
+    let (resp, code) = run();
+    // Move them back out before asserting, so the cgroup can go.
+    let root = "/sys/fs/cgroup/freezer/cgroup.procs";
+    let _ = std::fs::write(root, t.pid().to_string());
+    let _ = std::fs::write(root, other.pid().to_string());
+    let _ = std::fs::remove_dir(&dir);
+    expect_error(
+        &resp,
+        code,
+        &["freeze_cgroup", &format!("[{}]", other.pid()), "escape"],
+    );
+    t.assert_untouched();
+    other.assert_untouched();
+    let _ = std::fs::remove_dir_all(&images);
+}
