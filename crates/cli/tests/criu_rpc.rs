@@ -32,18 +32,23 @@ fn shim(dir: &Path) -> PathBuf {
 /// as a runtime that dies; returns whether the server exited with 0.
 fn rpc_and_vanish(criu: &Path, req: &CriuReq) -> bool {
     let (client, server) = transport::seqpacket_pair().unwrap();
-    let mut child = spawn_swrk(criu, server, Stdio::null());
+    let mut child = spawn_swrk(criu, server, Stdio::null(), Stdio::null());
     transport::send(&client, &req.encode_to_vec()).unwrap();
     drop(client);
     child.wait().unwrap().success()
 }
 
 /// `criu swrk 3` with `server` as its descriptor 3.
-fn spawn_swrk(criu: &Path, server: std::os::fd::OwnedFd, stdout: Stdio) -> std::process::Child {
+fn spawn_swrk(
+    criu: &Path,
+    server: std::os::fd::OwnedFd,
+    stdin: Stdio,
+    stdout: Stdio,
+) -> std::process::Child {
     let sfd = server.as_raw_fd();
     let mut cmd = Command::new(criu);
     cmd.args(["swrk", "3"])
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
         .stderr(Stdio::inherit());
     // SAFETY: dup2/fcntl are async-signal-safe; they place the server end
@@ -74,19 +79,20 @@ fn rpc(
     req: &CriuReq,
     answer: &dyn Fn(&str) -> Option<bool>,
 ) -> (Option<CriuResp>, Notes, bool) {
-    rpc_with_stdout(criu, req, answer, Stdio::null())
+    rpc_with_stdio(criu, req, answer, Stdio::null(), Stdio::null())
 }
 
-/// [`rpc`] with the server's standard output (what runc gives it on a
-/// restore: the restored process's stdio).
-fn rpc_with_stdout(
+/// [`rpc`] with the server's standard input and output (what runc gives
+/// it on a restore: the restored process's stdio).
+fn rpc_with_stdio(
     criu: &Path,
     req: &CriuReq,
     answer: &dyn Fn(&str) -> Option<bool>,
+    stdin: Stdio,
     stdout: Stdio,
 ) -> (Option<CriuResp>, Notes, bool) {
     let (client, server) = transport::seqpacket_pair().unwrap();
-    let mut child = spawn_swrk(criu, server, stdout);
+    let mut child = spawn_swrk(criu, server, stdin, stdout);
     transport::send(&client, &req.encode_to_vec()).unwrap();
     let mut notes = Vec::new();
     let mut last = None;
@@ -464,19 +470,32 @@ fn read_numbers(r: &mut std::io::BufReader<std::fs::File>, n: usize) -> Vec<u64>
     out
 }
 
-/// A shell loop printing 1, 2, 3… on its stdout, a pipe to this test (the
-/// way a container's stdout is a pipe to conmon): its pid, the pipe's
-/// read end.
-fn start_printer() -> (i32, std::io::BufReader<std::fs::File>, std::fs::File) {
+/// The stdio pipes of a printer: the test's ends and the pipes' keys.
+struct Printer {
+    pid: i32,
+    /// Read end of its stdout.
+    out: std::io::BufReader<std::fs::File>,
+    /// Write end of its stdin (never written: it only times the loop).
+    _input: std::fs::File,
+    in_key: String,
+    out_key: String,
+}
+
+/// A shell loop printing 1, 2, 3… on its stdout, a pipe to this test,
+/// and waiting 20 ms on its stdin, another pipe from it (the way a
+/// container's stdio are pipes to conmon).  One process: no child comes
+/// and goes while it is frozen.
+fn start_printer() -> Printer {
     init();
     let (r, w) = pipe();
+    let (ir, iw) = pipe();
     let mut cmd = Command::new("setsid");
     cmd.args([
-        "sh",
+        "bash",
         "-c",
-        "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done",
+        "i=0; while :; do i=$((i+1)); echo $i; read -t 0.02 x; done",
     ])
-    .stdin(Stdio::null())
+    .stdin(ir.try_clone().unwrap())
     .stdout(w.try_clone().unwrap())
     .stderr(Stdio::null());
     // SAFETY: close_range is async-signal-safe: nothing of the test's
@@ -490,14 +509,24 @@ fn start_printer() -> (i32, std::io::BufReader<std::fs::File>, std::fs::File) {
     // Reaped by pid (reap), as the harness does with its workloads.
     #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().unwrap();
-    (child.id() as i32, std::io::BufReader::new(r), w)
+    Printer {
+        pid: child.id() as i32,
+        out: std::io::BufReader::new(r),
+        _input: iw,
+        in_key: format!("pipe:[{}]", pipe_inode(&ir)),
+        out_key: format!("pipe:[{}]", pipe_inode(&w)),
+    }
 }
 
 #[test]
 fn stdio_pipes_to_the_runtime_are_external_and_inherited_on_restore() {
-    let (pid, mut out, w) = start_printer();
-    let key = format!("pipe:[{}]", pipe_inode(&w));
-    drop(w);
+    let Printer {
+        pid,
+        mut out,
+        _input,
+        in_key,
+        out_key: key,
+    } = start_printer();
     let first = read_numbers(&mut out, 3);
     assert_eq!(first, [1, 2, 3]);
     let base = temp_dir("criu-pipes");
@@ -550,21 +579,33 @@ fn stdio_pipes_to_the_runtime_are_external_and_inherited_on_restore() {
     let resp = resp.unwrap();
     assert!(!resp.success && !ok);
     let msg = resp.cr_errmsg.unwrap();
-    assert!(msg.contains(&key), "{msg}");
+    assert!(
+        msg.contains(&key) || msg.contains(&in_key),
+        "names a pipe: {msg}"
+    );
     assert!(!alive(pid), "a refused restore leaves nothing");
 
-    // With it (the server's stdout, as runc passes a new pipe), the
-    // restored loop prints into the new pipe, going on from its count.
+    // With them (the server's stdin and stdout, as runc passes new
+    // pipes), the restored loop prints into the new pipe, going on from
+    // its count.
     let (r2, w2) = pipe();
+    let (ir2, _iw2) = pipe();
     let mut opts = d.restore_opts(true);
-    opts.inherit_fd = vec![InheritFd {
-        key: key.clone(),
-        fd: 1,
-    }];
-    let (resp, _, ok) = rpc_with_stdout(
+    opts.inherit_fd = vec![
+        InheritFd {
+            key: in_key.clone(),
+            fd: 0,
+        },
+        InheritFd {
+            key: key.clone(),
+            fd: 1,
+        },
+    ];
+    let (resp, _, ok) = rpc_with_stdio(
         &criu,
         &request(CriuReqType::Restore, opts),
         &all_ok,
+        Stdio::from(ir2),
         Stdio::from(w2),
     );
     let resp = resp.unwrap();

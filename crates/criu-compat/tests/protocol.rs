@@ -196,8 +196,9 @@ fn dump_without_options_or_images_is_refused() {
 struct Target(std::process::Child);
 
 impl Target {
+    /// A `sleep 60`, once it sleeps.
     fn start() -> Target {
-        Target(
+        let t = Target(
             std::process::Command::new("sleep")
                 .arg("60")
                 .stdin(std::process::Stdio::null())
@@ -205,25 +206,36 @@ impl Target {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
-        )
+        );
+        let t0 = std::time::Instant::now();
+        while t
+            .field("State:")
+            .map(|s| !s.starts_with('S'))
+            .unwrap_or(true)
+            || t.field("Name:").as_deref() != Some("sleep")
+        {
+            assert!(t0.elapsed().as_secs() < 10, "sleep did not start");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        t
+    }
+
+    fn field(&self, k: &str) -> Option<String> {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        st.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
     }
 
     fn pid(&self) -> i32 {
         self.0.id() as i32
     }
 
-    /// Running, not stopped, traced by no one.
+    /// Still sleeping (not stopped, not killed), traced by no one.
     fn assert_untouched(&self) {
-        let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let field = |k: &str| {
-            st.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
-        assert!(field("State:").starts_with('S'), "{st}");
-        assert_eq!(field("TracerPid:"), "0");
+        let state = self.field("State:").expect("the process is gone");
+        assert!(state.starts_with('S'), "state {state}");
+        assert_eq!(self.field("TracerPid:").as_deref(), Some("0"));
     }
 }
 
