@@ -218,6 +218,17 @@ fn version_check_and_features_through_the_binary() {
     init();
     let base = temp_dir("criu-basic");
     let criu = shim(&base);
+    // Installing again is harmless; a file that is not the link is kept.
+    assert_eq!(shim(&base), criu);
+    let other = temp_dir("criu-not-a-link");
+    std::fs::write(other.join("criu"), "#!/bin/sh\n").unwrap();
+    let o = crest(&["install-criu-shim", other.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("not a symlink"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&other);
     let o = Command::new(&criu).arg("--version").output().unwrap();
     assert!(o.status.success());
     assert!(stdout(&o).starts_with("Version: 3."), "{}", stdout(&o));
