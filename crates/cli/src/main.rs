@@ -97,6 +97,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make container runtimes use crest: create DIR/criu, a symlink to
+    /// this binary, which then serves CRIU's swrk RPC (put DIR first in PATH)
+    InstallCriuShim {
+        /// The directory for the `criu` link
+        dir: PathBuf,
+    },
     /// Start a program detached from the terminal (so it can be checkpointed) and print its PID
     Run {
         /// Send the program's stdout and stderr to this file (default /dev/null)
@@ -138,6 +144,17 @@ fn abort_on_panic() {
 
 fn main() {
     abort_on_panic();
+    // Invoked as `criu` (the shim), crest is the criu-compatible front
+    // container runtimes drive.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name = args
+        .first()
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str());
+    if name == Some("criu") {
+        std::process::exit(crest_criu_compat::cli::main(&args));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => std::process::exit(code),
@@ -168,6 +185,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_running,
                 compress,
                 no_precopy: no_pre_copy,
+                external_pipes: false,
             };
             cmd_dump(pid, &output, &opts, json, quiet, !no_sync)
         }
@@ -189,6 +207,7 @@ fn run(cli: Cli) -> Result<i32> {
             json,
         } => cmd_convert(&input, &output, json),
         Cmd::Run { log, cmd } => cmd_run(log.as_deref(), &cmd),
+        Cmd::InstallCriuShim { dir } => cmd_install_criu_shim(&dir),
     }
 }
 
@@ -633,5 +652,37 @@ fn cmd_run(log: Option<&Path>, cmd: &[String]) -> Result<i32> {
     }
     let child = c.spawn().with_context(|| format!("starting {}", cmd[0]))?;
     println!("{}", child.id());
+    Ok(0)
+}
+
+fn cmd_install_criu_shim(dir: &Path) -> Result<i32> {
+    let exe = std::env::current_exe().context("finding the crest binary")?;
+    let exe = exe
+        .canonicalize()
+        .with_context(|| format!("resolving {}", exe.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let link = dir.join("criu");
+    match std::fs::read_link(&link) {
+        Ok(t) if t == exe => {}
+        Ok(_) => {
+            std::fs::remove_file(&link).with_context(|| format!("replacing {}", link.display()))?
+        }
+        Err(_) if link.symlink_metadata().is_ok() => bail!(
+            "{} exists and is not a symlink: remove it first",
+            link.display()
+        ),
+        Err(_) => {}
+    }
+    if std::fs::read_link(&link).ok().as_deref() != Some(exe.as_path()) {
+        std::os::unix::fs::symlink(&exe, &link)
+            .with_context(|| format!("creating {}", link.display()))?;
+    }
+    println!("{}", link.display());
+    eprintln!(
+        "crest: {} -> {}; put {} first in PATH for runc, crun and podman",
+        link.display(),
+        exe.display(),
+        dir.display()
+    );
     Ok(0)
 }

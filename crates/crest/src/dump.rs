@@ -21,6 +21,13 @@ pub struct DumpOptions {
     /// With `leave_running`: copy everything in one pass while frozen
     /// instead of pre-copying memory while the tree runs.
     pub no_precopy: bool,
+    /// Accept pipe ends whose other end is held outside the tree (a
+    /// container runtime's stdio pipes): they are recorded by the key
+    /// `pipe:[INODE]`, without their bytes (which stay in the pipe for its
+    /// reader), and a restore needs a descriptor for each
+    /// ([`crate::RestoreOptions::inherit`]).  A read end with unread bytes
+    /// is still refused.
+    pub external_pipes: bool,
 }
 
 /// What a dump did.
@@ -144,6 +151,7 @@ pub fn collect(
     tree: &FrozenTree,
     obstacles: &mut Vec<Obstacle>,
     precopy: Option<&Prepared>,
+    external_pipes: bool,
 ) -> Result<Option<Collected>> {
     for (pid, _) in &tree.procs {
         obstacles.extend(preflight(*pid)?);
@@ -175,7 +183,11 @@ pub fn collect(
         staged.push((pid, tids, maps, vmas, fds, exe_path, leader));
     }
     let pids: Vec<i32> = tree.procs.iter().map(|p| p.0).collect();
-    files::check_pipe_ends(&fd_index, &pids, obstacles);
+    let external = external_pipes.then_some(files::ExternalPipes {
+        objects: &mut objects,
+        data: &mut data,
+    });
+    files::check_pipe_ends(&fd_index, &pids, obstacles, external);
     let shared = check_shared_tables(&pids, obstacles)?;
     if !obstacles.is_empty() {
         return Ok(None);
@@ -424,8 +436,13 @@ pub fn dump<W: Write>(
     crate::fault::point("dump: frozen")?;
     let prepared = precopy.map(PreCopy::stop).transpose()?;
     let mut obstacles = Vec::new();
-    let collected = collect(&frozen, &mut obstacles, prepared.as_ref())
-        .context(|| format!("collecting the state of pid {pid}"))?;
+    let collected = collect(
+        &frozen,
+        &mut obstacles,
+        prepared.as_ref(),
+        opts.external_pipes,
+    )
+    .context(|| format!("collecting the state of pid {pid}"))?;
     let Some(c) = collected else {
         return Err(Error::Unsupported(obstacles));
     };
@@ -534,7 +551,7 @@ pub fn check(pid: i32) -> Result<Vec<Obstacle>> {
     }
     let frozen = FrozenTree::freeze(pid)?;
     let mut obstacles = Vec::new();
-    collect(&frozen, &mut obstacles, None)?;
+    collect(&frozen, &mut obstacles, None, false)?;
     frozen.release()?;
     Ok(obstacles)
 }

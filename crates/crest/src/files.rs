@@ -194,6 +194,7 @@ pub fn collect_fds(
                             size,
                             data_len: bytes.len() as u64,
                             fifo: false,
+                            external: None,
                         }));
                         if !bytes.is_empty() {
                             data.push(DataSource::Pipe {
@@ -238,6 +239,7 @@ pub fn collect_fds(
                                     size,
                                     data_len: bytes.len() as u64,
                                     fifo: true,
+                                    external: None,
                                 }));
                                 data.push(DataSource::Pipe {
                                     object,
@@ -444,9 +446,23 @@ pub fn make_pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Where pipe ends whose other end is held outside the tree are recorded
+/// as external (see [`crate::DumpOptions::external_pipes`]).
+pub struct ExternalPipes<'a> {
+    pub objects: &'a mut ObjectTable,
+    pub data: &'a mut Vec<DataSource>,
+}
+
 /// Pipes whose other end is held outside the tree cannot be restored
-/// with their peer: list them.  `tree` holds the pids of the tree.
-pub fn check_pipe_ends(index: &FdIndex, tree: &[i32], obstacles: &mut Vec<Obstacle>) {
+/// with their peer: list them, or, with `external`, record them as
+/// external (keyed `pipe:[INODE]`, without their bytes; a read end with
+/// unread bytes is still refused).  `tree` holds the pids of the tree.
+pub fn check_pipe_ends(
+    index: &FdIndex,
+    tree: &[i32],
+    obstacles: &mut Vec<Obstacle>,
+    mut external: Option<ExternalPipes<'_>>,
+) {
     crate::tty::check_pairs(&index.ptys, tree, obstacles);
     let half: Vec<(&u64, &PipeSeen)> = index
         .pipes
@@ -476,6 +492,19 @@ pub fn check_pipe_ends(index: &FdIndex, tree: &[i32], obstacles: &mut Vec<Obstac
             let l = l.to_string_lossy();
             for (ino, p) in &half {
                 if l == format!("pipe:[{ino}]") {
+                    if let Some(ext) = external.as_mut() {
+                        match mark_external(ext, **ino, p) {
+                            Ok(()) => continue,
+                            Err(reason) => {
+                                obstacles.push(Obstacle {
+                                    pid: p.at.0,
+                                    object: format!("fd {}", p.at.1),
+                                    reason,
+                                });
+                                continue;
+                            }
+                        }
+                    }
                     obstacles.push(Obstacle {
                         pid: p.at.0,
                         object: format!("fd {}", p.at.1),
@@ -487,6 +516,34 @@ pub fn check_pipe_ends(index: &FdIndex, tree: &[i32], obstacles: &mut Vec<Obstac
             }
         }
     }
+}
+
+/// Records the pipe of `p` (inode `ino`) as external.
+fn mark_external(
+    ext: &mut ExternalPipes<'_>,
+    ino: u64,
+    p: &PipeSeen,
+) -> std::result::Result<(), String> {
+    let key = format!("pipe:[{ino}]");
+    let Some(ObjectKind::Pipe(obj)) = ext.objects.get_mut(p.object) else {
+        return Err(format!("{key}: not a pipe object"));
+    };
+    if obj.external.is_some() {
+        return Ok(());
+    }
+    if p.read && obj.data_len > 0 {
+        return Err(format!(
+            "{} bytes written by a process outside the tree wait unread in this pipe ({key})",
+            obj.data_len
+        ));
+    }
+    // The bytes in flight stay in the pipe, for its reader outside.
+    obj.data_len = 0;
+    obj.external = Some(key);
+    let object = p.object;
+    ext.data
+        .retain(|d| !matches!(d, DataSource::Pipe { object: o, .. } if *o == object));
+    Ok(())
 }
 
 /// Bytes waiting in a FIFO of the task.
@@ -608,9 +665,30 @@ pub struct UnlinkedFiles {
     shmem: HashMap<u32, OwnedFd>,
     ptys: crate::tty::Ptys,
     sysv: crate::sysv::Segments,
+    /// Descriptors the caller supplies for external pipe ends, by key.
+    inherited: HashMap<String, OwnedFd>,
 }
 
 impl UnlinkedFiles {
+    /// Takes copies of the caller's descriptors for external pipe ends
+    /// (see [`crate::RestoreOptions::inherit`]).
+    pub fn inherit(&mut self, fds: &HashMap<String, std::os::fd::RawFd>) -> Result<()> {
+        for (key, &fd) in fds {
+            // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor.
+            let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if d < 0 {
+                return Err(crest_sys::Error::last_os(format!(
+                    "the descriptor {fd} given for {key}"
+                ))
+                .into());
+            }
+            // SAFETY: d was just created and is owned by nothing else.
+            self.inherited
+                .insert(key.clone(), unsafe { OwnedFd::from_raw_fd(d) });
+        }
+        Ok(())
+    }
+
     fn create(&mut self, object: u32, path: &str, mode: u32) -> Result<&File> {
         if !self.files.contains_key(&object) {
             let mut candidates = vec![path.to_string()];
@@ -847,6 +925,17 @@ pub fn open_object(
                     "pipe end {id}: object {pipe} is not a pipe"
                 )));
             };
+            if let Some(key) = &p.external {
+                let Some(fd) = unlinked.inherited.get(key) else {
+                    return Err(Error::msg(format!(
+                        "the pipe {key} led outside the tree at the checkpoint: \
+                         the restore needs a descriptor for it (inherit_fd {key})"
+                    )));
+                };
+                let fd = fd.try_clone()?;
+                set_fl(&fd, o.flags, key)?;
+                return Ok(fd);
+            }
             let (r, w) = unlinked.pipe(*pipe, &p)?;
             // Each end is one open file description: hand out the pipe's
             // own; a second description of the same end is a reopen.

@@ -132,7 +132,10 @@ impl Inspection {
     pub fn describe_object(&self, id: u32) -> String {
         match self.checkpoint.object(id) {
             Some(ObjectKind::File(f)) => f.path.clone(),
-            Some(ObjectKind::Pipe(p)) => format!("pipe ({} bytes in flight)", p.data_len),
+            Some(ObjectKind::Pipe(p)) => match &p.external {
+                Some(key) => format!("pipe {key} to outside the tree (supplied on restore)"),
+                None => format!("pipe ({} bytes in flight)", p.data_len),
+            },
             Some(ObjectKind::Shmem(m)) => match &m.kind {
                 crate::model::ShmemKind::Anonymous => {
                     format!("shared memory #{id} ({} bytes)", m.size)
@@ -161,7 +164,10 @@ impl Inspection {
                     "pipe #{pipe} {} end{}",
                     if *write { "write" } else { "read" },
                     match self.checkpoint.object(*pipe) {
-                        Some(ObjectKind::Pipe(p)) => format!(", {} bytes in flight", p.data_len),
+                        Some(ObjectKind::Pipe(p)) => match &p.external {
+                            Some(key) => format!(", {key} to outside the tree"),
+                            None => format!(", {} bytes in flight", p.data_len),
+                        },
                         _ => String::new(),
                     }
                 ),

@@ -74,6 +74,11 @@ pub struct PipeObj {
     /// of an anonymous pipe.
     #[serde(default)]
     pub fifo: bool,
+    /// The other end was held outside the tree (a container runtime's
+    /// stdio pipe): no bytes were saved, and a restore installs the
+    /// descriptor its caller supplies under this key (`pipe:[INODE]`).
+    #[serde(default)]
+    pub external: Option<String>,
 }
 
 /// The identity of a file at dump time, used to refuse a restore when

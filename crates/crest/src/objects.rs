@@ -43,6 +43,11 @@ impl ObjectTable {
         id
     }
 
+    /// The object `id`, to amend once more is known about it.
+    pub fn get_mut(&mut self, id: ObjectId) -> Option<&mut ObjectKind> {
+        self.objects.get_mut(id as usize).map(|o| &mut o.kind)
+    }
+
     pub fn into_objects(self) -> Vec<Object> {
         self.objects
     }

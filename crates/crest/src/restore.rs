@@ -28,9 +28,33 @@ pub struct RestoreReport {
     pub total_ms: f64,
 }
 
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Make the restored root a child of the caller's parent (a sibling
+    /// of the caller, `clone3(CLONE_PARENT)`) instead of the caller's: a
+    /// container runtime that started crest then waits for the restored
+    /// process as for one it started itself.
+    pub sibling: bool,
+    /// Descriptors (of the caller, open during the call) standing for the
+    /// external pipe ends of the image, by key `pipe:[INODE]` (see
+    /// [`crate::DumpOptions::external_pipes`]).  Keys the image does not
+    /// use are ignored.
+    pub inherit: HashMap<String, std::os::fd::RawFd>,
+}
+
 /// Restores the image read from `input`; returns once the process runs.
 /// crest (the caller) is its parent.
 pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<RestoreReport> {
+    restore_with(input, &RestoreOptions::default(), progress)
+}
+
+/// [`restore`] with options.
+pub fn restore_with<R: Read>(
+    input: R,
+    opts: &RestoreOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let mut reader = Reader::new(input)?;
     codec::check_header(reader.header())?;
@@ -38,6 +62,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     let mut model = codec::ModelReader::new(reader.format_version());
     let mut ckpt = Checkpoint::default();
     let mut unlinked = UnlinkedFiles::default();
+    unlinked.inherit(&opts.inherit)?;
     let mut build: Option<Build> = None;
     let mut spool: Option<Spool> = None;
     let mut pages = 0u64;
@@ -87,7 +112,11 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                         // pages on disk until then.
                         spool = Some(Spool::new()?);
                     } else {
-                        build = Some(Build::start(std::mem::take(&mut ckpt), &mut unlinked)?);
+                        build = Some(Build::start(
+                            std::mem::take(&mut ckpt),
+                            &mut unlinked,
+                            opts,
+                        )?);
                     }
                 }
                 match (&mut build, &mut spool) {
@@ -123,7 +152,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                     wait_pid_free(p.pid);
                 }
             }
-            let mut b = Build::start(ckpt, &mut unlinked)?;
+            let mut b = Build::start(ckpt, &mut unlinked, opts)?;
             if let Some(s) = spool {
                 s.replay(&mut |space, addr, data| {
                     b.fill(&PageChunk::new(space, addr, data, page_size)?)
@@ -299,7 +328,11 @@ struct Build {
 }
 
 impl Build {
-    fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles) -> Result<Build> {
+    fn start(
+        ckpt: Checkpoint,
+        unlinked: &mut UnlinkedFiles,
+        opts: &RestoreOptions,
+    ) -> Result<Build> {
         validate(&ckpt)?;
         for p in &ckpt.processes {
             creds::check_restorable(p.pid, &p.creds)?;
@@ -540,6 +573,7 @@ impl Build {
             helper: stub::pick_helper_addr(ckpt.processes.iter().map(|p| p.mm.vmas.as_slice()))?,
             ready_src: stub::raw(&pipes.ready_w),
             hold_src: stub::raw(&pipes.hold_r),
+            root_sibling: opts.sibling,
             procs,
         };
         crate::fault::point("restore: before creating the processes")?;

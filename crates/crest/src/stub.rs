@@ -152,6 +152,9 @@ pub struct TreePlan {
     /// read end (inherited by the stubs).
     pub ready_src: i32,
     pub hold_src: i32,
+    /// Fork the root with CLONE_PARENT: it becomes a child of crest's
+    /// parent (a sibling of crest) instead of crest's.
+    pub root_sibling: bool,
 }
 
 /// Names of the routine's steps, for failure reports.
@@ -420,6 +423,8 @@ pub struct StubTree {
     /// it closes before.
     _hold: OwnedFd,
     released: bool,
+    /// The root was forked as crest's sibling (CLONE_PARENT).
+    sibling: bool,
 }
 
 /// The pipes stubs use to report and to hold.
@@ -517,9 +522,14 @@ impl StubTree {
     /// of them are closed here.
     pub fn spawn(mut plan: TreePlan, pipes: Pipes) -> Result<StubTree> {
         let root_pid = plan.procs[0].pid;
+        let root_flags = if plan.root_sibling {
+            libc::CLONE_PARENT as u64
+        } else {
+            0
+        };
         // SAFETY: the child runs only `routine`, raw syscalls on its own
         // copy of the plan; it never returns.
-        let root = match unsafe { process::clone_with_pid(root_pid, 0)? } {
+        let root = match unsafe { process::clone_with_pid(root_pid, root_flags)? } {
             // SAFETY: as above: in the child, only `routine`.
             Forked::Child => unsafe { routine(&mut plan, 0) },
             Forked::Parent(pid) => pid,
@@ -538,6 +548,7 @@ impl StubTree {
             pids: plan.procs.iter().map(|p| p.pid).collect(),
             _hold: hold_w,
             released: false,
+            sibling: plan.root_sibling,
         };
         let n = plan.procs.len();
         let mut ready = vec![false; n];
@@ -670,9 +681,12 @@ impl Drop for StubTree {
                 }
             }
         }
-        // The root is crest's child: reap it so its pid is free at once.
-        // SAFETY: plain waitpid on our child.
-        unsafe { libc::waitpid(self.root, std::ptr::null_mut(), libc::__WALL) };
+        // The root is crest's child (unless forked as crest's sibling,
+        // when its parent reaps it): reap it so its pid is free at once.
+        if !self.sibling {
+            // SAFETY: plain waitpid on our child.
+            unsafe { libc::waitpid(self.root, std::ptr::null_mut(), libc::__WALL) };
+        }
         // Orphaned stubs come to crest when it is a child subreaper (the
         // CLI makes it one): reap those too, briefly.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);

@@ -35,13 +35,21 @@ struct CloneArgs {
 /// no locks).  The caller's child code must keep to that.
 ///
 /// `flags` are clone flags for what the child shares with the caller
-/// (CLONE_FILES, CLONE_FS); never CLONE_VM.
+/// (CLONE_FILES, CLONE_FS), or CLONE_PARENT to make it a child of the
+/// caller's parent; never CLONE_VM.
 pub unsafe fn clone_with_pid(pid: pid_t, flags: u64) -> Result<Forked> {
     debug_assert!(flags & libc::CLONE_VM as u64 == 0);
     let tid = [pid];
+    // With CLONE_PARENT the child's exit signal is the caller's own (the
+    // kernel refuses one given here).
+    let exit_signal = if flags & libc::CLONE_PARENT as u64 != 0 {
+        0
+    } else {
+        libc::SIGCHLD as u64
+    };
     let args = CloneArgs {
         flags,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal,
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,
         ..Default::default()
