@@ -21,6 +21,9 @@ pub struct DumpOptions {
     /// With `leave_running`: copy everything in one pass while frozen
     /// instead of pre-copying memory while the tree runs.
     pub no_precopy: bool,
+    /// Checkpoint TCP connections whose peer is outside the tree, holding
+    /// their packets back with an nftables table until the restore.
+    pub tcp_established: bool,
 }
 
 /// What a dump did.
@@ -131,6 +134,8 @@ pub struct Collected {
     /// Page plans, one per process (same order as `ckpt.processes`).
     pub plans: Vec<memory::PagePlan>,
     pub data: Vec<files::DataSource>,
+    /// Sockets held in TCP repair mode and the connection lock.
+    pub net: crate::net::Dumped,
 }
 
 /// Collects the model of a frozen tree.  Obstacles found are pushed; the
@@ -140,6 +145,7 @@ pub fn collect(
     tree: &FrozenTree,
     obstacles: &mut Vec<Obstacle>,
     precopy: Option<&Prepared>,
+    opts: &DumpOptions,
 ) -> Result<Option<Collected>> {
     for (pid, _) in &tree.procs {
         obstacles.extend(preflight(*pid)?);
@@ -149,6 +155,9 @@ pub fn collect(
     }
     let mut objects = ObjectTable::default();
     let mut fd_index = files::FdIndex::default();
+    fd_index.net.tcp_established = opts.tcp_established;
+    fd_index.net.tree = tree.procs.iter().map(|p| p.0).collect();
+    fd_index.net.root = tree.procs.first().map(|p| p.0).unwrap_or(0);
     let mut data = Vec::new();
     let mut staged = Vec::new();
     for (pid, tids) in &tree.procs {
@@ -270,6 +279,7 @@ pub fn collect(
         },
         plans,
         data,
+        net: fd_index.net.take_dumped(),
     }))
 }
 
@@ -417,7 +427,7 @@ pub fn dump<W: Write>(
     crate::fault::point("dump: frozen")?;
     let prepared = precopy.map(PreCopy::stop).transpose()?;
     let mut obstacles = Vec::new();
-    let collected = collect(&frozen, &mut obstacles, prepared.as_ref())
+    let collected = collect(&frozen, &mut obstacles, prepared.as_ref(), opts)
         .context(|| format!("collecting the state of pid {pid}"))?;
     let Some(c) = collected else {
         return Err(Error::Unsupported(obstacles));
@@ -497,6 +507,10 @@ pub fn dump<W: Write>(
     }
     r?;
     if killing {
+        // The tree is gone: its connections close without a word.
+        c.net.killed();
+    }
+    if killing {
         report.frozen_ms = ms(t_frozen.elapsed());
     }
     if !opts.leave_running {
@@ -521,13 +535,18 @@ fn finish_dump(frozen: Option<FrozenTree>) -> Result<()> {
 /// Lists what stops `pid` from being checkpointed now, stopping it only
 /// as long as a dump's collection would.
 pub fn check(pid: i32) -> Result<Vec<Obstacle>> {
+    check_with(pid, &DumpOptions::default())
+}
+
+/// [`check`] for a dump with these options (`tcp_established`).
+pub fn check_with(pid: i32, opts: &DumpOptions) -> Result<Vec<Obstacle>> {
     let pre = preflight(pid)?;
     if !pre.is_empty() {
         return Ok(pre);
     }
     let frozen = FrozenTree::freeze(pid)?;
     let mut obstacles = Vec::new();
-    collect(&frozen, &mut obstacles, None)?;
+    collect(&frozen, &mut obstacles, None, opts)?;
     frozen.release()?;
     Ok(obstacles)
 }

@@ -18,6 +18,7 @@ pub mod freeze;
 pub mod inspect;
 pub mod memory;
 pub mod model;
+pub mod net;
 pub mod objects;
 pub mod pipeline;
 pub mod precopy;
@@ -30,6 +31,6 @@ pub mod tasks;
 pub mod timers;
 pub mod tty;
 
-pub use dump::{check, dump, DumpOptions, DumpReport};
+pub use dump::{check, check_with, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};
 pub use restore::{restore, RestoreReport};

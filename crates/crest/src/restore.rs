@@ -40,6 +40,8 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     let mut build: Option<Build> = None;
     let mut spool: Option<Spool> = None;
     let mut pages = 0u64;
+    // Connection locks the image names go when the restore ends, however.
+    let mut locks = crate::net::lock::Pending::default();
     while let Some(rec) = reader.next_record()? {
         match rec.kind {
             kind::FILE | kind::PROCESS | kind::FILE_DATA if build.is_some() || spool.is_some() => {
@@ -51,6 +53,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
             }
             kind::FILE => {
                 let o = codec::decode_object(rec.payload)?;
+                locks.note(&o);
                 if o.id as usize != ckpt.objects.len() {
                     return Err(Error::Invalid(format!(
                         "object {} out of order (expected {})",
@@ -123,6 +126,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
         }
     };
     let pid = build.finish()?;
+    locks.release()?;
     unlinked.keep_sysv();
     Ok(RestoreReport {
         pid,
@@ -523,6 +527,7 @@ impl Build {
             procs[i].ctty = Some(m.dst);
         }
         crate::sockets::restore(&ckpt, &opened)?;
+        crate::net::finish(&ckpt, &opened)?;
         crate::events::add_epoll_targets(&ckpt, &opened)?;
         files::unlink_recreated(unlinked)?;
         let plan = TreePlan {
