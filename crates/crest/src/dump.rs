@@ -181,6 +181,7 @@ pub fn collect(
     }
     let pids: Vec<i32> = tree.procs.iter().map(|p| p.0).collect();
     files::check_pipe_ends(&fd_index, &pids, obstacles);
+    fd_index.net.verify(obstacles);
     let shared = check_shared_tables(&pids, obstacles)?;
     if !obstacles.is_empty() {
         return Ok(None);
@@ -422,14 +423,17 @@ pub fn dump<W: Write>(
         }
     }
     crate::fault::point("dump: before freezing")?;
-    let frozen = FrozenTree::freeze(pid)?;
+    // Declared before the collected state: on an early return that state
+    // (sockets in repair mode) goes first, then the tree is let go.
+    let mut frozen = Some(FrozenTree::freeze(pid)?);
     let t_frozen = Instant::now();
     crate::fault::point("dump: frozen")?;
     let prepared = precopy.map(PreCopy::stop).transpose()?;
     let mut obstacles = Vec::new();
-    let collected = collect(&frozen, &mut obstacles, prepared.as_ref(), opts)
+    let tree = frozen.as_ref().expect("just frozen");
+    let collected = collect(tree, &mut obstacles, prepared.as_ref(), opts)
         .context(|| format!("collecting the state of pid {pid}"))?;
-    let Some(c) = collected else {
+    let Some(mut c) = collected else {
         return Err(Error::Unsupported(obstacles));
     };
     crate::fault::point("dump: collected")?;
@@ -454,12 +458,12 @@ pub fn dump<W: Write>(
         precopy_skipped,
         ..Default::default()
     };
-    let mut frozen = Some(frozen);
     if let Some(mut prep) = prepared {
         // Everything but the pages is in the image, and the pages the
         // pre-copy could not keep are in its spool: let the tree go.
         let spooled = prep.complete(&c.ckpt, &c.plans)?;
         crate::fault::point("dump: frozen pages copied")?;
+        c.net.release();
         frozen.take().expect("not released yet").release()?;
         report.frozen_ms = ms(t_frozen.elapsed());
         prep.end_tracking();
@@ -488,6 +492,7 @@ pub fn dump<W: Write>(
         if opts.leave_running {
             // The image holds everything: the tree may run on while it is
             // finished and saved.
+            c.net.release();
             frozen.take().expect("not released yet").release()?;
             report.frozen_ms = ms(t_frozen.elapsed());
         }

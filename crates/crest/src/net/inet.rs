@@ -175,12 +175,6 @@ pub fn apply_late(fd: RawFd, family: i32, is_tcp: bool, o: &SockOpts) -> std::io
     set(libc::SOL_SOCKET, libc::SO_MARK, o.mark as i32, "SO_MARK")?;
     set(
         libc::SOL_SOCKET,
-        libc::SO_PRIORITY,
-        o.priority,
-        "SO_PRIORITY",
-    )?;
-    set(
-        libc::SOL_SOCKET,
         libc::SO_BROADCAST,
         o.broadcast as i32,
         "SO_BROADCAST",
@@ -208,6 +202,13 @@ pub fn apply_late(fd: RawFd, family: i32, is_tcp: bool, o: &SockOpts) -> std::io
         set(libc::IPPROTO_IP, libc::IP_TOS, o.tos, "IP_TOS")?;
         set(libc::IPPROTO_IP, libc::IP_TTL, o.ttl, "IP_TTL")?;
     }
+    // After IP_TOS, which sets the priority from the TOS bits.
+    set(
+        libc::SOL_SOCKET,
+        libc::SO_PRIORITY,
+        o.priority,
+        "SO_PRIORITY",
+    )?;
     if is_tcp {
         set(
             libc::IPPROTO_TCP,

@@ -41,6 +41,8 @@ pub struct NetIndex {
     pub root: i32,
     tcp_diag: Option<Vec<InetDiag>>,
     holders: Option<HashMap<u64, Vec<i32>>>,
+    /// Traffic between the tree's sockets has died down (see [`settle`]).
+    settled: bool,
     dumped: Dumped,
 }
 
@@ -51,10 +53,23 @@ pub struct NetIndex {
 #[derive(Default)]
 pub struct Dumped {
     repairing: Vec<OwnedFd>,
+    /// For each socket in `repairing`: where it is, what it is, and the
+    /// sequence numbers it was read at.
+    read_at: Vec<(i32, i32, String, (u32, u32, u32, u32))>,
     lock: Option<lock::Lock>,
 }
 
 impl Dumped {
+    /// The tree runs on: its sockets leave repair mode (a socket in repair
+    /// mode refuses the program's reads and writes) and the lock goes.
+    pub fn release(&mut self) {
+        self.read_at.clear();
+        for fd in self.repairing.drain(..) {
+            let _ = sn::tcp_repair(fd.as_raw_fd(), sn::REPAIR_OFF);
+        }
+        self.lock = None;
+    }
+
     /// The tree is gone: close the sockets still in repair mode (no FIN,
     /// no reset reaches the peer) and leave the lock for the restore.
     pub fn killed(mut self) {
@@ -67,10 +82,7 @@ impl Dumped {
 
 impl Drop for Dumped {
     fn drop(&mut self) {
-        for fd in self.repairing.drain(..) {
-            let _ = sn::tcp_repair(fd.as_raw_fd(), sn::REPAIR_OFF);
-        }
-        // The lock goes after the sockets left repair mode (its Drop).
+        self.release();
     }
 }
 
@@ -78,6 +90,57 @@ impl NetIndex {
     /// The repair-mode sockets and lock, for the end of the dump.
     pub fn take_dumped(&mut self) -> Dumped {
         std::mem::take(&mut self.dumped)
+    }
+
+    /// Once every socket is read: a connection whose sequence numbers
+    /// moved since its state was read (a packet between two sockets of
+    /// the tree still on its way) would be restored inconsistent with its
+    /// peer, so the dump is refused (and may simply be retried).
+    pub fn verify(&self, obstacles: &mut Vec<crate::Obstacle>) {
+        for (fd, (pid, n, what, seqs)) in self.dumped.repairing.iter().zip(&self.dumped.read_at) {
+            if tcp::seqs(fd.as_raw_fd()).ok().as_ref() != Some(seqs) {
+                obstacles.push(crate::Obstacle {
+                    pid: *pid,
+                    object: format!("fd {n}"),
+                    reason: format!(
+                        "{what}: packets still moved on this connection while the tree was \
+                         frozen (retry the dump)"
+                    ),
+                });
+            }
+        }
+    }
+
+    /// Waits (up to 250 ms) until no data moves on any TCP connection of
+    /// this namespace for 2 ms: packets the frozen tree sent just before
+    /// the freeze are delivered, so the two ends of a connection inside
+    /// the tree are read in agreement.
+    fn settle(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let snap = || -> Vec<(std::net::SocketAddr, std::net::SocketAddr, u32, u32)> {
+            let mut v: Vec<_> = [libc::AF_INET, libc::AF_INET6]
+                .iter()
+                .flat_map(|&f| inetdiag::inet_sockets(f, libc::IPPROTO_TCP).unwrap_or_default())
+                .filter(|d| d.state == inetdiag::TCP_ESTABLISHED)
+                .map(|d| (d.src, d.dst, d.rqueue, d.wqueue))
+                .collect();
+            v.sort();
+            v
+        };
+        let t0 = std::time::Instant::now();
+        let mut last = snap();
+        while t0.elapsed() < std::time::Duration::from_millis(250) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let now = snap();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        self.tcp_diag = None;
     }
 
     fn tcp_sockets(&mut self) -> Refusal<&[InetDiag]> {
@@ -158,7 +221,7 @@ pub fn collect(pid: i32, fd: i32, idx: &mut NetIndex) -> Option<Refusal<OpenTarg
     };
     match dom {
         libc::AF_UNIX => None,
-        libc::AF_INET | libc::AF_INET6 => Some(collect_inet(own, dom, idx)),
+        libc::AF_INET | libc::AF_INET6 => Some(collect_inet(pid, fd, own, dom, idx)),
         libc::AF_NETLINK => Some(netlink::collect(&own)),
         libc::AF_PACKET => Some(Err(
             "AF_PACKET socket (a raw link-layer capture) is not supported: its ring buffers, \
@@ -176,7 +239,13 @@ fn steal(pid: i32, fd: i32) -> Refusal<OwnedFd> {
     crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
 }
 
-fn collect_inet(own: OwnedFd, family: i32, idx: &mut NetIndex) -> Refusal<OpenTarget> {
+fn collect_inet(
+    pid: i32,
+    fd: i32,
+    own: OwnedFd,
+    family: i32,
+    idx: &mut NetIndex,
+) -> Refusal<OpenTarget> {
     let raw = own.as_raw_fd();
     let fam = if family == libc::AF_INET6 {
         "AF_INET6"
@@ -274,12 +343,15 @@ fn collect_inet(own: OwnedFd, family: i32, idx: &mut NetIndex) -> Refusal<OpenTa
                 lock.add(&l, &p).map_err(|e| format!("{what}: {e}"))?;
                 s.lock_table = Some(lock.table.clone());
             }
+            idx.settle();
             sn::tcp_repair(raw, sn::REPAIR_ON)
                 .map_err(|e| format!("{what}: TCP_REPAIR (needs CAP_NET_ADMIN): {e}"))?;
             // Held in repair mode until the dump ends, whatever happens.
             let conn = tcp::read_established(raw);
             idx.dumped.repairing.push(own);
-            s.tcp = Some(conn.map_err(|e| format!("{what}: {e}"))?);
+            let (conn, at) = conn.map_err(|e| format!("{what}: {e}"))?;
+            idx.dumped.read_at.push((pid, fd, what.clone(), at));
+            s.tcp = Some(conn);
         }
         _ => {}
     }

@@ -41,9 +41,23 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 /// Queued bytes beyond this (per queue) are refused.
 const MAX_QUEUE: usize = 64 << 20;
 
+/// The sequence numbers of an established socket in repair mode: (next
+/// byte to receive, next byte to queue for sending, bytes not yet
+/// acknowledged, bytes received unread).  Equal values at two moments
+/// mean nothing moved on the connection between them.
+pub fn seqs(fd: RawFd) -> std::io::Result<(u32, u32, u32, u32)> {
+    sn::tcp_repair_queue(fd, sn::RECV_QUEUE)?;
+    let r = sn::tcp_queue_seq(fd)?;
+    sn::tcp_repair_queue(fd, sn::SEND_QUEUE)?;
+    let s = sn::tcp_queue_seq(fd)?;
+    sn::tcp_repair_queue(fd, sn::NO_QUEUE)?;
+    Ok((r, s, sn::outq(fd)?, sn::inq(fd)?))
+}
+
 /// The state of an established socket, read in repair mode (which the
-/// caller turned on and turns off).
-pub fn read_established(fd: RawFd) -> Result<TcpConn, String> {
+/// caller turned on and turns off), with the sequence numbers it is
+/// consistent with.
+pub fn read_established(fd: RawFd) -> Result<(TcpConn, (u32, u32, u32, u32)), String> {
     let io = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| format!("{what}: {e}")
@@ -53,16 +67,15 @@ pub fn read_established(fd: RawFd) -> Result<TcpConn, String> {
         sn::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1).map_err(io("SO_PEEK_OFF"))?;
     }
     let r = (|| {
-        for _ in 0..10 {
-            let (rseq, recv) = read_queue(fd, sn::RECV_QUEUE)?;
-            let (sseq, send) = read_queue(fd, sn::SEND_QUEUE)?;
-            let unsent = sn::outq_notsent(fd).map_err(io("SIOCOUTQNSD"))?;
-            let (rseq2, recv2) = read_queue(fd, sn::RECV_QUEUE)?;
-            let (sseq2, send2) = read_queue(fd, sn::SEND_QUEUE)?;
-            if (rseq, recv.len(), sseq, send.len()) != (rseq2, recv2.len(), sseq2, send2.len()) {
-                // A packet came in between the reads: read again.
+        for _ in 0..50 {
+            let before = seqs(fd).map_err(io("TCP_QUEUE_SEQ"))?;
+            let Some((rseq, recv)) = read_queue(fd, sn::RECV_QUEUE)? else {
                 continue;
-            }
+            };
+            let Some((sseq, send)) = read_queue(fd, sn::SEND_QUEUE)? else {
+                continue;
+            };
+            let unsent = sn::outq_notsent(fd).map_err(io("SIOCOUTQNSD"))?;
             sn::tcp_repair_queue(fd, sn::NO_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
             let info = sn::tcp_info(fd).map_err(io("TCP_INFO"))?;
             let mss =
@@ -70,7 +83,13 @@ pub fn read_established(fd: RawFd) -> Result<TcpConn, String> {
             let timestamp = sn::get_int(fd, libc::IPPROTO_TCP, sn::TCP_TIMESTAMP)
                 .map_err(io("TCP_TIMESTAMP"))? as u32;
             let window = sn::tcp_repair_window(fd).map_err(io("TCP_REPAIR_WINDOW"))?;
-            return Ok(TcpConn {
+            let after = seqs(fd).map_err(io("TCP_QUEUE_SEQ"))?;
+            if before != after || (after.0, after.1) != (rseq, sseq) {
+                // A packet came in while it was read: read again.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+            let conn = TcpConn {
                 snd_seq: sseq.wrapping_sub(send.len() as u32),
                 rcv_seq: rseq.wrapping_sub(recv.len() as u32),
                 unsent: unsent.min(send.len() as u32),
@@ -84,7 +103,8 @@ pub fn read_established(fd: RawFd) -> Result<TcpConn, String> {
                 timestamps: info.options & sn::TCPI_OPT_TIMESTAMPS != 0,
                 timestamp,
                 window,
-            });
+            };
+            return Ok((conn, after));
         }
         Err("its queues kept changing while they were read".to_string())
     })();
@@ -94,8 +114,9 @@ pub fn read_established(fd: RawFd) -> Result<TcpConn, String> {
     r
 }
 
-/// (sequence number after the queue, its bytes) of one queue.
-fn read_queue(fd: RawFd, q: i32) -> Result<(u32, Vec<u8>), String> {
+/// (sequence number after the queue, its bytes) of one queue; `None`
+/// when the queue changed while it was read.
+fn read_queue(fd: RawFd, q: i32) -> Result<Option<(u32, Vec<u8>)>, String> {
     let name = if q == sn::SEND_QUEUE {
         "send"
     } else {
@@ -125,12 +146,7 @@ fn read_queue(fd: RawFd, q: i32) -> Result<(u32, Vec<u8>), String> {
             got = n;
         }
     }
-    if got != len {
-        return Err(format!(
-            "only {got} of the {len} bytes of its {name} queue could be read"
-        ));
-    }
-    Ok((seq, buf))
+    Ok((got == len).then_some((seq, buf)))
 }
 
 /// Why a TCP socket in state `state` cannot be checkpointed, if so.
@@ -186,7 +202,6 @@ pub fn open(o: &OpenFile, s: &InetSocket) -> crate::Result<OwnedFd> {
         .map_err(|e| err(s, "creating the socket", e))?;
     let raw = fd.as_raw_fd();
     if let Some(c) = &s.tcp {
-        sn::tcp_repair(raw, sn::REPAIR_ON).map_err(|e| err(s, "TCP_REPAIR on", e))?;
         build_established(raw, s, c)?;
     } else {
         inet::apply_early(raw, s.family, &s.opts).map_err(|e| err(s, "options", e))?;
@@ -215,6 +230,9 @@ fn build_established(fd: RawFd, s: &InetSocket, c: &TcpConn) -> crate::Result<()
     opts.sndbuf = opts.sndbuf.max(2 * c.send_queue.len() as u32 + 65536);
     opts.rcvbuf = opts.rcvbuf.max(2 * c.recv_queue.len() as u32 + 65536);
     inet::apply_early(fd, s.family, &opts).map_err(io("options"))?;
+    // After SO_REUSEADDR: repair mode makes the port shareable with the
+    // listener the connection was accepted from (SO_REUSEADDR would undo it).
+    sn::tcp_repair(fd, sn::REPAIR_ON).map_err(io("TCP_REPAIR on"))?;
     sn::set_int(fd, libc::IPPROTO_TCP, sn::TCP_TIMESTAMP, c.timestamp as i32)
         .map_err(io("TCP_TIMESTAMP"))?;
     sn::tcp_repair_queue(fd, sn::SEND_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;

@@ -1,0 +1,480 @@
+//! Network sockets through the `crest` binary: TCP listeners (IPv4, IPv6,
+//! dual-stack) with their options, established connections inside the
+//! tree with data in flight both ways, connections to peers outside the
+//! tree (`--tcp-established`, on this host and in another network
+//! namespace), UDP with queued datagrams, netlink.  Each workload is a
+//! Python script that checks its own sockets after the restore; the test
+//! acts as the outside peer where there is one and checks its stream.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Common protocol code: `ready()`, `wait_go()`, `result(errors)`.
+const PROTO: &str = r#"
+import os, sys, time, socket, random, hashlib, select, struct, subprocess
+D = sys.argv[1]
+ARGS = open(D + "/args").read().split() if os.path.exists(D + "/args") else []
+def ready():
+    open(D + "/ready.tmp", "w").write("%d\n" % os.getpid()); os.rename(D + "/ready.tmp", D + "/ready")
+def wait_go():
+    while not os.path.exists(D + "/go"): time.sleep(0.01)
+def result(errors):
+    open(D + "/result.tmp", "w").write("PASS\n" if not errors else "FAIL\n" + "\n".join(errors) + "\n")
+    os.rename(D + "/result.tmp", D + "/result"); os._exit(0 if not errors else 1)
+def publish(name, value):
+    open(D + "/" + name + ".tmp", "w").write(str(value)); os.rename(D + "/" + name + ".tmp", D + "/" + name)
+SABOTAGE = "sabotage" in ARGS
+"#;
+
+fn script(body: &str) -> String {
+    format!("{PROTO}\n{body}")
+}
+
+/// Starts a Python workload; `args` go to the script through DIR/args
+/// (written before it starts reading them: it reads them first thing).
+fn start(name: &str, body: &str) -> Workload {
+    Workload::start_python(name, &script(body))
+}
+
+fn read_file(w: &Workload, name: &str) -> String {
+    let p = w.dir.join(name);
+    for _ in 0..500 {
+        if let Ok(s) = std::fs::read_to_string(&p) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{name} was not published; log:\n{}", w.log());
+}
+
+/// The verdict of a workload expected to fail (its checker works).
+fn expect_fail(w: Workload) {
+    let res = w.dir.join("result");
+    for _ in 0..3000 {
+        if res.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = std::fs::read_to_string(&res).unwrap_or_default();
+    assert!(
+        text.starts_with("FAIL"),
+        "the sabotaged workload must fail:\n{text}"
+    );
+}
+
+// ------------------------------------------------------------ listeners
+
+const LISTENERS: &str = r#"
+CC = open("/proc/sys/net/ipv4/tcp_available_congestion_control").read().split()
+alt = [c for c in CC if c != "cubic"]
+socks = []
+def mk(fam, addr, opts, v6only=None):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    if v6only is not None: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    for (lvl, name, val) in opts: s.setsockopt(lvl, name, val)
+    s.bind((addr, 0)); s.listen(socks.__len__() + 3)
+    socks.append((s, fam, addr, v6only, opts, s.getsockname()[1]))
+    return s
+SOL, TCP, IP = socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.IPPROTO_IP
+mk(socket.AF_INET, "127.0.0.1", [(SOL, socket.SO_REUSEADDR, 1), (SOL, socket.SO_RCVBUF, 65536),
+   (SOL, socket.SO_SNDBUF, 32768), (SOL, socket.SO_KEEPALIVE, 1), (TCP, socket.TCP_KEEPIDLE, 33),
+   (TCP, socket.TCP_KEEPINTVL, 7), (TCP, socket.TCP_KEEPCNT, 4), (TCP, socket.TCP_NODELAY, 1),
+   (IP, socket.IP_TOS, 0x10), (SOL, socket.SO_MARK, 42), (SOL, socket.SO_PRIORITY, 5),
+   (TCP, socket.TCP_USER_TIMEOUT, 12345), (TCP, socket.TCP_FASTOPEN, 16),
+   (SOL, socket.SO_LINGER, struct.pack("ii", 1, 9)),
+   (SOL, socket.SO_RCVTIMEO, struct.pack("ll", 3, 250000)), (SOL, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))]
+   + ([(TCP, socket.TCP_CONGESTION, alt[0].encode())] if alt else []))
+mk(socket.AF_INET, "0.0.0.0", [(SOL, socket.SO_REUSEPORT, 1), (SOL, socket.SO_BINDTODEVICE, b"lo")])
+mk(socket.AF_INET6, "::1", [(TCP, socket.TCP_CORK, 1), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0x20)], v6only=1)
+mk(socket.AF_INET6, "::", [], v6only=0)
+socks[0][0].setblocking(False)
+def state(s):
+    g = lambda lvl, name, n=None: s.getsockopt(lvl, name) if n is None else s.getsockopt(lvl, name, n)
+    v = [g(SOL, socket.SO_REUSEADDR), g(SOL, socket.SO_REUSEPORT), g(SOL, socket.SO_RCVBUF), g(SOL, socket.SO_SNDBUF),
+         g(SOL, socket.SO_KEEPALIVE), g(TCP, socket.TCP_KEEPIDLE), g(TCP, socket.TCP_KEEPINTVL), g(TCP, socket.TCP_KEEPCNT),
+         g(TCP, socket.TCP_NODELAY), g(TCP, socket.TCP_CORK), g(SOL, socket.SO_MARK), g(SOL, socket.SO_PRIORITY),
+         g(TCP, socket.TCP_USER_TIMEOUT), g(TCP, socket.TCP_FASTOPEN), g(SOL, socket.SO_LINGER, 8),
+         g(SOL, socket.SO_RCVTIMEO, 16), g(SOL, socket.SO_SNDTIMEO, 16), g(TCP, socket.TCP_CONGESTION, 16),
+         g(SOL, socket.SO_BINDTODEVICE, 16), s.getblocking(), s.getsockname()]
+    if s.family == socket.AF_INET6: v += [g(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), g(socket.IPPROTO_IPV6, socket.IPV6_TCLASS)]
+    else: v += [g(IP, socket.IP_TOS)]
+    return v
+def backlog(port):
+    out = subprocess.run(["ss", "-ltnH", "sport = :%d" % port], capture_output=True, text=True).stdout.split()
+    return int(out[2]) if len(out) > 2 else None
+before = [(state(s), backlog(p)) for (s, *_ , p) in socks]
+ready(); wait_go()
+e = []
+if SABOTAGE: socks[0][0].setsockopt(TCP, socket.TCP_KEEPIDLE, 34)
+for i, (s, fam, addr, v6only, opts, port) in enumerate(socks):
+    now = (state(s), backlog(port))
+    if now != before[i]: e.append("listener %d (%s): %r != %r" % (i, addr, now, before[i]))
+    # It still accepts: over IPv4 too for the dual-stack one.
+    targets = [(fam, addr if addr not in ("0.0.0.0", "::") else ("127.0.0.1" if fam == socket.AF_INET else "::1"))]
+    if addr == "::" and v6only == 0: targets.append((socket.AF_INET, "127.0.0.1"))
+    for (tf, ta) in targets:
+        try:
+            c = socket.socket(tf, socket.SOCK_STREAM); c.settimeout(5); c.connect((ta, port))
+            s.setblocking(True); s.settimeout(5); a, _ = s.accept(); c.sendall(b"ping")
+            if a.recv(4) != b"ping": e.append("listener %d: no data over %s" % (i, ta))
+            a.close(); c.close()
+        except Exception as x: e.append("listener %d: connecting over %s: %r" % (i, ta, x))
+if not alt: e.append("no congestion control algorithm other than cubic to test with")
+result(e)
+"#;
+
+#[test]
+fn tcp_listeners_with_options() {
+    start("tcp-listeners", LISTENERS).cycle();
+}
+
+#[test]
+fn tcp_listeners_checker_detects_a_changed_option() {
+    let w = start(
+        "tcp-listeners-sabotage",
+        &format!("ARGS.append('sabotage'); SABOTAGE = True\n{LISTENERS}"),
+    );
+    w.dump_ok();
+    w.restore_ok();
+    w.go();
+    expect_fail(w);
+}
+
+#[test]
+fn tcp_listener_with_connections_waiting_is_refused() {
+    let body = r#"
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
+port = l.getsockname()[1]
+cs = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+publish("port", port)
+ready(); wait_go()
+e = []
+l.settimeout(5)
+for i in range(2):
+    try: a, _ = l.accept()
+    except Exception as x: e.append("waiting connection %d lost: %r" % (i, x))
+result(e)
+"#;
+    let w = start("tcp-backlog", body);
+    let port = read_file(&w, "port");
+    let o = w.dump(&[]);
+    assert!(!o.status.success(), "the dump must be refused");
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "TCP listener 127.0.0.1:{port}: 2 connection(s) wait in its accept queue"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("fd 3"), "names the descriptor: {err}");
+    let c = crest(&["check", "-p", &w.pid.to_string()]);
+    assert!(!c.status.success());
+    assert!(stdout(&c).contains("accept queue") || stderr(&c).contains("accept queue"));
+    w.go();
+    w.expect_pass();
+}
+
+// -------------------------------------------------- connections in the tree
+
+/// A server and a client process exchanging 8 MiB each way; before the
+/// dump both write until their send queues and the peer's receive queue
+/// are full, without reading; after the restore both check every byte.
+const PAIR: &str = r#"
+TOTAL = 8 << 20
+def stream(seed): return random.Random(seed).randbytes(TOTAL)
+def fill(s, out):
+    s.setblocking(False); sent = 0
+    while True:
+        try: sent += s.send(out[sent:sent + 65536])
+        except BlockingIOError: return sent
+def finish(s, out, sent, inseed, e, who):
+    exp = stream(inseed); got = 0
+    if SABOTAGE and who == "server": exp = exp[:1000] + bytes([exp[1000] ^ 1]) + exp[1001:]
+    while got < TOTAL or sent < TOTAL:
+        r, w, _ = select.select([s] if got < TOTAL else [], [s] if sent < TOTAL else [], [], 30)
+        if not r and not w: e.append("%s: stalled at sent %d, received %d" % (who, sent, got)); return
+        if w:
+            try: sent += s.send(out[sent:sent + 65536])
+            except BlockingIOError: pass
+        if r:
+            b = s.recv(1 << 20)
+            if not b: e.append("%s: end of stream after %d bytes" % (who, got)); return
+            if b != exp[got:got + len(b)]:
+                i = next(k for k in range(len(b)) if b[k] != exp[got + k])
+                e.append("%s: byte %d differs" % (who, got + i)); return
+            got += len(b)
+    if hashlib.sha256(exp).digest() != hashlib.sha256(exp[:got]).digest(): e.append("%s: hash" % who)
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 0)); l.listen(8); port = l.getsockname()[1]
+rp, wp = os.pipe()
+pid = os.fork()
+if pid == 0:
+    c = socket.create_connection(("127.0.0.1", port))
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    out = stream(2); sent = fill(c, out)
+    os.write(wp, struct.pack("q", sent))
+    wait_go(); e = []
+    finish(c, out, sent, 1, e, "client")
+    if c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 1: e.append("client: TCP_NODELAY lost")
+    open(D + "/client", "w").write("\n".join(e))
+    os._exit(0 if not e else 1)
+a, _ = l.accept()
+a.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+a.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+out = stream(1); sent = fill(a, out)
+csent = struct.unpack("q", os.read(rp, 8))[0]
+if sent >= TOTAL or csent >= TOTAL: print("the queues did not fill", file=sys.stderr)
+ready(); wait_go()
+e = []
+finish(a, out, sent, 2, e, "server")
+if a.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) != 77: e.append("server: TCP_KEEPIDLE lost")
+c2 = socket.create_connection(("127.0.0.1", port), timeout=5); a2, _ = l.accept(); c2.send(b"hi")
+if a2.recv(2) != b"hi": e.append("a new connection after the restore carries no data")
+_, st = os.waitpid(pid, 0)
+if st != 0: e.append("client failed: " + open(D + "/client").read())
+result(e)
+"#;
+
+#[test]
+fn tcp_connection_inside_the_tree_with_data_in_flight() {
+    start("tcp-pair", PAIR).cycle();
+}
+
+#[test]
+fn tcp_connection_inside_the_tree_twice() {
+    start("tcp-pair-twice", PAIR).cycle_twice();
+}
+
+#[test]
+fn tcp_connection_survives_leave_running() {
+    // Repair mode on and off again on a live connection disturbs nothing.
+    start("tcp-pair-leave", PAIR).leave_running_and_inspect(&[
+        "established:",
+        "received unread",
+        "listening (backlog 8)",
+    ]);
+}
+
+#[test]
+fn tcp_pair_checker_detects_a_changed_byte() {
+    let w = start("tcp-pair-sabotage", &format!("SABOTAGE = True\n{PAIR}"));
+    w.dump_ok();
+    w.restore_ok();
+    w.go();
+    expect_fail(w);
+}
+
+// ------------------------------------------- a peer outside the tree (here)
+
+/// An echo server: the test is its client, outside the tree.  It checks
+/// the count and hash of what it received against the trailer the client
+/// sends at the end.
+const ECHO: &str = r#"
+fam = socket.AF_INET6 if "v6" in ARGS else socket.AF_INET
+addr = [a for a in ARGS if a[0].isdigit() or ":" in a]
+l = socket.socket(fam); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((addr[0] if addr else ("::1" if fam == socket.AF_INET6 else "127.0.0.1"), 0)); l.listen(4)
+publish("port", l.getsockname()[1])
+ready()
+c, _ = l.accept()
+h = hashlib.sha256(); n = 0; e = []
+while True:
+    b = c.recv(65536)
+    if not b: e.append("end of stream before the trailer"); break
+    if b"\n" in b:
+        data, rest = b.split(b"\n", 1)
+        h.update(data); n += len(data); c.sendall(data)
+        while not rest.endswith(b"\n"):
+            x = c.recv(100)
+            if not x: break
+            rest += x
+        want = rest.decode().split()
+        if want != [str(n), h.hexdigest()]: e.append("received %d bytes %s, the client sent %r" % (n, h.hexdigest(), want))
+        c.sendall(b"OK\n" if not e else b"BAD\n")
+        break
+    h.update(b); n += len(b); c.sendall(b)
+wait_go()
+result(e)
+"#;
+
+/// The client side: sends `chunks` pseudo-random chunks (no newline in
+/// them) and checks each echo; `between` runs after the first half.
+fn echo_client(addr: &str, port: u16, between: impl FnOnce(&mut TcpStream, &[u8])) -> Vec<u8> {
+    let mut s = TcpStream::connect((addr, port)).expect("connect to the workload");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut all = Vec::new();
+    let mut seed = 0x1234_5678u64;
+    let mut chunk = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let b = (seed >> 33) as u8;
+                if b == b'\n' {
+                    b'x'
+                } else {
+                    b
+                }
+            })
+            .collect()
+    };
+    let exchange = |s: &mut TcpStream, data: &[u8]| {
+        s.write_all(data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        s.read_exact(&mut back).expect("the echo");
+        assert!(back == data, "the echo differs");
+    };
+    for _ in 0..20 {
+        let c = chunk(50_000);
+        exchange(&mut s, &c);
+        all.extend_from_slice(&c);
+    }
+    // Sent while the tree is frozen or gone: held, then delivered once.
+    let held = chunk(30_000);
+    all.extend_from_slice(&held);
+    between(&mut s, &held);
+    let mut back = vec![0u8; held.len()];
+    s.read_exact(&mut back)
+        .expect("the echo of what was sent during the checkpoint");
+    assert!(back == held, "the echo of the held data differs");
+    for _ in 0..20 {
+        let c = chunk(50_000);
+        exchange(&mut s, &c);
+        all.extend_from_slice(&c);
+    }
+    let digest = sha256_hex(&all);
+    s.write_all(format!("\n{} {digest}\n", all.len()).as_bytes())
+        .unwrap();
+    let mut ok = [0u8; 3];
+    s.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"OK\n", "the server's verdict on the stream");
+    all
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The connection locks of the tree of `pid`.
+fn lock_tables(pid: i32) -> Vec<String> {
+    let o = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft (installed by .ci/install-deps.sh)");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet "))
+        .filter(|t| t.starts_with(&format!("crest-{pid}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn outside_peer(v6: bool) {
+    let w = start(
+        if v6 { "tcp-outside6" } else { "tcp-outside" },
+        &format!("ARGS.append({:?})\n{ECHO}", if v6 { "v6" } else { "v4" }),
+    );
+    let port: u16 = read_file(&w, "port").trim().parse().unwrap();
+    let addr = if v6 { "::1" } else { "127.0.0.1" };
+    echo_client(addr, port, |s, held| {
+        let me = s.local_addr().unwrap();
+        // Without the flag: refused, by name, and the tree runs on.
+        let o = w.dump(&[]);
+        assert!(!o.status.success());
+        let want = format!(
+            "TCP {} -> {me} is connected to a process outside the tree; pass --tcp-established",
+            std::net::SocketAddr::new(addr.parse().unwrap(), port)
+        );
+        assert!(stderr(&o).contains(&want), "{want} in {}", stderr(&o));
+        assert!(
+            lock_tables(w.pid).is_empty(),
+            "a refused dump leaves no lock"
+        );
+        let o = w.dump(&["--tcp-established"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        reap(w.pid, Duration::from_secs(10));
+        let tables = lock_tables(w.pid);
+        assert_eq!(
+            tables.len(),
+            1,
+            "the lock is in place until the restore: {tables:?}"
+        );
+        let o = crest(&["inspect", w.image().to_str().unwrap()]);
+        assert!(stdout(&o).contains(&tables[0]), "the image names the lock");
+        // Sent while the tree is gone: the lock drops it, the kernel
+        // retransmits it after the restore.
+        s.write_all(held).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        w.restore_ok();
+        assert!(lock_tables(w.pid).is_empty(), "restore removed the lock");
+        w.go();
+    });
+    w.expect_pass();
+}
+
+#[test]
+fn tcp_peer_outside_the_tree_ipv4() {
+    outside_peer(false);
+}
+
+#[test]
+fn tcp_peer_outside_the_tree_ipv6() {
+    outside_peer(true);
+}
+
+#[test]
+fn tcp_established_leave_running_removes_the_lock() {
+    let w = start("tcp-outside-leave", &format!("ARGS.append('v4')\n{ECHO}"));
+    let port: u16 = read_file(&w, "port").trim().parse().unwrap();
+    echo_client("127.0.0.1", port, |s, held| {
+        let o = w.dump(&["--tcp-established", "--leave-running"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(lock_tables(w.pid).is_empty(), "the tree runs on: no lock");
+        s.write_all(held).unwrap();
+        w.go();
+    });
+    w.expect_pass();
+}
+
+#[test]
+fn failed_restore_removes_the_lock() {
+    let w = start("tcp-outside-fail", &format!("ARGS.append('v4')\n{ECHO}"));
+    let port: u16 = read_file(&w, "port").trim().parse().unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"abc").unwrap();
+    let mut b = [0u8; 3];
+    s.read_exact(&mut b).unwrap();
+    let o = w.dump(&["--tcp-established"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    reap(w.pid, Duration::from_secs(10));
+    assert_eq!(lock_tables(w.pid).len(), 1);
+    // A damaged image: the restore fails, and must take the lock away.
+    let img = w.image();
+    let mut bytes = std::fs::read(&img).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 10); // a damaged image
+    std::fs::write(&img, &bytes).unwrap();
+    let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
+    assert!(!o.status.success());
+    assert!(
+        lock_tables(w.pid).is_empty(),
+        "a failed restore removed the lock"
+    );
+    drop(s);
+}
