@@ -478,3 +478,193 @@ fn failed_restore_removes_the_lock() {
     );
     drop(s);
 }
+
+// ------------------------------- a peer in another network namespace
+
+/// Two network namespaces of the test's own, joined by a veth pair:
+/// crest and the tree run in `a` (10.251.N.1), the peer in `b` (.2).
+struct NetNs {
+    a: String,
+    b: String,
+    tree: Option<i32>,
+}
+
+impl NetNs {
+    fn new() -> NetNs {
+        let id = std::process::id();
+        let n = (id % 200) + 20;
+        let ns = NetNs {
+            a: format!("crest-ta-{id}"),
+            b: format!("crest-tb-{id}"),
+            tree: None,
+        };
+        let va = format!("cva{id}");
+        let vb = format!("cvb{id}");
+        let sh = |args: &[&str]| {
+            let o = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+        };
+        sh(&["netns", "add", &ns.a]);
+        sh(&["netns", "add", &ns.b]);
+        sh(&[
+            "link", "add", &va, "netns", &ns.a, "type", "veth", "peer", "name", &vb, "netns", &ns.b,
+        ]);
+        for (netns, dev, last) in [(&ns.a, &va, 1), (&ns.b, &vb, 2)] {
+            let addr = format!("10.251.{n}.{last}/24");
+            sh(&["-n", netns, "addr", "add", &addr, "dev", dev]);
+            sh(&["-n", netns, "link", "set", dev, "up"]);
+            sh(&["-n", netns, "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+
+    fn addr(&self, last: u8) -> String {
+        format!("10.251.{}.{last}", (std::process::id() % 200) + 20)
+    }
+
+    /// `crest ARGS…` inside namespace `a` (network only: nsenter keeps
+    /// every other namespace, as crest requires).
+    fn crest(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.a))
+            .arg("--")
+            .arg(crest_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("nsenter crest")
+    }
+
+    /// Runs `f` on a thread in namespace `b`.
+    fn in_b<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.b);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a namespace file we hold.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns");
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Some(p) = self.tree {
+            // SAFETY: plain kill of a pid this test started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+            reap(p, Duration::from_secs(5));
+        }
+        for n in [&self.a, &self.b] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn tcp_peer_in_another_network_namespace() {
+    init();
+    let mut ns = NetNs::new();
+    let dir = temp_dir("tcp-netns");
+    let server = ns.addr(1);
+    let o = ns.crest(&[
+        "run",
+        "--log",
+        dir.join("log").to_str().unwrap(),
+        "--",
+        "python3",
+        "-c",
+        &script(&format!("ARGS.append({server:?})\n{ECHO}")),
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid: i32 = stdout(&o).trim().parse().unwrap();
+    ns.tree = Some(pid);
+    let port_file = dir.join("port");
+    for _ in 0..1000 {
+        if port_file.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let port: u16 = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let img = dir.join("img");
+    let (a, dir2, img2) = (ns.a.clone(), dir.clone(), img.clone());
+    let run_crest = move |args: Vec<String>| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{a}"))
+            .arg("--")
+            .arg(crest_bin())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    ns.in_b(move || {
+        echo_client(&server, port, |s, held| {
+            let p = pid.to_string();
+            let i = img2.to_str().unwrap().to_string();
+            let o = run_crest(vec![
+                "dump".into(),
+                "-p".into(),
+                p.clone(),
+                "-o".into(),
+                i.clone(),
+            ]);
+            assert!(!o.status.success());
+            assert!(
+                stderr(&o)
+                    .contains("is connected to a process outside the tree; pass --tcp-established"),
+                "{}",
+                stderr(&o)
+            );
+            let o = run_crest(vec![
+                "dump".into(),
+                "-p".into(),
+                p,
+                "-o".into(),
+                i.clone(),
+                "--tcp-established".into(),
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            reap(pid, Duration::from_secs(10));
+            s.write_all(held).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let o = run_crest(vec!["restore".into(), "-i".into(), i, "-d".into()]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            std::fs::write(dir2.join("go"), b"go\n").unwrap();
+        });
+    });
+    let res = dir.join("result");
+    for _ in 0..3000 {
+        if res.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = std::fs::read_to_string(&res).unwrap_or_default();
+    assert!(text.starts_with("PASS"), "{text}");
+    let e = reap(pid, Duration::from_secs(10));
+    assert_eq!(e, Some(Exit::Code(0)));
+    ns.tree = None;
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.a, "nft", "list", "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("crest-"),
+        "the lock is gone"
+    );
+}
