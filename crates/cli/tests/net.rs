@@ -91,6 +91,7 @@ mk(socket.AF_INET, "127.0.0.1", [(SOL, socket.SO_REUSEADDR, 1), (SOL, socket.SO_
 mk(socket.AF_INET, "0.0.0.0", [(SOL, socket.SO_REUSEPORT, 1), (SOL, socket.SO_BINDTODEVICE, b"lo")])
 mk(socket.AF_INET6, "::1", [(TCP, socket.TCP_CORK, 1), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0x20)], v6only=1)
 mk(socket.AF_INET6, "::", [], v6only=0)
+bound = socket.socket(); bound.bind(("127.0.0.1", 0)); bound_at = bound.getsockname()
 socks[0][0].setblocking(False)
 def state(s):
     g = lambda lvl, name, n=None: s.getsockopt(lvl, name) if n is None else s.getsockopt(lvl, name, n)
@@ -123,6 +124,8 @@ for i, (s, fam, addr, v6only, opts, port) in enumerate(socks):
             if a.recv(4) != b"ping": e.append("listener %d: no data over %s" % (i, ta))
             a.close(); c.close()
         except Exception as x: e.append("listener %d: connecting over %s: %r" % (i, ta, x))
+if bound.getsockname() != bound_at: e.append("the bound socket is at %r" % (bound.getsockname(),))
+bound.listen(1); c = socket.create_connection(bound_at, timeout=5); bound.accept()
 if not alt: e.append("no congestion control algorithm other than cubic to test with")
 result(e)
 "#;
@@ -667,4 +670,144 @@ fn tcp_peer_in_another_network_namespace() {
         !String::from_utf8_lossy(&o.stdout).contains("crest-"),
         "the lock is gone"
     );
+}
+
+// ------------------------------------------------------------------ UDP
+
+const UDP: &str = r#"
+e = []
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(("127.0.0.1", 0))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(("127.0.0.1", 0)); b.connect(a.getsockname())
+c6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); c6.bind(("::1", 0))
+d6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); d6.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 300000)
+d6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); d6.bind(("::", 0))
+free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # never bound
+sent_a = [bytes([i]) * (100 + 37 * i) for i in range(20)] + [os.urandom(60000)]
+for m in sent_a: b.send(m)
+sent_c = [b"v6-%d" % i for i in range(5)]
+for m in sent_c: d6.sendto(m, c6.getsockname())
+# A peek by the program must not be disturbed: its offset is kept.
+a.setsockopt(socket.SOL_SOCKET, 42, 0)
+first = a.recv(10, socket.MSG_PEEK)
+addrs = [s.getsockname() for s in (a, b, c6, d6)]
+peer_b = b.getpeername()
+ready(); wait_go()
+if SABOTAGE: sent_a = sent_a[1:]
+if [s.getsockname() for s in (a, b, c6, d6)] != addrs: e.append("addresses changed")
+if b.getpeername() != peer_b: e.append("b is no longer connected to a")
+if d6.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) != 600000: e.append("SO_RCVBUF %d" % d6.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+if d6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) != 1: e.append("IPV6_V6ONLY")
+if a.getsockopt(socket.SOL_SOCKET, 42) != 10: e.append("SO_PEEK_OFF %d" % a.getsockopt(socket.SOL_SOCKET, 42))
+a.setsockopt(socket.SOL_SOCKET, 42, -1)
+a.setblocking(False); c6.setblocking(False)
+for i, m in enumerate(sent_a):
+    try:
+        got, frm = a.recvfrom(65536)
+        if got != m: e.append("datagram %d on a: %d bytes, expected %d" % (i, len(got), len(m)))
+        if frm != b.getsockname(): e.append("datagram %d on a came from %r" % (i, frm))
+    except BlockingIOError: e.append("datagram %d on a is missing" % i); break
+try: a.recv(10); e.append("a has an extra datagram")
+except BlockingIOError: pass
+for i, m in enumerate(sent_c):
+    try:
+        got, frm = c6.recvfrom(100)
+        if got != m: e.append("v6 datagram %d: %r" % (i, got))
+        if frm[:2] != d6.getsockname()[:2] and frm[1] != d6.getsockname()[1]: e.append("v6 datagram from %r" % (frm,))
+    except BlockingIOError: e.append("v6 datagram %d missing" % i); break
+# Still working both ways.
+a.sendto(b"back", b.getsockname()); b.settimeout(5)
+if b.recv(10) != b"back": e.append("a -> b after the restore")
+free.sendto(b"x", a.getsockname()); time.sleep(0.05)
+if a.recv(10) != b"x": e.append("an unbound socket sends after the restore")
+result(e)
+"#;
+
+#[test]
+fn udp_sockets_with_queued_datagrams() {
+    start("udp", UDP).cycle();
+}
+
+#[test]
+fn udp_leave_running_keeps_the_queues() {
+    start("udp-leave", UDP).leave_running_and_inspect(&["UDP 127.0.0.1:", "21 datagrams"]);
+}
+
+#[test]
+fn udp_checker_detects_a_lost_datagram() {
+    let w = start("udp-sabotage", &format!("SABOTAGE = True\n{UDP}"));
+    w.dump_ok();
+    w.restore_ok();
+    w.go();
+    expect_fail(w);
+}
+
+#[test]
+fn udp_multicast_member_is_refused() {
+    let body = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0))
+mreq = struct.pack("4s4s", socket.inet_aton("239.1.2.3"), socket.inet_aton("127.0.0.1"))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+ready(); wait_go(); result([])
+"#;
+    let w = start("udp-mcast", body);
+    let o = w.dump(&[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("member of the multicast group 239.1.2.3"),
+        "{}",
+        stderr(&o)
+    );
+    w.go();
+    w.expect_pass();
+}
+
+// -------------------------------------------------------------- netlink
+
+#[test]
+fn netlink_sockets_keep_port_id_and_groups() {
+    let body = r#"
+e = []
+r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+r.bind((0, 0)); r.setsockopt(270, 1, 1); r.setsockopt(270, 1, 5)   # RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR
+u = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)       # NETLINK_KOBJECT_UEVENT
+u.bind((os.getpid() + 100000, 1))
+g = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)        # NETLINK_GENERIC
+g.bind((0, 0))
+names = [s.getsockname() for s in (r, u, g)]
+def groups(s): return s.getsockopt(270, 9, 8)                     # NETLINK_LIST_MEMBERSHIPS
+gr = [groups(s) for s in (r, u, g)]
+ready(); wait_go()
+if [s.getsockname() for s in (r, u, g)] != names: e.append("port ids %r != %r" % ([s.getsockname() for s in (r, u, g)], names))
+if [groups(s) for s in (r, u, g)] != gr: e.append("groups changed")
+# A request on the route socket is answered on the restored socket.
+req = struct.pack("=LHHLLBBH", 20, 18, 0x301, 1, 0, 0, 0, 0)    # RTM_GETLINK dump
+g.close()
+r.send(req); r.settimeout(5)
+try:
+    ans = r.recv(65536)
+    if struct.unpack("=LHH", ans[:8])[1] not in (16, 3): e.append("unexpected answer type")
+except Exception as x: e.append("no answer: %r" % x)
+result(e)
+"#;
+    start("netlink", body).cycle();
+}
+
+#[test]
+fn netlink_with_a_queued_message_is_refused() {
+    let body = r#"
+r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE); r.bind((0, 0))
+r.send(struct.pack("=LHHLLBBH", 20, 18, 0x301, 1, 0, 0, 0, 0)); time.sleep(0.1)
+ready(); wait_go()
+result([] if r.recv(65536) else ["the queued answer is gone"])
+"#;
+    let w = start("netlink-queued", body);
+    let o = w.dump(&[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("AF_NETLINK socket (NETLINK_ROUTE): a message of"),
+        "{}",
+        stderr(&o)
+    );
+    w.go();
+    w.expect_pass();
 }

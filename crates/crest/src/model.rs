@@ -599,6 +599,9 @@ pub struct InetSocket {
     /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2) (UDP).
     #[serde(default)]
     pub shutdown: u8,
+    /// SO_PEEK_OFF when the program enabled it.
+    #[serde(default)]
+    pub peek_off: Option<i32>,
 }
 
 /// The options of an IP socket, as getsockopt reads them.

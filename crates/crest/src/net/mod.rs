@@ -273,6 +273,9 @@ fn collect_inet(
         datagrams: Vec::new(),
         lock_table: None,
         shutdown: 0,
+        peek_off: sn::get_int(raw, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
+            .ok()
+            .filter(|&v| v >= 0),
     };
     match (sock_type, protocol) {
         (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {}

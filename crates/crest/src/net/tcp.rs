@@ -310,6 +310,9 @@ pub fn finish(fd: RawFd, o: &OpenFile, s: &InetSocket) -> crate::Result<()> {
     o2.bindtodevice.clear();
     o2.v6only = sn::get_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0;
     inet::apply_early(fd, s.family, &o2).map_err(io("buffer sizes"))?;
+    if let Some(off) = s.peek_off {
+        sn::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off).map_err(io("SO_PEEK_OFF"))?;
+    }
     sn::set_flags(fd, o.flags as i32).map_err(io("setting its flags"))?;
     Ok(())
 }

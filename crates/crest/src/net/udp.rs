@@ -101,6 +101,10 @@ pub fn open(o: &OpenFile, s: &InetSocket) -> crate::Result<OwnedFd> {
     inet::apply_late(raw, s.family, false, &opts).map_err(|e| err(s, "options", e))?;
     inet::apply_early(raw, s.family, &no_bind_opts(&s.opts, raw))
         .map_err(|e| err(s, "buffer sizes", e))?;
+    if let Some(off) = s.peek_off {
+        sn::set_int(raw, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)
+            .map_err(|e| err(s, "SO_PEEK_OFF", e))?;
+    }
     sn::set_flags(raw, o.flags as i32).map_err(|e| err(s, "setting its flags", e))?;
     Ok(fd)
 }
