@@ -811,3 +811,141 @@ result([] if r.recv(65536) else ["the queued answer is gone"])
     w.go();
     w.expect_pass();
 }
+
+// -------------------------------------------------------- real programs
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One RESP command; returns the raw reply line (and bulk body).
+fn redis_cmd(s: &mut (impl Read + Write), args: &[&str]) -> String {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req += &format!("${}\r\n{a}\r\n", a.len());
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    // The first line, then a bulk string's body if there is one.
+    while !out.ends_with(b"\r\n") {
+        s.read_exact(&mut b).expect("a reply from redis");
+        out.push(b[0]);
+    }
+    if out[0] == b'$' {
+        let n: i64 = String::from_utf8_lossy(&out[1..out.len() - 2])
+            .parse()
+            .unwrap();
+        if n >= 0 {
+            let mut body = vec![0u8; n as usize + 2];
+            s.read_exact(&mut body).unwrap();
+            out.extend_from_slice(&body);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn redis_server_with_a_client_connected_across_the_dump() {
+    let port = free_port();
+    let body = format!(
+        r#"
+ready()
+os.execvp("redis-server", ["redis-server", "--port", "{port}", "--bind", "127.0.0.1",
+    "--unixsocket", D + "/redis.sock", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+"#
+    );
+    let w = start("redis", &body);
+    let connect = || -> TcpStream {
+        for _ in 0..500 {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis does not listen; log:\n{}", w.log());
+    };
+    let mut c1 = connect();
+    let sock = w.dir.join("redis.sock");
+    {
+        let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        assert_eq!(redis_cmd(&mut u, &["SET", "ukey", "over-unix"]), "+OK\r\n");
+    }
+    for i in 0..200 {
+        let (k, v) = (format!("key{i}"), format!("value-{i}-{}", "x".repeat(i)));
+        assert_eq!(redis_cmd(&mut c1, &["SET", &k, &v]), "+OK\r\n");
+    }
+    assert_eq!(redis_cmd(&mut c1, &["INCRBY", "counter", "41"]), ":41\r\n");
+    let o = crest(&["check", "-p", &w.pid.to_string()]);
+    assert!(
+        stdout(&o).contains("pass --tcp-established")
+            || stderr(&o).contains("pass --tcp-established"),
+        "check names the client connection: {} {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = w.dump(&["--tcp-established"]);
+    assert!(o.status.success(), "dump of redis: {}", stderr(&o));
+    reap(w.pid, Duration::from_secs(10));
+    w.restore_ok();
+    // The connection held across the dump: its next command works.
+    assert_eq!(redis_cmd(&mut c1, &["INCR", "counter"]), ":42\r\n");
+    assert_eq!(
+        redis_cmd(&mut c1, &["GET", "key7"]),
+        format!("$15\r\nvalue-7-xxxxxxx\r\n")
+    );
+    // New connections, over TCP and the unix socket.
+    let mut c2 = connect();
+    assert_eq!(redis_cmd(&mut c2, &["DBSIZE"]), ":202\r\n");
+    let v = format!("value-150-{}", "x".repeat(150));
+    assert_eq!(
+        redis_cmd(&mut c2, &["GET", "key150"]),
+        format!("${}\r\n{v}\r\n", v.len())
+    );
+    let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    assert_eq!(redis_cmd(&mut u, &["GET", "ukey"]), "$9\r\nover-unix\r\n");
+    assert_eq!(redis_cmd(&mut c1, &["PING"]), "+PONG\r\n");
+}
+
+#[test]
+fn python_http_server_with_a_keep_alive_client_in_the_tree() {
+    let body = r#"
+import http.server, http.client, threading
+os.makedirs(D + "/www", exist_ok=True)
+open(D + "/www/hello.txt", "w").write("hello from crest\n" * 100)
+class H(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def __init__(self, *a, **k): super().__init__(*a, directory=D + "/www", **k)
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+port = srv.server_address[1]
+rp, wp = os.pipe()
+pid = os.fork()
+if pid == 0:
+    srv.socket.close()
+    e = []
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/hello.txt"); r = c.getresponse(); body = r.read()
+    if body != b"hello from crest\n" * 100: e.append("first response")
+    local = c.sock.getsockname()
+    os.write(wp, b"x"); wait_go()
+    c.request("GET", "/hello.txt"); r = c.getresponse()
+    if r.read() != b"hello from crest\n" * 100: e.append("second response on the kept-alive connection")
+    if c.sock.getsockname() != local: e.append("the client reconnected instead of keeping its connection")
+    c2 = http.client.HTTPConnection("127.0.0.1", port, timeout=10); c2.request("GET", "/hello.txt")
+    if c2.getresponse().status != 200: e.append("a new connection")
+    open(D + "/client", "w").write("\n".join(e)); os._exit(1 if e else 0)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+os.read(rp, 1)
+time.sleep(0.2)
+ready(); wait_go()
+_, st = os.waitpid(pid, 0)
+result([] if st == 0 else ["client: " + open(D + "/client").read()])
+"#;
+    start("http-server", body).cycle();
+}
