@@ -149,7 +149,7 @@ pub enum OpenTarget {
     /// `fifo` set), opened by path.
     FifoData { path: String, pipe: ObjectId },
     /// An AF_INET or AF_INET6 socket: TCP or UDP (see `crate::net`).
-    Inet(InetSocket),
+    Inet(Box<InetSocket>),
     /// An AF_NETLINK socket (see `crate::net::netlink`).
     Netlink(NetlinkSocket),
 }

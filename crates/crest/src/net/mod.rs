@@ -55,7 +55,7 @@ pub struct Dumped {
     repairing: Vec<OwnedFd>,
     /// For each socket in `repairing`: where it is, what it is, and the
     /// sequence numbers it was read at.
-    read_at: Vec<(i32, i32, String, (u32, u32, u32, u32))>,
+    read_at: Vec<(i32, i32, String, tcp::Seqs)>,
     lock: Option<lock::Lock>,
 }
 
@@ -280,7 +280,7 @@ fn collect_inet(
     match (sock_type, protocol) {
         (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {}
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => {
-            return udp::collect(raw, s).map(OpenTarget::Inet);
+            return udp::collect(raw, s).map(|s| OpenTarget::Inet(Box::new(s)));
         }
         (libc::SOCK_RAW, p) => {
             return Err(format!(
@@ -358,7 +358,7 @@ fn collect_inet(
         }
         _ => {}
     }
-    Ok(OpenTarget::Inet(s))
+    Ok(OpenTarget::Inet(Box::new(s)))
 }
 
 // ------------------------------------------------------------- restore

@@ -41,11 +41,14 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 /// Queued bytes beyond this (per queue) are refused.
 const MAX_QUEUE: usize = 64 << 20;
 
+/// (next byte to receive, next to queue, unacknowledged, unread bytes).
+pub type Seqs = (u32, u32, u32, u32);
+
 /// The sequence numbers of an established socket in repair mode: (next
 /// byte to receive, next byte to queue for sending, bytes not yet
 /// acknowledged, bytes received unread).  Equal values at two moments
 /// mean nothing moved on the connection between them.
-pub fn seqs(fd: RawFd) -> std::io::Result<(u32, u32, u32, u32)> {
+pub fn seqs(fd: RawFd) -> std::io::Result<Seqs> {
     sn::tcp_repair_queue(fd, sn::RECV_QUEUE)?;
     let r = sn::tcp_queue_seq(fd)?;
     sn::tcp_repair_queue(fd, sn::SEND_QUEUE)?;
@@ -57,7 +60,7 @@ pub fn seqs(fd: RawFd) -> std::io::Result<(u32, u32, u32, u32)> {
 /// The state of an established socket, read in repair mode (which the
 /// caller turned on and turns off), with the sequence numbers it is
 /// consistent with.
-pub fn read_established(fd: RawFd) -> Result<(TcpConn, (u32, u32, u32, u32)), String> {
+pub fn read_established(fd: RawFd) -> Result<(TcpConn, Seqs), String> {
     let io = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| format!("{what}: {e}")
@@ -169,7 +172,7 @@ pub fn refuse_state(state: u8) -> Option<String> {
 }
 
 /// The listener's entry among the sockets sock_diag lists.
-pub fn find<'a>(all: &'a [InetDiag], ino: u32) -> Option<&'a InetDiag> {
+pub fn find(all: &[InetDiag], ino: u32) -> Option<&InetDiag> {
     all.iter().find(|d| d.ino == ino)
 }
 
