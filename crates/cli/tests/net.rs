@@ -949,3 +949,31 @@ result([] if st == 0 else ["client: " + open(D + "/client").read()])
 "#;
     start("http-server", body).cycle();
 }
+
+#[test]
+fn failed_dump_leaves_the_connection_undisturbed() {
+    // A raw socket at fd 100, after the connection's descriptor: the dump
+    // reads the connection in repair mode, then fails on the raw socket,
+    // and must take the connection out of repair mode and drop the lock.
+    let w = start(
+        "tcp-failed-dump",
+        &format!(
+            "ARGS.append('v4')\n_r = socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)\nos.dup2(_r.fileno(), 100)\n{ECHO}"
+        ),
+    );
+    let port: u16 = read_file(&w, "port").trim().parse().unwrap();
+    echo_client("127.0.0.1", port, |s, held| {
+        let o = w.dump(&["--tcp-established"]);
+        assert!(!o.status.success(), "the raw socket stops the dump");
+        let err = stderr(&o);
+        assert!(err.contains("fd 100: AF_INET raw socket"), "{err}");
+        assert!(
+            lock_tables(w.pid).is_empty(),
+            "the failed dump removed its lock"
+        );
+        assert!(alive(w.pid));
+        s.write_all(held).unwrap();
+        w.go();
+    });
+    w.expect_pass();
+}
