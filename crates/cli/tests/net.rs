@@ -211,12 +211,16 @@ def finish(s, out, sent, inseed, e, who):
                 e.append("%s: byte %d differs" % (who, got + i)); return
             got += len(b)
     if hashlib.sha256(exp).digest() != hashlib.sha256(exp[:got]).digest(): e.append("%s: hash" % who)
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("127.0.0.1", 0)); l.listen(8); port = l.getsockname()[1]
+MODE = globals().get("MODE", "v4")
+LFAM, LADDR, CADDR = {"v4": (socket.AF_INET, "127.0.0.1", "127.0.0.1"),
+    "v6": (socket.AF_INET6, "::1", "::1"), "dual": (socket.AF_INET6, "::", "127.0.0.1")}[MODE]
+l = socket.socket(LFAM); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if MODE == "dual": l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+l.bind((LADDR, 0)); l.listen(8); port = l.getsockname()[1]
 rp, wp = os.pipe()
 pid = os.fork()
 if pid == 0:
-    c = socket.create_connection(("127.0.0.1", port))
+    c = socket.create_connection((CADDR, port))
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     out = stream(2); sent = fill(c, out)
     os.write(wp, struct.pack("q", sent))
@@ -235,7 +239,7 @@ ready(); wait_go()
 e = []
 finish(a, out, sent, 2, e, "server")
 if a.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) != 77: e.append("server: TCP_KEEPIDLE lost")
-c2 = socket.create_connection(("127.0.0.1", port), timeout=5); a2, _ = l.accept(); c2.send(b"hi")
+c2 = socket.create_connection((CADDR, port), timeout=5); a2, _ = l.accept(); c2.send(b"hi")
 if a2.recv(2) != b"hi": e.append("a new connection after the restore carries no data")
 _, st = os.waitpid(pid, 0)
 if st != 0: e.append("client failed: " + open(D + "/client").read())
@@ -245,6 +249,16 @@ result(e)
 #[test]
 fn tcp_connection_inside_the_tree_with_data_in_flight() {
     start("tcp-pair", PAIR).cycle();
+}
+
+#[test]
+fn tcp_connection_inside_the_tree_ipv6() {
+    start("tcp-pair6", &format!("MODE = 'v6'\n{PAIR}")).cycle();
+}
+
+#[test]
+fn tcp_connection_inside_the_tree_ipv4_client_on_a_dual_stack_listener() {
+    start("tcp-pair-dual", &format!("MODE = 'dual'\n{PAIR}")).cycle();
 }
 
 #[test]

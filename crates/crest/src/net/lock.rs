@@ -1,12 +1,16 @@
 //! The connection lock: an nftables table of crest's own that drops the
-//! packets of TCP connections whose peer is outside the tree, from the
-//! moment their state is read at the dump until the restore has rebuilt
-//! them, so that neither kernel answers the other with a reset meanwhile
-//! (the peer's retransmissions simply go unanswered and resume after).
+//! packets of the tree's established TCP connections, from before their
+//! state is read at the dump until the restore has rebuilt them.  With a
+//! peer outside the tree neither kernel then answers the other with a
+//! reset meanwhile (the peer's retransmissions go unanswered and resume
+//! after); between two sockets of the tree the kernels stop exchanging
+//! window probes and updates, so both ends are read in agreement, and no
+//! restored socket meets a peer that is not rebuilt yet.
 //!
-//! The table (family `inet`, named `crest-PID-…`) has two base chains, on
-//! the input and output hooks before connection tracking, each with one
-//! drop rule per connection and direction.  Its name goes into the image;
+//! The table (family `inet`, named `crest-PID-…`) has a set of connections
+//! per IP version (source, port, destination, port; both directions) and
+//! two base chains, on the input and output hooks before connection
+//! tracking, that drop what matches.  Its name goes into the image;
 //! restore deletes it once the sockets are back (or when it fails), the
 //! dump deletes it itself when it fails or the tree runs on.
 
@@ -64,44 +68,59 @@ fn wire(a: &SocketAddr) -> SocketAddr {
     }
 }
 
-fn match_of(src: &SocketAddr, dst: &SocketAddr) -> String {
-    let fam = if src.is_ipv4() { "ip" } else { "ip6" };
-    format!(
-        "{fam} saddr {} {fam} daddr {} tcp sport {} tcp dport {}",
-        src.ip(),
-        dst.ip(),
-        src.port(),
-        dst.port()
-    )
-}
-
 impl Lock {
-    /// Creates an empty table for the tree of `pid`.
+    /// Creates an empty table for the tree of `pid`: a set of connections
+    /// per IP version (source, port, destination, port) whose packets the
+    /// input and output chains drop.
     pub fn create(pid: i32) -> Result<Lock> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let table = format!("crest-{pid}-{nanos:x}");
-        nft(&format!(
-            "add table inet {table}\n\
-             add chain inet {table} in {{ type filter hook input priority -300; policy accept; }}\n\
-             add chain inet {table} out {{ type filter hook output priority -300; policy accept; }}\n"
-        ))
-        .map_err(|e| Error::msg(format!("installing the connection lock {table}: {e}")))?;
+        let t = &table;
+        let mut script = format!(
+            "add table inet {t}\n\
+             add set inet {t} c4 {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; }}\n\
+             add set inet {t} c6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; }}\n"
+        );
+        for (chain, hook) in [("in", "input"), ("out", "output")] {
+            script += &format!(
+                "add chain inet {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}\n\
+                 add rule inet {t} {chain} ip saddr . tcp sport . ip daddr . tcp dport @c4 drop\n\
+                 add rule inet {t} {chain} ip6 saddr . tcp sport . ip6 daddr . tcp dport @c6 drop\n"
+            );
+        }
+        nft(&script)
+            .map_err(|e| Error::msg(format!("installing the connection lock {table}: {e}")))?;
         Ok(Lock { table, keep: false })
     }
 
-    /// Drops the packets of the connection `local` ↔ `peer` both ways.
-    pub fn add(&self, local: &SocketAddr, peer: &SocketAddr) -> Result<()> {
-        let (l, p) = (wire(local), wire(peer));
+    /// Drops the packets of the connections `local` ↔ `peer`, both ways.
+    pub fn add(&self, conns: &[(SocketAddr, SocketAddr)]) -> Result<()> {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (l, p) in conns {
+            let (l, p) = (wire(l), wire(p));
+            for (a, b) in [(l, p), (p, l)] {
+                let e = format!("{} . {} . {} . {}", a.ip(), a.port(), b.ip(), b.port());
+                if a.is_ipv4() && b.is_ipv4() {
+                    v4.push(e);
+                } else {
+                    v6.push(e);
+                }
+            }
+        }
         let t = &self.table;
-        nft(&format!(
-            "add rule inet {t} in {} drop\nadd rule inet {t} out {} drop\n",
-            match_of(&p, &l),
-            match_of(&l, &p)
-        ))
-        .map_err(|e| Error::msg(format!("locking the connection {l} -> {p}: {e}")))
+        let mut script = String::new();
+        for (set, elems) in [("c4", v4), ("c6", v6)] {
+            for chunk in elems.chunks(500) {
+                script += &format!("add element inet {t} {set} {{ {} }}\n", chunk.join(", "));
+            }
+        }
+        if script.is_empty() {
+            return Ok(());
+        }
+        nft(&script).map_err(|e| Error::msg(format!("locking {} connection(s): {e}", conns.len())))
     }
 
     /// Leaves the table in place (the image names it; restore removes it).

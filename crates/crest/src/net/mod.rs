@@ -111,15 +111,40 @@ impl NetIndex {
         }
     }
 
-    /// Waits (up to 250 ms) until no data moves on any TCP connection of
-    /// this namespace for 2 ms: packets the frozen tree sent just before
-    /// the freeze are delivered, so the two ends of a connection inside
-    /// the tree are read in agreement.
-    fn settle(&mut self) {
+    /// Stops the traffic of the tree's established connections before the
+    /// first is read: the connection lock drops their packets (the kernels
+    /// of two frozen ends still talk to each other: window probes, window
+    /// updates, retransmissions), then crest waits (up to 250 ms) until no
+    /// data has moved on any TCP connection for 2 ms — packets already past
+    /// the lock are delivered — so both ends of a connection are read in
+    /// agreement.  Without nft, connections inside the tree are read
+    /// without the lock (and [`verify`](Self::verify) catches a move).
+    fn settle(&mut self) -> Refusal<()> {
         if self.settled {
-            return;
+            return Ok(());
         }
         self.settled = true;
+        let tree = self.tree.clone();
+        let conns: Vec<(std::net::SocketAddr, std::net::SocketAddr)> = {
+            let all = self.tcp_sockets()?.to_vec();
+            let mut v = Vec::new();
+            for d in all.iter().filter(|d| d.state == inetdiag::TCP_ESTABLISHED) {
+                if self.holders(d.ino as u64).iter().any(|p| tree.contains(p)) {
+                    let (a, b) = (inet::canonical(&d.src), inet::canonical(&d.dst));
+                    let key = if a <= b { (a, b) } else { (b, a) };
+                    if !v.contains(&key) {
+                        v.push(key);
+                    }
+                }
+            }
+            v
+        };
+        if !conns.is_empty() {
+            if let Ok(l) = lock::Lock::create(self.root) {
+                l.add(&conns).map_err(|e| e.to_string())?;
+                self.dumped.lock = Some(l);
+            }
+        }
         let snap = || -> Vec<(std::net::SocketAddr, std::net::SocketAddr, u32, u32)> {
             let mut v: Vec<_> = [libc::AF_INET, libc::AF_INET6]
                 .iter()
@@ -141,6 +166,7 @@ impl NetIndex {
             last = now;
         }
         self.tcp_diag = None;
+        Ok(())
     }
 
     fn tcp_sockets(&mut self) -> Refusal<&[InetDiag]> {
@@ -162,11 +188,16 @@ impl NetIndex {
         map.get(&ino).map(|v| v.as_slice()).unwrap_or(&[])
     }
 
-    fn lock(&mut self) -> Refusal<&lock::Lock> {
+    /// The lock, holding the packets of connection `l` -> `p`.
+    fn lock(&mut self, l: &std::net::SocketAddr, p: &std::net::SocketAddr) -> Refusal<String> {
         if self.dumped.lock.is_none() {
             self.dumped.lock = Some(lock::Lock::create(self.root).map_err(|e| e.to_string())?);
         }
-        Ok(self.dumped.lock.as_ref().expect("set above"))
+        let lock = self.dumped.lock.as_ref().expect("set above");
+        // Already in it when it was there before the lock was made; adding
+        // an element twice is harmless.
+        lock.add(&[(*l, *p)]).map_err(|e| e.to_string())?;
+        Ok(lock.table.clone())
     }
 }
 
@@ -342,11 +373,13 @@ fn collect_inet(
                          pass --tcp-established"
                     ));
                 }
-                let lock = idx.lock()?;
-                lock.add(&l, &p).map_err(|e| format!("{what}: {e}"))?;
+                idx.settle().map_err(|e| format!("{what}: {e}"))?;
+                s.lock_table = Some(idx.lock(&l, &p).map_err(|e| format!("{what}: {e}"))?);
+            }
+            idx.settle().map_err(|e| format!("{what}: {e}"))?;
+            if let Some(lock) = &idx.dumped.lock {
                 s.lock_table = Some(lock.table.clone());
             }
-            idx.settle();
             sn::tcp_repair(raw, sn::REPAIR_ON)
                 .map_err(|e| format!("{what}: TCP_REPAIR (needs CAP_NET_ADMIN): {e}"))?;
             // Held in repair mode until the dump ends, whatever happens.
