@@ -991,3 +991,79 @@ fn failed_dump_leaves_the_connection_undisturbed() {
     });
     w.expect_pass();
 }
+
+// ------------------------------------------------------ half-closed
+
+#[test]
+fn tcp_half_closed_by_the_tree_fin_wait() {
+    // The server sent its banner and shut its side down (FIN-WAIT-2 once
+    // the client's kernel acknowledged the FIN); the client (this test,
+    // outside the tree) goes on sending across the dump.
+    let body = r#"
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+publish("port", l.getsockname()[1])
+ready()
+c, _ = l.accept()
+c.sendall(b"banner\n"); c.shutdown(socket.SHUT_WR)
+h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    h.update(b); n += len(b)
+wait_go()
+want = open(D + "/expect").read().split()
+result([] if [str(n), h.hexdigest()] == want else ["received %d bytes %s, the client sent %r" % (n, h.hexdigest(), want)])
+"#;
+    let w = start("tcp-fin-wait", body);
+    let port: u16 = read_file(&w, "port").trim().parse().unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut banner = Vec::new();
+    s.read_to_end(&mut banner).unwrap();
+    assert_eq!(banner, b"banner\n");
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    s.write_all(&data[..200_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let o = w.dump(&["--tcp-established"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    reap(w.pid, Duration::from_secs(10));
+    let o = crest(&["inspect", w.image().to_str().unwrap()]);
+    assert!(stdout(&o).contains("FIN sent"), "{}", stdout(&o));
+    s.write_all(&data[200_000..300_000]).unwrap();
+    w.restore_ok();
+    s.write_all(&data[300_000..]).unwrap();
+    std::fs::write(
+        w.dir.join("expect"),
+        format!("{} {}", data.len(), sha256_hex(&data)),
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    w.go();
+    w.expect_pass();
+}
+
+#[test]
+fn tcp_closed_by_the_peer_close_wait_is_refused() {
+    // Both ends in the tree: the client shut its side down, the server has
+    // not read the FIN yet (CLOSE-WAIT), which repair mode cannot rebuild.
+    let body = r#"
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); a, _ = l.accept()
+c.sendall(b"bye"); c.shutdown(socket.SHUT_WR); time.sleep(0.1)
+ready(); wait_go()
+e = []
+if a.recv(10) != b"bye": e.append("data")
+if a.recv(10) != b"": e.append("no end of stream")
+result(e)
+"#;
+    let w = start("tcp-close-wait", body);
+    let o = w.dump(&[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("has closed its side of the connection (CLOSE-WAIT)"),
+        "{err}"
+    );
+    w.go();
+    w.expect_pass();
+}

@@ -671,6 +671,10 @@ pub struct TcpConn {
     pub timestamp: u32,
     /// TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
     pub window: [u32; 5],
+    /// Our side was shut down for writing (FIN-WAIT-1/2): the FIN follows
+    /// `send_queue` in the sequence space.
+    #[serde(default)]
+    pub fin_sent: bool,
 }
 
 /// A queued datagram.

@@ -346,6 +346,13 @@ pub fn disconnect(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// shutdown(SHUT_WR).
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::shutdown(fd, libc::SHUT_WR) })?;
+    Ok(())
+}
+
 pub fn listen(fd: RawFd, backlog: i32) -> io::Result<()> {
     // SAFETY: plain syscall.
     cvt(unsafe { libc::listen(fd, backlog) })?;

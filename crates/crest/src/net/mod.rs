@@ -128,7 +128,12 @@ impl NetIndex {
         let conns: Vec<(std::net::SocketAddr, std::net::SocketAddr)> = {
             let all = self.tcp_sockets()?.to_vec();
             let mut v = Vec::new();
-            for d in all.iter().filter(|d| d.state == inetdiag::TCP_ESTABLISHED) {
+            for d in all.iter().filter(|d| {
+                matches!(
+                    d.state,
+                    inetdiag::TCP_ESTABLISHED | inetdiag::TCP_FIN_WAIT1 | inetdiag::TCP_FIN_WAIT2
+                )
+            }) {
                 if self.holders(d.ino as u64).iter().any(|p| tree.contains(p)) {
                     let (a, b) = (inet::canonical(&d.src), inet::canonical(&d.dst));
                     let key = if a <= b { (a, b) } else { (b, a) };
@@ -351,7 +356,7 @@ fn collect_inet(
             }
             s.listen = Some(d.wqueue);
         }
-        inetdiag::TCP_ESTABLISHED => {
+        inetdiag::TCP_ESTABLISHED | inetdiag::TCP_FIN_WAIT1 | inetdiag::TCP_FIN_WAIT2 => {
             let (Some(l), Some(p)) = (s.local, s.peer) else {
                 return Err(format!("{what}: established without both addresses"));
             };
@@ -383,7 +388,7 @@ fn collect_inet(
             sn::tcp_repair(raw, sn::REPAIR_ON)
                 .map_err(|e| format!("{what}: TCP_REPAIR (needs CAP_NET_ADMIN): {e}"))?;
             // Held in repair mode until the dump ends, whatever happens.
-            let conn = tcp::read_established(raw);
+            let conn = tcp::read_established(raw, info.state);
             idx.dumped.repairing.push(own);
             let (conn, at) = conn.map_err(|e| format!("{what}: {e}"))?;
             idx.dumped.read_at.push((pid, fd, what.clone(), at));

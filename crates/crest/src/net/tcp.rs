@@ -23,10 +23,14 @@
 //! connection between two restored sockets never meets a missing peer;
 //! the part of the send queue never sent goes out then, normally.
 //!
-//! Half-closed connections (FIN-WAIT, CLOSE-WAIT, LAST-ACK, CLOSING) and
-//! connections being set up (SYN-SENT) are refused: repair mode can only
-//! make a socket established, and a FIN already sent or received cannot
-//! be expressed in it.  Connections waiting in a listener's accept queue
+//! A connection the program shut down for writing (FIN-WAIT-1/2) is
+//! rebuilt established, with the sequence number before its FIN, then
+//! shut down in repair mode with the send queue selected: the FIN is
+//! queued as sent, not transmitted, and its retransmission is acknowledged
+//! again by the peer.  A FIN received from the peer (CLOSE-WAIT, LAST-ACK,
+//! CLOSING) cannot be expressed — repair mode has no way to make a socket
+//! receive one — and connections being set up (SYN-SENT) cannot either:
+//! both are refused.  Connections waiting in a listener's accept queue
 //! are refused too: no kernel interface puts a connection back into an
 //! accept queue (a repaired socket "connected" to the listener is not
 //! queued), and the server ends have no descriptor the dump could read.
@@ -60,7 +64,11 @@ pub fn seqs(fd: RawFd) -> std::io::Result<Seqs> {
 /// The state of an established socket, read in repair mode (which the
 /// caller turned on and turns off), with the sequence numbers it is
 /// consistent with.
-pub fn read_established(fd: RawFd) -> Result<(TcpConn, Seqs), String> {
+pub fn read_established(fd: RawFd, state: u8) -> Result<(TcpConn, Seqs), String> {
+    // After shutdown(SHUT_WR) the FIN takes one sequence number after the
+    // data; until it is acknowledged it counts in the send queue's length.
+    let fin_sent = matches!(state, inetdiag::TCP_FIN_WAIT1 | inetdiag::TCP_FIN_WAIT2);
+    let fin_unacked = state == inetdiag::TCP_FIN_WAIT1;
     let io = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| format!("{what}: {e}")
@@ -72,10 +80,10 @@ pub fn read_established(fd: RawFd) -> Result<(TcpConn, Seqs), String> {
     let r = (|| {
         for _ in 0..50 {
             let before = seqs(fd).map_err(io("TCP_QUEUE_SEQ"))?;
-            let Some((rseq, recv)) = read_queue(fd, sn::RECV_QUEUE)? else {
+            let Some((rseq, recv)) = read_queue(fd, sn::RECV_QUEUE, false)? else {
                 continue;
             };
-            let Some((sseq, send)) = read_queue(fd, sn::SEND_QUEUE)? else {
+            let Some((sseq, send)) = read_queue(fd, sn::SEND_QUEUE, fin_unacked)? else {
                 continue;
             };
             let unsent = sn::outq_notsent(fd).map_err(io("SIOCOUTQNSD"))?;
@@ -93,7 +101,10 @@ pub fn read_established(fd: RawFd) -> Result<(TcpConn, Seqs), String> {
                 continue;
             }
             let conn = TcpConn {
-                snd_seq: sseq.wrapping_sub(send.len() as u32),
+                snd_seq: sseq
+                    .wrapping_sub(send.len() as u32)
+                    .wrapping_sub(fin_sent as u32),
+                fin_sent,
                 rcv_seq: rseq.wrapping_sub(recv.len() as u32),
                 unsent: unsent.min(send.len() as u32),
                 send_queue: send,
@@ -119,7 +130,7 @@ pub fn read_established(fd: RawFd) -> Result<(TcpConn, Seqs), String> {
 
 /// (sequence number after the queue, its bytes) of one queue; `None`
 /// when the queue changed while it was read.
-fn read_queue(fd: RawFd, q: i32) -> Result<Option<(u32, Vec<u8>)>, String> {
+fn read_queue(fd: RawFd, q: i32, fin: bool) -> Result<Option<(u32, Vec<u8>)>, String> {
     let name = if q == sn::SEND_QUEUE {
         "send"
     } else {
@@ -133,6 +144,8 @@ fn read_queue(fd: RawFd, q: i32) -> Result<Option<(u32, Vec<u8>)>, String> {
         sn::inq(fd)
     }
     .map_err(|e| format!("the {name} queue's length: {e}"))? as usize;
+    // An unacknowledged FIN counts as one byte but carries no data.
+    let len = len.saturating_sub(fin as usize);
     if len > MAX_QUEUE {
         return Err(format!(
             "its {name} queue holds {len} bytes (more than {} MiB is not supported)",
@@ -156,17 +169,16 @@ fn read_queue(fd: RawFd, q: i32) -> Result<Option<(u32, Vec<u8>)>, String> {
 pub fn refuse_state(state: u8) -> Option<String> {
     use inetdiag::*;
     match state {
-        TCP_ESTABLISHED | TCP_CLOSE | TCP_LISTEN => None,
+        TCP_ESTABLISHED | TCP_CLOSE | TCP_LISTEN | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 => None,
         TCP_SYN_SENT | TCP_SYN_RECV => Some(
             "the connection is still being set up (SYN-SENT); retry once it is established".into(),
         ),
-        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK | TCP_CLOSE_WAIT => {
-            Some(format!(
-                "the connection is half-closed ({}); TCP repair mode can only rebuild established \
-             connections, not one whose FIN was already sent or received",
-                state_name(state)
-            ))
-        }
+        TCP_CLOSING | TCP_LAST_ACK | TCP_CLOSE_WAIT => Some(format!(
+            "the peer has closed its side of the connection ({}); TCP repair mode cannot make \
+             a rebuilt socket receive the peer's FIN again (retry once the program has \
+             closed it)",
+            state_name(state)
+        )),
         s => Some(format!("TCP state {} is not supported", state_name(s))),
     }
 }
@@ -271,7 +283,13 @@ fn build_established(fd: RawFd, s: &InetSocket, c: &TcpConn) -> crate::Result<()
         ropts.push((sn::TCPOPT_TIMESTAMP, 0));
     }
     sn::set_tcp_repair_options(fd, &ropts).map_err(io("TCP_REPAIR_OPTIONS"))?;
-    let sent = c.send_queue.len() - (c.unsent as usize).min(c.send_queue.len());
+    // After a FIN nothing can be written normally: all of it is queued
+    // as sent, and goes out by retransmission.
+    let sent = if c.fin_sent {
+        c.send_queue.len()
+    } else {
+        c.send_queue.len() - (c.unsent as usize).min(c.send_queue.len())
+    };
     if sent > 0 {
         sn::tcp_repair_queue(fd, sn::SEND_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
         for chunk in c.send_queue[..sent].chunks(64 << 10) {
@@ -283,6 +301,13 @@ fn build_established(fd: RawFd, s: &InetSocket, c: &TcpConn) -> crate::Result<()
         for chunk in c.recv_queue.chunks(64 << 10) {
             sn::send_all(fd, chunk, None).map_err(io("refilling the receive queue"))?;
         }
+    }
+    if c.fin_sent {
+        // In repair mode with the send queue selected the FIN is queued as
+        // sent, not transmitted: FIN-WAIT-1 until the peer acknowledges its
+        // retransmission again (FIN-WAIT-2).
+        sn::tcp_repair_queue(fd, sn::SEND_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
+        sn::shutdown_write(fd).map_err(io("shutting down for writing"))?;
     }
     sn::tcp_repair_queue(fd, sn::NO_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
     sn::set_tcp_repair_window(fd, &c.window).map_err(io("TCP_REPAIR_WINDOW"))?;
@@ -301,7 +326,7 @@ pub fn finish(fd: RawFd, o: &OpenFile, s: &InetSocket) -> crate::Result<()> {
     // Options first: TCP_CORK holds back the unsent data as it did.
     inet::apply_late(fd, s.family, true, &s.opts).map_err(io("options"))?;
     let unsent = (c.unsent as usize).min(c.send_queue.len());
-    if unsent > 0 {
+    if unsent > 0 && !c.fin_sent {
         let from = c.send_queue.len() - unsent;
         sn::send_all(fd, &c.send_queue[from..], None).map_err(io("queueing the unsent data"))?;
     }
@@ -334,6 +359,9 @@ pub fn describe(s: &InetSocket) -> String {
             c.recv_queue.len(),
             c.mss
         );
+        if c.fin_sent {
+            out += ", FIN sent";
+        }
     }
     if let Some(t) = &s.lock_table {
         out += &format!(", packets held by nftables table inet {t}");
