@@ -126,7 +126,10 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
         }
     };
     let pid = build.finish()?;
-    locks.release()?;
+    // The tree runs: a lock that cannot be removed is only reported.
+    if let Err(e) = locks.release() {
+        eprintln!("crest: warning: {e}");
+    }
     unlinked.keep_sysv();
     Ok(RestoreReport {
         pid,

@@ -202,3 +202,29 @@ impl Drop for Pending {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_crest_table_names_reach_nft() {
+        for bad in [
+            "filter",
+            "crest-1; flush ruleset",
+            "crest-1\nadd",
+            "crest-x y",
+            "",
+        ] {
+            assert!(remove(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn v4_mapped_addresses_go_on_the_wire_as_ipv4() {
+        let a: SocketAddr = "[::ffff:127.0.0.1]:80".parse().unwrap();
+        assert_eq!(wire(&a), "127.0.0.1:80".parse::<SocketAddr>().unwrap());
+        let b: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(wire(&b), b);
+    }
+}

@@ -52,7 +52,9 @@ pub struct NetIndex {
 /// after the tree was killed closes them silently and keeps the lock.
 #[derive(Default)]
 pub struct Dumped {
-    repairing: Vec<OwnedFd>,
+    /// crest's copies of the sockets in repair mode, with their
+    /// SO_REUSEADDR (which leaving repair mode clears).
+    repairing: Vec<(OwnedFd, bool)>,
     /// For each socket in `repairing`: where it is, what it is, and the
     /// sequence numbers it was read at.
     read_at: Vec<(i32, i32, String, tcp::Seqs)>,
@@ -64,8 +66,12 @@ impl Dumped {
     /// mode refuses the program's reads and writes) and the lock goes.
     pub fn release(&mut self) {
         self.read_at.clear();
-        for fd in self.repairing.drain(..) {
+        for (fd, reuse) in self.repairing.drain(..) {
             let _ = sn::tcp_repair(fd.as_raw_fd(), sn::REPAIR_OFF);
+            // Leaving repair mode clears SO_REUSEADDR: the program's again.
+            if reuse {
+                let _ = sn::set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+            }
         }
         self.lock = None;
     }
@@ -97,7 +103,9 @@ impl NetIndex {
     /// the tree still on its way) would be restored inconsistent with its
     /// peer, so the dump is refused (and may simply be retried).
     pub fn verify(&self, obstacles: &mut Vec<crate::Obstacle>) {
-        for (fd, (pid, n, what, seqs)) in self.dumped.repairing.iter().zip(&self.dumped.read_at) {
+        for ((fd, _), (pid, n, what, seqs)) in
+            self.dumped.repairing.iter().zip(&self.dumped.read_at)
+        {
             if tcp::seqs(fd.as_raw_fd()).ok().as_ref() != Some(seqs) {
                 obstacles.push(crate::Obstacle {
                     pid: *pid,
@@ -389,7 +397,7 @@ fn collect_inet(
                 .map_err(|e| format!("{what}: TCP_REPAIR (needs CAP_NET_ADMIN): {e}"))?;
             // Held in repair mode until the dump ends, whatever happens.
             let conn = tcp::read_established(raw, info.state);
-            idx.dumped.repairing.push(own);
+            idx.dumped.repairing.push((own, s.opts.reuseaddr));
             let (conn, at) = conn.map_err(|e| format!("{what}: {e}"))?;
             idx.dumped.read_at.push((pid, fd, what.clone(), at));
             s.tcp = Some(conn);

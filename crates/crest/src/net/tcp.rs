@@ -331,6 +331,10 @@ pub fn finish(fd: RawFd, o: &OpenFile, s: &InetSocket) -> crate::Result<()> {
         sn::send_all(fd, &c.send_queue[from..], None).map_err(io("queueing the unsent data"))?;
     }
     // Buffers as they were (they were raised for the refill).
+    // Leaving repair mode cleared SO_REUSEADDR.
+    if s.opts.reuseaddr {
+        sn::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(io("SO_REUSEADDR"))?;
+    }
     let mut o2 = s.opts.clone();
     o2.reuseaddr = false;
     o2.reuseport = false;
