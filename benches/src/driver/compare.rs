@@ -147,6 +147,8 @@ pub struct Target {
     pub verdict: Verdict,
 }
 
+const T_CONNS: &str =
+    "1,000 established loopback TCP connections (500 pairs) dump and restore in under 2 s";
 const T_VERIFIED: &str = "Restored memory verified (every run, every workload)";
 const T_FROZEN: &str =
     "Frozen time with --leave-running no larger than the time to copy the memory once (memcpy)";
@@ -158,8 +160,8 @@ const T_FASTER: &str =
 const T_RANDOM: &str = "Random memory not slower than 1.1x with --compress (dump and restore)";
 
 /// The targets in the order they are printed.
-const ORDER: [&str; 6] = [
-    T_VERIFIED, T_FROZEN, T_SCALING, T_SMALLER, T_FASTER, T_RANDOM,
+const ORDER: [&str; 7] = [
+    T_VERIFIED, T_FROZEN, T_SCALING, T_SMALLER, T_FASTER, T_RANDOM, T_CONNS,
 ];
 
 fn is_compressible(fill: Option<&str>) -> bool {
@@ -390,6 +392,26 @@ pub fn targets(
             Verdict::NotMet
         },
     });
+
+    // Many established connections: dump and restore each under 2 s.
+    for c in cases.iter().filter(|c| c.kind == "conns") {
+        let name = format!("{} {}", c.workload, c.sink.name());
+        match (&c.median, c.status == Status::Ok) {
+            (Some(m), true) => out.push(judge(
+                T_CONNS,
+                name,
+                format!(
+                    "dump {}, restore {}",
+                    ms(m.dump_wall_ms),
+                    ms(m.restore_wall_ms)
+                ),
+                m.dump_wall_ms.max(m.restore_wall_ms),
+                2000.0,
+                true,
+            )),
+            _ => out.push(not_measured(T_CONNS, name, why_not(c))),
+        }
+    }
 
     // Frozen time with --leave-running against one copy of the memory.
     for c in cases.iter().filter(|c| c.mode == Mode::LeaveRunning) {

@@ -32,9 +32,10 @@ use report::{Case, Status};
 use run::{Ctx, Failure, Mode, Sink, Workload};
 
 const USAGE: &str = "\
-usage: crest-bench [--smoke] [--sizes 1,256,1024,4096] [--only mem,maps,tree,threads]
+usage: crest-bench [--smoke] [--sizes 1,256,1024,4096] [--only mem,maps,tree,threads,conns]
                    [--sinks file,pipe,live] [--modes plain,compress,leave-running] [--reps N]
-                   [--maps COUNT] [--tree PROCS,MIB] [--threads COUNT] [--json-out PATH]
+                   [--maps COUNT] [--tree PROCS,MIB] [--threads COUNT] [--conns PAIRS]
+                   [--json-out PATH]
                    [--workdir DIR] [--crest PATH]
 
 Benchmarks crest (dump and restore wall time, frozen time, peak RSS, CPU time, image size)
@@ -55,6 +56,8 @@ Must run as root.
                 --leave-running on the random and busy mem workloads (file and pipe)
   --tree        processes and MiB each of the tree (default 50,16); twice the processes too
   --threads     threads of the threads workload (default 200); twice as many too
+  --conns       established loopback TCP connections (both ends in the workload) of the
+                conns workload (default 500 pairs: 1,000 sockets; --smoke 20)
   --reps        repetitions of each measurement, medians reported (default 3; --smoke 1)
   --workdir     where images and workload files go (default /tmp)
   --crest       the crest binary (default: next to crest-bench)";
@@ -69,6 +72,7 @@ struct Config {
     maps: usize,
     tree: (usize, usize),
     threads: usize,
+    conns: usize,
     json_out: PathBuf,
     workdir: PathBuf,
     crest: Option<PathBuf>,
@@ -91,6 +95,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
     let mut maps = None;
     let mut tree = None;
     let mut threads = None;
+    let mut conns = None;
     let mut json_out = PathBuf::from("target/bench.json");
     let mut workdir = PathBuf::from("/tmp");
     let mut crest = None;
@@ -107,7 +112,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "--sizes" => sizes = Some(list(&val()?, |s| s.parse::<u64>().ok().filter(|&n| n > 0))?),
             "--only" => {
                 only = Some(list(&val()?, |s| {
-                    ["mem", "maps", "tree", "threads"]
+                    ["mem", "maps", "tree", "threads", "conns"]
                         .contains(&s)
                         .then(|| s.to_string())
                 })?)
@@ -124,6 +129,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                 }
             }
             "--threads" => threads = Some(pos(&val()?).ok_or("--threads needs a positive number")?),
+            "--conns" => conns = Some(pos(&val()?).ok_or("--conns needs a positive number")?),
             "--json-out" => json_out = PathBuf::from(val()?),
             "--workdir" => workdir = PathBuf::from(val()?),
             "--crest" => crest = Some(PathBuf::from(val()?)),
@@ -134,7 +140,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let all = ["mem", "maps", "tree", "threads"];
+    let all = ["mem", "maps", "tree", "threads", "conns"];
     Ok(Config {
         smoke,
         sizes: sizes.unwrap_or(if smoke {
@@ -149,6 +155,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         maps: maps.unwrap_or(if smoke { 1000 } else { 10_000 }),
         tree: tree.unwrap_or(if smoke { (2, 1) } else { (50, 16) }),
         threads: threads.unwrap_or(if smoke { 4 } else { 200 }),
+        conns: conns.unwrap_or(if smoke { 20 } else { 500 }),
         json_out,
         workdir,
         crest,
@@ -226,6 +233,18 @@ fn workloads(cfg: &Config) -> Vec<Workload> {
                 modes: vec![Mode::Plain],
             });
         }
+    }
+    if on("conns") {
+        v.push(Workload {
+            name: format!("conns-{}", 2 * cfg.conns),
+            kind: "conns",
+            args: vec![cfg.conns.to_string()],
+            mib: 1,
+            fill: None,
+            tasks: Some(2 * cfg.conns as u64),
+            may_refuse: false,
+            modes: vec![Mode::Plain],
+        });
     }
     for w in &mut v {
         w.modes.retain(|m| cfg.modes.contains(m));

@@ -6,6 +6,7 @@
 //! crest-bench-workload maps DIR COUNT
 //! crest-bench-workload tree DIR PROCS MIB
 //! crest-bench-workload threads DIR COUNT
+//! crest-bench-workload conns DIR PAIRS
 //! crest-bench-workload touch MIB REPS      (baseline: first-touch, memcpy, process_vm_readv)
 //! crest-bench-workload relay CAPACITY      (memory-speed pipe endpoint)
 //! ```
@@ -13,6 +14,7 @@
 //! The workloads speak the file protocol in `proto`: set up, write
 //! `DIR/ready`, wait for `DIR/go`, verify, write `DIR/result`, exit 0 or 1.
 
+mod conns;
 mod maps;
 mod mem;
 mod proto;
@@ -24,7 +26,7 @@ mod tree;
 
 use std::path::PathBuf;
 
-const USAGE: &str = "usage: crest-bench-workload mem|maps|tree|threads DIR ARGS... | touch MIB REPS | relay CAPACITY";
+const USAGE: &str = "usage: crest-bench-workload mem|maps|tree|threads|conns DIR ARGS... | touch MIB REPS | relay CAPACITY";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,6 +57,7 @@ fn main() {
         "maps" => maps::run(&p, rest),
         "tree" => tree::run(&p, rest),
         "threads" => threads::run(&p, rest),
+        "conns" => conns::run(&p, rest),
         other => p.finish(Err(format!("unknown workload {other:?}; {USAGE}"))),
     }
 }

@@ -52,6 +52,11 @@ enum Cmd {
         /// Compress memory pages (LZ4, per chunk, only where it pays)
         #[arg(long)]
         compress: bool,
+        /// Also checkpoint TCP connections whose peer is outside the tree:
+        /// their packets are dropped (an nftables table of crest's own)
+        /// from the dump until the restore, which needs the same addresses
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Restore a process from an image, with its original PID
     Restore {
@@ -74,6 +79,10 @@ enum Cmd {
         pid: i32,
         #[arg(long)]
         json: bool,
+        /// Check as for `dump --tcp-established` (connections to peers
+        /// outside the tree are then not obstacles)
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Show what an image holds
     Inspect {
@@ -180,12 +189,14 @@ fn run(cli: Cli) -> Result<i32> {
             no_sync,
             compress,
             no_pre_copy,
+            tcp_established,
         } => {
             let opts = crest::DumpOptions {
                 leave_running,
                 compress,
                 no_precopy: no_pre_copy,
                 external_pipes: false,
+                tcp_established,
             };
             cmd_dump(pid, &output, &opts, json, quiet, !no_sync)
         }
@@ -195,7 +206,11 @@ fn run(cli: Cli) -> Result<i32> {
             pidfile,
             json,
         } => cmd_restore(&input, detach, pidfile.as_deref(), json),
-        Cmd::Check { pid, json } => cmd_check(pid, json),
+        Cmd::Check {
+            pid,
+            json,
+            tcp_established,
+        } => cmd_check(pid, json, tcp_established),
         Cmd::Inspect { schema: true, .. } => {
             print!("{}", crest::inspect::json_schema());
             Ok(0)
@@ -507,8 +522,12 @@ fn cmd_restore(input: &str, detach: bool, pidfile: Option<&Path>, json: bool) ->
     Ok(output::wait_forwarding_signals(report.pid))
 }
 
-fn cmd_check(pid: i32, json: bool) -> Result<i32> {
-    let obstacles = crest::check(pid).map_err(lib_err)?;
+fn cmd_check(pid: i32, json: bool, tcp_established: bool) -> Result<i32> {
+    let opts = crest::DumpOptions {
+        tcp_established,
+        ..Default::default()
+    };
+    let obstacles = crest::check_with(pid, &opts).map_err(lib_err)?;
     if json {
         println!(
             "{}",

@@ -36,13 +36,16 @@ fn refused(kind: &str, expect: &str) {
 }
 
 #[test]
-fn refuses_tcp_socket() {
-    refused("socket", "AF_INET socket is not supported");
+fn refuses_packet_socket() {
+    refused(
+        "packet",
+        "AF_PACKET socket (a raw link-layer capture) is not supported",
+    );
 }
 
 #[test]
-fn refuses_netlink_socket() {
-    refused("netlink", "AF_NETLINK socket is not supported");
+fn refuses_raw_socket() {
+    refused("raw", "AF_INET raw socket (protocol 1) is not supported");
 }
 
 #[test]
@@ -287,8 +290,8 @@ fn check_agrees_with_dump_on_every_workload() {
         ("tree", &[]),
         ("shared-fd", &[]),
         ("pipes", &[]),
-        ("unsupported", &["socket"]),
-        ("unsupported", &["netlink"]),
+        ("unsupported", &["packet"]),
+        ("unsupported", &["raw"]),
     ];
     for (scenario, args) in cases {
         let w = Workload::start(scenario, args);

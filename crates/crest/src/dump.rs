@@ -28,6 +28,9 @@ pub struct DumpOptions {
     /// ([`crate::RestoreOptions::inherit`]).  A read end with unread bytes
     /// is still refused.
     pub external_pipes: bool,
+    /// Checkpoint TCP connections whose peer is outside the tree, holding
+    /// their packets back with an nftables table until the restore.
+    pub tcp_established: bool,
 }
 
 /// What a dump did.
@@ -142,6 +145,8 @@ pub struct Collected {
     /// Page plans, one per process (same order as `ckpt.processes`).
     pub plans: Vec<memory::PagePlan>,
     pub data: Vec<files::DataSource>,
+    /// Sockets held in TCP repair mode and the connection lock.
+    pub net: crate::net::Dumped,
 }
 
 /// Collects the model of a frozen tree.  Obstacles found are pushed; the
@@ -151,7 +156,7 @@ pub fn collect(
     tree: &FrozenTree,
     obstacles: &mut Vec<Obstacle>,
     precopy: Option<&Prepared>,
-    external_pipes: bool,
+    opts: &DumpOptions,
 ) -> Result<Option<Collected>> {
     for (pid, _) in &tree.procs {
         obstacles.extend(preflight(*pid)?);
@@ -161,6 +166,9 @@ pub fn collect(
     }
     let mut objects = ObjectTable::default();
     let mut fd_index = files::FdIndex::default();
+    fd_index.net.tcp_established = opts.tcp_established;
+    fd_index.net.tree = tree.procs.iter().map(|p| p.0).collect();
+    fd_index.net.root = tree.procs.first().map(|p| p.0).unwrap_or(0);
     let mut data = Vec::new();
     let mut staged = Vec::new();
     for (pid, tids) in &tree.procs {
@@ -183,11 +191,12 @@ pub fn collect(
         staged.push((pid, tids, maps, vmas, fds, exe_path, leader));
     }
     let pids: Vec<i32> = tree.procs.iter().map(|p| p.0).collect();
-    let external = external_pipes.then_some(files::ExternalPipes {
+    let external = opts.external_pipes.then_some(files::ExternalPipes {
         objects: &mut objects,
         data: &mut data,
     });
     files::check_pipe_ends(&fd_index, &pids, obstacles, external);
+    fd_index.net.verify(obstacles);
     let shared = check_shared_tables(&pids, obstacles)?;
     if !obstacles.is_empty() {
         return Ok(None);
@@ -286,6 +295,7 @@ pub fn collect(
         },
         plans,
         data,
+        net: fd_index.net.take_dumped(),
     }))
 }
 
@@ -431,19 +441,17 @@ pub fn dump<W: Write>(
         }
     }
     crate::fault::point("dump: before freezing")?;
-    let frozen = FrozenTree::freeze(pid)?;
+    // Declared before the collected state: on an early return that state
+    // (sockets in repair mode) goes first, then the tree is let go.
+    let mut frozen = Some(FrozenTree::freeze(pid)?);
     let t_frozen = Instant::now();
     crate::fault::point("dump: frozen")?;
     let prepared = precopy.map(PreCopy::stop).transpose()?;
     let mut obstacles = Vec::new();
-    let collected = collect(
-        &frozen,
-        &mut obstacles,
-        prepared.as_ref(),
-        opts.external_pipes,
-    )
-    .context(|| format!("collecting the state of pid {pid}"))?;
-    let Some(c) = collected else {
+    let tree = frozen.as_ref().expect("just frozen");
+    let collected = collect(tree, &mut obstacles, prepared.as_ref(), opts)
+        .context(|| format!("collecting the state of pid {pid}"))?;
+    let Some(mut c) = collected else {
         return Err(Error::Unsupported(obstacles));
     };
     crate::fault::point("dump: collected")?;
@@ -468,12 +476,12 @@ pub fn dump<W: Write>(
         precopy_skipped,
         ..Default::default()
     };
-    let mut frozen = Some(frozen);
     if let Some(mut prep) = prepared {
         // Everything but the pages is in the image, and the pages the
         // pre-copy could not keep are in its spool: let the tree go.
         let spooled = prep.complete(&c.ckpt, &c.plans)?;
         crate::fault::point("dump: frozen pages copied")?;
+        c.net.release();
         frozen.take().expect("not released yet").release()?;
         report.frozen_ms = ms(t_frozen.elapsed());
         prep.end_tracking();
@@ -502,6 +510,7 @@ pub fn dump<W: Write>(
         if opts.leave_running {
             // The image holds everything: the tree may run on while it is
             // finished and saved.
+            c.net.release();
             frozen.take().expect("not released yet").release()?;
             report.frozen_ms = ms(t_frozen.elapsed());
         }
@@ -520,6 +529,10 @@ pub fn dump<W: Write>(
         sink.rollback();
     }
     r?;
+    if killing {
+        // The tree is gone: its connections close without a word.
+        c.net.killed();
+    }
     if killing {
         report.frozen_ms = ms(t_frozen.elapsed());
     }
@@ -545,13 +558,18 @@ fn finish_dump(frozen: Option<FrozenTree>) -> Result<()> {
 /// Lists what stops `pid` from being checkpointed now, stopping it only
 /// as long as a dump's collection would.
 pub fn check(pid: i32) -> Result<Vec<Obstacle>> {
+    check_with(pid, &DumpOptions::default())
+}
+
+/// [`check`] for a dump with these options (`tcp_established`).
+pub fn check_with(pid: i32, opts: &DumpOptions) -> Result<Vec<Obstacle>> {
     let pre = preflight(pid)?;
     if !pre.is_empty() {
         return Ok(pre);
     }
     let frozen = FrozenTree::freeze(pid)?;
     let mut obstacles = Vec::new();
-    collect(&frozen, &mut obstacles, None, false)?;
+    collect(&frozen, &mut obstacles, None, opts)?;
     frozen.release()?;
     Ok(obstacles)
 }

@@ -69,6 +69,8 @@ pub struct FdIndex {
     seen: HashMap<(u64, u64), Vec<SeenFd>>,
     pipes: HashMap<u64, PipeSeen>,
     ptys: crate::tty::PtyIndex,
+    /// Network sockets (see `crate::net`).
+    pub net: crate::net::NetIndex,
 }
 
 /// Reads the descriptor table of `pid`.
@@ -271,7 +273,9 @@ pub fn collect_fds(
                 }
             }
         } else if ft.is_socket() {
-            match crate::sockets::collect(pid, fd) {
+            match crate::net::collect(pid, fd, &mut index.net)
+                .unwrap_or_else(|| crate::sockets::collect(pid, fd))
+            {
                 Ok(t) => t,
                 Err(reason) => {
                     refuse(obstacles, reason);
@@ -1007,6 +1011,7 @@ pub fn open_object(
         | OpenTarget::Inotify { .. }
         | OpenTarget::Epoll { .. } => crate::events::open(o)?,
         OpenTarget::Unix(u) => crate::sockets::open(u)?,
+        OpenTarget::Inet(_) | OpenTarget::Netlink(_) => crate::net::open(o)?,
         OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => {
             crate::tty::open(o, &mut unlinked.ptys, objects)?
         }

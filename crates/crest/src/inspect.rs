@@ -175,6 +175,9 @@ impl Inspection {
                     format!("{path} (deleted, {size} bytes saved)")
                 }
                 crate::model::OpenTarget::Unix(u) => crate::sockets::describe(u),
+                t @ (crate::model::OpenTarget::Inet(_) | crate::model::OpenTarget::Netlink(_)) => {
+                    crate::net::describe(t)
+                }
                 crate::model::OpenTarget::PtyMaster(p) => format!(
                     "pty master of /dev/pts/{} ({}x{})",
                     p.index, p.winsize[0], p.winsize[1]

@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod lock;
 pub mod memory;
 pub mod model;
+pub mod net;
 pub mod objects;
 pub mod pipeline;
 pub mod precopy;
@@ -33,6 +34,6 @@ pub mod timers;
 pub mod tty;
 pub mod unwind;
 
-pub use dump::{check, dump, DumpOptions, DumpReport};
+pub use dump::{check, check_with, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};
 pub use restore::{restore, restore_with, RestoreOptions, RestoreReport};

@@ -154,6 +154,10 @@ pub enum OpenTarget {
     /// A named FIFO whose buffer held data (an [`ObjectKind::Pipe`] with
     /// `fifo` set), opened by path.
     FifoData { path: String, pipe: ObjectId },
+    /// An AF_INET or AF_INET6 socket: TCP or UDP (see `crate::net`).
+    Inet(Box<InetSocket>),
+    /// An AF_NETLINK socket (see `crate::net::netlink`).
+    Netlink(NetlinkSocket),
 }
 
 /// An AF_UNIX socket.
@@ -571,4 +575,140 @@ pub struct Termios {
     pub cc: Vec<u8>,
     pub ispeed: u32,
     pub ospeed: u32,
+}
+
+// ===================================================================
+// Network sockets (crate::net): AF_INET / AF_INET6 TCP and UDP, netlink.
+// ===================================================================
+
+/// An AF_INET or AF_INET6 socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InetSocket {
+    /// AF_INET or AF_INET6.
+    pub family: i32,
+    /// SOCK_STREAM (TCP) or SOCK_DGRAM (UDP).
+    pub sock_type: i32,
+    pub protocol: i32,
+    /// The bound address (getsockname); `None` when it was not bound.
+    pub local: Option<std::net::SocketAddr>,
+    /// The peer of a connected socket.
+    pub peer: Option<std::net::SocketAddr>,
+    /// TCP: the kernel's state number (1 established, 7 closed, 10 listening).
+    pub state: u8,
+    /// Listening, with this backlog.
+    pub listen: Option<u32>,
+    pub opts: SockOpts,
+    /// An established TCP connection as TCP_REPAIR read it.
+    pub tcp: Option<TcpConn>,
+    /// UDP: the datagrams queued, oldest first, with their senders.
+    #[serde(default)]
+    pub datagrams: Vec<Datagram>,
+    /// The nftables table of crest's own (family inet) that drops this
+    /// connection's packets from the dump until the restore: its peer is
+    /// outside the tree (`--tcp-established`).
+    #[serde(default)]
+    pub lock_table: Option<String>,
+    /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2) (UDP).
+    #[serde(default)]
+    pub shutdown: u8,
+    /// SO_PEEK_OFF when the program enabled it.
+    #[serde(default)]
+    pub peek_off: Option<i32>,
+}
+
+/// The options of an IP socket, as getsockopt reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SockOpts {
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    /// SO_RCVBUF / SO_SNDBUF as getsockopt reports them (twice the value set).
+    pub rcvbuf: u32,
+    pub sndbuf: u32,
+    pub keepalive: bool,
+    /// TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT.
+    pub keepidle: i32,
+    pub keepintvl: i32,
+    pub keepcnt: i32,
+    pub nodelay: bool,
+    pub cork: bool,
+    /// SO_LINGER: (l_onoff, l_linger).
+    pub linger: (i32, i32),
+    pub rcvtimeo_us: u64,
+    pub sndtimeo_us: u64,
+    /// IP_TOS (IPv4) or IPV6_TCLASS (IPv6).
+    pub tos: i32,
+    /// IPV6_V6ONLY (IPv6 only).
+    pub v6only: bool,
+    /// SO_BINDTODEVICE: the interface name, empty when not bound.
+    pub bindtodevice: String,
+    pub mark: u32,
+    pub priority: i32,
+    pub user_timeout: i32,
+    /// TCP_CONGESTION: the algorithm's name.
+    pub congestion: String,
+    /// TCP_FASTOPEN: the listener's fast-open queue length (0: off).
+    pub fastopen: i32,
+    /// IP_FREEBIND / IPV6_FREEBIND.
+    pub freebind: bool,
+    /// SO_BROADCAST (UDP).
+    #[serde(default)]
+    pub broadcast: bool,
+    /// IP_TTL / IPV6_UNICAST_HOPS (-1: the default).
+    #[serde(default)]
+    pub ttl: i32,
+}
+
+/// An established TCP connection, as TCP_REPAIR shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TcpConn {
+    /// The sequence number of the first byte of `send_queue` (snd_una).
+    pub snd_seq: u32,
+    /// The sequence number of the first byte of `recv_queue` (copied_seq).
+    pub rcv_seq: u32,
+    /// Bytes written and not yet acknowledged by the peer, oldest first.
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` were not yet sent.
+    pub unsent: u32,
+    /// Bytes received and not yet read by the program.
+    pub recv_queue: Vec<u8>,
+    /// The MSS clamp (TCP_MAXSEG in repair mode).
+    pub mss: u32,
+    /// Window scaling negotiated, with both shifts.
+    pub wscale: bool,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    pub sack: bool,
+    pub timestamps: bool,
+    /// The TCP timestamp clock at the dump (TCP_TIMESTAMP).
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
+    /// Our side was shut down for writing (FIN-WAIT-1/2): the FIN follows
+    /// `send_queue` in the sequence space.
+    #[serde(default)]
+    pub fin_sent: bool,
+}
+
+/// A queued datagram.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Datagram {
+    pub data: Vec<u8>,
+    pub from: Option<std::net::SocketAddr>,
+}
+
+/// An AF_NETLINK socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetlinkSocket {
+    /// NETLINK_ROUTE, NETLINK_KOBJECT_UEVENT, NETLINK_GENERIC …
+    pub protocol: i32,
+    /// SOCK_RAW or SOCK_DGRAM.
+    pub sock_type: i32,
+    /// The bound port id (nl_pid); 0 when not bound.
+    pub portid: u32,
+    /// The multicast groups it belongs to (NETLINK_LIST_MEMBERSHIPS).
+    pub groups: Vec<u32>,
+    /// The peer set with connect (nl_pid, nl_groups), if any.
+    pub peer: Option<(u32, u32)>,
+    pub rcvbuf: u32,
+    pub sndbuf: u32,
 }

@@ -67,6 +67,8 @@ pub fn restore_with<R: Read>(
     let mut spool: Option<Spool> = None;
     let mut pages = 0u64;
     let mut model_done = false;
+    // Connection locks the image names go when the restore ends, however.
+    let mut locks = crate::net::lock::Pending::default();
     while let Some(rec) = reader.next_record()? {
         if (model.is_model(rec.kind) || rec.kind == kind::FILE_DATA)
             && (build.is_some() || spool.is_some())
@@ -90,6 +92,9 @@ pub fn restore_with<R: Read>(
         }
         if !model_done {
             ckpt = model.take()?;
+            for o in &ckpt.objects {
+                locks.note(o);
+            }
             model_done = true;
         }
         match rec.kind {
@@ -162,6 +167,10 @@ pub fn restore_with<R: Read>(
         }
     };
     let pid = build.finish()?;
+    // The tree runs: a lock that cannot be removed is only reported.
+    if let Err(e) = locks.release() {
+        eprintln!("crest: warning: {e}");
+    }
     unlinked.keep_sysv();
     Ok(RestoreReport {
         pid,
@@ -566,6 +575,7 @@ impl Build {
             procs[i].ctty = Some(m.dst);
         }
         crate::sockets::restore(&ckpt, &opened)?;
+        crate::net::finish(&ckpt, &opened)?;
         crate::events::add_epoll_targets(&ckpt, &opened)?;
         files::unlink_recreated(unlinked)?;
         let plan = TreePlan {

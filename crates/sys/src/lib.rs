@@ -9,9 +9,11 @@
 
 pub mod arch;
 pub mod error;
+pub mod inetdiag;
 pub mod inject;
 pub mod mem;
 pub mod namelock;
+pub mod net;
 pub mod pidfd;
 pub mod proc;
 pub mod process;

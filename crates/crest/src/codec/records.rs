@@ -106,7 +106,9 @@ pub fn object_record_kind(o: &ObjectKind) -> u32 {
             | OpenTarget::Signalfd { .. }
             | OpenTarget::Inotify { .. }
             | OpenTarget::Epoll { .. } => kind::OPEN_EVENT,
-            OpenTarget::Unix(_) => kind::OPEN_SOCKET,
+            OpenTarget::Unix(_) | OpenTarget::Inet(_) | OpenTarget::Netlink(_) => {
+                kind::OPEN_SOCKET
+            }
             OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => kind::OPEN_TTY,
         },
     }

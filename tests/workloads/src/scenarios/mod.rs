@@ -78,7 +78,7 @@ pub const NAMES: &[&str] = &[
     "pty [unread]",
     "idle",
     "unix-sockets",
-    "unsupported <thread|child|socket|netlink>",
+    "unsupported <thread|child|socket|netlink|packet|raw>",
     "sigcount",
 ];
 

@@ -38,6 +38,10 @@ enum Obstacle {
         fd: i32,
         nl_pid: u32,
     },
+    /// An AF_PACKET or raw IP socket, which crest refuses.
+    Raw {
+        fd: i32,
+    },
 }
 
 pub fn run(p: &Proto, args: &[String]) -> Checks {
@@ -54,8 +58,10 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
         "child" => setup_child(p),
         "socket" => setup_tcp(p),
         "netlink" => setup_netlink(p),
+        "packet" => setup_raw(p, libc::AF_PACKET, (libc::ETH_P_ALL as u16).to_be() as i32),
+        "raw" => setup_raw(p, libc::AF_INET, libc::IPPROTO_ICMP),
         other => p.bail(&format!(
-            "setup: unsupported needs thread|child|socket|netlink, got {other:?}"
+            "setup: unsupported needs thread|child|socket|netlink|packet|raw, got {other:?}"
         )),
     };
     let base = Baseline::record();
@@ -109,6 +115,23 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
         } => check_child(&mut c, pid, to_child, from_child),
         Obstacle::Tcp { fd, addr } => check_tcp(&mut c, fd, addr),
         Obstacle::Netlink { fd, nl_pid } => check_netlink(&mut c, fd, nl_pid),
+        Obstacle::Raw { fd } => {
+            let mut ty: i32 = 0;
+            let mut len = 4u32;
+            // SAFETY: getsockopt writes one int into `ty`.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_TYPE,
+                    (&mut ty as *mut i32).cast(),
+                    &mut len,
+                )
+            };
+            c.ensure(r == 0 && ty == libc::SOCK_RAW, || {
+                format!("the raw socket is gone or changed (type {ty}, r {r})")
+            });
+        }
     }
     c
 }
@@ -380,4 +403,13 @@ fn check_netlink(c: &mut Checks, fd: i32, nl_pid: u32) {
         });
         libc::close(fd);
     }
+}
+
+fn setup_raw(p: &Proto, family: i32, protocol: i32) -> Obstacle {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        p.bail_errno("socket(SOCK_RAW)");
+    }
+    Obstacle::Raw { fd }
 }
