@@ -69,6 +69,21 @@ pub struct FdIndex {
     seen: HashMap<(u64, u64), Vec<SeenFd>>,
     pipes: HashMap<u64, PipeSeen>,
     ptys: crate::tty::PtyIndex,
+    locks: crate::locks::LockIndex,
+    /// Per pid: the locks and SIGIO owners found on its descriptors.
+    held: HashMap<i32, (Vec<crate::model::FileLock>, Vec<crate::model::FdOwner>)>,
+    /// The first unlinked-file object of each (dev, ino).
+    unlinked: HashMap<(u64, u64), u32>,
+}
+
+impl FdIndex {
+    /// The locks and SIGIO owners collected for `pid`.
+    pub fn take_held(
+        &mut self,
+        pid: i32,
+    ) -> (Vec<crate::model::FileLock>, Vec<crate::model::FdOwner>) {
+        self.held.remove(&pid).unwrap_or_default()
+    }
 }
 
 /// Reads the descriptor table of `pid`.
@@ -80,6 +95,7 @@ pub fn collect_fds(
     index: &mut FdIndex,
 ) -> Result<Vec<Fd>> {
     let mut out: Vec<Fd> = Vec::new();
+    let pidfd = crest_sys::pidfd::open(pid)?;
     for fd in proc::list_fds(pid)? {
         let refuse = |obstacles: &mut Vec<Obstacle>, reason: String| {
             obstacles.push(Obstacle {
@@ -112,6 +128,10 @@ pub fn collect_fds(
                 }
             }
             if let Some(obj) = shared {
+                let held = &mut index.held.entry(pid).or_default().0;
+                if let Err(r) = crate::locks::collect(pid, fd, obj, &info, &mut index.locks, held) {
+                    refuse(obstacles, format!("{link}: {r}"));
+                }
                 out.push(Fd {
                     fd,
                     cloexec,
@@ -121,7 +141,22 @@ pub fn collect_fds(
             }
         }
         let ft = md.file_type();
-        let target = if ft.is_file() && link.starts_with("/memfd:") {
+        let target = if flags & libc::O_PATH as u32 != 0 {
+            if !link.starts_with('/') || link.ends_with(" (deleted)") {
+                refuse(
+                    obstacles,
+                    format!("O_PATH descriptor of {link}: only files with a name are supported"),
+                );
+                continue;
+            }
+            OpenTarget::Path {
+                path: link.clone(),
+                kind: md.mode() & libc::S_IFMT,
+            }
+        } else if let Some(why) = deleted_node(&link, &ft) {
+            refuse(obstacles, why);
+            continue;
+        } else if ft.is_file() && link.starts_with("/memfd:") {
             let path = format!("/proc/{pid}/fd/{fd}");
             let shmem = match objects.shmem(md.dev(), md.ino()) {
                 Some(id) => id,
@@ -137,17 +172,19 @@ pub fn collect_fds(
             OpenTarget::Memfd { shmem }
         } else if ft.is_file() {
             if md.nlink() == 0 || link.ends_with(" (deleted)") {
-                if md.size() > MAX_UNLINKED {
+                if md.blocks() * 512 > MAX_UNLINKED {
                     refuse(
                         obstacles,
-                        format!("unlinked file {link} is larger than 4 GiB"),
+                        format!("unlinked file {link} holds more than 4 GiB of data"),
                     );
                     continue;
                 }
+                let same_as = index.unlinked.get(&key).copied();
                 OpenTarget::Unlinked {
                     path: link.trim_end_matches(" (deleted)").to_string(),
                     size: md.size(),
                     mode: md.mode(),
+                    meta: Some(crate::unlinked::meta(&md, flags, same_as)),
                 }
             } else {
                 OpenTarget::Regular(file_id(&link)?)
@@ -291,18 +328,36 @@ pub fn collect_fds(
             );
             continue;
         };
+        let is_path = matches!(target, OpenTarget::Path { .. });
         let obj = objects.add(ObjectKind::Open(OpenFile {
             flags,
-            pos: info.pos,
+            pos: if is_path { 0 } else { info.pos },
             target: target.clone(),
         }));
-        if let OpenTarget::Unlinked { size, .. } = target {
-            data.push(DataSource::Unlinked {
-                object: obj,
-                pid,
-                fd,
-                size,
-            });
+        if let OpenTarget::Unlinked { size, meta, .. } = target {
+            if meta.is_none_or(|m| m.same_as.is_none()) {
+                index.unlinked.insert(key, obj);
+                data.push(DataSource::Unlinked {
+                    object: obj,
+                    pid,
+                    fd,
+                    size,
+                });
+            }
+        }
+        let held = index.held.entry(pid).or_default();
+        if let Err(r) = crate::locks::collect(pid, fd, obj, &info, &mut index.locks, &mut held.0) {
+            refuse(obstacles, format!("{link}: {r}"));
+        }
+        if !is_path {
+            match crest_sys::pidfd::getfd(&pidfd, pid, fd)
+                .map_err(|e| e.to_string())
+                .and_then(|f| crate::fown::collect(fd, &f))
+            {
+                Ok(Some(o)) => held.1.push(o),
+                Ok(None) => {}
+                Err(r) => refuse(obstacles, format!("{link}: {r}")),
+            }
         }
         index.seen.entry(key).or_default().push((pid, fd, obj));
         out.push(Fd {
@@ -312,6 +367,26 @@ pub fn collect_fds(
         });
     }
     Ok(out)
+}
+
+/// Why a deleted directory, FIFO or device node held open cannot be
+/// checkpointed (restore could not open it again by its path).
+fn deleted_node(link: &str, ft: &std::fs::FileType) -> Option<String> {
+    if !link.ends_with(" (deleted)") {
+        return None;
+    }
+    let what = if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "device node"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{link}: a {what} deleted while open cannot be reopened at restore (not supported)"
+    ))
 }
 
 /// Buffer size and bytes in flight of the pipe behind `fd` of `pid`,
@@ -521,20 +596,8 @@ pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<
                 size,
             } => {
                 let path = format!("/proc/{pid}/fd/{fd}");
-                let mut f = File::open(&path)
-                    .context(|| format!("pid {pid}: fd {fd}: reopening the unlinked file"))?;
-                let mut off = 0u64;
-                while off < size {
-                    let want = ((size - off) as usize).min(buf.len());
-                    let n = f
-                        .read(&mut buf[..want])
-                        .context(|| format!("reading {path}"))?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.write_file_data(object as u64, off, &buf[..n])?;
-                    off += n as u64;
-                }
+                crate::unlinked::write_extents(object, &path, size, &mut buf, out)
+                    .context(|| format!("pid {pid}: fd {fd}: saving the unlinked file"))?;
             }
         }
     }
@@ -600,7 +663,9 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
 /// on error is removed on drop) and pipes being refilled.
 #[derive(Default)]
 pub struct UnlinkedFiles {
-    files: HashMap<u32, (File, String)>,
+    files: crate::unlinked::Recreated,
+    /// Pipe ends whose own description was handed out already.
+    ends_given: std::collections::HashSet<(u32, bool)>,
     pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
     /// Bytes to write into named FIFOs when they are opened.
     fifo_data: HashMap<u32, Vec<u8>>,
@@ -610,36 +675,6 @@ pub struct UnlinkedFiles {
 }
 
 impl UnlinkedFiles {
-    fn create(&mut self, object: u32, path: &str, mode: u32) -> Result<&File> {
-        if !self.files.contains_key(&object) {
-            let mut candidates = vec![path.to_string()];
-            candidates.push(format!("{path}.crest-{}-{object}", std::process::id()));
-            let mut last = None;
-            for p in candidates {
-                match std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode & 0o7777)
-                    .open(&p)
-                {
-                    Ok(f) => {
-                        self.files.insert(object, (f, p));
-                        last = None;
-                        break;
-                    }
-                    Err(e) => last = Some((p, e)),
-                }
-            }
-            if let Some((p, e)) = last {
-                return Err(Error::msg(format!(
-                    "recreating unlinked file {p} for the restore: {e}"
-                )));
-            }
-        }
-        Ok(&self.files[&object].0)
-    }
-
     /// Creates the pipe of object `id`, sized as it was.
     fn pipe(&mut self, id: u32, p: &PipeObj) -> Result<&(OwnedFd, OwnedFd)> {
         if let std::collections::hash_map::Entry::Vacant(e) = self.pipes.entry(id) {
@@ -744,14 +779,20 @@ impl UnlinkedFiles {
                 .write_all(data)
                 .context(|| format!("refilling pipe object {object}"));
         }
-        let (path, mode, size) = match ckpt_obj {
+        let (path, mode, size, meta) = match ckpt_obj {
             Some(ObjectKind::Open(OpenFile {
-                target: OpenTarget::Unlinked { path, mode, size },
+                target:
+                    OpenTarget::Unlinked {
+                        path,
+                        mode,
+                        size,
+                        meta,
+                    },
                 ..
-            })) => (path.clone(), *mode, *size),
+            })) if meta.as_ref().is_none_or(|m| m.same_as.is_none()) => (path, *mode, *size, meta),
             _ => {
                 return Err(Error::Invalid(format!(
-                    "file data for object {object}, which is not an unlinked file"
+                    "file data for object {object}, which is not an unlinked file's content"
                 )))
             }
         };
@@ -763,32 +804,46 @@ impl UnlinkedFiles {
                 "file data for {path} at {offset} runs past its size {size}"
             )));
         }
-        let f = self.create(object, &path, mode)?;
-        f.write_all_at(data, offset)
-            .context(|| format!("writing the content of unlinked file {path}"))
+        self.files
+            .write(object, path, mode, meta.as_ref(), offset, data)
     }
 
-    fn open(
+    /// A new description of the recreated unlinked file of object `id`.
+    fn open_unlinked(
         &mut self,
-        object: u32,
-        path: &str,
-        mode: u32,
-        size: u64,
-        flags: u32,
+        id: u32,
+        o: &OpenFile,
+        objects: &dyn Fn(u32) -> Option<ObjectKind>,
     ) -> Result<OwnedFd> {
-        self.create(object, path, mode)?;
-        let (f, p) = &self.files[&object];
-        f.set_len(size).context(|| format!("sizing {p}"))?;
-        let fd = open_path(p, flags)?;
+        let OpenTarget::Unlinked { meta, .. } = &o.target else {
+            unreachable!("called for unlinked files only")
+        };
+        // The description that carries the content (this one, or the one
+        // it shares the file with).
+        let owner = meta.as_ref().and_then(|m| m.same_as).unwrap_or(id);
+        let Some(ObjectKind::Open(OpenFile {
+            target:
+                OpenTarget::Unlinked {
+                    path,
+                    size,
+                    mode,
+                    meta,
+                },
+            ..
+        })) = objects(owner)
+        else {
+            return Err(Error::Invalid(format!(
+                "unlinked file {id}: object {owner} is not an unlinked file"
+            )));
+        };
+        let p = self
+            .files
+            .finish(owner, &path, mode, size, meta.as_ref())?;
+        let fd = open_path(&p, crate::unlinked::open_flags(o.flags))
+            .context(|| format!("reopening the recreated {path}"))?;
+        set_fl(&fd, o.flags, &path)?;
+        seek(&fd, o.pos, &path)?;
         Ok(fd)
-    }
-}
-
-impl Drop for UnlinkedFiles {
-    fn drop(&mut self) {
-        for (_, (_, p)) in self.files.drain() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 
@@ -848,11 +903,17 @@ pub fn open_object(
                     "pipe end {id}: object {pipe} is not a pipe"
                 )));
             };
+            let first = unlinked.ends_given.insert((*pipe, *write));
             let (r, w) = unlinked.pipe(*pipe, &p)?;
             // Each end is one open file description: hand out the pipe's
             // own; a second description of the same end is a reopen.
             let end = if *write { w } else { r };
-            let fd = end.try_clone()?;
+            let fd = if first {
+                end.try_clone()?
+            } else {
+                // Another description of the same end: its own flags.
+                open_path(&format!("/proc/self/fd/{}", end.as_raw_fd()), o.flags)?
+            };
             set_fl(&fd, o.flags, "a pipe")?;
             fd
         }
@@ -908,9 +969,18 @@ pub fn open_object(
             set_fl(&fd, o.flags, path)?;
             fd
         }
-        OpenTarget::Unlinked { path, size, mode } => {
-            let fd = unlinked.open(id, path, *mode, *size, o.flags)?;
-            seek(&fd, o.pos, path)?;
+        OpenTarget::Unlinked { .. } => unlinked.open_unlinked(id, o, objects)?,
+        OpenTarget::Path { path, kind } => {
+            let fd = open_path(path, o.flags)?;
+            let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .context(|| format!("stat {path}"))?;
+            if md.mode() & libc::S_IFMT != *kind {
+                return Err(Error::Incompatible(format!(
+                    "{path} is not the same kind of file as at the checkpoint \
+                     (file type {:o}, was {kind:o})",
+                    md.mode() & libc::S_IFMT
+                )));
+            }
             fd
         }
         OpenTarget::Eventfd { .. }
@@ -923,6 +993,10 @@ pub fn open_object(
             crate::tty::open(o, &mut unlinked.ptys, objects)?
         }
     };
+    // open(2) ignores O_ASYNC: only F_SETFL sets it.
+    if o.flags & libc::O_ASYNC as u32 != 0 {
+        set_fl(&fd, o.flags, "a file with O_ASYNC")?;
+    }
     Ok(fd)
 }
 
@@ -935,8 +1009,26 @@ pub fn release_pipes(unlinked: &mut UnlinkedFiles) {
 /// Removes the names of the recreated unlinked files, once every
 /// descriptor on them is open.
 pub fn unlink_recreated(unlinked: &mut UnlinkedFiles) -> Result<()> {
-    for (_, (_, p)) in unlinked.files.drain() {
-        std::fs::remove_file(&p).context(|| format!("unlinking {p}"))?;
+    unlinked.files.unlink_all()
+}
+
+/// Checks the file at `f.path` is still the one that was checkpointed.
+pub fn same_file(f: &FileId) -> Result<()> {
+    let md = std::fs::metadata(&f.path).context(|| format!("the image needs file {}", f.path))?;
+    check_same(f, &md)
+}
+
+fn check_same(f: &FileId, md: &std::fs::Metadata) -> Result<()> {
+    let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+    if md.size() != f.size || mtime != f.mtime_ns {
+        return Err(Error::Incompatible(format!(
+            "{} changed since the checkpoint (size {} → {}, mtime changed: {}); \
+             restoring would mix old memory with new file content",
+            f.path,
+            f.size,
+            md.size(),
+            mtime != f.mtime_ns
+        )));
     }
     Ok(())
 }
@@ -950,16 +1042,6 @@ pub fn open_checked(f: &FileId, write: bool) -> Result<OwnedFd> {
     let md = File::from(fd.try_clone().context(|| format!("dup {}", f.path))?)
         .metadata()
         .context(|| format!("stat {}", f.path))?;
-    let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
-    if md.size() != f.size || mtime != f.mtime_ns {
-        return Err(Error::Incompatible(format!(
-            "{} changed since the checkpoint (size {} → {}, mtime changed: {}); \
-             restoring would mix old memory with new file content",
-            f.path,
-            f.size,
-            md.size(),
-            mtime != f.mtime_ns
-        )));
-    }
+    check_same(f, &md)?;
     Ok(fd)
 }

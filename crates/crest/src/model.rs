@@ -115,6 +115,9 @@ pub enum OpenTarget {
         path: String,
         size: u64,
         mode: u32,
+        /// Owner, times and sharing (see [`UnlinkedMeta`]).
+        #[serde(default)]
+        meta: Option<UnlinkedMeta>,
     },
     /// An eventfd: its counter and whether it is in semaphore mode.
     Eventfd { count: u64, semaphore: bool },
@@ -148,6 +151,10 @@ pub enum OpenTarget {
     /// A named FIFO whose buffer held data (an [`ObjectKind::Pipe`] with
     /// `fifo` set), opened by path.
     FifoData { path: String, pipe: ObjectId },
+    /// An O_PATH descriptor: only a reference to `path`, never read or
+    /// seeked.  `kind` is the file type bits (S_IFMT) of what it refers
+    /// to; a symbolic link is referred to itself (O_NOFOLLOW).
+    Path { path: String, kind: u32 },
 }
 
 /// An AF_UNIX socket.
@@ -284,6 +291,13 @@ pub struct Process {
     /// this one shares (CLONE_FS without CLONE_VM).
     #[serde(default)]
     pub shares_fs_with: Option<i32>,
+    /// File locks the process holds or owns (see [`FileLock`]).
+    #[serde(default)]
+    pub locks: Vec<FileLock>,
+    /// Descriptors whose open file description has a SIGIO owner or
+    /// signal (F_SETOWN_EX / F_SETSIG), set through this process.
+    #[serde(default)]
+    pub fd_owners: Vec<FdOwner>,
 }
 
 /// A child that exited and waits for its parent to reap it.
@@ -559,4 +573,59 @@ pub struct Termios {
     pub cc: Vec<u8>,
     pub ispeed: u32,
     pub ospeed: u32,
+}
+
+// ---- issue 16: file locks, SIGIO owners, unlinked files' metadata ----
+
+/// One lock held through a descriptor of a process (see `crate::locks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    /// The descriptor it is taken through, in this process.
+    pub fd: i32,
+    pub kind: LockKind,
+    /// A write (exclusive) lock or lease; else a read (shared) one.
+    pub write: bool,
+    /// Byte range (POSIX and OFD locks): start and length, 0 = to EOF.
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Who owns a lock, as the kernel sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// fcntl F_SETLK: owned by the process (its descriptor table).
+    Posix,
+    /// flock(2): owned by the open file description.
+    Flock,
+    /// fcntl F_OFD_SETLK: owned by the open file description.
+    Ofd,
+    /// fcntl F_SETLEASE: held by the open file description.
+    Lease,
+}
+
+/// The SIGIO owner and signal of an open file description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdOwner {
+    pub fd: i32,
+    /// F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP, and the id (0: none).
+    pub owner_type: i32,
+    pub owner: i32,
+    /// F_GETSIG (0: SIGIO).
+    pub signal: i32,
+}
+
+/// What an unlinked file carries besides its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlinkedMeta {
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_ns: i128,
+    pub mtime_ns: i128,
+    /// Another open file description of the same file, described earlier
+    /// in the image: this one is a new description of that recreated file
+    /// (its content follows that object's id).
+    pub same_as: Option<ObjectId>,
+    /// Made with O_TMPFILE (its name is `dir/#ino`): recreated so, and so
+    /// still linkable into the directory.
+    pub tmpfile: bool,
 }

@@ -1184,3 +1184,29 @@ pub fn describe(u: &UnixSocket) -> String {
     }
     s
 }
+
+/// Why the filesystem name of socket `u` could not be bound again here
+/// (checked at dump too, while the tree still runs).
+pub fn name_problem(u: &UnixSocket) -> Option<String> {
+    if u.name.first() != Some(&b'/') {
+        return None;
+    }
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&u.name));
+    let shown = path.display();
+    if let Some(dir) = path.parent() {
+        if !dir.is_dir() {
+            return Some(format!(
+                "AF_UNIX socket bound to {shown}: its directory {} was removed; the name \
+                 cannot be bound again (not supported)",
+                dir.display()
+            ));
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Some(format!(
+            "AF_UNIX socket bound to {shown}: that path now holds another file, so the \
+             name cannot be bound again (not supported)"
+        )),
+        _ => None,
+    }
+}

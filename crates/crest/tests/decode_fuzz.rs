@@ -146,6 +146,7 @@ fn checkpoint() -> Checkpoint {
                     path: "/tmp/work/gone".into(),
                     size: 8192,
                     mode: 0o100600,
+                    meta: None,
                 },
             }),
         },
@@ -356,6 +357,8 @@ fn checkpoint() -> Checkpoint {
         zombies: Vec::new(),
         shares_files_with: None,
         shares_fs_with: None,
+        locks: Vec::new(),
+        fd_owners: Vec::new(),
     };
     Checkpoint {
         objects,

@@ -6,8 +6,10 @@ use crate::proto::Proto;
 
 mod attrs;
 mod events;
+mod fdstate;
 mod files;
 mod idle;
+mod locks;
 mod many;
 mod memory;
 mod mm;
@@ -52,6 +54,8 @@ const TABLE: &[(&str, Run)] = &[
     ("idle", idle::run),
     ("unix-sockets", unix_sockets::run),
     ("unsupported", unsupported::run),
+    ("locks", locks::run),
+    ("fdstate", fdstate::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -77,6 +81,8 @@ pub const NAMES: &[&str] = &[
     "idle",
     "unix-sockets",
     "unsupported <thread|child|socket|netlink>",
+    "locks",
+    "fdstate",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {

@@ -1,0 +1,212 @@
+//! Issue 16: state that must come back exactly (file locks, per-description
+//! flags and owners, unlinked and sparse files, O_PATH), real programs
+//! holding locks (flock(1), sqlite), and images restore would reject,
+//! which dump must refuse with the tree left running.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn file_locks_of_every_kind() {
+    Workload::start("locks", &[]).cycle();
+}
+
+#[test]
+fn file_locks_twice() {
+    Workload::start("locks", &[]).cycle_twice();
+}
+
+#[test]
+fn description_flags_owners_unlinked_sparse_tmpfile_opath() {
+    let w = Workload::start("fdstate", &[]);
+    w.dump_ok();
+    let len = std::fs::metadata(w.image()).unwrap().len();
+    assert!(
+        len < 64 << 20,
+        "the image is {len} bytes: the 1 GiB hole was written out"
+    );
+    w.restore_ok();
+    w.go();
+    w.expect_pass();
+}
+
+/// Waits until `cond` holds (60 s at most).
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(60), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn flock_n(path: &str) -> bool {
+    Command::new("flock")
+        .args(["-n", path, "true"])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// flock(1) holding a lock while its command runs: after the restore
+/// another `flock -n` must still fail.
+#[test]
+fn flock_command_keeps_its_lock() {
+    init();
+    let dir = temp_dir("flock1");
+    let lock = dir.join("lockfile");
+    let lock_s = lock.to_str().unwrap().to_string();
+    let o = crest(&[
+        "run",
+        "--",
+        "flock",
+        &lock_s,
+        "python3",
+        "-c",
+        &format!(
+            "import os, time\nwhile not os.path.exists('{0}/go'): time.sleep(0.02)\nopen('{0}/out', 'w')",
+            dir.display()
+        ),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid: i32 = stdout(&o).trim().parse().unwrap();
+    wait_until("flock(1) holds the lock", || !flock_n(&lock_s));
+    let img = dir.join("img");
+    let tree = descendants(pid);
+    let o = crest(&["dump", "-p", &pid.to_string(), "-o", img.to_str().unwrap()]);
+    assert!(o.status.success(), "dump: {}", stderr(&o));
+    for &p in tree.iter().rev() {
+        reap(p, Duration::from_secs(10));
+    }
+    reap(pid, Duration::from_secs(10));
+    assert!(flock_n(&lock_s), "the lock must be free while the tree is gone");
+    let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
+    assert!(o.status.success(), "restore: {}", stderr(&o));
+    assert!(!flock_n(&lock_s), "after the restore the lock must be held again");
+    std::fs::write(dir.join("go"), b"").unwrap();
+    assert_eq!(reap(pid, Duration::from_secs(30)), Some(Exit::Code(0)));
+    assert!(dir.join("out").exists());
+    assert!(flock_n(&lock_s), "flock(1) released its lock at exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// sqlite with a write transaction open across the checkpoint: after the
+/// restore another connection gets SQLITE_BUSY, and the transaction
+/// commits.
+#[test]
+fn sqlite_write_transaction_keeps_its_locks() {
+    init();
+    let body = r#"
+import os, sys, time, sqlite3
+D = sys.argv[1]
+for mode in ("delete", "wal"):
+    db = D + "/db-" + mode
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("pragma journal_mode=" + mode)
+    c.execute("create table t(x)")
+    c.execute("begin immediate")
+    c.execute("insert into t values (1)")
+    if mode == "delete": c1 = c
+    else: c2 = c
+open(D + "/ready.tmp", "w").write("%d\n" % os.getpid()); os.rename(D + "/ready.tmp", D + "/ready")
+while not os.path.exists(D + "/go"): time.sleep(0.01)
+e = []
+for mode in ("delete", "wal"):
+    other = sqlite3.connect(D + "/db-" + mode, timeout=0, isolation_level=None)
+    try:
+        other.execute("begin immediate"); other.execute("insert into t values (2)")
+        e.append(mode + ": another connection could write during the transaction")
+    except sqlite3.OperationalError as x:
+        if "locked" not in str(x) and "busy" not in str(x): e.append(mode + ": " + str(x))
+    other.close()
+c1.execute("commit"); c2.execute("commit")
+for mode in ("delete", "wal"):
+    r = sqlite3.connect(D + "/db-" + mode).execute("select x from t").fetchall()
+    if r != [(1,)]: e.append(mode + ": rows %r" % r)
+    ok = sqlite3.connect(D + "/db-" + mode).execute("pragma integrity_check").fetchone()[0]
+    if ok != "ok": e.append(mode + ": integrity " + ok)
+open(D + "/result.tmp", "w").write("PASS\n" if not e else "FAIL\n" + "\n".join(e) + "\n")
+os.rename(D + "/result.tmp", D + "/result"); os._exit(0 if not e else 1)
+"#;
+    Workload::start_python("sqlite", body).cycle();
+}
+
+/// Dump must refuse, by name and with the tree running, what restore
+/// could not rebuild.
+fn refused(script: &str, wants: &[&str]) {
+    let w = Workload::start_python("refused", script);
+    for args in [&["check"][..], &["dump"][..]] {
+        let o = if args[0] == "check" {
+            crest(&["check", "-p", &w.pid.to_string()])
+        } else {
+            w.dump(&[])
+        };
+        let text = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(
+            !o.status.success() || args[0] == "check",
+            "{} accepted it: {text}",
+            args[0]
+        );
+        for want in wants {
+            assert!(text.contains(want), "{}: {want:?} missing in: {text}", args[0]);
+        }
+        assert!(alive(w.pid), "the tree must keep running");
+    }
+    assert!(!w.image().exists(), "no image may be left");
+    w.go();
+    w.expect_pass();
+}
+
+const PROTO: &str = r#"
+import os, sys, time, socket
+D = sys.argv[1]
+def ready():
+    open(D + "/ready.tmp", "w").write("%d\n" % os.getpid()); os.rename(D + "/ready.tmp", D + "/ready")
+def done():
+    while not os.path.exists(D + "/go"): time.sleep(0.01)
+    open(D + "/result.tmp", "w").write("PASS\n"); os.rename(D + "/result.tmp", D + "/result"); os._exit(0)
+"#;
+
+#[test]
+fn deleted_cwd_is_refused() {
+    let s = format!("{PROTO}\nos.mkdir(D + '/gone'); os.chdir(D + '/gone'); os.rmdir(D + '/gone')\nready(); done()\n");
+    refused(&s, &["cwd", "gone (deleted)"]);
+}
+
+#[test]
+fn deleted_directory_and_fifo_are_refused() {
+    let s = format!(
+        "{PROTO}\nos.mkdir(D + '/dd'); d = os.open(D + '/dd', os.O_RDONLY); os.rmdir(D + '/dd')\n\
+         os.mkfifo(D + '/ff'); f = os.open(D + '/ff', os.O_RDONLY | os.O_NONBLOCK); os.unlink(D + '/ff')\n\
+         ready(); done()\n"
+    );
+    refused(&s, &["dd (deleted)", "a directory deleted while open", "ff (deleted)", "FIFO"]);
+}
+
+/// The structural fix: only the restore plan knows a /proc file of the
+/// tree cannot be reopened before its process exists.
+#[test]
+fn proc_file_of_the_tree_is_refused() {
+    let s = format!("{PROTO}\nf = open('/proc/self/status')\nready(); done()\n");
+    refused(&s, &["/status belongs to pid", "does not exist yet"]);
+}
+
+#[test]
+fn unix_socket_whose_directory_was_removed_is_refused() {
+    let s = format!(
+        "{PROTO}\nos.mkdir(D + '/sd'); s = socket.socket(socket.AF_UNIX); s.bind(D + '/sd/sock'); s.listen()\n\
+         os.unlink(D + '/sd/sock'); os.rmdir(D + '/sd')\nready(); done()\n"
+    );
+    refused(&s, &["sd/sock", "was removed"]);
+}
+
+#[test]
+fn unix_socket_whose_path_holds_another_file_is_refused() {
+    let s = format!(
+        "{PROTO}\ns = socket.socket(socket.AF_UNIX); s.bind(D + '/sock'); s.listen()\n\
+         os.unlink(D + '/sock'); open(D + '/sock', 'w').write('x')\nready(); done()\n"
+    );
+    refused(&s, &["/sock", "now holds another file"]);
+}
