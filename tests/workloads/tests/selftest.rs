@@ -708,3 +708,86 @@ fn mutator_detects_changed_pages_and_slots() {
     assert_fail(&w.name, &o, "differ in all");
     assert_fail(&w.name, &o, "first differing word 1537");
 }
+
+// ---- issue 16: locks and per-description state
+
+#[test]
+fn locks() {
+    pass(&["locks"]);
+}
+
+#[test]
+fn fdstate() {
+    pass(&["fdstate"]);
+}
+
+/// `key=N` from a workload's one-line info file.
+fn info_fd(w: &Workload, key: &str) -> i32 {
+    w.read("info")
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("{}: no {key} in info", w.name))
+}
+
+#[test]
+fn locks_detects_a_lost_flock_lock() {
+    let mut w = Workload::start(&["locks"], &[]);
+    w.wait_ready();
+    // The flock lock belongs to the description: unlocking through our
+    // duplicate of it drops the workload's lock, as a bad restore would.
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "flock")).expect("pidfd_getfd");
+    // SAFETY: our duplicate.
+    unsafe {
+        assert_eq!(libc::flock(fd, libc::LOCK_UN), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "flock lock blocks another description");
+}
+
+#[test]
+fn locks_detects_a_lost_ofd_lock() {
+    let mut w = Workload::start(&["locks"], &[]);
+    w.wait_ready();
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "ofd")).expect("pidfd_getfd");
+    // SAFETY: our duplicate; a struct flock of zeros but for the type.
+    unsafe {
+        let mut f: libc::flock = std::mem::zeroed();
+        f.l_type = libc::F_UNLCK as i16;
+        assert_eq!(libc::fcntl(fd, libc::F_OFD_SETLK, &f), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "OFD lock blocks another description");
+}
+
+#[test]
+fn fdstate_detects_a_shared_nonblock_flag() {
+    let mut w = Workload::start(&["fdstate"], &[]);
+    w.wait_ready();
+    // As if both descriptions were one: the blocking one gets O_NONBLOCK.
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "block")).expect("pidfd_getfd");
+    // SAFETY: our duplicate.
+    unsafe {
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_ASYNC), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "flags of the pipe's two read descriptions");
+}
+
+#[test]
+fn fdstate_detects_a_filled_hole() {
+    let mut w = Workload::start(&["fdstate"], &[]);
+    w.wait_ready();
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "sparse")).expect("pidfd_getfd");
+    // Writing into the hole allocates blocks, as writing it out would.
+    let block = vec![1u8; 1 << 20];
+    // SAFETY: our duplicate; the buffer is valid.
+    unsafe {
+        assert_eq!(libc::pwrite(fd, block.as_ptr().cast(), block.len(), 1 << 20), 1 << 20);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "st_blocks");
+}
