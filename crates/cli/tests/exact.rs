@@ -210,3 +210,31 @@ fn unix_socket_whose_path_holds_another_file_is_refused() {
     );
     refused(&s, &["/sock", "now holds another file"]);
 }
+
+/// A restored pty keeps its number; when that number is taken here the
+/// restore fails before anything runs, naming it.
+#[test]
+fn pty_number_taken_fails_the_restore_by_name() {
+    let w = Workload::start("pty", &[]);
+    w.dump_ok();
+    // Take pty numbers until every low one is in use here.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        // SAFETY: plain call; the descriptor is closed on drop below.
+        let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+        assert!(m >= 0);
+        held.push(m);
+    }
+    let o = crest(&["restore", "-i", w.image().to_str().unwrap(), "-d"]);
+    assert!(!o.status.success(), "the restore must fail");
+    let err = stderr(&o);
+    assert!(err.contains("is in use here") && err.contains("/dev/pts/"), "{err}");
+    assert!(!alive(w.pid), "nothing may be left running");
+    for m in held {
+        // SAFETY: our descriptors.
+        unsafe { libc::close(m) };
+    }
+    w.restore_ok();
+    w.go();
+    w.expect_pass();
+}

@@ -143,7 +143,7 @@ pub enum OpenTarget {
     Unix(UnixSocket),
     /// The master side of a pseudo-terminal pair (opened from /dev/ptmx),
     /// with the pair's state (see `crate::tty`).  Restore makes a new
-    /// pair: its number, and so the slave's /dev/pts/N path, may differ.
+    /// pair with the same number (the slave keeps its /dev/pts/N path).
     PtyMaster(Pty),
     /// A slave side (/dev/pts/N) of the pair whose master, in the same
     /// image, has this `index`; `exclusive`: TIOCEXCL on the slave side.

@@ -88,6 +88,20 @@ fn steal(pid: i32, fd: i32) -> std::result::Result<OwnedFd, String> {
     crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
 }
 
+/// Bytes just written to the other side may still wait in the tty's
+/// flip buffer, invisible to FIONREAD until a kernel worker moves them to
+/// the line discipline (so a check could say "no data" and the dump then
+/// see some): a poll for input flushes that work first.
+fn settle(f: &OwnedFd) {
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd, no timeout.
+    unsafe { libc::poll(&mut p, 1, 0) };
+}
+
 /// An ioctl that reads one int.
 fn get_int(f: &OwnedFd, req: libc::Ioctl, what: &str) -> std::result::Result<i32, String> {
     let mut v: libc::c_int = 0;
@@ -121,12 +135,25 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
         Some(f) => f,
         None => steal(pid, fd)?,
     };
+    // Asked through the master, the kernel tells anyone; ENOTTY: the
+    // slave is nobody's controlling terminal.  Recorded before any
+    // refusal, so that the session's controlling terminal is known to be
+    // this pair (and not reported as one outside the tree).
+    let session = get_int(&f, libc::TIOCGSID, "TIOCGSID").unwrap_or(0);
+    let foreground = if session > 0 {
+        get_int(&f, libc::TIOCGPGRP, "TIOCGPGRP")?
+    } else {
+        0
+    };
+    seen.session = session;
+    seen.foreground = foreground;
     let ldisc = get_int(&f, libc::TIOCGETD, "TIOCGETD")?;
     if ldisc != N_TTY {
         return Err(format!(
             "{what}: line discipline {ldisc} is not supported (only N_TTY)"
         ));
     }
+    settle(&f);
     let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
     let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
     if inq > 0 || outq > 0 {
@@ -163,16 +190,6 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
     let packet = get_int(&f, libc::TIOCGPKT, "TIOCGPKT")? != 0;
     let locked = get_int(&f, libc::TIOCGPTLCK, "TIOCGPTLCK")? != 0;
     let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
-    // Asked through the master, the kernel tells anyone; ENOTTY: the
-    // slave is nobody's controlling terminal.
-    let session = get_int(&f, libc::TIOCGSID, "TIOCGSID").unwrap_or(0);
-    let foreground = if session > 0 {
-        get_int(&f, libc::TIOCGPGRP, "TIOCGPGRP")?
-    } else {
-        0
-    };
-    seen.session = session;
-    seen.foreground = foreground;
     Ok(OpenTarget::PtyMaster(Pty {
         index: n,
         ptmx: link.to_string(),
@@ -221,6 +238,7 @@ fn collect_slave(pid: i32, fd: i32, link: &str, md: &Metadata, index: &mut PtyIn
             "{link}: line discipline {ldisc} is not supported (only N_TTY)"
         ));
     }
+    settle(&f);
     let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
     let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
     if inq > 0 || outq > 0 {
@@ -421,17 +439,7 @@ impl Ptys {
         if let std::collections::hash_map::Entry::Vacant(e) = self.masters.entry(p.index) {
             validate(p)?;
             let n = p.index;
-            let path = std::ffi::CString::new(p.ptmx.as_str()).expect("validated");
-            // SAFETY: a valid NUL-terminated path.
-            let fd = unsafe {
-                libc::open(
-                    path.as_ptr(),
-                    libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-                )
-            };
-            check(fd, || format!("opening {} for pty {n}", p.ptmx))?;
-            // SAFETY: a fresh descriptor nobody else owns.
-            let m = unsafe { OwnedFd::from_raw_fd(fd) };
+            let m = open_numbered(&p.ptmx, n)?;
             set_lock(&m, false, n)?;
             let t = &p.termios;
             let mut k: libc::termios2 = {
@@ -476,6 +484,40 @@ impl Ptys {
             e.insert(m);
         }
         Ok(&self.masters[&p.index])
+    }
+}
+
+/// A new pair numbered `n` (/dev/pts/N keeps its name: programs such as
+/// tmux address their panes by it).  The kernel gives each new pair the
+/// lowest free number: open pairs until number `n` comes, then close the
+/// others.  A number above `n` means `n` is taken here.
+fn open_numbered(ptmx: &str, n: u32) -> Result<OwnedFd> {
+    let path = std::ffi::CString::new(ptmx).expect("validated");
+    let mut others = Vec::new();
+    loop {
+        // SAFETY: a valid NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        check(fd, || format!("opening {ptmx} for pty {n}"))?;
+        // SAFETY: a fresh descriptor nobody else owns.
+        let m = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut got: libc::c_int = 0;
+        // SAFETY: TIOCGPTN writes one int.
+        let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut got) };
+        check(r, || format!("TIOCGPTN while making pty {n}"))?;
+        match (got as u32).cmp(&n) {
+            std::cmp::Ordering::Equal => return Ok(m),
+            std::cmp::Ordering::Greater => {
+                return Err(Error::Incompatible(format!(
+                    "/dev/pts/{n} is in use here; the restored pseudo-terminal needs that number"
+                )))
+            }
+            std::cmp::Ordering::Less => others.push(m),
+        }
     }
 }
 

@@ -322,6 +322,9 @@ fn child(m: &Proto, root: i32, slave: &CStr, want: Term, unread: bool) -> Checks
 }
 
 /// Sets up the pair; returns the slave's path and its termios.
+/// The number of the pty made at setup.
+static PTY_NUMBER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
 fn setup_pty(p: &Proto) -> (std::ffi::CString, Term) {
     // SAFETY: plain calls on our own descriptors; buffers valid.
     unsafe {
@@ -334,6 +337,9 @@ fn setup_pty(p: &Proto) -> (std::ffi::CString, Term) {
             p.bail_errno("ptsname_r");
         }
         let name = CStr::from_ptr(buf.as_ptr()).to_owned();
+        if let Some(n) = name.to_str().ok().and_then(|s| s.strip_prefix("/dev/pts/")) {
+            PTY_NUMBER.store(n.parse().unwrap_or(-1), std::sync::atomic::Ordering::Relaxed);
+        }
         if libc::dup2(m, MASTER) != MASTER {
             p.bail_errno("dup2 of the master");
         }
@@ -387,6 +393,11 @@ fn check_master(c: &mut Checks, want: &Term, members: &[(&str, i32)], sid: i32, 
     );
     let n = get_int(MASTER, libc::TIOCGPTN);
     c.ensure(n.is_ok(), || format!("root: TIOCGPTN(master): {n:?}"));
+    c.eq(
+        "root: the pty's number (/dev/pts/N) as before",
+        Ok(PTY_NUMBER.load(std::sync::atomic::Ordering::Relaxed)),
+        n,
+    );
     if let Ok(n) = n {
         let want_link = format!("/dev/pts/{n}");
         for &(w, pid) in members {
