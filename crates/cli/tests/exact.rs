@@ -170,19 +170,18 @@ def done():
 "#;
 
 #[test]
-fn deleted_cwd_is_refused() {
-    let s = format!("{PROTO}\nos.mkdir(D + '/gone'); os.chdir(D + '/gone'); os.rmdir(D + '/gone')\nready(); done()\n");
-    refused(&s, &["cwd", "gone (deleted)"]);
+fn deleted_directory_fifo_device_and_cwd() {
+    Workload::start("deleted", &[]).cycle();
 }
 
 #[test]
-fn deleted_directory_and_fifo_are_refused() {
+fn cwd_in_the_proc_directory_of_a_dead_process_is_refused() {
     let s = format!(
-        "{PROTO}\nos.mkdir(D + '/dd'); d = os.open(D + '/dd', os.O_RDONLY); os.rmdir(D + '/dd')\n\
-         os.mkfifo(D + '/ff'); f = os.open(D + '/ff', os.O_RDONLY | os.O_NONBLOCK); os.unlink(D + '/ff')\n\
-         ready(); done()\n"
+        "{PROTO}\nr, w = os.pipe()\npid = os.fork()\n\
+         if pid == 0:\n    os.read(r, 1); os._exit(0)\n\
+         os.chdir('/proc/%d' % pid); os.write(w, b'x'); os.waitpid(pid, 0)\nready(); done()\n"
     );
-    refused(&s, &["dd (deleted)", "a directory deleted while open", "ff (deleted)", "FIFO"]);
+    refused(&s, &["cwd", "(deleted)", "cannot be made again"]);
 }
 
 /// The structural fix: only the restore plan knows a /proc file of the

@@ -153,9 +153,29 @@ pub fn collect_fds(
                 path: link.clone(),
                 kind: md.mode() & libc::S_IFMT,
             }
-        } else if let Some(why) = deleted_node(&link, &ft) {
-            refuse(obstacles, why);
-            continue;
+        } else if is_deleted_node(&link, &ft) {
+            let stateless = STATELESS_DEVICES
+                .iter()
+                .any(|d| (d.0, d.1) == (libc::major(md.rdev()), libc::minor(md.rdev())));
+            let busy = if ft.is_fifo() {
+                fifo_bytes(pid, fd).map_or(true, |n| n != 0)
+            } else {
+                false
+            };
+            match crate::deleted::collect(&link, &md, stateless) {
+                Ok(_) if busy => {
+                    refuse(
+                        obstacles,
+                        format!("{link}: a deleted FIFO with bytes in its buffer is not supported"),
+                    );
+                    continue;
+                }
+                Ok(n) => OpenTarget::Deleted(n),
+                Err(why) => {
+                    refuse(obstacles, why);
+                    continue;
+                }
+            }
         } else if ft.is_file() && link.starts_with("/memfd:") {
             let path = format!("/proc/{pid}/fd/{fd}");
             let shmem = match objects.shmem(md.dev(), md.ino()) {
@@ -369,24 +389,10 @@ pub fn collect_fds(
     Ok(out)
 }
 
-/// Why a deleted directory, FIFO or device node held open cannot be
-/// checkpointed (restore could not open it again by its path).
-fn deleted_node(link: &str, ft: &std::fs::FileType) -> Option<String> {
-    if !link.ends_with(" (deleted)") {
-        return None;
-    }
-    let what = if ft.is_dir() {
-        "directory"
-    } else if ft.is_fifo() {
-        "FIFO"
-    } else if ft.is_char_device() || ft.is_block_device() {
-        "device node"
-    } else {
-        return None;
-    };
-    Some(format!(
-        "{link}: a {what} deleted while open cannot be reopened at restore (not supported)"
-    ))
+/// A directory, FIFO or device node deleted while open.
+fn is_deleted_node(link: &str, ft: &std::fs::FileType) -> bool {
+    link.ends_with(" (deleted)")
+        && (ft.is_dir() || ft.is_fifo() || ft.is_char_device() || ft.is_block_device())
 }
 
 /// Buffer size and bytes in flight of the pipe behind `fd` of `pid`,
@@ -652,9 +658,21 @@ fn write_shmem<W: Write>(
 
 /// cwd and root of the task.
 pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
+    let cwd = proc::read_link(pid, "cwd")?;
+    // A deleted cwd that can be made again; the restore plan refuses the
+    // others by name.
+    let cwd_deleted = if cwd.ends_with(" (deleted)") {
+        std::fs::metadata(format!("/proc/{pid}/cwd"))
+            .ok()
+            .and_then(|md| crate::deleted::collect(&cwd, &md, false).ok())
+            .filter(|n| n.mode & libc::S_IFMT == libc::S_IFDIR)
+    } else {
+        None
+    };
     Ok(crate::model::FsInfo {
-        cwd: proc::read_link(pid, "cwd")?,
+        cwd,
         root: proc::read_link(pid, "root")?,
+        cwd_deleted,
     })
 }
 
@@ -670,11 +688,18 @@ pub struct UnlinkedFiles {
     /// Bytes to write into named FIFOs when they are opened.
     fifo_data: HashMap<u32, Vec<u8>>,
     shmem: HashMap<u32, OwnedFd>,
+    /// Deleted directories, FIFOs and device nodes made again.
+    nodes: crate::deleted::Nodes,
     ptys: crate::tty::Ptys,
     sysv: crate::sysv::Segments,
 }
 
 impl UnlinkedFiles {
+    /// A new description of the deleted node `n`, made again once.
+    pub fn open_deleted(&mut self, n: &crate::model::DeletedNode, flags: u32) -> Result<OwnedFd> {
+        self.nodes.open(n, flags)
+    }
+
     /// Creates the pipe of object `id`, sized as it was.
     fn pipe(&mut self, id: u32, p: &PipeObj) -> Result<&(OwnedFd, OwnedFd)> {
         if let std::collections::hash_map::Entry::Vacant(e) = self.pipes.entry(id) {
@@ -970,6 +995,13 @@ pub fn open_object(
             fd
         }
         OpenTarget::Unlinked { .. } => unlinked.open_unlinked(id, o, objects)?,
+        OpenTarget::Deleted(n) => {
+            let fd = unlinked.open_deleted(n, o.flags)?;
+            if n.mode & libc::S_IFMT == libc::S_IFDIR {
+                seek(&fd, o.pos, &n.path)?;
+            }
+            fd
+        }
         OpenTarget::Path { path, kind } => {
             let fd = open_path(path, o.flags)?;
             let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -1009,7 +1041,8 @@ pub fn release_pipes(unlinked: &mut UnlinkedFiles) {
 /// Removes the names of the recreated unlinked files, once every
 /// descriptor on them is open.
 pub fn unlink_recreated(unlinked: &mut UnlinkedFiles) -> Result<()> {
-    unlinked.files.unlink_all()
+    unlinked.files.unlink_all()?;
+    unlinked.nodes.remove_all()
 }
 
 /// Checks the file at `f.path` is still the one that was checkpointed.

@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod creds;
+pub mod deleted;
 pub mod dump;
 pub mod error;
 pub mod events;

@@ -155,6 +155,10 @@ pub enum OpenTarget {
     /// seeked.  `kind` is the file type bits (S_IFMT) of what it refers
     /// to; a symbolic link is referred to itself (O_NOFOLLOW).
     Path { path: String, kind: u32 },
+    /// A directory, FIFO (with an empty buffer) or stateless device node
+    /// deleted while open: restore makes a node like it at `path`, opens
+    /// it and removes it again (see `crate::deleted`).
+    Deleted(DeletedNode),
 }
 
 /// An AF_UNIX socket.
@@ -505,6 +509,9 @@ pub struct Fd {
 pub struct FsInfo {
     pub cwd: String,
     pub root: String,
+    /// The cwd was a directory deleted since (`cwd` ends in " (deleted)").
+    #[serde(default)]
+    pub cwd_deleted: Option<DeletedNode>,
 }
 
 impl Checkpoint {
@@ -628,4 +635,16 @@ pub struct UnlinkedMeta {
     /// Made with O_TMPFILE (its name is `dir/#ino`): recreated so, and so
     /// still linkable into the directory.
     pub tmpfile: bool,
+}
+
+/// A directory, FIFO or device node that was deleted while held open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedNode {
+    /// Its path, without the " (deleted)" suffix.
+    pub path: String,
+    /// st_mode (file type and permissions), owner, and device number.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
 }

@@ -46,10 +46,15 @@ pub fn check_here(ckpt: &Checkpoint) -> Vec<Obstacle> {
                 push("credentials".into(), e.to_string());
             }
         }
-        for (what, path) in [("cwd", &p.fs.cwd), ("root", &p.fs.root)] {
-            if let Some(why) = directory_problem(path, &tree) {
-                push(what.into(), why);
-            }
+        let cwd_problem = match &p.fs.cwd_deleted {
+            Some(n) => parent_exists(&n.path),
+            None => directory_problem(&p.fs.cwd, &tree),
+        };
+        if let Some(why) = cwd_problem {
+            push("cwd".into(), why);
+        }
+        if let Some(why) = directory_problem(&p.fs.root, &tree) {
+            push("root".into(), why);
         }
         for o in &p.fd_owners {
             if !crate::fown::owner_in(o, ckpt) {
@@ -130,7 +135,7 @@ fn inside_tree(path: &str, tree: &[i32]) -> Option<String> {
 fn directory_problem(path: &str, tree: &[i32]) -> Option<String> {
     if path.ends_with(" (deleted)") {
         return Some(format!(
-            "the directory {path} was deleted; restore cannot enter it again (not supported)"
+            "the directory {path} was deleted and cannot be made again (not supported)"
         ));
     }
     if let Some(why) = inside_tree(path, tree) {
@@ -182,6 +187,7 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
             Err(e) => Some(e),
         },
         OpenTarget::Unlinked { path, .. } => parent_exists(path),
+        OpenTarget::Deleted(n) => parent_exists(&n.path),
         OpenTarget::Path { path, kind } => {
             let follow = flags & libc::O_NOFOLLOW as u32 == 0;
             inside_tree(path, tree).or_else(|| match stat(path, follow) {

@@ -411,7 +411,12 @@ impl Build {
                 }
                 None => -1,
             };
-            let cwd = open_dir(&p.fs.cwd)?;
+            let cwd = match &p.fs.cwd_deleted {
+                Some(n) => unlinked
+                    .open_deleted(n, (libc::O_RDONLY | libc::O_DIRECTORY) as u32)
+                    .context(|| format!("pid {}: its deleted cwd {}", p.pid, n.path))?,
+                None => open_dir(&p.fs.cwd)?,
+            };
             let cwd_fd = aux(stub::raw(&cwd), &mut moves);
             held.push(cwd);
             let root_fd = if p.fs.root != "/" {

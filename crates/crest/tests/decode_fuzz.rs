@@ -330,6 +330,7 @@ fn checkpoint() -> Checkpoint {
         fs: FsInfo {
             cwd: "/tmp/work/sub".into(),
             root: "/".into(),
+            cwd_deleted: None,
         },
         threads: vec![Thread {
             tid: pid,

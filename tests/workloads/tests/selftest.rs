@@ -791,3 +791,20 @@ fn fdstate_detects_a_filled_hole() {
     let o = w.go();
     assert_fail(&w.name, &o, "st_blocks");
 }
+
+#[test]
+fn deleted() {
+    pass(&["deleted"]);
+}
+
+#[test]
+fn deleted_detects_a_changed_mode() {
+    let mut w = Workload::start(&["deleted"], &[]);
+    w.wait_ready();
+    // The magic link reaches the deleted directory itself.
+    let path = format!("/proc/{}/fd/{}", w.pid(), info_fd(&w, "dir"));
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let o = w.go();
+    assert_fail(&w.name, &o, "deleted directory");
+}

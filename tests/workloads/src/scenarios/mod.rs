@@ -5,6 +5,7 @@ use crate::checks::Checks;
 use crate::proto::Proto;
 
 mod attrs;
+mod deleted;
 mod events;
 mod fdstate;
 mod files;
@@ -56,6 +57,7 @@ const TABLE: &[(&str, Run)] = &[
     ("unsupported", unsupported::run),
     ("locks", locks::run),
     ("fdstate", fdstate::run),
+    ("deleted", deleted::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -83,6 +85,7 @@ pub const NAMES: &[&str] = &[
     "unsupported <thread|child|socket|netlink>",
     "locks",
     "fdstate",
+    "deleted",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
