@@ -184,12 +184,24 @@ fn cwd_in_the_proc_directory_of_a_dead_process_is_refused() {
     refused(&s, &["cwd", "(deleted)", "cannot be made again"]);
 }
 
-/// The structural fix: only the restore plan knows a /proc file of the
-/// tree cannot be reopened before its process exists.
+/// /proc files of the tree's own processes are opened by the restored
+/// process once it exists.
 #[test]
-fn proc_file_of_the_tree_is_refused() {
-    let s = format!("{PROTO}\nf = open('/proc/self/status')\nready(); done()\n");
-    refused(&s, &["/status belongs to pid", "does not exist yet"]);
+fn proc_files_of_the_tree() {
+    Workload::start("procfiles", &[]).cycle();
+}
+
+/// The structural fix: only the restore plan knows that a /proc file of
+/// the tree shared by two processes cannot be reopened as one.
+#[test]
+fn proc_file_shared_by_two_processes_is_refused() {
+    let s = format!(
+        "{PROTO}\nf = open('/proc/self/status')\npid = os.fork()\n\
+         if pid == 0:\n    time.sleep(600); os._exit(0)\nready()\n\
+         while not os.path.exists(D + '/go'): time.sleep(0.01)\n\
+         os.kill(pid, 9); os.waitpid(pid, 0); done()\n"
+    );
+    refused(&s, &["/status", "shared by pids"]);
 }
 
 #[test]

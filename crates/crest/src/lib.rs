@@ -25,6 +25,7 @@ pub mod objects;
 pub mod pipeline;
 pub mod plan;
 pub mod precopy;
+pub mod procfiles;
 pub mod restore;
 pub mod signals;
 pub mod sockets;

@@ -82,7 +82,11 @@ pub fn check_here(ckpt: &Checkpoint) -> Vec<Obstacle> {
         let Some(ObjectKind::Open(o)) = ckpt.object(id) else {
             continue;
         };
-        if let Some(reason) = target_problem(&o.target, o.flags, ckpt, &tree) {
+        let problem = match crate::procfiles::deferred_path(o, &tree) {
+            Some(path) => crate::procfiles::problem(ckpt, id, path),
+            None => target_problem(&o.target, o.flags, ckpt, &tree),
+        };
+        if let Some(reason) = problem {
             out.push(Obstacle {
                 pid,
                 object: format!("fd {fd}"),

@@ -311,6 +311,7 @@ impl Build {
             }
         }
         let sid_here = unsafe_getsid();
+        let tree_ids = crate::procfiles::tree_ids(&ckpt);
         let mut held: Vec<OwnedFd> = Vec::new();
         // Each open file description is opened once: every descriptor on
         // it, in any process, gets the same one.
@@ -339,6 +340,9 @@ impl Build {
                         let Some(ObjectKind::Open(o)) = ckpt.object(fd.file) else {
                             unreachable!("validated")
                         };
+                        if crate::procfiles::deferred_path(o, &tree_ids).is_some() {
+                            continue; // opened by the process itself, later
+                        }
                         let f = files::open_object(fd.file, o, unlinked, &|id| {
                             ckpt.object(id).cloned()
                         })
@@ -599,7 +603,7 @@ impl Build {
             crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
             crate::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
             let locks = table_locks(&ckpt, p, a);
-            finish_process(p, sp, a, &locks)
+            finish_process(&ckpt, p, sp, a, &locks)
                 .context(|| format!("restoring the state of pid {}", p.pid))?;
         }
         crate::fault::point("restore: before resuming")?;
@@ -628,6 +632,7 @@ fn join_group(p: &Process, parent_pgid: i32, t: &impl Inject) -> Result<()> {
 /// Everything after the pages, for one process, while it is still held.
 /// The injected calls are queued and run together (see [`Inject::queue`]).
 fn finish_process(
+    ckpt: &Checkpoint,
     p: &Process,
     sp: &mut StubProc,
     a: &Aux,
@@ -692,6 +697,9 @@ fn finish_process(
     timers::restore(&t, &p.itimers)?;
     timers::restore_posix(&t, &p.posix_timers)?;
     crate::fown::restore(&t, &p.fd_owners)?;
+    // Every process exists now (and this one's threads): its /proc files
+    // can be opened.
+    crate::procfiles::reopen(&t, ckpt, p, &crate::procfiles::tree_ids(ckpt))?;
     t.flush()?;
     restore_traps(p, sp)?;
     tasks::restore_attrs_outside(p.pid, &p.attrs)

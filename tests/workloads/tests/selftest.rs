@@ -808,3 +808,22 @@ fn deleted_detects_a_changed_mode() {
     let o = w.go();
     assert_fail(&w.name, &o, "deleted directory");
 }
+
+#[test]
+fn procfiles() {
+    pass(&["procfiles"]);
+}
+
+#[test]
+fn procfiles_detects_a_moved_offset() {
+    let mut w = Workload::start(&["procfiles"], &[]);
+    w.wait_ready();
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "status")).expect("pidfd_getfd");
+    // SAFETY: our duplicate of the workload's description.
+    unsafe {
+        assert_eq!(libc::lseek(fd, 2, libc::SEEK_SET), 2);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "status offset");
+}

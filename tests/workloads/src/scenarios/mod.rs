@@ -16,6 +16,7 @@ mod memory;
 mod mm;
 mod mutator;
 mod pipes;
+mod procfiles;
 mod posix_timers;
 mod pty;
 mod read;
@@ -58,6 +59,7 @@ const TABLE: &[(&str, Run)] = &[
     ("locks", locks::run),
     ("fdstate", fdstate::run),
     ("deleted", deleted::run),
+    ("procfiles", procfiles::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -86,6 +88,7 @@ pub const NAMES: &[&str] = &[
     "locks",
     "fdstate",
     "deleted",
+    "procfiles",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
