@@ -29,6 +29,7 @@ pub mod procfiles;
 pub mod restore;
 pub mod signals;
 pub mod sockets;
+pub mod sockname;
 pub mod stub;
 pub mod sysv;
 pub mod tasks;

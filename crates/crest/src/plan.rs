@@ -204,7 +204,7 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
             Some(ObjectKind::Pipe(p)) => pipe_size_problem(p.size),
             _ => None,
         },
-        OpenTarget::Unix(u) => crate::sockets::name_problem(u),
+        OpenTarget::Unix(u) => crate::sockets::name_problem(u, ckpt),
         _ => None,
     }
 }

@@ -827,3 +827,18 @@ fn procfiles_detects_a_moved_offset() {
     let o = w.go();
     assert_fail(&w.name, &o, "status offset");
 }
+
+#[test]
+fn unixnames() {
+    pass(&["unixnames"]);
+}
+
+#[test]
+fn unixnames_detects_a_directory_that_came_back() {
+    let mut w = Workload::start(&["unixnames"], &[]);
+    w.wait_ready();
+    // As a restore that made the socket's directory again would.
+    fs::create_dir(w.dir.join("sd")).unwrap();
+    let o = w.go();
+    assert_fail(&w.name, &o, "exists again");
+}

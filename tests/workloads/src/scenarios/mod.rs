@@ -29,6 +29,7 @@ mod threads;
 mod timers;
 mod tree;
 mod unix_sockets;
+mod unixnames;
 mod unsupported;
 
 pub type Run = fn(&Proto, &[String]) -> Checks;
@@ -60,6 +61,7 @@ const TABLE: &[(&str, Run)] = &[
     ("fdstate", fdstate::run),
     ("deleted", deleted::run),
     ("procfiles", procfiles::run),
+    ("unixnames", unixnames::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -89,6 +91,7 @@ pub const NAMES: &[&str] = &[
     "fdstate",
     "deleted",
     "procfiles",
+    "unixnames",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
