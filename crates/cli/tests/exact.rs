@@ -81,10 +81,16 @@ fn flock_command_keeps_its_lock() {
         reap(p, Duration::from_secs(10));
     }
     reap(pid, Duration::from_secs(10));
-    assert!(flock_n(&lock_s), "the lock must be free while the tree is gone");
+    assert!(
+        flock_n(&lock_s),
+        "the lock must be free while the tree is gone"
+    );
     let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
     assert!(o.status.success(), "restore: {}", stderr(&o));
-    assert!(!flock_n(&lock_s), "after the restore the lock must be held again");
+    assert!(
+        !flock_n(&lock_s),
+        "after the restore the lock must be held again"
+    );
     std::fs::write(dir.join("go"), b"").unwrap();
     assert_eq!(reap(pid, Duration::from_secs(30)), Some(Exit::Code(0)));
     assert!(dir.join("out").exists());
@@ -150,7 +156,11 @@ fn refused(script: &str, wants: &[&str]) {
             args[0]
         );
         for want in wants {
-            assert!(text.contains(want), "{}: {want:?} missing in: {text}", args[0]);
+            assert!(
+                text.contains(want),
+                "{}: {want:?} missing in: {text}",
+                args[0]
+            );
         }
         assert!(alive(w.pid), "the tree must keep running");
     }

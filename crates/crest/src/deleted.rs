@@ -73,9 +73,8 @@ impl Nodes {
     /// A new open file description (flags `flags`) of the node `n`, made
     /// the first time.
     pub fn open(&mut self, n: &DeletedNode, flags: u32) -> Result<OwnedFd> {
-        if !self.made.contains_key(&n.path) {
-            let made = make(n)?;
-            self.made.insert(n.path.clone(), made);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.made.entry(n.path.clone()) {
+            e.insert(make(n)?);
         }
         let (keep, _) = &self.made[&n.path];
         let via = cstr(&format!("/proc/self/fd/{}", keep.as_raw_fd()))?;
@@ -88,7 +87,12 @@ impl Nodes {
         let _reader = if fifo {
             fl |= libc::O_NONBLOCK;
             // SAFETY: a valid C string.
-            let r = unsafe { libc::open(via.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            let r = unsafe {
+                libc::open(
+                    via.as_ptr(),
+                    libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                )
+            };
             // SAFETY: a fresh descriptor (or -1, not wrapped).
             (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r) })
         } else {
@@ -97,14 +101,18 @@ impl Nodes {
         // SAFETY: a valid C string.
         let fd = unsafe { libc::open(via.as_ptr(), fl) };
         if fd < 0 {
-            return Err(crest_sys::Error::last_os(format!("opening the recreated {}", n.path)).into());
+            return Err(
+                crest_sys::Error::last_os(format!("opening the recreated {}", n.path)).into(),
+            );
         }
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         if fifo {
             // SAFETY: F_SETFL on our descriptor.
             if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags as i32) } < 0 {
-                return Err(crest_sys::Error::last_os(format!("setting the flags of {}", n.path)).into());
+                return Err(
+                    crest_sys::Error::last_os(format!("setting the flags of {}", n.path)).into(),
+                );
             }
         }
         Ok(fd)
@@ -141,7 +149,10 @@ fn remove(p: &str) -> std::io::Result<()> {
 /// Makes the node at its path (or, when that name is taken, at a name
 /// next to it) and opens it O_PATH.
 fn make(n: &DeletedNode) -> Result<(OwnedFd, Option<String>)> {
-    let candidates = [n.path.clone(), format!("{}.crest-{}", n.path, std::process::id())];
+    let candidates = [
+        n.path.clone(),
+        format!("{}.crest-{}", n.path, std::process::id()),
+    ];
     let perm = n.mode & 0o7777;
     let mut last = None;
     for p in candidates {
@@ -164,9 +175,16 @@ fn make(n: &DeletedNode) -> Result<(OwnedFd, Option<String>)> {
             e
         };
         // SAFETY: a valid C string.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
         if fd < 0 {
-            return Err(undo(crest_sys::Error::last_os(format!("opening the recreated {p}")).into()));
+            return Err(undo(
+                crest_sys::Error::last_os(format!("opening the recreated {p}")).into(),
+            ));
         }
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };

@@ -861,9 +861,7 @@ impl UnlinkedFiles {
                 "unlinked file {id}: object {owner} is not an unlinked file"
             )));
         };
-        let p = self
-            .files
-            .finish(owner, &path, mode, size, meta.as_ref())?;
+        let p = self.files.finish(owner, &path, mode, size, meta.as_ref())?;
         let fd = open_path(&p, crate::unlinked::open_flags(o.flags))
             .context(|| format!("reopening the recreated {path}"))?;
         set_fl(&fd, o.flags, &path)?;

@@ -27,10 +27,7 @@ pub fn collect(fd: i32, f: &OwnedFd) -> std::result::Result<Option<FdOwner>, Str
     let mut ex = [0i32; 2];
     // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints).
     if unsafe { libc::fcntl(f.as_raw_fd(), F_GETOWN_EX, ex.as_mut_ptr()) } != 0 {
-        return Err(format!(
-            "F_GETOWN_EX: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("F_GETOWN_EX: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: plain fcntl on a descriptor we own.
     let sig = unsafe { libc::fcntl(f.as_raw_fd(), F_GETSIG) };

@@ -119,7 +119,11 @@ pub fn collect(
 /// `struct flock` for F_SETLK / F_OFD_SETLK.
 fn flock_bytes(l: &FileLock) -> [u8; 32] {
     let mut b = [0u8; 32];
-    let ty = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+    let ty = if l.write {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    } as i16;
     b[0..2].copy_from_slice(&ty.to_ne_bytes());
     b[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_ne_bytes());
     b[8..16].copy_from_slice(&(l.start as i64).to_ne_bytes());
@@ -161,11 +165,19 @@ pub fn restore(t: &impl Inject, locks: &[FileLock]) -> Result<()> {
                 Call::new(libc::SYS_fcntl, &[fd, cmd as u64, a], what)
             }
             LockKind::Flock => {
-                let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+                let op = if l.write {
+                    libc::LOCK_EX
+                } else {
+                    libc::LOCK_SH
+                } | libc::LOCK_NB;
                 Call::new(libc::SYS_flock, &[fd, op as u64], what)
             }
             LockKind::Lease => {
-                let ty = if l.write { libc::F_WRLCK } else { libc::F_RDLCK };
+                let ty = if l.write {
+                    libc::F_WRLCK
+                } else {
+                    libc::F_RDLCK
+                };
                 Call::new(
                     libc::SYS_fcntl,
                     &[fd, libc::F_SETLEASE as u64, ty as u64],

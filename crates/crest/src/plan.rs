@@ -40,7 +40,8 @@ pub fn check_here(ckpt: &Checkpoint) -> Vec<Obstacle> {
                 reason,
             })
         };
-        let creds = std::iter::once(&p.creds).chain(p.threads.iter().filter_map(|t| t.creds.as_ref()));
+        let creds =
+            std::iter::once(&p.creds).chain(p.threads.iter().filter_map(|t| t.creds.as_ref()));
         for c in creds {
             if let Err(e) = crate::creds::check_restorable(p.pid, c) {
                 push("credentials".into(), e.to_string());
@@ -174,11 +175,13 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
         .map_err(|e| format!("{path}: {e}"))
     };
     match t {
-        OpenTarget::Regular(f) => inside_tree(&f.path, tree).or_else(|| match stat(&f.path, true) {
-            Ok(m) if m.is_file() => None,
-            Ok(_) => Some(format!("{} is no longer a regular file", f.path)),
-            Err(e) => Some(e),
-        }),
+        OpenTarget::Regular(f) => {
+            inside_tree(&f.path, tree).or_else(|| match stat(&f.path, true) {
+                Ok(m) if m.is_file() => None,
+                Ok(_) => Some(format!("{} is no longer a regular file", f.path)),
+                Err(e) => Some(e),
+            })
+        }
         OpenTarget::Directory { path } => directory_problem(path, tree),
         OpenTarget::CharDevice { path, rdev } => match stat(path, true) {
             Ok(m) if m.file_type().is_char_device() && m.rdev() == *rdev => None,

@@ -23,7 +23,12 @@ pub fn deferred_path<'a>(o: &'a OpenFile, tree: &[i32]) -> Option<&'a str> {
         OpenTarget::Directory { path } | OpenTarget::Path { path, .. } => path,
         _ => return None,
     };
-    let pid: i32 = path.strip_prefix("/proc/")?.split('/').next()?.parse().ok()?;
+    let pid: i32 = path
+        .strip_prefix("/proc/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
     tree.contains(&pid).then_some(path.as_str())
 }
 

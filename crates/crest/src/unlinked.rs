@@ -104,9 +104,8 @@ impl Recreated {
         mode: u32,
         meta: Option<&UnlinkedMeta>,
     ) -> Result<&File> {
-        if !self.files.contains_key(&object) {
-            let made = create(object, path, mode, meta)?;
-            self.files.insert(object, made);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.files.entry(object) {
+            e.insert(create(object, path, mode, meta)?);
         }
         Ok(&self.files[&object].file)
     }

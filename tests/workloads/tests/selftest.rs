@@ -769,7 +769,10 @@ fn fdstate_detects_a_shared_nonblock_flag() {
     let fd = steal_fd(w.pid() as i32, info_fd(&w, "block")).expect("pidfd_getfd");
     // SAFETY: our duplicate.
     unsafe {
-        assert_eq!(libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_ASYNC), 0);
+        assert_eq!(
+            libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_ASYNC),
+            0
+        );
         libc::close(fd);
     }
     let o = w.go();
@@ -785,7 +788,10 @@ fn fdstate_detects_a_filled_hole() {
     let block = vec![1u8; 1 << 20];
     // SAFETY: our duplicate; the buffer is valid.
     unsafe {
-        assert_eq!(libc::pwrite(fd, block.as_ptr().cast(), block.len(), 1 << 20), 1 << 20);
+        assert_eq!(
+            libc::pwrite(fd, block.as_ptr().cast(), block.len(), 1 << 20),
+            1 << 20
+        );
         libc::close(fd);
     }
     let o = w.go();

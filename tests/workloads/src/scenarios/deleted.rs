@@ -100,7 +100,11 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     // SAFETY: as above.
     c.eq("getpid()", pid, unsafe { libc::getpid() });
     c.eq("open fds", fds_before, list_fds());
-    for (i, (&f, what)) in fds.iter().zip(["directory", "FIFO", "device node"]).enumerate() {
+    for (i, (&f, what)) in fds
+        .iter()
+        .zip(["directory", "FIFO", "device node"])
+        .enumerate()
+    {
         c.eq(&format!("deleted {what} (fd {f})"), &before[i], &node(f));
     }
     c.eq("cwd link", cwd_before, readlink("/proc/self/cwd"));
@@ -112,9 +116,21 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     let mut buf = [0u8; 8];
     // SAFETY: plain syscalls on our descriptors with valid buffers.
     unsafe {
-        c.eq("write into the FIFO", 3, libc::write(fifo, b"abc".as_ptr().cast(), 3));
-        c.eq("read from the FIFO", 3, libc::read(fifo, buf.as_mut_ptr().cast(), 8));
-        c.eq("write to the null device", 4, libc::write(null, b"null".as_ptr().cast(), 4));
+        c.eq(
+            "write into the FIFO",
+            3,
+            libc::write(fifo, b"abc".as_ptr().cast(), 3),
+        );
+        c.eq(
+            "read from the FIFO",
+            3,
+            libc::read(fifo, buf.as_mut_ptr().cast(), 8),
+        );
+        c.eq(
+            "write to the null device",
+            4,
+            libc::write(null, b"null".as_ptr().cast(), 4),
+        );
         c.eq("fchdir to the deleted directory", 0, libc::fchdir(dir));
     }
     c.eq("FIFO bytes", *b"abc", [buf[0], buf[1], buf[2]]);

@@ -66,8 +66,16 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
         let rd = fds[0];
         let again = CString::new(format!("/proc/self/fd/{rd}")).unwrap();
         let rd2 = check(p, libc::open(again.as_ptr(), libc::O_RDONLY), "reopen pipe");
-        check(p, libc::fcntl(rd2, libc::F_SETFL, libc::O_NONBLOCK), "F_SETFL");
-        check(p, libc::fcntl(rd, libc::F_SETFL, libc::O_ASYNC), "F_SETFL O_ASYNC");
+        check(
+            p,
+            libc::fcntl(rd2, libc::F_SETFL, libc::O_NONBLOCK),
+            "F_SETFL",
+        );
+        check(
+            p,
+            libc::fcntl(rd, libc::F_SETFL, libc::O_ASYNC),
+            "F_SETFL O_ASYNC",
+        );
         let own = [1i32, libc::getpid()]; // F_OWNER_PID
         check(p, libc::fcntl(rd, 15, own.as_ptr()), "F_SETOWN_EX");
         check(p, libc::fcntl(rd, 10, libc::SIGRTMIN() + 1), "F_SETSIG");
@@ -94,7 +102,11 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
             },
         ];
         check(p, libc::futimens(sparse, ts.as_ptr()), "futimens");
-        let sparse2 = check(p, libc::open(sp.as_ptr(), libc::O_RDONLY), "open sparse again");
+        let sparse2 = check(
+            p,
+            libc::open(sp.as_ptr(), libc::O_RDONLY),
+            "open sparse again",
+        );
         check(p, libc::unlink(sp.as_ptr()), "unlink sparse");
         let dir = cpath(d);
         let tmp = check(
@@ -130,7 +142,10 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     let flags = |fd| unsafe { libc::fcntl(fd, libc::F_GETFL) };
     let before_fl = (flags(rd), flags(rd2));
     let before_meta = meta(sparse).map(|m| m.0);
-    let before_paths = (fstat(opath).ok().map(|s| s.st_ino), fstat(olink).ok().map(|s| (s.st_ino, s.st_mode)));
+    let before_paths = (
+        fstat(opath).ok().map(|s| s.st_ino),
+        fstat(olink).ok().map(|s| (s.st_ino, s.st_mode)),
+    );
     // Pipe and O_TMPFILE links name inode numbers, new after a restore:
     // compare the descriptor numbers only.
     let fds_before = list_fds();
@@ -139,18 +154,30 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     let mut c = Checks::new();
     wait.report(&mut c, "go-wait");
     c.eq("open fds", fds_before, list_fds());
-    c.eq("flags of the pipe's two read descriptions", before_fl, (flags(rd), flags(rd2)));
+    c.eq(
+        "flags of the pipe's two read descriptions",
+        before_fl,
+        (flags(rd), flags(rd2)),
+    );
     let mut own = [0i32; 2];
     // SAFETY: F_GETOWN_EX fills two ints; F_GETSIG returns an int.
     let sig = unsafe {
         libc::fcntl(rd, 16, own.as_mut_ptr());
         libc::fcntl(rd, 11)
     };
-    c.eq("SIGIO owner (F_GETOWN_EX)", [1, std::process::id() as i32], own);
+    c.eq(
+        "SIGIO owner (F_GETOWN_EX)",
+        [1, std::process::id() as i32],
+        own,
+    );
     c.eq("SIGIO signal (F_GETSIG)", libc::SIGRTMIN() + 1, sig);
     match meta(sparse) {
         Some((m, blocks)) => {
-            c.eq("unlinked file owner, mode, size and times", before_meta, Some(m));
+            c.eq(
+                "unlinked file owner, mode, size and times",
+                before_meta,
+                Some(m),
+            );
             c.ensure(blocks <= 64, || {
                 format!("unlinked sparse file: st_blocks {blocks} (the 1 GiB hole was filled)")
             });
@@ -162,7 +189,11 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     unsafe { libc::pwrite(sparse, b"shared".as_ptr().cast(), 6, 100) };
     let mut buf = [0u8; 6];
     let _ = pread_full(sparse2, &mut buf, 100);
-    c.eq("a write through one description of the unlinked file, read through the other", *b"shared", buf);
+    c.eq(
+        "a write through one description of the unlinked file, read through the other",
+        *b"shared",
+        buf,
+    );
     let mut big = [0u8; 4];
     let _ = pread_full(sparse2, &mut big, HOLE as u64);
     c.eq("data after the hole", [0x5au8; 4], big);
@@ -180,14 +211,24 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
         )
     };
     c.ensure(r == 0, || {
-        format!("linkat of the O_TMPFILE file: {}", std::io::Error::last_os_error())
+        format!(
+            "linkat of the O_TMPFILE file: {}",
+            std::io::Error::last_os_error()
+        )
     });
     c.eq(
         "content of the linked O_TMPFILE file",
         Some(b"tmp".to_vec()),
         std::fs::read(d.join("linked")).ok(),
     );
-    let after_paths = (fstat(opath).ok().map(|s| s.st_ino), fstat(olink).ok().map(|s| (s.st_ino, s.st_mode)));
-    c.eq("O_PATH descriptors (file, symlink)", before_paths, after_paths);
+    let after_paths = (
+        fstat(opath).ok().map(|s| s.st_ino),
+        fstat(olink).ok().map(|s| (s.st_ino, s.st_mode)),
+    );
+    c.eq(
+        "O_PATH descriptors (file, symlink)",
+        before_paths,
+        after_paths,
+    );
     c
 }

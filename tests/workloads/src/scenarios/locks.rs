@@ -100,7 +100,11 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     wait.report(&mut c, "go-wait");
     base.verify(p, &mut c);
     for (i, &f) in fds.iter().enumerate() {
-        c.eq(&format!("fd {f}: fdinfo lock lines"), &before[i], &lock_lines(f));
+        c.eq(
+            &format!("fd {f}: fdinfo lock lines"),
+            &before[i],
+            &lock_lines(f),
+        );
     }
     // SAFETY: plain fcntl.
     let l = unsafe { libc::fcntl(lease, libc::F_GETLEASE) };
@@ -128,8 +132,7 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
                 bad |= 2;
             }
             let fd = libc::open(path("flock").as_ptr(), libc::O_RDWR);
-            if libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 || errno() != libc::EWOULDBLOCK
-            {
+            if libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 || errno() != libc::EWOULDBLOCK {
                 bad |= 4;
             }
             let fd = libc::open(path("ofd").as_ptr(), libc::O_RDWR);

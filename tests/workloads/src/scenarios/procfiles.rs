@@ -30,8 +30,13 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
             p.bail_errno("lseek status");
         }
         let dup = check(p, libc::dup(status), "dup");
-        let task = std::ffi::CString::new(format!("/proc/self/task/{}/stat", libc::getpid())).unwrap();
-        let stat = check(p, libc::open(task.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC), "open stat");
+        let task =
+            std::ffi::CString::new(format!("/proc/self/task/{}/stat", libc::getpid())).unwrap();
+        let stat = check(
+            p,
+            libc::open(task.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC),
+            "open stat",
+        );
         let dir = check(
             p,
             libc::open(c"/proc/self".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY),

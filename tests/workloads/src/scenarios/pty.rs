@@ -338,7 +338,10 @@ fn setup_pty(p: &Proto) -> (std::ffi::CString, Term) {
         }
         let name = CStr::from_ptr(buf.as_ptr()).to_owned();
         if let Some(n) = name.to_str().ok().and_then(|s| s.strip_prefix("/dev/pts/")) {
-            PTY_NUMBER.store(n.parse().unwrap_or(-1), std::sync::atomic::Ordering::Relaxed);
+            PTY_NUMBER.store(
+                n.parse().unwrap_or(-1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         if libc::dup2(m, MASTER) != MASTER {
             p.bail_errno("dup2 of the master");

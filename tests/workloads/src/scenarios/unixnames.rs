@@ -56,16 +56,40 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     let rname = format!("\0crest-unixnames-{}", std::process::id()).into_bytes();
     // SAFETY: socket calls with valid addresses; results checked.
     let (l, g, r) = unsafe {
-        let l = check(p, libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0), "socket");
+        let l = check(
+            p,
+            libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0),
+            "socket",
+        );
         let (a, n) = addr(&lname);
-        check(p, libc::bind(l, (&a as *const libc::sockaddr_un).cast(), n), "bind l");
+        check(
+            p,
+            libc::bind(l, (&a as *const libc::sockaddr_un).cast(), n),
+            "bind l",
+        );
         check(p, libc::listen(l, 4), "listen");
-        let g = check(p, libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0), "socket");
+        let g = check(
+            p,
+            libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0),
+            "socket",
+        );
         let (a, n) = addr(&gname);
-        check(p, libc::bind(g, (&a as *const libc::sockaddr_un).cast(), n), "bind g");
-        let r = check(p, libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0), "socket");
+        check(
+            p,
+            libc::bind(g, (&a as *const libc::sockaddr_un).cast(), n),
+            "bind g",
+        );
+        let r = check(
+            p,
+            libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0),
+            "socket",
+        );
         let (a, n) = addr(&rname);
-        check(p, libc::bind(r, (&a as *const libc::sockaddr_un).cast(), n), "bind r");
+        check(
+            p,
+            libc::bind(r, (&a as *const libc::sockaddr_un).cast(), n),
+            "bind r",
+        );
         (l, g, r)
     };
     std::fs::remove_file(sd.join("sock")).unwrap();
@@ -100,7 +124,14 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     // SAFETY: sendto/recvfrom with valid buffers and addresses.
     let from = unsafe {
         let (a, n) = addr(&rname);
-        libc::sendto(g, b"hi".as_ptr().cast(), 2, 0, (&a as *const libc::sockaddr_un).cast(), n);
+        libc::sendto(
+            g,
+            b"hi".as_ptr().cast(),
+            2,
+            0,
+            (&a as *const libc::sockaddr_un).cast(),
+            n,
+        );
         let mut f: libc::sockaddr_un = std::mem::zeroed();
         let mut flen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
         let mut buf = [0u8; 8];
@@ -114,9 +145,16 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
         );
         c.eq("datagram from the renamed socket", 2, got);
         let n = (flen as usize).saturating_sub(2);
-        f.sun_path[..n.min(108)].iter().map(|&c| c as u8).collect::<Vec<u8>>()
+        f.sun_path[..n.min(108)]
+            .iter()
+            .map(|&c| c as u8)
+            .collect::<Vec<u8>>()
     };
-    c.eq("its sender address", gname.clone(), from.into_iter().take_while(|&b| b != 0).collect());
+    c.eq(
+        "its sender address",
+        gname.clone(),
+        from.into_iter().take_while(|&b| b != 0).collect(),
+    );
     c.ensure(!sd.exists(), || format!("{} exists again", sd.display()));
     c.eq(
         "the file now at the datagram socket's path",
