@@ -35,6 +35,7 @@ pub mod sysv;
 pub mod tasks;
 pub mod timers;
 pub mod tty;
+pub mod ttydata;
 pub mod unlinked;
 
 pub use dump::{check, dump, DumpOptions, DumpReport};

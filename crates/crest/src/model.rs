@@ -566,6 +566,9 @@ pub struct Pty {
     /// session's foreground process group (0: none).
     pub session: i32,
     pub foreground: i32,
+    /// Bytes written on the slave side that the master had not read.
+    #[serde(default)]
+    pub unread: Vec<u8>,
 }
 
 /// `struct termios2` (TCGETS2).

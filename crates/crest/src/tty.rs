@@ -156,13 +156,19 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
     settle(&f);
     let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
     let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
-    if inq > 0 || outq > 0 {
+    if outq > 0 {
         return Err(format!(
-            "{what}: {} bytes written on the slave side are not read yet \
-             ({outq} queued for output); data in flight in a terminal is not supported yet",
-            inq.max(0)
+            "{what}: {outq} bytes queued for output; not supported yet"
         ));
     }
+    let packet = get_int(&f, libc::TIOCGPKT, "TIOCGPKT")? != 0;
+    let unread = if inq > 0 {
+        crate::ttydata::copy(&f, inq as usize, packet).map_err(|e| {
+            format!("{what}: {inq} bytes written on the slave side are not read yet: {e}")
+        })?
+    } else {
+        Vec::new()
+    };
     let mut t: libc::termios2 = {
         // SAFETY: termios2 is plain integers and bytes: all zeros is valid.
         unsafe { std::mem::zeroed() }
@@ -187,7 +193,6 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
             std::io::Error::last_os_error()
         ));
     }
-    let packet = get_int(&f, libc::TIOCGPKT, "TIOCGPKT")? != 0;
     let locked = get_int(&f, libc::TIOCGPTLCK, "TIOCGPTLCK")? != 0;
     let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
     Ok(OpenTarget::PtyMaster(Pty {
@@ -209,6 +214,7 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
         exclusive,
         session,
         foreground,
+        unread,
     }))
 }
 
@@ -458,6 +464,8 @@ impl Ptys {
             // sets the slave's (the pair's) settings.
             let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TCSETS2, &k) };
             check(r, || format!("setting the line settings of pty {n}"))?;
+            crate::ttydata::refill(&m, &p.unread)
+                .context(|| format!("pty {n}: refilling the bytes the master had not read"))?;
             let ws = libc::winsize {
                 ws_row: p.winsize[0],
                 ws_col: p.winsize[1],

@@ -848,3 +848,20 @@ fn unixnames_detects_a_directory_that_came_back() {
     let o = w.go();
     assert_fail(&w.name, &o, "exists again");
 }
+
+#[test]
+fn pty_detects_lost_unread_bytes() {
+    let mut w = Workload::start(&["pty", "unread"], &[]);
+    w.wait_ready();
+    // Reading them through the master (fd 30 of the root), as a restore
+    // that dropped them would leave it.
+    let fd = steal_fd(w.pid() as i32, 30).expect("pidfd_getfd");
+    let mut buf = [0u8; 64];
+    // SAFETY: our duplicate; a valid buffer.
+    unsafe {
+        assert!(libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 1);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "root: bytes read from the master");
+}
