@@ -232,3 +232,34 @@ fn unix_listener_with_a_connection_whose_directory_was_removed_is_refused() {
     );
     refused(&s, &["sd/sock", "connections are remade through that path"]);
 }
+
+/// One unlinked file opened by two processes (two descriptions) is one
+/// file after the restore: what the child writes the parent reads.
+#[test]
+fn unlinked_file_shared_by_two_processes() {
+    let body = r#"
+import os, sys, time
+D = sys.argv[1]
+f = os.open(D + "/u", os.O_RDWR | os.O_CREAT, 0o600)
+g = os.open(D + "/u", os.O_RDWR)
+os.write(f, b"before")
+os.unlink(D + "/u")
+pid = os.fork()
+if pid == 0:
+    os.close(f)
+    while not os.path.exists(D + "/go"): time.sleep(0.01)
+    os.pwrite(g, b"child!", 0)
+    os._exit(0 if os.fstat(g).st_nlink == 0 else 3)
+os.close(g)
+open(D + "/ready.tmp", "w").write("%d\n" % os.getpid()); os.rename(D + "/ready.tmp", D + "/ready")
+while not os.path.exists(D + "/go"): time.sleep(0.01)
+_, st = os.waitpid(pid, 0)
+e = []
+if os.waitstatus_to_exitcode(st) != 0: e.append("child status %d" % st)
+got = os.pread(f, 6, 0)
+if got != b"child!": e.append("parent reads %r: not the child's file" % got)
+open(D + "/result.tmp", "w").write("PASS\n" if not e else "FAIL\n" + "\n".join(e) + "\n")
+os.rename(D + "/result.tmp", D + "/result"); os._exit(0 if not e else 1)
+"#;
+    Workload::start_python("unlinked-shared", body).cycle();
+}
