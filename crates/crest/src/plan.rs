@@ -208,6 +208,21 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
             _ => None,
         },
         OpenTarget::Unix(u) => crate::sockets::name_problem(u, ckpt),
+        OpenTarget::Inotify { watches } => {
+            watches
+                .iter()
+                .find_map(|w| match std::fs::symlink_metadata(&w.path) {
+                    Err(e) => Some(format!(
+                        "inotify watch {} is on {}, which is gone: {e}",
+                        w.wd, w.path
+                    )),
+                    Ok(m) if m.dev() == w.dev && m.ino() != w.ino => Some(format!(
+                        "inotify watch {} is on {}, which is another file now",
+                        w.wd, w.path
+                    )),
+                    Ok(_) => None,
+                })
+        }
         _ => None,
     }
 }
