@@ -865,3 +865,46 @@ fn pty_detects_lost_unread_bytes() {
     let o = w.go();
     assert_fail(&w.name, &o, "root: bytes read from the master");
 }
+
+#[test]
+fn locks_detects_a_lost_lease() {
+    let mut w = Workload::start(&["locks"], &[]);
+    w.wait_ready();
+    // The lease belongs to the description: our duplicate can drop it.
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "lease")).expect("pidfd_getfd");
+    // SAFETY: our duplicate.
+    unsafe {
+        assert_eq!(libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "F_GETLEASE");
+}
+
+#[test]
+fn fdstate_detects_another_sigio_owner() {
+    let mut w = Workload::start(&["fdstate"], &[]);
+    w.wait_ready();
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "block")).expect("pidfd_getfd");
+    // Another owner: a process of ours that may receive the signal.
+    let mut other = Command::new("sleep").arg("60").spawn().expect("sleep");
+    // SAFETY: our duplicate.
+    unsafe {
+        assert_eq!(libc::fcntl(fd, libc::F_SETOWN, other.id() as i32), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_fail(&w.name, &o, "SIGIO owner (F_GETOWN_EX)");
+}
+
+#[test]
+fn fdstate_detects_another_owner_of_the_unlinked_file() {
+    let mut w = Workload::start(&["fdstate"], &[]);
+    w.wait_ready();
+    let path = format!("/proc/{}/fd/{}", w.pid(), info_fd(&w, "sparse"));
+    std::os::unix::fs::chown(&path, Some(0), Some(0)).expect("chown");
+    let o = w.go();
+    assert_fail(&w.name, &o, "unlinked file owner, mode, size and times");
+}
