@@ -215,6 +215,9 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
         session,
         foreground,
         unread,
+        slave_owner: std::fs::metadata(format!("/dev/pts/{n}"))
+            .ok()
+            .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777)),
     }))
 }
 
@@ -485,6 +488,13 @@ impl Ptys {
                 // SAFETY: TIOCEXCL takes no argument.
                 let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCEXCL) };
                 check(r, || format!("TIOCEXCL on the master of pty {n}"))?;
+            }
+            if let Some((uid, gid, mode)) = p.slave_owner {
+                let node = format!("/dev/pts/{n}");
+                std::os::unix::fs::chown(&node, Some(uid), Some(gid))
+                    .context(|| format!("giving {node} its owner back"))?;
+                std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .context(|| format!("giving {node} its mode back"))?;
             }
             if p.locked {
                 set_lock(&m, true, n)?;

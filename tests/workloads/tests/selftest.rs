@@ -863,7 +863,7 @@ fn pty_detects_lost_unread_bytes() {
         libc::close(fd);
     }
     let o = w.go();
-    assert_fail(&w.name, &o, "root: bytes read from the master");
+    assert_fail(&w.name, &o, "root: reading the master");
 }
 
 #[test]
@@ -907,4 +907,16 @@ fn fdstate_detects_another_owner_of_the_unlinked_file() {
     std::os::unix::fs::chown(&path, Some(0), Some(0)).expect("chown");
     let o = w.go();
     assert_fail(&w.name, &o, "unlinked file owner, mode, size and times");
+}
+
+#[test]
+fn pty_detects_another_slave_mode() {
+    let mut w = Workload::start(&["pty"], &[]);
+    w.wait_ready();
+    let c = info_value(&w, "C");
+    let slave = fs::read_link(format!("/proc/{c}/fd/0")).expect("C's stdin");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&slave, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let o = w.go();
+    assert_fail(&w.name, &o, "owner, group and mode of the slave node");
 }

@@ -322,6 +322,9 @@ fn child(m: &Proto, root: i32, slave: &CStr, want: Term, unread: bool) -> Checks
 }
 
 /// Sets up the pair; returns the slave's path and its termios.
+/// Owner, group and permissions given to the slave node at setup.
+const SLAVE_OWNER: (u32, u32, u32) = (4242, 5, 0o620);
+
 /// The number of the pty made at setup.
 static PTY_NUMBER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
@@ -350,6 +353,11 @@ fn setup_pty(p: &Proto) -> (std::ffi::CString, Term) {
         let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
         if s < 0 {
             p.bail_errno("opening the slave");
+        }
+        // The slave node's owner and mode, as a terminal emulator sets them.
+        if libc::fchown(s, SLAVE_OWNER.0, SLAVE_OWNER.1) != 0 || libc::fchmod(s, SLAVE_OWNER.2) != 0
+        {
+            p.bail_errno("chown/chmod of the slave");
         }
         let mut t: libc::termios = std::mem::zeroed();
         if libc::tcgetattr(s, &mut t) != 0 {
@@ -403,6 +411,15 @@ fn check_master(c: &mut Checks, want: &Term, members: &[(&str, i32)], sid: i32, 
     );
     if let Ok(n) = n {
         let want_link = format!("/dev/pts/{n}");
+        let owner = std::fs::metadata(&want_link).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        });
+        c.eq(
+            "root: owner, group and mode of the slave node",
+            Some(SLAVE_OWNER),
+            owner,
+        );
         for &(w, pid) in members {
             for fd in 0..3 {
                 c.eq(
