@@ -263,3 +263,35 @@ os.rename(D + "/result.tmp", D + "/result"); os._exit(0 if not e else 1)
 "#;
     Workload::start_python("unlinked-shared", body).cycle();
 }
+
+/// The structural fix: a dump by a crest whose hard limits are lower than
+/// the tree's (as a restore from it would be) is refused before the tree
+/// is killed, naming the limit; the tree runs on.
+#[test]
+fn hard_limit_above_the_restorers_is_refused_at_dump() {
+    let w = Workload::start("idle", &[]);
+    let img = w.image();
+    let o = Command::new("prlimit")
+        .args([
+            "--nofile=256:256",
+            crest_bin(),
+            "dump",
+            "-p",
+            &w.pid.to_string(),
+            "-o",
+        ])
+        .arg(&img)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the dump must be refused");
+    assert!(
+        err.contains("resource limit 7") && err.contains("CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+    assert!(alive(w.pid), "the tree must keep running");
+    assert!(!img.exists());
+    w.go();
+    w.expect_pass();
+}

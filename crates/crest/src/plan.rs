@@ -57,6 +57,9 @@ pub fn check_here(ckpt: &Checkpoint) -> Vec<Obstacle> {
         if let Some(why) = directory_problem(&p.fs.root, &tree) {
             push("root".into(), why);
         }
+        for why in rlimit_problems(&p.attrs.rlimits) {
+            push("resource limits".into(), why);
+        }
         for o in &p.fd_owners {
             if !crate::fown::owner_in(o, ckpt) {
                 push(
@@ -238,4 +241,46 @@ fn pipe_size_problem(size: u32) -> Option<String> {
     (size > max).then(|| {
         format!("its pipe holds {size} bytes of buffer, above this machine's pipe-max-size {max}")
     })
+}
+
+/// Hard resource limits above this restorer's own cannot be set again
+/// without CAP_SYS_RESOURCE (the restored process starts with crest's).
+fn rlimit_problems(limits: &[(u32, u64, u64)]) -> Vec<String> {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for &(r, _, max) in limits {
+        let mut mine = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills one struct rlimit.
+        if unsafe { libc::getrlimit(r as _, &mut mine) } != 0 {
+            continue;
+        }
+        if max > mine.rlim_max {
+            let show = |v: u64| {
+                if v == libc::RLIM_INFINITY {
+                    "unlimited".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            out.push(format!(
+                "resource limit {r}: its hard limit {} is above this restorer's {}, and \
+                 raising it needs CAP_SYS_RESOURCE",
+                show(max),
+                show(mine.rlim_max)
+            ));
+        }
+    }
+    out
 }
