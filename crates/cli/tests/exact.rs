@@ -295,3 +295,33 @@ fn hard_limit_above_the_restorers_is_refused_at_dump() {
     w.go();
     w.expect_pass();
 }
+
+/// The same check at restore: a restorer with a lower hard limit refuses
+/// before it builds anything, and leaves nothing behind.
+#[test]
+fn hard_limit_above_the_restorers_fails_the_restore_before_building() {
+    let w = Workload::start("idle", &[]);
+    w.dump_ok();
+    let o = Command::new("prlimit")
+        .args([
+            "--as=1073741824:1073741824",
+            crest_bin(),
+            "restore",
+            "-d",
+            "-i",
+        ])
+        .arg(w.image())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the restore must be refused");
+    assert!(
+        err.contains("resource limit 9") && err.contains("CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+    assert!(!alive(w.pid), "nothing may be left running");
+    w.restore_ok();
+    w.go();
+    w.expect_pass();
+}
