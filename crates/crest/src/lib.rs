@@ -14,6 +14,7 @@ pub mod dump;
 pub mod error;
 pub mod events;
 pub mod fault;
+pub mod filedata;
 pub mod files;
 pub mod fown;
 pub mod freeze;
