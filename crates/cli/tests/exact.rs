@@ -66,13 +66,17 @@ fn flock_command_keeps_its_lock() {
         "python3",
         "-c",
         &format!(
-            "import os, time\nwhile not os.path.exists('{0}/go'): time.sleep(0.02)\nopen('{0}/out', 'w')",
+            "import os, time\nopen('{0}/ready', 'w')\n\
+             while not os.path.exists('{0}/go'): time.sleep(0.02)\nopen('{0}/out', 'w')",
             dir.display()
         ),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let pid: i32 = stdout(&o).trim().parse().unwrap();
-    wait_until("flock(1) holds the lock", || !flock_n(&lock_s));
+    // The command runs (a python3 launcher may start several processes
+    // first): the whole tree exists.
+    wait_until("the command runs", || dir.join("ready").exists());
+    assert!(!flock_n(&lock_s), "flock(1) holds the lock");
     let img = dir.join("img");
     let tree = descendants(pid);
     let o = crest(&["dump", "-p", &pid.to_string(), "-o", img.to_str().unwrap()]);
