@@ -329,3 +329,22 @@ fn hard_limit_above_the_restorers_fails_the_restore_before_building() {
     w.go();
     w.expect_pass();
 }
+
+/// Epoll registrations are made before the processes exist at restore,
+/// and a /proc file of the tree is opened only later: the plan refuses
+/// an epoll watching one at dump, with the tree left running.
+#[test]
+fn epoll_on_a_proc_file_of_the_tree_is_refused() {
+    let s = format!(
+        "{PROTO}\nimport select\nm = open('/proc/self/mounts')\ne = select.epoll()\n\
+         e.register(m.fileno(), select.EPOLLPRI)\nready(); done()\n"
+    );
+    refused(
+        &s,
+        &[
+            "epoll watches /proc/",
+            "/mounts",
+            "opened only once its process exists",
+        ],
+    );
+}

@@ -211,22 +211,42 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
             _ => None,
         },
         OpenTarget::Unix(u) => crate::sockets::name_problem(u, ckpt),
-        OpenTarget::Inotify { watches } => {
-            watches
-                .iter()
-                .find_map(|w| match std::fs::symlink_metadata(&w.path) {
-                    Err(e) => Some(format!(
-                        "inotify watch {} is on {}, which is gone: {e}",
-                        w.wd, w.path
-                    )),
-                    Ok(m) if m.dev() == w.dev && m.ino() != w.ino => Some(format!(
-                        "inotify watch {} is on {}, which is another file now",
-                        w.wd, w.path
-                    )),
-                    Ok(_) => None,
-                })
-        }
+        OpenTarget::Inotify { watches } => watches.iter().find_map(|w| watch_problem(w, tree)),
+        OpenTarget::Epoll { targets } => targets.iter().find_map(|t| {
+            let p = ckpt.processes.iter().find(|p| p.pid == t.pid)?;
+            let f = p.fds.iter().find(|f| f.fd == t.fd)?;
+            let Some(ObjectKind::Open(o)) = ckpt.object(f.file) else {
+                return None;
+            };
+            crate::procfiles::deferred_path(o, tree).map(|path| {
+                format!(
+                    "epoll watches {path} (pid {} fd {}), a /proc file of the tree that is \
+                     opened only once its process exists (not supported)",
+                    t.pid, t.fd
+                )
+            })
+        }),
         _ => None,
+    }
+}
+
+/// Why inotify watch `w` could not be added again: its file is gone or
+/// another one, or it is a /proc file of the tree (watches are added
+/// before the processes exist).
+fn watch_problem(w: &crate::model::InotifyWatch, tree: &[i32]) -> Option<String> {
+    if let Some(why) = inside_tree(&w.path, tree) {
+        return Some(format!("inotify watch {}: {why}", w.wd));
+    }
+    match std::fs::symlink_metadata(&w.path) {
+        Err(e) => Some(format!(
+            "inotify watch {} is on {}, which is gone: {e}",
+            w.wd, w.path
+        )),
+        Ok(m) if m.dev() == w.dev && m.ino() != w.ino => Some(format!(
+            "inotify watch {} is on {}, which is another file now",
+            w.wd, w.path
+        )),
+        Ok(_) => None,
     }
 }
 
