@@ -569,6 +569,10 @@ pub struct Pty {
     /// Bytes written on the slave side that the master had not read.
     #[serde(default)]
     pub unread: Vec<u8>,
+    /// Bytes written on the master side that the slave had not read (the
+    /// slave is in non-canonical mode: they are plain bytes).
+    #[serde(default)]
+    pub input: Vec<u8>,
     /// The slave node's (/dev/pts/N) owner, group and permission bits.
     #[serde(default)]
     pub slave_owner: Option<(u32, u32, u32)>,

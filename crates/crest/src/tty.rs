@@ -169,6 +169,8 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
     } else {
         Vec::new()
     };
+    let input = crate::ttydata::copy_input(&f)
+        .map_err(|e| format!("{what}: bytes written on the master side are not read yet: {e}"))?;
     let mut t: libc::termios2 = {
         // SAFETY: termios2 is plain integers and bytes: all zeros is valid.
         unsafe { std::mem::zeroed() }
@@ -215,6 +217,7 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
         session,
         foreground,
         unread,
+        input,
         slave_owner: std::fs::metadata(format!("/dev/pts/{n}"))
             .ok()
             .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777)),
@@ -250,12 +253,24 @@ fn collect_slave(pid: i32, fd: i32, link: &str, md: &Metadata, index: &mut PtyIn
     settle(&f);
     let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
     let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
-    if inq > 0 || outq > 0 {
+    if outq > 0 {
         return Err(format!(
-            "{link}: {} bytes written on the master side are not read yet \
-             ({outq} queued for output); data in flight in a terminal is not supported yet",
-            inq.max(0)
+            "{link}: {outq} bytes queued for output; not supported yet"
         ));
+    }
+    if inq > 0 {
+        // Saved with the pair by its master (see `ttydata::copy_input`),
+        // unless the slave is in canonical mode.
+        // SAFETY: termios2 is plain data; TCGETS2 fills it.
+        let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS2, &mut t) };
+        if r != 0 || t.c_lflag & libc::ICANON != 0 {
+            return Err(format!(
+                "{link}: {inq} bytes written on the master side are not read yet, and the \
+                 slave is in canonical mode: typed-ahead lines cannot be rebuilt (not supported)"
+            ));
+        }
     }
     let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
     Ok(OpenTarget::PtySlave {
@@ -469,6 +484,8 @@ impl Ptys {
             check(r, || format!("setting the line settings of pty {n}"))?;
             crate::ttydata::refill(&m, &p.unread)
                 .context(|| format!("pty {n}: refilling the bytes the master had not read"))?;
+            crate::ttydata::refill_input(&m, &p.input)
+                .context(|| format!("pty {n}: refilling the input the slave had not read"))?;
             let ws = libc::winsize {
                 ws_row: p.winsize[0],
                 ws_col: p.winsize[1],

@@ -920,3 +920,21 @@ fn pty_detects_another_slave_mode() {
     let o = w.go();
     assert_fail(&w.name, &o, "owner, group and mode of the slave node");
 }
+
+#[test]
+fn pty_detects_lost_slave_input() {
+    let mut w = Workload::start(&["pty", "unread"], &[]);
+    w.wait_ready();
+    // Reading the typed-ahead input through G's stdin (the slave), as a
+    // restore that dropped it would leave it.
+    let g = info_value(&w, "G");
+    let fd = steal_fd(g, 0).expect("pidfd_getfd");
+    let mut buf = [0u8; 64];
+    // SAFETY: our duplicate; a valid buffer.
+    unsafe {
+        assert!(libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 1);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "G: reading the slave");
+}
