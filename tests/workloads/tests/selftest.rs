@@ -863,7 +863,8 @@ fn pty_detects_lost_unread_bytes() {
         libc::close(fd);
     }
     let o = w.go();
-    assert_fail(&w.name, &o, "root: reading the master");
+    // Either a short read (timeout) or other bytes, depending on timing.
+    assert_fail(&w.name, &o, "the master");
 }
 
 #[test]
@@ -936,5 +937,5 @@ fn pty_detects_lost_slave_input() {
         libc::close(fd);
     }
     let o = w.go();
-    assert_fail(&w.name, &o, "G: reading the slave");
+    assert_fail(&w.name, &o, "the slave");
 }
