@@ -188,7 +188,8 @@ pub fn collect(
             });
         }
         let leader = proc::read_status(pid)?;
-        staged.push((pid, tids, maps, vmas, fds, exe_path, leader));
+        let held = fd_index.take_held(pid);
+        staged.push((pid, tids, maps, vmas, fds, exe_path, leader, held));
     }
     let pids: Vec<i32> = tree.procs.iter().map(|p| p.0).collect();
     let external = opts.external_pipes.then_some(files::ExternalPipes {
@@ -203,7 +204,7 @@ pub fn collect(
     }
     let mut processes = Vec::new();
     let mut plans = Vec::new();
-    for (pid, tids, maps, mut vmas, fds, exe_path, status) in staged {
+    for (pid, tids, maps, mut vmas, fds, exe_path, status, held) in staged {
         let stat = proc::read_stat(pid)?;
         let exe = objects.file(&exe_path)?;
         let vdso_crc = vdso_crc(pid, &maps)?;
@@ -285,6 +286,8 @@ pub fn collect(
             zombies: zombie_children(pid)?,
             shares_files_with: shared.get(&pid).and_then(|s| s.0),
             shares_fs_with: shared.get(&pid).and_then(|s| s.1),
+            locks: held.0,
+            fd_owners: held.1,
         });
         plans.push(plan);
     }
@@ -454,6 +457,11 @@ pub fn dump<W: Write>(
     let Some(mut c) = collected else {
         return Err(Error::Unsupported(obstacles));
     };
+    // Never let a tree go for an image restore would reject here.
+    let unrestorable = crate::plan::check_here(&c.ckpt);
+    if !unrestorable.is_empty() {
+        return Err(Error::Unsupported(unrestorable));
+    }
     crate::fault::point("dump: collected")?;
     let mut w = Writer::new(out, &codec::header_here()?)?;
     codec::write_metadata(&mut w, &c.ckpt)?;
@@ -569,8 +577,12 @@ pub fn check_with(pid: i32, opts: &DumpOptions) -> Result<Vec<Obstacle>> {
     }
     let frozen = FrozenTree::freeze(pid)?;
     let mut obstacles = Vec::new();
-    collect(&frozen, &mut obstacles, None, opts)?;
+    let collected = collect(&frozen, &mut obstacles, None, opts);
     frozen.release()?;
+    if let Some(c) = collected? {
+        // The same checks dump makes before it lets the tree go.
+        obstacles.extend(crate::plan::check_here(&c.ckpt));
+    }
     Ok(obstacles)
 }
 

@@ -6,15 +6,15 @@
 //! descriptor number in the new task and seeks it to its offset.
 
 use crate::error::{Context, Error, Result};
+pub use crate::filedata::write_data;
 use crate::model::{Fd, FileId, ObjectKind, OpenFile, OpenTarget, PipeObj, ShmemKind, ShmemObj};
 use crate::objects::{file_id, ObjectTable};
 use crate::Obstacle;
-use crest_image::Writer;
 use crest_sys::proc;
 use crest_sys::process::{kcmp, kcmp_type};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 
@@ -71,6 +71,21 @@ pub struct FdIndex {
     ptys: crate::tty::PtyIndex,
     /// Network sockets (see `crate::net`).
     pub net: crate::net::NetIndex,
+    locks: crate::locks::LockIndex,
+    /// Per pid: the locks and SIGIO owners found on its descriptors.
+    held: HashMap<i32, (Vec<crate::model::FileLock>, Vec<crate::model::FdOwner>)>,
+    /// The first unlinked-file object of each (dev, ino).
+    unlinked: HashMap<(u64, u64), u32>,
+}
+
+impl FdIndex {
+    /// The locks and SIGIO owners collected for `pid`.
+    pub fn take_held(
+        &mut self,
+        pid: i32,
+    ) -> (Vec<crate::model::FileLock>, Vec<crate::model::FdOwner>) {
+        self.held.remove(&pid).unwrap_or_default()
+    }
 }
 
 /// Reads the descriptor table of `pid`.
@@ -82,6 +97,7 @@ pub fn collect_fds(
     index: &mut FdIndex,
 ) -> Result<Vec<Fd>> {
     let mut out: Vec<Fd> = Vec::new();
+    let pidfd = crest_sys::pidfd::open(pid)?;
     for fd in proc::list_fds(pid)? {
         let refuse = |obstacles: &mut Vec<Obstacle>, reason: String| {
             obstacles.push(Obstacle {
@@ -114,6 +130,10 @@ pub fn collect_fds(
                 }
             }
             if let Some(obj) = shared {
+                let held = &mut index.held.entry(pid).or_default().0;
+                if let Err(r) = crate::locks::collect(pid, fd, obj, &info, &mut index.locks, held) {
+                    refuse(obstacles, format!("{link}: {r}"));
+                }
                 out.push(Fd {
                     fd,
                     cloexec,
@@ -123,7 +143,42 @@ pub fn collect_fds(
             }
         }
         let ft = md.file_type();
-        let target = if ft.is_file() && link.starts_with("/memfd:") {
+        let target = if flags & libc::O_PATH as u32 != 0 {
+            if !link.starts_with('/') || link.ends_with(" (deleted)") {
+                refuse(
+                    obstacles,
+                    format!("O_PATH descriptor of {link}: only files with a name are supported"),
+                );
+                continue;
+            }
+            OpenTarget::Path {
+                path: link.clone(),
+                kind: md.mode() & libc::S_IFMT,
+            }
+        } else if is_deleted_node(&link, &ft) {
+            let stateless = STATELESS_DEVICES
+                .iter()
+                .any(|d| (d.0, d.1) == (libc::major(md.rdev()), libc::minor(md.rdev())));
+            let busy = if ft.is_fifo() {
+                fifo_bytes(pid, fd).map_or(true, |n| n != 0)
+            } else {
+                false
+            };
+            match crate::deleted::collect(&link, &md, stateless) {
+                Ok(_) if busy => {
+                    refuse(
+                        obstacles,
+                        format!("{link}: a deleted FIFO with bytes in its buffer is not supported"),
+                    );
+                    continue;
+                }
+                Ok(n) => OpenTarget::Deleted(n),
+                Err(why) => {
+                    refuse(obstacles, why);
+                    continue;
+                }
+            }
+        } else if ft.is_file() && link.starts_with("/memfd:") {
             let path = format!("/proc/{pid}/fd/{fd}");
             let shmem = match objects.shmem(md.dev(), md.ino()) {
                 Some(id) => id,
@@ -139,17 +194,19 @@ pub fn collect_fds(
             OpenTarget::Memfd { shmem }
         } else if ft.is_file() {
             if md.nlink() == 0 || link.ends_with(" (deleted)") {
-                if md.size() > MAX_UNLINKED {
+                if md.blocks() * 512 > MAX_UNLINKED {
                     refuse(
                         obstacles,
-                        format!("unlinked file {link} is larger than 4 GiB"),
+                        format!("unlinked file {link} holds more than 4 GiB of data"),
                     );
                     continue;
                 }
+                let same_as = index.unlinked.get(&key).copied();
                 OpenTarget::Unlinked {
                     path: link.trim_end_matches(" (deleted)").to_string(),
                     size: md.size(),
                     mode: md.mode(),
+                    meta: Some(crate::unlinked::meta(&md, flags, same_as)),
                 }
             } else {
                 OpenTarget::Regular(file_id(&link)?)
@@ -185,7 +242,7 @@ pub fn collect_fds(
                 let pipe = match index.pipes.get_mut(&md.ino()) {
                     Some(p) => p,
                     None => {
-                        let (size, bytes) = match pipe_contents(pid, fd) {
+                        let (size, bytes) = match crate::filedata::pipe_contents(pid, fd) {
                             Ok(v) => v,
                             Err(e) => {
                                 refuse(obstacles, format!("{link}: cannot read the pipe: {e}"));
@@ -230,7 +287,7 @@ pub fn collect_fds(
                         let pipe = match index.pipes.get(&md.ino()) {
                             Some(p) => p.object,
                             None => {
-                                let (size, bytes) = match pipe_contents(pid, fd) {
+                                let (size, bytes) = match crate::filedata::pipe_contents(pid, fd) {
                                     Ok(v) => v,
                                     Err(e) => {
                                         refuse(obstacles, format!("FIFO {link}: {e}"));
@@ -297,18 +354,36 @@ pub fn collect_fds(
             );
             continue;
         };
+        let is_path = matches!(target, OpenTarget::Path { .. });
         let obj = objects.add(ObjectKind::Open(OpenFile {
             flags,
-            pos: info.pos,
+            pos: if is_path { 0 } else { info.pos },
             target: target.clone(),
         }));
-        if let OpenTarget::Unlinked { size, .. } = target {
-            data.push(DataSource::Unlinked {
-                object: obj,
-                pid,
-                fd,
-                size,
-            });
+        if let OpenTarget::Unlinked { size, meta, .. } = target {
+            if meta.is_none_or(|m| m.same_as.is_none()) {
+                index.unlinked.insert(key, obj);
+                data.push(DataSource::Unlinked {
+                    object: obj,
+                    pid,
+                    fd,
+                    size,
+                });
+            }
+        }
+        let held = index.held.entry(pid).or_default();
+        if let Err(r) = crate::locks::collect(pid, fd, obj, &info, &mut index.locks, &mut held.0) {
+            refuse(obstacles, format!("{link}: {r}"));
+        }
+        if !is_path {
+            match crest_sys::pidfd::getfd(&pidfd, pid, fd)
+                .map_err(|e| e.to_string())
+                .and_then(|f| crate::fown::collect(fd, &f))
+            {
+                Ok(Some(o)) => held.1.push(o),
+                Ok(None) => {}
+                Err(r) => refuse(obstacles, format!("{link}: {r}")),
+            }
         }
         index.seen.entry(key).or_default().push((pid, fd, obj));
         out.push(Fd {
@@ -320,47 +395,10 @@ pub fn collect_fds(
     Ok(out)
 }
 
-/// Buffer size and bytes in flight of the pipe behind `fd` of `pid`,
-/// copied with tee(2) so nothing is consumed.
-fn pipe_contents(pid: i32, fd: i32) -> Result<(u32, Vec<u8>)> {
-    // A read end of our own on the same pipe (reopening the magic link
-    // gives one even when the task holds only the write end).
-    let path = format!("/proc/{pid}/fd/{fd}");
-    let src = open_path(&path, (libc::O_RDONLY | libc::O_NONBLOCK) as u32)?;
-    // SAFETY: fcntl on a descriptor we own.
-    let size = unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) };
-    if size < 0 {
-        return Err(crest_sys::Error::last_os(format!("F_GETPIPE_SZ on {path}")).into());
-    }
-    let (tr, tw) = make_pipe()?;
-    // SAFETY: fcntl on a descriptor we own.
-    if unsafe { libc::fcntl(tw.as_raw_fd(), libc::F_SETPIPE_SZ, size) } < 0 {
-        return Err(
-            crest_sys::Error::last_os(format!("sizing a copy pipe to {size} bytes")).into(),
-        );
-    }
-    let mut out = Vec::new();
-    // SAFETY: tee between two pipe descriptors we own.
-    let n = unsafe {
-        libc::tee(
-            src.as_raw_fd(),
-            tw.as_raw_fd(),
-            size as usize,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(Error::Io(e));
-        }
-    } else if n > 0 {
-        out.resize(n as usize, 0);
-        let mut f = File::from(tr);
-        f.read_exact(&mut out)
-            .context(|| format!("copying the data in {path}"))?;
-    }
-    Ok((size as u32, out))
+/// A directory, FIFO or device node deleted while open.
+fn is_deleted_node(link: &str, ft: &std::fs::FileType) -> bool {
+    link.ends_with(" (deleted)")
+        && (ft.is_dir() || ft.is_fifo() || ft.is_char_device() || ft.is_block_device())
 }
 
 /// Creates an empty shared-memory object of the right kind and size.
@@ -562,97 +600,23 @@ fn fifo_bytes(pid: i32, fd: i32) -> Result<i32> {
     Ok(n)
 }
 
-/// Writes unlinked files' contents and pipes' bytes as FILE_DATA records.
-pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    for s in srcs {
-        match s {
-            DataSource::Pipe { object, data } => {
-                for (i, c) in data.chunks(1 << 20).enumerate() {
-                    out.write_file_data(*object as u64, (i << 20) as u64, c)?;
-                }
-            }
-            DataSource::Shmem { object, path, size } => {
-                write_shmem(*object, path, *size, &mut buf, out)?;
-            }
-            &DataSource::Unlinked {
-                object,
-                pid,
-                fd,
-                size,
-            } => {
-                let path = format!("/proc/{pid}/fd/{fd}");
-                let mut f = File::open(&path)
-                    .context(|| format!("pid {pid}: fd {fd}: reopening the unlinked file"))?;
-                let mut off = 0u64;
-                while off < size {
-                    let want = ((size - off) as usize).min(buf.len());
-                    let n = f
-                        .read(&mut buf[..want])
-                        .context(|| format!("reading {path}"))?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.write_file_data(object as u64, off, &buf[..n])?;
-                    off += n as u64;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes the non-hole, non-zero pages of a shared-memory object.
-fn write_shmem<W: Write>(
-    object: u32,
-    path: &str,
-    size: u64,
-    buf: &mut [u8],
-    out: &mut Writer<W>,
-) -> Result<()> {
-    let f = File::open(path).context(|| format!("opening {path}"))?;
-    let ps = crate::memory::page_size() as usize;
-    let mut off = 0u64;
-    while off < size {
-        // SAFETY: lseek on a descriptor we own.
-        let start = unsafe { libc::lseek(f.as_raw_fd(), off as i64, libc::SEEK_DATA) };
-        if start < 0 {
-            break; // ENXIO: no data past `off`
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(f.as_raw_fd(), start, libc::SEEK_HOLE) }.max(start) as u64;
-        let mut pos = start as u64;
-        let end = hole.min(size);
-        while pos < end {
-            let n = ((end - pos) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], pos)
-                .context(|| format!("reading {path} at {pos}"))?;
-            let mut i = 0;
-            while i < n {
-                let pe = (i + ps).min(n);
-                if buf[i..pe].iter().all(|&b| b == 0) {
-                    i = pe;
-                    continue;
-                }
-                let mut j = pe;
-                while j < n && buf[j..(j + ps).min(n)].iter().any(|&b| b != 0) {
-                    j = (j + ps).min(n);
-                }
-                out.write_file_data(object as u64, pos + i as u64, &buf[i..j])?;
-                i = j;
-            }
-            pos += n as u64;
-        }
-        off = end.max(off + 1);
-    }
-    Ok(())
-}
-
 /// cwd and root of the task.
 pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
+    let cwd = proc::read_link(pid, "cwd")?;
+    // A deleted cwd that can be made again; the restore plan refuses the
+    // others by name.
+    let cwd_deleted = if cwd.ends_with(" (deleted)") {
+        std::fs::metadata(format!("/proc/{pid}/cwd"))
+            .ok()
+            .and_then(|md| crate::deleted::collect(&cwd, &md, false).ok())
+            .filter(|n| n.mode & libc::S_IFMT == libc::S_IFDIR)
+    } else {
+        None
+    };
     Ok(crate::model::FsInfo {
-        cwd: proc::read_link(pid, "cwd")?,
+        cwd,
         root: proc::read_link(pid, "root")?,
+        cwd_deleted,
     })
 }
 
@@ -662,11 +626,15 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
 /// refilled.
 #[derive(Default)]
 pub struct UnlinkedFiles {
-    files: HashMap<u32, (File, String)>,
+    files: crate::unlinked::Recreated,
+    /// Pipe ends whose own description was handed out already.
+    ends_given: std::collections::HashSet<(u32, bool)>,
     pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
     /// Bytes to write into named FIFOs when they are opened.
     fifo_data: HashMap<u32, Vec<u8>>,
     shmem: HashMap<u32, OwnedFd>,
+    /// Deleted directories, FIFOs and device nodes made again.
+    nodes: crate::deleted::Nodes,
     ptys: crate::tty::Ptys,
     sysv: crate::sysv::Segments,
     /// Descriptors the caller supplies for external pipe ends, by key.
@@ -693,40 +661,9 @@ impl UnlinkedFiles {
         Ok(())
     }
 
-    fn create(&mut self, object: u32, path: &str, mode: u32) -> Result<&File> {
-        if !self.files.contains_key(&object) {
-            let mut candidates = vec![path.to_string()];
-            candidates.push(format!("{path}.crest-{}-{object}", std::process::id()));
-            let mut last = None;
-            for p in candidates {
-                match std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode & 0o7777)
-                    .open(&p)
-                {
-                    Ok(f) => {
-                        // Unlinked at once, before it is filled: a crest
-                        // killed from here on leaves nothing behind.  Its
-                        // descriptors are opened through /proc/self/fd,
-                        // which names it "PATH (deleted)" as it was.
-                        std::fs::remove_file(&p)
-                            .context(|| format!("unlinking the recreated file {p}"))?;
-                        self.files.insert(object, (f, p));
-                        last = None;
-                        break;
-                    }
-                    Err(e) => last = Some((p, e)),
-                }
-            }
-            if let Some((p, e)) = last {
-                return Err(Error::msg(format!(
-                    "recreating unlinked file {p} for the restore: {e}"
-                )));
-            }
-        }
-        Ok(&self.files[&object].0)
+    /// A new description of the deleted node `n`, made again once.
+    pub fn open_deleted(&mut self, n: &crate::model::DeletedNode, flags: u32) -> Result<OwnedFd> {
+        self.nodes.open(n, flags)
     }
 
     /// Creates the pipe of object `id`, sized as it was.
@@ -833,14 +770,20 @@ impl UnlinkedFiles {
                 .write_all(data)
                 .context(|| format!("refilling pipe object {object}"));
         }
-        let (path, mode, size) = match ckpt_obj {
+        let (path, mode, size, meta) = match ckpt_obj {
             Some(ObjectKind::Open(OpenFile {
-                target: OpenTarget::Unlinked { path, mode, size },
+                target:
+                    OpenTarget::Unlinked {
+                        path,
+                        mode,
+                        size,
+                        meta,
+                    },
                 ..
-            })) => (path.clone(), *mode, *size),
+            })) if meta.as_ref().is_none_or(|m| m.same_as.is_none()) => (path, *mode, *size, meta),
             _ => {
                 return Err(Error::Invalid(format!(
-                    "file data for object {object}, which is not an unlinked file"
+                    "file data for object {object}, which is not an unlinked file's content"
                 )))
             }
         };
@@ -852,28 +795,48 @@ impl UnlinkedFiles {
                 "file data for {path} at {offset} runs past its size {size}"
             )));
         }
-        let f = self.create(object, &path, mode)?;
-        f.write_all_at(data, offset)
-            .context(|| format!("writing the content of unlinked file {path}"))
+        self.files
+            .write(object, path, mode, meta.as_ref(), offset, data)
     }
 
-    fn open(
+    /// A new description of the recreated unlinked file of object `id`.
+    fn open_unlinked(
         &mut self,
-        object: u32,
-        path: &str,
-        mode: u32,
-        size: u64,
-        flags: u32,
+        id: u32,
+        o: &OpenFile,
+        objects: &dyn Fn(u32) -> Option<ObjectKind>,
     ) -> Result<OwnedFd> {
-        self.create(object, path, mode)?;
-        let (f, p) = &self.files[&object];
-        f.set_len(size).context(|| format!("sizing {p}"))?;
-        let fd = open_path(&format!("/proc/self/fd/{}", f.as_raw_fd()), flags)?;
+        let OpenTarget::Unlinked { meta, .. } = &o.target else {
+            unreachable!("called for unlinked files only")
+        };
+        // The description that carries the content (this one, or the one
+        // it shares the file with).
+        let owner = meta.as_ref().and_then(|m| m.same_as).unwrap_or(id);
+        let Some(ObjectKind::Open(OpenFile {
+            target:
+                OpenTarget::Unlinked {
+                    path,
+                    size,
+                    mode,
+                    meta,
+                },
+            ..
+        })) = objects(owner)
+        else {
+            return Err(Error::Invalid(format!(
+                "unlinked file {id}: object {owner} is not an unlinked file"
+            )));
+        };
+        let p = self.files.finish(owner, &path, mode, size, meta.as_ref())?;
+        let fd = open_path(&p, crate::unlinked::open_flags(o.flags))
+            .context(|| format!("reopening the recreated {path}"))?;
+        set_fl(&fd, o.flags, &path)?;
+        seek(&fd, o.pos, &path)?;
         Ok(fd)
     }
 }
 
-fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
+pub(crate) fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
     let c = std::ffi::CString::new(path)
         .map_err(|_| Error::Invalid(format!("path with a NUL byte: {path:?}")))?;
     let flags = (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY)
@@ -940,11 +903,17 @@ pub fn open_object(
                 set_fl(&fd, o.flags, key)?;
                 return Ok(fd);
             }
+            let first = unlinked.ends_given.insert((*pipe, *write));
             let (r, w) = unlinked.pipe(*pipe, &p)?;
             // Each end is one open file description: hand out the pipe's
             // own; a second description of the same end is a reopen.
             let end = if *write { w } else { r };
-            let fd = end.try_clone()?;
+            let fd = if first {
+                end.try_clone()?
+            } else {
+                // Another description of the same end: its own flags.
+                open_path(&format!("/proc/self/fd/{}", end.as_raw_fd()), o.flags)?
+            };
             set_fl(&fd, o.flags, "a pipe")?;
             fd
         }
@@ -1000,9 +969,25 @@ pub fn open_object(
             set_fl(&fd, o.flags, path)?;
             fd
         }
-        OpenTarget::Unlinked { path, size, mode } => {
-            let fd = unlinked.open(id, path, *mode, *size, o.flags)?;
-            seek(&fd, o.pos, path)?;
+        OpenTarget::Unlinked { .. } => unlinked.open_unlinked(id, o, objects)?,
+        OpenTarget::Deleted(n) => {
+            let fd = unlinked.open_deleted(n, o.flags)?;
+            if n.mode & libc::S_IFMT == libc::S_IFDIR {
+                seek(&fd, o.pos, &n.path)?;
+            }
+            fd
+        }
+        OpenTarget::Path { path, kind } => {
+            let fd = open_path(path, o.flags)?;
+            let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .context(|| format!("stat {path}"))?;
+            if md.mode() & libc::S_IFMT != *kind {
+                return Err(Error::Incompatible(format!(
+                    "{path} is not the same kind of file as at the checkpoint \
+                     (file type {:o}, was {kind:o})",
+                    md.mode() & libc::S_IFMT
+                )));
+            }
             fd
         }
         OpenTarget::Eventfd { .. }
@@ -1016,6 +1001,10 @@ pub fn open_object(
             crate::tty::open(o, &mut unlinked.ptys, objects)?
         }
     };
+    // open(2) ignores O_ASYNC: only F_SETFL sets it.
+    if o.flags & libc::O_ASYNC as u32 != 0 {
+        set_fl(&fd, o.flags, "a file with O_ASYNC")?;
+    }
     Ok(fd)
 }
 
@@ -1028,8 +1017,28 @@ pub fn release_pipes(unlinked: &mut UnlinkedFiles) {
 /// Lets go of the recreated unlinked files once every descriptor on them
 /// is open (their names went when they were created).
 pub fn unlink_recreated(unlinked: &mut UnlinkedFiles) -> Result<()> {
-    // Each was unlinked as soon as it was created.
-    unlinked.files.clear();
+    unlinked.files.unlink_all()?;
+    unlinked.nodes.remove_all()
+}
+
+/// Checks the file at `f.path` is still the one that was checkpointed.
+pub fn same_file(f: &FileId) -> Result<()> {
+    let md = std::fs::metadata(&f.path).context(|| format!("the image needs file {}", f.path))?;
+    check_same(f, &md)
+}
+
+fn check_same(f: &FileId, md: &std::fs::Metadata) -> Result<()> {
+    let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+    if md.size() != f.size || mtime != f.mtime_ns {
+        return Err(Error::Incompatible(format!(
+            "{} changed since the checkpoint (size {} → {}, mtime changed: {}); \
+             restoring would mix old memory with new file content",
+            f.path,
+            f.size,
+            md.size(),
+            mtime != f.mtime_ns
+        )));
+    }
     Ok(())
 }
 
@@ -1042,16 +1051,6 @@ pub fn open_checked(f: &FileId, write: bool) -> Result<OwnedFd> {
     let md = File::from(fd.try_clone().context(|| format!("dup {}", f.path))?)
         .metadata()
         .context(|| format!("stat {}", f.path))?;
-    let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
-    if md.size() != f.size || mtime != f.mtime_ns {
-        return Err(Error::Incompatible(format!(
-            "{} changed since the checkpoint (size {} → {}, mtime changed: {}); \
-             restoring would mix old memory with new file content",
-            f.path,
-            f.size,
-            md.size(),
-            mtime != f.mtime_ns
-        )));
-    }
+    check_same(f, &md)?;
     Ok(fd)
 }

@@ -121,6 +121,9 @@ pub enum OpenTarget {
         path: String,
         size: u64,
         mode: u32,
+        /// Owner, times and sharing (see [`UnlinkedMeta`]).
+        #[serde(default)]
+        meta: Option<UnlinkedMeta>,
     },
     /// An eventfd: its counter and whether it is in semaphore mode.
     Eventfd { count: u64, semaphore: bool },
@@ -146,7 +149,7 @@ pub enum OpenTarget {
     Unix(UnixSocket),
     /// The master side of a pseudo-terminal pair (opened from /dev/ptmx),
     /// with the pair's state (see `crate::tty`).  Restore makes a new
-    /// pair: its number, and so the slave's /dev/pts/N path, may differ.
+    /// pair with the same number (the slave keeps its /dev/pts/N path).
     PtyMaster(Pty),
     /// A slave side (/dev/pts/N) of the pair whose master, in the same
     /// image, has this `index`; `exclusive`: TIOCEXCL on the slave side.
@@ -158,6 +161,14 @@ pub enum OpenTarget {
     Inet(Box<InetSocket>),
     /// An AF_NETLINK socket (see `crate::net::netlink`).
     Netlink(NetlinkSocket),
+    /// An O_PATH descriptor: only a reference to `path`, never read or
+    /// seeked.  `kind` is the file type bits (S_IFMT) of what it refers
+    /// to; a symbolic link is referred to itself (O_NOFOLLOW).
+    Path { path: String, kind: u32 },
+    /// A directory, FIFO (with an empty buffer) or stateless device node
+    /// deleted while open: restore makes a node like it at `path`, opens
+    /// it and removes it again (see `crate::deleted`).
+    Deleted(DeletedNode),
 }
 
 /// An AF_UNIX socket.
@@ -296,6 +307,13 @@ pub struct Process {
     /// this one shares (CLONE_FS without CLONE_VM).
     #[serde(default)]
     pub shares_fs_with: Option<i32>,
+    /// File locks the process holds or owns (see [`FileLock`]).
+    #[serde(default)]
+    pub locks: Vec<FileLock>,
+    /// Descriptors whose open file description has a SIGIO owner or
+    /// signal (F_SETOWN_EX / F_SETSIG), set through this process.
+    #[serde(default)]
+    pub fd_owners: Vec<FdOwner>,
 }
 
 /// A child that exited and waits for its parent to reap it.
@@ -507,6 +525,9 @@ pub struct Fd {
 pub struct FsInfo {
     pub cwd: String,
     pub root: String,
+    /// The cwd was a directory deleted since (`cwd` ends in " (deleted)").
+    #[serde(default)]
+    pub cwd_deleted: Option<DeletedNode>,
 }
 
 impl Checkpoint {
@@ -561,6 +582,16 @@ pub struct Pty {
     /// session's foreground process group (0: none).
     pub session: i32,
     pub foreground: i32,
+    /// Bytes written on the slave side that the master had not read.
+    #[serde(default)]
+    pub unread: Vec<u8>,
+    /// Bytes written on the master side that the slave had not read (the
+    /// slave is in non-canonical mode: they are plain bytes).
+    #[serde(default)]
+    pub input: Vec<u8>,
+    /// The slave node's (/dev/pts/N) owner, group and permission bits.
+    #[serde(default)]
+    pub slave_owner: Option<(u32, u32, u32)>,
 }
 
 /// `struct termios2` (TCGETS2).
@@ -711,4 +742,71 @@ pub struct NetlinkSocket {
     pub peer: Option<(u32, u32)>,
     pub rcvbuf: u32,
     pub sndbuf: u32,
+}
+
+// ---- issue 16: file locks, SIGIO owners, unlinked files' metadata ----
+
+/// One lock held through a descriptor of a process (see `crate::locks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FileLock {
+    /// The descriptor it is taken through, in this process.
+    pub fd: i32,
+    pub kind: LockKind,
+    /// A write (exclusive) lock or lease; else a read (shared) one.
+    pub write: bool,
+    /// Byte range (POSIX and OFD locks): start and length, 0 = to EOF.
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Who owns a lock, as the kernel sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LockKind {
+    /// fcntl F_SETLK: owned by the process (its descriptor table).
+    Posix,
+    /// flock(2): owned by the open file description.
+    Flock,
+    /// fcntl F_OFD_SETLK: owned by the open file description.
+    Ofd,
+    /// fcntl F_SETLEASE: held by the open file description.
+    Lease,
+}
+
+/// The SIGIO owner and signal of an open file description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FdOwner {
+    pub fd: i32,
+    /// F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP, and the id (0: none).
+    pub owner_type: i32,
+    pub owner: i32,
+    /// F_GETSIG (0: SIGIO).
+    pub signal: i32,
+}
+
+/// What an unlinked file carries besides its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UnlinkedMeta {
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_ns: i128,
+    pub mtime_ns: i128,
+    /// Another open file description of the same file, described earlier
+    /// in the image: this one is a new description of that recreated file
+    /// (its content follows that object's id).
+    pub same_as: Option<ObjectId>,
+    /// Made with O_TMPFILE (its name is `dir/#ino`): recreated so, and so
+    /// still linkable into the directory.
+    pub tmpfile: bool,
+}
+
+/// A directory, FIFO or device node that was deleted while held open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeletedNode {
+    /// Its path, without the " (deleted)" suffix.
+    pub path: String,
+    /// st_mode (file type and permissions), owner, and device number.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
 }

@@ -342,13 +342,9 @@ impl Build {
         unlinked: &mut UnlinkedFiles,
         opts: &RestoreOptions,
     ) -> Result<Build> {
-        validate(&ckpt)?;
-        for p in &ckpt.processes {
-            creds::check_restorable(p.pid, &p.creds)?;
-            for t in p.threads.iter().filter_map(|t| t.creds.as_ref()) {
-                creds::check_restorable(p.pid, t)?;
-            }
-        }
+        // The checks dump made before letting the tree go, made again
+        // here: this machine may not be the one dumped on.
+        crate::plan::require(&ckpt)?;
         for p in &ckpt.processes {
             let ids = p
                 .threads
@@ -367,6 +363,7 @@ impl Build {
             }
         }
         let sid_here = unsafe_getsid();
+        let tree_ids = crate::procfiles::tree_ids(&ckpt);
         let mut held: Vec<OwnedFd> = Vec::new();
         // Each open file description is opened once: every descriptor on
         // it, in any process, gets the same one.
@@ -395,6 +392,9 @@ impl Build {
                         let Some(ObjectKind::Open(o)) = ckpt.object(fd.file) else {
                             unreachable!("validated")
                         };
+                        if crate::procfiles::deferred_path(o, &tree_ids).is_some() {
+                            continue; // opened by the process itself, later
+                        }
                         let f = files::open_object(fd.file, o, unlinked, &|id| {
                             ckpt.object(id).cloned()
                         })
@@ -467,7 +467,12 @@ impl Build {
                 }
                 None => -1,
             };
-            let cwd = open_dir(&p.fs.cwd)?;
+            let cwd = match &p.fs.cwd_deleted {
+                Some(n) => unlinked
+                    .open_deleted(n, (libc::O_RDONLY | libc::O_DIRECTORY) as u32)
+                    .context(|| format!("pid {}: its deleted cwd {}", p.pid, n.path))?,
+                None => open_dir(&p.fs.cwd)?,
+            };
             let cwd_fd = aux(stub::raw(&cwd), &mut moves);
             held.push(cwd);
             let root_fd = if p.fs.root != "/" {
@@ -651,7 +656,9 @@ impl Build {
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
             crate::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
-            finish_process(p, sp, a).context(|| format!("restoring the state of pid {}", p.pid))?;
+            let locks = table_locks(&ckpt, p, a);
+            finish_process(&ckpt, p, sp, a, &locks)
+                .context(|| format!("restoring the state of pid {}", p.pid))?;
         }
         crate::fault::point("restore: before resuming")?;
         let fin = |pi: usize, ti: usize| -> Result<(crest_sys::arch::UserRegs, Vec<u8>, u64)> {
@@ -678,7 +685,13 @@ fn join_group(p: &Process, parent_pgid: i32, t: &impl Inject) -> Result<()> {
 
 /// Everything after the pages, for one process, while it is still held.
 /// The injected calls are queued and run together (see [`Inject::queue`]).
-fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
+fn finish_process(
+    ckpt: &Checkpoint,
+    p: &Process,
+    sp: &mut StubProc,
+    a: &Aux,
+    locks: &[crate::model::FileLock],
+) -> Result<()> {
     // SIGTRAP stops the batch loop: pending ones are queued after it ran
     // for the last time (below).
     let not_trap = |s: &&SigInfo| s.signo != libc::SIGTRAP;
@@ -719,6 +732,8 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
             "closing restore helper descriptors".into(),
         ))?;
     }
+    // The descriptor table is final: the locks can be taken.
+    crate::locks::restore(&t, locks)?;
     tasks::restore_rlimits(&t, &p.attrs)?;
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {
@@ -735,9 +750,28 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
     ))?;
     timers::restore(&t, &p.itimers)?;
     timers::restore_posix(&t, &p.posix_timers)?;
+    crate::fown::restore(&t, &p.fd_owners)?;
+    // Every process exists now (and this one's threads): its /proc files
+    // can be opened.
+    crate::procfiles::reopen(&t, ckpt, p, &crate::procfiles::tree_ids(ckpt))?;
     t.flush()?;
     restore_traps(p, sp)?;
     tasks::restore_attrs_outside(p.pid, &p.attrs)
+}
+
+/// The locks process `p` takes at its end: those of every process on its
+/// descriptor table, taken by the one that closes the helper descriptors
+/// (the last of them), since any close of a file drops POSIX locks on it.
+fn table_locks(ckpt: &Checkpoint, p: &Process, a: &Aux) -> Vec<crate::model::FileLock> {
+    if !a.close_aux {
+        return Vec::new();
+    }
+    let table = p.shares_files_with.unwrap_or(p.pid);
+    ckpt.processes
+        .iter()
+        .filter(|q| q.pid == table || q.shares_files_with == Some(table))
+        .flat_map(|q| q.locks.iter().copied())
+        .collect()
 }
 
 /// What the batch loop's int3 would disturb, restored once it has run for

@@ -581,7 +581,7 @@ fn socketpair(t: i32) -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// A sockaddr_un for `name` and its length.
-fn sockaddr(name: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
+pub(crate) fn sockaddr_un(name: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     a.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -610,7 +610,7 @@ fn show(name: &[u8]) -> String {
 }
 
 fn bind(fd: &OwnedFd, name: &[u8]) -> Result<()> {
-    let (a, len) = sockaddr(name)?;
+    let (a, len) = sockaddr_un(name)?;
     // SAFETY: bind reads `len` bytes of a valid sockaddr_un.
     let r = unsafe { libc::bind(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
     check(r as libc::c_long, || {
@@ -620,7 +620,7 @@ fn bind(fd: &OwnedFd, name: &[u8]) -> Result<()> {
 }
 
 fn connect(fd: &OwnedFd, name: &[u8]) -> Result<()> {
-    let (a, len) = sockaddr(name)?;
+    let (a, len) = sockaddr_un(name)?;
     // SAFETY: connect reads `len` bytes of a valid sockaddr_un.
     let r = unsafe { libc::connect(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
     check(r as libc::c_long, || {
@@ -663,7 +663,7 @@ fn send(
     creds: Option<(i32, u32, u32)>,
 ) -> Result<()> {
     let addr = match to {
-        Some(n) => Some(sockaddr(n)?),
+        Some(n) => Some(sockaddr_un(n)?),
         None => None,
     };
     let mut sent = 0usize;
@@ -773,6 +773,11 @@ impl Names {
             return bind(fd, name);
         }
         let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name));
+        if file.is_none() && !name_is_free(name) {
+            // The file was deleted and its path is gone or taken: the
+            // name alone, with no file anywhere visible.
+            return crate::sockname::bind_detached(fd, name);
+        }
         if let Ok(m) = std::fs::symlink_metadata(&path) {
             if !m.file_type().is_socket() {
                 return Err(Error::Incompatible(format!(
@@ -1183,4 +1188,57 @@ pub fn describe(u: &UnixSocket) -> String {
         s += &format!(", shutdown {}", u.shutdown);
     }
     s
+}
+
+/// Whether a socket file can be made at `name` for a while: its
+/// directory exists and nothing is there.
+fn name_is_free(name: &[u8]) -> bool {
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
+    path.parent().is_some_and(|d| d.is_dir())
+        && matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Why the filesystem name of socket `u` could not be bound again here
+/// (checked at dump too, while the tree still runs).  A name whose file
+/// is gone is bound without a file (see `crate::sockname`), but then
+/// nothing can connect to it by path: a listener that restore must
+/// reconnect accepted or waiting connections to is refused.
+pub fn name_problem(u: &UnixSocket, ckpt: &Checkpoint) -> Option<String> {
+    if u.name.first() != Some(&b'/') {
+        return None;
+    }
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&u.name));
+    let shown = path.display();
+    if u.file.is_none() {
+        if name_is_free(&u.name) {
+            return None;
+        }
+        let accepted = ckpt.objects.iter().any(|o| {
+            matches!(&o.kind, ObjectKind::Open(OpenFile { target: OpenTarget::Unix(v), .. })
+                if v.ino != u.ino && v.name == u.name && v.peer.is_some_and(|p| p != 0))
+        });
+        if u.listen.is_some() && (accepted || !u.pending.is_empty()) {
+            return Some(format!(
+                "AF_UNIX socket bound to {shown}, whose file was deleted and whose path is \
+                 now gone or taken: its connections are remade through that path (not supported)"
+            ));
+        }
+        return None;
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.is_dir() {
+            return Some(format!(
+                "AF_UNIX socket bound to {shown}: its directory {} was removed; the name \
+                 cannot be bound again (not supported)",
+                dir.display()
+            ));
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Some(format!(
+            "AF_UNIX socket bound to {shown}: that path now holds another file, so the \
+             name cannot be bound again (not supported)"
+        )),
+        _ => None,
+    }
 }

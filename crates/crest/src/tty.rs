@@ -88,6 +88,20 @@ fn steal(pid: i32, fd: i32) -> std::result::Result<OwnedFd, String> {
     crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
 }
 
+/// Bytes just written to the other side may still wait in the tty's
+/// flip buffer, invisible to FIONREAD until a kernel worker moves them to
+/// the line discipline (so a check could say "no data" and the dump then
+/// see some): a poll for input flushes that work first.
+fn settle(f: &OwnedFd) {
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd, no timeout.
+    unsafe { libc::poll(&mut p, 1, 0) };
+}
+
 /// An ioctl that reads one int.
 fn get_int(f: &OwnedFd, req: libc::Ioctl, what: &str) -> std::result::Result<i32, String> {
     let mut v: libc::c_int = 0;
@@ -121,21 +135,42 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
         Some(f) => f,
         None => steal(pid, fd)?,
     };
+    // Asked through the master, the kernel tells anyone; ENOTTY: the
+    // slave is nobody's controlling terminal.  Recorded before any
+    // refusal, so that the session's controlling terminal is known to be
+    // this pair (and not reported as one outside the tree).
+    let session = get_int(&f, libc::TIOCGSID, "TIOCGSID").unwrap_or(0);
+    let foreground = if session > 0 {
+        get_int(&f, libc::TIOCGPGRP, "TIOCGPGRP")?
+    } else {
+        0
+    };
+    seen.session = session;
+    seen.foreground = foreground;
     let ldisc = get_int(&f, libc::TIOCGETD, "TIOCGETD")?;
     if ldisc != N_TTY {
         return Err(format!(
             "{what}: line discipline {ldisc} is not supported (only N_TTY)"
         ));
     }
+    settle(&f);
     let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
     let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
-    if inq > 0 || outq > 0 {
+    if outq > 0 {
         return Err(format!(
-            "{what}: {} bytes written on the slave side are not read yet \
-             ({outq} queued for output); data in flight in a terminal is not supported yet",
-            inq.max(0)
+            "{what}: {outq} bytes queued for output; not supported yet"
         ));
     }
+    let packet = get_int(&f, libc::TIOCGPKT, "TIOCGPKT")? != 0;
+    let unread = if inq > 0 {
+        crate::ttydata::copy(&f, inq as usize, packet).map_err(|e| {
+            format!("{what}: {inq} bytes written on the slave side are not read yet: {e}")
+        })?
+    } else {
+        Vec::new()
+    };
+    let input = crate::ttydata::copy_input(&f)
+        .map_err(|e| format!("{what}: bytes written on the master side are not read yet: {e}"))?;
     let mut t: libc::termios2 = {
         // SAFETY: termios2 is plain integers and bytes: all zeros is valid.
         unsafe { std::mem::zeroed() }
@@ -160,19 +195,8 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
             std::io::Error::last_os_error()
         ));
     }
-    let packet = get_int(&f, libc::TIOCGPKT, "TIOCGPKT")? != 0;
     let locked = get_int(&f, libc::TIOCGPTLCK, "TIOCGPTLCK")? != 0;
     let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
-    // Asked through the master, the kernel tells anyone; ENOTTY: the
-    // slave is nobody's controlling terminal.
-    let session = get_int(&f, libc::TIOCGSID, "TIOCGSID").unwrap_or(0);
-    let foreground = if session > 0 {
-        get_int(&f, libc::TIOCGPGRP, "TIOCGPGRP")?
-    } else {
-        0
-    };
-    seen.session = session;
-    seen.foreground = foreground;
     Ok(OpenTarget::PtyMaster(Pty {
         index: n,
         ptmx: link.to_string(),
@@ -192,6 +216,11 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
         exclusive,
         session,
         foreground,
+        unread,
+        input,
+        slave_owner: std::fs::metadata(format!("/dev/pts/{n}"))
+            .ok()
+            .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777)),
     }))
 }
 
@@ -221,14 +250,27 @@ fn collect_slave(pid: i32, fd: i32, link: &str, md: &Metadata, index: &mut PtyIn
             "{link}: line discipline {ldisc} is not supported (only N_TTY)"
         ));
     }
+    settle(&f);
     let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
     let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
-    if inq > 0 || outq > 0 {
+    if outq > 0 {
         return Err(format!(
-            "{link}: {} bytes written on the master side are not read yet \
-             ({outq} queued for output); data in flight in a terminal is not supported yet",
-            inq.max(0)
+            "{link}: {outq} bytes queued for output; not supported yet"
         ));
+    }
+    if inq > 0 {
+        // Saved with the pair by its master (see `ttydata::copy_input`),
+        // unless the slave is in canonical mode.
+        // SAFETY: termios2 is plain data; TCGETS2 fills it.
+        let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS2, &mut t) };
+        if r != 0 || t.c_lflag & libc::ICANON != 0 {
+            return Err(format!(
+                "{link}: {inq} bytes written on the master side are not read yet, and the \
+                 slave is in canonical mode: typed-ahead lines cannot be rebuilt (not supported)"
+            ));
+        }
     }
     let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
     Ok(OpenTarget::PtySlave {
@@ -421,17 +463,7 @@ impl Ptys {
         if let std::collections::hash_map::Entry::Vacant(e) = self.masters.entry(p.index) {
             validate(p)?;
             let n = p.index;
-            let path = std::ffi::CString::new(p.ptmx.as_str()).expect("validated");
-            // SAFETY: a valid NUL-terminated path.
-            let fd = unsafe {
-                libc::open(
-                    path.as_ptr(),
-                    libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-                )
-            };
-            check(fd, || format!("opening {} for pty {n}", p.ptmx))?;
-            // SAFETY: a fresh descriptor nobody else owns.
-            let m = unsafe { OwnedFd::from_raw_fd(fd) };
+            let m = open_numbered(&p.ptmx, n)?;
             set_lock(&m, false, n)?;
             let t = &p.termios;
             let mut k: libc::termios2 = {
@@ -450,6 +482,10 @@ impl Ptys {
             // sets the slave's (the pair's) settings.
             let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TCSETS2, &k) };
             check(r, || format!("setting the line settings of pty {n}"))?;
+            crate::ttydata::refill(&m, &p.unread)
+                .context(|| format!("pty {n}: refilling the bytes the master had not read"))?;
+            crate::ttydata::refill_input(&m, &p.input)
+                .context(|| format!("pty {n}: refilling the input the slave had not read"))?;
             let ws = libc::winsize {
                 ws_row: p.winsize[0],
                 ws_col: p.winsize[1],
@@ -470,12 +506,53 @@ impl Ptys {
                 let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCEXCL) };
                 check(r, || format!("TIOCEXCL on the master of pty {n}"))?;
             }
+            if let Some((uid, gid, mode)) = p.slave_owner {
+                let node = format!("/dev/pts/{n}");
+                std::os::unix::fs::chown(&node, Some(uid), Some(gid))
+                    .context(|| format!("giving {node} its owner back"))?;
+                std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .context(|| format!("giving {node} its mode back"))?;
+            }
             if p.locked {
                 set_lock(&m, true, n)?;
             }
             e.insert(m);
         }
         Ok(&self.masters[&p.index])
+    }
+}
+
+/// A new pair numbered `n` (/dev/pts/N keeps its name: programs such as
+/// tmux address their panes by it).  The kernel gives each new pair the
+/// lowest free number: open pairs until number `n` comes, then close the
+/// others.  A number above `n` means `n` is taken here.
+fn open_numbered(ptmx: &str, n: u32) -> Result<OwnedFd> {
+    let path = std::ffi::CString::new(ptmx).expect("validated");
+    let mut others = Vec::new();
+    loop {
+        // SAFETY: a valid NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        check(fd, || format!("opening {ptmx} for pty {n}"))?;
+        // SAFETY: a fresh descriptor nobody else owns.
+        let m = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut got: libc::c_int = 0;
+        // SAFETY: TIOCGPTN writes one int.
+        let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut got) };
+        check(r, || format!("TIOCGPTN while making pty {n}"))?;
+        match (got as u32).cmp(&n) {
+            std::cmp::Ordering::Equal => return Ok(m),
+            std::cmp::Ordering::Greater => {
+                return Err(Error::Incompatible(format!(
+                    "/dev/pts/{n} is in use here; the restored pseudo-terminal needs that number"
+                )))
+            }
+            std::cmp::Ordering::Less => others.push(m),
+        }
     }
 }
 

@@ -149,6 +149,7 @@ fn checkpoint() -> Checkpoint {
                     path: "/tmp/work/gone".into(),
                     size: 8192,
                     mode: 0o100600,
+                    meta: None,
                 },
             }),
         },
@@ -332,6 +333,7 @@ fn checkpoint() -> Checkpoint {
         fs: FsInfo {
             cwd: "/tmp/work/sub".into(),
             root: "/".into(),
+            cwd_deleted: None,
         },
         threads: vec![Thread {
             tid: pid,
@@ -359,6 +361,8 @@ fn checkpoint() -> Checkpoint {
         zombies: Vec::new(),
         shares_files_with: None,
         shares_fs_with: None,
+        locks: Vec::new(),
+        fd_owners: Vec::new(),
     };
     Checkpoint {
         objects,

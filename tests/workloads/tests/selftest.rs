@@ -698,3 +698,234 @@ fn mutator_detects_changed_pages_and_slots() {
     assert_fail(&w.name, &o, "differ in all");
     assert_fail(&w.name, &o, "first differing word 1537");
 }
+
+// ---- issue 16: locks and per-description state
+
+#[test]
+fn locks() {
+    pass(&["locks"]);
+}
+
+#[test]
+fn fdstate() {
+    pass(&["fdstate"]);
+}
+
+/// `key=N` from a workload's one-line info file.
+fn info_fd(w: &Workload, key: &str) -> i32 {
+    w.read("info")
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("{}: no {key} in info", w.name))
+}
+
+#[test]
+fn locks_detects_a_lost_flock_lock() {
+    let mut w = Workload::start(&["locks"], &[]);
+    w.wait_ready();
+    // The flock lock belongs to the description: unlocking through our
+    // duplicate of it drops the workload's lock, as a bad restore would.
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "flock")).expect("pidfd_getfd");
+    // SAFETY: our duplicate.
+    unsafe {
+        assert_eq!(libc::flock(fd, libc::LOCK_UN), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "flock lock blocks another description");
+}
+
+#[test]
+fn locks_detects_a_lost_ofd_lock() {
+    let mut w = Workload::start(&["locks"], &[]);
+    w.wait_ready();
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "ofd")).expect("pidfd_getfd");
+    // SAFETY: our duplicate; a struct flock of zeros but for the type.
+    unsafe {
+        let mut f: libc::flock = std::mem::zeroed();
+        f.l_type = libc::F_UNLCK as i16;
+        assert_eq!(libc::fcntl(fd, libc::F_OFD_SETLK, &f), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "OFD lock blocks another description");
+}
+
+#[test]
+fn fdstate_detects_a_shared_nonblock_flag() {
+    let mut w = Workload::start(&["fdstate"], &[]);
+    w.wait_ready();
+    // As if both descriptions were one: the blocking one gets O_NONBLOCK.
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "block")).expect("pidfd_getfd");
+    // SAFETY: our duplicate.
+    unsafe {
+        assert_eq!(
+            libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_ASYNC),
+            0
+        );
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "flags of the pipe's two read descriptions");
+}
+
+#[test]
+fn fdstate_detects_a_filled_hole() {
+    let mut w = Workload::start(&["fdstate"], &[]);
+    w.wait_ready();
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "sparse")).expect("pidfd_getfd");
+    // Writing into the hole allocates blocks, as writing it out would.
+    let block = vec![1u8; 1 << 20];
+    // SAFETY: our duplicate; the buffer is valid.
+    unsafe {
+        assert_eq!(
+            libc::pwrite(fd, block.as_ptr().cast(), block.len(), 1 << 20),
+            1 << 20
+        );
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "st_blocks");
+}
+
+#[test]
+fn deleted() {
+    pass(&["deleted"]);
+}
+
+#[test]
+fn deleted_detects_a_changed_mode() {
+    let mut w = Workload::start(&["deleted"], &[]);
+    w.wait_ready();
+    // The magic link reaches the deleted directory itself.
+    let path = format!("/proc/{}/fd/{}", w.pid(), info_fd(&w, "dir"));
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let o = w.go();
+    assert_fail(&w.name, &o, "deleted directory");
+}
+
+#[test]
+fn procfiles() {
+    pass(&["procfiles"]);
+}
+
+#[test]
+fn procfiles_detects_a_moved_offset() {
+    let mut w = Workload::start(&["procfiles"], &[]);
+    w.wait_ready();
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "status")).expect("pidfd_getfd");
+    // SAFETY: our duplicate of the workload's description.
+    unsafe {
+        assert_eq!(libc::lseek(fd, 2, libc::SEEK_SET), 2);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "status offset");
+}
+
+#[test]
+fn unixnames() {
+    pass(&["unixnames"]);
+}
+
+#[test]
+fn unixnames_detects_a_directory_that_came_back() {
+    let mut w = Workload::start(&["unixnames"], &[]);
+    w.wait_ready();
+    // As a restore that made the socket's directory again would.
+    fs::create_dir(w.dir.join("sd")).unwrap();
+    let o = w.go();
+    assert_fail(&w.name, &o, "exists again");
+}
+
+#[test]
+fn pty_detects_lost_unread_bytes() {
+    let mut w = Workload::start(&["pty", "unread"], &[]);
+    w.wait_ready();
+    // Reading them through the master (fd 30 of the root), as a restore
+    // that dropped them would leave it.
+    let fd = steal_fd(w.pid() as i32, 30).expect("pidfd_getfd");
+    let mut buf = [0u8; 64];
+    // SAFETY: our duplicate; a valid buffer.
+    unsafe {
+        assert!(libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 1);
+        libc::close(fd);
+    }
+    let o = w.go();
+    // Either a short read (timeout) or other bytes, depending on timing.
+    assert_fail(&w.name, &o, "the master");
+}
+
+#[test]
+fn locks_detects_a_lost_lease() {
+    let mut w = Workload::start(&["locks"], &[]);
+    w.wait_ready();
+    // The lease belongs to the description: our duplicate can drop it.
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "lease")).expect("pidfd_getfd");
+    // SAFETY: our duplicate.
+    unsafe {
+        assert_eq!(libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "F_GETLEASE");
+}
+
+#[test]
+fn fdstate_detects_another_sigio_owner() {
+    let mut w = Workload::start(&["fdstate"], &[]);
+    w.wait_ready();
+    let fd = steal_fd(w.pid() as i32, info_fd(&w, "block")).expect("pidfd_getfd");
+    // Another owner: a process of ours that may receive the signal.
+    let mut other = Command::new("sleep").arg("60").spawn().expect("sleep");
+    // SAFETY: our duplicate.
+    unsafe {
+        assert_eq!(libc::fcntl(fd, libc::F_SETOWN, other.id() as i32), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_fail(&w.name, &o, "SIGIO owner (F_GETOWN_EX)");
+}
+
+#[test]
+fn fdstate_detects_another_owner_of_the_unlinked_file() {
+    let mut w = Workload::start(&["fdstate"], &[]);
+    w.wait_ready();
+    let path = format!("/proc/{}/fd/{}", w.pid(), info_fd(&w, "sparse"));
+    std::os::unix::fs::chown(&path, Some(0), Some(0)).expect("chown");
+    let o = w.go();
+    assert_fail(&w.name, &o, "unlinked file owner, mode, size and times");
+}
+
+#[test]
+fn pty_detects_another_slave_mode() {
+    let mut w = Workload::start(&["pty"], &[]);
+    w.wait_ready();
+    let c = info_value(&w, "C");
+    let slave = fs::read_link(format!("/proc/{c}/fd/0")).expect("C's stdin");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&slave, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let o = w.go();
+    assert_fail(&w.name, &o, "owner, group and mode of the slave node");
+}
+
+#[test]
+fn pty_detects_lost_slave_input() {
+    let mut w = Workload::start(&["pty", "unread"], &[]);
+    w.wait_ready();
+    // Reading the typed-ahead input through G's stdin (the slave), as a
+    // restore that dropped it would leave it.
+    let g = info_value(&w, "G");
+    let fd = steal_fd(g, 0).expect("pidfd_getfd");
+    let mut buf = [0u8; 64];
+    // SAFETY: our duplicate; a valid buffer.
+    unsafe {
+        assert!(libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 1);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "the slave");
+}

@@ -19,6 +19,7 @@ use crate::model::{
     Attrs, Checkpoint, Creds, Fd, FsInfo, ITimers, Mm, Object, ObjectKind, OpenTarget, PosixTimer,
     Process, Signals, Thread, Vma, Zombie,
 };
+use crate::model::{FdOwner, FileLock};
 use crest_image::{kind, Record, Writer};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -59,6 +60,12 @@ struct MappingsRec<'a> {
 #[derive(Debug, Serialize, Deserialize)]
 struct FdTableRec<'a> {
     fds: Cow<'a, [Fd]>,
+    /// File locks taken through these descriptors (see `crate::locks`).
+    #[serde(default)]
+    locks: Cow<'a, [FileLock]>,
+    /// SIGIO owners of these descriptors (see `crate::fown`).
+    #[serde(default)]
+    fd_owners: Cow<'a, [FdOwner]>,
 }
 
 /// The TIMERS record.
@@ -106,6 +113,7 @@ pub fn object_record_kind(o: &ObjectKind) -> u32 {
             | OpenTarget::Signalfd { .. }
             | OpenTarget::Inotify { .. }
             | OpenTarget::Epoll { .. } => kind::OPEN_EVENT,
+            OpenTarget::Path { .. } | OpenTarget::Deleted(_) => kind::OPEN_FILE,
             OpenTarget::Unix(_) | OpenTarget::Inet(_) | OpenTarget::Netlink(_) => {
                 kind::OPEN_SOCKET
             }
@@ -152,6 +160,8 @@ fn write_process<W: Write>(w: &mut Writer<W>, p: &Process) -> Result<()> {
         zombies,
         shares_files_with,
         shares_fs_with,
+        locks,
+        fd_owners,
     } = p;
     let task = TaskRec {
         pid: *pid,
@@ -192,6 +202,8 @@ fn write_process<W: Write>(w: &mut Writer<W>, p: &Process) -> Result<()> {
         kind::FDTABLE,
         &FdTableRec {
             fds: Cow::Borrowed(fds),
+            locks: Cow::Borrowed(locks),
+            fd_owners: Cow::Borrowed(fd_owners),
         },
     )?;
     put(w, kind::SIGNALS, signals)?;
@@ -230,7 +242,7 @@ struct Partial {
     mm: Option<Mm>,
     /// Whether a record after MM (other than MAPPINGS) was read.
     past_mm: bool,
-    fds: Option<Vec<Fd>>,
+    fds: Option<FdTableRec<'static>>,
     signals: Option<Signals>,
     timers: Option<TimersRec<'static>>,
     fs: Option<FsInfo>,
@@ -277,7 +289,7 @@ impl Partial {
             mm,
             signals,
             itimers: timers.itimers,
-            fds,
+            fds: fds.fds.into_owned(),
             fs,
             threads: self.threads,
             posix_timers: timers.posix_timers.into_owned(),
@@ -285,6 +297,8 @@ impl Partial {
             zombies: t.zombies.into_owned(),
             shares_files_with: t.shares_files_with,
             shares_fs_with: t.shares_fs_with,
+            locks: fds.locks.into_owned(),
+            fd_owners: fds.fd_owners.into_owned(),
         })
     }
 }
@@ -378,7 +392,7 @@ impl Assembler {
                     },
                     kind::FDTABLE => {
                         let t: FdTableRec<'static> = decode_record(b, k, at)?;
-                        once(&mut p.fds, t.fds.into_owned(), k, pid, at)
+                        once(&mut p.fds, t, k, pid, at)
                     }
                     kind::SIGNALS => once(&mut p.signals, decode_record(b, k, at)?, k, pid, at),
                     kind::TIMERS => once(&mut p.timers, decode_record(b, k, at)?, k, pid, at),

@@ -5,15 +5,19 @@ use crate::checks::Checks;
 use crate::proto::Proto;
 
 mod attrs;
+mod deleted;
 mod events;
+mod fdstate;
 mod files;
 mod idle;
+mod locks;
 mod many;
 mod memory;
 mod mm;
 mod mutator;
 mod pipes;
 mod posix_timers;
+mod procfiles;
 mod pty;
 mod read;
 mod regs;
@@ -26,6 +30,7 @@ mod threads;
 mod timers;
 mod tree;
 mod unix_sockets;
+mod unixnames;
 mod unsupported;
 
 pub type Run = fn(&Proto, &[String]) -> Checks;
@@ -54,6 +59,11 @@ const TABLE: &[(&str, Run)] = &[
     ("unix-sockets", unix_sockets::run),
     ("unsupported", unsupported::run),
     ("sigcount", sigcount::run),
+    ("locks", locks::run),
+    ("fdstate", fdstate::run),
+    ("deleted", deleted::run),
+    ("procfiles", procfiles::run),
+    ("unixnames", unixnames::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -80,6 +90,11 @@ pub const NAMES: &[&str] = &[
     "unix-sockets",
     "unsupported <thread|child|socket|netlink|packet|raw>",
     "sigcount",
+    "locks",
+    "fdstate",
+    "deleted",
+    "procfiles",
+    "unixnames",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {

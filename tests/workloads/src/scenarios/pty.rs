@@ -31,9 +31,13 @@ use crate::util::{err_str, errno, fstat, list_fds, readlink, sleep_ns};
 const MASTER: i32 = 30;
 const WINSIZE: [u16; 4] = [37, 123, 801, 602];
 const UP: &[u8] = b"from the slave side: G says hello \x01\x7f\xff";
-/// With `unread`: written by G before ready, left unread on the master.
+/// With `unread`: written by G before ready, left unread on the master
+/// (and `PENDING_IN` the other way).
 const PENDING: &[u8] = b"typed ahead";
 const DOWN: &[u8] = b"from the master side: the root answers \x03\x04\x1a";
+/// With `unread`: written by the root on the master before ready, left
+/// unread on the slave (non-canonical: plain bytes).
+const PENDING_IN: &[u8] = b"typed on the master \x7f\x15";
 const POLL_MS: i32 = 10_000;
 const GO_POLL_NS: u64 = 2_000_000;
 
@@ -260,8 +264,14 @@ fn grandchild(m: &Proto, root: i32, parent: i32, want: Term, unread: bool) -> Ch
     if let Err(e) = write_all(1, UP) {
         c.fail(format!("G: writing on the slave: {e}"));
     }
-    match read_len(0, DOWN.len(), false) {
-        Ok(got) => c.eq("G: bytes read from the slave", DOWN, &got[..]),
+    let mut down = if unread {
+        PENDING_IN.to_vec()
+    } else {
+        Vec::new()
+    };
+    down.extend_from_slice(DOWN);
+    match read_len(0, down.len(), false) {
+        Ok(got) => c.eq("G: bytes read from the slave", &down[..], &got[..]),
         Err(e) => c.fail(format!("G: reading the slave: {e}")),
     }
     c
@@ -322,6 +332,12 @@ fn child(m: &Proto, root: i32, slave: &CStr, want: Term, unread: bool) -> Checks
 }
 
 /// Sets up the pair; returns the slave's path and its termios.
+/// Owner, group and permissions given to the slave node at setup.
+const SLAVE_OWNER: (u32, u32, u32) = (4242, 5, 0o620);
+
+/// The number of the pty made at setup.
+static PTY_NUMBER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
 fn setup_pty(p: &Proto) -> (std::ffi::CString, Term) {
     // SAFETY: plain calls on our own descriptors; buffers valid.
     unsafe {
@@ -334,6 +350,12 @@ fn setup_pty(p: &Proto) -> (std::ffi::CString, Term) {
             p.bail_errno("ptsname_r");
         }
         let name = CStr::from_ptr(buf.as_ptr()).to_owned();
+        if let Some(n) = name.to_str().ok().and_then(|s| s.strip_prefix("/dev/pts/")) {
+            PTY_NUMBER.store(
+                n.parse().unwrap_or(-1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         if libc::dup2(m, MASTER) != MASTER {
             p.bail_errno("dup2 of the master");
         }
@@ -341,6 +363,11 @@ fn setup_pty(p: &Proto) -> (std::ffi::CString, Term) {
         let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
         if s < 0 {
             p.bail_errno("opening the slave");
+        }
+        // The slave node's owner and mode, as a terminal emulator sets them.
+        if libc::fchown(s, SLAVE_OWNER.0, SLAVE_OWNER.1) != 0 || libc::fchmod(s, SLAVE_OWNER.2) != 0
+        {
+            p.bail_errno("chown/chmod of the slave");
         }
         let mut t: libc::termios = std::mem::zeroed();
         if libc::tcgetattr(s, &mut t) != 0 {
@@ -387,8 +414,22 @@ fn check_master(c: &mut Checks, want: &Term, members: &[(&str, i32)], sid: i32, 
     );
     let n = get_int(MASTER, libc::TIOCGPTN);
     c.ensure(n.is_ok(), || format!("root: TIOCGPTN(master): {n:?}"));
+    c.eq(
+        "root: the pty's number (/dev/pts/N) as before",
+        Ok(PTY_NUMBER.load(std::sync::atomic::Ordering::Relaxed)),
+        n,
+    );
     if let Ok(n) = n {
         let want_link = format!("/dev/pts/{n}");
+        let owner = std::fs::metadata(&want_link).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        });
+        c.eq(
+            "root: owner, group and mode of the slave node",
+            Some(SLAVE_OWNER),
+            owner,
+        );
         for &(w, pid) in members {
             for fd in 0..3 {
                 c.eq(
@@ -459,6 +500,33 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
     };
     p.write_aux("info", &format!("root={root}\nC={cpid}\nG={g}\n"));
     let members = [("C", cpid), ("G", g)];
+    if unread {
+        if let Err(e) = write_all(MASTER, PENDING_IN) {
+            p.bail(&format!("setup: writing on the master: {e}"));
+        }
+        // Until it is in the slave's buffer (seen through a slave
+        // description of our own, closed again).
+        // SAFETY: TIOCGPTPEER returns a new descriptor or -1.
+        let peer = unsafe {
+            libc::ioctl(
+                MASTER,
+                libc::TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if peer < 0 {
+            p.bail_errno("setup: TIOCGPTPEER");
+        }
+        let mut slept = 0;
+        while get_int(peer, libc::FIONREAD) != Ok(PENDING_IN.len() as i32)
+            && slept < STEP_TIMEOUT_NS
+        {
+            sleep_ns(POLL_NS);
+            slept += POLL_NS;
+        }
+        // SAFETY: our descriptor.
+        unsafe { libc::close(peer) };
+    }
     let fds = list_fds();
     let mut pre = Checks::new();
     check_master(&mut pre, &want, &members, cpid, g);
