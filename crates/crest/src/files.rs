@@ -596,8 +596,8 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
 }
 
 /// Things crest builds before the stubs exist: unlinked files being
-/// recreated (unlinked as soon as they are created, before they are filled,
-/// so nothing of them is left however the restore ends) and pipes being
+/// recreated (created and unlinked at once by a helper that finishes even
+/// if crest is killed, so nothing of them is left however the restore ends) and pipes being
 /// refilled.
 #[derive(Default)]
 pub struct UnlinkedFiles {
@@ -617,21 +617,13 @@ impl UnlinkedFiles {
             candidates.push(format!("{path}.crest-{}-{object}", std::process::id()));
             let mut last = None;
             for p in candidates {
-                match std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode & 0o7777)
-                    .open(&p)
-                {
-                    Ok(f) => {
-                        // Unlinked at once, before it is filled: a crest
-                        // killed from here on leaves nothing behind.  Its
-                        // descriptors are opened through /proc/self/fd,
-                        // which names it "PATH (deleted)" as it was.
-                        std::fs::remove_file(&p)
-                            .context(|| format!("unlinking the recreated file {p}"))?;
-                        self.files.insert(object, (f, p));
+                // Created and unlinked by a helper that finishes even if
+                // crest is killed: nothing of it is ever left behind.  Its
+                // descriptors are opened through /proc/self/fd, which names
+                // it "PATH (deleted)" as it was.
+                match crest_sys::unlinked::create_unlinked(&p, mode) {
+                    Ok(fd) => {
+                        self.files.insert(object, (File::from(fd), p));
                         last = None;
                         break;
                     }
