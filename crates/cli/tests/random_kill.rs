@@ -467,10 +467,9 @@ fn restore_killed_at_random_instants() {
         restore_kills("files", &[], 60, &mut rng, &mut t);
         restore_kills("memory", &["1024"], 60, &mut rng, &mut t);
     } else {
-        // (`files` only in the long run: a kill in the microseconds
-        // between recreating an unlinked file and unlinking it leaves it.)
-        restore_kills("memory", &["64"], 10, &mut rng, &mut t);
-        restore_kills("many", &["50", "1", "1"], 10, &mut rng, &mut t);
+        restore_kills("memory", &["64"], 7, &mut rng, &mut t);
+        restore_kills("many", &["50", "1", "1"], 7, &mut rng, &mut t);
+        restore_kills("files", &[], 6, &mut rng, &mut t);
     }
     report(&t, "restore");
 }

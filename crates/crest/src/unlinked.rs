@@ -219,18 +219,14 @@ fn create(object: u32, path: &str, mode: u32, meta: Option<&UnlinkedMeta>) -> Re
     ];
     let mut last = None;
     for p in candidates {
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .mode(mode & 0o7777)
-            .open(&p)
-        {
-            Ok(file) => {
+        // Created and unlinked by a helper that finishes even if crest is
+        // killed: no name is ever left behind.  New descriptions are
+        // opened through /proc/self/fd, which names it "PATH (deleted)".
+        match crest_sys::unlinked::create_unlinked(&p, mode) {
+            Ok(fd) => {
                 return Ok(Made {
-                    file,
-                    name: Some(p),
+                    file: File::from(fd),
+                    name: None,
                     finished: false,
                 })
             }

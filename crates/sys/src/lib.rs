@@ -21,5 +21,6 @@ pub mod ptrace;
 pub mod sockdiag;
 pub mod trampoline;
 pub mod uffd;
+pub mod unlinked;
 
 pub use error::{Error, Result};
