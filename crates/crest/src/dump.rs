@@ -178,6 +178,18 @@ pub fn collect(
     }
     let mut processes = Vec::new();
     let mut plans = Vec::new();
+    // Stopped processes by parent: the parent says whether it collected
+    // the stop (see `crate::jobctl`).
+    let mut stopped_children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    for &c in &pids[1..] {
+        if tree.stop_signal(c).is_some() {
+            stopped_children
+                .entry(proc::read_stat(c)?.ppid)
+                .or_default()
+                .push(c);
+        }
+    }
+    let mut collected_stops = std::collections::HashSet::new();
     for (pid, tids, maps, mut vmas, fds, exe_path, status) in staged {
         let stat = proc::read_stat(pid)?;
         let exe = objects.file(&exe_path)?;
@@ -217,11 +229,23 @@ pub fn collect(
         let itimers = timers::collect(&lead)?;
         let posix_timers = timers::collect_posix(&lead, tids)?;
         let brk = tasks::collect_brk(&lead)?;
+        for &c in stopped_children.get(&pid).into_iter().flatten() {
+            if !crate::jobctl::stop_pending_in_parent(&lead, c)? {
+                collected_stops.insert(c);
+            }
+        }
         crate::fault::point("dump: timers collected")?;
         session.close()?;
         crate::fault::point("dump: session closed")?;
 
         let plan = memory::plan_pages(pid, &mut vmas)?;
+        let mut task_state = crate::model::TaskState {
+            stop_signal: tree.stop_signal(pid).unwrap_or(0),
+            stop_collected: collected_stops.contains(&pid),
+            ..Default::default()
+        };
+        tasks::collect_task_state(pid, &mut task_state)?;
+        crate::cgroups::collect(pid, tids, &mut task_state, &mut threads)?;
         let mm = Mm {
             start_code: stat.start_code,
             end_code: stat.end_code,
@@ -260,6 +284,7 @@ pub fn collect(
             zombies: zombie_children(pid)?,
             shares_files_with: shared.get(&pid).and_then(|s| s.0),
             shares_fs_with: shared.get(&pid).and_then(|s| s.1),
+            task_state,
         });
         plans.push(plan);
     }
@@ -347,6 +372,7 @@ fn zombie_children(pid: i32) -> Result<Vec<crate::model::Zombie>> {
                     sid: st.session,
                     status: st.exit_code,
                     comm: st.comm.clone(),
+                    comm_raw: tasks::read_comm_raw(&format!("/proc/{c}/comm"))?,
                 });
             }
         }

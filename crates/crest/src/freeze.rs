@@ -19,6 +19,9 @@ pub struct Frozen {
     attached: bool,
     /// The task was in a job-control stop when frozen.
     stopped: bool,
+    /// The job-control signal of that stop (SIGSTOP, SIGTSTP, SIGTTIN,
+    /// SIGTTOU), when `stopped`.
+    stop_signal: i32,
 }
 
 impl Frozen {
@@ -32,6 +35,7 @@ impl Frozen {
             pid,
             attached: true,
             stopped: false,
+            stop_signal: 0,
         };
         ptrace::interrupt(pid)?;
         loop {
@@ -44,6 +48,7 @@ impl Frozen {
                     // was in a job-control stop, which the model records
                     // (from /proc) and a detach keeps.
                     f.stopped = sig != libc::SIGTRAP;
+                    f.stop_signal = if f.stopped { sig } else { 0 };
                     return Ok(f);
                 }
                 WaitStatus::Stopped { sig, event: 0 } => {
@@ -189,6 +194,15 @@ impl FrozenTree {
     /// Whether process `pid` was in a job-control stop when frozen.
     pub fn stopped(&self, pid: i32) -> bool {
         self.tasks.iter().any(|t| t.pid == pid && t.stopped)
+    }
+
+    /// The signal that stopped process `pid` (its leader), when it was in
+    /// a job-control stop.
+    pub fn stop_signal(&self, pid: i32) -> Option<i32> {
+        self.tasks
+            .iter()
+            .find(|t| t.pid == pid && t.stopped)
+            .map(|t| t.stop_signal)
     }
 
     /// Lets every task run on.

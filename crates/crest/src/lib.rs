@@ -7,6 +7,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cgroups;
 pub mod codec;
 pub mod creds;
 pub mod dump;
@@ -16,6 +17,7 @@ pub mod fault;
 pub mod files;
 pub mod freeze;
 pub mod inspect;
+pub mod jobctl;
 pub mod memory;
 pub mod model;
 pub mod objects;

@@ -284,6 +284,10 @@ pub struct Process {
     /// this one shares (CLONE_FS without CLONE_VM).
     #[serde(default)]
     pub shares_fs_with: Option<i32>,
+    /// Job-control stop, audit ids, OOM score and cgroups (see
+    /// [`TaskState`]).
+    #[serde(default)]
+    pub task_state: TaskState,
 }
 
 /// A child that exited and waits for its parent to reap it.
@@ -295,6 +299,9 @@ pub struct Zombie {
     /// The wait status its parent will collect.
     pub status: i32,
     pub comm: String,
+    /// The name's exact bytes (it need not be UTF-8); `comm` when empty.
+    #[serde(default)]
+    pub comm_raw: Vec<u8>,
 }
 
 /// One thread.  The first thread of a process is its leader (tid == pid).
@@ -317,6 +324,13 @@ pub struct Thread {
     /// (a raw setresuid/setresgid/capset in one thread).
     #[serde(default)]
     pub creds: Option<Creds>,
+    /// The name's exact bytes (it need not be UTF-8); `comm` when empty.
+    #[serde(default)]
+    pub comm_raw: Vec<u8>,
+    /// The thread's cgroups when they differ from its process's (a v1
+    /// hierarchy's `tasks` file, a v2 threaded cgroup).
+    #[serde(default)]
+    pub cgroups: Option<Vec<CgroupMember>>,
 }
 
 /// A queued signal with its full siginfo.
@@ -559,4 +573,41 @@ pub struct Termios {
     pub cc: Vec<u8>,
     pub ispeed: u32,
     pub ospeed: u32,
+}
+
+// ---------------------------------------------------------------------
+// Task state: job-control stops, audit ids, OOM score, cgroups (issue 16).
+// ---------------------------------------------------------------------
+
+/// Per-process task state beyond identity and attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    /// The signal of the job-control stop the process was in (SIGSTOP,
+    /// SIGTSTP, SIGTTIN, SIGTTOU); 0 when not stopped (or SIGSTOP in
+    /// images that predate this field).
+    pub stop_signal: i32,
+    /// The parent (in the tree) had already collected that stop with
+    /// waitpid(WUNTRACED): it must not be reported again.
+    pub stop_collected: bool,
+    /// /proc/PID/oom_score_adj.
+    pub oom_score_adj: Option<i32>,
+    /// The audit login uid (/proc/PID/loginuid; u32::MAX: unset).
+    pub loginuid: Option<u32>,
+    /// The audit session id (/proc/PID/sessionid).  The kernel assigns it
+    /// when the login uid is set; it cannot be set directly (informational).
+    pub sessionid: Option<u32>,
+    /// The cgroups of the process (its leader), one per hierarchy.
+    pub cgroups: Vec<CgroupMember>,
+}
+
+/// Membership in one cgroup hierarchy, as a line of /proc/PID/cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupMember {
+    /// The hierarchy id (0: the unified v2 hierarchy).
+    pub hierarchy: u32,
+    /// Its controllers, comma-separated ("cpu,cpuacct", "name=systemd";
+    /// empty for v2).
+    pub controllers: String,
+    /// The cgroup's path inside the hierarchy ("/" is its root).
+    pub path: String,
 }

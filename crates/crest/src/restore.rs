@@ -314,6 +314,7 @@ impl Build {
                 }
             }
         }
+        crate::cgroups::check(&ckpt)?;
         let sid_here = unsafe_getsid();
         let mut held: Vec<OwnedFd> = Vec::new();
         // Each open file description is opened once: every descriptor on
@@ -443,7 +444,8 @@ impl Build {
             aux_next.push(next);
             let share = p.shares_files_with.map_or(0, |_| libc::CLONE_FILES as u64)
                 | p.shares_fs_with.map_or(0, |_| libc::CLONE_FS as u64);
-            let comm = tasks::comm_bytes(&p.threads[0].comm);
+            let lead = &p.threads[0];
+            let comm = tasks::comm_bytes(tasks::comm_of(&lead.comm, &lead.comm_raw));
             let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
             procs.push(ProcPlan {
@@ -463,21 +465,7 @@ impl Build {
                 ready_dst,
                 hold_dst,
                 share,
-                zombies: p
-                    .zombies
-                    .iter()
-                    .map(|z| stub::ZombiePlan {
-                        comm: tasks::comm_bytes(&z.comm),
-                        pid: z.pid,
-                        setsid: z.sid == z.pid,
-                        pgid: (z.pgid != p.pgid && z.sid != z.pid).then_some(if z.pgid == z.pid {
-                            0
-                        } else {
-                            z.pgid
-                        }),
-                        status: z.status,
-                    })
-                    .collect(),
+                zombies: zombie_plans(p, parent, sid_here)?,
             });
             aux_info.push((
                 Aux {
@@ -540,6 +528,7 @@ impl Build {
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
             let pid = p.pid;
             (|| -> Result<()> {
+                crate::cgroups::restore_process(pid, &p.task_state)?;
                 sp.empty_address_space()?;
                 sp.map_vdso(&p.mm.vmas)?;
                 check_vdso(sp, p)?;
@@ -593,6 +582,7 @@ impl Build {
                 .unwrap_or_else(unsafe_getpgid);
             join_group(p, parent_pgid, &sp.thread(0))
                 .context(|| format!("restoring the process group of pid {}", p.pid))?;
+            join_zombie_groups(p, &sp.thread(0))?;
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
@@ -604,8 +594,13 @@ impl Build {
             let th = &ckpt.processes[pi].threads[ti];
             Ok((tasks::resume_regs(&th.regs)?, th.xsave.clone(), th.sigmask))
         };
-        let stopped: Vec<bool> = ckpt.processes.iter().map(|p| p.stopped).collect();
-        tree.release(&fin, &stopped)
+        let stops = crate::jobctl::plan(&ckpt, (unsafe_getsid(), unsafe_getpgid()));
+        let parents: Vec<Option<usize>> = ckpt
+            .processes
+            .iter()
+            .map(|p| ckpt.processes.iter().position(|q| q.pid == p.ppid))
+            .collect();
+        tree.release(&fin, &stops, &parents)
     }
 }
 
@@ -643,6 +638,7 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
     }
     for th in &p.threads[1..] {
         sp.add_thread(th.tid)?;
+        crate::cgroups::restore_thread(p.pid, th)?;
     }
     // The leader queues every thread's signals: only it may queue one
     // claiming another sender.
@@ -654,7 +650,7 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         let t = sp.thread(i);
         signals::restore_altstack(&t, &th.altstack)?;
         tasks::restore_thread_regs(&t, th)?;
-        tasks::restore_comm(&t, &th.comm)?;
+        tasks::restore_comm(&t, th)?;
     }
     let t = sp.thread(0);
     tasks::restore_prctl(&t, &p.attrs)?;
@@ -666,6 +662,8 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         ))?;
     }
     tasks::restore_rlimits(&t, &p.attrs)?;
+    tasks::restore_loginuid(&t, p.pid, &p.task_state)?;
+    tasks::restore_oom_score_adj(p.pid, &p.task_state)?;
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {
         let own = p.threads[i].creds.as_ref();
@@ -730,6 +728,66 @@ fn drain_sigchld(t: &impl Inject) -> Result<()> {
         )
         .may_fail(),
     )
+}
+
+/// How each zombie child of `p` is recreated.  A zombie in its parent's
+/// session is forked after the parent joined it, and put into its process
+/// group by the parent once every group exists ([`join_zombie_groups`]);
+/// one still in the session its parent left (by setsid, after forking
+/// it) is forked before the parent's setsid and joins its group itself.
+fn zombie_plans(
+    p: &Process,
+    parent: Option<&Process>,
+    sid_here: i32,
+) -> Result<Vec<stub::ZombiePlan>> {
+    let first_sid = parent.map_or(sid_here, |q| q.sid);
+    p.zombies
+        .iter()
+        .map(|z| {
+            let setsid = z.sid == z.pid;
+            let early = !setsid && z.sid != p.sid;
+            if early && !(p.sid == p.pid && z.sid == first_sid) {
+                return Err(Error::Incompatible(format!(
+                    "pid {}: its zombie child {} belongs to session {}, which cannot be \
+                     recreated here",
+                    p.pid, z.pid, z.sid
+                )));
+            }
+            let pgid = if setsid {
+                None
+            } else if z.pgid == z.pid {
+                Some(0)
+            } else if early {
+                Some(z.pgid)
+            } else {
+                None
+            };
+            Ok(stub::ZombiePlan {
+                comm: tasks::comm_bytes(tasks::comm_of(&z.comm, &z.comm_raw)),
+                pid: z.pid,
+                setsid,
+                early,
+                pgid,
+                status: z.status,
+            })
+        })
+        .collect()
+}
+
+/// Puts each zombie child of `p` that shares `p`'s session into its
+/// process group (the parent may move an exited child that never ran
+/// exec), once every group of the tree exists (queued).
+fn join_zombie_groups(p: &Process, t: &impl Inject) -> Result<()> {
+    for z in &p.zombies {
+        if z.sid == p.sid && z.sid != z.pid && z.pgid != z.pid {
+            t.queue(Call::new(
+                libc::SYS_setpgid,
+                &[z.pid as u64, z.pgid as u64],
+                format!("putting zombie {} into process group {}", z.pid, z.pgid),
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 /// How a stub joins its session and process group: (setsid, setpgid arg).

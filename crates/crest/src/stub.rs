@@ -138,6 +138,9 @@ pub struct ZombiePlan {
     pub comm: [u8; 16],
     pub pid: i32,
     pub setsid: bool,
+    /// Forked before its parent's setsid: it stays in the session its
+    /// parent leaves.
+    pub early: bool,
     pub pgid: Option<i32>,
     pub status: i32,
 }
@@ -155,7 +158,7 @@ pub struct TreePlan {
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -169,6 +172,7 @@ const STEPS: [&str; 13] = [
     "mapping the helper area",
     "reporting ready",
     "waiting",
+    "putting a zombie child into its session or process group",
 ];
 
 /// # Safety
@@ -205,6 +209,13 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     {
         fail(1, report);
     }
+    for z in plan.procs[i].zombies.iter().filter(|z| z.early) {
+        match process::clone_with_pid(z.pid, 0) {
+            Ok(Forked::Child) => become_zombie(z, i, report),
+            Ok(Forked::Parent(_)) => {}
+            Err(_) => fail(3, report),
+        }
+    }
     {
         let p = &plan.procs[i];
         if p.setsid && libc::setsid() < 0 {
@@ -233,9 +244,9 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             Err(_) => fail(3, report),
         }
     }
-    for z in &plan.procs[i].zombies {
+    for z in plan.procs[i].zombies.iter().filter(|z| !z.early) {
         match process::clone_with_pid(z.pid, 0) {
-            Ok(Forked::Child) => become_zombie(z),
+            Ok(Forked::Child) => become_zombie(z, i, report),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
         }
@@ -353,13 +364,17 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
 /// # Safety
 /// As [`routine`]: runs in a forked child and never returns.  Leaves the
 /// process exactly as the checkpointed zombie: exited with `status`.
-unsafe fn become_zombie(z: &ZombiePlan) -> ! {
+/// A failure to join its session or group is reported on `report` (as
+/// process `i`'s) instead: the restore then fails.
+unsafe fn become_zombie(z: &ZombiePlan, i: usize, report: i32) -> ! {
     libc::prctl(libc::PR_SET_NAME, z.comm.as_ptr(), 0, 0, 0);
-    if z.setsid {
-        libc::setsid();
-    }
-    if let Some(pg) = z.pgid {
-        libc::setpgid(0, pg);
+    let joined =
+        (!z.setsid || libc::setsid() >= 0) && z.pgid.is_none_or(|pg| libc::setpgid(0, pg) == 0);
+    if !joined {
+        let e = *libc::__errno_location();
+        let msg = [i as u32, 13, e as u32];
+        libc::write(report, msg.as_ptr().cast(), 12);
+        libc::_exit(113);
     }
     let status = z.status;
     if libc::WIFSIGNALED(status) {
@@ -605,11 +620,17 @@ impl StubTree {
     /// Lets every thread of every process run with its final state:
     /// `fin(process index, thread index)` gives registers, XSAVE area and
     /// signal mask.  The helper area is unmapped first in each process.
+    /// `stops` says which processes go back into a job-control stop, and
+    /// `parents` gives each process's parent index (see `crate::jobctl`):
+    /// children are let go before their parents, so that a parent still
+    /// held can collect again a stop it had collected.
     pub fn release(
         mut self,
         fin: &dyn Fn(usize, usize) -> Result<(UserRegs, Vec<u8>, u64)>,
-        stopped: &[bool],
+        stops: &[Option<crate::jobctl::Stop>],
+        parents: &[Option<usize>],
     ) -> Result<i32> {
+        use crate::jobctl;
         for (pi, p) in self.procs.iter().enumerate() {
             for (ti, t) in p.threads.iter().enumerate() {
                 let (_, xsave, _) = fin(pi, ti)?;
@@ -619,32 +640,57 @@ impl StubTree {
                     })?;
                 }
             }
+        }
+        let stopped_children = |pi: usize| {
+            (0..self.procs.len()).filter(move |&c| parents[c] == Some(pi) && stops[c].is_some())
+        };
+        // Parents of stopped children: no SIGCHLD for the stops to come.
+        let mut quiet: Vec<Option<Vec<u8>>> = vec![None; self.procs.len()];
+        for (pi, p) in self.procs.iter().enumerate() {
+            if stopped_children(pi).next().is_some() {
+                quiet[pi] = Some(jobctl::quiet_sigchld(&p.direct())?);
+            }
+        }
+        self.released = true;
+        for (pi, p) in self.procs.iter().enumerate().rev() {
+            if let Some(old) = &quiet[pi] {
+                let d = p.direct();
+                for c in stopped_children(pi) {
+                    let child = &self.procs[c];
+                    if !jobctl::wait_stopped(child.pid, std::time::Duration::from_secs(10)) {
+                        return Err(Error::msg(format!(
+                            "pid {}: it did not go back into its job-control stop",
+                            child.pid
+                        )));
+                    }
+                    if stops[c].is_some_and(|s| s.collected) {
+                        jobctl::collect_again(&d, child.pid)?;
+                    }
+                }
+                jobctl::restore_sigchld(&d, old)?;
+            }
             // Not through the batch loop: this call unmaps it.
             p.direct().call(
                 libc::SYS_munmap,
                 &[p.helper, helper_len()],
                 "unmapping the restore helper",
             )?;
-        }
-        for (pi, p) in self.procs.iter().enumerate() {
             for (ti, t) in p.threads.iter().enumerate() {
                 let (regs, _, sigmask) = fin(pi, ti)?;
                 ptrace::set_sigmask(t.tid, sigmask)?;
                 ptrace::set_regs(t.tid, &regs)
                     .context(|| format!("task {}: loading registers", t.tid))?;
             }
-        }
-        self.released = true;
-        for (pi, p) in self.procs.iter().enumerate() {
             // A process that was in a job-control stop goes back into it:
-            // SIGSTOP is delivered before it runs an instruction.
-            let sig = if stopped.get(pi) == Some(&true) {
-                libc::SIGSTOP
-            } else {
-                0
-            };
-            for t in &p.threads {
-                ptrace::detach(t.tid, sig)?;
+            // the leader leaves a syscall stop, so the kernel sends it the
+            // signal, which stops the group before it runs an instruction.
+            // The other threads follow once the leader has stopped.
+            let sig = stops[pi].map_or(0, |s| s.signal);
+            for (ti, t) in p.threads.iter().enumerate() {
+                if ti == 1 && sig != 0 {
+                    jobctl::wait_stopped(p.pid, std::time::Duration::from_secs(2));
+                }
+                ptrace::detach(t.tid, if ti == 0 { sig } else { 0 })?;
             }
         }
         Ok(self.root)

@@ -350,12 +350,15 @@ fn checkpoint() -> Checkpoint {
             robust_list: (0x7fff_f7d8_a750, 24),
             clear_child_tid: 0x7fff_f7d8_aa10,
             creds: None,
+            comm_raw: Vec::new(),
+            cgroups: None,
         }],
         posix_timers: Vec::new(),
         stopped: false,
         zombies: Vec::new(),
         shares_files_with: None,
         shares_fs_with: None,
+        task_state: Default::default(),
     };
     Checkpoint {
         objects,

@@ -708,3 +708,58 @@ fn mutator_detects_changed_pages_and_slots() {
     assert_fail(&w.name, &o, "differ in all");
     assert_fail(&w.name, &o, "first differing word 1537");
 }
+
+// ---- task state (issue 16): stops, zombies' groups, names, OOM score
+
+#[test]
+fn task_state() {
+    pass(&["task-state"]);
+}
+
+/// The stopped children's pids from a `task-state` info file.
+fn stopped_children(w: &Workload) -> Vec<i32> {
+    let info = w.read("info");
+    let list = info
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped=["))
+        .and_then(|l| l.strip_suffix(']'))
+        .expect("stopped= in info");
+    list.split(", ").map(|s| s.parse().unwrap()).collect()
+}
+
+#[test]
+fn task_state_detects_a_continued_child() {
+    let mut w = Workload::start(&["task-state"], &[]);
+    w.wait_ready();
+    let kids = stopped_children(&w);
+    // SAFETY: the workload's own child.
+    assert_eq!(unsafe { libc::kill(kids[0], libc::SIGCONT) }, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "as waitid(WSTOPPED|WNOWAIT) reports it");
+}
+
+#[test]
+fn task_state_detects_a_collected_stop() {
+    let mut w = Workload::start(&["task-state"], &[("CREST_WL_DISTURB", "collect")]);
+    w.wait_ready();
+    let kids = stopped_children(&w);
+    let o = w.go();
+    assert_fail(&w.name, &o, &format!("stop of child {}", kids[0]));
+}
+
+#[test]
+fn task_state_detects_a_changed_oom_score_adj() {
+    let mut w = Workload::start(&["task-state"], &[]);
+    w.wait_ready();
+    fs::write(format!("/proc/{}/oom_score_adj", w.pid()), "500\n").unwrap();
+    let o = w.go();
+    assert_fail(&w.name, &o, "oom_score_adj");
+}
+
+#[test]
+fn task_state_detects_a_renamed_thread() {
+    let mut w = Workload::start(&["task-state"], &[("CREST_WL_DISTURB", "thread-name")]);
+    w.wait_ready();
+    let o = w.go();
+    assert_fail(&w.name, &o, "thread names");
+}

@@ -21,6 +21,7 @@ mod regs_asm;
 mod shared_fd;
 mod signals;
 mod sleep;
+mod task_state;
 mod threads;
 mod timers;
 mod tree;
@@ -52,6 +53,7 @@ const TABLE: &[(&str, Run)] = &[
     ("idle", idle::run),
     ("unix-sockets", unix_sockets::run),
     ("unsupported", unsupported::run),
+    ("task-state", task_state::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -77,6 +79,7 @@ pub const NAMES: &[&str] = &[
     "idle",
     "unix-sockets",
     "unsupported <thread|child|socket|netlink>",
+    "task-state",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
