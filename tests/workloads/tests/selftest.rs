@@ -763,3 +763,64 @@ fn task_state_detects_a_renamed_thread() {
     let o = w.go();
     assert_fail(&w.name, &o, "thread names");
 }
+
+/// cgroups a selftest creates and removes: pids (v1) with a child, unified
+/// (v2), and cpu (v1) for a thread.
+struct SelfCgroups(Vec<String>);
+
+impl SelfCgroups {
+    fn new(tag: &str) -> SelfCgroups {
+        let name = format!("crest-wl-selftest-{}-{tag}", std::process::id());
+        let dirs: Vec<String> = [
+            format!("/sys/fs/cgroup/pids/{name}"),
+            format!("/sys/fs/cgroup/pids/{name}/child"),
+            format!("/sys/fs/cgroup/unified/{name}"),
+            format!("/sys/fs/cgroup/cpu/{name}"),
+        ]
+        .into();
+        for d in &dirs {
+            fs::create_dir(d).unwrap_or_else(|e| panic!("creating cgroup {d}: {e}"));
+        }
+        SelfCgroups(dirs)
+    }
+}
+
+impl Drop for SelfCgroups {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            for _ in 0..500 {
+                if fs::remove_dir(d).is_ok() || !Path::new(d).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+#[test]
+fn cgroups() {
+    let cg = SelfCgroups::new("pass");
+    let args: Vec<&str> = std::iter::once("cgroups")
+        .chain(cg.0.iter().map(String::as_str))
+        .collect();
+    pass(&args);
+}
+
+#[test]
+fn cgroups_detects_a_moved_process() {
+    let cg = SelfCgroups::new("moved");
+    let args: Vec<&str> = std::iter::once("cgroups")
+        .chain(cg.0.iter().map(String::as_str))
+        .collect();
+    let mut w = Workload::start(&args, &[]);
+    w.wait_ready();
+    // Into the test's own child cgroup (the one C is in).
+    fs::write(
+        format!("{}/cgroup.procs", cg.0[1]),
+        format!("{}\n", w.pid()),
+    )
+    .unwrap();
+    let o = w.go();
+    assert_fail(&w.name, &o, "/proc/self/cgroup: expected");
+}

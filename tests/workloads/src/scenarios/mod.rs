@@ -5,6 +5,7 @@ use crate::checks::Checks;
 use crate::proto::Proto;
 
 mod attrs;
+mod cgroups;
 mod events;
 mod files;
 mod idle;
@@ -54,6 +55,7 @@ const TABLE: &[(&str, Run)] = &[
     ("unix-sockets", unix_sockets::run),
     ("unsupported", unsupported::run),
     ("task-state", task_state::run),
+    ("cgroups", cgroups::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -80,6 +82,7 @@ pub const NAMES: &[&str] = &[
     "unix-sockets",
     "unsupported <thread|child|socket|netlink>",
     "task-state",
+    "cgroups <v1-dir> <v1-child-dir> <v2-dir> <v1-thread-dir>",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
