@@ -229,6 +229,7 @@ pub fn collect(
         let itimers = timers::collect(&lead)?;
         let posix_timers = timers::collect_posix(&lead, tids)?;
         let brk = tasks::collect_brk(&lead)?;
+        let mm_state = crate::mmstate::collect(&lead)?;
         for &c in stopped_children.get(&pid).into_iter().flatten() {
             if !crate::jobctl::stop_pending_in_parent(&lead, c)? {
                 collected_stops.insert(c);
@@ -262,6 +263,7 @@ pub fn collect(
             exe: Some(exe),
             vmas,
             vdso_crc,
+            state: mm_state,
         };
         processes.push(Process {
             pid,

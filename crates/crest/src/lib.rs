@@ -19,6 +19,7 @@ pub mod freeze;
 pub mod inspect;
 pub mod jobctl;
 pub mod memory;
+pub mod mmstate;
 pub mod model;
 pub mod objects;
 pub mod pipeline;

@@ -26,6 +26,8 @@ const PAGEMAP_BATCH: usize = 64 * 1024;
 const PR_SET_MM: i32 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 const MADV_GUARD_INSTALL: u64 = 102;
+/// A private anonymous mapping whose pages the kernel may free at any time.
+const MAP_DROPPABLE: i32 = 0x08;
 
 pub fn page_size() -> u64 {
     crest_sys::process::page_size() as u64
@@ -159,6 +161,9 @@ pub fn collect_vmas(
                 mergeable: f.contains(VmFlags::MERGEABLE),
                 locked: f.contains(VmFlags::LOCKED),
                 may_write: f.contains(VmFlags::MAY_WRITE),
+                seq_read: f.contains(VmFlags::SEQ_READ),
+                rand_read: f.contains(VmFlags::RAND_READ),
+                droppable: f.contains(VmFlags::DROPPABLE),
             },
             name: m.path.clone(),
             guards: Vec::new(),
@@ -228,9 +233,12 @@ fn sysv_object(
         }
     }
     let kind = seg.kind();
-    Ok(add_shmem_at(objects, data, dev, m.inode, &path, kind, size))
+    Ok(add_shmem_at(
+        objects, data, dev, m.inode, &path, kind, size, None,
+    ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn add_shmem_at(
     objects: &mut ObjectTable,
     data: &mut Vec<DataSource>,
@@ -239,8 +247,9 @@ fn add_shmem_at(
     path: &str,
     kind: ShmemKind,
     size: u64,
+    owner: Option<(u32, u32, u32)>,
 ) -> u32 {
-    let id = objects.add_shmem(dev, ino, ObjectKind::Shmem(ShmemObj { kind, size }));
+    let id = objects.add_shmem(dev, ino, ObjectKind::Shmem(ShmemObj { kind, size, owner }));
     data.push(DataSource::Shmem {
         object: id,
         path: path.to_string(),
@@ -262,7 +271,9 @@ pub fn shmem_from_path(
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let f = std::fs::File::open(path).context(|| format!("opening {path}"))?;
-    let size = f.metadata().context(|| format!("stat {path}"))?.size();
+    let md = f.metadata().context(|| format!("stat {path}"))?;
+    let size = md.size();
+    let owner = memfd_link.map(|_| (md.mode() & 0o7777, md.uid(), md.gid()));
     let kind = match memfd_link {
         Some(link) => {
             // SAFETY: fcntl on a descriptor we own.
@@ -278,7 +289,9 @@ pub fn shmem_from_path(
         }
         None => ShmemKind::Anonymous,
     };
-    Ok(add_shmem_at(objects, data, dev, ino, path, kind, size))
+    Ok(add_shmem_at(
+        objects, data, dev, ino, path, kind, size, owner,
+    ))
 }
 
 /// The file mapped must be the one now at its path (not replaced since).
@@ -593,6 +606,8 @@ pub fn map_vmas(
         };
         flags |= if v.shared {
             libc::MAP_SHARED
+        } else if v.flags.droppable {
+            MAP_DROPPABLE
         } else {
             libc::MAP_PRIVATE
         };
@@ -692,6 +707,8 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
             (v.flags.hugepage, libc::MADV_HUGEPAGE),
             (v.flags.nohugepage, libc::MADV_NOHUGEPAGE),
             (v.flags.mergeable, libc::MADV_MERGEABLE),
+            (v.flags.seq_read, libc::MADV_SEQUENTIAL),
+            (v.flags.rand_read, libc::MADV_RANDOM),
         ];
         for (on, adv) in advice {
             if on {

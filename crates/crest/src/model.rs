@@ -39,6 +39,9 @@ pub enum ObjectKind {
 pub struct ShmemObj {
     pub kind: ShmemKind,
     pub size: u64,
+    /// A memfd's inode mode (permission bits), owner and group.
+    #[serde(default)]
+    pub owner: Option<(u32, u32, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,6 +443,9 @@ pub struct Mm {
     /// CRC32C of the vDSO's bytes: restore needs this kernel's vDSO to be
     /// the same code, since the program holds pointers into it.
     pub vdso_crc: Option<u32>,
+    /// Address-space state set by prctl and membarrier (see [`MmState`]).
+    #[serde(default)]
+    pub state: MmState,
 }
 
 /// One mapping, as /proc/PID/maps and smaps describe it.
@@ -490,6 +496,16 @@ pub struct VmaFlags {
     pub mergeable: bool,
     pub locked: bool,
     pub may_write: bool,
+    /// MADV_SEQUENTIAL (`sr`).
+    #[serde(default)]
+    pub seq_read: bool,
+    /// MADV_RANDOM (`rr`).
+    #[serde(default)]
+    pub rand_read: bool,
+    /// A MAP_DROPPABLE mapping (`dp`): its pages may be freed by the
+    /// kernel under memory pressure at any time.
+    #[serde(default)]
+    pub droppable: bool,
 }
 
 /// A descriptor in the fd table.
@@ -610,4 +626,18 @@ pub struct CgroupMember {
     pub controllers: String,
     /// The cgroup's path inside the hierarchy ("/" is its root).
     pub path: String,
+}
+
+// ---------------------------------------------------------------------
+// Address-space state beyond the mappings (issue 16).
+// ---------------------------------------------------------------------
+
+/// prctl and membarrier state of an address space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmState {
+    /// PR_GET_THP_DISABLE: 0, or 1 | the PR_SET_THP_DISABLE flags.
+    pub thp_disable: u32,
+    /// The private expedited membarrier commands the process registered
+    /// for (MEMBARRIER_CMD_PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ bits).
+    pub membarrier: u32,
 }

@@ -540,6 +540,7 @@ impl Build {
             .context(|| format!("rebuilding the address space of pid {pid}"))?;
         }
         unlinked.seal(&|id| ckpt.object(id).cloned())?;
+        unlinked.close_built(&|id| ckpt.object(id).cloned());
         Ok(Build {
             ckpt,
             tree,
@@ -594,6 +595,9 @@ impl Build {
             let th = &ckpt.processes[pi].threads[ti];
             Ok((tasks::resume_regs(&th.regs)?, th.xsave.clone(), th.sigmask))
         };
+        // Every process holds its own descriptors: crest's copies go
+        // before anything runs (see `UnlinkedFiles::close_built`).
+        drop(_held);
         let stops = crate::jobctl::plan(&ckpt, (unsafe_getsid(), unsafe_getpgid()));
         let parents: Vec<Option<usize>> = ckpt
             .processes
@@ -628,6 +632,7 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         memory::finish_vmas(&t, &p.mm.vmas)?;
         crate::fault::point("restore: protections set")?;
         memory::set_mm_fields(&t, &p.mm, a.exe_fd)?;
+        crate::mmstate::restore(&t, &p.mm.state)?;
         crate::fault::point("restore: mm fields set")?;
         if !p.zombies.is_empty() {
             // The recreated zombies' exits queued a SIGCHLD the process

@@ -276,6 +276,7 @@ fn checkpoint() -> Checkpoint {
                 ),
             ],
             vdso_crc: Some(0xdead_beef),
+            state: Default::default(),
         },
         signals: Signals {
             actions: vec![SigAction {

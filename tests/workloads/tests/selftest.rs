@@ -824,3 +824,37 @@ fn cgroups_detects_a_moved_process() {
     let o = w.go();
     assert_fail(&w.name, &o, "/proc/self/cgroup: expected");
 }
+
+// ---- address-space state (issue 16): madvise, droppable, THP, memfd
+
+#[test]
+fn mem_state() {
+    pass(&["mem-state"]);
+}
+
+fn mem_state_disturbed(what: &str, needle: &str) {
+    let mut w = Workload::start(&["mem-state"], &[("CREST_WL_DISTURB", what)]);
+    w.wait_ready();
+    let o = w.go();
+    assert_fail(&w.name, &o, needle);
+}
+
+#[test]
+fn mem_state_detects_lost_advice() {
+    mem_state_disturbed("madvise", "VmFlags of the MADV_SEQUENTIAL part");
+}
+
+#[test]
+fn mem_state_detects_thp_enabled() {
+    mem_state_disturbed("thp", "PR_GET_THP_DISABLE");
+}
+
+#[test]
+fn mem_state_detects_a_memfd_mode() {
+    mem_state_disturbed("memfd-mode", "memfd mode");
+}
+
+#[test]
+fn mem_state_detects_a_busy_memfd() {
+    mem_state_disturbed("exec-busy", "execveat of the memfd");
+}

@@ -10,6 +10,7 @@ mod events;
 mod files;
 mod idle;
 mod many;
+mod mem_state;
 mod memory;
 mod mm;
 mod mutator;
@@ -56,6 +57,7 @@ const TABLE: &[(&str, Run)] = &[
     ("unsupported", unsupported::run),
     ("task-state", task_state::run),
     ("cgroups", cgroups::run),
+    ("mem-state", mem_state::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -83,6 +85,7 @@ pub const NAMES: &[&str] = &[
     "unsupported <thread|child|socket|netlink>",
     "task-state",
     "cgroups <v1-dir> <v1-child-dir> <v2-dir> <v1-thread-dir>",
+    "mem-state",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
