@@ -447,8 +447,14 @@ pub fn dump<W: Write>(
     let mut obstacles = Vec::new();
     let collected = collect(&frozen, &mut obstacles, prepared.as_ref())
         .context(|| format!("collecting the state of pid {pid}"))?;
-    let Some(c) = collected else {
+    let Some(mut c) = collected else {
         return Err(Error::Unsupported(obstacles));
+    };
+    // Pages shared copy-on-write are saved once (not while pre-copying:
+    // that copied each process's pages already).
+    let cow = match prepared {
+        None => Some(crate::cow::plan(&mut c.ckpt, &mut c.plans)?),
+        Some(_) => None,
     };
     crate::fault::point("dump: collected")?;
     let mut w = Writer::new(out, &codec::header_here()?)?;
@@ -456,9 +462,11 @@ pub fn dump<W: Write>(
     crate::fault::point("dump: metadata written")?;
     files::write_data(&c.data, &mut w)?;
     let ps = memory::page_size();
+    let cow_plans = cow.iter().flat_map(|w| w.sources.iter().map(|s| &s.1));
     let planned: u64 = c
         .plans
         .iter()
+        .chain(cow_plans)
         .flat_map(|p| p.runs.iter().flatten())
         .map(|r| r.1)
         .sum();
@@ -487,6 +495,23 @@ pub fn dump<W: Write>(
     } else {
         let total = planned * ps;
         let mut done = 0u64;
+        // The shared pages first: restore needs them before the processes.
+        for (pi, plan) in cow.iter().flat_map(|w| &w.sources) {
+            let p = &c.ckpt.processes[*pi];
+            let s = memory::write_pages(
+                p.pid,
+                crate::model::COW_SPACE,
+                &p.mm.vmas,
+                plan,
+                opts.compress,
+                &mut w,
+                &mut |n| {
+                    done += n;
+                    progress(done, total);
+                },
+            )?;
+            report.pages_written += s.pages_written;
+        }
         for (space, (p, plan)) in c.ckpt.processes.iter().zip(&c.plans).enumerate() {
             let s = memory::write_pages(
                 p.pid,

@@ -9,6 +9,7 @@
 
 pub mod cgroups;
 pub mod codec;
+pub mod cow;
 pub mod creds;
 pub mod dump;
 pub mod error;

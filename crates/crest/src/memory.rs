@@ -168,6 +168,8 @@ pub fn collect_vmas(
             name: m.path.clone(),
             guards: Vec::new(),
             pages: 0,
+            cow: None,
+            cow_drop: Vec::new(),
         });
     }
     Ok(out)
@@ -556,16 +558,34 @@ fn merge_barriers(vmas: &[Vma]) -> Vec<Option<(i32, i32)>> {
 /// `file_fds` gives, for each backing file object, a descriptor open in
 /// the task; `sysv`, for each System V shared memory object, its shmid
 /// (those are attached with `shmat`).
+/// `inherited(v)`: the mapping is already there, inherited copy-on-write
+/// (see `crate::cow`): it only gets its protection.
 pub fn map_vmas(
     t: &impl Inject,
     vmas: &[Vma],
     file_fds: &HashMap<u32, i32>,
     sysv: &HashMap<u32, i32>,
+    inherited: &dyn Fn(&Vma) -> bool,
 ) -> Result<()> {
     let barriers = merge_barriers(vmas);
     let mut calls = Vec::with_capacity(vmas.len() * 2);
     let mut want = Vec::with_capacity(vmas.len() * 2);
     for (v, barrier) in vmas.iter().zip(&barriers) {
+        if inherited(v) {
+            // It keeps crest's protection until finish_vmas.
+            if let Some((set, _)) = barrier {
+                calls.push(Call::new(
+                    libc::SYS_madvise,
+                    &[v.start, v.end - v.start, *set as u64],
+                    format!(
+                        "keeping {:#x}-{:#x} apart from its neighbour",
+                        v.start, v.end
+                    ),
+                ));
+                want.push(None);
+            }
+            continue;
+        }
         if let Some(&shmid) = match v.backing {
             Backing::Shmem(id) => sysv.get(&id),
             _ => None,
@@ -693,11 +713,19 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
                 what("clearing the temporary flag of"),
             ));
         }
-        if fill_prot(v) != v.prot {
+        if fill_prot(v) != v.prot || v.cow.is_some() {
             calls.push(Call::new(
                 libc::SYS_mprotect,
                 &[v.start, len, v.prot as u64],
                 what("setting the protection of"),
+            ));
+        }
+        if v.cow.is_some() && !v.flags.dontdump {
+            // crest may have marked an inherited range (see `crate::cow`).
+            calls.push(Call::new(
+                libc::SYS_madvise,
+                &[v.start, len, libc::MADV_DODUMP as u64],
+                what("clearing the temporary MADV_DONTDUMP of"),
             ));
         }
         let advice = [
@@ -845,6 +873,8 @@ mod tests {
             name: String::new(),
             guards: Vec::new(),
             pages: 0,
+            cow: None,
+            cow_drop: Vec::new(),
         };
         let pid = std::process::id() as i32;
         let (mut a, mut b) = ([vma()], [vma()]);

@@ -31,6 +31,10 @@ pub enum ObjectKind {
     Pipe(PipeObj),
     /// Shared memory that mappings and descriptors refer to.
     Shmem(ShmemObj),
+    /// Private anonymous memory shared copy-on-write by several processes
+    /// of the tree (after fork): its pages are in the image once, in the
+    /// page chunks of address space [`COW_SPACE`] (see `crate::cow`).
+    Cow(CowRange),
 }
 
 /// A shared-memory object (a shmem inode): the content follows in
@@ -469,6 +473,15 @@ pub struct Vma {
     /// different from the backing file; the zero pages among them are not
     /// stored.  Restore makes mappings with pages writable while filling.
     pub pages: u64,
+    /// The [`ObjectKind::Cow`] range (the same bounds) whose pages this
+    /// mapping shares copy-on-write with other processes of the tree; its
+    /// own `pages` are only those it does not share.
+    #[serde(default)]
+    pub cow: Option<ObjectId>,
+    /// With `cow`: pages of the range this process does not have (not
+    /// resident here while resident and shared in others), as (start, end).
+    #[serde(default)]
+    pub cow_drop: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -640,4 +653,25 @@ pub struct MmState {
     /// The private expedited membarrier commands the process registered
     /// for (MEMBARRIER_CMD_PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ bits).
     pub membarrier: u32,
+}
+
+// ---------------------------------------------------------------------
+// Copy-on-write sharing between processes (issue 16).
+// ---------------------------------------------------------------------
+
+/// The address space number of the page chunks holding the pages shared
+/// copy-on-write ([`ObjectKind::Cow`]); they come before any other chunk.
+pub const COW_SPACE: u32 = u32::MAX;
+
+/// A range of private anonymous memory that processes of the tree map at
+/// the same place and partly share (same physical pages, after a fork).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CowRange {
+    pub start: u64,
+    pub end: u64,
+    /// Shared pages saved in the [`COW_SPACE`] chunks.
+    pub pages: u64,
+    /// For a private file mapping: the file (an [`ObjectKind::File`]) and
+    /// the offset it is mapped from; the shared pages are its modified ones.
+    pub file: Option<(ObjectId, u64)>,
 }

@@ -39,6 +39,8 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     let mut unlinked = UnlinkedFiles::default();
     let mut build: Option<Build> = None;
     let mut spool: Option<Spool> = None;
+    // The copy-on-write ranges, mapped in crest once the metadata is read.
+    let mut regions: Option<crate::cow::Regions> = None;
     let mut pages = 0u64;
     while let Some(rec) = reader.next_record()? {
         match rec.kind {
@@ -66,10 +68,32 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                 let obj = u32::try_from(d.object).ok().and_then(|id| ckpt.object(id));
                 unlinked.write(obj, d.object as u32, d.offset, d.data)?;
             }
+            kind::PAGES if crate::cow::is_cow_space(rec.page_chunk(page_size)?.space) => {
+                let c = rec.page_chunk(page_size)?;
+                if build.is_some() || spool.is_some() {
+                    return Err(Error::Invalid(format!(
+                        "shared page chunk at byte {} comes after the processes' pages",
+                        rec.offset
+                    )));
+                }
+                if regions.is_none() {
+                    validate(&ckpt)?;
+                    regions = Some(crate::cow::Regions::prepare(&ckpt)?);
+                }
+                let r = regions.as_mut().expect("prepared above");
+                for (addr, data) in c.runs() {
+                    r.fill(addr, data)?;
+                }
+                pages += c.nr_pages;
+                progress(c.data.len() as u64);
+            }
             kind::PAGES => {
                 let c = rec.page_chunk(page_size)?;
                 if build.is_none() && spool.is_none() {
                     validate(&ckpt)?;
+                    if regions.is_none() {
+                        regions = Some(crate::cow::Regions::prepare(&ckpt)?);
+                    }
                     if ckpt
                         .processes
                         .iter()
@@ -80,7 +104,8 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                         // pages on disk until then.
                         spool = Some(Spool::new()?);
                     } else {
-                        build = Some(Build::start(std::mem::take(&mut ckpt), &mut unlinked)?);
+                        let r = regions.take().expect("prepared above");
+                        build = Some(Build::start(std::mem::take(&mut ckpt), &mut unlinked, r)?);
                     }
                 }
                 match (&mut build, &mut spool) {
@@ -113,7 +138,14 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                     wait_pid_free(p.pid);
                 }
             }
-            let mut b = Build::start(ckpt, &mut unlinked)?;
+            let r = match regions.take() {
+                Some(r) => r,
+                None => {
+                    validate(&ckpt)?;
+                    crate::cow::Regions::prepare(&ckpt)?
+                }
+            };
+            let mut b = Build::start(ckpt, &mut unlinked, r)?;
             if let Some(s) = spool {
                 s.replay(&mut |space, addr, data| {
                     b.fill(&PageChunk::new(space, addr, data, page_size)?)
@@ -232,6 +264,7 @@ fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
             }
         }
         prev_end = v.end;
+        crate::cow::validate(ckpt, p.pid, v)?;
         if let Backing::File(id) = v.backing {
             if !matches!(ckpt.object(id), Some(ObjectKind::File(_))) {
                 return Err(Error::Invalid(format!(
@@ -289,7 +322,11 @@ struct Build {
 }
 
 impl Build {
-    fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles) -> Result<Build> {
+    fn start(
+        ckpt: Checkpoint,
+        unlinked: &mut UnlinkedFiles,
+        mut regions: crate::cow::Regions,
+    ) -> Result<Build> {
         validate(&ckpt)?;
         for p in &ckpt.processes {
             creds::check_restorable(p.pid, &p.creds)?;
@@ -529,16 +566,21 @@ impl Build {
             let pid = p.pid;
             (|| -> Result<()> {
                 crate::cgroups::restore_process(pid, &p.task_state)?;
-                sp.empty_address_space()?;
+                sp.empty_address_space(&regions.kept_by(&p.mm.vmas))?;
                 sp.map_vdso(&p.mm.vmas)?;
                 check_vdso(sp, p)?;
                 crate::fault::point("restore: address space emptied")?;
-                memory::map_vmas(&sp.thread(0), &p.mm.vmas, file_fds, &sysv_ids)?;
+                memory::map_vmas(&sp.thread(0), &p.mm.vmas, file_fds, &sysv_ids, &|v| {
+                    regions.inherited(v)
+                })?;
+                regions.apply(&sp.thread(0), &|runs| sp.write_pages(runs), &p.mm.vmas)?;
                 crate::fault::point("restore: memory mapped")?;
                 Ok(())
             })()
             .context(|| format!("rebuilding the address space of pid {pid}"))?;
         }
+        // The stubs hold the shared pages now.
+        regions.release();
         unlinked.seal(&|id| ckpt.object(id).cloned())?;
         unlinked.close_built(&|id| ckpt.object(id).cloned());
         Ok(Build {

@@ -752,7 +752,9 @@ impl StubProc {
     /// Removes everything crest's copy left in the stub's address space
     /// (and its rseq registration, which points into it).  The calls are
     /// queued: they run with the next batch (see [`StubProc::map_vdso`]).
-    pub fn empty_address_space(&self) -> Result<()> {
+    /// `keep` lists ranges (inherited copy-on-write memory, see
+    /// `crate::cow`) left in place.
+    pub fn empty_address_space(&self, keep: &[(u64, u64)]) -> Result<()> {
         let t = self.thread(0);
         let rseq = ptrace::get_rseq_config(self.pid)?;
         if rseq.rseq_abi_pointer != 0 {
@@ -772,11 +774,30 @@ impl StubProc {
             .into_iter()
             .filter(|m| m.path != "[vsyscall]" && !(m.start >= self.helper && m.end <= hend))
         {
-            t.queue(Call::new(
-                libc::SYS_munmap,
-                &[m.start, m.end - m.start],
-                format!("unmapping {:#x}-{:#x} {}", m.start, m.end, m.path),
-            ))?;
+            // The parts of the mapping outside the kept ranges.
+            let mut at = m.start;
+            let mut parts = Vec::new();
+            let mut inside: Vec<&(u64, u64)> = keep
+                .iter()
+                .filter(|k| k.0 < m.end && m.start < k.1)
+                .collect();
+            inside.sort();
+            for &&(ks, ke) in &inside {
+                if ks > at {
+                    parts.push((at, ks));
+                }
+                at = at.max(ke);
+            }
+            if at < m.end {
+                parts.push((at, m.end));
+            }
+            for (s, e) in parts {
+                t.queue(Call::new(
+                    libc::SYS_munmap,
+                    &[s, e - s],
+                    format!("unmapping {s:#x}-{e:#x} {}", m.path),
+                ))?;
+            }
         }
         Ok(())
     }

@@ -100,6 +100,8 @@ fn vma(start: u64, end: u64, prot: i32, backing: Backing, name: &str, pages: u64
         name: name.into(),
         guards: Vec::new(),
         pages,
+        cow: None,
+        cow_drop: Vec::new(),
     }
 }
 
