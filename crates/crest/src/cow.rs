@@ -117,6 +117,17 @@ pub fn plan(ckpt: &mut Checkpoint, plans: &mut [PagePlan]) -> Result<CowWrites> 
         .into_iter()
         .filter(|(_, m)| m.len() > 1 && same_thing(m))
         .collect();
+    // Ranges must not overlap (a shared page chunk is known by its
+    // address): of overlapping candidates the one most processes map wins.
+    ranges.sort_by_key(|((s, e), m)| (std::cmp::Reverse(m.len()), *s, *e));
+    let mut taken: Vec<(u64, u64)> = Vec::new();
+    ranges.retain(|&((s, e), _)| {
+        let free = !taken.iter().any(|&(ts, te)| ts < e && s < te);
+        if free {
+            taken.push((s, e));
+        }
+        free
+    });
     ranges.sort();
     let mut sources: HashMap<usize, Vec<Vec<(u64, u64)>>> = HashMap::new();
     let mut pagemaps: HashMap<usize, Pagemap> = HashMap::new();
@@ -284,6 +295,21 @@ impl Regions {
     /// that is free here.
     pub fn prepare(ckpt: &Checkpoint) -> Result<Regions> {
         let mut r = Regions::default();
+        let mut all: Vec<(u64, u64)> = ckpt
+            .objects
+            .iter()
+            .filter_map(|o| match &o.kind {
+                ObjectKind::Cow(c) => Some((c.start, c.end)),
+                _ => None,
+            })
+            .collect();
+        all.sort();
+        if let Some(w) = all.windows(2).find(|w| w[1].0 < w[0].1) {
+            return Err(Error::Invalid(format!(
+                "copy-on-write ranges {:#x}-{:#x} and {:#x}-{:#x} overlap",
+                w[0].0, w[0].1, w[1].0, w[1].1
+            )));
+        }
         for o in &ckpt.objects {
             let ObjectKind::Cow(c) = &o.kind else {
                 continue;
