@@ -100,8 +100,15 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
             format!("the process is already traced by pid {}", status.tracer_pid),
         );
     }
-    if status.seccomp != 0 {
-        refuse("task", "seccomp filters cannot be checkpointed yet".into());
+    for tid in proc::list_tasks(pid).unwrap_or_default() {
+        if proc::read_task_status(pid, tid).is_ok_and(|s| s.seccomp == 1) {
+            refuse(
+                &format!("thread {tid}"),
+                "strict-mode seccomp (SECCOMP_SET_MODE_STRICT) cannot be checkpointed: \
+                 crest could not run a single call in it"
+                    .into(),
+            );
+        }
     }
     let mine = proc::read_ns(std::process::id() as i32)?;
     let theirs = proc::read_ns(pid).map_err(|e| match e.errno() {

@@ -49,6 +49,7 @@ impl Frozen {
                     // (from /proc) and a detach keeps.
                     f.stopped = sig != libc::SIGTRAP;
                     f.stop_signal = if f.stopped { sig } else { 0 };
+                    crate::seccomp::suspend(pid, ptrace::SEIZE_OPTIONS)?;
                     return Ok(f);
                 }
                 WaitStatus::Stopped { sig, event: 0 } => {

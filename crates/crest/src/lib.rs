@@ -26,6 +26,7 @@ pub mod objects;
 pub mod pipeline;
 pub mod precopy;
 pub mod restore;
+pub mod seccomp;
 pub mod signals;
 pub mod sockets;
 pub mod stub;

@@ -338,6 +338,9 @@ pub struct Thread {
     /// hierarchy's `tasks` file, a v2 threaded cgroup).
     #[serde(default)]
     pub cgroups: Option<Vec<CgroupMember>>,
+    /// The thread's seccomp filters, oldest first (see `crate::seccomp`).
+    #[serde(default)]
+    pub seccomp: Vec<SeccompFilter>,
 }
 
 /// A queued signal with its full siginfo.
@@ -674,4 +677,17 @@ pub struct CowRange {
     /// For a private file mapping: the file (an [`ObjectKind::File`]) and
     /// the offset it is mapped from; the shared pages are its modified ones.
     pub file: Option<(ObjectId, u64)>,
+}
+
+// ---------------------------------------------------------------------
+// seccomp filters (issue 16).
+// ---------------------------------------------------------------------
+
+/// One installed seccomp filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// The classic-BPF program, one `struct sock_filter` per word.
+    pub prog: Vec<u64>,
+    /// Installed with SECCOMP_FILTER_FLAG_LOG.
+    pub log: bool,
 }

@@ -710,6 +710,7 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
     }
     tasks::restore_rlimits(&t, &p.attrs)?;
     tasks::restore_loginuid(&t, p.pid, &p.task_state)?;
+    crate::seccomp::restore(p.pid, &p.threads, &|i| sp.thread(i), stub::SEIZE_OPTIONS)?;
     tasks::restore_oom_score_adj(p.pid, &p.task_state)?;
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {

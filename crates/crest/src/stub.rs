@@ -90,6 +90,9 @@ const HELPER_CODE: [u8; 4] = [0x0f, 0x05, 0xeb, 0xfe];
 /// The "step" value of a ready report.
 const READY: u32 = u32::MAX;
 
+/// The ptrace options of every stub task.
+pub const SEIZE_OPTIONS: u32 = (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD) as u32;
+
 /// A descriptor crest holds that the stub must have at `dst`.
 pub struct FdMove {
     pub src: i32,
@@ -505,10 +508,7 @@ fn read_exact_fd(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Seizes a task and waits until it is stopped.
 fn seize_stopped(tid: i32) -> Result<()> {
-    ptrace::seize(
-        tid,
-        (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD) as u32,
-    )?;
+    ptrace::seize(tid, SEIZE_OPTIONS)?;
     ptrace::interrupt(tid)?;
     loop {
         match ptrace::wait(tid)? {
@@ -651,7 +651,8 @@ impl StubTree {
                 quiet[pi] = Some(jobctl::quiet_sigchld(&p.direct())?);
             }
         }
-        self.released = true;
+        // Until every task is let go a failure kills the whole tree (those
+        // already let go too): nothing half-built is left.
         for (pi, p) in self.procs.iter().enumerate().rev() {
             if let Some(old) = &quiet[pi] {
                 let d = p.direct();
@@ -693,6 +694,7 @@ impl StubTree {
                 ptrace::detach(t.tid, if ti == 0 { sig } else { 0 })?;
             }
         }
+        self.released = true;
         Ok(self.root)
     }
 }

@@ -44,6 +44,7 @@ pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
         creds: None,
         comm_raw,
         cgroups: None,
+        seccomp: crate::seccomp::collect(tid)?,
     })
 }
 

@@ -355,6 +355,7 @@ fn checkpoint() -> Checkpoint {
             creds: None,
             comm_raw: Vec::new(),
             cgroups: None,
+            seccomp: Vec::new(),
         }],
         posix_timers: Vec::new(),
         stopped: false,

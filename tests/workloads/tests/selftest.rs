@@ -858,3 +858,18 @@ fn mem_state_detects_a_memfd_mode() {
 fn mem_state_detects_a_busy_memfd() {
     mem_state_disturbed("exec-busy", "execveat of the memfd");
 }
+
+// ---- seccomp filters (issue 16)
+
+#[test]
+fn seccomp() {
+    pass(&["seccomp"]);
+}
+
+#[test]
+fn seccomp_detects_an_extra_filter() {
+    let mut w = Workload::start(&["seccomp"], &[("CREST_WL_DISTURB", "extra")]);
+    w.wait_ready();
+    let o = w.go();
+    assert_fail(&w.name, &o, "main thread: seccomp state");
+}

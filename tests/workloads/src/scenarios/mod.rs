@@ -20,6 +20,7 @@ mod pty;
 mod read;
 mod regs;
 mod regs_asm;
+mod seccomp;
 mod shared_fd;
 mod signals;
 mod sleep;
@@ -58,6 +59,7 @@ const TABLE: &[(&str, Run)] = &[
     ("task-state", task_state::run),
     ("cgroups", cgroups::run),
     ("mem-state", mem_state::run),
+    ("seccomp", seccomp::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -86,6 +88,7 @@ pub const NAMES: &[&str] = &[
     "task-state",
     "cgroups <v1-dir> <v1-child-dir> <v2-dir> <v1-thread-dir>",
     "mem-state",
+    "seccomp",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
