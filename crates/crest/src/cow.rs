@@ -37,6 +37,13 @@ use crate::model::{Backing, Checkpoint, CowRange, Object, ObjectKind, Vma, COW_S
 use crest_sys::proc::{Pagemap, PagemapEntry};
 use std::collections::{BTreeSet, HashMap};
 
+/// A mapping's (start, end).
+type Bounds = (u64, u64);
+/// (process index, mapping index).
+type Member = (usize, usize);
+/// Writes runs of (address, bytes) into a process.
+type WritePages<'a> = dyn Fn(&[(u64, &[u8])]) -> Result<()> + 'a;
+
 /// Pages per run of a page plan (one chunk).
 const RUN_PAGES: u64 = 512;
 
@@ -96,7 +103,7 @@ fn ranges_of(pages: &BTreeSet<u64>) -> Vec<(u64, u64)> {
 pub fn plan(ckpt: &mut Checkpoint, plans: &mut [PagePlan]) -> Result<CowWrites> {
     let ps = page_size();
     // Mappings with the same bounds in several processes.
-    let mut same: HashMap<(u64, u64), Vec<(usize, usize)>> = HashMap::new();
+    let mut same: HashMap<Bounds, Vec<Member>> = HashMap::new();
     for (pi, p) in ckpt.processes.iter().enumerate() {
         for (vi, v) in p.mm.vmas.iter().enumerate() {
             if eligible(v) {
@@ -113,7 +120,7 @@ pub fn plan(ckpt: &mut Checkpoint, plans: &mut [PagePlan]) -> Result<CowWrites> 
             v.backing == v0.backing && v.offset == v0.offset
         })
     };
-    let mut ranges: Vec<((u64, u64), Vec<(usize, usize)>)> = same
+    let mut ranges: Vec<(Bounds, Vec<Member>)> = same
         .into_iter()
         .filter(|(_, m)| m.len() > 1 && same_thing(m))
         .collect();
@@ -447,12 +454,7 @@ impl Regions {
     /// Once the process's mappings exist: drops the shared pages it lacks
     /// (queued), or, where the range was not inherited, writes the shared
     /// pages into it.
-    pub fn apply(
-        &self,
-        t: &impl Inject,
-        write: &dyn Fn(&[(u64, &[u8])]) -> Result<()>,
-        vmas: &[Vma],
-    ) -> Result<()> {
+    pub fn apply(&self, t: &impl Inject, write: &WritePages, vmas: &[Vma]) -> Result<()> {
         let ps = page_size();
         for v in vmas {
             let Some(r) = v.cow.and_then(|id| self.by_object.get(&id)) else {

@@ -502,7 +502,7 @@ impl Build {
                 ready_dst,
                 hold_dst,
                 share,
-                zombies: zombie_plans(p, parent, sid_here)?,
+                zombies: tasks::zombie_plans(p, parent, sid_here)?,
             });
             aux_info.push((
                 Aux {
@@ -625,7 +625,7 @@ impl Build {
                 .unwrap_or_else(unsafe_getpgid);
             join_group(p, parent_pgid, &sp.thread(0))
                 .context(|| format!("restoring the process group of pid {}", p.pid))?;
-            join_zombie_groups(p, &sp.thread(0))?;
+            tasks::join_zombie_groups(p, &sp.thread(0))?;
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
@@ -776,66 +776,6 @@ fn drain_sigchld(t: &impl Inject) -> Result<()> {
         )
         .may_fail(),
     )
-}
-
-/// How each zombie child of `p` is recreated.  A zombie in its parent's
-/// session is forked after the parent joined it, and put into its process
-/// group by the parent once every group exists ([`join_zombie_groups`]);
-/// one still in the session its parent left (by setsid, after forking
-/// it) is forked before the parent's setsid and joins its group itself.
-fn zombie_plans(
-    p: &Process,
-    parent: Option<&Process>,
-    sid_here: i32,
-) -> Result<Vec<stub::ZombiePlan>> {
-    let first_sid = parent.map_or(sid_here, |q| q.sid);
-    p.zombies
-        .iter()
-        .map(|z| {
-            let setsid = z.sid == z.pid;
-            let early = !setsid && z.sid != p.sid;
-            if early && !(p.sid == p.pid && z.sid == first_sid) {
-                return Err(Error::Incompatible(format!(
-                    "pid {}: its zombie child {} belongs to session {}, which cannot be \
-                     recreated here",
-                    p.pid, z.pid, z.sid
-                )));
-            }
-            let pgid = if setsid {
-                None
-            } else if z.pgid == z.pid {
-                Some(0)
-            } else if early {
-                Some(z.pgid)
-            } else {
-                None
-            };
-            Ok(stub::ZombiePlan {
-                comm: tasks::comm_bytes(tasks::comm_of(&z.comm, &z.comm_raw)),
-                pid: z.pid,
-                setsid,
-                early,
-                pgid,
-                status: z.status,
-            })
-        })
-        .collect()
-}
-
-/// Puts each zombie child of `p` that shares `p`'s session into its
-/// process group (the parent may move an exited child that never ran
-/// exec), once every group of the tree exists (queued).
-fn join_zombie_groups(p: &Process, t: &impl Inject) -> Result<()> {
-    for z in &p.zombies {
-        if z.sid == p.sid && z.sid != z.pid && z.pgid != z.pid {
-            t.queue(Call::new(
-                libc::SYS_setpgid,
-                &[z.pid as u64, z.pgid as u64],
-                format!("putting zombie {} into process group {}", z.pid, z.pgid),
-            ))?;
-        }
-    }
-    Ok(())
 }
 
 /// How a stub joins its session and process group: (setsid, setpgid arg).

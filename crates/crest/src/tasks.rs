@@ -3,7 +3,7 @@
 
 use crate::error::{Context, Result};
 use crate::freeze::{Call, Inject, ThreadView};
-use crate::model::{Attrs, Rseq, TaskState, Thread};
+use crate::model::{Attrs, Process, Rseq, TaskState, Thread};
 use crate::signals;
 use crest_sys::arch::{self, UserRegs};
 use crest_sys::proc::Stat;
@@ -324,4 +324,64 @@ pub fn restore_thread_regs(t: &impl Inject, th: &Thread) -> Result<()> {
         &[th.clear_child_tid],
         "setting clear_child_tid".into(),
     ))
+}
+
+/// How each zombie child of `p` is recreated.  A zombie in its parent's
+/// session is forked after the parent joined it, and put into its process
+/// group by the parent once every group exists ([`join_zombie_groups`]);
+/// one still in the session its parent left (by setsid, after forking
+/// it) is forked before the parent's setsid and joins its group itself.
+pub fn zombie_plans(
+    p: &Process,
+    parent: Option<&Process>,
+    sid_here: i32,
+) -> Result<Vec<crate::stub::ZombiePlan>> {
+    let first_sid = parent.map_or(sid_here, |q| q.sid);
+    p.zombies
+        .iter()
+        .map(|z| {
+            let setsid = z.sid == z.pid;
+            let early = !setsid && z.sid != p.sid;
+            if early && !(p.sid == p.pid && z.sid == first_sid) {
+                return Err(crate::Error::Incompatible(format!(
+                    "pid {}: its zombie child {} belongs to session {}, which cannot be \
+                     recreated here",
+                    p.pid, z.pid, z.sid
+                )));
+            }
+            let pgid = if setsid {
+                None
+            } else if z.pgid == z.pid {
+                Some(0)
+            } else if early {
+                Some(z.pgid)
+            } else {
+                None
+            };
+            Ok(crate::stub::ZombiePlan {
+                comm: comm_bytes(comm_of(&z.comm, &z.comm_raw)),
+                pid: z.pid,
+                setsid,
+                early,
+                pgid,
+                status: z.status,
+            })
+        })
+        .collect()
+}
+
+/// Puts each zombie child of `p` that shares `p`'s session into its
+/// process group (the parent may move an exited child that never ran
+/// exec), once every group of the tree exists (queued).
+pub fn join_zombie_groups(p: &Process, t: &impl Inject) -> Result<()> {
+    for z in &p.zombies {
+        if z.sid == p.sid && z.sid != z.pid && z.pgid != z.pid {
+            t.queue(Call::new(
+                libc::SYS_setpgid,
+                &[z.pid as u64, z.pgid as u64],
+                format!("putting zombie {} into process group {}", z.pid, z.pgid),
+            ))?;
+        }
+    }
+    Ok(())
 }
