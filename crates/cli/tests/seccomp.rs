@@ -9,3 +9,11 @@ use common::*;
 fn filters_per_thread_and_shared() {
     Workload::start("seccomp", &[]).cycle();
 }
+
+/// Filters that fail the very calls crest injects (prctl, getitimer,
+/// sigaltstack, rt_sigaction) do not disturb the dump or the restore:
+/// crest suspends them for its own calls.
+#[test]
+fn filters_that_refuse_crests_calls() {
+    Workload::start("seccomp", &["hostile"]).cycle();
+}

@@ -867,6 +867,11 @@ fn seccomp() {
 }
 
 #[test]
+fn seccomp_hostile() {
+    pass(&["seccomp", "hostile"]);
+}
+
+#[test]
 fn seccomp_detects_an_extra_filter() {
     let mut w = Workload::start(&["seccomp"], &[("CREST_WL_DISTURB", "extra")]);
     w.wait_ready();

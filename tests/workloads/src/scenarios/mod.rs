@@ -88,7 +88,7 @@ pub const NAMES: &[&str] = &[
     "task-state",
     "cgroups <v1-dir> <v1-child-dir> <v2-dir> <v1-thread-dir>",
     "mem-state",
-    "seccomp",
+    "seccomp [hostile]",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {

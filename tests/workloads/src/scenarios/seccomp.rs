@@ -6,7 +6,10 @@
 //! SECCOMP_FILTER_FLAG_LOG. After go each thread checks what its calls
 //! return and its Seccomp / Seccomp_filters lines; a TSYNC of another
 //! filter must fail naming T (B is not an ancestor of the main thread's
-//! filters), before as after. `CREST_WL_DISTURB=extra` (selftests)
+//! filters), before as after. With `hostile`, four more filters in the
+//! main thread fail prctl, getitimer, sigaltstack and rt_sigaction with
+//! errno 1234 (calls a checkpointer injects), and must still do so after.
+//! `CREST_WL_DISTURB=extra` (selftests)
 //! installs one more filter in the main thread after go, as a bad restore
 //! would.
 
@@ -80,7 +83,7 @@ fn seccomp_lines() -> (Option<String>, Option<String>) {
     )
 }
 
-pub fn run(p: &Proto, _args: &[String]) -> Checks {
+pub fn run(p: &Proto, args: &[String]) -> Checks {
     // SAFETY: integer-only prctl.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1u64, 0u64, 0u64, 0u64) } != 0 {
         p.bail_errno("PR_SET_NO_NEW_PRIVS");
@@ -129,6 +132,21 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     if install(&deny(libc::SYS_times, libc::EXDEV), LOG) != 0 {
         p.bail_errno("installing filter C with SECCOMP_FILTER_FLAG_LOG");
     }
+    // `hostile`: a filter that fails calls crest injects (prctl, getitimer,
+    // sigaltstack, rt_sigaction) with errno 1234 in the main thread.
+    let hostile = args.iter().any(|a| a == "hostile");
+    if hostile {
+        for nr in [
+            libc::SYS_prctl,
+            libc::SYS_getitimer,
+            libc::SYS_sigaltstack,
+            libc::SYS_rt_sigaction,
+        ] {
+            if install(&deny(nr, 1234), 0) != 0 {
+                p.bail_errno("installing the hostile filter");
+            }
+        }
+    }
     let tid = t_tid.load(Ordering::SeqCst) as i64;
     let probe_tsync = || install(&deny(libc::SYS_getpgid, libc::EBADE), TSYNC);
     let sync_before = probe_tsync();
@@ -155,6 +173,15 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
         after.0,
     );
     c.eq("TSYNC of another filter (T's tid)", tid, probe_tsync());
+    if hostile {
+        // SAFETY: integer-only prctl.
+        let r = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0u64, 0u64, 0u64, 0u64) };
+        c.eq(
+            "prctl under the hostile filter (errno)",
+            (-1, 1234),
+            (r, errno()),
+        );
+    }
     step.store(3, Ordering::SeqCst);
     match t.join() {
         Ok(fails) => fails.into_iter().for_each(|f| c.fail(f)),
