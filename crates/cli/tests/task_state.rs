@@ -91,3 +91,10 @@ fn missing_cgroup_is_refused_by_name() {
     w.go();
     w.expect_pass();
 }
+
+/// pidfds of a process of the tree, of the process itself (nonblocking)
+/// and of an exited, reaped one.
+#[test]
+fn pidfds() {
+    Workload::start("pidfd", &[]).cycle();
+}

@@ -623,6 +623,9 @@ pub struct UnlinkedFiles {
     shmem: HashMap<u32, OwnedFd>,
     ptys: crate::tty::Ptys,
     sysv: crate::sysv::Segments,
+    /// The pids and tids of the tree being restored (pidfds of these are
+    /// made once the processes exist: see `crate::pidfd`).
+    pub tree_tasks: std::collections::HashSet<i32>,
 }
 
 impl UnlinkedFiles {
@@ -952,6 +955,10 @@ pub fn open_object(
         | OpenTarget::Inotify { .. }
         | OpenTarget::Epoll { .. } => crate::events::open(o)?,
         OpenTarget::Unix(u) => crate::sockets::open(u)?,
+        OpenTarget::Pidfd { pid, start_time } => {
+            let tree = &unlinked.tree_tasks;
+            crate::pidfd::open(o, *pid, *start_time, &|q| tree.contains(&q))?
+        }
         OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => {
             crate::tty::open(o, &mut unlinked.ptys, objects)?
         }

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod mmstate;
 pub mod model;
 pub mod objects;
+pub mod pidfd;
 pub mod pipeline;
 pub mod precopy;
 pub mod restore;

@@ -155,6 +155,11 @@ pub enum OpenTarget {
     /// A named FIFO whose buffer held data (an [`ObjectKind::Pipe`] with
     /// `fifo` set), opened by path.
     FifoData { path: String, pipe: ObjectId },
+    /// A pidfd (pidfd_open, CLONE_PIDFD) of process (or, with
+    /// PIDFD_THREAD, thread) `pid`, or of a process that has exited and
+    /// been reaped (`pid` -1).  `start_time` (clock ticks after boot, from
+    /// /proc/PID/stat) tells the process from a later one with its pid.
+    Pidfd { pid: i32, start_time: u64 },
 }
 
 /// An AF_UNIX socket.

@@ -352,6 +352,11 @@ impl Build {
             }
         }
         crate::cgroups::check(&ckpt)?;
+        unlinked.tree_tasks = ckpt
+            .processes
+            .iter()
+            .flat_map(|p| p.threads.iter().map(|t| t.tid))
+            .collect();
         let sid_here = unsafe_getsid();
         let mut held: Vec<OwnedFd> = Vec::new();
         // Each open file description is opened once: every descriptor on
@@ -629,6 +634,7 @@ impl Build {
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
+            crate::pidfd::restore_in_tree(&sp.thread(0), &ckpt, p)?;
             crate::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
             finish_process(p, sp, a).context(|| format!("restoring the state of pid {}", p.pid))?;
         }

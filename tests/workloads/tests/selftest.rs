@@ -878,3 +878,29 @@ fn seccomp_detects_an_extra_filter() {
     let o = w.go();
     assert_fail(&w.name, &o, "main thread: seccomp state");
 }
+
+// ---- pidfds (issue 16)
+
+#[test]
+fn pidfd() {
+    pass(&["pidfd"]);
+}
+
+#[test]
+fn pidfd_detects_a_killed_child() {
+    let mut w = Workload::start(&["pidfd"], &[]);
+    w.wait_ready();
+    // Kill C: waitid through its pidfd must then see the signal.
+    let info = fs::read_to_string(format!("/proc/{}/fdinfo/40", w.pid())).unwrap();
+    let c: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: the workload's own child.
+    unsafe { libc::kill(c, libc::SIGKILL) };
+    let o = w.go();
+    assert_fail(&w.name, &o, "waitid(P_PIDFD, C)");
+}

@@ -14,6 +14,7 @@ mod mem_state;
 mod memory;
 mod mm;
 mod mutator;
+mod pidfd;
 mod pipes;
 mod posix_timers;
 mod pty;
@@ -60,6 +61,7 @@ const TABLE: &[(&str, Run)] = &[
     ("cgroups", cgroups::run),
     ("mem-state", mem_state::run),
     ("seccomp", seccomp::run),
+    ("pidfd", pidfd::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -89,6 +91,7 @@ pub const NAMES: &[&str] = &[
     "cgroups <v1-dir> <v1-child-dir> <v2-dir> <v1-thread-dir>",
     "mem-state",
     "seccomp [hostile]",
+    "pidfd",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
