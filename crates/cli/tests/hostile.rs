@@ -148,6 +148,8 @@ fn anon_vma(start: u64, end: u64) -> Vma {
         name: String::new(),
         guards: Vec::new(),
         pages: 0,
+        cow: None,
+        cow_drop: Vec::new(),
     }
 }
 

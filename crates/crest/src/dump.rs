@@ -114,8 +114,15 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
             ),
         );
     }
-    if status.seccomp != 0 {
-        refuse("task", "seccomp filters cannot be checkpointed yet".into());
+    for tid in proc::list_tasks(pid).unwrap_or_default() {
+        if proc::read_task_status(pid, tid).is_ok_and(|s| s.seccomp == 1) {
+            refuse(
+                &format!("thread {tid}"),
+                "strict-mode seccomp (SECCOMP_SET_MODE_STRICT) cannot be checkpointed: \
+                 crest could not run a single call in it"
+                    .into(),
+            );
+        }
     }
     let mine = proc::read_ns(std::process::id() as i32)?;
     let theirs = proc::read_ns(pid).map_err(|e| match e.errno() {
@@ -204,6 +211,18 @@ pub fn collect(
     }
     let mut processes = Vec::new();
     let mut plans = Vec::new();
+    // Stopped processes by parent: the parent says whether it collected
+    // the stop (see `crate::jobctl`).
+    let mut stopped_children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    for &c in &pids[1..] {
+        if tree.stop_signal(c).is_some() {
+            stopped_children
+                .entry(proc::read_stat(c)?.ppid)
+                .or_default()
+                .push(c);
+        }
+    }
+    let mut collected_stops = std::collections::HashSet::new();
     for (pid, tids, maps, mut vmas, fds, exe_path, status, held) in staged {
         let stat = proc::read_stat(pid)?;
         let exe = objects.file(&exe_path)?;
@@ -243,11 +262,24 @@ pub fn collect(
         let itimers = timers::collect(&lead)?;
         let posix_timers = timers::collect_posix(&lead, tids)?;
         let brk = tasks::collect_brk(&lead)?;
+        let mm_state = crate::mmstate::collect(&lead)?;
+        for &c in stopped_children.get(&pid).into_iter().flatten() {
+            if !crate::jobctl::stop_pending_in_parent(&lead, c)? {
+                collected_stops.insert(c);
+            }
+        }
         crate::fault::point("dump: timers collected")?;
         session.close()?;
         crate::fault::point("dump: session closed")?;
 
         let plan = memory::plan_pages(pid, &mut vmas)?;
+        let mut task_state = crate::model::TaskState {
+            stop_signal: tree.stop_signal(pid).unwrap_or(0),
+            stop_collected: collected_stops.contains(&pid),
+            ..Default::default()
+        };
+        tasks::collect_task_state(pid, &mut task_state)?;
+        crate::cgroups::collect(pid, tids, &mut task_state, &mut threads)?;
         let mm = Mm {
             start_code: stat.start_code,
             end_code: stat.end_code,
@@ -264,6 +296,7 @@ pub fn collect(
             exe: Some(exe),
             vmas,
             vdso_crc,
+            state: mm_state,
         };
         processes.push(Process {
             pid,
@@ -288,6 +321,7 @@ pub fn collect(
             shares_fs_with: shared.get(&pid).and_then(|s| s.1),
             locks: held.0,
             fd_owners: held.1,
+            task_state,
         });
         plans.push(plan);
     }
@@ -376,6 +410,7 @@ fn zombie_children(pid: i32) -> Result<Vec<crate::model::Zombie>> {
                     sid: st.session,
                     status: st.exit_code,
                     comm: st.comm.clone(),
+                    comm_raw: tasks::read_comm_raw(&format!("/proc/{c}/comm"))?,
                 });
             }
         }
@@ -462,15 +497,23 @@ pub fn dump<W: Write>(
     if !unrestorable.is_empty() {
         return Err(Error::Unsupported(unrestorable));
     }
+    // Pages shared copy-on-write are saved once (not while pre-copying:
+    // that copied each process's pages already).
+    let cow = match prepared {
+        None => Some(crate::cow::plan(&mut c.ckpt, &mut c.plans)?),
+        Some(_) => None,
+    };
     crate::fault::point("dump: collected")?;
     let mut w = Writer::new(out, &codec::header_here()?)?;
     codec::write_metadata(&mut w, &c.ckpt)?;
     crate::fault::point("dump: metadata written")?;
     files::write_data(&c.data, &mut w)?;
     let ps = memory::page_size();
+    let cow_plans = cow.iter().flat_map(|w| w.sources.iter().map(|s| &s.1));
     let planned: u64 = c
         .plans
         .iter()
+        .chain(cow_plans)
         .flat_map(|p| p.runs.iter().flatten())
         .map(|r| r.1)
         .sum();
@@ -499,6 +542,23 @@ pub fn dump<W: Write>(
     } else {
         let total = planned * ps;
         let mut done = 0u64;
+        // The shared pages first: restore needs them before the processes.
+        for (pi, plan) in cow.iter().flat_map(|w| &w.sources) {
+            let p = &c.ckpt.processes[*pi];
+            let s = memory::write_pages(
+                p.pid,
+                crate::model::COW_SPACE,
+                &p.mm.vmas,
+                plan,
+                opts.compress,
+                &mut w,
+                &mut |n| {
+                    done += n;
+                    progress(done, total);
+                },
+            )?;
+            report.pages_written += s.pages_written;
+        }
         for (space, (p, plan)) in c.ckpt.processes.iter().zip(&c.plans).enumerate() {
             let s = memory::write_pages(
                 p.pid,

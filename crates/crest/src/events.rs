@@ -46,6 +46,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, info: &FdInfo) -> Refusal {
         "signalfd" => signalfd_state(info),
         "inotify" => inotify_state(pid, fd, info),
         "eventpoll" => epoll_state(pid, fd, info),
+        "pidfd" => crate::pidfd::collect(info),
         _ => Err(format!("{what} descriptors are not supported yet")),
     }
 }
@@ -885,6 +886,7 @@ fn run_epoll_adds(adds: &[EpollAdd]) -> Result<()> {
 /// A short description of an event descriptor, for `inspect`.
 pub fn describe(t: &OpenTarget) -> Option<String> {
     Some(match t {
+        OpenTarget::Pidfd { pid, .. } => format!("pidfd of pid {pid}"),
         OpenTarget::Eventfd { count, semaphore } => format!(
             "eventfd (count {count}{})",
             if *semaphore { ", semaphore" } else { "" }

@@ -460,6 +460,22 @@ fn create_shmem(m: &ShmemObj) -> Result<OwnedFd> {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), m.size as i64) } != 0 {
             return Err(crest_sys::Error::last_os("sizing a memfd").into());
         }
+        if let Some((mode, uid, gid)) = m.owner {
+            // SAFETY: fchown/fchmod on a descriptor we own.
+            let r = unsafe {
+                if libc::fchown(fd.as_raw_fd(), uid, gid) == 0 {
+                    libc::fchmod(fd.as_raw_fd(), mode)
+                } else {
+                    -1
+                }
+            };
+            if r != 0 {
+                return Err(crest_sys::Error::last_os(format!(
+                    "giving a memfd owner {uid}:{gid} and mode {mode:o}"
+                ))
+                .into());
+            }
+        }
     }
     Ok(fd)
 }
@@ -639,6 +655,9 @@ pub struct UnlinkedFiles {
     sysv: crate::sysv::Segments,
     /// Descriptors the caller supplies for external pipe ends, by key.
     inherited: HashMap<String, OwnedFd>,
+    /// The pids and tids of the tree being restored (pidfds of these are
+    /// made once the processes exist: see `crate::pidfd`).
+    pub tree_tasks: std::collections::HashSet<i32>,
 }
 
 impl UnlinkedFiles {
@@ -715,6 +734,23 @@ impl UnlinkedFiles {
             }
         }
         Ok(())
+    }
+
+    /// Closes crest's descriptors of the recreated memfds, shared memory
+    /// and unlinked files once every process holds and maps its own: a
+    /// writable descriptor left in crest would make the program's
+    /// execveat of such a file fail with ETXTBSY ("Text file busy").
+    pub fn close_built(&mut self, objects: &dyn Fn(u32) -> Option<ObjectKind>) {
+        self.files.clear();
+        self.shmem.retain(|&id, _| {
+            matches!(
+                objects(id),
+                Some(ObjectKind::Shmem(ShmemObj {
+                    kind: ShmemKind::SysV { .. },
+                    ..
+                }))
+            )
+        });
     }
 
     /// The restore succeeded: the recreated System V segments stay.
@@ -997,6 +1033,10 @@ pub fn open_object(
         | OpenTarget::Epoll { .. } => crate::events::open(o)?,
         OpenTarget::Unix(u) => crate::sockets::open(u)?,
         OpenTarget::Inet(_) | OpenTarget::Netlink(_) => crate::net::open(o)?,
+        OpenTarget::Pidfd { pid, start_time } => {
+            let tree = &unlinked.tree_tasks;
+            crate::pidfd::open(o, *pid, *start_time, &|q| tree.contains(&q))?
+        }
         OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => {
             crate::tty::open(o, &mut unlinked.ptys, objects)?
         }

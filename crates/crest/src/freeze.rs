@@ -21,6 +21,9 @@ pub struct Frozen {
     attached: bool,
     /// The task was in a job-control stop when frozen.
     stopped: bool,
+    /// The job-control signal of that stop (SIGSTOP, SIGTSTP, SIGTTIN,
+    /// SIGTTOU), when `stopped`.
+    stop_signal: i32,
 }
 
 impl Frozen {
@@ -40,6 +43,7 @@ impl Frozen {
             pid,
             attached: true,
             stopped: false,
+            stop_signal: 0,
         };
         ptrace::interrupt(pid)?;
         loop {
@@ -52,6 +56,8 @@ impl Frozen {
                     // was in a job-control stop, which the model records
                     // (from /proc) and a detach keeps.
                     f.stopped = sig != libc::SIGTRAP;
+                    f.stop_signal = if f.stopped { sig } else { 0 };
+                    crate::seccomp::suspend(pid, ptrace::SEIZE_OPTIONS)?;
                     return Ok(f);
                 }
                 WaitStatus::Stopped { sig, event: 0 } => {
@@ -197,6 +203,15 @@ impl FrozenTree {
     /// Whether process `pid` was in a job-control stop when frozen.
     pub fn stopped(&self, pid: i32) -> bool {
         self.tasks.iter().any(|t| t.pid == pid && t.stopped)
+    }
+
+    /// The signal that stopped process `pid` (its leader), when it was in
+    /// a job-control stop.
+    pub fn stop_signal(&self, pid: i32) -> Option<i32> {
+        self.tasks
+            .iter()
+            .find(|t| t.pid == pid && t.stopped)
+            .map(|t| t.stop_signal)
     }
 
     /// Lets every task run on.

@@ -147,6 +147,10 @@ impl Inspection {
                     format!("SysV shm id {shmid} key {key:#x} #{id} ({} bytes)", m.size)
                 }
             },
+            Some(ObjectKind::Cow(c)) => format!(
+                "copy-on-write {:#x}-{:#x} #{id} ({} shared pages)",
+                c.start, c.end, c.pages
+            ),
             Some(ObjectKind::Open(o)) => match &o.target {
                 crate::model::OpenTarget::Regular(f) => f.path.clone(),
                 crate::model::OpenTarget::Directory { path } => format!("{path}/ (directory)"),

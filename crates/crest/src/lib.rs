@@ -7,8 +7,10 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cgroups;
 pub mod codec;
 pub mod convert;
+pub mod cow;
 pub mod creds;
 pub mod deleted;
 pub mod dump;
@@ -22,15 +24,19 @@ pub mod freeze;
 pub mod inspect;
 pub mod lock;
 pub mod locks;
+pub mod jobctl;
 pub mod memory;
+pub mod mmstate;
 pub mod model;
 pub mod net;
 pub mod objects;
+pub mod pidfd;
 pub mod pipeline;
 pub mod plan;
 pub mod precopy;
 pub mod procfiles;
 pub mod restore;
+pub mod seccomp;
 pub mod signals;
 pub mod sockets;
 pub mod sockname;

@@ -26,6 +26,8 @@ const PAGEMAP_BATCH: usize = 64 * 1024;
 const PR_SET_MM: i32 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 const MADV_GUARD_INSTALL: u64 = 102;
+/// A private anonymous mapping whose pages the kernel may free at any time.
+const MAP_DROPPABLE: i32 = 0x08;
 
 pub fn page_size() -> u64 {
     crest_sys::process::page_size() as u64
@@ -159,10 +161,15 @@ pub fn collect_vmas(
                 mergeable: f.contains(VmFlags::MERGEABLE),
                 locked: f.contains(VmFlags::LOCKED),
                 may_write: f.contains(VmFlags::MAY_WRITE),
+                seq_read: f.contains(VmFlags::SEQ_READ),
+                rand_read: f.contains(VmFlags::RAND_READ),
+                droppable: f.contains(VmFlags::DROPPABLE),
             },
             name: m.path.clone(),
             guards: Vec::new(),
             pages: 0,
+            cow: None,
+            cow_drop: Vec::new(),
         });
     }
     Ok(out)
@@ -228,9 +235,12 @@ fn sysv_object(
         }
     }
     let kind = seg.kind();
-    Ok(add_shmem_at(objects, data, dev, m.inode, &path, kind, size))
+    Ok(add_shmem_at(
+        objects, data, dev, m.inode, &path, kind, size, None,
+    ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn add_shmem_at(
     objects: &mut ObjectTable,
     data: &mut Vec<DataSource>,
@@ -239,8 +249,9 @@ fn add_shmem_at(
     path: &str,
     kind: ShmemKind,
     size: u64,
+    owner: Option<(u32, u32, u32)>,
 ) -> u32 {
-    let id = objects.add_shmem(dev, ino, ObjectKind::Shmem(ShmemObj { kind, size }));
+    let id = objects.add_shmem(dev, ino, ObjectKind::Shmem(ShmemObj { kind, size, owner }));
     data.push(DataSource::Shmem {
         object: id,
         path: path.to_string(),
@@ -262,7 +273,9 @@ pub fn shmem_from_path(
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let f = std::fs::File::open(path).context(|| format!("opening {path}"))?;
-    let size = f.metadata().context(|| format!("stat {path}"))?.size();
+    let md = f.metadata().context(|| format!("stat {path}"))?;
+    let size = md.size();
+    let owner = memfd_link.map(|_| (md.mode() & 0o7777, md.uid(), md.gid()));
     let kind = match memfd_link {
         Some(link) => {
             // SAFETY: fcntl on a descriptor we own.
@@ -278,7 +291,9 @@ pub fn shmem_from_path(
         }
         None => ShmemKind::Anonymous,
     };
-    Ok(add_shmem_at(objects, data, dev, ino, path, kind, size))
+    Ok(add_shmem_at(
+        objects, data, dev, ino, path, kind, size, owner,
+    ))
 }
 
 /// The file mapped must be the one now at its path (not replaced since).
@@ -543,16 +558,34 @@ fn merge_barriers(vmas: &[Vma]) -> Vec<Option<(i32, i32)>> {
 /// `file_fds` gives, for each backing file object, a descriptor open in
 /// the task; `sysv`, for each System V shared memory object, its shmid
 /// (those are attached with `shmat`).
+/// `inherited(v)`: the mapping is already there, inherited copy-on-write
+/// (see `crate::cow`): it only gets its protection.
 pub fn map_vmas(
     t: &impl Inject,
     vmas: &[Vma],
     file_fds: &HashMap<u32, i32>,
     sysv: &HashMap<u32, i32>,
+    inherited: &dyn Fn(&Vma) -> bool,
 ) -> Result<()> {
     let barriers = merge_barriers(vmas);
     let mut calls = Vec::with_capacity(vmas.len() * 2);
     let mut want = Vec::with_capacity(vmas.len() * 2);
     for (v, barrier) in vmas.iter().zip(&barriers) {
+        if inherited(v) {
+            // It keeps crest's protection until finish_vmas.
+            if let Some((set, _)) = barrier {
+                calls.push(Call::new(
+                    libc::SYS_madvise,
+                    &[v.start, v.end - v.start, *set as u64],
+                    format!(
+                        "keeping {:#x}-{:#x} apart from its neighbour",
+                        v.start, v.end
+                    ),
+                ));
+                want.push(None);
+            }
+            continue;
+        }
         if let Some(&shmid) = match v.backing {
             Backing::Shmem(id) => sysv.get(&id),
             _ => None,
@@ -593,6 +626,8 @@ pub fn map_vmas(
         };
         flags |= if v.shared {
             libc::MAP_SHARED
+        } else if v.flags.droppable {
+            MAP_DROPPABLE
         } else {
             libc::MAP_PRIVATE
         };
@@ -678,11 +713,19 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
                 what("clearing the temporary flag of"),
             ));
         }
-        if fill_prot(v) != v.prot {
+        if fill_prot(v) != v.prot || v.cow.is_some() {
             calls.push(Call::new(
                 libc::SYS_mprotect,
                 &[v.start, len, v.prot as u64],
                 what("setting the protection of"),
+            ));
+        }
+        if v.cow.is_some() && !v.flags.dontdump {
+            // crest may have marked an inherited range (see `crate::cow`).
+            calls.push(Call::new(
+                libc::SYS_madvise,
+                &[v.start, len, libc::MADV_DODUMP as u64],
+                what("clearing the temporary MADV_DONTDUMP of"),
             ));
         }
         let advice = [
@@ -692,6 +735,8 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
             (v.flags.hugepage, libc::MADV_HUGEPAGE),
             (v.flags.nohugepage, libc::MADV_NOHUGEPAGE),
             (v.flags.mergeable, libc::MADV_MERGEABLE),
+            (v.flags.seq_read, libc::MADV_SEQUENTIAL),
+            (v.flags.rand_read, libc::MADV_RANDOM),
         ];
         for (on, adv) in advice {
             if on {
@@ -828,6 +873,8 @@ mod tests {
             name: String::new(),
             guards: Vec::new(),
             pages: 0,
+            cow: None,
+            cow_drop: Vec::new(),
         };
         let pid = std::process::id() as i32;
         let (mut a, mut b) = ([vma()], [vma()]);

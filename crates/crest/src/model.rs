@@ -32,6 +32,10 @@ pub enum ObjectKind {
     Pipe(PipeObj),
     /// Shared memory that mappings and descriptors refer to.
     Shmem(ShmemObj),
+    /// Private anonymous memory shared copy-on-write by several processes
+    /// of the tree (after fork): its pages are in the image once, in the
+    /// page chunks of address space [`COW_SPACE`] (see `crate::cow`).
+    Cow(CowRange),
 }
 
 /// A shared-memory object (a shmem inode): the content follows in
@@ -40,6 +44,9 @@ pub enum ObjectKind {
 pub struct ShmemObj {
     pub kind: ShmemKind,
     pub size: u64,
+    /// A memfd's inode mode (permission bits), owner and group.
+    #[serde(default)]
+    pub owner: Option<(u32, u32, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -169,6 +176,11 @@ pub enum OpenTarget {
     /// deleted while open: restore makes a node like it at `path`, opens
     /// it and removes it again (see `crate::deleted`).
     Deleted(DeletedNode),
+    /// A pidfd (pidfd_open, CLONE_PIDFD) of process (or, with
+    /// PIDFD_THREAD, thread) `pid`, or of a process that has exited and
+    /// been reaped (`pid` -1).  `start_time` (clock ticks after boot, from
+    /// /proc/PID/stat) tells the process from a later one with its pid.
+    Pidfd { pid: i32, start_time: u64 },
 }
 
 /// An AF_UNIX socket.
@@ -314,6 +326,10 @@ pub struct Process {
     /// signal (F_SETOWN_EX / F_SETSIG), set through this process.
     #[serde(default)]
     pub fd_owners: Vec<FdOwner>,
+    /// Job-control stop, audit ids, OOM score and cgroups (see
+    /// [`TaskState`]).
+    #[serde(default)]
+    pub task_state: TaskState,
 }
 
 /// A child that exited and waits for its parent to reap it.
@@ -325,6 +341,9 @@ pub struct Zombie {
     /// The wait status its parent will collect.
     pub status: i32,
     pub comm: String,
+    /// The name's exact bytes (it need not be UTF-8); `comm` when empty.
+    #[serde(default)]
+    pub comm_raw: Vec<u8>,
 }
 
 /// One thread.  The first thread of a process is its leader (tid == pid).
@@ -349,6 +368,16 @@ pub struct Thread {
     /// (a raw setresuid/setresgid/capset in one thread).
     #[serde(default)]
     pub creds: Option<Creds>,
+    /// The name's exact bytes (it need not be UTF-8); `comm` when empty.
+    #[serde(default)]
+    pub comm_raw: Vec<u8>,
+    /// The thread's cgroups when they differ from its process's (a v1
+    /// hierarchy's `tasks` file, a v2 threaded cgroup).
+    #[serde(default)]
+    pub cgroups: Option<Vec<CgroupMember>>,
+    /// The thread's seccomp filters, oldest first (see `crate::seccomp`).
+    #[serde(default)]
+    pub seccomp: Vec<SeccompFilter>,
 }
 
 /// A queued signal with its full siginfo.
@@ -460,6 +489,9 @@ pub struct Mm {
     /// CRC32C of the vDSO's bytes: restore needs this kernel's vDSO to be
     /// the same code, since the program holds pointers into it.
     pub vdso_crc: Option<u32>,
+    /// Address-space state set by prctl and membarrier (see [`MmState`]).
+    #[serde(default)]
+    pub state: MmState,
 }
 
 /// One mapping, as /proc/PID/maps and smaps describe it.
@@ -483,6 +515,15 @@ pub struct Vma {
     /// different from the backing file; the zero pages among them are not
     /// stored.  Restore makes mappings with pages writable while filling.
     pub pages: u64,
+    /// The [`ObjectKind::Cow`] range (the same bounds) whose pages this
+    /// mapping shares copy-on-write with other processes of the tree; its
+    /// own `pages` are only those it does not share.
+    #[serde(default)]
+    pub cow: Option<ObjectId>,
+    /// With `cow`: pages of the range this process does not have (not
+    /// resident here while resident and shared in others), as (start, end).
+    #[serde(default)]
+    pub cow_drop: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -510,6 +551,16 @@ pub struct VmaFlags {
     pub mergeable: bool,
     pub locked: bool,
     pub may_write: bool,
+    /// MADV_SEQUENTIAL (`sr`).
+    #[serde(default)]
+    pub seq_read: bool,
+    /// MADV_RANDOM (`rr`).
+    #[serde(default)]
+    pub rand_read: bool,
+    /// A MAP_DROPPABLE mapping (`dp`): its pages may be freed by the
+    /// kernel under memory pressure at any time.
+    #[serde(default)]
+    pub droppable: bool,
 }
 
 /// A descriptor in the fd table.
@@ -809,4 +860,89 @@ pub struct DeletedNode {
     pub uid: u32,
     pub gid: u32,
     pub rdev: u64,
+}
+
+// ---------------------------------------------------------------------
+// Task state: job-control stops, audit ids, OOM score, cgroups (issue 16).
+// ---------------------------------------------------------------------
+
+/// Per-process task state beyond identity and attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskState {
+    /// The signal of the job-control stop the process was in (SIGSTOP,
+    /// SIGTSTP, SIGTTIN, SIGTTOU); 0 when not stopped (or SIGSTOP in
+    /// images that predate this field).
+    pub stop_signal: i32,
+    /// The parent (in the tree) had already collected that stop with
+    /// waitpid(WUNTRACED): it must not be reported again.
+    pub stop_collected: bool,
+    /// /proc/PID/oom_score_adj.
+    pub oom_score_adj: Option<i32>,
+    /// The audit login uid (/proc/PID/loginuid; u32::MAX: unset).
+    pub loginuid: Option<u32>,
+    /// The audit session id (/proc/PID/sessionid).  The kernel assigns it
+    /// when the login uid is set; it cannot be set directly (informational).
+    pub sessionid: Option<u32>,
+    /// The cgroups of the process (its leader), one per hierarchy.
+    pub cgroups: Vec<CgroupMember>,
+}
+
+/// Membership in one cgroup hierarchy, as a line of /proc/PID/cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CgroupMember {
+    /// The hierarchy id (0: the unified v2 hierarchy).
+    pub hierarchy: u32,
+    /// Its controllers, comma-separated ("cpu,cpuacct", "name=systemd";
+    /// empty for v2).
+    pub controllers: String,
+    /// The cgroup's path inside the hierarchy ("/" is its root).
+    pub path: String,
+}
+
+// ---------------------------------------------------------------------
+// Address-space state beyond the mappings (issue 16).
+// ---------------------------------------------------------------------
+
+/// prctl and membarrier state of an address space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MmState {
+    /// PR_GET_THP_DISABLE: 0, or 1 | the PR_SET_THP_DISABLE flags.
+    pub thp_disable: u32,
+    /// The private expedited membarrier commands the process registered
+    /// for (MEMBARRIER_CMD_PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ bits).
+    pub membarrier: u32,
+}
+
+// ---------------------------------------------------------------------
+// Copy-on-write sharing between processes (issue 16).
+// ---------------------------------------------------------------------
+
+/// The address space number of the page chunks holding the pages shared
+/// copy-on-write ([`ObjectKind::Cow`]); they come before any other chunk.
+pub const COW_SPACE: u32 = u32::MAX;
+
+/// A range of private anonymous memory that processes of the tree map at
+/// the same place and partly share (same physical pages, after a fork).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CowRange {
+    pub start: u64,
+    pub end: u64,
+    /// Shared pages saved in the [`COW_SPACE`] chunks.
+    pub pages: u64,
+    /// For a private file mapping: the file (an [`ObjectKind::File`]) and
+    /// the offset it is mapped from; the shared pages are its modified ones.
+    pub file: Option<(ObjectId, u64)>,
+}
+
+// ---------------------------------------------------------------------
+// seccomp filters (issue 16).
+// ---------------------------------------------------------------------
+
+/// One installed seccomp filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SeccompFilter {
+    /// The classic-BPF program, one `struct sock_filter` per word.
+    pub prog: Vec<u64>,
+    /// Installed with SECCOMP_FILTER_FLAG_LOG.
+    pub log: bool,
 }

@@ -65,6 +65,8 @@ pub fn restore_with<R: Read>(
     unlinked.inherit(&opts.inherit)?;
     let mut build: Option<Build> = None;
     let mut spool: Option<Spool> = None;
+    // The copy-on-write ranges, mapped in crest once the metadata is read.
+    let mut regions: Option<crate::cow::Regions> = None;
     let mut pages = 0u64;
     let mut model_done = false;
     // Connection locks the image names go when the restore ends, however.
@@ -103,10 +105,32 @@ pub fn restore_with<R: Read>(
                 let obj = u32::try_from(d.object).ok().and_then(|id| ckpt.object(id));
                 unlinked.write(obj, d.object as u32, d.offset, d.data)?;
             }
+            kind::PAGES if crate::cow::is_cow_space(rec.page_chunk(page_size)?.space) => {
+                let c = rec.page_chunk(page_size)?;
+                if build.is_some() || spool.is_some() {
+                    return Err(Error::Invalid(format!(
+                        "shared page chunk at byte {} comes after the processes' pages",
+                        rec.offset
+                    )));
+                }
+                if regions.is_none() {
+                    validate(&ckpt)?;
+                    regions = Some(crate::cow::Regions::prepare(&ckpt)?);
+                }
+                let r = regions.as_mut().expect("prepared above");
+                for (addr, data) in c.runs() {
+                    r.fill(addr, data)?;
+                }
+                pages += c.nr_pages;
+                progress(c.data.len() as u64);
+            }
             kind::PAGES => {
                 let c = rec.page_chunk(page_size)?;
                 if build.is_none() && spool.is_none() {
                     validate(&ckpt)?;
+                    if regions.is_none() {
+                        regions = Some(crate::cow::Regions::prepare(&ckpt)?);
+                    }
                     if ckpt
                         .processes
                         .iter()
@@ -117,10 +141,12 @@ pub fn restore_with<R: Read>(
                         // pages on disk until then.
                         spool = Some(Spool::new()?);
                     } else {
+                        let r = regions.take().expect("prepared above");
                         build = Some(Build::start(
                             std::mem::take(&mut ckpt),
                             &mut unlinked,
                             opts,
+                            r,
                         )?);
                     }
                 }
@@ -157,7 +183,14 @@ pub fn restore_with<R: Read>(
                     wait_pid_free(p.pid);
                 }
             }
-            let mut b = Build::start(ckpt, &mut unlinked, opts)?;
+            let r = match regions.take() {
+                Some(r) => r,
+                None => {
+                    validate(&ckpt)?;
+                    crate::cow::Regions::prepare(&ckpt)?
+                }
+            };
+            let mut b = Build::start(ckpt, &mut unlinked, opts, r)?;
             if let Some(s) = spool {
                 s.replay(&mut |space, addr, data| {
                     b.fill(&PageChunk::new(space, addr, data, page_size)?)
@@ -280,6 +313,7 @@ fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
             }
         }
         prev_end = v.end;
+        crate::cow::validate(ckpt, p.pid, v)?;
         if let Backing::File(id) = v.backing {
             if !matches!(ckpt.object(id), Some(ObjectKind::File(_))) {
                 return Err(Error::Invalid(format!(
@@ -341,6 +375,7 @@ impl Build {
         ckpt: Checkpoint,
         unlinked: &mut UnlinkedFiles,
         opts: &RestoreOptions,
+        mut regions: crate::cow::Regions,
     ) -> Result<Build> {
         // The checks dump made before letting the tree go, made again
         // here: this machine may not be the one dumped on.
@@ -362,6 +397,12 @@ impl Build {
                 }
             }
         }
+        crate::cgroups::check(&ckpt)?;
+        unlinked.tree_tasks = ckpt
+            .processes
+            .iter()
+            .flat_map(|p| p.threads.iter().map(|t| t.tid))
+            .collect();
         let sid_here = unsafe_getsid();
         let tree_ids = crate::procfiles::tree_ids(&ckpt);
         let mut held: Vec<OwnedFd> = Vec::new();
@@ -500,7 +541,8 @@ impl Build {
             aux_next.push(next);
             let share = p.shares_files_with.map_or(0, |_| libc::CLONE_FILES as u64)
                 | p.shares_fs_with.map_or(0, |_| libc::CLONE_FS as u64);
-            let comm = tasks::comm_bytes(&p.threads[0].comm);
+            let lead = &p.threads[0];
+            let comm = tasks::comm_bytes(tasks::comm_of(&lead.comm, &lead.comm_raw));
             let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
             procs.push(ProcPlan {
@@ -520,21 +562,7 @@ impl Build {
                 ready_dst,
                 hold_dst,
                 share,
-                zombies: p
-                    .zombies
-                    .iter()
-                    .map(|z| stub::ZombiePlan {
-                        comm: tasks::comm_bytes(&z.comm),
-                        pid: z.pid,
-                        setsid: z.sid == z.pid,
-                        pgid: (z.pgid != p.pgid && z.sid != z.pid).then_some(if z.pgid == z.pid {
-                            0
-                        } else {
-                            z.pgid
-                        }),
-                        status: z.status,
-                    })
-                    .collect(),
+                zombies: tasks::zombie_plans(p, parent, sid_here)?,
             });
             aux_info.push((
                 Aux {
@@ -599,17 +627,24 @@ impl Build {
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
             let pid = p.pid;
             (|| -> Result<()> {
-                sp.empty_address_space()?;
+                crate::cgroups::restore_process(pid, &p.task_state)?;
+                sp.empty_address_space(&regions.kept_by(&p.mm.vmas))?;
                 sp.map_vdso(&p.mm.vmas)?;
                 check_vdso(sp, p)?;
                 crate::fault::point("restore: address space emptied")?;
-                memory::map_vmas(&sp.thread(0), &p.mm.vmas, file_fds, &sysv_ids)?;
+                memory::map_vmas(&sp.thread(0), &p.mm.vmas, file_fds, &sysv_ids, &|v| {
+                    regions.inherited(v)
+                })?;
+                regions.apply(&sp.thread(0), &|runs| sp.write_pages(runs), &p.mm.vmas)?;
                 crate::fault::point("restore: memory mapped")?;
                 Ok(())
             })()
             .context(|| format!("rebuilding the address space of pid {pid}"))?;
         }
+        // The stubs hold the shared pages now.
+        regions.release();
         unlinked.seal(&|id| ckpt.object(id).cloned())?;
+        unlinked.close_built(&|id| ckpt.object(id).cloned());
         Ok(Build {
             ckpt,
             tree,
@@ -652,9 +687,11 @@ impl Build {
                 .unwrap_or_else(unsafe_getpgid);
             join_group(p, parent_pgid, &sp.thread(0))
                 .context(|| format!("restoring the process group of pid {}", p.pid))?;
+            tasks::join_zombie_groups(p, &sp.thread(0))?;
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
+            crate::pidfd::restore_in_tree(&sp.thread(0), &ckpt, p)?;
             crate::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
             let locks = table_locks(&ckpt, p, a);
             finish_process(&ckpt, p, sp, a, &locks)
@@ -665,8 +702,16 @@ impl Build {
             let th = &ckpt.processes[pi].threads[ti];
             Ok((tasks::resume_regs(&th.regs)?, th.xsave.clone(), th.sigmask))
         };
-        let stopped: Vec<bool> = ckpt.processes.iter().map(|p| p.stopped).collect();
-        tree.release(&fin, &stopped)
+        // Every process holds its own descriptors: crest's copies go
+        // before anything runs (see `UnlinkedFiles::close_built`).
+        drop(_held);
+        let stops = crate::jobctl::plan(&ckpt, (unsafe_getsid(), unsafe_getpgid()));
+        let parents: Vec<Option<usize>> = ckpt
+            .processes
+            .iter()
+            .map(|p| ckpt.processes.iter().position(|q| q.pid == p.ppid))
+            .collect();
+        tree.release(&fin, &stops, &parents)
     }
 }
 
@@ -700,6 +745,7 @@ fn finish_process(
         memory::finish_vmas(&t, &p.mm.vmas)?;
         crate::fault::point("restore: protections set")?;
         memory::set_mm_fields(&t, &p.mm, a.exe_fd)?;
+        crate::mmstate::restore(&t, &p.mm.state)?;
         crate::fault::point("restore: mm fields set")?;
         if !p.zombies.is_empty() {
             // The recreated zombies' exits queued a SIGCHLD the process
@@ -710,6 +756,7 @@ fn finish_process(
     }
     for th in &p.threads[1..] {
         sp.add_thread(th.tid)?;
+        crate::cgroups::restore_thread(p.pid, th)?;
     }
     // The leader queues every thread's signals: only it may queue one
     // claiming another sender.
@@ -721,7 +768,7 @@ fn finish_process(
         let t = sp.thread(i);
         signals::restore_altstack(&t, &th.altstack)?;
         tasks::restore_thread_regs(&t, th)?;
-        tasks::restore_comm(&t, &th.comm)?;
+        tasks::restore_comm(&t, th)?;
     }
     let t = sp.thread(0);
     tasks::restore_prctl(&t, &p.attrs)?;
@@ -735,6 +782,9 @@ fn finish_process(
     // The descriptor table is final: the locks can be taken.
     crate::locks::restore(&t, locks)?;
     tasks::restore_rlimits(&t, &p.attrs)?;
+    tasks::restore_loginuid(&t, p.pid, &p.task_state)?;
+    crate::seccomp::restore(p.pid, &p.threads, &|i| sp.thread(i), stub::SEIZE_OPTIONS)?;
+    tasks::restore_oom_score_adj(p.pid, &p.task_state)?;
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {
         let own = p.threads[i].creds.as_ref();

@@ -90,6 +90,9 @@ const HELPER_CODE: [u8; 4] = [0x0f, 0x05, 0xeb, 0xfe];
 /// The "step" value of a ready report.
 const READY: u32 = u32::MAX;
 
+/// The ptrace options of every stub task.
+pub const SEIZE_OPTIONS: u32 = (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD) as u32;
+
 /// A descriptor crest holds that the stub must have at `dst`.
 pub struct FdMove {
     pub src: i32,
@@ -138,6 +141,9 @@ pub struct ZombiePlan {
     pub comm: [u8; 16],
     pub pid: i32,
     pub setsid: bool,
+    /// Forked before its parent's setsid: it stays in the session its
+    /// parent leaves.
+    pub early: bool,
     pub pgid: Option<i32>,
     pub status: i32,
 }
@@ -158,7 +164,7 @@ pub struct TreePlan {
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -172,6 +178,7 @@ const STEPS: [&str; 13] = [
     "mapping the helper area",
     "reporting ready",
     "waiting",
+    "putting a zombie child into its session or process group",
 ];
 
 /// # Safety
@@ -208,6 +215,13 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     {
         fail(1, report);
     }
+    for z in plan.procs[i].zombies.iter().filter(|z| z.early) {
+        match process::clone_with_pid(z.pid, 0) {
+            Ok(Forked::Child) => become_zombie(z, i, report),
+            Ok(Forked::Parent(_)) => {}
+            Err(_) => fail(3, report),
+        }
+    }
     {
         let p = &plan.procs[i];
         if p.setsid && libc::setsid() < 0 {
@@ -236,9 +250,9 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             Err(_) => fail(3, report),
         }
     }
-    for z in &plan.procs[i].zombies {
+    for z in plan.procs[i].zombies.iter().filter(|z| !z.early) {
         match process::clone_with_pid(z.pid, 0) {
-            Ok(Forked::Child) => become_zombie(z),
+            Ok(Forked::Child) => become_zombie(z, i, report),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
         }
@@ -356,13 +370,17 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
 /// # Safety
 /// As [`routine`]: runs in a forked child and never returns.  Leaves the
 /// process exactly as the checkpointed zombie: exited with `status`.
-unsafe fn become_zombie(z: &ZombiePlan) -> ! {
+/// A failure to join its session or group is reported on `report` (as
+/// process `i`'s) instead: the restore then fails.
+unsafe fn become_zombie(z: &ZombiePlan, i: usize, report: i32) -> ! {
     libc::prctl(libc::PR_SET_NAME, z.comm.as_ptr(), 0, 0, 0);
-    if z.setsid {
-        libc::setsid();
-    }
-    if let Some(pg) = z.pgid {
-        libc::setpgid(0, pg);
+    let joined =
+        (!z.setsid || libc::setsid() >= 0) && z.pgid.is_none_or(|pg| libc::setpgid(0, pg) == 0);
+    if !joined {
+        let e = *libc::__errno_location();
+        let msg = [i as u32, 13, e as u32];
+        libc::write(report, msg.as_ptr().cast(), 12);
+        libc::_exit(113);
     }
     let status = z.status;
     if libc::WIFSIGNALED(status) {
@@ -495,10 +513,7 @@ fn read_exact_fd(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Seizes a task and waits until it is stopped.
 fn seize_stopped(tid: i32) -> Result<()> {
-    ptrace::seize(
-        tid,
-        (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD) as u32,
-    )?;
+    ptrace::seize(tid, SEIZE_OPTIONS)?;
     ptrace::interrupt(tid)?;
     loop {
         match ptrace::wait(tid)? {
@@ -616,11 +631,17 @@ impl StubTree {
     /// Lets every thread of every process run with its final state:
     /// `fin(process index, thread index)` gives registers, XSAVE area and
     /// signal mask.  The helper area is unmapped first in each process.
+    /// `stops` says which processes go back into a job-control stop, and
+    /// `parents` gives each process's parent index (see `crate::jobctl`):
+    /// children are let go before their parents, so that a parent still
+    /// held can collect again a stop it had collected.
     pub fn release(
         mut self,
         fin: &dyn Fn(usize, usize) -> Result<(UserRegs, Vec<u8>, u64)>,
-        stopped: &[bool],
+        stops: &[Option<crate::jobctl::Stop>],
+        parents: &[Option<usize>],
     ) -> Result<i32> {
+        use crate::jobctl;
         for (pi, p) in self.procs.iter().enumerate() {
             for (ti, t) in p.threads.iter().enumerate() {
                 let (_, xsave, _) = fin(pi, ti)?;
@@ -630,34 +651,61 @@ impl StubTree {
                     })?;
                 }
             }
+        }
+        let stopped_children = |pi: usize| {
+            (0..self.procs.len()).filter(move |&c| parents[c] == Some(pi) && stops[c].is_some())
+        };
+        // Parents of stopped children: no SIGCHLD for the stops to come.
+        let mut quiet: Vec<Option<Vec<u8>>> = vec![None; self.procs.len()];
+        for (pi, p) in self.procs.iter().enumerate() {
+            if stopped_children(pi).next().is_some() {
+                quiet[pi] = Some(jobctl::quiet_sigchld(&p.direct())?);
+            }
+        }
+        // Until every task is let go a failure kills the whole tree (those
+        // already let go too): nothing half-built is left.
+        for (pi, p) in self.procs.iter().enumerate().rev() {
+            if let Some(old) = &quiet[pi] {
+                let d = p.direct();
+                for c in stopped_children(pi) {
+                    let child = &self.procs[c];
+                    if !jobctl::wait_stopped(child.pid, std::time::Duration::from_secs(10)) {
+                        return Err(Error::msg(format!(
+                            "pid {}: it did not go back into its job-control stop",
+                            child.pid
+                        )));
+                    }
+                    if stops[c].is_some_and(|s| s.collected) {
+                        jobctl::collect_again(&d, child.pid)?;
+                    }
+                }
+                jobctl::restore_sigchld(&d, old)?;
+            }
             // Not through the batch loop: this call unmaps it.
             p.direct().call(
                 libc::SYS_munmap,
                 &[p.helper, helper_len()],
                 "unmapping the restore helper",
             )?;
-        }
-        for (pi, p) in self.procs.iter().enumerate() {
             for (ti, t) in p.threads.iter().enumerate() {
                 let (regs, _, sigmask) = fin(pi, ti)?;
                 ptrace::set_sigmask(t.tid, sigmask)?;
                 ptrace::set_regs(t.tid, &regs)
                     .context(|| format!("task {}: loading registers", t.tid))?;
             }
-        }
-        self.released = true;
-        for (pi, p) in self.procs.iter().enumerate() {
             // A process that was in a job-control stop goes back into it:
-            // SIGSTOP is delivered before it runs an instruction.
-            let sig = if stopped.get(pi) == Some(&true) {
-                libc::SIGSTOP
-            } else {
-                0
-            };
-            for t in &p.threads {
-                ptrace::detach(t.tid, sig)?;
+            // the leader leaves a syscall stop, so the kernel sends it the
+            // signal, which stops the group before it runs an instruction.
+            // The other threads follow once the leader has stopped.
+            let sig = stops[pi].map_or(0, |s| s.signal);
+            for (ti, t) in p.threads.iter().enumerate() {
+                if ti == 1 && sig != 0 {
+                    jobctl::wait_stopped(p.pid, std::time::Duration::from_secs(2));
+                }
+                ptrace::detach(t.tid, if ti == 0 { sig } else { 0 })?;
             }
         }
+        self.released = true;
         Ok(self.root)
     }
 }
@@ -720,7 +768,9 @@ impl StubProc {
     /// Removes everything crest's copy left in the stub's address space
     /// (and its rseq registration, which points into it).  The calls are
     /// queued: they run with the next batch (see [`StubProc::map_vdso`]).
-    pub fn empty_address_space(&self) -> Result<()> {
+    /// `keep` lists ranges (inherited copy-on-write memory, see
+    /// `crate::cow`) left in place.
+    pub fn empty_address_space(&self, keep: &[(u64, u64)]) -> Result<()> {
         let t = self.thread(0);
         let rseq = ptrace::get_rseq_config(self.pid)?;
         if rseq.rseq_abi_pointer != 0 {
@@ -740,11 +790,30 @@ impl StubProc {
             .into_iter()
             .filter(|m| m.path != "[vsyscall]" && !(m.start >= self.helper && m.end <= hend))
         {
-            t.queue(Call::new(
-                libc::SYS_munmap,
-                &[m.start, m.end - m.start],
-                format!("unmapping {:#x}-{:#x} {}", m.start, m.end, m.path),
-            ))?;
+            // The parts of the mapping outside the kept ranges.
+            let mut at = m.start;
+            let mut parts = Vec::new();
+            let mut inside: Vec<&(u64, u64)> = keep
+                .iter()
+                .filter(|k| k.0 < m.end && m.start < k.1)
+                .collect();
+            inside.sort();
+            for &&(ks, ke) in &inside {
+                if ks > at {
+                    parts.push((at, ks));
+                }
+                at = at.max(ke);
+            }
+            if at < m.end {
+                parts.push((at, m.end));
+            }
+            for (s, e) in parts {
+                t.queue(Call::new(
+                    libc::SYS_munmap,
+                    &[s, e - s],
+                    format!("unmapping {s:#x}-{e:#x} {}", m.path),
+                ))?;
+            }
         }
         Ok(())
     }

@@ -1,9 +1,9 @@
 //! Tasks: identity (pid, pgid, sid), per-thread CPU state, and the
 //! process attributes that are neither memory, files nor signals.
 
-use crate::error::Result;
+use crate::error::{Context, Result};
 use crate::freeze::{Call, Inject, ThreadView};
-use crate::model::{Attrs, Rseq, Thread};
+use crate::model::{Attrs, Process, Rseq, TaskState, Thread};
 use crate::signals;
 use crest_sys::arch::{self, UserRegs};
 use crest_sys::proc::Stat;
@@ -25,9 +25,10 @@ pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
     )?;
     let mut b = [0u8; 8];
     s.read_scratch(0, &mut b)?;
+    let comm_raw = read_comm_raw(&format!("/proc/{pid}/task/{tid}/comm"))?;
     Ok(Thread {
         tid,
-        comm: crest_sys::proc::read_task_comm(pid, tid)?,
+        comm: String::from_utf8_lossy(&comm_raw).into_owned(),
         regs,
         xsave,
         sigmask: s.sigmask(),
@@ -41,7 +42,108 @@ pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
         robust_list: process::get_robust_list(tid)?,
         clear_child_tid: u64::from_ne_bytes(b),
         creds: None,
+        comm_raw,
+        cgroups: None,
+        seccomp: crate::seccomp::collect(tid)?,
     })
+}
+
+/// A task name's exact bytes from a `comm` file (which adds a newline).
+pub fn read_comm_raw(path: &str) -> Result<Vec<u8>> {
+    let mut b = std::fs::read(path).context(|| format!("reading {path}"))?;
+    if b.last() == Some(&b'\n') {
+        b.pop();
+    }
+    Ok(b)
+}
+
+/// The name a thread or zombie is restored with: its exact bytes when
+/// the image has them.
+pub fn comm_of<'a>(comm: &'a str, raw: &'a [u8]) -> &'a [u8] {
+    if raw.is_empty() {
+        comm.as_bytes()
+    } else {
+        raw
+    }
+}
+
+/// Reads a number from /proc/PID/NAME (None when the kernel lacks it).
+fn read_proc_num<T: std::str::FromStr>(pid: i32, name: &str) -> Result<Option<T>> {
+    let path = format!("/proc/{pid}/{name}");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| crate::Error::msg(format!("{path}: unexpected contents {s:?}"))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(crate::Error::msg(format!("reading {path}: {e}"))),
+    }
+}
+
+/// Reads the OOM score adjustment and the audit login uid and session id.
+pub fn collect_task_state(pid: i32, st: &mut TaskState) -> Result<()> {
+    st.oom_score_adj = read_proc_num(pid, "oom_score_adj")?;
+    st.loginuid = read_proc_num(pid, "loginuid")?;
+    st.sessionid = read_proc_num(pid, "sessionid")?;
+    Ok(())
+}
+
+/// Sets the OOM score adjustment from outside (crest writes the stub's
+/// /proc file), when it differs from the one the stub inherited.
+pub fn restore_oom_score_adj(pid: i32, st: &TaskState) -> Result<()> {
+    let Some(want) = st.oom_score_adj else {
+        return Ok(());
+    };
+    if read_proc_num::<i32>(pid, "oom_score_adj")? == Some(want) {
+        return Ok(());
+    }
+    let path = format!("/proc/{pid}/oom_score_adj");
+    std::fs::write(&path, format!("{want}\n")).map_err(|e| {
+        let why = if e.raw_os_error() == Some(libc::EACCES) {
+            " (lowering it below crest's own needs CAP_SYS_RESOURCE)"
+        } else {
+            ""
+        };
+        crate::Error::msg(format!(
+            "pid {pid}: cannot set oom_score_adj to {want}: {e}{why}"
+        ))
+    })
+}
+
+/// Sets the audit login uid when it differs from the one the stub
+/// inherited from crest.  Only the task itself may write its
+/// /proc/self/loginuid, so the open and write are injected; this must run
+/// before its credentials drop (changing a set login uid needs
+/// CAP_AUDIT_CONTROL).  The kernel gives the task a new audit session id
+/// when the login uid changes: the session id is kept only when it does
+/// not have to be set.
+pub fn restore_loginuid(t: &impl Inject, pid: i32, st: &TaskState) -> Result<()> {
+    let Some(want) = st.loginuid else {
+        return Ok(());
+    };
+    if read_proc_num::<u32>(pid, "loginuid")? == Some(want) {
+        return Ok(());
+    }
+    // Written to the scratch area (not placed): these calls run at once.
+    t.write_scratch(0, b"/proc/self/loginuid\0")?;
+    let path = t.scratch();
+    let fd = t.call(
+        libc::SYS_openat,
+        &[libc::AT_FDCWD as u64, path, libc::O_WRONLY as u64, 0],
+        "opening /proc/self/loginuid",
+    )?;
+    let text = format!("{want}");
+    t.write_scratch(0, text.as_bytes())?;
+    let at = t.scratch();
+    let r = t.call(
+        libc::SYS_write,
+        &[fd, at, text.len() as u64],
+        &format!("setting the audit login uid to {want}"),
+    );
+    t.call(libc::SYS_close, &[fd], "closing /proc/self/loginuid")?;
+    r.map(drop)
+        .context(|| format!("pid {pid}: the audit login uid cannot be restored"))
 }
 
 /// Reads the process attributes.
@@ -162,16 +264,16 @@ pub fn restore_attrs_outside(pid: i32, a: &Attrs) -> Result<()> {
 }
 
 /// A task name as the kernel stores it (at most 15 bytes and a NUL).
-pub fn comm_bytes(name: &str) -> [u8; 16] {
+pub fn comm_bytes(name: &[u8]) -> [u8; 16] {
     let mut comm = [0u8; 16];
     let n = name.len().min(15);
-    comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+    comm[..n].copy_from_slice(&name[..n]);
     comm
 }
 
 /// Sets the thread's name (queued).
-pub fn restore_comm(t: &impl Inject, comm: &str) -> Result<()> {
-    let at = t.place(&comm_bytes(comm))?;
+pub fn restore_comm(t: &impl Inject, th: &Thread) -> Result<()> {
+    let at = t.place(&comm_bytes(comm_of(&th.comm, &th.comm_raw)))?;
     t.queue(Call::new(
         libc::SYS_prctl,
         &[libc::PR_SET_NAME as u64, at],
@@ -222,4 +324,64 @@ pub fn restore_thread_regs(t: &impl Inject, th: &Thread) -> Result<()> {
         &[th.clear_child_tid],
         "setting clear_child_tid".into(),
     ))
+}
+
+/// How each zombie child of `p` is recreated.  A zombie in its parent's
+/// session is forked after the parent joined it, and put into its process
+/// group by the parent once every group exists ([`join_zombie_groups`]);
+/// one still in the session its parent left (by setsid, after forking
+/// it) is forked before the parent's setsid and joins its group itself.
+pub fn zombie_plans(
+    p: &Process,
+    parent: Option<&Process>,
+    sid_here: i32,
+) -> Result<Vec<crate::stub::ZombiePlan>> {
+    let first_sid = parent.map_or(sid_here, |q| q.sid);
+    p.zombies
+        .iter()
+        .map(|z| {
+            let setsid = z.sid == z.pid;
+            let early = !setsid && z.sid != p.sid;
+            if early && !(p.sid == p.pid && z.sid == first_sid) {
+                return Err(crate::Error::Incompatible(format!(
+                    "pid {}: its zombie child {} belongs to session {}, which cannot be \
+                     recreated here",
+                    p.pid, z.pid, z.sid
+                )));
+            }
+            let pgid = if setsid {
+                None
+            } else if z.pgid == z.pid {
+                Some(0)
+            } else if early {
+                Some(z.pgid)
+            } else {
+                None
+            };
+            Ok(crate::stub::ZombiePlan {
+                comm: comm_bytes(comm_of(&z.comm, &z.comm_raw)),
+                pid: z.pid,
+                setsid,
+                early,
+                pgid,
+                status: z.status,
+            })
+        })
+        .collect()
+}
+
+/// Puts each zombie child of `p` that shares `p`'s session into its
+/// process group (the parent may move an exited child that never ran
+/// exec), once every group of the tree exists (queued).
+pub fn join_zombie_groups(p: &Process, t: &impl Inject) -> Result<()> {
+    for z in &p.zombies {
+        if z.sid == p.sid && z.sid != z.pid && z.pgid != z.pid {
+            t.queue(Call::new(
+                libc::SYS_setpgid,
+                &[z.pid as u64, z.pgid as u64],
+                format!("putting zombie {} into process group {}", z.pid, z.pgid),
+            ))?;
+        }
+    }
+    Ok(())
 }

@@ -183,6 +183,19 @@ impl Recreated {
     }
 }
 
+impl Recreated {
+    /// Closes crest's descriptors of the recreated files (removing any
+    /// name still left), once every process holds its own.
+    pub fn clear(&mut self) {
+        for m in self.files.values_mut() {
+            if let Some(p) = m.name.take() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        self.files.clear();
+    }
+}
+
 impl Drop for Recreated {
     fn drop(&mut self) {
         for m in self.files.values_mut() {

@@ -103,6 +103,8 @@ fn vma(start: u64, end: u64, prot: i32, backing: Backing, name: &str, pages: u64
         name: name.into(),
         guards: Vec::new(),
         pages,
+        cow: None,
+        cow_drop: Vec::new(),
     }
 }
 
@@ -280,6 +282,7 @@ fn checkpoint() -> Checkpoint {
                 ),
             ],
             vdso_crc: Some(0xdead_beef),
+            state: Default::default(),
         },
         signals: Signals {
             actions: vec![SigAction {
@@ -355,6 +358,9 @@ fn checkpoint() -> Checkpoint {
             robust_list: (0x7fff_f7d8_a750, 24),
             clear_child_tid: 0x7fff_f7d8_aa10,
             creds: None,
+            comm_raw: Vec::new(),
+            cgroups: None,
+            seccomp: Vec::new(),
         }],
         posix_timers: Vec::new(),
         stopped: false,
@@ -363,6 +369,7 @@ fn checkpoint() -> Checkpoint {
         shares_fs_with: None,
         locks: Vec::new(),
         fd_owners: Vec::new(),
+        task_state: Default::default(),
     };
     Checkpoint {
         objects,

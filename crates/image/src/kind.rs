@@ -62,12 +62,19 @@ pub const OPEN_TTY: u32 = 0x46;
 pub const PIPE: u32 = 0x48;
 /// An object: shared memory (anonymous shared, memfd, System V segment).
 pub const SHMEM: u32 = 0x49;
+/// An object: anonymous pages shared copy-on-write between processes
+/// (saved once, mapped again before the processes that share them fork).
+pub const COW: u32 = 0x4a;
+/// The namespaces the tree uses (one record, before the processes).
+pub const NAMESPACES: u32 = 0x50;
+/// The last of the model kinds of format version 3.
+const LAST_MODEL: u32 = NAMESPACES;
 
 /// The tail ([`Tail`](crate::Tail)); exactly one, always last.
 pub const TAIL: u32 = 0xFFFF;
 
 /// Every kind this crate knows, with its name.
-pub const ALL: [(u32, &str); 24] = [
+pub const ALL: [(u32, &str); 26] = [
     (HEADER, "HEADER"),
     (PROCESS, "PROCESS"),
     (FILE, "FILE"),
@@ -91,6 +98,8 @@ pub const ALL: [(u32, &str); 24] = [
     (OPEN_TTY, "OPEN_TTY"),
     (PIPE, "PIPE"),
     (SHMEM, "SHMEM"),
+    (COW, "COW"),
+    (NAMESPACES, "NAMESPACES"),
     (TAIL, "TAIL"),
 ];
 
@@ -104,9 +113,9 @@ pub fn name(kind: u32) -> &'static str {
 }
 
 /// Whether the kind is one of the model records of format version 3
-/// (TASK to SHMEM): an image of an older version holding one is corrupt.
+/// (TASK to NAMESPACES): an image of an older version holding one is corrupt.
 pub fn is_model_v3(kind: u32) -> bool {
-    (TASK..=SHMEM).contains(&kind) && is_known(kind)
+    (TASK..=LAST_MODEL).contains(&kind) && is_known(kind)
 }
 
 /// Whether this crate knows the kind.
@@ -128,7 +137,7 @@ mod tests {
         kinds.sort();
         kinds.dedup();
         assert_eq!(kinds.len(), ALL.len(), "a kind is listed twice");
-        for k in [0, 2, 0x13, 0x21, 0x39, 0x4a, 0xFFFE, 0x1_0000, u32::MAX] {
+        for k in [0, 2, 0x13, 0x21, 0x39, 0x4b, 0x51, 0xFFFE, 0x1_0000, u32::MAX] {
             assert!(!is_known(k));
             assert_eq!(name(k), "unknown");
         }

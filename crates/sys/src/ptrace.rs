@@ -302,3 +302,44 @@ pub fn try_wait(pid: pid_t) -> Result<Option<WaitStatus>> {
         _ => Err(Error::last_os(format!("waitpid({pid}, WNOHANG)"))),
     }
 }
+
+/// PTRACE_O_SUSPEND_SECCOMP: the tracee's seccomp filters are not applied
+/// while it is traced with this option (needs CAP_SYS_ADMIN).
+pub const O_SUSPEND_SECCOMP: u32 = 1 << 21;
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+/// SECCOMP_FILTER_FLAG_LOG as PTRACE_SECCOMP_GET_METADATA reports it.
+pub const SECCOMP_FILTER_FLAG_LOG: u64 = 2;
+
+/// The classic-BPF instructions (8 bytes each) of seccomp filter `index`
+/// of a stopped task (0: the newest), and its flags; `None` past the last.
+pub fn seccomp_filter(pid: pid_t, index: usize) -> Result<Option<(Vec<u64>, u64)>> {
+    let n = match req(
+        PTRACE_SECCOMP_GET_FILTER,
+        pid,
+        index,
+        0,
+        "SECCOMP_GET_FILTER",
+    ) {
+        Ok(n) => n as usize,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut prog = vec![0u64; n];
+    req(
+        PTRACE_SECCOMP_GET_FILTER,
+        pid,
+        index,
+        prog.as_mut_ptr() as usize,
+        "SECCOMP_GET_FILTER",
+    )?;
+    let mut meta = [index as u64, 0u64];
+    req(
+        PTRACE_SECCOMP_GET_METADATA,
+        pid,
+        size_of::<[u64; 2]>(),
+        meta.as_mut_ptr() as usize,
+        "SECCOMP_GET_METADATA",
+    )?;
+    Ok(Some((prog, meta[1])))
+}

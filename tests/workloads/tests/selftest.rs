@@ -929,3 +929,199 @@ fn pty_detects_lost_slave_input() {
     let o = w.go();
     assert_fail(&w.name, &o, "the slave");
 }
+
+// ---- task state (issue 16): stops, zombies' groups, names, OOM score
+
+#[test]
+fn task_state() {
+    pass(&["task-state"]);
+}
+
+/// The stopped children's pids from a `task-state` info file.
+fn stopped_children(w: &Workload) -> Vec<i32> {
+    let info = w.read("info");
+    let list = info
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped=["))
+        .and_then(|l| l.strip_suffix(']'))
+        .expect("stopped= in info");
+    list.split(", ").map(|s| s.parse().unwrap()).collect()
+}
+
+#[test]
+fn task_state_detects_a_continued_child() {
+    let mut w = Workload::start(&["task-state"], &[]);
+    w.wait_ready();
+    let kids = stopped_children(&w);
+    // SAFETY: the workload's own child.
+    assert_eq!(unsafe { libc::kill(kids[0], libc::SIGCONT) }, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "as waitid(WSTOPPED|WNOWAIT) reports it");
+}
+
+#[test]
+fn task_state_detects_a_collected_stop() {
+    let mut w = Workload::start(&["task-state"], &[("CREST_WL_DISTURB", "collect")]);
+    w.wait_ready();
+    let kids = stopped_children(&w);
+    let o = w.go();
+    assert_fail(&w.name, &o, &format!("stop of child {}", kids[0]));
+}
+
+#[test]
+fn task_state_detects_a_changed_oom_score_adj() {
+    let mut w = Workload::start(&["task-state"], &[]);
+    w.wait_ready();
+    fs::write(format!("/proc/{}/oom_score_adj", w.pid()), "500\n").unwrap();
+    let o = w.go();
+    assert_fail(&w.name, &o, "oom_score_adj");
+}
+
+#[test]
+fn task_state_detects_a_renamed_thread() {
+    let mut w = Workload::start(&["task-state"], &[("CREST_WL_DISTURB", "thread-name")]);
+    w.wait_ready();
+    let o = w.go();
+    assert_fail(&w.name, &o, "thread names");
+}
+
+/// cgroups a selftest creates and removes: pids (v1) with a child, unified
+/// (v2), and cpu (v1) for a thread.
+struct SelfCgroups(Vec<String>);
+
+impl SelfCgroups {
+    fn new(tag: &str) -> SelfCgroups {
+        let name = format!("crest-wl-selftest-{}-{tag}", std::process::id());
+        let dirs: Vec<String> = [
+            format!("/sys/fs/cgroup/pids/{name}"),
+            format!("/sys/fs/cgroup/pids/{name}/child"),
+            format!("/sys/fs/cgroup/unified/{name}"),
+            format!("/sys/fs/cgroup/cpu/{name}"),
+        ]
+        .into();
+        for d in &dirs {
+            fs::create_dir(d).unwrap_or_else(|e| panic!("creating cgroup {d}: {e}"));
+        }
+        SelfCgroups(dirs)
+    }
+}
+
+impl Drop for SelfCgroups {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            for _ in 0..500 {
+                if fs::remove_dir(d).is_ok() || !Path::new(d).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+#[test]
+fn cgroups() {
+    let cg = SelfCgroups::new("pass");
+    let args: Vec<&str> = std::iter::once("cgroups")
+        .chain(cg.0.iter().map(String::as_str))
+        .collect();
+    pass(&args);
+}
+
+#[test]
+fn cgroups_detects_a_moved_process() {
+    let cg = SelfCgroups::new("moved");
+    let args: Vec<&str> = std::iter::once("cgroups")
+        .chain(cg.0.iter().map(String::as_str))
+        .collect();
+    let mut w = Workload::start(&args, &[]);
+    w.wait_ready();
+    // Into the test's own child cgroup (the one C is in).
+    fs::write(
+        format!("{}/cgroup.procs", cg.0[1]),
+        format!("{}\n", w.pid()),
+    )
+    .unwrap();
+    let o = w.go();
+    assert_fail(&w.name, &o, "/proc/self/cgroup: expected");
+}
+
+// ---- address-space state (issue 16): madvise, droppable, THP, memfd
+
+#[test]
+fn mem_state() {
+    pass(&["mem-state"]);
+}
+
+fn mem_state_disturbed(what: &str, needle: &str) {
+    let mut w = Workload::start(&["mem-state"], &[("CREST_WL_DISTURB", what)]);
+    w.wait_ready();
+    let o = w.go();
+    assert_fail(&w.name, &o, needle);
+}
+
+#[test]
+fn mem_state_detects_lost_advice() {
+    mem_state_disturbed("madvise", "VmFlags of the MADV_SEQUENTIAL part");
+}
+
+#[test]
+fn mem_state_detects_thp_enabled() {
+    mem_state_disturbed("thp", "PR_GET_THP_DISABLE");
+}
+
+#[test]
+fn mem_state_detects_a_memfd_mode() {
+    mem_state_disturbed("memfd-mode", "memfd mode");
+}
+
+#[test]
+fn mem_state_detects_a_busy_memfd() {
+    mem_state_disturbed("exec-busy", "execveat of the memfd");
+}
+
+// ---- seccomp filters (issue 16)
+
+#[test]
+fn seccomp() {
+    pass(&["seccomp"]);
+}
+
+#[test]
+fn seccomp_hostile() {
+    pass(&["seccomp", "hostile"]);
+}
+
+#[test]
+fn seccomp_detects_an_extra_filter() {
+    let mut w = Workload::start(&["seccomp"], &[("CREST_WL_DISTURB", "extra")]);
+    w.wait_ready();
+    let o = w.go();
+    assert_fail(&w.name, &o, "main thread: seccomp state");
+}
+
+// ---- pidfds (issue 16)
+
+#[test]
+fn pidfd() {
+    pass(&["pidfd"]);
+}
+
+#[test]
+fn pidfd_detects_a_killed_child() {
+    let mut w = Workload::start(&["pidfd"], &[]);
+    w.wait_ready();
+    // Kill C: waitid through its pidfd must then see the signal.
+    let info = fs::read_to_string(format!("/proc/{}/fdinfo/40", w.pid())).unwrap();
+    let c: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: the workload's own child.
+    unsafe { libc::kill(c, libc::SIGKILL) };
+    let o = w.go();
+    assert_fail(&w.name, &o, "waitid(P_PIDFD, C)");
+}

@@ -19,7 +19,7 @@ use crate::model::{
     Attrs, Checkpoint, Creds, Fd, FsInfo, ITimers, Mm, Object, ObjectKind, OpenTarget, PosixTimer,
     Process, Signals, Thread, Vma, Zombie,
 };
-use crate::model::{FdOwner, FileLock};
+use crate::model::{FdOwner, FileLock, TaskState};
 use crest_image::{kind, Record, Writer};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -48,6 +48,9 @@ struct TaskRec<'a> {
     shares_files_with: Option<i32>,
     #[serde(default)]
     shares_fs_with: Option<i32>,
+    /// Job-control stop, audit ids, OOM score and cgroups.
+    #[serde(default)]
+    task_state: Cow<'a, TaskState>,
 }
 
 /// The MAPPINGS record.
@@ -99,6 +102,7 @@ pub fn object_record_kind(o: &ObjectKind) -> u32 {
         ObjectKind::File(_) => kind::FILE_ID,
         ObjectKind::Pipe(_) => kind::PIPE,
         ObjectKind::Shmem(_) => kind::SHMEM,
+        ObjectKind::Cow(_) => kind::COW,
         ObjectKind::Open(f) => match &f.target {
             OpenTarget::Regular(_)
             | OpenTarget::Directory { .. }
@@ -112,7 +116,8 @@ pub fn object_record_kind(o: &ObjectKind) -> u32 {
             | OpenTarget::Timerfd { .. }
             | OpenTarget::Signalfd { .. }
             | OpenTarget::Inotify { .. }
-            | OpenTarget::Epoll { .. } => kind::OPEN_EVENT,
+            | OpenTarget::Epoll { .. }
+            | OpenTarget::Pidfd { .. } => kind::OPEN_EVENT,
             OpenTarget::Path { .. } | OpenTarget::Deleted(_) => kind::OPEN_FILE,
             OpenTarget::Unix(_) | OpenTarget::Inet(_) | OpenTarget::Netlink(_) => {
                 kind::OPEN_SOCKET
@@ -162,6 +167,7 @@ fn write_process<W: Write>(w: &mut Writer<W>, p: &Process) -> Result<()> {
         shares_fs_with,
         locks,
         fd_owners,
+        task_state,
     } = p;
     let task = TaskRec {
         pid: *pid,
@@ -173,6 +179,7 @@ fn write_process<W: Write>(w: &mut Writer<W>, p: &Process) -> Result<()> {
         zombies: Cow::Borrowed(zombies),
         shares_files_with: *shares_files_with,
         shares_fs_with: *shares_fs_with,
+        task_state: Cow::Borrowed(task_state),
     };
     put(w, kind::TASK, &task)?;
     put(w, kind::CREDS, creds)?;
@@ -297,6 +304,7 @@ impl Partial {
             zombies: t.zombies.into_owned(),
             shares_files_with: t.shares_files_with,
             shares_fs_with: t.shares_fs_with,
+            task_state: t.task_state.into_owned(),
             locks: fds.locks.into_owned(),
             fd_owners: fds.fd_owners.into_owned(),
         })

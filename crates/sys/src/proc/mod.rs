@@ -80,6 +80,15 @@ fn read_parsed<T>(path: &str, parse: impl FnOnce(&str) -> Result<T>) -> Result<T
     parse(&text).map_err(|e| relabel(e, path))
 }
 
+/// [`read_parsed`] for files that embed a task name (`stat`, `status`):
+/// a name need not be UTF-8, so invalid bytes are replaced instead of
+/// failing (the exact name comes from `comm`).
+fn read_parsed_lossy<T>(path: &str, parse: impl FnOnce(&str) -> Result<T>) -> Result<T> {
+    let bytes = read_bytes(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    parse(&text).map_err(|e| relabel(e, path))
+}
+
 /// Shortens a piece of input for an error message, on a char boundary.
 fn snippet(s: &str) -> String {
     const MAX: usize = 64;

@@ -1,6 +1,6 @@
 //! `/proc/PID/stat` and `/proc/PID/task/TID/stat`.
 
-use super::{num, pid_path, read_parsed, snippet, task_path, FromStrRadix};
+use super::{num, pid_path, read_parsed_lossy, snippet, task_path, FromStrRadix};
 use crate::{Error, Result};
 
 /// The fields of `/proc/PID/stat`, numbered as in proc_pid_stat(5).
@@ -140,12 +140,12 @@ pub fn parse_stat(text: &str) -> Result<Stat> {
 
 /// Reads and parses `/proc/PID/stat`.
 pub fn read_stat(pid: i32) -> Result<Stat> {
-    read_parsed(&pid_path(pid, "stat"), parse_stat)
+    read_parsed_lossy(&pid_path(pid, "stat"), parse_stat)
 }
 
 /// Reads and parses `/proc/PID/task/TID/stat`.
 pub fn read_task_stat(pid: i32, tid: i32) -> Result<Stat> {
-    read_parsed(&task_path(pid, tid, "stat"), parse_stat)
+    read_parsed_lossy(&task_path(pid, tid, "stat"), parse_stat)
 }
 
 fn parse(text: &str) -> std::result::Result<Stat, String> {

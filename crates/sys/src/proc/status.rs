@@ -1,6 +1,6 @@
 //! `/proc/PID/status` and `/proc/PID/task/TID/status`.
 
-use super::{num, pid_path, read_parsed, snippet, task_path, FromStrRadix};
+use super::{num, pid_path, read_parsed_lossy, snippet, task_path, FromStrRadix};
 use crate::{Error, Result};
 
 /// The fields crest uses from `/proc/PID/status`.
@@ -82,12 +82,12 @@ pub fn parse_status(text: &str) -> Result<Status> {
 
 /// Reads and parses `/proc/PID/status`.
 pub fn read_status(pid: i32) -> Result<Status> {
-    read_parsed(&pid_path(pid, "status"), parse_status)
+    read_parsed_lossy(&pid_path(pid, "status"), parse_status)
 }
 
 /// Reads and parses `/proc/PID/task/TID/status`.
 pub fn read_task_status(pid: i32, tid: i32) -> Result<Status> {
-    read_parsed(&task_path(pid, tid, "status"), parse_status)
+    read_parsed_lossy(&task_path(pid, tid, "status"), parse_status)
 }
 
 type Res<T> = std::result::Result<T, String>;

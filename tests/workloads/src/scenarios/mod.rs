@@ -5,6 +5,7 @@ use crate::checks::Checks;
 use crate::proto::Proto;
 
 mod attrs;
+mod cgroups;
 mod deleted;
 mod events;
 mod fdstate;
@@ -12,9 +13,11 @@ mod files;
 mod idle;
 mod locks;
 mod many;
+mod mem_state;
 mod memory;
 mod mm;
 mod mutator;
+mod pidfd;
 mod pipes;
 mod posix_timers;
 mod procfiles;
@@ -22,10 +25,12 @@ mod pty;
 mod read;
 mod regs;
 mod regs_asm;
+mod seccomp;
 mod shared_fd;
 mod sigcount;
 mod signals;
 mod sleep;
+mod task_state;
 mod threads;
 mod timers;
 mod tree;
@@ -64,6 +69,11 @@ const TABLE: &[(&str, Run)] = &[
     ("deleted", deleted::run),
     ("procfiles", procfiles::run),
     ("unixnames", unixnames::run),
+    ("task-state", task_state::run),
+    ("cgroups", cgroups::run),
+    ("mem-state", mem_state::run),
+    ("seccomp", seccomp::run),
+    ("pidfd", pidfd::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -95,6 +105,11 @@ pub const NAMES: &[&str] = &[
     "deleted",
     "procfiles",
     "unixnames",
+    "task-state",
+    "cgroups <v1-dir> <v1-child-dir> <v2-dir> <v1-thread-dir>",
+    "mem-state",
+    "seccomp [hostile]",
+    "pidfd",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
