@@ -22,6 +22,9 @@ pub fn write_metadata<W: Write>(w: &mut Writer<W>, ckpt: &Checkpoint) -> Result<
     for o in &ckpt.objects {
         w.write_record(kind::FILE, 0, &encode(o)?)?;
     }
+    if ckpt.namespaces != Default::default() {
+        w.write_record(kind::NAMESPACES, 0, &encode(&ckpt.namespaces)?)?;
+    }
     for p in &ckpt.processes {
         w.write_record(kind::PROCESS, 0, &encode(p)?)?;
     }

@@ -47,6 +47,7 @@ pub fn inspect<R: Read>(r: R) -> Result<Inspection> {
         match rec.kind {
             kind::FILE => ckpt.objects.push(codec::decode_object(rec.payload)?),
             kind::PROCESS => ckpt.processes.push(codec::decode_process(rec.payload)?),
+            kind::NAMESPACES => ckpt.namespaces = codec::decode(rec.payload, "namespaces")?,
             kind::FILE_DATA => file_data_bytes += rec.file_data()?.data.len() as u64,
             kind::PAGES => {
                 // Dense or sparse: `nr_pages` counts the pages it carries.

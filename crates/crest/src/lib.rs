@@ -18,6 +18,7 @@ pub mod freeze;
 pub mod inspect;
 pub mod memory;
 pub mod model;
+pub mod ns;
 pub mod objects;
 pub mod pipeline;
 pub mod precopy;

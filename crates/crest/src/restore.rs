@@ -42,7 +42,9 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     let mut pages = 0u64;
     while let Some(rec) = reader.next_record()? {
         match rec.kind {
-            kind::FILE | kind::PROCESS | kind::FILE_DATA if build.is_some() || spool.is_some() => {
+            kind::FILE | kind::PROCESS | kind::FILE_DATA | kind::NAMESPACES
+                if build.is_some() || spool.is_some() =>
+            {
                 return Err(Error::Invalid(format!(
                     "{} record at byte {} comes after the memory pages",
                     rec.kind_name(),
@@ -61,6 +63,13 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                 ckpt.objects.push(o);
             }
             kind::PROCESS => ckpt.processes.push(codec::decode_process(rec.payload)?),
+            kind::NAMESPACES if !ckpt.processes.is_empty() => {
+                return Err(Error::Invalid(format!(
+                    "the NAMESPACES record at byte {} comes after the processes",
+                    rec.offset
+                )))
+            }
+            kind::NAMESPACES => ckpt.namespaces = codec::decode(rec.payload, "namespaces")?,
             kind::FILE_DATA => {
                 let d = rec.file_data()?;
                 let obj = u32::try_from(d.object).ok().and_then(|id| ckpt.object(id));
@@ -73,7 +82,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                     if ckpt
                         .processes
                         .iter()
-                        .any(|p| pid_held_by_live_process(p.pid))
+                        .any(|p| p.ns.pids.is_empty() && pid_held_by_live_process(p.pid))
                     {
                         // Most likely the dump feeding this stream, which
                         // lets the pid go only after its tail: keep the
@@ -109,7 +118,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
         Some(b) => b,
         None => {
             if validate(&ckpt).is_ok() {
-                for p in &ckpt.processes {
+                for p in ckpt.processes.iter().filter(|p| p.ns.pids.is_empty()) {
                     wait_pid_free(p.pid);
                 }
             }
@@ -200,7 +209,7 @@ pub fn validate(ckpt: &Checkpoint) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    crate::ns::validate(&ckpt.namespaces, &ckpt.processes)
 }
 
 fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
@@ -297,7 +306,9 @@ impl Build {
                 creds::check_restorable(p.pid, t)?;
             }
         }
-        for p in &ckpt.processes {
+        // PIDs in namespaces below crest's are made fresh: only the others
+        // must be free here.
+        for p in ckpt.processes.iter().filter(|p| p.ns.pids.is_empty()) {
             let ids = p
                 .threads
                 .iter()
@@ -315,6 +326,7 @@ impl Build {
             }
         }
         let sid_here = unsafe_getsid();
+        let view = crate::ns::pid::View::new(&ckpt.processes);
         let mut held: Vec<OwnedFd> = Vec::new();
         // Each open file description is opened once: every descriptor on
         // it, in any process, gets the same one.
@@ -446,8 +458,17 @@ impl Build {
             let comm = tasks::comm_bytes(&p.threads[0].comm);
             let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
+            let new_ns = crate::ns::new_ns_flags(&ckpt.processes, i);
+            let uts = if new_ns & libc::CLONE_NEWUTS as u64 != 0 {
+                crate::ns::state(&ckpt.namespaces, p.ns.uts).and_then(crate::ns::uts::names)
+            } else {
+                None
+            };
             procs.push(ProcPlan {
                 pid: p.pid,
+                tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid),
+                new_ns,
+                uts,
                 children: Vec::new(),
                 setsid,
                 pgid,
@@ -466,14 +487,19 @@ impl Build {
                 zombies: p
                     .zombies
                     .iter()
-                    .map(|z| stub::ZombiePlan {
+                    .enumerate()
+                    .map(|(k, z)| stub::ZombiePlan {
                         comm: tasks::comm_bytes(&z.comm),
                         pid: z.pid,
+                        tids: crate::ns::pid::set_tid(
+                            p.ns.zombie_pids.get(k).map_or(&[][..], |l| l.as_slice()),
+                            z.pid,
+                        ),
                         setsid: z.sid == z.pid,
                         pgid: (z.pgid != p.pgid && z.sid != z.pid).then_some(if z.pgid == z.pid {
                             0
                         } else {
-                            z.pgid
+                            view.of(p, z.pgid)
                         }),
                         status: z.status,
                     })
@@ -535,6 +561,7 @@ impl Build {
         crate::fault::point("restore: before creating the processes")?;
         let root = ckpt.processes[0].pid;
         let tree = StubTree::spawn(plan, pipes).context(|| format!("restoring pid {root}"))?;
+        crate::ns::restore_after_spawn(&ckpt, &tree)?;
         files::release_pipes(unlinked);
         let sysv_ids = crate::sysv::shmids(&ckpt.objects);
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
@@ -585,19 +612,21 @@ impl Build {
             _held,
             aux,
         } = self;
+        let view = crate::ns::pid::View::new(&ckpt.processes);
         for (i, (p, sp)) in ckpt.processes.iter().zip(tree.procs.iter()).enumerate() {
             let parent_pgid = ckpt.processes[..i]
                 .iter()
                 .find(|q| q.pid == p.ppid)
                 .map(|q| q.pgid)
                 .unwrap_or_else(unsafe_getpgid);
-            join_group(p, parent_pgid, &sp.thread(0))
+            join_group(p, parent_pgid, &sp.thread(0), &view)
                 .context(|| format!("restoring the process group of pid {}", p.pid))?;
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
             crate::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
-            finish_process(p, sp, a).context(|| format!("restoring the state of pid {}", p.pid))?;
+            finish_process(p, sp, a, &view)
+                .context(|| format!("restoring the state of pid {}", p.pid))?;
         }
         crate::fault::point("restore: before resuming")?;
         let fin = |pi: usize, ti: usize| -> Result<(crest_sys::arch::UserRegs, Vec<u8>, u64)> {
@@ -611,11 +640,16 @@ impl Build {
 
 /// Puts the process into the process group led by another process of the
 /// tree, once every stub exists (and so every group).
-fn join_group(p: &Process, parent_pgid: i32, t: &impl Inject) -> Result<()> {
+fn join_group(
+    p: &Process,
+    parent_pgid: i32,
+    t: &impl Inject,
+    view: &crate::ns::pid::View,
+) -> Result<()> {
     if p.pgid != p.pid && p.sid != p.pid && p.pgid != parent_pgid {
         t.call(
             libc::SYS_setpgid,
-            &[0, p.pgid as u64],
+            &[0, view.of(p, p.pgid) as u64],
             &format!("joining process group {}", p.pgid),
         )?;
     }
@@ -624,7 +658,12 @@ fn join_group(p: &Process, parent_pgid: i32, t: &impl Inject) -> Result<()> {
 
 /// Everything after the pages, for one process, while it is still held.
 /// The injected calls are queued and run together (see [`Inject::queue`]).
-fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
+fn finish_process(
+    p: &Process,
+    sp: &mut StubProc,
+    a: &Aux,
+    view: &crate::ns::pid::View,
+) -> Result<()> {
     // SIGTRAP stops the batch loop: pending ones are queued after it ran
     // for the last time (below).
     let not_trap = |s: &&SigInfo| s.signo != libc::SIGTRAP;
@@ -641,14 +680,15 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         }
         signals::restore_pending(&t, None, p.signals.shared_pending.iter().filter(not_trap))?;
     }
-    for th in &p.threads[1..] {
-        sp.add_thread(th.tid)?;
+    for (k, th) in p.threads[1..].iter().enumerate() {
+        let levels = p.ns.tids.get(k).map_or(&[][..], |l| l.as_slice());
+        sp.add_thread(&crate::ns::pid::set_tid(levels, th.tid))?;
     }
     // The leader queues every thread's signals: only it may queue one
     // claiming another sender.
     for th in &p.threads {
         let pending = th.pending.iter().filter(not_trap);
-        signals::restore_pending(&sp.thread(0), Some(th.tid), pending)?;
+        signals::restore_pending(&sp.thread(0), Some(view.of(p, th.tid)), pending)?;
     }
     for (i, th) in p.threads.iter().enumerate() {
         let t = sp.thread(i);
@@ -680,10 +720,14 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
         "setting the dumpable flag".into(),
     ))?;
     timers::restore(&t, &p.itimers)?;
-    timers::restore_posix(&t, &p.posix_timers)?;
+    let mut posix_timers = p.posix_timers.clone();
+    for pt in posix_timers.iter_mut().filter(|pt| pt.tid != 0) {
+        pt.tid = view.of(p, pt.tid);
+    }
+    timers::restore_posix(&t, &posix_timers)?;
     t.flush()?;
-    restore_traps(p, sp)?;
-    tasks::restore_attrs_outside(p.pid, &p.attrs)
+    restore_traps(p, sp, view)?;
+    tasks::restore_attrs_outside(sp.pid, &p.attrs)
 }
 
 /// What the batch loop's int3 would disturb, restored once it has run for
@@ -692,7 +736,7 @@ fn finish_process(p: &Process, sp: &mut StubProc, a: &Aux) -> Result<()> {
 /// signal is ignored or blocked) and pending SIGTRAPs (queued with every
 /// signal blocked, so that none is delivered meanwhile; the final masks
 /// are set at release).
-fn restore_traps(p: &Process, sp: &StubProc) -> Result<()> {
+fn restore_traps(p: &Process, sp: &StubProc, view: &crate::ns::pid::View) -> Result<()> {
     let d = sp.direct();
     if let Some(act) = p.signals.actions.iter().find(|a| a.signo == libc::SIGTRAP) {
         signals::restore_action(&d, act)?;
@@ -710,7 +754,8 @@ fn restore_traps(p: &Process, sp: &StubProc) -> Result<()> {
     }
     signals::restore_pending(&d, None, p.signals.shared_pending.iter().filter(is_trap))?;
     for th in &p.threads {
-        signals::restore_pending(&d, Some(th.tid), th.pending.iter().filter(is_trap))?;
+        let tid = Some(view.of(p, th.tid));
+        signals::restore_pending(&d, tid, th.pending.iter().filter(is_trap))?;
     }
     Ok(())
 }

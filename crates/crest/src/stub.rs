@@ -99,7 +99,16 @@ pub struct FdMove {
 
 /// What one stub's routine does, computed before the fork.
 pub struct ProcPlan {
+    /// The image's name of the process (its PID in crest's namespace at
+    /// the dump), for reports.
     pub pid: i32,
+    /// clone3's set_tid: its PIDs, innermost namespace first (see
+    /// `crate::ns::pid`).
+    pub tids: Vec<i32>,
+    /// CLONE_NEW* flags it is created with (the namespaces it enters).
+    pub new_ns: u64,
+    /// Host and domain name it sets first, in the UTS namespace it creates.
+    pub uts: Option<(Vec<u8>, Vec<u8>)>,
     /// Indexes (into [`TreePlan::procs`]) of the processes this one forks.
     pub children: Vec<usize>,
     pub setsid: bool,
@@ -137,6 +146,8 @@ pub struct ProcPlan {
 pub struct ZombiePlan {
     pub comm: [u8; 16],
     pub pid: i32,
+    /// clone3's set_tid (innermost first).
+    pub tids: Vec<i32>,
     pub setsid: bool,
     pub pgid: Option<i32>,
     pub status: i32,
@@ -155,7 +166,7 @@ pub struct TreePlan {
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -169,6 +180,7 @@ const STEPS: [&str; 13] = [
     "mapping the helper area",
     "reporting ready",
     "waiting",
+    "setting its host or domain name",
 ];
 
 /// # Safety
@@ -193,6 +205,13 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     };
     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
         fail(0, report);
+    }
+    if let Some((host, domain)) = &plan.procs[i].uts {
+        if libc::sethostname(host.as_ptr().cast(), host.len()) != 0
+            || libc::setdomainname(domain.as_ptr().cast(), domain.len()) != 0
+        {
+            fail(13, report);
+        }
     }
     let all: u64 = !0;
     if libc::syscall(
@@ -227,14 +246,15 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
         if plan.procs[c].share & FILES != 0 {
             continue;
         }
-        match process::clone_with_pid(plan.procs[c].pid, plan.procs[c].share) {
+        let flags = plan.procs[c].share | plan.procs[c].new_ns;
+        match process::clone_with_tids(&plan.procs[c].tids, flags) {
             Ok(Forked::Child) => routine(plan, c),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
         }
     }
     for z in &plan.procs[i].zombies {
-        match process::clone_with_pid(z.pid, 0) {
+        match process::clone_with_tids(&z.tids, 0) {
             Ok(Forked::Child) => become_zombie(z),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
@@ -284,7 +304,8 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
         if plan.procs[c].share & FILES == 0 {
             continue;
         }
-        match process::clone_with_pid(plan.procs[c].pid, plan.procs[c].share) {
+        let flags = plan.procs[c].share | plan.procs[c].new_ns;
+        match process::clone_with_tids(&plan.procs[c].tids, flags) {
             Ok(Forked::Child) => routine(plan, c),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
@@ -386,14 +407,20 @@ unsafe fn become_zombie(z: &ZombiePlan) -> ! {
 
 /// One task of the tree being built.
 pub struct Task {
+    /// Its PID in crest's namespace.
     pub tid: i32,
+    /// Its PID in its own PID namespace (what it calls itself).
+    pub vtid: i32,
     remote: Remote,
 }
 
 /// A process of the tree being built.
 pub struct StubProc {
+    /// Its PID in crest's namespace (see [`Task`]).
     pub pid: i32,
     pub threads: Vec<Task>,
+    /// In a PID namespace below crest's.
+    nested: bool,
     helper: u64,
     mem: ProcMem,
     queue: RefCell<Queue>,
@@ -488,6 +515,50 @@ fn read_exact_fd(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(done)
 }
 
+/// Whether some process of the plan is in a PID namespace below crest's
+/// (its PID in crest's namespace is then the kernel's choice).
+fn nested(plan: &TreePlan) -> bool {
+    plan.procs.iter().any(|p| p.tids != [p.pid])
+}
+
+/// The PIDs in crest's namespace of the plan's processes and of their
+/// zombies (in plan order), found among each parent's children by the
+/// PID each has in its own namespace, in the order they were created.
+fn host_pids(plan: &TreePlan, root: i32) -> Result<(Vec<i32>, Vec<i32>)> {
+    if !nested(plan) {
+        let zombies = plan.procs.iter().flat_map(|p| &p.zombies).map(|z| z.pid);
+        return Ok((
+            plan.procs.iter().map(|p| p.pid).collect(),
+            zombies.collect(),
+        ));
+    }
+    let mut hosts = vec![0; plan.procs.len()];
+    hosts[0] = root;
+    let mut zombies = Vec::new();
+    for (i, p) in plan.procs.iter().enumerate() {
+        let mut kids = crate::ns::pid::children_levels(hosts[i])?;
+        let mut take = |tids: &[i32], what: i32| -> Result<i32> {
+            let k = kids.iter().position(|(h, levels)| match levels.last() {
+                None => *h == tids[0],
+                Some(own) => *own == tids[0],
+            });
+            match k {
+                Some(k) => Ok(kids.remove(k).0),
+                None => Err(Error::msg(format!(
+                    "restoring pid {what}: the new process is not among its parent's children"
+                ))),
+            }
+        };
+        for &c in &p.children {
+            hosts[c] = take(&plan.procs[c].tids, plan.procs[c].pid)?;
+        }
+        for z in &p.zombies {
+            zombies.push(take(&z.tids, z.pid)?);
+        }
+    }
+    Ok((hosts, zombies))
+}
+
 /// Seizes a task and waits until it is stopped.
 fn seize_stopped(tid: i32) -> Result<()> {
     ptrace::seize(
@@ -517,9 +588,10 @@ impl StubTree {
     /// of them are closed here.
     pub fn spawn(mut plan: TreePlan, pipes: Pipes) -> Result<StubTree> {
         let root_pid = plan.procs[0].pid;
+        let flags = plan.procs[0].new_ns;
         // SAFETY: the child runs only `routine`, raw syscalls on its own
         // copy of the plan; it never returns.
-        let root = match unsafe { process::clone_with_pid(root_pid, 0)? } {
+        let root = match unsafe { process::clone_with_tids(&plan.procs[0].tids, flags)? } {
             // SAFETY: as above: in the child, only `routine`.
             Forked::Child => unsafe { routine(&mut plan, 0) },
             Forked::Parent(pid) => pid,
@@ -535,7 +607,11 @@ impl StubTree {
         let mut tree = StubTree {
             procs: Vec::new(),
             root,
-            pids: plan.procs.iter().map(|p| p.pid).collect(),
+            pids: if nested(&plan) {
+                vec![root]
+            } else {
+                plan.procs.iter().map(|p| p.pid).collect()
+            },
             _hold: hold_w,
             released: false,
         };
@@ -574,32 +650,46 @@ impl StubTree {
                 got += 1;
             }
         }
+        let (hosts, zombie_hosts) = host_pids(&plan, root)?;
+        tree.pids = hosts.clone();
         // Zombies exit on their own: wait until they have, so their
         // SIGCHLD is pending in their parent before it is rebuilt.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        for z in plan.procs.iter().flat_map(|p| &p.zombies) {
+        for (z, &zh) in plan
+            .procs
+            .iter()
+            .flat_map(|p| &p.zombies)
+            .zip(&zombie_hosts)
+        {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if !crest_sys::pidfd::wait_exited(z.pid, left)? {
+            if !crest_sys::pidfd::wait_exited(zh, left)? {
                 return Err(Error::msg(format!(
                     "restoring zombie {}: it did not exit",
                     z.pid
                 )));
             }
         }
-        for p in &plan.procs {
-            seize_stopped(p.pid)?;
+        for (p, &host) in plan.procs.iter().zip(&hosts) {
+            seize_stopped(host)?;
             tree.procs.push(StubProc {
-                pid: p.pid,
+                pid: host,
+                nested: p.tids != [p.pid],
                 threads: vec![Task {
-                    tid: p.pid,
-                    remote: Remote::new(p.pid, plan.helper)?,
+                    tid: host,
+                    vtid: p.tids[0],
+                    remote: Remote::new(host, plan.helper)?,
                 }],
                 helper: plan.helper,
-                mem: ProcMem::open(p.pid, true)?,
+                mem: ProcMem::open(host, true)?,
                 queue: RefCell::default(),
             });
         }
         Ok(tree)
+    }
+
+    /// The root's PID in crest's namespace.
+    pub fn root(&self) -> i32 {
+        self.root
     }
 
     /// Lets every thread of every process run with its final state:
@@ -796,7 +886,8 @@ impl StubProc {
 
     /// Creates thread `tid` in the process (by an injected clone3) and
     /// attaches it.  It spins in the helper area until given its state.
-    pub fn add_thread(&mut self, tid: i32) -> Result<()> {
+    pub fn add_thread(&mut self, tids: &[i32]) -> Result<()> {
+        let tid = tids[0];
         let t = self.thread(0);
         t.flush()?;
         // struct clone_args, then the set_tid array.
@@ -811,10 +902,11 @@ impl StubProc {
         let mut args = [0u64; 11];
         args[0] = flags;
         args[8] = tid_at; // set_tid
-        args[9] = 1; // set_tid_size
+        args[9] = tids.len() as u64; // set_tid_size
         let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_ne_bytes()).collect();
         t.write_scratch(0, &bytes)?;
-        t.write_scratch(128, &tid.to_ne_bytes())?;
+        let tid_bytes: Vec<u8> = tids.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        t.write_scratch(128, &tid_bytes)?;
         // Not through the batch loop: the new thread starts after the
         // `syscall` with the caller's registers, and must land on the
         // `jmp .` that follows the helper's single `syscall`.
@@ -829,10 +921,16 @@ impl StubProc {
                 self.pid
             )));
         }
-        seize_stopped(tid)?;
+        let host = if self.nested {
+            crate::ns::pid::thread_host_tid(self.pid, tid)?
+        } else {
+            tid
+        };
+        seize_stopped(host)?;
         self.threads.push(Task {
-            tid,
-            remote: Remote::new(tid, self.helper)?,
+            tid: host,
+            vtid: tid,
+            remote: Remote::new(host, self.helper)?,
         });
         Ok(())
     }
@@ -938,6 +1036,10 @@ impl Inject for TaskView<'_> {
         self.p.threads[self.i].tid
     }
 
+    fn own_pid(&self) -> i32 {
+        self.p.threads[self.i].vtid
+    }
+
     /// Runs the call through the batch loop (one stop of the thread),
     /// after the queued calls.
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
@@ -1033,6 +1135,9 @@ pub struct DirectView<'a> {
 impl Inject for DirectView<'_> {
     fn pid(&self) -> i32 {
         self.p.pid
+    }
+    fn own_pid(&self) -> i32 {
+        self.p.threads[0].vtid
     }
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
         crate::fault::point("restore: injected syscall")?;

@@ -14,6 +14,9 @@ pub const FILE: u32 = 0x11;
 pub const FILE_DATA: u32 = 0x12;
 /// A chunk of raw memory pages ([`PageChunk`](crate::PageChunk)).
 pub const PAGES: u32 = 0x20;
+/// The namespaces of the tree (model payload); at most one, before the
+/// processes.
+pub const NAMESPACES: u32 = 0x30;
 /// The tail ([`Tail`](crate::Tail)); exactly one, always last.
 pub const TAIL: u32 = 0xFFFF;
 
@@ -26,6 +29,7 @@ pub fn name(kind: u32) -> &'static str {
         FILE => "FILE",
         FILE_DATA => "FILE_DATA",
         PAGES => "PAGES",
+        NAMESPACES => "NAMESPACES",
         TAIL => "TAIL",
         _ => "unknown",
     }
@@ -33,7 +37,10 @@ pub fn name(kind: u32) -> &'static str {
 
 /// Whether this crate knows the kind.
 pub fn is_known(kind: u32) -> bool {
-    matches!(kind, HEADER | PROCESS | FILE | FILE_DATA | PAGES | TAIL)
+    matches!(
+        kind,
+        HEADER | PROCESS | FILE | FILE_DATA | PAGES | NAMESPACES | TAIL
+    )
 }
 
 #[cfg(test)]
@@ -42,7 +49,7 @@ mod tests {
 
     #[test]
     fn names_and_knowledge_agree() {
-        for k in [HEADER, PROCESS, FILE, FILE_DATA, PAGES, TAIL] {
+        for k in [HEADER, PROCESS, FILE, FILE_DATA, PAGES, NAMESPACES, TAIL] {
             assert!(is_known(k));
             assert_ne!(name(k), "unknown");
         }

@@ -11,11 +11,13 @@ pub mod arch;
 pub mod error;
 pub mod inject;
 pub mod mem;
+pub mod ns;
 pub mod pidfd;
 pub mod proc;
 pub mod process;
 pub mod ptrace;
 pub mod sockdiag;
+pub mod sysvipc;
 pub mod uffd;
 
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@ mod many;
 mod memory;
 mod mm;
 mod mutator;
+mod pidns;
 mod pipes;
 mod posix_timers;
 mod pty;
@@ -52,6 +53,7 @@ const TABLE: &[(&str, Run)] = &[
     ("idle", idle::run),
     ("unix-sockets", unix_sockets::run),
     ("unsupported", unsupported::run),
+    ("pidns", pidns::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -77,6 +79,7 @@ pub const NAMES: &[&str] = &[
     "idle",
     "unix-sockets",
     "unsupported <thread|child|socket|netlink>",
+    "pidns [nested]",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
