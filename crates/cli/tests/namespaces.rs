@@ -85,3 +85,40 @@ fn other_mount_namespace_is_refused() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Starts `sleep` with PID `pid` (that of the tree just dumped), so that
+/// a plain restore cannot have it.
+fn occupy(pid: i32) {
+    let prog = std::ffi::CString::new("/bin/sleep").unwrap();
+    let arg = std::ffi::CString::new("60").unwrap();
+    let argv = [prog.as_ptr(), arg.as_ptr(), std::ptr::null()];
+    // SAFETY: the child only calls execv and _exit (async-signal-safe) on
+    // data prepared before the fork.
+    match unsafe { crest_sys::process::clone_with_pid(pid, 0) }.expect("clone3 set_tid") {
+        // SAFETY: as above.
+        crest_sys::process::Forked::Child => unsafe {
+            libc::execv(prog.as_ptr(), argv.as_ptr());
+            libc::_exit(127)
+        },
+        crest_sys::process::Forked::Parent(_) => {}
+    }
+}
+
+/// `restore --new-pidns`: the tree's PIDs are taken here, so it is
+/// restored into a new PID namespace where every process (and thread)
+/// keeps its PID.
+#[test]
+fn new_pidns_when_the_pids_are_taken() {
+    let mut w = Workload::start("threads", &["4"]);
+    let old = w.pid;
+    w.dump_ok();
+    occupy(old);
+    assert!(alive(old), "pid {old} is taken again");
+    w.restore_moved(&["--new-pidns"]);
+    assert_ne!(w.pid, old, "the init crest made has a pid of its own");
+    w.go();
+    w.expect_pass();
+    // SAFETY: plain kill of the placeholder this test started.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    reap(old, std::time::Duration::from_secs(5));
+}

@@ -33,4 +33,4 @@ pub mod tty;
 
 pub use dump::{check, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};
-pub use restore::{restore, RestoreReport};
+pub use restore::{restore, restore_with, RestoreOptions, RestoreReport};

@@ -28,9 +28,37 @@ pub struct RestoreReport {
     pub total_ms: f64,
 }
 
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore the tree inside a new PID namespace (below crest's) where
+    /// every process keeps its PID, under a small init of crest's (see
+    /// `crate::ns::pid::into_new_pidns`).  The reported pid is that
+    /// init's, in crest's namespace.
+    pub new_pidns: bool,
+}
+
 /// Restores the image read from `input`; returns once the process runs.
 /// crest (the caller) is its parent.
 pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<RestoreReport> {
+    restore_with(input, &RestoreOptions::default(), progress)
+}
+
+/// Validates the image's model and applies the options that change it.
+fn prepare(ckpt: &mut Checkpoint, opts: &RestoreOptions) -> Result<()> {
+    validate(ckpt)?;
+    if opts.new_pidns {
+        crate::ns::pid::into_new_pidns(ckpt)?;
+    }
+    Ok(())
+}
+
+/// [`restore`] with options.
+pub fn restore_with<R: Read>(
+    input: R,
+    opts: &RestoreOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let mut reader = Reader::new(input)?;
     codec::check_header(reader.header())?;
@@ -78,7 +106,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
             kind::PAGES => {
                 let c = rec.page_chunk(page_size)?;
                 if build.is_none() && spool.is_none() {
-                    validate(&ckpt)?;
+                    prepare(&mut ckpt, opts)?;
                     if ckpt
                         .processes
                         .iter()
@@ -89,7 +117,8 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
                         // pages on disk until then.
                         spool = Some(Spool::new()?);
                     } else {
-                        build = Some(Build::start(std::mem::take(&mut ckpt), &mut unlinked)?);
+                        let c = std::mem::take(&mut ckpt);
+                        build = Some(Build::start(c, &mut unlinked, opts.new_pidns)?);
                     }
                 }
                 match (&mut build, &mut spool) {
@@ -117,12 +146,15 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
     let build = match build {
         Some(b) => b,
         None => {
-            if validate(&ckpt).is_ok() {
-                for p in ckpt.processes.iter().filter(|p| p.ns.pids.is_empty()) {
-                    wait_pid_free(p.pid);
-                }
+            let mut ckpt = ckpt;
+            if spool.is_none() {
+                // (else prepared when the first page arrived)
+                prepare(&mut ckpt, opts)?;
             }
-            let mut b = Build::start(ckpt, &mut unlinked)?;
+            for p in ckpt.processes.iter().filter(|p| p.ns.pids.is_empty()) {
+                wait_pid_free(p.pid);
+            }
+            let mut b = Build::start(ckpt, &mut unlinked, opts.new_pidns)?;
             if let Some(s) = spool {
                 s.replay(&mut |space, addr, data| {
                     b.fill(&PageChunk::new(space, addr, data, page_size)?)
@@ -298,8 +330,12 @@ struct Build {
 }
 
 impl Build {
-    fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles) -> Result<Build> {
-        validate(&ckpt)?;
+    /// `ckpt` has been [`prepare`]d; `init`: under crest's init, in the
+    /// new PID namespace `prepare` put it in.
+    fn start(ckpt: Checkpoint, unlinked: &mut UnlinkedFiles, init: bool) -> Result<Build> {
+        if !init {
+            validate(&ckpt)?;
+        }
         for p in &ckpt.processes {
             creds::check_restorable(p.pid, &p.creds)?;
             for t in p.threads.iter().filter_map(|t| t.creds.as_ref()) {
@@ -458,7 +494,11 @@ impl Build {
             let comm = tasks::comm_bytes(&p.threads[0].comm);
             let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
-            let new_ns = crate::ns::new_ns_flags(&ckpt.processes, i);
+            let mut new_ns = crate::ns::new_ns_flags(&ckpt.processes, i);
+            if init && i == 0 {
+                // crest's init made the namespace.
+                new_ns &= !(libc::CLONE_NEWPID as u64);
+            }
             let uts = if new_ns & libc::CLONE_NEWUTS as u64 != 0 {
                 crate::ns::state(&ckpt.namespaces, p.ns.uts).and_then(crate::ns::uts::names)
             } else {
@@ -467,6 +507,7 @@ impl Build {
             procs.push(ProcPlan {
                 pid: p.pid,
                 tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid),
+                nested: !p.ns.pids.is_empty(),
                 new_ns,
                 uts,
                 children: Vec::new(),
@@ -557,6 +598,7 @@ impl Build {
             ready_src: stub::raw(&pipes.ready_w),
             hold_src: stub::raw(&pipes.hold_r),
             procs,
+            init,
         };
         crate::fault::point("restore: before creating the processes")?;
         let root = ckpt.processes[0].pid;

@@ -37,6 +37,7 @@ use crest_sys::mem::ProcMem;
 use crest_sys::process::{self, Forked};
 use crest_sys::ptrace::{self, WaitStatus};
 use std::cell::RefCell;
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Scratch pages after the code page of the helper area: the data that
@@ -105,6 +106,9 @@ pub struct ProcPlan {
     /// clone3's set_tid: its PIDs, innermost namespace first (see
     /// `crate::ns::pid`).
     pub tids: Vec<i32>,
+    /// In a PID namespace below crest's: its PID in crest's namespace is
+    /// the kernel's choice.
+    pub nested: bool,
     /// CLONE_NEW* flags it is created with (the namespaces it enters).
     pub new_ns: u64,
     /// Host and domain name it sets first, in the UTS namespace it creates.
@@ -163,6 +167,9 @@ pub struct TreePlan {
     /// read end (inherited by the stubs).
     pub ready_src: i32,
     pub hold_src: i32,
+    /// Restore under crest's own init, PID 1 of a new PID namespace (see
+    /// [`mini_init`]).
+    pub init: bool,
 }
 
 /// Names of the routine's steps, for failure reports.
@@ -371,6 +378,112 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     }
 }
 
+/// The signals crest's init passes on to the tree's root.
+const FORWARDED: [i32; 8] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGCONT,
+    libc::SIGWINCH,
+];
+
+extern "C" fn ignore_signal(_: i32) {}
+
+/// crest's init for `restore --new-pidns`: PID 1 of the new namespace,
+/// in a new mount namespace whose /proc shows the new PID namespace (the
+/// tree sees its own PIDs there too).  It forks the tree's root (which runs [`routine`]), then closes every
+/// descriptor but `release` and waits there: EOF means the restore
+/// failed (crest died or dropped the tree: only crest has the write end)
+/// and it exits, taking the namespace with it; a byte means the tree runs, and from then on it
+/// only reaps orphans and passes the common termination and job signals
+/// it receives on to the root, and exits with the root's status (a root
+/// killed by a signal: 128 + its number).
+///
+/// # Safety
+/// As [`routine`].
+unsafe fn mini_init(plan: &mut TreePlan, release: i32) -> ! {
+    // Its own mount namespace (a copy of crest's, kept from propagating
+    // back) with a /proc of the new PID namespace.
+    if libc::mount(
+        std::ptr::null(),
+        c"/".as_ptr(),
+        std::ptr::null(),
+        libc::MS_REC | libc::MS_SLAVE,
+        std::ptr::null(),
+    ) != 0
+        || libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ) != 0
+    {
+        libc::_exit(2);
+    }
+    let all: u64 = !0;
+    libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        &all,
+        0usize,
+        8usize,
+    );
+    // An init drops signals whose action is the default: give the ones
+    // it forwards a handler (never run: they stay blocked).
+    for sig in FORWARDED {
+        libc::signal(sig, ignore_signal as *const () as libc::sighandler_t);
+    }
+    libc::signal(
+        libc::SIGCHLD,
+        ignore_signal as *const () as libc::sighandler_t,
+    );
+    let flags = plan.procs[0].share | plan.procs[0].new_ns;
+    let root = match process::clone_with_tids(&plan.procs[0].tids, flags) {
+        Ok(Forked::Child) => routine(plan, 0),
+        Ok(Forked::Parent(pid)) => pid,
+        Err(_) => libc::_exit(1),
+    };
+    libc::syscall(libc::SYS_close_range, 0u32, (release - 1) as u32, 0u32);
+    libc::syscall(libc::SYS_close_range, (release + 1) as u32, u32::MAX, 0u32);
+    let mut b = 0u8;
+    loop {
+        let n = libc::read(release, (&mut b as *mut u8).cast(), 1);
+        if n == 1 {
+            break;
+        }
+        if n == 0 || *libc::__errno_location() != libc::EINTR {
+            libc::_exit(1);
+        }
+    }
+    libc::close(release);
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut set);
+    loop {
+        let sig = libc::sigwaitinfo(&set, std::ptr::null_mut());
+        if sig == libc::SIGCHLD || sig < 0 {
+            loop {
+                let mut st = 0;
+                let r = libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL);
+                if r <= 0 {
+                    break;
+                }
+                if r == root {
+                    if libc::WIFSIGNALED(st) {
+                        libc::_exit(128 + libc::WTERMSIG(st));
+                    }
+                    libc::_exit(libc::WEXITSTATUS(st));
+                }
+            }
+        } else if FORWARDED.contains(&sig) {
+            libc::kill(root, sig);
+        }
+    }
+}
+
 /// # Safety
 /// As [`routine`]: runs in a forked child and never returns.  Leaves the
 /// process exactly as the checkpointed zombie: exited with `status`.
@@ -443,6 +556,8 @@ pub struct StubTree {
     root: i32,
     /// Every pid of the plan, for cleanup.
     pids: Vec<i32>,
+    /// With crest's init: the write end of its release pipe.
+    release: Option<OwnedFd>,
     /// The hold pipe's writer: stubs wait on it until seized and exit if
     /// it closes before.
     _hold: OwnedFd,
@@ -518,7 +633,7 @@ fn read_exact_fd(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Whether some process of the plan is in a PID namespace below crest's
 /// (its PID in crest's namespace is then the kernel's choice).
 fn nested(plan: &TreePlan) -> bool {
-    plan.procs.iter().any(|p| p.tids != [p.pid])
+    plan.procs.iter().any(|p| p.nested)
 }
 
 /// The PIDs in crest's namespace of the plan's processes and of their
@@ -533,7 +648,15 @@ fn host_pids(plan: &TreePlan, root: i32) -> Result<(Vec<i32>, Vec<i32>)> {
         ));
     }
     let mut hosts = vec![0; plan.procs.len()];
-    hosts[0] = root;
+    hosts[0] = if plan.init {
+        // The init's only child.
+        match crate::ns::pid::children_levels(root)?.first() {
+            Some((h, _)) => *h,
+            None => return Err(Error::msg("crest's init has no child")),
+        }
+    } else {
+        root
+    };
     let mut zombies = Vec::new();
     for (i, p) in plan.procs.iter().enumerate() {
         let mut kids = crate::ns::pid::children_levels(hosts[i])?;
@@ -588,13 +711,29 @@ impl StubTree {
     /// of them are closed here.
     pub fn spawn(mut plan: TreePlan, pipes: Pipes) -> Result<StubTree> {
         let root_pid = plan.procs[0].pid;
-        let flags = plan.procs[0].new_ns;
-        // SAFETY: the child runs only `routine`, raw syscalls on its own
-        // copy of the plan; it never returns.
-        let root = match unsafe { process::clone_with_tids(&plan.procs[0].tids, flags)? } {
-            // SAFETY: as above: in the child, only `routine`.
-            Forked::Child => unsafe { routine(&mut plan, 0) },
-            Forked::Parent(pid) => pid,
+        let mut release = None;
+        let root = if plan.init {
+            let (r, w) = crate::files::make_pipe()?;
+            let rfd = r.as_raw_fd();
+            let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+            // SAFETY: the child runs only `mini_init` and `routine`, raw
+            // syscalls on its own copy of the plan; it never returns.
+            let init = match unsafe { process::clone_with_tids(&[], flags)? } {
+                // SAFETY: as above.
+                Forked::Child => unsafe { mini_init(&mut plan, rfd) },
+                Forked::Parent(pid) => pid,
+            };
+            release = Some(w);
+            init
+        } else {
+            let flags = plan.procs[0].new_ns;
+            // SAFETY: the child runs only `routine`, raw syscalls on its own
+            // copy of the plan; it never returns.
+            match unsafe { process::clone_with_tids(&plan.procs[0].tids, flags)? } {
+                // SAFETY: as above: in the child, only `routine`.
+                Forked::Child => unsafe { routine(&mut plan, 0) },
+                Forked::Parent(pid) => pid,
+            }
         };
         let Pipes {
             ready_r,
@@ -613,6 +752,7 @@ impl StubTree {
                 plan.procs.iter().map(|p| p.pid).collect()
             },
             _hold: hold_w,
+            release,
             released: false,
         };
         let n = plan.procs.len();
@@ -673,7 +813,7 @@ impl StubTree {
             seize_stopped(host)?;
             tree.procs.push(StubProc {
                 pid: host,
-                nested: p.tids != [p.pid],
+                nested: p.nested,
                 threads: vec![Task {
                     tid: host,
                     vtid: p.tids[0],
@@ -737,6 +877,12 @@ impl StubTree {
                 ptrace::detach(t.tid, sig)?;
             }
         }
+        if let Some(w) = self.release.take() {
+            // crest's init: the tree runs, stay.
+            std::fs::File::from(w)
+                .write_all(b"r")
+                .context(|| "releasing crest's init".into())?;
+        }
         Ok(self.root)
     }
 }
@@ -747,7 +893,11 @@ impl Drop for StubTree {
             return;
         }
         // Killing the root takes its descendants with it (PDEATHSIG), but
-        // kill every stub anyway, deepest first.
+        // kill every stub anyway, deepest first (and crest's init, which
+        // takes its whole namespace).
+        if self.release.is_some() {
+            let _ = process::kill(self.root, libc::SIGKILL);
+        }
         for &pid in self.pids.iter().rev() {
             let _ = process::kill(pid, libc::SIGKILL);
         }

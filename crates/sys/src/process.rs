@@ -54,7 +54,11 @@ pub unsafe fn clone_with_tids(tids: &[pid_t], flags: u64) -> Result<Forked> {
     let args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
+        set_tid: if tids.is_empty() {
+            0
+        } else {
+            tids.as_ptr() as u64
+        },
         set_tid_size: tids.len() as u64,
         ..Default::default()
     };

@@ -205,3 +205,36 @@ pub fn thread_host_tid(host: i32, inner: i32) -> Result<i32> {
         "pid {host}: no thread with PID {inner} in its namespace"
     )))
 }
+
+/// `restore --new-pidns`: puts a tree that lived in crest's PID namespace
+/// into a new one below it, where every task keeps its PID.  The new
+/// namespace's PID 1 is crest's own small init (see `crate::stub`); the
+/// tree's root becomes its child.
+pub fn into_new_pidns(ckpt: &mut crate::model::Checkpoint) -> Result<()> {
+    use crate::model::{Namespace, NsState};
+    if let Some(p) = ckpt.processes.iter().find(|p| !p.ns.pids.is_empty()) {
+        return Err(Error::Incompatible(format!(
+            "pid {} already lives in a PID namespace of its own; --new-pidns is for trees \
+             that were in the PID namespace of crest",
+            p.pid
+        )));
+    }
+    if ckpt.processes.iter().any(|p| p.pid == 1) {
+        return Err(Error::Invalid(
+            "PID 1 cannot be restored under a new init".into(),
+        ));
+    }
+    let id = ckpt.namespaces.table.len() as u32;
+    ckpt.namespaces.table.push(Namespace {
+        id,
+        ino: 0,
+        state: NsState::Pid { level: 1 },
+    });
+    for p in &mut ckpt.processes {
+        p.ns.pid = Some(id);
+        p.ns.pids = vec![p.pid];
+        p.ns.tids = p.threads[1..].iter().map(|t| vec![t.tid]).collect();
+        p.ns.zombie_pids = p.zombies.iter().map(|z| vec![z.pid]).collect();
+    }
+    Ok(())
+}
