@@ -5,10 +5,19 @@
 mod common;
 use common::*;
 
+/// The tests here look at every process in a nested PID namespace and
+/// reap any child: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A container init (PID 1 of its own PID, UTS and IPC namespaces) with
 /// three descendants and a thread: dumped, restored twice in a row.
 #[test]
 fn pid_uts_ipc_namespaces() {
+    let _g = serial();
     let mut w = Workload::start_handover("pidns", &[]);
     for _ in 0..2 {
         w.dump_ok();
@@ -21,6 +30,7 @@ fn pid_uts_ipc_namespaces() {
 /// A PID namespace inside the container's PID namespace.
 #[test]
 fn nested_pid_namespaces() {
+    let _g = serial();
     let mut w = Workload::start_handover("pidns", &["nested"]);
     w.dump_ok();
     w.restore_moved(&[]);
@@ -32,6 +42,7 @@ fn nested_pid_namespaces() {
 /// the container must fail its own check.
 #[test]
 fn pidns_checker_detects_a_wrong_hostname() {
+    let _g = serial();
     let w = Workload::start_handover("pidns", &[]);
     let ns = format!("/proc/{}/ns/uts", w.pid);
     let f = std::fs::File::open(&ns).unwrap();
@@ -63,6 +74,7 @@ fn pidns_checker_detects_a_wrong_hostname() {
 /// dump, named, and keeps running.
 #[test]
 fn other_mount_namespace_is_refused() {
+    let _g = serial();
     init();
     let mut child = std::process::Command::new("unshare")
         .args(["--mount", "sleep", "60"])
@@ -109,6 +121,7 @@ fn occupy(pid: i32) {
 /// keeps its PID.
 #[test]
 fn new_pidns_when_the_pids_are_taken() {
+    let _g = serial();
     let mut w = Workload::start("threads", &["4"]);
     let old = w.pid;
     w.dump_ok();
@@ -121,4 +134,170 @@ fn new_pidns_when_the_pids_are_taken() {
     // SAFETY: plain kill of the placeholder this test started.
     unsafe { libc::kill(old, libc::SIGKILL) };
     reap(old, std::time::Duration::from_secs(5));
+}
+
+/// Processes (other than those in `before`) in a PID namespace below
+/// ours, after reaping whatever came to us.
+fn nested_processes(before: &[i32]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let levels = status
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .map(|l| l.split_whitespace().count() - 1)
+            .unwrap_or(0);
+        if levels > 1 && !before.contains(&pid) && descends_from_us(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` is a descendant of this test process.
+fn descends_from_us(mut pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    for _ in 0..64 {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(pp) = st
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<i32>().ok())
+        else {
+            return false;
+        };
+        if pp == me {
+            return true;
+        }
+        if pp <= 1 {
+            return false;
+        }
+        pid = pp;
+    }
+    false
+}
+
+fn errors_only(o: &std::process::Output) -> String {
+    stderr(o)
+        .lines()
+        .filter(|l| !l.starts_with("crest-fault-point "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn reap_all() {
+    loop {
+        // SAFETY: plain waitpid of any child, not blocking.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
+        if r <= 0 {
+            break;
+        }
+    }
+}
+
+/// Fails (or kills) the restore of a container at each of its fault
+/// points in turn: afterwards no process of it is left, so none of the
+/// namespaces it made (they go with their last process).
+fn fault_every_point(kill: bool, new_pidns: bool) {
+    let _g = serial();
+    let w = if new_pidns {
+        Workload::start("threads", &["2"])
+    } else {
+        Workload::start_handover("pidns", &[])
+    };
+    let extra: &[&str] = if new_pidns { &["--new-pidns"] } else { &[] };
+    w.dump_ok();
+    let img = w.image();
+    let mut args = vec!["restore", "-i", img.to_str().unwrap(), "-d"];
+    args.extend_from_slice(extra);
+    let before = nested_processes(&[]);
+    let run = |at: usize| {
+        let mut c = std::process::Command::new(crest_bin());
+        c.args(&args)
+            .env("CREST_FAULT_TRACE", "1")
+            .stdin(std::process::Stdio::null());
+        if at > 0 {
+            c.env("CREST_FAULT_AT", at.to_string());
+        }
+        if kill {
+            c.env("CREST_FAULT_MODE", "kill");
+        }
+        c.output().unwrap()
+    };
+    let o = run(0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let points = stderr(&o)
+        .lines()
+        .filter(|l| l.starts_with("crest-fault-point "))
+        .count();
+    assert!(points > 10, "{points} fault points");
+    let pid: i32 = stdout(&o).trim().parse().unwrap();
+    // SAFETY: plain kill of the tree this test restored.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid, std::time::Duration::from_secs(10));
+    // Every point near the start and the end, and a sample between.
+    let step = (points / 40).max(1);
+    let picks: Vec<usize> = (1..=points)
+        .filter(|n| *n <= 30 || *n + 30 > points || n % step == 0)
+        .collect();
+    for n in picks {
+        let o = run(n);
+        assert!(!o.status.success(), "restore with a fault at {n} succeeded");
+        let start = std::time::Instant::now();
+        let left = loop {
+            reap_all();
+            let left = nested_processes(&before);
+            if left.is_empty() || start.elapsed().as_secs() > 10 {
+                break left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let show: Vec<String> = left
+            .iter()
+            .map(|p| {
+                let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                let pick = |k: &str| {
+                    st.lines()
+                        .find(|l| l.starts_with(k))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                format!(
+                    "{p}: {} {} {} {}",
+                    pick("Name"),
+                    pick("State"),
+                    pick("PPid"),
+                    pick("NSpid")
+                )
+            })
+            .collect();
+        assert!(
+            left.is_empty(),
+            "fault at point {n} of {points} left processes {show:?}: {}",
+            errors_only(&o)
+        );
+    }
+}
+
+#[test]
+fn container_restore_error_at_every_point_leaves_nothing() {
+    fault_every_point(false, false);
+}
+
+#[test]
+fn container_restore_killed_at_every_point_leaves_nothing() {
+    fault_every_point(true, false);
+}
+
+#[test]
+fn new_pidns_restore_error_at_every_point_leaves_nothing() {
+    fault_every_point(false, true);
+}
+
+#[test]
+fn new_pidns_restore_killed_at_every_point_leaves_nothing() {
+    fault_every_point(true, true);
 }
