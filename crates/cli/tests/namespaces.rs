@@ -70,32 +70,44 @@ fn pidns_checker_detects_a_wrong_hostname() {
     );
 }
 
-/// A process in a mount namespace of its own is refused by check and
-/// dump, named, and keeps running.
+/// A mount crest cannot recreate yet (a tmpfs mounted only inside the
+/// process's mount namespace) is refused by check and dump with its
+/// mount point and type, and the process keeps running.
 #[test]
-fn other_mount_namespace_is_refused() {
+fn mount_only_in_the_namespace_is_refused() {
     let _g = serial();
     init();
+    let dir = temp_dir("mnt-refused");
+    let at = dir.join("m");
+    std::fs::create_dir_all(&at).unwrap();
+    let script = format!(
+        "mount -t tmpfs crest-test-tmpfs {} && touch {}/ok && exec sleep 60",
+        at.display(),
+        dir.display()
+    );
     let mut child = std::process::Command::new("unshare")
-        .args(["--mount", "sleep", "60"])
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
     let start = std::time::Instant::now();
-    loop {
-        let mine = std::fs::read_link("/proc/self/ns/mnt").unwrap();
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
-        if mine != theirs || start.elapsed().as_secs() > 10 {
-            break;
-        }
+    while !dir.join("ok").exists() && start.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let o = crest(&["check", "-p", &pid.to_string()]);
     let text = stdout(&o) + &stderr(&o);
-    assert!(text.contains("mnt namespace"), "{text}");
-    assert!(alive(pid));
+    assert!(!o.status.success(), "{text}");
+    let want = format!("mount {}", at.display());
+    assert!(text.contains(&want) && text.contains("tmpfs"), "{text}");
+    let img = dir.join("img");
+    let o = crest(&["dump", "-p", &pid.to_string(), "-o", img.to_str().unwrap()]);
+    let text = stderr(&o);
+    assert!(!o.status.success() && text.contains(&want), "{text}");
+    assert!(alive(pid), "the refused process must keep running");
     child.kill().unwrap();
     child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Starts `sleep` with PID `pid` (that of the tree just dumped), so that
@@ -300,4 +312,35 @@ fn new_pidns_restore_error_at_every_point_leaves_nothing() {
 #[test]
 fn new_pidns_restore_killed_at_every_point_leaves_nothing() {
     fault_every_point(true, true);
+}
+
+/// A container made by util-linux: `unshare --pid --fork --mount-proc
+/// --uts --ipc`, whose init checks after restore that /proc (mounted
+/// again in the recreated mount namespace) shows its PID namespace.
+#[test]
+fn unshare_made_container() {
+    let _g = serial();
+    let wrapper = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--uts",
+        "--ipc",
+    ];
+    let mut w = Workload::start_wrapped("pidns", &wrapper, &["inside"], "inner-ready");
+    let o = crest(&["check", "-p", &w.pid.to_string()]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    // unshare waits for its child: it reaps the dumped init and exits.
+    let o = w.dump(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let start = std::time::Instant::now();
+    while alive(w.pid) && start.elapsed().as_secs() < 10 {
+        reap_all();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!alive(w.pid), "the dumped init is still there");
+    w.restore_moved(&[]);
+    w.go();
+    w.expect_pass();
 }

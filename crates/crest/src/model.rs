@@ -606,6 +606,19 @@ pub enum NsState {
     },
     /// An IPC namespace: its System V objects (see `crate::ns::ipc`).
     Ipc(IpcState),
+    /// A mount namespace (see `crate::ns::mnt`).
+    Mnt(MntState),
+}
+
+/// A mount namespace that is a copy of crest's but for its proc mounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MntState {
+    /// Propagation of its mounts: "private", "slave" or "shared" (of its
+    /// root mount).
+    pub propagation: String,
+    /// proc filesystems mounted in it, in mount order: (mount point,
+    /// MS_* flags).
+    pub procs: Vec<(String, u64)>,
 }
 
 /// The System V semaphore sets and message queues of an IPC namespace.
@@ -651,6 +664,9 @@ pub struct ProcNs {
     pub pid: Option<NsId>,
     pub uts: Option<NsId>,
     pub ipc: Option<NsId>,
+    /// Its mount namespace.
+    #[serde(default)]
+    pub mnt: Option<NsId>,
     /// The process's PIDs in the PID namespaces below crest's, outermost
     /// first (`NSpid` without crest's own level): empty in crest's PID
     /// namespace; the last is the PID the process sees for itself.

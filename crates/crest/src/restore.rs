@@ -504,8 +504,14 @@ impl Build {
             } else {
                 None
             };
+            let mnt = if new_ns & libc::CLONE_NEWNS as u64 != 0 {
+                crate::ns::state(&ckpt.namespaces, p.ns.mnt).and_then(crate::ns::mnt::plan)
+            } else {
+                None
+            };
             procs.push(ProcPlan {
                 pid: p.pid,
+                mnt,
                 tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid),
                 nested: !p.ns.pids.is_empty(),
                 new_ns,

@@ -113,6 +113,10 @@ pub struct ProcPlan {
     pub new_ns: u64,
     /// Host and domain name it sets first, in the UTS namespace it creates.
     pub uts: Option<(Vec<u8>, Vec<u8>)>,
+    /// In the mount namespace it creates: the propagation to set on every
+    /// mount (MS_PRIVATE, MS_SLAVE or 0) and the proc mounts to make
+    /// (see `crate::ns::mnt`).
+    pub mnt: Option<(u64, Vec<(std::ffi::CString, u64)>)>,
     /// Indexes (into [`TreePlan::procs`]) of the processes this one forks.
     pub children: Vec<usize>,
     pub setsid: bool,
@@ -173,7 +177,7 @@ pub struct TreePlan {
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 14] = [
+const STEPS: [&str; 15] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -188,6 +192,7 @@ const STEPS: [&str; 14] = [
     "reporting ready",
     "waiting",
     "setting its host or domain name",
+    "setting up its mount namespace",
 ];
 
 /// # Safety
@@ -218,6 +223,20 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             || libc::setdomainname(domain.as_ptr().cast(), domain.len()) != 0
         {
             fail(13, report);
+        }
+    }
+    if let Some((prop, procs)) = &plan.procs[i].mnt {
+        let none = std::ptr::null::<libc::c_char>();
+        if *prop != 0
+            && libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | prop, none.cast()) != 0
+        {
+            fail(14, report);
+        }
+        for (at, flags) in procs {
+            let proc_ = c"proc".as_ptr();
+            if libc::mount(proc_, at.as_ptr(), proc_, *flags, none.cast()) != 0 {
+                fail(14, report);
+            }
         }
     }
     let all: u64 = !0;

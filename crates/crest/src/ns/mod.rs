@@ -3,7 +3,7 @@
 //!
 //! A namespace is identified by the inode of its /proc/PID/ns/KIND link.
 //! Dump looks at every process of the tree and each namespace kind crest
-//! handles (PID, UTS, IPC): a process in crest's own namespace records
+//! handles (PID, UTS, IPC, mount): a process in crest's own namespace records
 //! nothing; otherwise the namespace gets an entry in the checkpoint's
 //! table (with its state: the UTS names, the IPC objects) the first time
 //! a process of the tree is seen in it, in tree order (parents first).
@@ -15,15 +15,17 @@
 //! runtimes make); a process that joined a namespace another member also
 //! reached from outside (setns), or whose parent is in a namespace it is
 //! not a child of, is refused by name.  The kinds crest does not handle
-//! yet (mount, network, user, cgroup, time) are refused when they differ
+//! yet (network, user, cgroup, time) are refused when they differ
 //! from crest's.
 //!
 //! - [`pid`]: PID namespaces (the PIDs of every task at each level).
 //! - [`uts`]: host and domain names.
 //! - [`ipc`]: System V semaphores and message queues of a private IPC
 //!   namespace.
+//! - [`mnt`]: mount namespaces that copy crest's, with proc mounted again.
 
 pub mod ipc;
+pub mod mnt;
 pub mod pid;
 pub mod uts;
 
@@ -34,7 +36,7 @@ use crate::Obstacle;
 use crest_sys::proc;
 
 /// The kinds crest recreates.
-pub const HANDLED: [&str; 3] = ["pid", "uts", "ipc"];
+pub const HANDLED: [&str; 4] = ["pid", "uts", "ipc", "mnt"];
 
 /// The CLONE_NEW* flag of a handled kind.
 pub fn clone_flag(kind: &str) -> u64 {
@@ -42,6 +44,7 @@ pub fn clone_flag(kind: &str) -> u64 {
         "pid" => libc::CLONE_NEWPID,
         "uts" => libc::CLONE_NEWUTS,
         "ipc" => libc::CLONE_NEWIPC,
+        "mnt" => libc::CLONE_NEWNS,
         _ => 0,
     }) as u64
 }
@@ -62,7 +65,7 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
                 object: format!("{name} namespace"),
                 reason: format!(
                     "the process is in another {name} namespace than crest ({name}:[{ino}]); \
-                     only PID, UTS and IPC namespaces are supported yet"
+                     only PID, UTS, IPC and mount namespaces are supported yet"
                 ),
             });
         }
@@ -128,6 +131,7 @@ pub fn collect(
                                 level: me.pids.len() as u32,
                             },
                             "uts" => uts::collect(pid)?,
+                            "mnt" => mnt::collect(pid, obstacles)?,
                             _ => ipc::collect(pid, obstacles)?,
                         };
                         table.table.push(Namespace { id, ino: t, state });
@@ -169,6 +173,7 @@ pub fn get(p: &ProcNs, kind: &str) -> Option<NsId> {
         "pid" => p.pid,
         "uts" => p.uts,
         "ipc" => p.ipc,
+        "mnt" => p.mnt,
         _ => None,
     }
 }
@@ -178,6 +183,7 @@ fn set(p: &mut ProcNs, kind: &str, v: Option<NsId>) {
         "pid" => p.pid = v,
         "uts" => p.uts = v,
         "ipc" => p.ipc = v,
+        "mnt" => p.mnt = v,
         _ => {}
     }
 }
@@ -210,6 +216,7 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
                 ("pid", Some(NsState::Pid { .. })) => true,
                 ("uts", Some(NsState::Uts { .. })) => true,
                 ("ipc", Some(NsState::Ipc(_))) => true,
+                ("mnt", Some(NsState::Mnt(_))) => true,
                 _ => false,
             };
             if !ok {

@@ -79,7 +79,7 @@ pub const NAMES: &[&str] = &[
     "idle",
     "unix-sockets",
     "unsupported <thread|child|socket|netlink>",
-    "pidns [nested]",
+    "pidns [nested] [inside]",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {

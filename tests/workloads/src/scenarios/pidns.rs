@@ -1,4 +1,4 @@
-//! `pidns [nested]`: a small container — a tree whose root is PID 1 of
+//! `pidns [nested] [inside]`: a small container — a tree whose root is PID 1 of
 //! its own PID namespace, with its own UTS and IPC namespaces.
 //!
 //! ```text
@@ -21,7 +21,9 @@
 //! the host and domain names; C checks its thread's id, the semaphore
 //! values, the queue's messages and both objects' ids, reaps its children
 //! and judges their verdicts (`child-<label>`), and checks it survived
-//! the SIGUSR1.
+//! the SIGUSR1.  With `inside` there is no launcher: the program is
+//! started as C by `unshare --pid --fork --mount-proc --uts --ipc`, and C
+//! also checks that /proc shows its namespace (`/proc/self` is 1).
 
 use crate::checks::Checks;
 use crate::family::{judge, member_wait_go, reap, STEP_TIMEOUT_NS};
@@ -112,6 +114,11 @@ fn wait_go(m: &Proto, c: &mut Checks, who: &str) {
 
 pub fn run(p: &Proto, args: &[String]) -> Checks {
     let nested = args.iter().any(|a| a == "nested");
+    if args.iter().any(|a| a == "inside") {
+        // Already PID 1 of namespaces someone else made (`unshare
+        // --pid --fork --mount-proc --uts --ipc`), with a /proc of ours.
+        return init(p, nested, true);
+    }
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     // SAFETY: as in `member`: a fork-like clone.
     let c_pid =
@@ -134,10 +141,10 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
         // SAFETY: _exit has no preconditions; C lives on without us.
         unsafe { libc::_exit(0) };
     }
-    init(p, nested)
+    init(p, nested, false)
 }
 
-fn init(p: &Proto, nested: bool) -> Checks {
+fn init(p: &Proto, nested: bool, own_proc: bool) -> Checks {
     let mut c = Checks::new();
     // SAFETY: plain syscalls on valid buffers.
     unsafe {
@@ -238,6 +245,17 @@ fn init(p: &Proto, nested: bool) -> Checks {
         Err(_) => c.fail("C: the thread panicked"),
     }
     check_common(&mut c, "C", 1, 0);
+    if own_proc {
+        // /proc is the namespace's: it names us 1, and lists our members.
+        let me = std::fs::read_link("/proc/self").map(|l| l.to_string_lossy().into_owned());
+        c.eq(
+            "C: /proc/self",
+            Ok("1".to_string()),
+            me.map_err(|e| e.to_string()),
+        );
+        let comm = std::fs::read_to_string(format!("/proc/{a}/comm")).unwrap_or_default();
+        c.eq("C: /proc/A/comm", "crest-workload\n".to_string(), comm);
+    }
     let mut vals = [0u16; 3];
     // SAFETY: GETALL into a buffer of nsems shorts.
     let r = unsafe { libc::semctl(semid, 0, libc::GETALL, vals.as_mut_ptr()) };
