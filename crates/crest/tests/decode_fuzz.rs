@@ -356,10 +356,12 @@ fn checkpoint() -> Checkpoint {
         zombies: Vec::new(),
         shares_files_with: None,
         shares_fs_with: None,
+        ns: Default::default(),
     };
     Checkpoint {
         objects,
         processes: vec![process],
+        namespaces: Default::default(),
     }
 }
 
@@ -491,6 +493,7 @@ fn mutated_records_never_panic() {
                     Checkpoint {
                         objects: base.objects.clone(),
                         processes: vec![p],
+                        namespaces: Default::default(),
                     }
                 }
                 Some(i) => {

@@ -141,7 +141,7 @@ pub fn collect(
                 })
             };
             set(&mut me, kind, slot);
-            let from_parent = parent.map_or(None, |j| get(&out[j], kind));
+            let from_parent = parent.and_then(|j| get(&out[j], kind));
             if slot != from_parent {
                 // `pid` enters this namespace: it must be new here.
                 let first = slot.is_some_and(|s| !out.iter().any(|q| get(q, kind) == Some(s)));
@@ -212,13 +212,13 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
     for (i, p) in procs.iter().enumerate() {
         for kind in HANDLED {
             let Some(id) = get(&p.ns, kind) else { continue };
-            let ok = match (kind, ns.table.get(id as usize).map(|n| &n.state)) {
-                ("pid", Some(NsState::Pid { .. })) => true,
-                ("uts", Some(NsState::Uts { .. })) => true,
-                ("ipc", Some(NsState::Ipc(_))) => true,
-                ("mnt", Some(NsState::Mnt(_))) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (kind, ns.table.get(id as usize).map(|n| &n.state)),
+                ("pid", Some(NsState::Pid { .. }))
+                    | ("uts", Some(NsState::Uts { .. }))
+                    | ("ipc", Some(NsState::Ipc(_)))
+                    | ("mnt", Some(NsState::Mnt(_)))
+            );
             if !ok {
                 return bad(format!(
                     "pid {}: its {kind} namespace {id} is not a {kind} namespace of the image",

@@ -34,7 +34,7 @@ const HOST: &[u8] = b"crest-pidns";
 const DOMAIN: &[u8] = b"crest-dom";
 const SEMS: [u16; 3] = [3, 7, 42];
 const MSGS: [(i64, &[u8]); 2] = [(5, b"hello"), (9, b"world, again")];
-const MSG_KEY: i32 = 0x0c12_e57;
+const MSG_KEY: i32 = 0x00c1_2e57;
 const POLL_NS: u64 = 2_000_000;
 
 fn names() -> (Vec<u8>, Vec<u8>) {
