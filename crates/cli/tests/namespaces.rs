@@ -344,3 +344,31 @@ fn unshare_made_container() {
     w.go();
     w.expect_pass();
 }
+
+/// A container moved through a pipe, `crest dump -o - | crest restore -i
+/// -`, into a fresh set of namespaces while the dumped one is still going
+/// away.
+#[test]
+fn container_through_a_pipe() {
+    use std::process::{Command, Stdio};
+    let _g = serial();
+    let mut w = Workload::start_handover("pidns", &["nested"]);
+    let mut dump = Command::new(crest_bin())
+        .args(["dump", "-p", &w.pid.to_string(), "-o", "-"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let restore = Command::new(crest_bin())
+        .args(["restore", "-i", "-", "-d"])
+        .stdin(dump.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(dump.wait().unwrap().success(), "dump failed");
+    assert!(restore.status.success(), "{}", stderr(&restore));
+    let old = w.pid;
+    reap(old, std::time::Duration::from_secs(10));
+    w.pid = stdout(&restore).trim().parse().unwrap();
+    assert!(alive(w.pid));
+    w.go();
+    w.expect_pass();
+}
