@@ -372,3 +372,86 @@ fn container_through_a_pipe() {
     w.go();
     w.expect_pass();
 }
+
+/// A busybox container of 20 processes made by `unshare`: a shell whose
+/// counter goes through a pipe to a reader that checks every number
+/// follows the last (a restart or a lost byte shows), a writer that
+/// checks the host name, and 17 sleeping members.  Dumped, restored,
+/// and the counting must go on where it was.
+#[test]
+fn busybox_container_keeps_counting() {
+    let _g = serial();
+    init();
+    let dir = temp_dir("busybox");
+    let d = dir.display();
+    let script = format!(
+        "hostname bbx; \
+         (i=0; while :; do [ \"$(hostname)\" = bbx ] || echo badhost >> {d}/bad; \
+           echo $i; i=$((i+1)); sleep 0.02; done) | \
+         (prev=-1; while read n; do \
+           [ $prev -lt 0 ] || [ $n -eq $((prev+1)) ] || echo \"bad $prev $n\" >> {d}/bad; \
+           prev=$n; echo $n > {d}/count.tmp; mv {d}/count.tmp {d}/count; done) & \
+         for k in $(seq 17); do sleep 1000 & done; wait"
+    );
+    let bb = "/usr/bin/busybox";
+    // Only busybox's applets.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for applet in ["sh", "hostname", "sleep", "seq", "mv"] {
+        std::os::unix::fs::symlink(bb, bin.join(applet)).unwrap();
+    }
+    let out = std::process::Command::new(crest_bin())
+        .args([
+            "run",
+            "--",
+            "/usr/bin/unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .args(["--uts", "--ipc", bb, "sh", "-c", &script])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wrapper: i32 = stdout(&out).trim().parse().unwrap();
+    let count = || -> i64 {
+        std::fs::read_to_string(dir.join("count"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(-1)
+    };
+    let start = std::time::Instant::now();
+    while count() < 5 && start.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kids = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
+        .unwrap_or_default();
+    let root: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    let members = 1 + descendants(root).len();
+    assert!(members >= 20, "{members} processes in the container");
+    let img = dir.join("img");
+    let o = crest(&["dump", "-p", &root.to_string(), "-o", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let at_dump = count();
+    reap(wrapper, std::time::Duration::from_secs(10));
+    let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let restored: i32 = stdout(&o).trim().parse().unwrap();
+    let start = std::time::Instant::now();
+    while count() < at_dump + 20 && start.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let after = count();
+    let bad = std::fs::read_to_string(dir.join("bad")).unwrap_or_default();
+    // SAFETY: plain kill of the container this test restored (its init:
+    // the whole namespace goes).
+    unsafe { libc::kill(restored, libc::SIGKILL) };
+    reap(restored, std::time::Duration::from_secs(10));
+    assert!(bad.is_empty(), "the container saw: {bad}");
+    assert!(
+        after >= at_dump + 20,
+        "counting did not go on: {at_dump} at the dump, {after} after"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -836,7 +836,10 @@ fn session_plan(
         None => (sid_here, unsafe_getpgid()),
     };
     let setsid = p.sid == p.pid;
-    if !setsid && p.sid != psid {
+    // A container's init in a session led from outside its PID namespace
+    // sees no session id (0) there, in any session: it stays in crest's.
+    let hidden = parent.is_none() && p.ns.pids.last() == Some(&1);
+    if !setsid && p.sid != psid && !hidden {
         return Err(Error::Incompatible(format!(
             "pid {} belonged to session {}, which cannot be recreated here \
              (start programs with `crest run` to give them a session of their own)",
