@@ -24,6 +24,7 @@
 //!   namespace.
 //! - [`mnt`]: mount namespaces that copy crest's, with proc mounted again.
 
+pub mod init;
 pub mod ipc;
 pub mod mnt;
 pub mod pid;
