@@ -72,6 +72,11 @@ enum Cmd {
         /// Print the result as JSON
         #[arg(long)]
         json: bool,
+        /// Restore into a new PID namespace where every process keeps its
+        /// PID (for PIDs taken here), under a small init of crest's; the
+        /// PID printed is that init's
+        #[arg(long)]
+        new_pidns: bool,
     },
     /// Say whether a process can be checkpointed now, and what stops it
     Check {
@@ -205,7 +210,14 @@ fn run(cli: Cli) -> Result<i32> {
             detach,
             pidfile,
             json,
-        } => cmd_restore(&input, detach, pidfile.as_deref(), json),
+            new_pidns,
+        } => {
+            let opts = crest::RestoreOptions {
+                new_pidns,
+                ..Default::default()
+            };
+            cmd_restore(&input, detach, pidfile.as_deref(), json, &opts)
+        }
         Cmd::Check {
             pid,
             json,
@@ -487,19 +499,27 @@ fn temp_name(path: &Path) -> PathBuf {
 /// an empty buffer bypasses it), so pages are not copied twice.
 const READ_BUF: usize = 64 << 10;
 
-fn cmd_restore(input: &str, detach: bool, pidfile: Option<&Path>, json: bool) -> Result<i32> {
+fn cmd_restore(
+    input: &str,
+    detach: bool,
+    pidfile: Option<&Path>,
+    json: bool,
+    opts: &crest::RestoreOptions,
+) -> Result<i32> {
     stop_on_signals();
     let lib_err = |e| stopped_err(e, "restore abandoned: nothing of it is left");
     let mut progress = output::Progress::new("restore", json);
     let report = if input == "-" {
         grow_pipe(0);
         let stdin = std::io::stdin();
-        crest::restore(BufReader::with_capacity(READ_BUF, stdin.lock()), &mut |n| {
-            progress.add(n)
-        })
+        crest::restore_with(
+            BufReader::with_capacity(READ_BUF, stdin.lock()),
+            opts,
+            &mut |n| progress.add(n),
+        )
     } else {
         let f = File::open(input).with_context(|| format!("opening image {input}"))?;
-        crest::restore(BufReader::with_capacity(READ_BUF, f), &mut |n| {
+        crest::restore_with(BufReader::with_capacity(READ_BUF, f), opts, &mut |n| {
             progress.add(n)
         })
     }

@@ -83,6 +83,7 @@ impl Parts {
         let ckpt = crest::model::Checkpoint {
             objects: self.objects.clone(),
             processes: self.processes.clone(),
+            namespaces: Default::default(),
         };
         crest::codec::write_metadata(&mut w, &ckpt).unwrap();
         for d in &self.file_data {

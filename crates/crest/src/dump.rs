@@ -124,25 +124,7 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
             );
         }
     }
-    let mine = proc::read_ns(std::process::id() as i32)?;
-    let theirs = proc::read_ns(pid).map_err(|e| match e.errno() {
-        Some(libc::EACCES) | Some(libc::EPERM) => Error::msg(format!(
-            "permission denied: only pid {pid}'s owner or root may checkpoint it \
-             (the kernel's ptrace access check)"
-        )),
-        _ => e.into(),
-    })?;
-    for (name, ino) in theirs {
-        if let Some((_, m)) = mine.iter().find(|(n, _)| *n == name) {
-            if *m != ino {
-                refuse(
-                    &format!("{name} namespace"),
-                    "the process is in another namespace than crest; namespaces are not supported yet"
-                        .into(),
-                );
-            }
-        }
-    }
+    crate::ns::preflight(pid, &mut obs)?;
     Ok(obs)
 }
 
@@ -206,6 +188,11 @@ pub fn collect(
     files::check_pipe_ends(&fd_index, &pids, obstacles, external);
     fd_index.net.verify(obstacles);
     let shared = check_shared_tables(&pids, obstacles)?;
+    let mut ppids = std::collections::HashMap::new();
+    for &p in &pids {
+        ppids.insert(p, proc::read_stat(p)?.ppid);
+    }
+    let (namespaces, mut proc_ns) = crate::ns::collect(&tree.procs, &ppids, obstacles)?;
     if !obstacles.is_empty() {
         return Ok(None);
     }
@@ -223,7 +210,9 @@ pub fn collect(
         }
     }
     let mut collected_stops = std::collections::HashSet::new();
-    for (pid, tids, maps, mut vmas, fds, exe_path, status, held) in staged {
+    for ((pid, tids, maps, mut vmas, fds, exe_path, status, held), pns) in
+        staged.into_iter().zip(proc_ns.iter_mut())
+    {
         let stat = proc::read_stat(pid)?;
         let exe = objects.file(&exe_path)?;
         let vdso_crc = vdso_crc(pid, &maps)?;
@@ -322,13 +311,22 @@ pub fn collect(
             locks: held.0,
             fd_owners: held.1,
             task_state,
+            ns: Default::default(),
         });
         plans.push(plan);
+        let zombies = &processes.last().expect("just pushed").zombies;
+        if !pns.pids.is_empty() {
+            for z in zombies {
+                pns.zombie_pids.push(crate::ns::pid::zombie_levels(z.pid)?);
+            }
+        }
+        processes.last_mut().expect("just pushed").ns = std::mem::take(pns);
     }
     Ok(Some(Collected {
         ckpt: Checkpoint {
             objects: objects.into_objects(),
             processes,
+            namespaces,
         },
         plans,
         data,

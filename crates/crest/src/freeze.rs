@@ -233,9 +233,19 @@ impl FrozenTree {
             let _ = crest_sys::process::kill(*pid, libc::SIGKILL);
         }
         // The kernel reports a thread-group leader's death only after the
-        // other threads' have been collected: wait for those first.
+        // other threads' have been collected: wait for those first.  And
+        // the init of a PID namespace finishes exiting only once its
+        // (traced) children are collected: deepest processes first.
         let mut tasks: Vec<Frozen> = self.tasks.drain(..).collect();
-        tasks.sort_by_key(|t| self.procs.iter().any(|(pid, _)| *pid == t.pid));
+        let rank = |t: &Frozen| {
+            let at = self
+                .procs
+                .iter()
+                .position(|(_, tids)| tids.contains(&t.pid));
+            let leader = self.procs.iter().any(|(pid, _)| *pid == t.pid);
+            (std::cmp::Reverse(at), leader)
+        };
+        tasks.sort_by_key(rank);
         for t in tasks {
             t.kill_wait()?;
         }
@@ -292,7 +302,13 @@ impl Call {
 /// restore-side stub implement it, so each kernel concept's code can read
 /// and write its state the same way in both directions.
 pub trait Inject {
+    /// The task's PID in crest's namespace.
     fn pid(&self) -> i32;
+    /// The task's PID in its own PID namespace: how it names itself in
+    /// the syscalls it runs.
+    fn own_pid(&self) -> i32 {
+        self.pid()
+    }
     /// Runs a syscall in the task; a negative result is an error naming `what`.
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64>;
     /// Address of the scratch area in the task.

@@ -29,6 +29,7 @@ pub mod memory;
 pub mod mmstate;
 pub mod model;
 pub mod net;
+pub mod ns;
 pub mod objects;
 pub mod pidfd;
 pub mod pipeline;

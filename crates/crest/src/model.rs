@@ -286,6 +286,9 @@ pub struct EpollTarget {
 pub struct Checkpoint {
     pub objects: Vec<Object>,
     pub processes: Vec<Process>,
+    /// The namespaces of the tree that are not crest's (see `crate::ns`).
+    #[serde(default)]
+    pub namespaces: Namespaces,
 }
 
 /// A process (thread group) and everything it owns.
@@ -330,6 +333,10 @@ pub struct Process {
     /// [`TaskState`]).
     #[serde(default)]
     pub task_state: TaskState,
+    /// The namespaces the process is in and its PIDs inside them (see
+    /// `crate::ns`); the default: all of crest's.
+    #[serde(default)]
+    pub ns: ProcNs,
 }
 
 /// A child that exited and waits for its parent to reap it.
@@ -945,4 +952,113 @@ pub struct SeccompFilter {
     pub prog: Vec<u64>,
     /// Installed with SECCOMP_FILTER_FLAG_LOG.
     pub log: bool,
+}
+
+// ───────────────────────────── namespaces ─────────────────────────────
+// (see `crate::ns`)
+
+/// The namespaces a tree lives in that are not crest's own: what each is
+/// and the state it holds.  Empty for a tree wholly in crest's namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Namespaces {
+    /// Every namespace other than crest's that a process of the tree is
+    /// in (or creates its children in), by [`NsId`].
+    pub table: Vec<Namespace>,
+}
+
+/// Index into [`Namespaces::table`].
+pub type NsId = u32;
+
+/// One namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Namespace {
+    pub id: NsId,
+    /// The inode of /proc/PID/ns/KIND at the dump (informational: restore
+    /// makes a new namespace).
+    pub ino: u64,
+    pub state: NsState,
+}
+
+/// What a namespace holds, by kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NsState {
+    /// A PID namespace; `level` counts the PID namespaces between it and
+    /// crest's (1: a child of crest's).
+    Pid { level: u32 },
+    /// A UTS namespace: its host and domain names.
+    Uts {
+        hostname: String,
+        domainname: String,
+    },
+    /// An IPC namespace: its System V objects (see `crate::ns::ipc`).
+    Ipc(IpcState),
+    /// A mount namespace (see `crate::ns::mnt`).
+    Mnt(MntState),
+}
+
+/// A mount namespace that is a copy of crest's but for its proc mounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MntState {
+    /// Propagation of its mounts: "private", "slave" or "shared" (of its
+    /// root mount).
+    pub propagation: String,
+    /// proc filesystems mounted in it, in mount order: (mount point,
+    /// MS_* flags).
+    pub procs: Vec<(String, u64)>,
+}
+
+/// The System V semaphore sets and message queues of an IPC namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IpcState {
+    pub sems: Vec<SemSet>,
+    pub msgqs: Vec<MsgQueue>,
+}
+
+/// Owner and mode of a System V object (`struct ipc_perm`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IpcPerm {
+    pub key: i32,
+    pub id: i32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+}
+
+/// A semaphore set with each semaphore's value and last operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SemSet {
+    pub perm: IpcPerm,
+    pub values: Vec<u16>,
+}
+
+/// A message queue and the messages in it, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MsgQueue {
+    pub perm: IpcPerm,
+    /// msg_qbytes: the queue's byte limit.
+    pub qbytes: u64,
+    /// (type, text) of each message.
+    pub messages: Vec<(i64, Vec<u8>)>,
+}
+
+/// The namespaces one process is in, by index into the checkpoint's
+/// [`Namespaces::table`]; `None`: crest's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProcNs {
+    pub pid: Option<NsId>,
+    pub uts: Option<NsId>,
+    pub ipc: Option<NsId>,
+    /// Its mount namespace.
+    #[serde(default)]
+    pub mnt: Option<NsId>,
+    /// The process's PIDs in the PID namespaces below crest's, outermost
+    /// first (`NSpid` without crest's own level): empty in crest's PID
+    /// namespace; the last is the PID the process sees for itself.
+    pub pids: Vec<i32>,
+    /// The same for each thread after the leader (in `threads` order).
+    pub tids: Vec<Vec<i32>>,
+    /// The same for each zombie child (in `zombies` order).
+    pub zombie_pids: Vec<Vec<i32>>,
 }

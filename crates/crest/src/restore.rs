@@ -41,12 +41,26 @@ pub struct RestoreOptions {
     /// [`crate::DumpOptions::external_pipes`]).  Keys the image does not
     /// use are ignored.
     pub inherit: HashMap<String, std::os::fd::RawFd>,
+    /// Restore the tree inside a new PID namespace (below crest's) where
+    /// every process keeps its PID, under a small init of crest's (see
+    /// `crate::ns::pid::into_new_pidns`).  The reported pid is that
+    /// init's, in crest's namespace.
+    pub new_pidns: bool,
 }
 
 /// Restores the image read from `input`; returns once the process runs.
 /// crest (the caller) is its parent.
 pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<RestoreReport> {
     restore_with(input, &RestoreOptions::default(), progress)
+}
+
+/// Validates the image's model and applies the options that change it.
+fn prepare(ckpt: &mut Checkpoint, opts: &RestoreOptions) -> Result<()> {
+    validate(ckpt)?;
+    if opts.new_pidns {
+        crate::ns::pid::into_new_pidns(ckpt)?;
+    }
+    Ok(())
 }
 
 /// [`restore`] with options.
@@ -127,14 +141,14 @@ pub fn restore_with<R: Read>(
             kind::PAGES => {
                 let c = rec.page_chunk(page_size)?;
                 if build.is_none() && spool.is_none() {
-                    validate(&ckpt)?;
+                    prepare(&mut ckpt, opts)?;
                     if regions.is_none() {
                         regions = Some(crate::cow::Regions::prepare(&ckpt)?);
                     }
                     if ckpt
                         .processes
                         .iter()
-                        .any(|p| pid_held_by_live_process(p.pid))
+                        .any(|p| p.ns.pids.is_empty() && pid_held_by_live_process(p.pid))
                     {
                         // Most likely the dump feeding this stream, which
                         // lets the pid go only after its tail: keep the
@@ -178,17 +192,17 @@ pub fn restore_with<R: Read>(
     let build = match build {
         Some(b) => b,
         None => {
-            if validate(&ckpt).is_ok() {
-                for p in &ckpt.processes {
-                    wait_pid_free(p.pid);
-                }
+            let mut ckpt = ckpt;
+            if spool.is_none() {
+                // (else prepared when the first page arrived)
+                prepare(&mut ckpt, opts)?;
+            }
+            for p in ckpt.processes.iter().filter(|p| p.ns.pids.is_empty()) {
+                wait_pid_free(p.pid);
             }
             let r = match regions.take() {
                 Some(r) => r,
-                None => {
-                    validate(&ckpt)?;
-                    crate::cow::Regions::prepare(&ckpt)?
-                }
+                None => crate::cow::Regions::prepare(&ckpt)?,
             };
             let mut b = Build::start(ckpt, &mut unlinked, opts, r)?;
             if let Some(s) = spool {
@@ -281,7 +295,7 @@ pub fn validate(ckpt: &Checkpoint) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    crate::ns::validate(&ckpt.namespaces, &ckpt.processes)
 }
 
 fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
@@ -371,16 +385,30 @@ struct Build {
 }
 
 impl Build {
+    /// `ckpt` has been [`prepare`]d (with `opts.new_pidns`: moved under
+    /// crest's init, in the new PID namespace `prepare` put it in).
     fn start(
         ckpt: Checkpoint,
         unlinked: &mut UnlinkedFiles,
         opts: &RestoreOptions,
         mut regions: crate::cow::Regions,
     ) -> Result<Build> {
-        // The checks dump made before letting the tree go, made again
-        // here: this machine may not be the one dumped on.
-        crate::plan::require(&ckpt)?;
-        for p in &ckpt.processes {
+        let init = opts.new_pidns;
+        if init {
+            for p in &ckpt.processes {
+                creds::check_restorable(p.pid, &p.creds)?;
+                for t in p.threads.iter().filter_map(|t| t.creds.as_ref()) {
+                    creds::check_restorable(p.pid, t)?;
+                }
+            }
+        } else {
+            // The checks dump made before letting the tree go, made again
+            // here: this machine may not be the one dumped on.
+            crate::plan::require(&ckpt)?;
+        }
+        // PIDs in namespaces below crest's are made fresh: only the others
+        // must be free here.
+        for p in ckpt.processes.iter().filter(|p| p.ns.pids.is_empty()) {
             let ids = p
                 .threads
                 .iter()
@@ -405,6 +433,7 @@ impl Build {
             .collect();
         let sid_here = unsafe_getsid();
         let tree_ids = crate::procfiles::tree_ids(&ckpt);
+        let view = crate::ns::pid::View::new(&ckpt.processes);
         let mut held: Vec<OwnedFd> = Vec::new();
         // Each open file description is opened once: every descriptor on
         // it, in any process, gets the same one.
@@ -545,8 +574,28 @@ impl Build {
             let comm = tasks::comm_bytes(tasks::comm_of(&lead.comm, &lead.comm_raw));
             let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
+            let mut new_ns = crate::ns::new_ns_flags(&ckpt.processes, i);
+            if init && i == 0 {
+                // crest's init made the namespace.
+                new_ns &= !(libc::CLONE_NEWPID as u64);
+            }
+            let uts = if new_ns & libc::CLONE_NEWUTS as u64 != 0 {
+                crate::ns::state(&ckpt.namespaces, p.ns.uts).and_then(crate::ns::uts::names)
+            } else {
+                None
+            };
+            let mnt = if new_ns & libc::CLONE_NEWNS as u64 != 0 {
+                crate::ns::state(&ckpt.namespaces, p.ns.mnt).and_then(crate::ns::mnt::plan)
+            } else {
+                None
+            };
             procs.push(ProcPlan {
                 pid: p.pid,
+                mnt,
+                tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid),
+                nested: !p.ns.pids.is_empty(),
+                new_ns,
+                uts,
                 children: Vec::new(),
                 setsid,
                 pgid,
@@ -562,7 +611,7 @@ impl Build {
                 ready_dst,
                 hold_dst,
                 share,
-                zombies: tasks::zombie_plans(p, parent, sid_here)?,
+                zombies: tasks::zombie_plans(p, parent, sid_here, &view)?,
             });
             aux_info.push((
                 Aux {
@@ -618,10 +667,12 @@ impl Build {
             hold_src: stub::raw(&pipes.hold_r),
             root_sibling: opts.sibling,
             procs,
+            init,
         };
         crate::fault::point("restore: before creating the processes")?;
         let root = ckpt.processes[0].pid;
         let tree = StubTree::spawn(plan, pipes).context(|| format!("restoring pid {root}"))?;
+        crate::ns::restore_after_spawn(&ckpt, &tree)?;
         files::release_pipes(unlinked);
         let sysv_ids = crate::sysv::shmids(&ckpt.objects);
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
@@ -679,13 +730,14 @@ impl Build {
             _held,
             aux,
         } = self;
+        let view = crate::ns::pid::View::new(&ckpt.processes);
         for (i, (p, sp)) in ckpt.processes.iter().zip(tree.procs.iter()).enumerate() {
             let parent_pgid = ckpt.processes[..i]
                 .iter()
                 .find(|q| q.pid == p.ppid)
                 .map(|q| q.pgid)
                 .unwrap_or_else(unsafe_getpgid);
-            join_group(p, parent_pgid, &sp.thread(0))
+            join_group(p, parent_pgid, &sp.thread(0), &view)
                 .context(|| format!("restoring the process group of pid {}", p.pid))?;
             tasks::join_zombie_groups(p, &sp.thread(0))?;
         }
@@ -694,7 +746,7 @@ impl Build {
             crate::pidfd::restore_in_tree(&sp.thread(0), &ckpt, p)?;
             crate::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
             let locks = table_locks(&ckpt, p, a);
-            finish_process(&ckpt, p, sp, a, &locks)
+            finish_process(&ckpt, p, sp, a, &locks, &view)
                 .context(|| format!("restoring the state of pid {}", p.pid))?;
         }
         crate::fault::point("restore: before resuming")?;
@@ -717,11 +769,16 @@ impl Build {
 
 /// Puts the process into the process group led by another process of the
 /// tree, once every stub exists (and so every group).
-fn join_group(p: &Process, parent_pgid: i32, t: &impl Inject) -> Result<()> {
+fn join_group(
+    p: &Process,
+    parent_pgid: i32,
+    t: &impl Inject,
+    view: &crate::ns::pid::View,
+) -> Result<()> {
     if p.pgid != p.pid && p.sid != p.pid && p.pgid != parent_pgid {
         t.call(
             libc::SYS_setpgid,
-            &[0, p.pgid as u64],
+            &[0, view.of(p, p.pgid) as u64],
             &format!("joining process group {}", p.pgid),
         )?;
     }
@@ -736,6 +793,7 @@ fn finish_process(
     sp: &mut StubProc,
     a: &Aux,
     locks: &[crate::model::FileLock],
+    view: &crate::ns::pid::View,
 ) -> Result<()> {
     // SIGTRAP stops the batch loop: pending ones are queued after it ran
     // for the last time (below).
@@ -754,15 +812,16 @@ fn finish_process(
         }
         signals::restore_pending(&t, None, p.signals.shared_pending.iter().filter(not_trap))?;
     }
-    for th in &p.threads[1..] {
-        sp.add_thread(th.tid)?;
+    for (k, th) in p.threads[1..].iter().enumerate() {
+        let levels = p.ns.tids.get(k).map_or(&[][..], |l| l.as_slice());
+        sp.add_thread(&crate::ns::pid::set_tid(levels, th.tid))?;
         crate::cgroups::restore_thread(p.pid, th)?;
     }
     // The leader queues every thread's signals: only it may queue one
     // claiming another sender.
     for th in &p.threads {
         let pending = th.pending.iter().filter(not_trap);
-        signals::restore_pending(&sp.thread(0), Some(th.tid), pending)?;
+        signals::restore_pending(&sp.thread(0), Some(view.of(p, th.tid)), pending)?;
     }
     for (i, th) in p.threads.iter().enumerate() {
         let t = sp.thread(i);
@@ -799,14 +858,18 @@ fn finish_process(
         "setting the dumpable flag".into(),
     ))?;
     timers::restore(&t, &p.itimers)?;
-    timers::restore_posix(&t, &p.posix_timers)?;
+    let mut posix_timers = p.posix_timers.clone();
+    for pt in posix_timers.iter_mut().filter(|pt| pt.tid != 0) {
+        pt.tid = view.of(p, pt.tid);
+    }
+    timers::restore_posix(&t, &posix_timers)?;
     crate::fown::restore(&t, &p.fd_owners)?;
     // Every process exists now (and this one's threads): its /proc files
     // can be opened.
     crate::procfiles::reopen(&t, ckpt, p, &crate::procfiles::tree_ids(ckpt))?;
     t.flush()?;
-    restore_traps(p, sp)?;
-    tasks::restore_attrs_outside(p.pid, &p.attrs)
+    restore_traps(p, sp, view)?;
+    tasks::restore_attrs_outside(sp.pid, &p.attrs)
 }
 
 /// The locks process `p` takes at its end: those of every process on its
@@ -830,7 +893,7 @@ fn table_locks(ckpt: &Checkpoint, p: &Process, a: &Aux) -> Vec<crate::model::Fil
 /// signal is ignored or blocked) and pending SIGTRAPs (queued with every
 /// signal blocked, so that none is delivered meanwhile; the final masks
 /// are set at release).
-fn restore_traps(p: &Process, sp: &StubProc) -> Result<()> {
+fn restore_traps(p: &Process, sp: &StubProc, view: &crate::ns::pid::View) -> Result<()> {
     let d = sp.direct();
     if let Some(act) = p.signals.actions.iter().find(|a| a.signo == libc::SIGTRAP) {
         signals::restore_action(&d, act)?;
@@ -848,7 +911,8 @@ fn restore_traps(p: &Process, sp: &StubProc) -> Result<()> {
     }
     signals::restore_pending(&d, None, p.signals.shared_pending.iter().filter(is_trap))?;
     for th in &p.threads {
-        signals::restore_pending(&d, Some(th.tid), th.pending.iter().filter(is_trap))?;
+        let tid = Some(view.of(p, th.tid));
+        signals::restore_pending(&d, tid, th.pending.iter().filter(is_trap))?;
     }
     Ok(())
 }
@@ -881,7 +945,10 @@ fn session_plan(
         None => (sid_here, unsafe_getpgid()),
     };
     let setsid = p.sid == p.pid;
-    if !setsid && p.sid != psid {
+    // A container's init in a session led from outside its PID namespace
+    // sees no session id (0) there, in any session: it stays in crest's.
+    let hidden = parent.is_none() && p.ns.pids.last() == Some(&1);
+    if !setsid && p.sid != psid && !hidden {
         return Err(Error::Incompatible(format!(
             "pid {} belonged to session {}, which cannot be recreated here \
              (start programs with `crest run` to give them a session of their own)",

@@ -86,7 +86,7 @@ pub fn restore_pending<'a>(
     tid: Option<i32>,
     sigs: impl IntoIterator<Item = &'a SigInfo>,
 ) -> Result<()> {
-    let pid = t.pid() as u64;
+    let pid = t.own_pid() as u64;
     for s in sigs {
         let at = t.place(&s.raw)?;
         let what = format!("queueing pending signal {}", s.signo);

@@ -37,6 +37,7 @@ use crest_sys::mem::ProcMem;
 use crest_sys::process::{self, Forked};
 use crest_sys::ptrace::{self, WaitStatus};
 use std::cell::RefCell;
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Scratch pages after the code page of the helper area: the data that
@@ -102,7 +103,23 @@ pub struct FdMove {
 
 /// What one stub's routine does, computed before the fork.
 pub struct ProcPlan {
+    /// The image's name of the process (its PID in crest's namespace at
+    /// the dump), for reports.
     pub pid: i32,
+    /// clone3's set_tid: its PIDs, innermost namespace first (see
+    /// `crate::ns::pid`).
+    pub tids: Vec<i32>,
+    /// In a PID namespace below crest's: its PID in crest's namespace is
+    /// the kernel's choice.
+    pub nested: bool,
+    /// CLONE_NEW* flags it is created with (the namespaces it enters).
+    pub new_ns: u64,
+    /// Host and domain name it sets first, in the UTS namespace it creates.
+    pub uts: Option<(Vec<u8>, Vec<u8>)>,
+    /// In the mount namespace it creates: the propagation to set on every
+    /// mount (MS_PRIVATE, MS_SLAVE or 0) and the proc mounts to make
+    /// (see `crate::ns::mnt`).
+    pub mnt: Option<(u64, Vec<(std::ffi::CString, u64)>)>,
     /// Indexes (into [`TreePlan::procs`]) of the processes this one forks.
     pub children: Vec<usize>,
     pub setsid: bool,
@@ -140,6 +157,8 @@ pub struct ProcPlan {
 pub struct ZombiePlan {
     pub comm: [u8; 16],
     pub pid: i32,
+    /// clone3's set_tid (innermost first).
+    pub tids: Vec<i32>,
     pub setsid: bool,
     /// Forked before its parent's setsid: it stays in the session its
     /// parent leaves.
@@ -161,10 +180,13 @@ pub struct TreePlan {
     /// Fork the root with CLONE_PARENT: it becomes a child of crest's
     /// parent (a sibling of crest) instead of crest's.
     pub root_sibling: bool,
+    /// Restore under crest's own init, PID 1 of a new PID namespace (see
+    /// `crate::ns::init::mini_init`).
+    pub init: bool,
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 14] = [
+const STEPS: [&str; 16] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -179,12 +201,14 @@ const STEPS: [&str; 14] = [
     "reporting ready",
     "waiting",
     "putting a zombie child into its session or process group",
+    "setting its host or domain name",
+    "setting up its mount namespace",
 ];
 
 /// # Safety
 /// Runs in a forked child: only raw syscalls on data prepared before the
 /// fork (the plan is this process's private copy); never returns.
-unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
+pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     const FILES: u64 = libc::CLONE_FILES as u64;
     const FS: u64 = libc::CLONE_FS as u64;
     let share = plan.procs[i].share;
@@ -204,6 +228,27 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
         fail(0, report);
     }
+    if let Some((host, domain)) = &plan.procs[i].uts {
+        if libc::sethostname(host.as_ptr().cast(), host.len()) != 0
+            || libc::setdomainname(domain.as_ptr().cast(), domain.len()) != 0
+        {
+            fail(14, report);
+        }
+    }
+    if let Some((prop, procs)) = &plan.procs[i].mnt {
+        let none = std::ptr::null::<libc::c_char>();
+        if *prop != 0
+            && libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | prop, none.cast()) != 0
+        {
+            fail(15, report);
+        }
+        for (at, flags) in procs {
+            let proc_ = c"proc".as_ptr();
+            if libc::mount(proc_, at.as_ptr(), proc_, *flags, none.cast()) != 0 {
+                fail(15, report);
+            }
+        }
+    }
     let all: u64 = !0;
     if libc::syscall(
         libc::SYS_rt_sigprocmask,
@@ -216,7 +261,7 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
         fail(1, report);
     }
     for z in plan.procs[i].zombies.iter().filter(|z| z.early) {
-        match process::clone_with_pid(z.pid, 0) {
+        match process::clone_with_tids(&z.tids, 0) {
             Ok(Forked::Child) => become_zombie(z, i, report),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
@@ -244,14 +289,15 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
         if plan.procs[c].share & FILES != 0 {
             continue;
         }
-        match process::clone_with_pid(plan.procs[c].pid, plan.procs[c].share) {
+        let flags = plan.procs[c].share | plan.procs[c].new_ns;
+        match process::clone_with_tids(&plan.procs[c].tids, flags) {
             Ok(Forked::Child) => routine(plan, c),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
         }
     }
     for z in plan.procs[i].zombies.iter().filter(|z| !z.early) {
-        match process::clone_with_pid(z.pid, 0) {
+        match process::clone_with_tids(&z.tids, 0) {
             Ok(Forked::Child) => become_zombie(z, i, report),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
@@ -301,7 +347,8 @@ unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
         if plan.procs[c].share & FILES == 0 {
             continue;
         }
-        match process::clone_with_pid(plan.procs[c].pid, plan.procs[c].share) {
+        let flags = plan.procs[c].share | plan.procs[c].new_ns;
+        match process::clone_with_tids(&plan.procs[c].tids, flags) {
             Ok(Forked::Child) => routine(plan, c),
             Ok(Forked::Parent(_)) => {}
             Err(_) => fail(3, report),
@@ -407,14 +454,20 @@ unsafe fn become_zombie(z: &ZombiePlan, i: usize, report: i32) -> ! {
 
 /// One task of the tree being built.
 pub struct Task {
+    /// Its PID in crest's namespace.
     pub tid: i32,
+    /// Its PID in its own PID namespace (what it calls itself).
+    pub vtid: i32,
     remote: Remote,
 }
 
 /// A process of the tree being built.
 pub struct StubProc {
+    /// Its PID in crest's namespace (see [`Task`]).
     pub pid: i32,
     pub threads: Vec<Task>,
+    /// In a PID namespace below crest's.
+    nested: bool,
     helper: u64,
     mem: ProcMem,
     queue: RefCell<Queue>,
@@ -437,6 +490,8 @@ pub struct StubTree {
     root: i32,
     /// Every pid of the plan, for cleanup.
     pids: Vec<i32>,
+    /// With crest's init: the write end of its release pipe.
+    release: Option<OwnedFd>,
     /// The hold pipe's writer: stubs wait on it until seized and exit if
     /// it closes before.
     _hold: OwnedFd,
@@ -542,12 +597,29 @@ impl StubTree {
         } else {
             0
         };
-        // SAFETY: the child runs only `routine`, raw syscalls on its own
-        // copy of the plan; it never returns.
-        let root = match unsafe { process::clone_with_pid(root_pid, root_flags)? } {
-            // SAFETY: as above: in the child, only `routine`.
-            Forked::Child => unsafe { routine(&mut plan, 0) },
-            Forked::Parent(pid) => pid,
+        let mut release = None;
+        let root = if plan.init {
+            let (r, w) = crate::files::make_pipe()?;
+            let rfd = r.as_raw_fd();
+            let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64 | root_flags;
+            // SAFETY: the child runs only `mini_init` and `routine`, raw
+            // syscalls on its own copy of the plan; it never returns.
+            let init = match unsafe { process::clone_with_tids(&[], flags)? } {
+                // SAFETY: as above.
+                Forked::Child => unsafe { crate::ns::init::mini_init(&mut plan, rfd) },
+                Forked::Parent(pid) => pid,
+            };
+            release = Some(w);
+            init
+        } else {
+            let flags = plan.procs[0].new_ns | root_flags;
+            // SAFETY: the child runs only `routine`, raw syscalls on its own
+            // copy of the plan; it never returns.
+            match unsafe { process::clone_with_tids(&plan.procs[0].tids, flags)? } {
+                // SAFETY: as above: in the child, only `routine`.
+                Forked::Child => unsafe { routine(&mut plan, 0) },
+                Forked::Parent(pid) => pid,
+            }
         };
         let Pipes {
             ready_r,
@@ -560,8 +632,13 @@ impl StubTree {
         let mut tree = StubTree {
             procs: Vec::new(),
             root,
-            pids: plan.procs.iter().map(|p| p.pid).collect(),
+            pids: if crate::ns::init::nested(&plan) {
+                vec![root]
+            } else {
+                plan.procs.iter().map(|p| p.pid).collect()
+            },
             _hold: hold_w,
+            release,
             released: false,
             sibling: plan.root_sibling,
         };
@@ -600,32 +677,46 @@ impl StubTree {
                 got += 1;
             }
         }
+        let (hosts, zombie_hosts) = crate::ns::init::host_pids(&plan, root)?;
+        tree.pids = hosts.clone();
         // Zombies exit on their own: wait until they have, so their
         // SIGCHLD is pending in their parent before it is rebuilt.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        for z in plan.procs.iter().flat_map(|p| &p.zombies) {
+        for (z, &zh) in plan
+            .procs
+            .iter()
+            .flat_map(|p| &p.zombies)
+            .zip(&zombie_hosts)
+        {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if !crest_sys::pidfd::wait_exited(z.pid, left)? {
+            if !crest_sys::pidfd::wait_exited(zh, left)? {
                 return Err(Error::msg(format!(
                     "restoring zombie {}: it did not exit",
                     z.pid
                 )));
             }
         }
-        for p in &plan.procs {
-            seize_stopped(p.pid)?;
+        for (p, &host) in plan.procs.iter().zip(&hosts) {
+            seize_stopped(host)?;
             tree.procs.push(StubProc {
-                pid: p.pid,
+                pid: host,
+                nested: p.nested,
                 threads: vec![Task {
-                    tid: p.pid,
-                    remote: Remote::new(p.pid, plan.helper)?,
+                    tid: host,
+                    vtid: p.tids[0],
+                    remote: Remote::new(host, plan.helper)?,
                 }],
                 helper: plan.helper,
-                mem: ProcMem::open(p.pid, true)?,
+                mem: ProcMem::open(host, true)?,
                 queue: RefCell::default(),
             });
         }
         Ok(tree)
+    }
+
+    /// The root's PID in crest's namespace.
+    pub fn root(&self) -> i32 {
+        self.root
     }
 
     /// Lets every thread of every process run with its final state:
@@ -706,6 +797,12 @@ impl StubTree {
             }
         }
         self.released = true;
+        if let Some(w) = self.release.take() {
+            // crest's init: the tree runs, stay.
+            std::fs::File::from(w)
+                .write_all(b"r")
+                .context(|| "releasing crest's init".into())?;
+        }
         Ok(self.root)
     }
 }
@@ -716,7 +813,11 @@ impl Drop for StubTree {
             return;
         }
         // Killing the root takes its descendants with it (PDEATHSIG), but
-        // kill every stub anyway, deepest first.
+        // kill every stub anyway, deepest first (and crest's init, which
+        // takes its whole namespace).
+        if self.release.is_some() {
+            let _ = process::kill(self.root, libc::SIGKILL);
+        }
         for &pid in self.pids.iter().rev() {
             let _ = process::kill(pid, libc::SIGKILL);
         }
@@ -879,7 +980,8 @@ impl StubProc {
 
     /// Creates thread `tid` in the process (by an injected clone3) and
     /// attaches it.  It spins in the helper area until given its state.
-    pub fn add_thread(&mut self, tid: i32) -> Result<()> {
+    pub fn add_thread(&mut self, tids: &[i32]) -> Result<()> {
+        let tid = tids[0];
         let t = self.thread(0);
         t.flush()?;
         // struct clone_args, then the set_tid array.
@@ -894,10 +996,11 @@ impl StubProc {
         let mut args = [0u64; 11];
         args[0] = flags;
         args[8] = tid_at; // set_tid
-        args[9] = 1; // set_tid_size
+        args[9] = tids.len() as u64; // set_tid_size
         let bytes: Vec<u8> = args.iter().flat_map(|v| v.to_ne_bytes()).collect();
         t.write_scratch(0, &bytes)?;
-        t.write_scratch(128, &tid.to_ne_bytes())?;
+        let tid_bytes: Vec<u8> = tids.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        t.write_scratch(128, &tid_bytes)?;
         // Not through the batch loop: the new thread starts after the
         // `syscall` with the caller's registers, and must land on the
         // `jmp .` that follows the helper's single `syscall`.
@@ -912,10 +1015,16 @@ impl StubProc {
                 self.pid
             )));
         }
-        seize_stopped(tid)?;
+        let host = if self.nested {
+            crate::ns::pid::thread_host_tid(self.pid, tid)?
+        } else {
+            tid
+        };
+        seize_stopped(host)?;
         self.threads.push(Task {
-            tid,
-            remote: Remote::new(tid, self.helper)?,
+            tid: host,
+            vtid: tid,
+            remote: Remote::new(host, self.helper)?,
         });
         Ok(())
     }
@@ -1021,6 +1130,10 @@ impl Inject for TaskView<'_> {
         self.p.threads[self.i].tid
     }
 
+    fn own_pid(&self) -> i32 {
+        self.p.threads[self.i].vtid
+    }
+
     /// Runs the call through the batch loop (one stop of the thread),
     /// after the queued calls.
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
@@ -1116,6 +1229,9 @@ pub struct DirectView<'a> {
 impl Inject for DirectView<'_> {
     fn pid(&self) -> i32 {
         self.p.pid
+    }
+    fn own_pid(&self) -> i32 {
+        self.p.threads[0].vtid
     }
     fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {
         crate::fault::point("restore: injected syscall")?;

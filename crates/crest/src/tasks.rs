@@ -335,11 +335,13 @@ pub fn zombie_plans(
     p: &Process,
     parent: Option<&Process>,
     sid_here: i32,
+    view: &crate::ns::pid::View,
 ) -> Result<Vec<crate::stub::ZombiePlan>> {
     let first_sid = parent.map_or(sid_here, |q| q.sid);
     p.zombies
         .iter()
-        .map(|z| {
+        .enumerate()
+        .map(|(k, z)| {
             let setsid = z.sid == z.pid;
             let early = !setsid && z.sid != p.sid;
             if early && !(p.sid == p.pid && z.sid == first_sid) {
@@ -354,13 +356,17 @@ pub fn zombie_plans(
             } else if z.pgid == z.pid {
                 Some(0)
             } else if early {
-                Some(z.pgid)
+                Some(view.of(p, z.pgid))
             } else {
                 None
             };
             Ok(crate::stub::ZombiePlan {
                 comm: comm_bytes(comm_of(&z.comm, &z.comm_raw)),
                 pid: z.pid,
+                tids: crate::ns::pid::set_tid(
+                    p.ns.zombie_pids.get(k).map_or(&[][..], |l| l.as_slice()),
+                    z.pid,
+                ),
                 setsid,
                 early,
                 pgid,

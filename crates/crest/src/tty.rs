@@ -721,7 +721,9 @@ pub fn restore_foreground(t: &impl Inject, ckpt: &Checkpoint, p: &Process) -> Re
         if who != p.pid {
             continue;
         }
-        t.write_scratch(0, &fg.to_ne_bytes())?;
+        // The group as the process names it (in its PID namespace).
+        let own = crate::ns::pid::View::new(&ckpt.processes).of(p, fg);
+        t.write_scratch(0, &own.to_ne_bytes())?;
         t.call(
             libc::SYS_ioctl,
             &[fd as u64, libc::TIOCSPGRP, t.scratch()],

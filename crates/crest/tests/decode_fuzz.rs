@@ -370,10 +370,12 @@ fn checkpoint() -> Checkpoint {
         locks: Vec::new(),
         fd_owners: Vec::new(),
         task_state: Default::default(),
+        ns: Default::default(),
     };
     Checkpoint {
         objects,
         processes: vec![process],
+        namespaces: Default::default(),
     }
 }
 

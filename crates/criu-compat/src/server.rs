@@ -411,6 +411,7 @@ impl<'a> Session<'a> {
         let ropts = crest::RestoreOptions {
             sibling: self.p.sibling,
             inherit: options::inherited(&self.opts),
+            ..Default::default()
         };
         let report = crest::restore_with(
             BufReader::with_capacity(64 << 10, file),

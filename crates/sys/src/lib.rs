@@ -14,12 +14,14 @@ pub mod inject;
 pub mod mem;
 pub mod namelock;
 pub mod net;
+pub mod ns;
 pub mod pidfd;
 pub mod proc;
 pub mod process;
 pub mod ptrace;
 pub mod sockdiag;
 pub mod trampoline;
+pub mod sysvipc;
 pub mod uffd;
 pub mod unlinked;
 

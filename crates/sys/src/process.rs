@@ -38,8 +38,20 @@ struct CloneArgs {
 /// (CLONE_FILES, CLONE_FS), or CLONE_PARENT to make it a child of the
 /// caller's parent; never CLONE_VM.
 pub unsafe fn clone_with_pid(pid: pid_t, flags: u64) -> Result<Forked> {
+    // SAFETY: the caller keeps to clone_with_tids's contract, the same.
+    unsafe { clone_with_tids(&[pid], flags) }
+}
+
+/// Forks the calling process with clone3(2), choosing the child's PID in
+/// each of the innermost `tids.len()` PID namespaces it is in: `tids[0]`
+/// in its own (the new one with CLONE_NEWPID), `tids[1]` in the one
+/// above, and so on; the kernel picks the PIDs of the levels above those.
+/// `flags` may hold CLONE_NEW* flags for new namespaces.  Allocation-free.
+///
+/// # Safety
+/// As [`clone_with_pid`].
+pub unsafe fn clone_with_tids(tids: &[pid_t], flags: u64) -> Result<Forked> {
     debug_assert!(flags & libc::CLONE_VM as u64 == 0);
-    let tid = [pid];
     // With CLONE_PARENT the child's exit signal is the caller's own (the
     // kernel refuses one given here).
     let exit_signal = if flags & libc::CLONE_PARENT as u64 != 0 {
@@ -50,12 +62,17 @@ pub unsafe fn clone_with_pid(pid: pid_t, flags: u64) -> Result<Forked> {
     let args = CloneArgs {
         flags,
         exit_signal,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: if tids.is_empty() {
+            0
+        } else {
+            tids.as_ptr() as u64
+        },
+        set_tid_size: tids.len() as u64,
         ..Default::default()
     };
-    // SAFETY: args points to a valid clone_args of the size we pass; no
-    // CLONE_VM, so the child has its own copy of the address space.
+    // SAFETY: args points to a valid clone_args of the size we pass, and
+    // set_tid to `tids`; no CLONE_VM, so the child has its own copy of the
+    // address space.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -68,13 +85,14 @@ pub unsafe fn clone_with_pid(pid: pid_t, flags: u64) -> Result<Forked> {
         r if r > 0 => Ok(Forked::Parent(r as pid_t)),
         _ => {
             let err = std::io::Error::last_os_error();
+            let pid = tids.first().copied().unwrap_or(0);
             let ctx = match err.raw_os_error() {
                 Some(libc::EEXIST) => format!("PID {pid} is already in use"),
                 Some(libc::EPERM) => format!(
                     "creating a process with PID {pid} needs CAP_CHECKPOINT_RESTORE \
                      (or CAP_SYS_ADMIN); run crest restore as root"
                 ),
-                _ => format!("creating a process with PID {pid} (clone3 set_tid)"),
+                _ => format!("creating a process with PIDs {tids:?} (clone3 set_tid)"),
             };
             Err(Error::io(ctx, err))
         }

@@ -215,6 +215,110 @@ impl Workload {
         w
     }
 
+    /// A workload whose checkpointed root is not the process `crest run`
+    /// started (a launcher that hands over, say, a container's init):
+    /// `ready` holds the root's pid.
+    pub fn start_handover(scenario: &str, args: &[&str]) -> Workload {
+        init();
+        let dir = temp_dir(scenario);
+        let wl = workload_bin();
+        let out = Command::new(crest_bin())
+            .arg("run")
+            .arg("--log")
+            .arg(dir.join("log"))
+            .arg("--")
+            .arg(wl)
+            .arg(scenario)
+            .arg(&dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("crest run");
+        assert!(out.status.success(), "crest run failed: {}", stderr(&out));
+        let launcher: i32 = stdout(&out).trim().parse().expect("crest run prints a pid");
+        let mut w = Workload {
+            pid: launcher,
+            dir,
+            scenario: scenario.into(),
+            done: false,
+        };
+        if !wait_for_while(&w.dir.join("ready"), Duration::from_secs(60), || {
+            alive(launcher)
+        }) {
+            panic!("workload {scenario} did not get ready; log:\n{}", w.log());
+        }
+        reap(launcher, Duration::from_secs(10));
+        let ready = std::fs::read_to_string(w.dir.join("ready")).unwrap();
+        w.pid = ready.trim().parse().expect("ready holds a pid");
+        w
+    }
+
+    /// A workload started by a wrapper (`unshare … crest-workload …`):
+    /// the checkpointed root is the wrapper's only child, found once
+    /// `DIR/<marker>` exists.
+    pub fn start_wrapped(
+        scenario: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        marker: &str,
+    ) -> Workload {
+        init();
+        let dir = temp_dir(scenario);
+        let wl = workload_bin();
+        let out = Command::new(crest_bin())
+            .arg("run")
+            .arg("--log")
+            .arg(dir.join("log"))
+            .arg("--")
+            .args(wrapper)
+            .arg(wl)
+            .arg(scenario)
+            .arg(&dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("crest run");
+        assert!(out.status.success(), "crest run failed: {}", stderr(&out));
+        let wrapper_pid: i32 = stdout(&out).trim().parse().expect("crest run prints a pid");
+        let mut w = Workload {
+            pid: wrapper_pid,
+            dir,
+            scenario: scenario.into(),
+            done: false,
+        };
+        if !wait_for_while(&w.dir.join(marker), Duration::from_secs(60), || {
+            alive(wrapper_pid)
+        }) {
+            panic!("workload {scenario} did not get ready; log:\n{}", w.log());
+        }
+        let kids =
+            std::fs::read_to_string(format!("/proc/{wrapper_pid}/task/{wrapper_pid}/children"))
+                .unwrap_or_default();
+        w.pid = kids
+            .split_whitespace()
+            .next()
+            .and_then(|k| k.parse().ok())
+            .expect("the wrapper has a child");
+        w
+    }
+
+    /// `crest restore -i DIR/img -d EXTRA…`, expects success; the root's
+    /// new pid (which may differ from the old one) becomes the workload's.
+    pub fn restore_moved(&mut self, extra: &[&str]) {
+        let img = self.image();
+        let mut args = vec!["restore", "-i", img.to_str().unwrap(), "-d"];
+        args.extend_from_slice(extra);
+        let o = crest(&args);
+        assert!(
+            o.status.success(),
+            "restore of {} failed: {}",
+            self.scenario,
+            stderr(&o)
+        );
+        self.pid = stdout(&o).trim().parse().expect("restore prints a pid");
+        assert!(alive(self.pid), "restored process is not running");
+    }
+
     pub fn image(&self) -> PathBuf {
         self.dir.join("img")
     }

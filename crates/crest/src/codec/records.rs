@@ -19,7 +19,7 @@ use crate::model::{
     Attrs, Checkpoint, Creds, Fd, FsInfo, ITimers, Mm, Object, ObjectKind, OpenTarget, PosixTimer,
     Process, Signals, Thread, Vma, Zombie,
 };
-use crate::model::{FdOwner, FileLock, TaskState};
+use crate::model::{FdOwner, FileLock, ProcNs, TaskState};
 use crest_image::{kind, Record, Writer};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -51,6 +51,9 @@ struct TaskRec<'a> {
     /// Job-control stop, audit ids, OOM score and cgroups.
     #[serde(default)]
     task_state: Cow<'a, TaskState>,
+    /// The namespaces the process is in and its PIDs inside them.
+    #[serde(default)]
+    ns: Cow<'a, ProcNs>,
 }
 
 /// The MAPPINGS record.
@@ -134,9 +137,16 @@ fn put<W: Write, T: Serialize + ?Sized>(w: &mut Writer<W>, k: u32, v: &T) -> Res
 
 /// Writes the model records of `ckpt`.
 pub fn write<W: Write>(w: &mut Writer<W>, ckpt: &Checkpoint) -> Result<()> {
-    let Checkpoint { objects, processes } = ckpt;
+    let Checkpoint {
+        objects,
+        processes,
+        namespaces,
+    } = ckpt;
     for o in objects {
         put(w, object_record_kind(&o.kind), o)?;
+    }
+    if *namespaces != Default::default() {
+        put(w, kind::NAMESPACES, namespaces)?;
     }
     for p in processes {
         write_process(w, p)?;
@@ -168,6 +178,7 @@ fn write_process<W: Write>(w: &mut Writer<W>, p: &Process) -> Result<()> {
         locks,
         fd_owners,
         task_state,
+        ns,
     } = p;
     let task = TaskRec {
         pid: *pid,
@@ -180,6 +191,7 @@ fn write_process<W: Write>(w: &mut Writer<W>, p: &Process) -> Result<()> {
         shares_files_with: *shares_files_with,
         shares_fs_with: *shares_fs_with,
         task_state: Cow::Borrowed(task_state),
+        ns: Cow::Borrowed(ns),
     };
     put(w, kind::TASK, &task)?;
     put(w, kind::CREDS, creds)?;
@@ -305,6 +317,7 @@ impl Partial {
             shares_files_with: t.shares_files_with,
             shares_fs_with: t.shares_fs_with,
             task_state: t.task_state.into_owned(),
+            ns: t.ns.into_owned(),
             locks: fds.locks.into_owned(),
             fd_owners: fds.fd_owners.into_owned(),
         })
@@ -349,6 +362,20 @@ impl Assembler {
                     )));
                 }
                 push_object(ckpt, o)
+            }
+            kind::NAMESPACES => {
+                if self.current.is_some() || !ckpt.processes.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "the NAMESPACES record at byte {at} comes after the processes"
+                    )));
+                }
+                if ckpt.namespaces != Default::default() {
+                    return Err(Error::Invalid(format!(
+                        "a second NAMESPACES record at byte {at}"
+                    )));
+                }
+                ckpt.namespaces = decode_record(b, k, at)?;
+                Ok(())
             }
             kind::TASK => {
                 let task: TaskRec<'static> = decode_record(b, k, at)?;

@@ -18,6 +18,7 @@ mod memory;
 mod mm;
 mod mutator;
 mod pidfd;
+mod pidns;
 mod pipes;
 mod posix_timers;
 mod procfiles;
@@ -74,6 +75,7 @@ const TABLE: &[(&str, Run)] = &[
     ("mem-state", mem_state::run),
     ("seccomp", seccomp::run),
     ("pidfd", pidfd::run),
+    ("pidns", pidns::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -110,6 +112,7 @@ pub const NAMES: &[&str] = &[
     "mem-state",
     "seccomp [hostile]",
     "pidfd",
+    "pidns [nested] [inside]",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {

@@ -1,0 +1,457 @@
+//! Namespaces: trees that live in PID, UTS and IPC namespaces of their
+//! own are checkpointed and restored into new ones; each process checks
+//! its own PIDs, names and IPC objects afterwards.
+
+mod common;
+use common::*;
+
+/// The tests here look at every process in a nested PID namespace and
+/// reap any child: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A container init (PID 1 of its own PID, UTS and IPC namespaces) with
+/// three descendants and a thread: dumped, restored twice in a row.
+#[test]
+fn pid_uts_ipc_namespaces() {
+    let _g = serial();
+    let mut w = Workload::start_handover("pidns", &[]);
+    for _ in 0..2 {
+        w.dump_ok();
+        w.restore_moved(&[]);
+    }
+    w.go();
+    w.expect_pass();
+}
+
+/// A PID namespace inside the container's PID namespace.
+#[test]
+fn nested_pid_namespaces() {
+    let _g = serial();
+    let mut w = Workload::start_handover("pidns", &["nested"]);
+    w.dump_ok();
+    w.restore_moved(&[]);
+    w.go();
+    w.expect_pass();
+}
+
+/// The checker sees a wrong host name: changed from outside before go,
+/// the container must fail its own check.
+#[test]
+fn pidns_checker_detects_a_wrong_hostname() {
+    let _g = serial();
+    let w = Workload::start_handover("pidns", &[]);
+    let ns = format!("/proc/{}/ns/uts", w.pid);
+    let f = std::fs::File::open(&ns).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this helper thread only; sethostname with a
+            // valid buffer.
+            unsafe {
+                assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWUTS), 0);
+                assert_eq!(libc::sethostname(b"wrong".as_ptr().cast(), 5), 0);
+            }
+        });
+    });
+    w.go();
+    let res = w.dir.join("result");
+    let start = std::time::Instant::now();
+    while !res.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let text = std::fs::read_to_string(&res).unwrap_or_default();
+    assert!(
+        text.starts_with("FAIL") && text.contains("hostname"),
+        "{text}"
+    );
+}
+
+/// A mount crest cannot recreate yet (a tmpfs mounted only inside the
+/// process's mount namespace) is refused by check and dump with its
+/// mount point and type, and the process keeps running.
+#[test]
+fn mount_only_in_the_namespace_is_refused() {
+    let _g = serial();
+    init();
+    let dir = temp_dir("mnt-refused");
+    let at = dir.join("m");
+    std::fs::create_dir_all(&at).unwrap();
+    let script = format!(
+        "mount -t tmpfs crest-test-tmpfs {} && touch {}/ok && exec sleep 60",
+        at.display(),
+        dir.display()
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let start = std::time::Instant::now();
+    while !dir.join("ok").exists() && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let o = crest(&["check", "-p", &pid.to_string()]);
+    let text = stdout(&o) + &stderr(&o);
+    assert!(!o.status.success(), "{text}");
+    let want = format!("mount {}", at.display());
+    assert!(text.contains(&want) && text.contains("tmpfs"), "{text}");
+    let img = dir.join("img");
+    let o = crest(&["dump", "-p", &pid.to_string(), "-o", img.to_str().unwrap()]);
+    let text = stderr(&o);
+    assert!(!o.status.success() && text.contains(&want), "{text}");
+    assert!(alive(pid), "the refused process must keep running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `sleep` with PID `pid` (that of the tree just dumped), so that
+/// a plain restore cannot have it.
+fn occupy(pid: i32) {
+    let prog = std::ffi::CString::new("/bin/sleep").unwrap();
+    let arg = std::ffi::CString::new("60").unwrap();
+    let argv = [prog.as_ptr(), arg.as_ptr(), std::ptr::null()];
+    // SAFETY: the child only calls execv and _exit (async-signal-safe) on
+    // data prepared before the fork.
+    match unsafe { crest_sys::process::clone_with_pid(pid, 0) }.expect("clone3 set_tid") {
+        // SAFETY: as above.
+        crest_sys::process::Forked::Child => unsafe {
+            libc::execv(prog.as_ptr(), argv.as_ptr());
+            libc::_exit(127)
+        },
+        crest_sys::process::Forked::Parent(_) => {}
+    }
+}
+
+/// `restore --new-pidns`: the tree's PIDs are taken here, so it is
+/// restored into a new PID namespace where every process (and thread)
+/// keeps its PID.
+#[test]
+fn new_pidns_when_the_pids_are_taken() {
+    let _g = serial();
+    let mut w = Workload::start("threads", &["4"]);
+    let old = w.pid;
+    w.dump_ok();
+    occupy(old);
+    assert!(alive(old), "pid {old} is taken again");
+    w.restore_moved(&["--new-pidns"]);
+    assert_ne!(w.pid, old, "the init crest made has a pid of its own");
+    w.go();
+    w.expect_pass();
+    // SAFETY: plain kill of the placeholder this test started.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    reap(old, std::time::Duration::from_secs(5));
+}
+
+/// Processes (other than those in `before`) in a PID namespace below
+/// ours, after reaping whatever came to us.
+fn nested_processes(before: &[i32]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let levels = status
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .map(|l| l.split_whitespace().count() - 1)
+            .unwrap_or(0);
+        if levels > 1 && !before.contains(&pid) && descends_from_us(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` is a descendant of this test process.
+fn descends_from_us(mut pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    for _ in 0..64 {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(pp) = st
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<i32>().ok())
+        else {
+            return false;
+        };
+        if pp == me {
+            return true;
+        }
+        if pp <= 1 {
+            return false;
+        }
+        pid = pp;
+    }
+    false
+}
+
+fn errors_only(o: &std::process::Output) -> String {
+    stderr(o)
+        .lines()
+        .filter(|l| !l.starts_with("crest-fault-point "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn reap_all() {
+    loop {
+        // SAFETY: plain waitpid of any child, not blocking.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
+        if r <= 0 {
+            break;
+        }
+    }
+}
+
+/// Fails (or kills) the restore of a container at each of its fault
+/// points in turn: afterwards no process of it is left, so none of the
+/// namespaces it made (they go with their last process).
+fn fault_every_point(kill: bool, new_pidns: bool) {
+    let _g = serial();
+    let w = if new_pidns {
+        Workload::start("threads", &["2"])
+    } else {
+        Workload::start_handover("pidns", &[])
+    };
+    let extra: &[&str] = if new_pidns { &["--new-pidns"] } else { &[] };
+    w.dump_ok();
+    let img = w.image();
+    let mut args = vec!["restore", "-i", img.to_str().unwrap(), "-d"];
+    args.extend_from_slice(extra);
+    let before = nested_processes(&[]);
+    let run = |at: usize| {
+        let mut c = std::process::Command::new(crest_bin());
+        c.args(&args)
+            .env("CREST_FAULT_TRACE", "1")
+            .stdin(std::process::Stdio::null());
+        if at > 0 {
+            c.env("CREST_FAULT_AT", at.to_string());
+        }
+        if kill {
+            c.env("CREST_FAULT_MODE", "kill");
+        }
+        c.output().unwrap()
+    };
+    let o = run(0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let points = stderr(&o)
+        .lines()
+        .filter(|l| l.starts_with("crest-fault-point "))
+        .count();
+    assert!(points > 10, "{points} fault points");
+    let pid: i32 = stdout(&o).trim().parse().unwrap();
+    // SAFETY: plain kill of the tree this test restored.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid, std::time::Duration::from_secs(10));
+    // Every point near the start and the end, and a sample between.
+    let step = (points / 40).max(1);
+    let picks: Vec<usize> = (1..=points)
+        .filter(|n| *n <= 30 || *n + 30 > points || n % step == 0)
+        .collect();
+    for n in picks {
+        let o = run(n);
+        assert!(!o.status.success(), "restore with a fault at {n} succeeded");
+        let start = std::time::Instant::now();
+        let left = loop {
+            reap_all();
+            let left = nested_processes(&before);
+            if left.is_empty() || start.elapsed().as_secs() > 10 {
+                break left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let show: Vec<String> = left
+            .iter()
+            .map(|p| {
+                let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                let pick = |k: &str| {
+                    st.lines()
+                        .find(|l| l.starts_with(k))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                format!(
+                    "{p}: {} {} {} {}",
+                    pick("Name"),
+                    pick("State"),
+                    pick("PPid"),
+                    pick("NSpid")
+                )
+            })
+            .collect();
+        assert!(
+            left.is_empty(),
+            "fault at point {n} of {points} left processes {show:?}: {}",
+            errors_only(&o)
+        );
+    }
+}
+
+#[test]
+fn container_restore_error_at_every_point_leaves_nothing() {
+    fault_every_point(false, false);
+}
+
+#[test]
+fn container_restore_killed_at_every_point_leaves_nothing() {
+    fault_every_point(true, false);
+}
+
+#[test]
+fn new_pidns_restore_error_at_every_point_leaves_nothing() {
+    fault_every_point(false, true);
+}
+
+#[test]
+fn new_pidns_restore_killed_at_every_point_leaves_nothing() {
+    fault_every_point(true, true);
+}
+
+/// A container made by util-linux: `unshare --pid --fork --mount-proc
+/// --uts --ipc`, whose init checks after restore that /proc (mounted
+/// again in the recreated mount namespace) shows its PID namespace.
+#[test]
+fn unshare_made_container() {
+    let _g = serial();
+    let wrapper = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--uts",
+        "--ipc",
+    ];
+    let mut w = Workload::start_wrapped("pidns", &wrapper, &["inside"], "inner-ready");
+    let o = crest(&["check", "-p", &w.pid.to_string()]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    // unshare waits for its child: it reaps the dumped init and exits.
+    let o = w.dump(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let start = std::time::Instant::now();
+    while alive(w.pid) && start.elapsed().as_secs() < 10 {
+        reap_all();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!alive(w.pid), "the dumped init is still there");
+    w.restore_moved(&[]);
+    w.go();
+    w.expect_pass();
+}
+
+/// A container moved through a pipe, `crest dump -o - | crest restore -i
+/// -`, into a fresh set of namespaces while the dumped one is still going
+/// away.
+#[test]
+fn container_through_a_pipe() {
+    use std::process::{Command, Stdio};
+    let _g = serial();
+    let mut w = Workload::start_handover("pidns", &["nested"]);
+    let mut dump = Command::new(crest_bin())
+        .args(["dump", "-p", &w.pid.to_string(), "-o", "-"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let restore = Command::new(crest_bin())
+        .args(["restore", "-i", "-", "-d"])
+        .stdin(dump.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(dump.wait().unwrap().success(), "dump failed");
+    assert!(restore.status.success(), "{}", stderr(&restore));
+    let old = w.pid;
+    reap(old, std::time::Duration::from_secs(10));
+    w.pid = stdout(&restore).trim().parse().unwrap();
+    assert!(alive(w.pid));
+    w.go();
+    w.expect_pass();
+}
+
+/// A busybox container of 20 processes made by `unshare`: a shell whose
+/// counter goes through a pipe to a reader that checks every number
+/// follows the last (a restart or a lost byte shows), a writer that
+/// checks the host name, and 17 sleeping members.  Dumped, restored,
+/// and the counting must go on where it was.
+#[test]
+fn busybox_container_keeps_counting() {
+    let _g = serial();
+    init();
+    let dir = temp_dir("busybox");
+    let d = dir.display();
+    let script = format!(
+        "hostname bbx; \
+         (i=0; while :; do [ \"$(hostname)\" = bbx ] || echo badhost >> {d}/bad; \
+           echo $i; i=$((i+1)); sleep 0.02; done) | \
+         (prev=-1; while read n; do \
+           [ $prev -lt 0 ] || [ $n -eq $((prev+1)) ] || echo \"bad $prev $n\" >> {d}/bad; \
+           prev=$n; echo $n > {d}/count.tmp; mv {d}/count.tmp {d}/count; done) & \
+         for k in $(seq 17); do sleep 1000 & done; wait"
+    );
+    let bb = "/usr/bin/busybox";
+    // Only busybox's applets.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for applet in ["sh", "hostname", "sleep", "seq", "mv"] {
+        std::os::unix::fs::symlink(bb, bin.join(applet)).unwrap();
+    }
+    let out = std::process::Command::new(crest_bin())
+        .args([
+            "run",
+            "--",
+            "/usr/bin/unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .args(["--uts", "--ipc", bb, "sh", "-c", &script])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wrapper: i32 = stdout(&out).trim().parse().unwrap();
+    let count = || -> i64 {
+        std::fs::read_to_string(dir.join("count"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(-1)
+    };
+    let start = std::time::Instant::now();
+    while count() < 5 && start.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kids = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
+        .unwrap_or_default();
+    let root: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    let members = 1 + descendants(root).len();
+    assert!(members >= 20, "{members} processes in the container");
+    let img = dir.join("img");
+    let o = crest(&["dump", "-p", &root.to_string(), "-o", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let at_dump = count();
+    reap(wrapper, std::time::Duration::from_secs(10));
+    let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let restored: i32 = stdout(&o).trim().parse().unwrap();
+    let start = std::time::Instant::now();
+    while count() < at_dump + 20 && start.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let after = count();
+    let bad = std::fs::read_to_string(dir.join("bad")).unwrap_or_default();
+    // SAFETY: plain kill of the container this test restored (its init:
+    // the whole namespace goes).
+    unsafe { libc::kill(restored, libc::SIGKILL) };
+    reap(restored, std::time::Duration::from_secs(10));
+    assert!(bad.is_empty(), "the container saw: {bad}");
+    assert!(
+        after >= at_dump + 20,
+        "counting did not go on: {at_dump} at the dump, {after} after"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,253 @@
+//! Namespaces: which ones a tree lives in, what they hold, and how
+//! restore recreates them.
+//!
+//! A namespace is identified by the inode of its /proc/PID/ns/KIND link.
+//! Dump looks at every process of the tree and each namespace kind crest
+//! handles (PID, UTS, IPC, mount): a process in crest's own namespace records
+//! nothing; otherwise the namespace gets an entry in the checkpoint's
+//! table (with its state: the UTS names, the IPC objects) the first time
+//! a process of the tree is seen in it, in tree order (parents first).
+//! That first process is the one restore creates it with: its parent
+//! forks it with the CLONE_NEW* flag, and every descendant in the same
+//! namespace inherits it.  So the shapes restore can rebuild are those in
+//! which each namespace is entered by exactly one process of the tree and
+//! its members are that process's descendants (what unshare and container
+//! runtimes make); a process that joined a namespace another member also
+//! reached from outside (setns), or whose parent is in a namespace it is
+//! not a child of, is refused by name.  The kinds crest does not handle
+//! yet (network, user, cgroup, time) are refused when they differ
+//! from crest's.
+//!
+//! - [`pid`]: PID namespaces (the PIDs of every task at each level).
+//! - [`uts`]: host and domain names.
+//! - [`ipc`]: System V semaphores and message queues of a private IPC
+//!   namespace.
+//! - [`mnt`]: mount namespaces that copy crest's, with proc mounted again.
+
+pub mod init;
+pub mod ipc;
+pub mod mnt;
+pub mod pid;
+pub mod uts;
+
+use crate::error::{Context, Result};
+use crate::model::{Checkpoint, Namespace, Namespaces, NsId, NsState, ProcNs, Process};
+use crate::stub::StubTree;
+use crate::Obstacle;
+use crest_sys::proc;
+
+/// The kinds crest recreates.
+pub const HANDLED: [&str; 4] = ["pid", "uts", "ipc", "mnt"];
+
+/// The CLONE_NEW* flag of a handled kind.
+pub fn clone_flag(kind: &str) -> u64 {
+    (match kind {
+        "pid" => libc::CLONE_NEWPID,
+        "uts" => libc::CLONE_NEWUTS,
+        "ipc" => libc::CLONE_NEWIPC,
+        "mnt" => libc::CLONE_NEWNS,
+        _ => 0,
+    }) as u64
+}
+
+/// Obstacles of one process visible without stopping it: a namespace of
+/// a kind crest does not handle that is not crest's.
+pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
+    let mine = proc::read_ns(std::process::id() as i32)?;
+    let theirs = read_ns_checked(pid)?;
+    for (name, ino) in &theirs {
+        let handled = HANDLED.contains(&name.as_str()) || name == "pid_for_children";
+        let Some((_, m)) = mine.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        if *m != *ino && !handled {
+            obs.push(Obstacle {
+                pid,
+                object: format!("{name} namespace"),
+                reason: format!(
+                    "the process is in another {name} namespace than crest ({name}:[{ino}]); \
+                     only PID, UTS, IPC and mount namespaces are supported yet"
+                ),
+            });
+        }
+    }
+    let get = |n: &str| theirs.iter().find(|(k, _)| k == n).map(|x| x.1);
+    if let (Some(own), Some(kids)) = (get("pid"), get("pid_for_children")) {
+        if own != kids {
+            obs.push(Obstacle {
+                pid,
+                object: "pid namespace".into(),
+                reason: format!(
+                    "the process unshared a new PID namespace (pid:[{kids}]) for its future \
+                     children; only a namespace's members can be checkpointed (give its init)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn read_ns_checked(pid: i32) -> Result<Vec<(String, u64)>> {
+    proc::read_ns(pid).map_err(|e| match e.errno() {
+        Some(libc::EACCES) | Some(libc::EPERM) => crate::Error::msg(format!(
+            "permission denied: only pid {pid}'s owner or root may checkpoint it \
+             (the kernel's ptrace access check)"
+        )),
+        _ => e.into(),
+    })
+}
+
+/// Collects the namespaces of a frozen tree: the table, and per process
+/// (same order as `procs`: parents first) where it is.  `ppids` gives each
+/// process's parent.  Obstacles are pushed for shapes restore cannot make.
+pub fn collect(
+    procs: &[(i32, Vec<i32>)],
+    ppids: &std::collections::HashMap<i32, i32>,
+    obstacles: &mut Vec<Obstacle>,
+) -> Result<(Namespaces, Vec<ProcNs>)> {
+    let mine = proc::read_ns(std::process::id() as i32)?;
+    let mut table = Namespaces::default();
+    // (kind, inode) of each table entry.
+    let mut known: Vec<(&str, u64)> = Vec::new();
+    let mut out: Vec<ProcNs> = Vec::new();
+    for (i, (pid, tids)) in procs.iter().enumerate() {
+        let pid = *pid;
+        let theirs = read_ns_checked(pid)?;
+        let parent = procs[..i].iter().position(|q| q.0 == ppids[&pid]);
+        let mut me = pid::collect_ids(pid, tids)?;
+        for kind in HANDLED {
+            let ino = |l: &[(String, u64)]| l.iter().find(|(n, _)| n == kind).map(|x| x.1);
+            let (Some(m), Some(t)) = (ino(&mine), ino(&theirs)) else {
+                continue;
+            };
+            let slot = if m == t {
+                None
+            } else {
+                Some(match known.iter().position(|k| *k == (kind, t)) {
+                    Some(j) => j as NsId,
+                    None => {
+                        let id = table.table.len() as NsId;
+                        let state = match kind {
+                            "pid" => NsState::Pid {
+                                level: me.pids.len() as u32,
+                            },
+                            "uts" => uts::collect(pid)?,
+                            "mnt" => mnt::collect(pid, obstacles)?,
+                            _ => ipc::collect(pid, obstacles)?,
+                        };
+                        table.table.push(Namespace { id, ino: t, state });
+                        known.push((kind, t));
+                        id
+                    }
+                })
+            };
+            set(&mut me, kind, slot);
+            let from_parent = parent.and_then(|j| get(&out[j], kind));
+            if slot != from_parent {
+                // `pid` enters this namespace: it must be new here.
+                let first = slot.is_some_and(|s| !out.iter().any(|q| get(q, kind) == Some(s)));
+                if slot.is_none() || !first {
+                    obstacles.push(Obstacle {
+                        pid,
+                        object: format!("{kind} namespace"),
+                        reason: format!(
+                            "the process is in another {kind} namespace than its parent, \
+                             one that another process of the tree entered first (setns); \
+                             restore can only recreate namespaces each entered by one process"
+                        ),
+                    });
+                }
+                if kind == "pid" {
+                    let plen = parent.map_or(0, |j| out[j].pids.len());
+                    pid::check_init(pid, &me, plen, obstacles);
+                }
+            }
+        }
+        out.push(me);
+    }
+    Ok((table, out))
+}
+
+/// The namespace of `kind` a process is in (`None`: crest's).
+pub fn get(p: &ProcNs, kind: &str) -> Option<NsId> {
+    match kind {
+        "pid" => p.pid,
+        "uts" => p.uts,
+        "ipc" => p.ipc,
+        "mnt" => p.mnt,
+        _ => None,
+    }
+}
+
+fn set(p: &mut ProcNs, kind: &str, v: Option<NsId>) {
+    match kind {
+        "pid" => p.pid = v,
+        "uts" => p.uts = v,
+        "ipc" => p.ipc = v,
+        "mnt" => p.mnt = v,
+        _ => {}
+    }
+}
+
+/// The CLONE_NEW* flags process `i` of the image is created with: the
+/// kinds in which it is in another namespace than its parent (crest, for
+/// the root).
+pub fn new_ns_flags(procs: &[Process], i: usize) -> u64 {
+    let p = &procs[i];
+    let parent = procs[..i].iter().find(|q| q.pid == p.ppid);
+    HANDLED
+        .iter()
+        .filter(|k| get(&p.ns, k) != parent.and_then(|q| get(&q.ns, k)))
+        .map(|k| clone_flag(k))
+        .fold(0, |a, b| a | b)
+}
+
+/// Checks the namespace part of an image before anything is created.
+pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
+    let bad = |m: String| Err(crate::Error::Invalid(m));
+    for (i, n) in ns.table.iter().enumerate() {
+        if n.id as usize != i {
+            return bad(format!("namespace {} out of order (expected {i})", n.id));
+        }
+    }
+    for (i, p) in procs.iter().enumerate() {
+        for kind in HANDLED {
+            let Some(id) = get(&p.ns, kind) else { continue };
+            let ok = matches!(
+                (kind, ns.table.get(id as usize).map(|n| &n.state)),
+                ("pid", Some(NsState::Pid { .. }))
+                    | ("uts", Some(NsState::Uts { .. }))
+                    | ("ipc", Some(NsState::Ipc(_)))
+                    | ("mnt", Some(NsState::Mnt(_)))
+            );
+            if !ok {
+                return bad(format!(
+                    "pid {}: its {kind} namespace {id} is not a {kind} namespace of the image",
+                    p.pid
+                ));
+            }
+        }
+        pid::validate(procs, i)?;
+    }
+    Ok(())
+}
+
+/// The namespace state of `id`.
+pub fn state(ns: &Namespaces, id: Option<NsId>) -> Option<&NsState> {
+    id.and_then(|i| ns.table.get(i as usize)).map(|n| &n.state)
+}
+
+/// Fills the namespaces the new stubs created, before any of them runs:
+/// the System V objects of each private IPC namespace.
+pub fn restore_after_spawn(ckpt: &Checkpoint, tree: &StubTree) -> Result<()> {
+    for n in &ckpt.namespaces.table {
+        let NsState::Ipc(st) = &n.state else { continue };
+        let first = ckpt.processes.iter().position(|p| p.ns.ipc == Some(n.id));
+        if let (Some(i), Some(sp)) = (first, first.and_then(|i| tree.procs.get(i))) {
+            crate::fault::point("restore: ipc namespace")?;
+            ipc::restore(sp.pid, st)
+                .context(|| format!("restoring pid {}", ckpt.processes[i].pid))?;
+        }
+    }
+    Ok(())
+}
