@@ -17,6 +17,7 @@ pub mod files;
 pub mod freeze;
 pub mod inspect;
 pub mod memory;
+pub mod migrate;
 pub mod model;
 pub mod objects;
 pub mod pipeline;

@@ -1,0 +1,212 @@
+//! The receiving side of a migration (`crest restore --listen`).
+//!
+//! Every DATA frame is authenticated before its bytes are kept; the image
+//! is spooled (an unlinked temporary file) until END has arrived and
+//! matches what was received, and only then restored: nothing is built
+//! from a stream that is refused, cut, or not yet complete.
+
+use super::proto::{self, Hello, HostId};
+use super::transport::{self, Keys, Psk, Receiver, RecvError, Sender};
+use super::Channel;
+use crate::error::{Error, Result};
+use crate::restore::RestoreReport;
+use std::io::{self, Seek, Write};
+use std::time::Instant;
+
+/// How to receive.
+#[derive(Debug, Clone, Default)]
+pub struct ListenOptions {
+    pub psk: Option<Psk>,
+}
+
+/// What the destination did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReceiveReport {
+    #[serde(flatten)]
+    pub restore: RestoreReport,
+    pub handover: bool,
+    pub bytes_received: u64,
+    /// From the first byte to the end of the stream.
+    pub receive_ms: f64,
+    /// The restore proper.
+    pub restore_ms: f64,
+}
+
+/// Receives a migration on `ch` and restores it; returns once the
+/// restored tree runs (crest is its parent).
+pub fn receive(
+    ch: Channel,
+    opts: &ListenOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ReceiveReport> {
+    let mut rx = Receiver::new(ch.read);
+    let mut tx = Sender::new(ch.write);
+    let mut p = Vec::new();
+    let t = rx.recv(&mut p).map_err(|e| match e {
+        RecvError::Closed { .. } => Error::msg("the source closed the connection before its hello"),
+        e => e.into(),
+    })?;
+    let t0 = Instant::now();
+    if t != proto::HELLO_S {
+        return Err(Error::msg(
+            "the peer does not speak the crest migration protocol",
+        ));
+    }
+    let theirs = Hello::decode(&p)?;
+    let one_way = theirs.flags & proto::ONE_WAY != 0;
+    if (theirs.flags & proto::KEYED != 0) != opts.psk.is_some() {
+        return Err(Error::msg(if opts.psk.is_some() {
+            "the source sends without a key; refusing (nothing restored)"
+        } else {
+            "the source sends with a key: give --psk"
+        }));
+    }
+    let here = HostId::here()?;
+    let nonce_d = if one_way {
+        [0; transport::NONCE_LEN]
+    } else {
+        let n = transport::nonce()?;
+        let hello = Hello {
+            version: proto::VERSION,
+            flags: if opts.psk.is_some() { proto::KEYED } else { 0 },
+            nonce: n,
+            host: here.clone(),
+        };
+        tx.send(proto::HELLO_D, &hello.encode())?;
+        n
+    };
+    let keys = Keys::derive(opts.psk.as_ref(), &theirs.nonce, &nonce_d);
+    rx.set_key(keys.to_dest);
+    tx.set_key(keys.to_source);
+    let mut tx = (!one_way).then_some(tx);
+    if let Some(tx) = &mut tx {
+        tx.send_now(proto::KEYOK, b"")?;
+    }
+    let handover = !one_way && theirs.host == here;
+    // Tell the source why, if it can hear it; then fail.
+    let refuse = |tx: &mut Option<Sender>, ty: u8, e: Error| -> Error {
+        if let Some(tx) = tx {
+            let _ = tx.send_now(ty, e.to_string().as_bytes());
+        }
+        e
+    };
+    let mut spool = match receive_image(&mut rx, progress) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = Error::msg(format!("refusing the stream: {e}; nothing was restored"));
+            return Err(refuse(&mut tx, proto::REFUSE, e));
+        }
+    };
+    if one_way {
+        // The source ends the stream once its tree is gone: on one
+        // machine the restore needs its PIDs.
+        match rx.recv(&mut p) {
+            Err(RecvError::Closed {
+                inside_frame: false,
+            }) => {}
+            Ok(t) => {
+                return Err(Error::msg(format!(
+                    "message {t} after the end of the stream"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let receive_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if handover {
+        let tx = tx.as_mut().expect("duplex");
+        tx.send_now(proto::READY, b"")?;
+        let go = rx.recv(&mut p);
+        match go {
+            Ok(proto::GO) => {}
+            Ok(proto::ABORT) => {
+                return Err(Error::msg(format!(
+                    "the source cancelled the migration: {}; nothing was restored",
+                    proto::text(&p)
+                )))
+            }
+            Ok(t) => {
+                return Err(Error::msg(format!(
+                    "the source sent message {t} out of turn"
+                )))
+            }
+            Err(e) => {
+                return Err(Error::msg(format!(
+                    "waiting for the source to hand over its PIDs: {e}; nothing was restored"
+                )))
+            }
+        }
+    }
+    let t1 = Instant::now();
+    spool.rewind()?;
+    let r = crate::restore(io::BufReader::with_capacity(64 << 10, spool), &mut |_| {});
+    match r {
+        Ok(r) => {
+            if let Some(tx) = &mut tx {
+                // The tree runs: if the source cannot hear it now, it
+                // resumes its own copy (the one here keeps running).
+                if let Err(e) = tx.send_now(proto::RUNNING, &r.pid.to_le_bytes()) {
+                    eprintln!(
+                        "crest: warning: could not tell the source that pid {} runs: {e}",
+                        r.pid
+                    );
+                }
+            }
+            Ok(ReceiveReport {
+                restore: r,
+                handover,
+                bytes_received: rx.bytes,
+                receive_ms,
+                restore_ms: t1.elapsed().as_secs_f64() * 1000.0,
+            })
+        }
+        Err(e) => Err(refuse(&mut tx, proto::FAILED, e)),
+    }
+}
+
+/// Receives DATA frames until END into a spool file.
+fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<std::fs::File> {
+    let mut spool = crate::files::spool_file()?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, &mut spool);
+    let mut p = Vec::new();
+    let (mut bytes, mut frames) = (0u64, 0u64);
+    loop {
+        let t = rx.recv(&mut p).map_err(|e| match e {
+            RecvError::Closed { .. } => {
+                Error::msg("the stream ended before its end (truncated, or the source died)")
+            }
+            e => e.into(),
+        })?;
+        match t {
+            proto::DATA => {
+                out.write_all(&p)?;
+                bytes += p.len() as u64;
+                frames += 1;
+                progress(p.len() as u64);
+            }
+            proto::END => {
+                let (b, f) = proto::decode_end(&p)?;
+                if (b, f) != (bytes, frames) {
+                    return Err(Error::msg(format!(
+                        "the source sent {b} bytes in {f} frames, {bytes} in {frames} arrived"
+                    )));
+                }
+                break;
+            }
+            proto::ABORT => {
+                return Err(Error::msg(format!(
+                    "the source cancelled: {}",
+                    proto::text(&p)
+                )))
+            }
+            t => {
+                return Err(Error::msg(format!(
+                    "unexpected message {t} in the image stream"
+                )))
+            }
+        }
+    }
+    out.flush()?;
+    drop(out);
+    Ok(spool)
+}
