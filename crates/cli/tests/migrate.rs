@@ -493,3 +493,207 @@ fn keyed_one_way_stream_needs_the_same_key() {
     assert!(!s.success());
     still_fine(w);
 }
+
+/// Two network namespaces joined by a veth pair, addresses 10.213.N.1
+/// (a) and 10.213.N.2 (b); removed on drop, also when the test fails.
+struct NetPair {
+    a: String,
+    b: String,
+    addr_b: String,
+}
+
+impl NetPair {
+    fn new() -> NetPair {
+        let n = rand_tag() + 1;
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let pair = NetPair {
+            a: format!("crest-mig-{tag}-a"),
+            b: format!("crest-mig-{tag}-b"),
+            addr_b: format!("10.213.{}.2", n % 250),
+        };
+        let (va, vb) = (format!("cma{tag}"), format!("cmb{tag}"));
+        let net = n % 250;
+        let ip = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().expect("running ip");
+            assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+        };
+        ip(&["netns", "add", &pair.a]);
+        ip(&["netns", "add", &pair.b]);
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &pair.a]);
+        ip(&["link", "set", &vb, "netns", &pair.b]);
+        for (ns, dev, host) in [(&pair.a, &va, 1), (&pair.b, &vb, 2)] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.213.{net}.{host}/24"),
+                "dev",
+                dev,
+            ]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Runs a command in namespace `ns` (network only: nsenter, not `ip
+    /// netns exec`, which also makes a mount namespace of its own, and
+    /// crest refuses trees in another mount namespace than its own).
+    fn enter(ns: &str) -> Vec<String> {
+        vec!["nsenter".into(), format!("--net=/run/netns/{ns}")]
+    }
+
+    /// Starts a workload inside namespace `a`.
+    fn workload_in_a(&self, scenario: &str, args: &[&str]) -> Workload {
+        let path = format!("/run/netns/{}", self.a);
+        let (scenario, args): (String, Vec<String>) = (
+            scenario.into(),
+            args.iter().map(|s| s.to_string()).collect(),
+        );
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this (short-lived) thread only; its
+            // children are born in the namespace.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            Workload::start(&scenario, &a)
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Source and destination in two network namespaces ("hosts") joined by
+/// a veth pair; they share the machine's PID space, so the PIDs are
+/// handed over.
+#[test]
+fn migrates_between_two_network_namespaces() {
+    let net = NetPair::new();
+    let w = net.workload_in_a("mutator", &[MIB]);
+    let k = key(&w.dir, "key", 4);
+    let ks = k.to_str().unwrap();
+    let ea = NetPair::enter(&net.a);
+    let eb = NetPair::enter(&net.b);
+    let dest = Dest::spawn(
+        &strs(&eb),
+        &format!("{}:0", net.addr_b),
+        &["--psk", ks],
+        &[],
+        &w.dir,
+    );
+    let reaped = reaper(w.pid);
+    std::thread::sleep(Duration::from_millis(300));
+    let to = format!("{}:{}", net.addr_b, dest.port);
+    let out = migrate(&strs(&ea), w.pid, &to, &["--psk", ks, "--json"]);
+    eprintln!("{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"handover\":true"),
+        "{}",
+        stderr(&out)
+    );
+    // The restored process lives in b's network namespace.
+    let ns_b = std::fs::read_link(format!("/proc/{}/ns/net", w.pid));
+    expect_migrated_keep(&w, &out, dest, reaped);
+    let b_ino = std::fs::metadata(format!("/run/netns/{}", net.b)).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    });
+    assert_eq!(
+        ns_b.unwrap().to_string_lossy(),
+        format!("net:[{}]", b_ino.unwrap()),
+        "the restored tree is not in the destination's namespace"
+    );
+    w.go();
+    w.expect_pass();
+}
+
+/// Like [`expect_migrated`], leaving the go to the caller.
+fn expect_migrated_keep(
+    w: &Workload,
+    out: &Output,
+    dest: Dest,
+    reaped: std::thread::JoinHandle<Option<Exit>>,
+) {
+    let (st, err, pid) = dest.finish();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\ndestination: {err}",
+        stderr(out)
+    );
+    assert!(st.success(), "destination failed: {err}");
+    assert_eq!(pid, Some(w.pid), "restored pid; destination: {err}");
+    assert_eq!(reaped.join().unwrap(), Some(Exit::Signal(libc::SIGKILL)));
+    assert!(alive(w.pid), "restored tree not running: {err}");
+}
+
+/// A destination in a PID namespace of its own (`unshare --pid`) is
+/// another PID space: no handover; it restores while the source tree is
+/// still frozen (its PIDs are free there), and only its RUNNING makes
+/// the source kill its tree.  The restored process's parent is the
+/// destination crest (PID 1 there), which waits for it and returns its
+/// exit status.
+#[test]
+fn migrates_into_another_pid_namespace_without_handover() {
+    let net = NetPair::new();
+    let w = net.workload_in_a("mutator", &[MIB]);
+    let k = key(&w.dir, "key", 4);
+    let ks = k.to_str().unwrap();
+    let ea = NetPair::enter(&net.a);
+    let mut eb = NetPair::enter(&net.b);
+    eb.extend(["unshare", "--pid", "--fork", "--mount-proc"].map(String::from));
+    init();
+    let mut cmd = Command::new(&eb[0]);
+    cmd.args(&eb[1..])
+        .arg(crest_bin())
+        .args([
+            "restore",
+            "--listen",
+            &format!("{}:0", net.addr_b),
+            "--psk",
+            ks,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port = first.rsplit(':').next().unwrap().to_string();
+    let reaped = reaper(w.pid);
+    let to = format!("{}:{}", net.addr_b, port);
+    let out = migrate(&strs(&ea), w.pid, &to, &["--psk", ks, "--json"]);
+    let e = stderr(&out);
+    assert!(out.status.success(), "{e}");
+    assert!(e.contains("\"handover\":false"), "{e}");
+    assert!(e.contains(&format!("\"restored_pid\":{}", w.pid)), "{e}");
+    assert_eq!(reaped.join().unwrap(), Some(Exit::Signal(libc::SIGKILL)));
+    w.go();
+    let st = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let result = std::fs::read_to_string(w.dir.join("result")).unwrap_or_default();
+    assert!(
+        result.starts_with("PASS"),
+        "{result}\n{rest:?}\n{}",
+        w.log()
+    );
+    assert!(st.success(), "destination: {rest:?}");
+    // The pid is not ours to kill any more: it may be reused here.
+    let dir = w.dir.clone();
+    std::mem::forget(w);
+    let _ = std::fs::remove_dir_all(dir);
+}
