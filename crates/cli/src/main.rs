@@ -120,9 +120,14 @@ enum Cmd {
         /// Seconds to keep trying to connect
         #[arg(long, default_value_t = 10)]
         connect_wait: u64,
-        /// Compress memory pages (LZ4, per chunk, only where it pays)
+        /// Compress memory pages (LZ4, per chunk, only where it pays; only
+        /// without pre-copy)
         #[arg(long)]
         compress: bool,
+        /// Send all memory while the tree is frozen instead of copying it
+        /// in rounds while it runs first
+        #[arg(long)]
+        no_pre_copy: bool,
         /// Print the result as JSON (on standard error)
         #[arg(long)]
         json: bool,
@@ -202,6 +207,7 @@ fn run(cli: Cli) -> Result<i32> {
             timeout,
             connect_wait,
             compress,
+            no_pre_copy,
             json,
             quiet,
         } => migrate::cmd_migrate(&migrate::Args {
@@ -212,6 +218,7 @@ fn run(cli: Cli) -> Result<i32> {
             timeout,
             connect_wait,
             compress,
+            no_pre_copy,
             json,
             quiet,
         }),

@@ -15,6 +15,7 @@ pub struct Args<'a> {
     pub timeout: u64,
     pub connect_wait: u64,
     pub compress: bool,
+    pub no_pre_copy: bool,
     pub json: bool,
     pub quiet: bool,
 }
@@ -50,6 +51,7 @@ pub fn cmd_migrate(a: &Args) -> Result<i32> {
         psk,
         one_way: a.one_way,
         compress: a.compress,
+        no_precopy: a.no_pre_copy,
         timeout: Some(Duration::from_secs(a.timeout.max(1))),
     };
     let mut progress = output::Progress::new("migrate", a.quiet || a.json);

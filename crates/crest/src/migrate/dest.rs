@@ -5,12 +5,15 @@
 //! matches what was received, and only then restored: nothing is built
 //! from a stream that is refused, cut, or not yet complete.
 
+use super::image;
 use super::proto::{self, Hello, HostId};
 use super::transport::{self, Keys, Psk, Receiver, RecvError, Sender};
 use super::Channel;
 use crate::error::{Error, Result};
+use crate::precopy::Window;
 use crate::restore::RestoreReport;
 use std::io::{self, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 /// How to receive.
@@ -90,7 +93,8 @@ pub fn receive(
         }
         e
     };
-    let mut spool = match receive_image(&mut rx, progress) {
+    // Built (and its metadata verified) before any PID is asked for.
+    let received = match receive_image(&mut rx, progress).and_then(Received::into_image) {
         Ok(s) => s,
         Err(e) => {
             let e = Error::msg(format!("refusing the stream: {e}; nothing was restored"));
@@ -138,8 +142,10 @@ pub fn receive(
         }
     }
     let t1 = Instant::now();
-    spool.rewind()?;
-    let r = crate::restore(io::BufReader::with_capacity(64 << 10, spool), &mut |_| {});
+    let r = crate::restore(
+        io::BufReader::with_capacity(64 << 10, received),
+        &mut |_| {},
+    );
     match r {
         Ok(r) => {
             if let Some(tx) = &mut tx {
@@ -164,10 +170,52 @@ pub fn receive(
     }
 }
 
-/// Receives DATA frames until END into a spool file.
-fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<std::fs::File> {
-    let mut spool = crate::files::spool_file()?;
-    let mut out = io::BufWriter::with_capacity(1 << 20, &mut spool);
+/// What a stream carried.
+enum Received {
+    /// A whole image (sent while the tree was frozen).
+    Image(std::fs::File),
+    /// A pre-copied migration: the copy of the source's page spool, the
+    /// metadata image and the page windows.
+    Pre {
+        spool: std::fs::File,
+        meta: Vec<u8>,
+        windows: Vec<Window>,
+    },
+}
+
+impl Received {
+    /// The image to restore from.
+    fn into_image(self) -> Result<std::fs::File> {
+        match self {
+            Received::Image(mut f) => {
+                f.rewind()?;
+                Ok(f)
+            }
+            Received::Pre {
+                spool,
+                meta,
+                windows,
+            } => {
+                let out = io::BufWriter::with_capacity(1 << 20, crate::files::spool_file()?);
+                let out = image::build(&meta, out, |w| {
+                    image::write_windows(w, &windows, &spool)?;
+                    Ok(())
+                })?;
+                let mut f = out.into_inner().map_err(|e| e.into_error())?;
+                f.rewind()?;
+                Ok(f)
+            }
+        }
+    }
+}
+
+/// Receives frames until END (or END_PRE), keeping what they carry.
+fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<Received> {
+    let mut image = io::BufWriter::with_capacity(1 << 20, crate::files::spool_file()?);
+    let mut spool: Option<std::fs::File> = None;
+    let mut spooled = 0u64;
+    let mut meta = Vec::new();
+    let mut list = Vec::new();
     let mut p = Vec::new();
     let (mut bytes, mut frames) = (0u64, 0u64);
     loop {
@@ -179,7 +227,7 @@ fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<std
         })?;
         match t {
             proto::DATA => {
-                out.write_all(&p)?;
+                image.write_all(&p)?;
                 bytes += p.len() as u64;
                 frames += 1;
                 progress(p.len() as u64);
@@ -191,7 +239,54 @@ fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<std
                         "the source sent {b} bytes in {f} frames, {bytes} in {frames} arrived"
                     )));
                 }
-                break;
+                image.flush()?;
+                let f = image.into_inner().map_err(|e| e.into_error())?;
+                return Ok(Received::Image(f));
+            }
+            proto::PRE => {
+                if p.len() < 8 {
+                    return Err(Error::msg("malformed PRE message"));
+                }
+                let off = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+                if off != spooled {
+                    return Err(Error::msg(format!(
+                        "pre-copied pages at spool offset {off}, expected {spooled}"
+                    )));
+                }
+                let f = match &mut spool {
+                    Some(f) => f,
+                    None => spool.insert(crate::files::spool_file()?),
+                };
+                f.write_all_at(&p[8..], off)?;
+                spooled += (p.len() - 8) as u64;
+                progress((p.len() - 8) as u64);
+            }
+            proto::META => meta.extend_from_slice(&p),
+            proto::WINDOWS => list.extend_from_slice(&p),
+            proto::END_PRE => {
+                let (sp, m, n) = proto::decode_end_pre(&p)?;
+                if (sp, m) != (spooled, meta.len() as u64) {
+                    return Err(Error::msg(format!(
+                        "the source sent {sp} page bytes and {m} of metadata, \
+                         {spooled} and {} arrived",
+                        meta.len()
+                    )));
+                }
+                let ps = crest_image::Reader::new(&meta[..])?.page_size() as u64;
+                let mut windows = Vec::new();
+                image::decode_windows(&list, ps, spooled, &mut windows)?;
+                if windows.len() as u64 != n {
+                    return Err(Error::msg("the page window list is incomplete"));
+                }
+                let spool = match spool {
+                    Some(s) => s,
+                    None => crate::files::spool_file()?,
+                };
+                return Ok(Received::Pre {
+                    spool,
+                    meta,
+                    windows,
+                });
             }
             proto::ABORT => {
                 return Err(Error::msg(format!(
@@ -206,7 +301,4 @@ fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<std
             }
         }
     }
-    out.flush()?;
-    drop(out);
-    Ok(spool)
 }

@@ -6,6 +6,8 @@
 //! what is sent when, [`source`] and [`dest`] are the two sides.
 
 pub mod dest;
+pub mod image;
+pub mod precopied;
 pub mod proto;
 pub mod source;
 pub mod transport;

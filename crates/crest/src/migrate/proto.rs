@@ -8,6 +8,10 @@
 //!   -- both sides derive the keys; every frame from here on is tagged --
 //!   DATA* (the image stream, in pieces)
 //!   END (bytes, frames)
+//! or, pre-copied (the tree runs during the PRE frames, then is frozen):
+//!   PRE* (spool offset, page bytes) ... freeze ... PRE* (pages written since)
+//!   META* (an image without pages)  WINDOWS* (spool bytes of each chunk)
+//!   END_PRE (spool bytes, metadata bytes, windows)
 //!                                  <-  REFUSE (why)      stream not accepted
 //!                                  <-  RUNNING (pid)     restored, it runs
 //!                                  <-  FAILED (why)      restore failed
@@ -51,6 +55,16 @@ pub const GO: u8 = 9;
 pub const ABORT: u8 = 10;
 /// The destination's first tagged frame (empty): proves it holds the key.
 pub const KEYOK: u8 = 11;
+
+/// Pre-copied migration (see `precopied`): a stretch of the source's page
+/// spool (`offset u64` then the bytes, offsets contiguous from 0).
+pub const PRE: u8 = 12;
+/// Pre-copied migration: part of the metadata image (an image without pages).
+pub const META: u8 = 13;
+/// Pre-copied migration: encoded page windows (see `image`).
+pub const WINDOWS: u8 = 14;
+/// Pre-copied migration: the end (spool bytes, metadata bytes, windows).
+pub const END_PRE: u8 = 15;
 
 /// HELLO_S flag: no reply channel.
 pub const ONE_WAY: u8 = 1;
@@ -146,6 +160,22 @@ pub fn decode_end(b: &[u8]) -> Result<(u64, u64)> {
         u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
         u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
     ))
+}
+
+pub fn encode_end_pre(spool: u64, meta: u64, windows: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    for x in [spool, meta, windows] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+pub fn decode_end_pre(b: &[u8]) -> Result<(u64, u64, u64)> {
+    if b.len() != 24 {
+        return Err(Error::msg("malformed END message"));
+    }
+    let f = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    Ok((f(0), f(1), f(2)))
 }
 
 /// A message text from the peer, made safe to print.

@@ -13,7 +13,9 @@ use super::transport::{self, Keys, Psk, Receiver, RecvError, Sender};
 use super::Channel;
 use crate::dump::{DumpOptions, ImageSink};
 use crate::error::{Context, Error, Result};
+use crate::precopy::PreCopy;
 use std::io::{self, IoSlice, Seek, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How to migrate.
@@ -23,6 +25,8 @@ pub struct MigrateOptions {
     /// No reply channel: the tree is killed once the stream is flushed.
     pub one_way: bool,
     pub compress: bool,
+    /// Send all memory while the tree is frozen (no pre-copy rounds).
+    pub no_precopy: bool,
     /// How long to wait for each reply of the destination.
     pub timeout: Option<Duration>,
 }
@@ -43,6 +47,17 @@ pub struct MigrateReport {
     pub bytes_sent: u64,
     pub image_bytes: u64,
     pub pages_written: u64,
+    /// Pre-copy rounds while the tree ran (none: everything was sent
+    /// while it was frozen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precopy_rounds: Option<u32>,
+    /// Pages sent while the tree ran.
+    pub precopied_pages: u64,
+    /// Pages sent while it was frozen.
+    pub frozen_copied_pages: u64,
+    /// Why memory was not pre-copied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precopy_skipped: Option<String>,
 }
 
 /// Size of the DATA frames.
@@ -150,7 +165,7 @@ impl ImageSink<FrameWriter> for Sink {
 }
 
 /// The next message of the destination, errors made readable.
-fn reply(rx: &mut Receiver) -> Result<(u8, Vec<u8>)> {
+pub(super) fn reply(rx: &mut Receiver) -> Result<(u8, Vec<u8>)> {
     let mut p = Vec::new();
     match rx.recv(&mut p) {
         Ok(t) => Ok((t, p)),
@@ -169,7 +184,7 @@ fn reply(rx: &mut Receiver) -> Result<(u8, Vec<u8>)> {
     }
 }
 
-fn unexpected(t: u8, p: &[u8]) -> Error {
+pub(super) fn unexpected(t: u8, p: &[u8]) -> Error {
     match t {
         proto::REFUSE => Error::msg(format!(
             "the destination refused the stream: {}",
@@ -183,18 +198,18 @@ fn unexpected(t: u8, p: &[u8]) -> Error {
     }
 }
 
-/// Migrates the tree rooted at `pid` over `ch`.
-pub fn migrate(
-    pid: i32,
-    ch: Channel,
-    opts: &MigrateOptions,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<MigrateReport> {
-    let t0 = Instant::now();
-    let obstacles = crate::dump::preflight(pid)?;
-    if !obstacles.is_empty() {
-        return Err(Error::Unsupported(obstacles));
-    }
+/// A connection after the handshake.
+pub(super) struct Session {
+    pub tx: Sender,
+    /// None on a one-way stream.
+    pub rx: Option<Receiver>,
+    /// Both sides share the PID space (see [`proto`]).
+    pub handover: bool,
+}
+
+/// Sends the hello and, with a reply channel, checks the destination's:
+/// it must prove it holds the same key before anything else is sent.
+fn handshake(ch: Channel, opts: &MigrateOptions) -> Result<Session> {
     ch.set_timeout(opts.timeout);
     let mut tx = Sender::new(ch.write);
     let mut rx = Receiver::new(ch.read);
@@ -215,37 +230,106 @@ pub fn migrate(
     };
     tx.send_now(proto::HELLO_S, &hello.encode())
         .context(|| "sending the hello".into())?;
-    let mut handover = false;
-    let keys = if opts.one_way {
-        Keys::derive(opts.psk.as_ref(), &nonce_s, &[0; transport::NONCE_LEN])
-    } else {
-        let (t, p) = reply(&mut rx).context(|| "waiting for the destination's hello".into())?;
-        if t != proto::HELLO_D {
-            return Err(unexpected(t, &p));
+    if opts.one_way {
+        tx.set_key(Keys::derive(opts.psk.as_ref(), &nonce_s, &[0; transport::NONCE_LEN]).to_dest);
+        return Ok(Session {
+            tx,
+            rx: None,
+            handover: false,
+        });
+    }
+    let (t, p) = reply(&mut rx).context(|| "waiting for the destination's hello".into())?;
+    if t != proto::HELLO_D {
+        return Err(unexpected(t, &p));
+    }
+    let theirs = Hello::decode(&p)?;
+    if (theirs.flags & proto::KEYED != 0) != opts.psk.is_some() {
+        return Err(Error::msg(if opts.psk.is_some() {
+            "the destination holds no key (--psk): refusing to send"
+        } else {
+            "the destination requires a key: give --psk"
+        }));
+    }
+    let keys = Keys::derive(opts.psk.as_ref(), &nonce_s, &theirs.nonce);
+    rx.set_key(keys.to_source);
+    match reply(&mut rx) {
+        Ok((proto::KEYOK, _)) => {}
+        Ok((t, p)) => return Err(unexpected(t, &p)),
+        Err(e) => {
+            return Err(Error::msg(format!(
+                "the destination failed to prove it holds the same key ({e}): nothing sent"
+            )))
         }
-        let theirs = Hello::decode(&p)?;
-        if (theirs.flags & proto::KEYED != 0) != opts.psk.is_some() {
-            return Err(Error::msg(if opts.psk.is_some() {
-                "the destination holds no key (--psk): refusing to send"
-            } else {
-                "the destination requires a key: give --psk"
-            }));
-        }
-        let keys = Keys::derive(opts.psk.as_ref(), &nonce_s, &theirs.nonce);
-        rx.set_key(keys.to_source);
-        match reply(&mut rx) {
-            Ok((proto::KEYOK, _)) => {}
-            Ok((t, p)) => return Err(unexpected(t, &p)),
-            Err(e) => {
-                return Err(Error::msg(format!(
-                    "the destination failed to prove it holds the same key ({e}): nothing sent"
-                )))
+    }
+    tx.set_key(keys.to_dest);
+    Ok(Session {
+        tx,
+        rx: Some(rx),
+        handover: theirs.host == here,
+    })
+}
+
+/// Migrates the tree rooted at `pid` over `ch`.
+///
+/// With a reply channel, memory is pre-copied while the tree runs (if
+/// the tree allows write tracking; else, and on a one-way stream, the
+/// whole image is sent while it is frozen).
+pub fn migrate(
+    pid: i32,
+    ch: Channel,
+    opts: &MigrateOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<MigrateReport> {
+    let t0 = Instant::now();
+    let obstacles = crate::dump::preflight(pid)?;
+    if !obstacles.is_empty() {
+        return Err(Error::Unsupported(obstacles));
+    }
+    let s = handshake(ch, opts)?;
+    let mut skipped = None;
+    let s = if s.rx.is_some() && !opts.no_precopy {
+        let Session { tx, rx, handover } = s;
+        let tx = Arc::new(Mutex::new(tx));
+        let tap = super::precopied::tap(tx.clone());
+        let attempt = PreCopy::run_tapped(pid, progress, Some(tap))
+            .context(|| format!("pre-copying the memory of pid {pid} (it runs on here)"))?;
+        let s = Session {
+            tx: Sender::new(Box::new(io::sink())),
+            rx,
+            handover,
+        };
+        match attempt {
+            Ok(pc) => {
+                return super::precopied::finish(pid, pc, tx, s, t0)
+                    .context(|| format!("migrating pid {pid} (it runs on here)"));
+            }
+            Err(why) => {
+                skipped = Some(why);
+                let tx = Arc::try_unwrap(tx)
+                    .map_err(|_| Error::msg("the pre-copy still holds the connection"))?
+                    .into_inner()
+                    .unwrap_or_else(|p| p.into_inner());
+                Session { tx, ..s }
             }
         }
-        handover = theirs.host == here;
-        keys
+    } else {
+        s
     };
-    tx.set_key(keys.to_dest);
+    let mut r = send_frozen(pid, s, opts, progress, t0)?;
+    r.precopy_skipped = skipped;
+    Ok(r)
+}
+
+/// Sends the whole image while the tree is frozen (a dump into the
+/// connection whose commit waits for the destination's verdict).
+fn send_frozen(
+    pid: i32,
+    s: Session,
+    opts: &MigrateOptions,
+    progress: &mut dyn FnMut(u64, u64),
+    t0: Instant,
+) -> Result<MigrateReport> {
+    let Session { tx, rx, handover } = s;
     let copy = if handover {
         Some(crate::files::spool_file()?)
     } else {
@@ -259,7 +343,7 @@ pub fn migrate(
         frames: 0,
     };
     let mut sink = Sink {
-        rx: (!opts.one_way).then_some(rx),
+        rx,
         handover,
         after: None,
     };
@@ -277,6 +361,7 @@ pub fn migrate(
         handover,
         image_bytes: d.image_bytes,
         pages_written: d.pages_written,
+        frozen_copied_pages: d.pages_written,
         ..Default::default()
     };
     match verdict {
@@ -310,11 +395,11 @@ pub fn migrate(
 }
 
 /// How long a killed tree's parent may take to reap it on a handover.
-const PIDS_FREED: Duration = Duration::from_secs(30);
+pub(super) const PIDS_FREED: Duration = Duration::from_secs(30);
 
 /// Waits until no process holds any of `pids` (the killed tree's parent
 /// has reaped it).
-fn wait_gone(pids: &[i32], limit: Duration) -> Result<()> {
+pub(super) fn wait_gone(pids: &[i32], limit: Duration) -> Result<()> {
     let t0 = Instant::now();
     for &p in pids {
         while std::path::Path::new(&format!("/proc/{p}")).exists() {
@@ -332,7 +417,7 @@ fn wait_gone(pids: &[i32], limit: Duration) -> Result<()> {
 
 /// After a handover the destination failed: the tree is restored here
 /// from the copy of its image.
-fn restore_here(pid: i32, copy: Option<std::fs::File>, why: Error) -> Error {
+pub(super) fn restore_here(pid: i32, copy: Option<std::fs::File>, why: Error) -> Error {
     let Some(mut f) = copy else {
         return why;
     };
