@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::precopy::Window;
 use crate::restore::RestoreReport;
 use std::io::{self, Seek, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
@@ -93,8 +94,7 @@ pub fn receive(
         }
         e
     };
-    // Built (and its metadata verified) before any PID is asked for.
-    let received = match receive_image(&mut rx, progress).and_then(Received::into_image) {
+    let received = match receive_image(&mut rx, progress) {
         Ok(s) => s,
         Err(e) => {
             let e = Error::msg(format!("refusing the stream: {e}; nothing was restored"));
@@ -142,10 +142,23 @@ pub fn receive(
         }
     }
     let t1 = Instant::now();
-    let r = crate::restore(
-        io::BufReader::with_capacity(64 << 10, received),
-        &mut |_| {},
-    );
+    let r = received.into_image().and_then(|img| {
+        let r = crate::restore(
+            io::BufReader::with_capacity(64 << 10, img.read),
+            &mut |_| {},
+        );
+        if let Some(b) = img.builder {
+            let built = b
+                .join()
+                .unwrap_or_else(|_| Err(Error::msg("the image builder panicked")));
+            // A restore that read a complete image (tail checked) had
+            // everything the builder wrote; else its error says more.
+            if let (Ok(_), Err(e)) = (&r, built) {
+                return Err(e);
+            }
+        }
+        r
+    });
     match r {
         Ok(r) => {
             if let Some(tx) = &mut tx {
@@ -183,27 +196,45 @@ enum Received {
     },
 }
 
+/// An image being read by the restore; a pre-copied one is built by a
+/// thread of its own while the restore reads it through a pipe.
+struct Incoming {
+    read: std::fs::File,
+    builder: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
 impl Received {
     /// The image to restore from.
-    fn into_image(self) -> Result<std::fs::File> {
+    fn into_image(self) -> Result<Incoming> {
         match self {
             Received::Image(mut f) => {
                 f.rewind()?;
-                Ok(f)
+                Ok(Incoming {
+                    read: f,
+                    builder: None,
+                })
             }
             Received::Pre {
                 spool,
                 meta,
                 windows,
             } => {
-                let out = io::BufWriter::with_capacity(1 << 20, crate::files::spool_file()?);
-                let out = image::build(&meta, out, |w| {
-                    image::write_windows(w, &windows, &spool)?;
+                let (r, w) = crate::files::make_pipe()?;
+                // SAFETY: fcntl on a pipe we own; failing is harmless.
+                unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+                let builder = std::thread::spawn(move || -> Result<()> {
+                    let out = io::BufWriter::with_capacity(1 << 20, std::fs::File::from(w));
+                    let mut out = image::build(&meta, out, |w| {
+                        image::write_windows(w, &windows, &spool)?;
+                        Ok(())
+                    })?;
+                    out.flush()?;
                     Ok(())
-                })?;
-                let mut f = out.into_inner().map_err(|e| e.into_error())?;
-                f.rewind()?;
-                Ok(f)
+                });
+                Ok(Incoming {
+                    read: std::fs::File::from(r),
+                    builder: Some(builder),
+                })
             }
         }
     }
@@ -272,7 +303,12 @@ fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<Rec
                         meta.len()
                     )));
                 }
-                let ps = crest_image::Reader::new(&meta[..])?.page_size() as u64;
+                // The metadata is checked in full now, before any PID is
+                // asked for (the image built from it later is checked again
+                // by the restore).
+                let mut r = crest_image::Reader::new(&meta[..])?;
+                let ps = r.page_size() as u64;
+                while r.next_record()?.is_some() {}
                 let mut windows = Vec::new();
                 image::decode_windows(&list, ps, spooled, &mut windows)?;
                 if windows.len() as u64 != n {

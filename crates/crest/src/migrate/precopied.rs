@@ -97,12 +97,14 @@ pub(super) fn finish(
     let end = proto::encode_end_pre(spool_len, meta.len() as u64, windows.len() as u64);
     tx.send_now(proto::END_PRE, &end)
         .context(|| "sending the end of the stream".into())?;
+    let sent_ms = ms(t_frozen.elapsed());
     let mut report = MigrateReport {
         pid,
         handover: s.handover,
         image_bytes: spool_len + meta.len() as u64,
         pages_written: windows.iter().flat_map(|w| &w.pieces).map(|p| p.1).sum(),
         precopy_rounds: Some(rounds + 1),
+        frozen_send_ms: Some(sent_ms),
         precopied_pages: prep.pages_copied,
         frozen_copied_pages: prep.pages_reread,
         ..Default::default()

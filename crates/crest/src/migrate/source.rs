@@ -51,6 +51,9 @@ pub struct MigrateReport {
     /// while it was frozen).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precopy_rounds: Option<u32>,
+    /// From the freeze until the last byte was sent (pre-copied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen_send_ms: Option<f64>,
     /// Pages sent while the tree ran.
     pub precopied_pages: u64,
     /// Pages sent while it was frozen.
