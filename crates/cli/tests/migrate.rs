@@ -185,8 +185,59 @@ fn migrates_a_mutating_process_over_tcp() {
         &format!("127.0.0.1:{}", dest.port),
         &["--psk", ks, "--json"],
     );
-    eprintln!("{}", stderr(&out));
+    let e = stderr(&out);
+    eprintln!("{e}");
+    let r: serde_json::Value =
+        serde_json::from_str(e.lines().last().unwrap_or("")).unwrap_or_default();
+    assert!(
+        r["precopy_rounds"].as_u64() >= Some(2),
+        "no pre-copy rounds: {e}"
+    );
+    assert!(r["precopied_pages"].as_u64() > Some(0), "{e}");
     expect_migrated(w, &out, dest, reaped);
+}
+
+/// Without pre-copy: the whole image is sent while the tree is frozen.
+#[test]
+fn migrates_without_pre_copy() {
+    let w = Workload::start("mutator", &[MIB]);
+    let k = key(&w.dir, "key", 8);
+    let ks = k.to_str().unwrap();
+    let dest = Dest::spawn(&[], "127.0.0.1:0", &["--psk", ks], &[], &w.dir);
+    std::thread::sleep(Duration::from_millis(300));
+    let reaped = reaper(w.pid);
+    let to = format!("127.0.0.1:{}", dest.port);
+    let out = migrate(&[], w.pid, &to, &["--psk", ks, "--json", "--no-pre-copy"]);
+    assert!(!stderr(&out).contains("precopy_rounds"), "{}", stderr(&out));
+    expect_migrated(w, &out, dest, reaped);
+}
+
+/// The destination dies (SIGKILL) in its restore, after the handover:
+/// the source sees the connection end and restores the tree itself.
+#[test]
+fn destination_dying_after_the_handover_brings_the_tree_back() {
+    for extra in [&[][..], &["--no-pre-copy"][..]] {
+        let w = Workload::start("mutator", &[MIB]);
+        let k = key(&w.dir, "key", 6);
+        let ks = k.to_str().unwrap();
+        let env = [("CREST_FAULT_AT", "1"), ("CREST_FAULT_MODE", "kill")];
+        let dest = Dest::spawn(&[], "127.0.0.1:0", &["--psk", ks], &env, &w.dir);
+        let reaped = reaper(w.pid);
+        let mut args = vec!["--psk", ks];
+        args.extend_from_slice(extra);
+        let out = migrate(&[], w.pid, &format!("127.0.0.1:{}", dest.port), &args);
+        let (st, err, pid) = dest.finish();
+        assert!(!st.success(), "{err}");
+        assert_eq!(pid, None);
+        let e = stderr(&out);
+        assert!(!out.status.success(), "{e}");
+        assert!(
+            e.contains("closed the connection") && e.contains("restored here again"),
+            "{e}"
+        );
+        assert_eq!(reaped.join().unwrap(), Some(Exit::Signal(libc::SIGKILL)));
+        still_fine(w);
+    }
 }
 
 #[test]
@@ -639,6 +690,38 @@ fn expect_migrated_keep(
     assert_eq!(pid, Some(w.pid), "restored pid; destination: {err}");
     assert_eq!(reaped.join().unwrap(), Some(Exit::Signal(libc::SIGKILL)));
     assert!(alive(w.pid), "restored tree not running: {err}");
+}
+
+/// A destination in another PID space whose restore fails: the source
+/// tree, frozen all along, resumes (it was never killed).
+#[test]
+fn failed_restore_in_another_pid_namespace_resumes_the_tree() {
+    let net = NetPair::new();
+    let w = net.workload_in_a("mutator", &[MIB]);
+    let k = key(&w.dir, "key", 4);
+    let ks = k.to_str().unwrap();
+    let ea = NetPair::enter(&net.a);
+    let mut eb = NetPair::enter(&net.b);
+    eb.extend(["unshare", "--pid", "--fork", "--mount-proc"].map(String::from));
+    let listen = format!("{}:0", net.addr_b);
+    let dest = Dest::spawn(
+        &strs(&eb),
+        &listen,
+        &["--psk", ks],
+        &[("CREST_FAULT_AT", "1")],
+        &w.dir,
+    );
+    let to = format!("{}:{}", net.addr_b, dest.port);
+    let out = migrate(&strs(&ea), w.pid, &to, &["--psk", ks]);
+    let (st, err, _) = dest.finish();
+    assert!(!st.success(), "{err}");
+    let e = stderr(&out);
+    assert!(!out.status.success(), "{e}");
+    assert!(
+        e.contains("restore on the destination failed") && e.contains("runs on here"),
+        "{e}"
+    );
+    still_fine(w);
 }
 
 /// A destination in a PID namespace of its own (`unshare --pid`) is
