@@ -43,6 +43,13 @@ pub fn receive(
     opts: &ListenOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ReceiveReport> {
+    if ch.tcp.is_some() && opts.psk.is_none() {
+        return Err(Error::msg(
+            "refusing to receive over TCP without a pre-shared key: anyone could send a tree",
+        ));
+    }
+    // A source that stops sending (or answering) for this long is gone.
+    ch.set_timeout(Some(std::time::Duration::from_secs(300)));
     let mut rx = Receiver::new(ch.read);
     let mut tx = Sender::new(ch.write);
     let mut p = Vec::new();

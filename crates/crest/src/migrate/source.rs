@@ -213,6 +213,11 @@ pub(super) struct Session {
 /// Sends the hello and, with a reply channel, checks the destination's:
 /// it must prove it holds the same key before anything else is sent.
 fn handshake(ch: Channel, opts: &MigrateOptions) -> Result<Session> {
+    if ch.tcp.is_some() && opts.psk.is_none() {
+        return Err(Error::msg(
+            "refusing to send over TCP without a pre-shared key (--psk)",
+        ));
+    }
     ch.set_timeout(opts.timeout);
     let mut tx = Sender::new(ch.write);
     let mut rx = Receiver::new(ch.read);
