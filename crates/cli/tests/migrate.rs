@@ -34,6 +34,8 @@ struct Dest {
     child: Child,
     port: u16,
     err: Arc<Mutex<String>>,
+    /// Reads the destination's stderr until it closes.
+    reader: std::thread::JoinHandle<()>,
     pidfile: PathBuf,
 }
 
@@ -69,7 +71,7 @@ impl Dest {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let e2 = err.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
@@ -90,6 +92,7 @@ impl Dest {
             child,
             port,
             err,
+            reader,
             pidfile,
         }
     }
@@ -106,7 +109,12 @@ impl Dest {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        std::thread::sleep(Duration::from_millis(50));
+        // Its last words, once stderr is closed (a restored process does
+        // not keep it: give up waiting after a while all the same).
+        let t0 = Instant::now();
+        while !self.reader.is_finished() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let pid = std::fs::read_to_string(&self.pidfile)
             .ok()
             .and_then(|s| s.trim().parse().ok());
