@@ -10,7 +10,16 @@
 //! total / (size / measured throughput).  Must run as root.
 //!
 //! ```text
-//! crest-bench-migrate [--sizes 256,1024] [--links 1,10] [--modes idle,busy] [--json-out PATH]
+//! crest-bench-migrate [--sizes 256,1024] [--links 1,10] [--modes idle,busy] [--dest-pidns]
+//!                     [--json-out PATH]
+//! ```
+//!
+//! Both namespaces share this machine's PID space, so by default the PIDs
+//! are handed over (the downtime then includes killing the source tree
+//! and waiting for it to be reaped).  `--dest-pidns` runs the destination
+//! in a PID namespace of its own, as on another host: no handover.
+//!
+//! ```text
 //! ```
 
 use serde::Serialize;
@@ -48,6 +57,7 @@ fn main() {
     let mut links = vec![1u64, 10];
     let mut modes = vec!["idle".to_string(), "busy".to_string()];
     let mut json_out = PathBuf::from("target/bench-migrate.json");
+    let mut pidns = false;
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
@@ -56,6 +66,11 @@ fn main() {
             "--links" => links = v.split(',').map(|s| s.parse().expect("gbit")).collect(),
             "--modes" => modes = v.split(',').map(String::from).collect(),
             "--json-out" => json_out = PathBuf::from(v),
+            "--dest-pidns" => {
+                pidns = true;
+                i += 1;
+                continue;
+            }
             a => {
                 eprintln!("unknown argument {a}");
                 std::process::exit(2)
@@ -86,7 +101,7 @@ fn main() {
                     mode: mode.clone(),
                     ..Default::default()
                 };
-                if let Err(e) = one(&net, &crest, &workload, mib, mode == "busy", &mut c) {
+                if let Err(e) = one(&net, &crest, &workload, mib, mode == "busy", pidns, &mut c) {
                     c.error = Some(e);
                 }
                 if best > 0.0 && c.total_ms > 0.0 {
@@ -291,6 +306,7 @@ fn one(
     wl: &Path,
     mib: u64,
     busy: bool,
+    pidns: bool,
     c: &mut Case,
 ) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("crest-bm-{}-{mib}-{busy}", std::process::id()));
@@ -325,16 +341,17 @@ fn one(
     }
     // Let a busy workload reach its rate.
     std::thread::sleep(Duration::from_millis(500));
-    let mut dest = Net::enter(&net.b)
+    let mut dest = Net::enter(&net.b);
+    if pidns {
+        // Another PID space, as on another host: no PID handover, and the
+        // destination crest (PID 1 there) stays the restored process's parent.
+        dest.args(["unshare", "--pid", "--fork", "--mount-proc"]);
+    }
+    let mut dest = dest
         .arg(crest)
-        .args([
-            "restore",
-            "-d",
-            "--listen",
-            &format!("{}:0", net.addr_b),
-            "--psk",
-        ])
+        .args(["restore", "--listen", &format!("{}:0", net.addr_b), "--psk"])
         .arg(&key)
+        .args(if pidns { &[][..] } else { &["-d"][..] })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -355,10 +372,13 @@ fn one(
         .arg(&key)
         .output()
         .map_err(|e| e.to_string())?;
-    let _ = dest.wait();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    if !pidns {
+        let _ = dest.wait();
+    }
     let err = String::from_utf8_lossy(&m.stderr).to_string();
     if !m.status.success() {
+        let _ = dest.kill();
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
         // SAFETY: plain kill of the workload we started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         return Err(format!("migrate: {err} / destination: {rest:?}"));
@@ -376,9 +396,14 @@ fn one(
         std::thread::sleep(Duration::from_millis(20));
     }
     let result = std::fs::read_to_string(dir.join("result")).unwrap_or_default();
-    let mut st = 0;
-    // SAFETY: reaps the restored workload (reparented to us).
-    unsafe { libc::waitpid(pid, &mut st, 0) };
+    if pidns {
+        // The destination crest waits for the restored workload.
+        let _ = dest.wait();
+    } else {
+        let mut st = 0;
+        // SAFETY: reaps the restored workload (reparented to us).
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
     c.verified = result.starts_with("PASS");
     let _ = std::fs::remove_dir_all(&dir);
     if !c.verified {
