@@ -3,6 +3,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod migrate;
 mod output;
 mod sink;
 
@@ -61,8 +62,21 @@ enum Cmd {
     /// Restore a process from an image, with its original PID
     Restore {
         /// The image to read ("-" for standard input)
-        #[arg(short, long)]
-        input: String,
+        #[arg(
+            short,
+            long,
+            required_unless_present = "listen",
+            conflicts_with = "listen"
+        )]
+        input: Option<String>,
+        /// Receive a migration (`crest migrate`) on ADDR:PORT, or on
+        /// standard input ("-", replies on standard output), and restore it
+        #[arg(long, value_name = "ADDR:PORT|-")]
+        listen: Option<String>,
+        /// Pre-shared key file authenticating the migration (required with
+        /// a TCP --listen)
+        #[arg(long, value_name = "FILE")]
+        psk: Option<PathBuf>,
         /// Return once the process runs instead of waiting for it to exit
         #[arg(short, long)]
         detach: bool,
@@ -116,6 +130,45 @@ enum Cmd {
     InstallCriuShim {
         /// The directory for the `criu` link
         dir: PathBuf,
+    },
+    /// Move a running process tree to `crest restore --listen` elsewhere;
+    /// it is killed here only once it runs there, else it resumes here
+    Migrate {
+        /// The process (tree) to migrate
+        #[arg(short, long)]
+        pid: i32,
+        /// The destination: HOST:PORT, or "-" (stream on standard output,
+        /// replies from standard input)
+        #[arg(long, value_name = "HOST:PORT|-")]
+        to: String,
+        /// Pre-shared key file (required for a TCP destination)
+        #[arg(long, value_name = "FILE")]
+        psk: Option<PathBuf>,
+        /// With --to -: there is no reply channel; the tree is killed
+        /// once the stream is written (it cannot resume if the
+        /// destination fails)
+        #[arg(long)]
+        one_way: bool,
+        /// Seconds to wait for each answer of the destination (TCP)
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Seconds to keep trying to connect
+        #[arg(long, default_value_t = 10)]
+        connect_wait: u64,
+        /// Compress memory pages (LZ4, per chunk, only where it pays; only
+        /// without pre-copy)
+        #[arg(long)]
+        compress: bool,
+        /// Send all memory while the tree is frozen instead of copying it
+        /// in rounds while it runs first
+        #[arg(long)]
+        no_pre_copy: bool,
+        /// Print the result as JSON (on standard error)
+        #[arg(long)]
+        json: bool,
+        /// No progress bar
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Start a program detached from the terminal (so it can be checkpointed) and print its PID
     Run {
@@ -207,17 +260,54 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Restore {
             input,
+            listen,
+            psk,
             detach,
             pidfile,
             json,
             new_pidns,
-        } => {
-            let opts = crest::RestoreOptions {
-                new_pidns,
-                ..Default::default()
-            };
-            cmd_restore(&input, detach, pidfile.as_deref(), json, &opts)
-        }
+        } => match (input, listen) {
+            (Some(input), None) => {
+                if psk.is_some() {
+                    bail!("--psk goes with --listen");
+                }
+                let opts = crest::RestoreOptions {
+                    new_pidns,
+                    ..Default::default()
+                };
+                cmd_restore(&input, detach, pidfile.as_deref(), json, &opts)
+            }
+            (_, Some(_)) if new_pidns => {
+                bail!("--new-pidns does not go with --listen (yet)")
+            }
+            (_, Some(listen)) => {
+                migrate::cmd_listen(&listen, psk.as_deref(), detach, pidfile.as_deref(), json)
+            }
+            (None, None) => bail!("give --input or --listen"),
+        },
+        Cmd::Migrate {
+            pid,
+            to,
+            psk,
+            one_way,
+            timeout,
+            connect_wait,
+            compress,
+            no_pre_copy,
+            json,
+            quiet,
+        } => migrate::cmd_migrate(&migrate::Args {
+            pid,
+            to: &to,
+            psk: psk.as_deref(),
+            one_way,
+            timeout,
+            connect_wait,
+            compress,
+            no_pre_copy,
+            json,
+            quiet,
+        }),
         Cmd::Check {
             pid,
             json,
@@ -261,7 +351,7 @@ fn one_line(msg: &str) -> String {
         .collect()
 }
 
-fn lib_err(e: crest::Error) -> anyhow::Error {
+pub(crate) fn lib_err(e: crest::Error) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
@@ -475,7 +565,7 @@ impl crest::dump::ImageSink<sink::Gather<SyncingFile>> for FileSink {
 
 /// If `fd` is a pipe, makes its buffer as large as an unprivileged
 /// process may (fewer context switches when an image streams through).
-fn grow_pipe(fd: i32) {
+pub(crate) fn grow_pipe(fd: i32) {
     let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())

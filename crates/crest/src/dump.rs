@@ -56,6 +56,10 @@ pub struct DumpReport {
     /// Why memory was not pre-copied, when it could have been.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precopy_skipped: Option<String>,
+    /// The PIDs the image holds (processes, then zombies), so that a
+    /// caller can tell when a killed tree has let go of them.
+    #[serde(skip)]
+    pub pids: Vec<i32>,
 }
 
 /// Progress of a dump: bytes of memory read so far and the total.
@@ -523,6 +527,18 @@ pub fn dump<W: Write>(
         fds: c.ckpt.processes.iter().map(|p| p.fds.len()).sum(),
         left_running: opts.leave_running,
         precopy_skipped,
+        pids: c
+            .ckpt
+            .processes
+            .iter()
+            .map(|p| p.pid)
+            .chain(
+                c.ckpt
+                    .processes
+                    .iter()
+                    .flat_map(|p| p.zombies.iter().map(|z| z.pid)),
+            )
+            .collect(),
         ..Default::default()
     };
     if let Some(mut prep) = prepared {

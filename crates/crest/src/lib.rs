@@ -26,6 +26,7 @@ pub mod lock;
 pub mod locks;
 pub mod jobctl;
 pub mod memory;
+pub mod migrate;
 pub mod mmstate;
 pub mod model;
 pub mod net;

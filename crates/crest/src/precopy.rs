@@ -40,6 +40,14 @@ use std::sync::{Arc, Mutex};
 
 /// Pages read per process_vm_readv.
 const CHUNK_PAGES: u64 = 512;
+/// At most this many rounds after the first.
+const MAX_ROUNDS: u32 = 6;
+/// A round that had fewer pages to copy is the last.
+const MIN_ROUND_PAGES: u64 = 256;
+
+/// Sees every stretch of page data as it is appended to the spool: its
+/// spool offset and bytes (a migration sends them on at once).
+pub type Tap = Box<dyn FnMut(u64, &[u8]) -> Result<()> + Send + Sync>;
 
 /// Pages already in the spool: `pages` pages from `addr`, either all zero
 /// (`off` is None) or stored at spool offset `off`.
@@ -71,6 +79,8 @@ pub struct PreCopy {
     spool: Spool,
     events: EventReader,
     pub pages_copied: u64,
+    /// Rounds after the first.
+    pub rounds: u32,
 }
 
 /// Reads the tracking userfaultfds' events on a thread of its own for as
@@ -186,6 +196,15 @@ impl PreCopy {
     /// The inner error is why tracking is not possible (the tree then runs
     /// on as before, untracked).
     pub fn run(root: i32, progress: &mut dyn FnMut(u64, u64)) -> Result<Attempt> {
+        Self::run_tapped(root, progress, None)
+    }
+
+    /// [`run`](PreCopy::run), with every page spooled also given to `tap`.
+    pub fn run_tapped(
+        root: i32,
+        progress: &mut dyn FnMut(u64, u64),
+        tap: Option<Tap>,
+    ) -> Result<Attempt> {
         let tree = FrozenTree::freeze(root)?;
         let mut fds = Vec::new();
         let mut failed = None;
@@ -211,7 +230,7 @@ impl PreCopy {
                 return Ok(Err(e.to_string()));
             }
         }
-        let spool = match Spool::new() {
+        let spool = match Spool::new(tap) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.to_string())),
         };
@@ -229,6 +248,7 @@ impl PreCopy {
             spool,
             events: EventReader::start(fds),
             pages_copied: 0,
+            rounds: 0,
         };
         // Protect first, then copy: every page is protected before it is
         // read, so any write that could tear the copy marks it written.
@@ -263,6 +283,7 @@ impl PreCopy {
             procs,
             spool,
             pages_copied,
+            rounds,
             ..
         } = &mut pc;
         // A run unmapped meanwhile is simply not pre-copied.
@@ -275,44 +296,55 @@ impl PreCopy {
             progress(done, total);
             Ok(())
         })?;
-        // A second, shorter round while the tree still runs: the pages
-        // written during the first are protected again and copied once
-        // more, so that the freeze has only this round's writes to copy.
+        // Shorter rounds while the tree still runs: the pages written
+        // during the previous one are protected again and copied once
+        // more, so that the freeze has only the last round's writes to
+        // copy.  Rounds go on while the written set shrinks.
         let to_protect_again = ScanQuery {
             required: page_category::WRITTEN,
             excluded: page_category::GUARD,
             any: page_category::PRESENT | page_category::SWAPPED,
             report: 0,
         };
-        let mut again: Vec<Run> = Vec::new();
-        for (i, (vmas, _)) in work.iter().enumerate() {
-            let pm = Pagemap::open(pids[i])?;
-            let mut written = Vec::new();
-            for v in vmas {
-                written.clear();
-                pm.scan(v.start, v.end, to_protect_again, true, &mut written)?;
-                for &(s, e, _) in &written {
-                    let mut a = s;
-                    while a < e {
-                        let n = ((e - a) / ps).min(CHUNK_PAGES);
-                        again.push((i, v, a, n));
-                        a += n * ps;
+        let mut last = u64::MAX;
+        for _ in 0..MAX_ROUNDS {
+            let mut again: Vec<Run> = Vec::new();
+            for (i, (vmas, _)) in work.iter().enumerate() {
+                let pm = Pagemap::open(pids[i])?;
+                let mut written = Vec::new();
+                for v in vmas {
+                    written.clear();
+                    pm.scan(v.start, v.end, to_protect_again, true, &mut written)?;
+                    for &(s, e, _) in &written {
+                        let mut a = s;
+                        while a < e {
+                            let n = ((e - a) / ps).min(CHUNK_PAGES);
+                            again.push((i, v, a, n));
+                            a += n * ps;
+                        }
                     }
                 }
             }
-        }
-        let mut recopied: Vec<Vec<Copied>> = vec![Vec::new(); procs.len()];
-        copy_runs(&pids, &again, |&(i, _, a, n), data| {
-            match data {
-                Some(data) => spool.store(a, data, &mut recopied[i])?,
-                // Protected again but not copied: the first copy is stale
-                // whatever the freeze finds.
-                None => procs[i].stale.push((a, a + n * ps)),
+            let written: u64 = again.iter().map(|r| r.3).sum();
+            let mut recopied: Vec<Vec<Copied>> = vec![Vec::new(); procs.len()];
+            copy_runs(&pids, &again, |&(i, _, a, n), data| {
+                match data {
+                    Some(data) => spool.store(a, data, &mut recopied[i])?,
+                    // Protected again but not copied: the first copy is
+                    // stale whatever the freeze finds.
+                    None => procs[i].stale.push((a, a + n * ps)),
+                }
+                Ok(())
+            })?;
+            for (t, newer) in procs.iter_mut().zip(recopied) {
+                t.copied = overlay(&t.copied, newer);
             }
-            Ok(())
-        })?;
-        for (t, newer) in procs.iter_mut().zip(recopied) {
-            t.copied = overlay(&t.copied, newer);
+            *rounds += 1;
+            // Done when the set is small, or stops shrinking by a fifth.
+            if written < MIN_ROUND_PAGES || written.saturating_mul(5) > last.saturating_mul(4) {
+                break;
+            }
+            last = written;
         }
         Ok(Ok(pc))
     }
@@ -325,6 +357,7 @@ impl PreCopy {
             spool,
             events,
             pages_copied,
+            ..
         } = self;
         let seen = events.events()?;
         let mut clean = Vec::with_capacity(procs.len());
@@ -544,6 +577,18 @@ pub struct Prepared {
 /// Non-zero pages to write, per process.
 pub struct SpooledPages(Vec<Runs>);
 
+impl SpooledPages {
+    /// The page chunks to write, for a receiver that holds a copy of the
+    /// spool (fed by the [`Tap`]).
+    pub fn windows(&self) -> Vec<Window> {
+        self.0
+            .iter()
+            .enumerate()
+            .flat_map(|(space, runs)| runs.windows(space as u32))
+            .collect()
+    }
+}
+
 impl Prepared {
     /// Clears, in `maps` of process `pid`, the write-tracking flag of the
     /// mappings crest itself registered, so that collecting them does not
@@ -559,6 +604,11 @@ impl Prepared {
                 m.vm_flags.bits &= !proc::VmFlags::UFFD_WP;
             }
         }
+    }
+
+    /// Bytes in the spool (all that a [`Tap`] was given).
+    pub fn spool_len(&self) -> u64 {
+        self.spool.len
     }
 
     /// Ends the tracking (once the tree runs again: unregistering takes
@@ -661,11 +711,11 @@ impl Prepared {
 /// Spooled pages of one window of memory: `pages` pages from `addr` of
 /// address space `space`, of which `pieces` (address, pages, spool
 /// offset) are in the spool and the rest are zero.
-struct Window {
-    space: u32,
-    addr: u64,
-    pages: u64,
-    pieces: Vec<(u64, u64, u64)>,
+pub struct Window {
+    pub space: u32,
+    pub addr: u64,
+    pub pages: u64,
+    pub pieces: Vec<(u64, u64, u64)>,
 }
 
 /// Runs of spooled pages to write: (address, pages, spool offset), with
@@ -821,13 +871,15 @@ impl Cursor {
 struct Spool {
     file: std::fs::File,
     len: u64,
+    tap: Option<Tap>,
 }
 
 impl Spool {
-    fn new() -> Result<Spool> {
+    fn new(tap: Option<Tap>) -> Result<Spool> {
         Ok(Spool {
             file: crate::files::spool_file()?,
             len: 0,
+            tap,
         })
     }
 
@@ -848,6 +900,9 @@ impl Spool {
                 self.file
                     .write_all_at(&data[i..j], self.len)
                     .context(|| "writing the pre-copy spool".into())?;
+                if let Some(tap) = &mut self.tap {
+                    tap(self.len, &data[i..j])?;
+                }
                 self.len += (j - i) as u64;
                 Some(self.len - (j - i) as u64)
             };
