@@ -697,9 +697,6 @@ pub struct InetSocket {
     /// outside the tree (`--tcp-established`).
     #[serde(default)]
     pub lock_table: Option<String>,
-    /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2) (UDP).
-    #[serde(default)]
-    pub shutdown: u8,
     /// SO_PEEK_OFF when the program enabled it.
     #[serde(default)]
     pub peek_off: Option<i32>,

@@ -316,7 +316,6 @@ fn collect_inet(
         tcp: None,
         datagrams: Vec::new(),
         lock_table: None,
-        shutdown: 0,
         peek_off: sn::get_int(raw, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
             .ok()
             .filter(|&v| v >= 0),
