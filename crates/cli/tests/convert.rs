@@ -15,9 +15,12 @@ use std::process::{Command, Stdio};
 const GOLDEN_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crest/tests/golden/v2.img");
 const GOLDEN_V2_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crest/tests/golden/v2.json");
 
-/// An image's version, model, and other records as (kind, flags, payload
-/// as the reader gives it).
-fn read_image(bytes: &[u8]) -> (u32, Checkpoint, Vec<(u32, u32, Vec<u8>)>) {
+/// A record other than the model's: (kind, flags, payload as the reader
+/// gives it).
+type Other = (u32, u32, Vec<u8>);
+
+/// An image's version, model, and other records.
+fn read_image(bytes: &[u8]) -> (u32, Checkpoint, Vec<Other>) {
     let mut r = Reader::new(bytes).expect("an image");
     let version = r.format_version();
     let mut model = ModelReader::new(version);
@@ -190,6 +193,8 @@ fn write_big_v2(out: impl Write, total: u64) -> std::io::Result<()> {
 #[test]
 fn a_4_gib_image_streams_through_in_little_memory() {
     let total = 4 * GIB;
+    // Reaped below with wait4, for its rusage.
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(crest_bin())
         .args(["convert", "-", "-", "--json"])
         .stdin(Stdio::piped())
