@@ -15,9 +15,12 @@ use std::process::{Command, Stdio};
 const GOLDEN_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crest/tests/golden/v2.img");
 const GOLDEN_V2_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crest/tests/golden/v2.json");
 
-/// An image's version, model, and other records as (kind, flags, payload
-/// as the reader gives it).
-fn read_image(bytes: &[u8]) -> (u32, Checkpoint, Vec<(u32, u32, Vec<u8>)>) {
+/// A record other than the model's: (kind, flags, payload as the reader
+/// gives it).
+type Other = (u32, u32, Vec<u8>);
+
+/// An image's version, model, and other records.
+fn read_image(bytes: &[u8]) -> (u32, Checkpoint, Vec<Other>) {
     let mut r = Reader::new(bytes).expect("an image");
     let version = r.format_version();
     let mut model = ModelReader::new(version);
@@ -190,6 +193,8 @@ fn write_big_v2(out: impl Write, total: u64) -> std::io::Result<()> {
 #[test]
 fn a_4_gib_image_streams_through_in_little_memory() {
     let total = 4 * GIB;
+    // Reaped below with wait4, for its rusage.
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(crest_bin())
         .args(["convert", "-", "-", "--json"])
         .stdin(Stdio::piped())
@@ -242,4 +247,54 @@ fn a_4_gib_image_streams_through_in_little_memory() {
     let report: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
     assert_eq!(report["from_version"], 2);
     assert_eq!(report["page_records"], chunks);
+}
+
+/// Rewrites the image at `path` as format 2 would have written it.
+fn downgrade_to_v2(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    let mut model = ModelReader::new(r.format_version());
+    let mut w = Writer::new(Vec::new(), r.header()).unwrap();
+    let mut written = false;
+    while let Some(rec) = r.next_record().unwrap() {
+        if model.is_model(rec.kind) {
+            model.feed(&rec).unwrap();
+            continue;
+        }
+        if !written {
+            crest::codec::write_metadata_v2(&mut w, &model.take().unwrap()).unwrap();
+            written = true;
+        }
+        let flags = rec.flags & !crest_image::FLAG_COMPRESSED;
+        w.write_record(rec.kind, flags, rec.payload).unwrap();
+    }
+    let mut img = w.finish().unwrap();
+    img[8..12].copy_from_slice(&2u32.to_le_bytes());
+    std::fs::write(path, img).unwrap();
+}
+
+/// A live process dumped, its image rewritten as format 2: `restore`
+/// reads it directly, and so does it once converted.
+#[test]
+fn a_format_2_image_of_a_live_process_restores_directly_and_converted() {
+    init();
+    for convert_first in [false, true] {
+        let w = Workload::start("files", &[]);
+        w.dump_ok();
+        let img = w.image();
+        downgrade_to_v2(&img);
+        let o = crest(&["inspect", img.to_str().unwrap()]);
+        assert!(stdout(&o).contains("(format version 2)"), "{}", stdout(&o));
+        if convert_first {
+            let v3 = w.dir.join("img3");
+            let o = crest(&["convert", img.to_str().unwrap(), v3.to_str().unwrap()]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            std::fs::rename(&v3, &img).unwrap();
+            let o = crest(&["inspect", img.to_str().unwrap()]);
+            assert!(stdout(&o).contains("(format version 3)"), "{}", stdout(&o));
+        }
+        w.restore_ok();
+        w.go();
+        w.expect_pass();
+    }
 }

@@ -696,3 +696,100 @@ fn validate_interrupted_syscall_at_rip_zero() {
         assert!(r.is_ok(), "validate panicked with rip {rip}");
     }
 }
+
+/// The PROCESS and FILE records of the format 2 golden image (postcard,
+/// read through the frozen legacy types), mutated: never a panic, never a
+/// large allocation, whatever length a mutation makes up.
+#[test]
+fn mutated_format_2_records_never_panic_nor_allocate_much() {
+    let golden =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/v2.img")).unwrap();
+    let mut r = Reader::new(&golden[..]).unwrap();
+    let mut records = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        if matches!(rec.kind, kind::PROCESS | kind::FILE) {
+            records.push((rec.kind, rec.payload.to_vec()));
+        }
+    }
+    let decode_v2 = |recs: &[(u32, Vec<u8>)]| {
+        let mut m = ModelReader::new(2);
+        for (i, (k, payload)) in recs.iter().enumerate() {
+            m.feed(&Record {
+                kind: *k,
+                flags: 0,
+                offset: 8 * i as u64,
+                payload,
+            })?;
+        }
+        m.take()
+    };
+    assert!(decode_v2(&records).is_ok());
+    let mut rng = Rng(0x05EE_D0F2);
+    let (mut decoded, mut largest_seen) = (0usize, 0usize);
+    for it in 0..10_000 {
+        let mut recs = records.clone();
+        // Mostly the process records, where the long lists are.
+        let i = if rng.below(4) < 3 {
+            recs.len() - 1 - rng.below(2)
+        } else {
+            rng.below(recs.len())
+        };
+        for _ in 0..1 + rng.below(3) {
+            mutate(&mut rng, &mut recs[i].1);
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            largest_allocation(|| decode_v2(&recs).is_ok())
+        }));
+        let (ok, largest) = r.unwrap_or_else(|_| panic!("iteration {it}: a panic"));
+        decoded += ok as usize;
+        largest_seen = largest_seen.max(largest);
+        assert!(
+            largest < 16 << 20,
+            "iteration {it}: an allocation of {largest} bytes"
+        );
+    }
+    println!(
+        "format 2: {decoded} of 10000 mutated images decoded; largest allocation {largest_seen}"
+    );
+    assert!(decoded > 0 && decoded < 10_000);
+}
+
+/// The model records of the format 3 golden image, which has every record
+/// kind (every object kind and open target family), mutated: decoding and
+/// validating never panic.
+#[test]
+fn mutated_records_of_every_kind_never_panic() {
+    let golden =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/v3.img")).unwrap();
+    let mut r = Reader::new(&golden[..]).unwrap();
+    let mut records = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        if kind::is_model_v3(rec.kind) {
+            records.push((rec.kind, rec.payload.to_vec()));
+        }
+    }
+    assert!(decode(&records).is_ok());
+    let mut rng = Rng(0xFACE_B00C);
+    let mut per_kind = std::collections::BTreeMap::<&str, (usize, usize)>::new();
+    for it in 0..20_000 {
+        let mut recs = records.clone();
+        let i = rng.below(recs.len());
+        for _ in 0..1 + rng.below(4) {
+            mutate(&mut rng, &mut recs[i].1);
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            decode(&recs)
+                .map(|c| crest::restore::validate(&c).is_ok())
+                .is_ok()
+        }));
+        let ok =
+            r.unwrap_or_else(|_| panic!("iteration {it}: a panic on {}", kind::name(recs[i].0)));
+        let e = per_kind.entry(kind::name(recs[i].0)).or_default();
+        e.0 += 1;
+        e.1 += ok as usize;
+    }
+    println!("every kind, (mutated, decoded): {per_kind:?}");
+    for (k, _) in &records {
+        assert!(per_kind.contains_key(kind::name(*k)), "{}", kind::name(*k));
+    }
+}

@@ -82,23 +82,23 @@ fn measure(what: &str, p: &Process, parts: impl Fn(&Process) -> Vec<Process>) {
         pieces
             .iter()
             .map(|x| postcard::to_stdvec(x).unwrap())
-            .count()
+            .collect::<Vec<_>>()
     });
     let dec_pc = time(reps, || {
         pc.iter()
             .map(|b| postcard::from_bytes::<Process>(b).unwrap())
-            .count()
+            .collect::<Vec<_>>()
     });
     let enc_rn = time(reps, || {
         pieces
             .iter()
             .map(|x| rmp_serde::to_vec_named(x).unwrap())
-            .count()
+            .collect::<Vec<_>>()
     });
     let dec_rn = time(reps, || {
         rn.iter()
             .map(|b| rmp_serde::from_slice::<Process>(b).unwrap())
-            .count()
+            .collect::<Vec<_>>()
     });
     let enc_cb = time(reps, || {
         pieces
@@ -108,12 +108,12 @@ fn measure(what: &str, p: &Process, parts: impl Fn(&Process) -> Vec<Process>) {
                 ciborium::into_writer(x, &mut v).unwrap();
                 v
             })
-            .count()
+            .collect::<Vec<_>>()
     });
     let dec_cb = time(reps, || {
         cb.iter()
             .map(|b| ciborium::from_reader::<Process, _>(&b[..]).unwrap())
-            .count()
+            .collect::<Vec<_>>()
     });
     println!(
         "  postcard        {:>9} bytes  encode {enc_pc:7.2} ms  decode {dec_pc:7.2} ms",

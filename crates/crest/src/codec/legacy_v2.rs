@@ -1,7 +1,9 @@
 //! The model as format 1 and 2 images hold it, frozen: PROCESS and FILE
 //! records are postcard encodings of these types, which are positional, so
 //! they must never change.  They are copies of `crate::model` as it was
-//! when format 3 replaced them (doc comments kept, `impl`s dropped).
+//! when format 3 replaced them (doc comments kept, `impl`s dropped; the
+//! byte strings marked `serde_bytes`, which postcard encodes exactly as a
+//! `Vec<u8>`, so they transcode to and from the current model's).
 //!
 //! A decoded value is converted into the current model by re-encoding it
 //! with named fields and decoding that as the current type: the current
@@ -32,6 +34,25 @@ fn convert<L: DeserializeOwned + Serialize, C: DeserializeOwned>(
             "cannot convert a format 2 {what} record into the current model: {e}"
         ))
     })
+}
+
+/// The other way, for tests that make format 2 images of live processes:
+/// the current value re-encoded with named fields, decoded as the legacy
+/// type (fields added since are dropped), encoded with postcard.
+fn convert_back<C: Serialize, L: DeserializeOwned + Serialize>(v: &C) -> Result<Vec<u8>> {
+    let named = rmp_serde::to_vec_named(v).map_err(|e| Error::msg(e.to_string()))?;
+    let old: L = rmp_serde::from_slice(&named).map_err(|e| Error::msg(e.to_string()))?;
+    postcard::to_stdvec(&old).map_err(|e| Error::msg(e.to_string()))
+}
+
+/// A FILE record payload of format 2.
+pub fn encode_object(o: &current::Object) -> Result<Vec<u8>> {
+    convert_back::<_, Object>(o)
+}
+
+/// A PROCESS record payload of format 2.
+pub fn encode_process(p: &current::Process) -> Result<Vec<u8>> {
+    convert_back::<_, Process>(p)
 }
 
 /// A FILE record of a format 1 or 2 image.
@@ -235,6 +256,8 @@ pub struct UnixFile {
 /// One message (or stream chunk) queued on a UNIX socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnixMsg {
+    // postcard writes byte strings as it writes Vec<u8>: same bytes.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// The sender's address (datagrams; empty: unbound sender).
     pub from: Vec<u8>,
@@ -340,6 +363,8 @@ pub struct Thread {
     /// `user_regs_struct` words in kernel order (27 on x86-64).
     pub regs: Vec<u64>,
     /// The XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it.
+    // postcard writes byte strings as it writes Vec<u8>: same bytes.
+    #[serde(with = "serde_bytes")]
     pub xsave: Vec<u8>,
     pub sigmask: u64,
     /// Signals queued to this thread only.
@@ -359,6 +384,8 @@ pub struct Thread {
 pub struct SigInfo {
     pub signo: i32,
     /// The 128 bytes of `siginfo_t`.
+    // postcard writes byte strings as it writes Vec<u8>: same bytes.
+    #[serde(with = "serde_bytes")]
     pub raw: Vec<u8>,
 }
 

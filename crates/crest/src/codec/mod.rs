@@ -26,6 +26,20 @@ pub fn write_metadata<W: Write>(w: &mut Writer<W>, ckpt: &Checkpoint) -> Result<
     records::write(w, ckpt)
 }
 
+/// Writes the model as format 2 did (FILE and PROCESS postcard records).
+/// Only for tests that check old images of live processes still restore:
+/// the image's version word must then be set to 2 by the caller.
+#[doc(hidden)]
+pub fn write_metadata_v2<W: Write>(w: &mut Writer<W>, ckpt: &Checkpoint) -> Result<()> {
+    for o in &ckpt.objects {
+        w.write_record(kind::FILE, 0, &legacy_v2::encode_object(o)?)?;
+    }
+    for p in &ckpt.processes {
+        w.write_record(kind::PROCESS, 0, &legacy_v2::encode_process(p)?)?;
+    }
+    Ok(())
+}
+
 /// Whether records of `kind` carry the model in an image of format
 /// `version` (and so must come before the memory pages).
 pub fn is_model_record(version: u32, kind: u32) -> bool {
