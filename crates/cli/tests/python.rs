@@ -423,3 +423,32 @@ result(e)
 "#;
     Workload::start_python("py-default-actions", &script(body)).cycle();
 }
+
+/// A child that forks and reaps short-lived children without pause: a
+/// dump often meets one that exits while it is being frozen, which must
+/// not fail the dump (it is a zombie child like any other, or gone).
+#[test]
+fn a_tree_whose_children_come_and_go() {
+    let body = r#"
+c = os.fork()
+if c == 0:
+    while True:
+        g = os.fork()
+        if g == 0: os._exit(0)
+        os.waitpid(g, 0)
+ready(); wait_go()
+os.kill(c, 9)
+p, st = os.waitpid(c, 0)
+result([] if p == c else ["child %d not reaped" % c])
+"#;
+    let w = Workload::start_python("py-churn", &script(body));
+    for i in 0..20 {
+        let o = w.dump(&["--leave-running"]);
+        assert!(
+            o.status.success(),
+            "leave-running dump {i} of a tree whose children come and go: {}",
+            stderr(&o)
+        );
+    }
+    w.cycle();
+}

@@ -159,10 +159,12 @@ pub fn restore_process(pid: i32, st: &TaskState) -> Result<()> {
     join(pid, pid, &st.cgroups, |_| "cgroup.procs")
 }
 
-/// Moves thread `tid` of `pid` into its own cgroups, where it has them.
-pub fn restore_thread(pid: i32, th: &Thread) -> Result<()> {
+/// Moves thread `th` of `pid`, `tid` in crest's PID namespace (its
+/// restored host ids: in a PID namespace below crest's they differ from
+/// the image's), into its own cgroups, where it has them.
+pub fn restore_thread(pid: i32, tid: i32, th: &Thread) -> Result<()> {
     match &th.cgroups {
-        Some(own) => join(pid, th.tid, own, |m| {
+        Some(own) => join(pid, tid, own, |m| {
             if m.hierarchy == 0 {
                 "cgroup.threads"
             } else {

@@ -169,8 +169,16 @@ impl FrozenTree {
                             seized.insert(tid);
                             changed = true;
                         }
-                        // A thread that exited between the listing and the seize.
-                        Err(_) if !crest_sys::process::exists(tid) => {}
+                        // A thread that exited between the listing and the
+                        // seize, or a process (not the root) that exited
+                        // while being frozen: scan again, and it is a
+                        // zombie child of its parent like any other.
+                        Err(_)
+                            if !crest_sys::process::exists(tid)
+                                || (pid != root && is_zombie(tid)) =>
+                        {
+                            changed = true;
+                        }
                         Err(e) => return Err(e),
                     }
                 }

@@ -678,7 +678,9 @@ impl Build {
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
             let pid = p.pid;
             (|| -> Result<()> {
-                crate::cgroups::restore_process(pid, &p.task_state)?;
+                // By its pid in crest's namespace (the image's may be of
+                // a PID namespace below it).
+                crate::cgroups::restore_process(sp.pid, &p.task_state)?;
                 sp.empty_address_space(&regions.kept_by(&p.mm.vmas))?;
                 sp.map_vdso(&p.mm.vmas)?;
                 check_vdso(sp, p)?;
@@ -815,7 +817,8 @@ fn finish_process(
     for (k, th) in p.threads[1..].iter().enumerate() {
         let levels = p.ns.tids.get(k).map_or(&[][..], |l| l.as_slice());
         sp.add_thread(&crate::ns::pid::set_tid(levels, th.tid))?;
-        crate::cgroups::restore_thread(p.pid, th)?;
+        let host = sp.threads.last().map_or(th.tid, |t| t.tid);
+        crate::cgroups::restore_thread(sp.pid, host, th)?;
     }
     // The leader queues every thread's signals: only it may queue one
     // claiming another sender.
@@ -841,9 +844,9 @@ fn finish_process(
     // The descriptor table is final: the locks can be taken.
     crate::locks::restore(&t, locks)?;
     tasks::restore_rlimits(&t, &p.attrs)?;
-    tasks::restore_loginuid(&t, p.pid, &p.task_state)?;
+    tasks::restore_loginuid(&t, sp.pid, &p.task_state)?;
     crate::seccomp::restore(p.pid, &p.threads, &|i| sp.thread(i), stub::SEIZE_OPTIONS)?;
-    tasks::restore_oom_score_adj(p.pid, &p.task_state)?;
+    tasks::restore_oom_score_adj(sp.pid, &p.task_state)?;
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {
         let own = p.threads[i].creds.as_ref();

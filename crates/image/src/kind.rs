@@ -137,7 +137,18 @@ mod tests {
         kinds.sort();
         kinds.dedup();
         assert_eq!(kinds.len(), ALL.len(), "a kind is listed twice");
-        for k in [0, 2, 0x13, 0x21, 0x39, 0x4b, 0x51, 0xFFFE, 0x1_0000, u32::MAX] {
+        for k in [
+            0,
+            2,
+            0x13,
+            0x21,
+            0x39,
+            0x4b,
+            0x51,
+            0xFFFE,
+            0x1_0000,
+            u32::MAX,
+        ] {
             assert!(!is_known(k));
             assert_eq!(name(k), "unknown");
         }

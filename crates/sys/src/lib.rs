@@ -20,8 +20,8 @@ pub mod proc;
 pub mod process;
 pub mod ptrace;
 pub mod sockdiag;
-pub mod trampoline;
 pub mod sysvipc;
+pub mod trampoline;
 pub mod uffd;
 pub mod unlinked;
 

@@ -122,9 +122,7 @@ pub fn object_record_kind(o: &ObjectKind) -> u32 {
             | OpenTarget::Epoll { .. }
             | OpenTarget::Pidfd { .. } => kind::OPEN_EVENT,
             OpenTarget::Path { .. } | OpenTarget::Deleted(_) => kind::OPEN_FILE,
-            OpenTarget::Unix(_) | OpenTarget::Inet(_) | OpenTarget::Netlink(_) => {
-                kind::OPEN_SOCKET
-            }
+            OpenTarget::Unix(_) | OpenTarget::Inet(_) | OpenTarget::Netlink(_) => kind::OPEN_SOCKET,
             OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => kind::OPEN_TTY,
         },
     }
@@ -343,7 +341,8 @@ impl Assembler {
             | kind::OPEN_SOCKET
             | kind::OPEN_TTY
             | kind::PIPE
-            | kind::SHMEM => {
+            | kind::SHMEM
+            | kind::COW => {
                 if self.current.is_some() || !ckpt.processes.is_empty() {
                     return Err(Error::Invalid(format!(
                         "{} record at byte {at} after the first process: the object \

@@ -63,8 +63,13 @@ pub(super) fn finish(
     let t_frozen = Instant::now();
     let mut prep = pc.stop()?;
     let mut obstacles = Vec::new();
-    let c = collect(&frozen, &mut obstacles, Some(&prep), &DumpOptions::default())
-        .context(|| format!("collecting the state of pid {pid}"))?;
+    let c = collect(
+        &frozen,
+        &mut obstacles,
+        Some(&prep),
+        &DumpOptions::default(),
+    )
+    .context(|| format!("collecting the state of pid {pid}"))?;
     let Some(c) = c else {
         return Err(Error::Unsupported(obstacles));
     };
