@@ -7,13 +7,24 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A restored pty keeps its number (`/dev/pts/N`), and the tests of this
+/// file run in parallel: one test's new pty could take the number
+/// another's restore needs.  Each test holds this while it runs.
+static PTYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn pty_lock() -> std::sync::MutexGuard<'static, ()> {
+    PTYS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn pty_pair_in_the_tree() {
+    let _ptys = pty_lock();
     Workload::start("pty", &[]).cycle();
 }
 
 #[test]
 fn pty_pair_twice() {
+    let _ptys = pty_lock();
     // A restored pair (new number, new controlling terminal) can be
     // checkpointed again.
     Workload::start("pty", &[]).cycle_twice();
@@ -22,6 +33,7 @@ fn pty_pair_twice() {
 /// Bytes the slave wrote and the master has not read come back.
 #[test]
 fn pty_with_unread_data() {
+    let _ptys = pty_lock();
     Workload::start("pty", &["unread"]).cycle();
 }
 
@@ -29,6 +41,7 @@ fn pty_with_unread_data() {
 /// and give them back: the program still reads them, in order.
 #[test]
 fn pty_unread_data_stays_in_place_for_check_and_leave_running() {
+    let _ptys = pty_lock();
     let w = Workload::start("pty", &["unread"]);
     let o = crest(&["check", "-p", &w.pid.to_string()]);
     assert!(o.status.success(), "check: {}", stderr(&o));
@@ -43,6 +56,7 @@ fn pty_unread_data_stays_in_place_for_check_and_leave_running() {
 /// outside the tree.
 #[test]
 fn pty_with_master_outside_is_refused() {
+    let _ptys = pty_lock();
     init();
     // SAFETY: plain calls; the buffer is valid for its length.
     let (master, slave) = unsafe {

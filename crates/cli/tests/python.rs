@@ -424,9 +424,11 @@ result(e)
     Workload::start_python("py-default-actions", &script(body)).cycle();
 }
 
-/// A child that forks and reaps short-lived children without pause: a
-/// dump often meets one that exits while it is being frozen, which must
-/// not fail the dump (it is a zombie child like any other, or gone).
+/// A child that forks and reaps short-lived children all the time: a dump
+/// often meets one that exits while it is being frozen, which must not
+/// fail the dump (it is a zombie child like any other, or gone).  (A
+/// short pause between forks: this machine's pid_max is 32768, and pids
+/// that wrap around within the test would be taken by others.)
 #[test]
 fn a_tree_whose_children_come_and_go() {
     let body = r#"
@@ -436,6 +438,7 @@ if c == 0:
         g = os.fork()
         if g == 0: os._exit(0)
         os.waitpid(g, 0)
+        time.sleep(0.002)
 ready(); wait_go()
 os.kill(c, 9)
 p, st = os.waitpid(c, 0)
