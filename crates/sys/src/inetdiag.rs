@@ -3,12 +3,10 @@
 //! crest's network namespace — including the ones no process holds
 //! (connections waiting in an accept queue, TIME_WAIT).
 
+use crate::sockdiag::{u16_at, u32_at, SOCK_DIAG_BY_FAMILY};
 use crate::{Error, Result};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const INET_DIAG_SHUTDOWN: u16 = 8;
@@ -67,61 +65,14 @@ pub struct InetDiag {
 /// Every socket of `family` (AF_INET or AF_INET6) and `protocol`
 /// (IPPROTO_TCP, IPPROTO_UDP) in crest's network namespace.
 pub fn inet_sockets(family: i32, protocol: i32) -> Result<Vec<InetDiag>> {
-    // SAFETY: plain syscall with integer arguments.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(Error::last_os("socket(AF_NETLINK, NETLINK_SOCK_DIAG)"));
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // struct nlmsghdr (16 bytes) + struct inet_diag_req_v2 (56 bytes).
-    let mut req = [0u8; 72];
-    req[0..4].copy_from_slice(&72u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    req[6..8].copy_from_slice(&flags.to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    req[16] = family as u8;
-    req[17] = protocol as u8;
-    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
-                                                          // SAFETY: send from a local buffer of the given length.
-    let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if n != req.len() as isize {
-        return Err(Error::last_os("sending an inet_diag request"));
-    }
+    // struct inet_diag_req_v2 (56 bytes).
+    let mut req = [0u8; 56];
+    req[0] = family as u8;
+    req[1] = protocol as u8;
+    req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: recv into a buffer we own, of the given length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(Error::io("reading the inet_diag answer", e));
-        }
-        if n == 0 {
-            return Err(Error::parse("inet_diag", "the answer ended early"));
-        }
-        if parse_messages(&buf[..n as usize], &mut out)? {
-            return Ok(out);
-        }
-    }
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    crate::sockdiag::dump(&req, "inet_diag", |d| parse_messages(d, &mut out))?;
+    Ok(out)
 }
 
 fn parse_messages(mut b: &[u8], out: &mut Vec<InetDiag>) -> Result<bool> {
@@ -214,6 +165,7 @@ fn parse_one(b: &[u8]) -> Option<InetDiag> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
@@ -68,8 +68,17 @@ pub fn encode_dev(dev: u64) -> u32 {
     (libc::major(dev) << 20) | (libc::minor(dev) & 0xf_ffff)
 }
 
-/// Every AF_UNIX socket of crest's network namespace, by inode.
-pub fn unix_sockets() -> Result<HashMap<u32, UnixDiag>> {
+/// Sends one SOCK_DIAG_BY_FAMILY dump request whose body (the
+/// family's `*_diag_req`, after the netlink header this adds) is `body`,
+/// and hands each datagram of the answer to `datagram` until it returns
+/// true (NLMSG_DONE seen).  `what` names the request in errors.  Shared by
+/// every family crest lists (AF_UNIX here, AF_INET/AF_INET6 in
+/// [`crate::inetdiag`]).
+pub(crate) fn dump(
+    body: &[u8],
+    what: &str,
+    mut datagram: impl FnMut(&[u8]) -> Result<bool>,
+) -> Result<()> {
     // SAFETY: plain syscall with integer arguments.
     let fd = unsafe {
         libc::socket(
@@ -83,28 +92,20 @@ pub fn unix_sockets() -> Result<HashMap<u32, UnixDiag>> {
     }
     // SAFETY: a fresh descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // struct nlmsghdr (16 bytes) + struct unix_diag_req (24 bytes).
-    let mut req = [0u8; 40];
-    req[0..4].copy_from_slice(&40u32.to_ne_bytes());
+    // struct nlmsghdr (16 bytes), then the request.
+    let len = 16 + body.len();
+    let mut req = vec![0u8; len];
+    req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
     req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     req[6..8].copy_from_slice(&flags.to_ne_bytes());
     req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    req[16] = libc::AF_UNIX as u8;
-    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    let show = UDIAG_SHOW_NAME
-        | UDIAG_SHOW_VFS
-        | UDIAG_SHOW_PEER
-        | UDIAG_SHOW_ICONS
-        | UDIAG_SHOW_RQLEN
-        | UDIAG_SHOW_UID;
-    req[28..32].copy_from_slice(&show.to_ne_bytes());
+    req[16..].copy_from_slice(body);
     // SAFETY: send from a local buffer of the given length.
     let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if n != req.len() as isize {
-        return Err(Error::last_os("sending a sock_diag request"));
+        return Err(Error::last_os(format!("sending a {what} request")));
     }
-    let mut out = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: recv into a buffer we own, of the given length.
@@ -114,22 +115,40 @@ pub fn unix_sockets() -> Result<HashMap<u32, UnixDiag>> {
             if e.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return Err(Error::io("reading the sock_diag answer", e));
+            return Err(Error::io(format!("reading the {what} answer"), e));
         }
         if n == 0 {
-            return Err(Error::parse("sock_diag", "the answer ended early"));
+            return Err(Error::parse(what, "the answer ended early"));
         }
-        if parse_messages(&buf[..n as usize], &mut out)? {
-            return Ok(out);
+        if datagram(&buf[..n as usize])? {
+            return Ok(());
         }
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+/// Every AF_UNIX socket of crest's network namespace, by inode.
+pub fn unix_sockets() -> Result<HashMap<u32, UnixDiag>> {
+    // struct unix_diag_req (24 bytes).
+    let mut req = [0u8; 24];
+    req[0] = libc::AF_UNIX as u8;
+    req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    let show = UDIAG_SHOW_NAME
+        | UDIAG_SHOW_VFS
+        | UDIAG_SHOW_PEER
+        | UDIAG_SHOW_ICONS
+        | UDIAG_SHOW_RQLEN
+        | UDIAG_SHOW_UID;
+    req[12..16].copy_from_slice(&show.to_ne_bytes());
+    let mut out = HashMap::new();
+    dump(&req, "sock_diag", |d| parse_messages(d, &mut out))?;
+    Ok(out)
+}
+
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([b[at], b[at + 1]])
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
