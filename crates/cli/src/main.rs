@@ -386,6 +386,20 @@ fn stopped_err(e: crest::Error, what: &str) -> anyhow::Error {
     }
 }
 
+/// Standard output, for an image: refused when it is a terminal (`hint`
+/// says what to give instead); the pipe is grown, and the image goes
+/// straight to (a duplicate of) the descriptor, since std's stdout would
+/// look for line ends in every byte of it.
+fn image_stdout(hint: &str) -> Result<File> {
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        bail!("refusing to write an image to a terminal: {hint}");
+    }
+    grow_pipe(1);
+    use std::os::fd::AsFd;
+    Ok(File::from(stdout.as_fd().try_clone_to_owned()?))
+}
+
 fn cmd_dump(
     pid: i32,
     output: &str,
@@ -399,18 +413,7 @@ fn cmd_dump(
     let lib_err = |e| stopped_err(e, &abandoned);
     let mut progress = output::Progress::new("dump", quiet);
     let report = if output == "-" {
-        let stdout = std::io::stdout();
-        if stdout.is_terminal() {
-            bail!("refusing to write an image to a terminal: use -o FILE or a pipe");
-        }
-        grow_pipe(1);
-        // Straight to the descriptor (a duplicate of it): std's stdout
-        // would look for line ends in every byte of the image.
-        let fd = {
-            use std::os::fd::AsFd;
-            stdout.as_fd().try_clone_to_owned()?
-        };
-        let out = sink::Gather::new(File::from(fd));
+        let out = sink::Gather::new(image_stdout("use -o FILE or a pipe")?);
         crest::dump(
             pid,
             out,
@@ -683,18 +686,10 @@ fn cmd_convert(input: &str, output: &str, json: bool) -> Result<i32> {
         Box::new(BufReader::with_capacity(READ_BUF, f))
     };
     let report = if output == "-" {
-        let stdout = std::io::stdout();
-        if stdout.is_terminal() {
-            bail!("refusing to write an image to a terminal: give OUTPUT a file or a pipe");
-        }
-        grow_pipe(1);
-        let fd = {
-            use std::os::fd::AsFd;
-            stdout.as_fd().try_clone_to_owned()?
-        };
+        let fd = image_stdout("give OUTPUT a file or a pipe")?;
         // On an error no tail is written: what went out is no image.
         let (w, report) =
-            crest::convert::convert(reader, sink::Gather::new(File::from(fd))).map_err(lib_err)?;
+            crest::convert::convert(reader, sink::Gather::new(fd)).map_err(lib_err)?;
         w.into_inner()?;
         report
     } else {
