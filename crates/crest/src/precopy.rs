@@ -310,7 +310,12 @@ impl PreCopy {
         for _ in 0..MAX_ROUNDS {
             let mut again: Vec<Run> = Vec::new();
             for (i, (vmas, _)) in work.iter().enumerate() {
-                let pm = Pagemap::open(pids[i])?;
+                let pm = match Pagemap::open(pids[i]) {
+                    Ok(pm) => pm,
+                    // Exited while the tree ran: nothing more to copy.
+                    Err(_) if gone(pids[i]) => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let mut written = Vec::new();
                 for v in vmas {
                     written.clear();
@@ -386,7 +391,13 @@ impl PreCopy {
                     }
                 }
             }
-            let pm = Pagemap::open(t.pid)?;
+            let pm = match Pagemap::open(t.pid) {
+                Ok(pm) => pm,
+                // Exited since the pre-copy began: it is not in the frozen
+                // tree, and what was copied of it is never used.
+                Err(_) if gone(t.pid) => continue,
+                Err(e) => return Err(e.into()),
+            };
             let mut written = Vec::new();
             let was_written = ScanQuery {
                 required: page_category::WRITTEN,
@@ -411,6 +422,12 @@ impl PreCopy {
             pages_reread: 0,
         })
     }
+}
+
+/// Whether process `pid` has exited (gone, or a zombie) since it was
+/// tracked.
+fn gone(pid: i32) -> bool {
+    !crest_sys::process::exists(pid) || crate::freeze::is_zombie(pid)
 }
 
 /// `older` (sorted, disjoint) with every page that `newer` (sorted,
