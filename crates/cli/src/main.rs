@@ -314,7 +314,7 @@ fn run(cli: Cli) -> Result<i32> {
             tcp_established,
         } => cmd_check(pid, json, tcp_established),
         Cmd::Inspect { schema: true, .. } => {
-            print!("{}", crest::inspect::json_schema());
+            print!("{}", crest::codec::inspect::json_schema());
             Ok(0)
         }
         Cmd::Inspect { image, json, .. } => cmd_inspect(&image.unwrap_or_default(), json),
@@ -663,10 +663,10 @@ fn cmd_inspect(image: &str, json: bool) -> Result<i32> {
     // SAFETY: restores the default action of one signal; no handler runs.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let ins = if image == "-" {
-        crest::inspect::inspect(BufReader::with_capacity(1 << 20, std::io::stdin().lock()))
+        crest::codec::inspect::inspect(BufReader::with_capacity(1 << 20, std::io::stdin().lock()))
     } else {
         let f = File::open(image).with_context(|| format!("opening image {image}"))?;
-        crest::inspect::inspect(BufReader::with_capacity(1 << 20, f))
+        crest::codec::inspect::inspect(BufReader::with_capacity(1 << 20, f))
     }
     .map_err(lib_err)?;
     if json {
@@ -689,7 +689,7 @@ fn cmd_convert(input: &str, output: &str, json: bool) -> Result<i32> {
         let fd = image_stdout("give OUTPUT a file or a pipe")?;
         // On an error no tail is written: what went out is no image.
         let (w, report) =
-            crest::convert::convert(reader, sink::Gather::new(fd)).map_err(lib_err)?;
+            crest::codec::convert::convert(reader, sink::Gather::new(fd)).map_err(lib_err)?;
         w.into_inner()?;
         report
     } else {
@@ -701,7 +701,7 @@ fn cmd_convert(input: &str, output: &str, json: bool) -> Result<i32> {
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        let done = crest::convert::convert(reader, sink::Gather::new(file))
+        let done = crest::codec::convert::convert(reader, sink::Gather::new(file))
             .map_err(lib_err)
             .and_then(|(w, report)| {
                 let f = w.into_inner()?;

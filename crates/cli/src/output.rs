@@ -1,7 +1,7 @@
 //! Human output: progress bars, sizes, the inspect view, waiting on the
 //! restored process.
 
-use crest::inspect::Inspection;
+use crest::codec::inspect::Inspection;
 use crest::model::Backing;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicI32, Ordering};

@@ -262,7 +262,7 @@ fn library_round_trip() {
     // crest, the tracer, collected the exit already: the pid is free.
     reap(w.pid, std::time::Duration::from_millis(100));
     assert!(!std::path::Path::new(&format!("/proc/{}", w.pid)).exists());
-    let ins = crest::inspect::inspect(&image[..]).unwrap();
+    let ins = crest::codec::inspect::inspect(&image[..]).unwrap();
     assert_eq!(ins.checkpoint.processes[0].pid, w.pid);
     let r = crest::restore(&image[..], &mut |_| {}).unwrap();
     assert_eq!(r.pid, w.pid);

@@ -1,55 +1,39 @@
 //! crest: transparent checkpoint/restart of Linux processes.
 //!
-//! `dump` freezes a process, collects its [`model`] and writes it as one
-//! image stream; `restore` reads an image and rebuilds the process with
-//! the same PID.  One module per kernel concept owns both directions:
-//! [`memory`], [`files`], [`signals`], [`timers`], [`creds`], [`tasks`].
+//! `dump` freezes a process tree, collects its [`model`] and writes it as
+//! one image stream; `restore` reads an image and rebuilds the tree with
+//! the same PIDs.  One module per kernel concept owns both directions
+//! (collect and restore, check, image record), grouped by concern:
+//!
+//! - [`model`], [`objects`], [`error`]: the central data structure, its
+//!   table of shared objects, and errors;
+//! - [`codec`]: the image records, old-format readers, `convert`, `inspect`;
+//! - [`dump`]: seize, collect, write, pre-copy for `--leave-running`, the
+//!   dump lock and unwinding on signals;
+//! - [`restore`]: the plan and the stub processes the tree is built from;
+//! - [`task`]: seizing and injecting syscalls, the tree, credentials,
+//!   signals, timers, job control, seccomp, cgroup membership;
+//! - [`memory`]: mappings, mm state, copy-on-write sharing, SysV segments;
+//! - [`files`]: descriptors and what they open (files, pipes, event fds,
+//!   ptys, locks, pidfds, unlinked and deleted files);
+//! - [`net`]: sockets (UNIX, TCP, UDP, netlink) and the network lock;
+//! - [`ns`]: namespaces; [`migrate`]: live migration between hosts.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod cgroups;
 pub mod codec;
-pub mod convert;
-pub mod cow;
-pub mod creds;
-pub mod deleted;
 pub mod dump;
 pub mod error;
-pub mod events;
 pub mod fault;
-pub mod filedata;
 pub mod files;
-pub mod fown;
-pub mod freeze;
-pub mod inspect;
-pub mod jobctl;
-pub mod lock;
-pub mod locks;
 pub mod memory;
 pub mod migrate;
-pub mod mmstate;
 pub mod model;
 pub mod net;
 pub mod ns;
 pub mod objects;
-pub mod pidfd;
-pub mod pipeline;
-pub mod plan;
-pub mod precopy;
-pub mod procfiles;
 pub mod restore;
-pub mod seccomp;
-pub mod signals;
-pub mod sockets;
-pub mod sockname;
-pub mod stub;
-pub mod sysv;
-pub mod tasks;
-pub mod timers;
-pub mod tty;
-pub mod ttydata;
-pub mod unlinked;
-pub mod unwind;
+pub mod task;
 
 pub use dump::{check, check_with, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};

@@ -34,7 +34,7 @@ pub enum ObjectKind {
     Shmem(ShmemObj),
     /// Private anonymous memory shared copy-on-write by several processes
     /// of the tree (after fork): its pages are in the image once, in the
-    /// page chunks of address space [`COW_SPACE`] (see `crate::cow`).
+    /// page chunks of address space [`COW_SPACE`] (see `crate::memory::cow`).
     Cow(CowRange),
 }
 
@@ -151,11 +151,11 @@ pub enum OpenTarget {
     /// An epoll instance and what it watches: the targets are added once
     /// every other descriptor of the tree is open.
     Epoll { targets: Vec<EpollTarget> },
-    /// An AF_UNIX socket (see `crate::sockets`): its peers are other
+    /// An AF_UNIX socket (see `crate::net::unix`): its peers are other
     /// sockets of the image, found by their dump-time inode numbers.
     Unix(UnixSocket),
     /// The master side of a pseudo-terminal pair (opened from /dev/ptmx),
-    /// with the pair's state (see `crate::tty`).  Restore makes a new
+    /// with the pair's state (see `crate::files::tty`).  Restore makes a new
     /// pair with the same number (the slave keeps its /dev/pts/N path).
     PtyMaster(Pty),
     /// A slave side (/dev/pts/N) of the pair whose master, in the same
@@ -174,7 +174,7 @@ pub enum OpenTarget {
     Path { path: String, kind: u32 },
     /// A directory, FIFO (with an empty buffer) or stateless device node
     /// deleted while open: restore makes a node like it at `path`, opens
-    /// it and removes it again (see `crate::deleted`).
+    /// it and removes it again (see `crate::files::deleted`).
     Deleted(DeletedNode),
     /// A pidfd (pidfd_open, CLONE_PIDFD) of process (or, with
     /// PIDFD_THREAD, thread) `pid`, or of a process that has exited and
@@ -382,7 +382,7 @@ pub struct Thread {
     /// hierarchy's `tasks` file, a v2 threaded cgroup).
     #[serde(default)]
     pub cgroups: Option<Vec<CgroupMember>>,
-    /// The thread's seccomp filters, oldest first (see `crate::seccomp`).
+    /// The thread's seccomp filters, oldest first (see `crate::task::seccomp`).
     #[serde(default)]
     pub seccomp: Vec<SeccompFilter>,
 }
@@ -801,7 +801,7 @@ pub struct NetlinkSocket {
 
 // ---- issue 16: file locks, SIGIO owners, unlinked files' metadata ----
 
-/// One lock held through a descriptor of a process (see `crate::locks`).
+/// One lock held through a descriptor of a process (see `crate::files::locks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FileLock {
     /// The descriptor it is taken through, in this process.

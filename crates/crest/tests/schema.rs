@@ -10,7 +10,7 @@ const GOLDEN_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/v3.im
 
 #[test]
 fn the_committed_schema_is_the_generated_one() {
-    let now = crest::inspect::json_schema();
+    let now = crest::codec::inspect::json_schema();
     if std::env::var_os("CREST_BLESS_SCHEMA").is_some() {
         std::fs::write(SCHEMA, &now).unwrap();
     }
@@ -63,11 +63,12 @@ fn schema_names(v: &serde_json::Value, out: &mut BTreeSet<String>) {
 #[test]
 fn the_schema_names_every_key_of_an_inspection() {
     let image = std::fs::read(GOLDEN_V3).unwrap();
-    let ins = crest::inspect::inspect(&image[..]).unwrap();
+    let ins = crest::codec::inspect::inspect(&image[..]).unwrap();
     let doc = serde_json::to_value(&ins).unwrap();
     let mut used = BTreeSet::new();
     keys(&doc, &mut used);
-    let schema: serde_json::Value = serde_json::from_str(&crest::inspect::json_schema()).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(&crest::codec::inspect::json_schema()).unwrap();
     let mut named = BTreeSet::new();
     schema_names(&schema, &mut named);
     // Keys of the `pages` map are data ("0:5555...").

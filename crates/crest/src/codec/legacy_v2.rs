@@ -191,11 +191,11 @@ pub enum OpenTarget {
     /// An epoll instance and what it watches: the targets are added once
     /// every other descriptor of the tree is open.
     Epoll { targets: Vec<EpollTarget> },
-    /// An AF_UNIX socket (see `crate::sockets`): its peers are other
+    /// An AF_UNIX socket (see `crate::net::unix`): its peers are other
     /// sockets of the image, found by their dump-time inode numbers.
     Unix(UnixSocket),
     /// The master side of a pseudo-terminal pair (opened from /dev/ptmx),
-    /// with the pair's state (see `crate::tty`).  Restore makes a new
+    /// with the pair's state (see `crate::files::tty`).  Restore makes a new
     /// pair: its number, and so the slave's /dev/pts/N path, may differ.
     PtyMaster(Pty),
     /// A slave side (/dev/pts/N) of the pair whose master, in the same

@@ -7,6 +7,8 @@
 //! converted into the current model.  `docs/image-format.md` describes
 //! both.
 
+pub mod convert;
+pub mod inspect;
 mod legacy_v2;
 mod records;
 

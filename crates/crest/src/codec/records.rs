@@ -66,10 +66,10 @@ struct MappingsRec<'a> {
 #[derive(Debug, Serialize, Deserialize)]
 struct FdTableRec<'a> {
     fds: Cow<'a, [Fd]>,
-    /// File locks taken through these descriptors (see `crate::locks`).
+    /// File locks taken through these descriptors (see `crate::files::locks`).
     #[serde(default)]
     locks: Cow<'a, [FileLock]>,
-    /// SIGIO owners of these descriptors (see `crate::fown`).
+    /// SIGIO owners of these descriptors (see `crate::files::fown`).
     #[serde(default)]
     fd_owners: Cow<'a, [FdOwner]>,
 }

@@ -7,8 +7,8 @@
 //! again, then the page chunks are sealed from the spool.  The restore
 //! then reads that image like any other.
 
+use crate::dump::precopy::Window;
 use crate::error::{Error, Result};
-use crate::precopy::Window;
 use crest_image::{Reader, SealedPages, Writer};
 use std::io::Write;
 use std::os::unix::fs::FileExt;

@@ -1,6 +1,6 @@
 //! The source side of a pre-copied migration.
 //!
-//! While the tree runs, the pre-copy rounds ([`crate::precopy`]) spool its
+//! While the tree runs, the pre-copy rounds ([`crate::dump::precopy`]) spool its
 //! pages; every stretch spooled is sent at once (PRE, with its spool
 //! offset), so the destination holds a copy of the spool.  Then the tree
 //! is frozen, the pages written since are spooled (and so sent) too, and
@@ -13,10 +13,10 @@ use super::image;
 use super::proto;
 use super::source::{reply, unexpected, wait_gone, MigrateReport, Session, PIDS_FREED};
 use super::transport::Sender;
+use crate::dump::precopy::{PreCopy, Tap};
 use crate::dump::{collect, DumpOptions};
 use crate::error::{Context, Error, Result};
-use crate::freeze::FrozenTree;
-use crate::precopy::{PreCopy, Tap};
+use crate::task::freeze::FrozenTree;
 use crate::{codec, files};
 use crest_image::Writer;
 use std::io::Seek;
@@ -169,7 +169,7 @@ pub(super) fn finish(
             return Err(e);
         }
     };
-    crate::sysv::remove_dumped(&c.ckpt.objects);
+    crate::memory::sysv::remove_dumped(&c.ckpt.objects);
     report.restored_pid = Some(restored);
     report.downtime_ms = ms(t_frozen.elapsed());
     report.bytes_sent = tx.bytes;

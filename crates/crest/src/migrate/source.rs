@@ -11,9 +11,9 @@
 use super::proto::{self, Hello, HostId};
 use super::transport::{self, Keys, Psk, Receiver, RecvError, Sender};
 use super::Channel;
+use crate::dump::precopy::PreCopy;
 use crate::dump::{DumpOptions, ImageSink};
 use crate::error::{Context, Error, Result};
-use crate::precopy::PreCopy;
 use std::io::{self, IoSlice, Seek, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

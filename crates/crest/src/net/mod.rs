@@ -15,8 +15,10 @@ pub mod inet;
 pub mod lock;
 mod mcast;
 pub mod netlink;
+pub mod sockname;
 pub mod tcp;
 pub mod udp;
+pub mod unix;
 
 use crate::error::Result;
 use crate::model::{Checkpoint, InetSocket, ObjectKind, OpenFile, OpenTarget};
@@ -252,7 +254,7 @@ fn scan_holders() -> HashMap<u64, Vec<i32>> {
 }
 
 /// The state of socket `fd` of `pid` if it is a network socket (`None`
-/// for AF_UNIX ones, which `crate::sockets` handles), or why not.
+/// for AF_UNIX ones, which `crate::net::unix` handles), or why not.
 pub fn collect(pid: i32, fd: i32, idx: &mut NetIndex) -> Option<Refusal<OpenTarget>> {
     let own = match steal(pid, fd) {
         Ok(o) => o,

@@ -3,7 +3,7 @@
 //! namespace) of stubs the kernel numbered there.
 
 use crate::error::{Error, Result};
-use crate::stub::{routine, TreePlan};
+use crate::restore::stub::{routine, TreePlan};
 use crest_sys::process::{self, Forked};
 
 /// Whether some process of the plan is in a PID namespace below crest's
@@ -84,7 +84,7 @@ extern "C" fn ignore_signal(_: i32) {}
 /// signal: 128 + its number).
 ///
 /// # Safety
-/// As `crate::stub`'s routine: runs in a forked child, only raw
+/// As `crate::restore::stub`'s routine: runs in a forked child, only raw
 /// syscalls on its own copy of the plan; never returns.
 pub(crate) unsafe fn mini_init(plan: &mut TreePlan, release: i32) -> ! {
     // Its own mount namespace (a copy of crest's, kept from propagating

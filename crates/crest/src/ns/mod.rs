@@ -32,7 +32,7 @@ pub mod uts;
 
 use crate::error::{Context, Result};
 use crate::model::{Checkpoint, Namespace, Namespaces, NsId, NsState, ProcNs, Process};
-use crate::stub::StubTree;
+use crate::restore::stub::StubTree;
 use crate::Obstacle;
 use crest_sys::proc;
 

@@ -208,7 +208,7 @@ pub fn thread_host_tid(host: i32, inner: i32) -> Result<i32> {
 
 /// `restore --new-pidns`: puts a tree that lived in crest's PID namespace
 /// into a new one below it, where every task keeps its PID.  The new
-/// namespace's PID 1 is crest's own small init (see `crate::stub`); the
+/// namespace's PID 1 is crest's own small init (see `crate::restore::stub`); the
 /// tree's root becomes its child.
 pub fn into_new_pidns(ckpt: &mut crate::model::Checkpoint) -> Result<()> {
     use crate::model::{Namespace, NsState};

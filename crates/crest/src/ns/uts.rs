@@ -3,7 +3,7 @@
 //! Dump reads them from a thread of crest that joins the namespace for a
 //! moment; restore creates the namespace with the process that first
 //! entered it (CLONE_NEWUTS) and that new process sets both names before
-//! anything else (see `crate::stub`).
+//! anything else (see `crate::restore::stub`).
 
 use crate::error::{Context, Result};
 use crate::model::NsState;

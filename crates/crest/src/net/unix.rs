@@ -776,7 +776,7 @@ impl Names {
         if file.is_none() && !name_is_free(name) {
             // The file was deleted and its path is gone or taken: the
             // name alone, with no file anywhere visible.
-            return crate::sockname::bind_detached(fd, name);
+            return crate::net::sockname::bind_detached(fd, name);
         }
         if let Ok(m) = std::fs::symlink_metadata(&path) {
             if !m.file_type().is_socket() {
@@ -1200,7 +1200,7 @@ fn name_is_free(name: &[u8]) -> bool {
 
 /// Why the filesystem name of socket `u` could not be bound again here
 /// (checked at dump too, while the tree still runs).  A name whose file
-/// is gone is bound without a file (see `crate::sockname`), but then
+/// is gone is bound without a file (see `crate::net::sockname`), but then
 /// nothing can connect to it by path: a listener that restore must
 /// reconnect accepted or waiting connections to is refused.
 pub fn name_problem(u: &UnixSocket, ckpt: &Checkpoint) -> Option<String> {

@@ -17,8 +17,8 @@
 //! [`restore_foreground`] gives the terminal its foreground group back.
 
 use crate::error::{Context, Error, Result};
-use crate::freeze::Inject;
 use crate::model::{Checkpoint, ObjectKind, OpenFile, OpenTarget, Process, Pty, Termios};
+use crate::task::freeze::Inject;
 use crate::Obstacle;
 use crest_sys::proc::FdInfo;
 use std::collections::{BTreeMap, HashMap};
@@ -163,13 +163,13 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
     }
     let packet = get_int(&f, libc::TIOCGPKT, "TIOCGPKT")? != 0;
     let unread = if inq > 0 {
-        crate::ttydata::copy(&f, inq as usize, packet).map_err(|e| {
+        crate::files::ttydata::copy(&f, inq as usize, packet).map_err(|e| {
             format!("{what}: {inq} bytes written on the slave side are not read yet: {e}")
         })?
     } else {
         Vec::new()
     };
-    let input = crate::ttydata::copy_input(&f)
+    let input = crate::files::ttydata::copy_input(&f)
         .map_err(|e| format!("{what}: bytes written on the master side are not read yet: {e}"))?;
     let mut t: libc::termios2 = {
         // SAFETY: termios2 is plain integers and bytes: all zeros is valid.
@@ -482,9 +482,9 @@ impl Ptys {
             // sets the slave's (the pair's) settings.
             let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TCSETS2, &k) };
             check(r, || format!("setting the line settings of pty {n}"))?;
-            crate::ttydata::refill(&m, &p.unread)
+            crate::files::ttydata::refill(&m, &p.unread)
                 .context(|| format!("pty {n}: refilling the bytes the master had not read"))?;
-            crate::ttydata::refill_input(&m, &p.input)
+            crate::files::ttydata::refill_input(&m, &p.input)
                 .context(|| format!("pty {n}: refilling the input the slave had not read"))?;
             let ws = libc::winsize {
                 ws_row: p.winsize[0],
@@ -653,7 +653,7 @@ fn on_pair(ckpt: &Checkpoint, id: u32, index: u32) -> bool {
 pub fn plan_ctty(
     ckpt: &Checkpoint,
     opened: &HashMap<u32, RawFd>,
-    procs: &mut [crate::stub::ProcPlan],
+    procs: &mut [crate::restore::stub::ProcPlan],
 ) -> Result<()> {
     for p in ctty_pairs(ckpt) {
         let Some(i) = ckpt

@@ -18,8 +18,8 @@
 //! filters apply from the moment the threads are let go.
 
 use crate::error::{Error, Result};
-use crate::freeze::Inject;
 use crate::model::{SeccompFilter, Thread};
+use crate::task::freeze::Inject;
 use crest_sys::ptrace;
 
 const SECCOMP_SET_MODE_FILTER: u64 = 1;

@@ -22,8 +22,8 @@
 //! stopped with SIGSTOP instead.
 
 use crate::error::{Error, Result};
-use crate::freeze::Inject;
 use crate::model::Checkpoint;
+use crate::task::freeze::Inject;
 use std::time::{Duration, Instant};
 
 const P_PID: u64 = 1;
@@ -105,7 +105,7 @@ fn orphaned_group(ckpt: &Checkpoint, pgid: i32, here: (i32, i32)) -> bool {
 /// Reads the SIGCHLD action of `t` and sets it again with SA_NOCLDSTOP;
 /// returns the original `struct sigaction` bytes for [`restore_sigchld`].
 pub fn quiet_sigchld(t: &impl Inject) -> Result<Vec<u8>> {
-    let len = crate::signals::KSIGACTION_LEN;
+    let len = crate::task::signals::KSIGACTION_LEN;
     let s = t.scratch();
     t.call(
         libc::SYS_rt_sigaction,

@@ -12,8 +12,8 @@
 //! another process cannot be recreated this way and is refused.
 
 use crate::error::Result;
-use crate::freeze::{Call, Inject};
 use crate::model::{Checkpoint, ObjectKind, OpenFile, OpenTarget, Process};
+use crate::task::freeze::{Call, Inject};
 use std::collections::HashMap;
 
 /// The path of `o` when it is a /proc file of a task in `tree`.

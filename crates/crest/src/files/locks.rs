@@ -18,8 +18,8 @@
 //! the restore fail, naming the file.
 
 use crate::error::Result;
-use crate::freeze::{Call, Inject};
 use crate::model::{FileLock, LockKind, ObjectId};
+use crate::task::freeze::{Call, Inject};
 use crest_sys::proc::FdInfo;
 use std::collections::HashSet;
 

@@ -8,10 +8,10 @@
 //! is open, since its targets are other descriptors.
 
 use crate::error::{Context, Error, Result};
-use crate::freeze::Inject;
 use crate::model::{
     Checkpoint, EpollTarget, InotifyWatch, ObjectKind, OpenFile, OpenTarget, Process,
 };
+use crate::task::freeze::Inject;
 use crest_sys::proc::{self, FdInfo};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -46,7 +46,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, info: &FdInfo) -> Refusal {
         "signalfd" => signalfd_state(info),
         "inotify" => inotify_state(pid, fd, info),
         "eventpoll" => epoll_state(pid, fd, info),
-        "pidfd" => crate::pidfd::collect(info),
+        "pidfd" => crate::files::pidfd::collect(info),
         _ => Err(format!("{what} descriptors are not supported yet")),
     }
 }

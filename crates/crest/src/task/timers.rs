@@ -2,8 +2,8 @@
 //! were at the freeze, so a restored timer fires as late as it would have.
 
 use crate::error::Result;
-use crate::freeze::{Call, Inject};
 use crate::model::{ITimer, ITimers, PosixTimer};
+use crate::task::freeze::{Call, Inject};
 
 const WHICH: [(i32, &str); 3] = [
     (libc::ITIMER_REAL, "ITIMER_REAL"),

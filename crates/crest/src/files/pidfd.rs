@@ -17,8 +17,8 @@
 //! not supported (restore fails naming it); it is rare.
 
 use crate::error::{Context, Error, Result};
-use crate::freeze::{Call, Inject};
 use crate::model::{Checkpoint, ObjectKind, OpenFile, OpenTarget, Process};
+use crate::task::freeze::{Call, Inject};
 use crest_sys::proc::FdInfo;
 use std::os::fd::{FromRawFd, OwnedFd};
 

@@ -7,8 +7,8 @@
 //! allows with the full siginfo.
 
 use crate::error::Result;
-use crate::freeze::{Call, Inject};
 use crate::model::{AltStack, SigAction, SigInfo};
+use crate::task::freeze::{Call, Inject};
 use crest_sys::ptrace;
 
 /// Size of the kernel's `struct sigaction` on x86-64.

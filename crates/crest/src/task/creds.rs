@@ -7,8 +7,8 @@
 //! capability sets themselves.
 
 use crate::error::Result;
-use crate::freeze::{Call, Inject};
 use crate::model::Creds;
+use crate::task::freeze::{Call, Inject};
 use crest_sys::proc::Status;
 
 const SECBIT_KEEP_CAPS: u64 = 1 << 4;

@@ -29,7 +29,7 @@ pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<
                 size,
             } => {
                 let path = format!("/proc/{pid}/fd/{fd}");
-                crate::unlinked::write_extents(object, &path, size, &mut buf, out)
+                crate::files::unlinked::write_extents(object, &path, size, &mut buf, out)
                     .context(|| format!("pid {pid}: fd {fd}: saving the unlinked file"))?;
             }
         }

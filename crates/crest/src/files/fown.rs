@@ -9,8 +9,8 @@
 //! setter's credentials for the permission check at signal time.
 
 use crate::error::Result;
-use crate::freeze::{Call, Inject};
 use crate::model::FdOwner;
+use crate::task::freeze::{Call, Inject};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 // <linux/fcntl.h> (the libc crate lacks these).

@@ -43,7 +43,7 @@ pub fn bind_detached(fd: &OwnedFd, name: &[u8]) -> Result<()> {
     };
     let base_c = c(&base)?;
     let missing_c: Vec<CString> = missing.iter().map(|p| c(p)).collect::<Result<_>>()?;
-    let addr = crate::sockets::sockaddr_un(name)?;
+    let addr = crate::net::unix::sockaddr_un(name)?;
     let raw = fd.as_raw_fd();
     // SAFETY: fork; the child makes only raw syscalls on data prepared
     // above (no allocation, no locks) and leaves with _exit.

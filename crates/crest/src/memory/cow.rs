@@ -31,9 +31,9 @@
 //! process instead: correct, but not shared.
 
 use crate::error::{Error, Result};
-use crate::freeze::{Call, Inject};
 use crate::memory::{page_size, PagePlan};
 use crate::model::{Backing, Checkpoint, CowRange, Object, ObjectKind, Vma, COW_SPACE};
+use crate::task::freeze::{Call, Inject};
 use crest_sys::proc::{Pagemap, PagemapEntry};
 use std::collections::{BTreeSet, HashMap};
 

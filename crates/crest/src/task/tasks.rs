@@ -2,9 +2,9 @@
 //! process attributes that are neither memory, files nor signals.
 
 use crate::error::{Context, Result};
-use crate::freeze::{Call, Inject, ThreadView};
 use crate::model::{Attrs, Process, Rseq, TaskState, Thread};
-use crate::signals;
+use crate::task::freeze::{Call, Inject, ThreadView};
+use crate::task::signals;
 use crest_sys::arch::{self, UserRegs};
 use crest_sys::proc::Stat;
 use crest_sys::{process, ptrace};
@@ -44,7 +44,7 @@ pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
         creds: None,
         comm_raw,
         cgroups: None,
-        seccomp: crate::seccomp::collect(tid)?,
+        seccomp: crate::task::seccomp::collect(tid)?,
     })
 }
 
@@ -336,7 +336,7 @@ pub fn zombie_plans(
     parent: Option<&Process>,
     sid_here: i32,
     view: &crate::ns::pid::View,
-) -> Result<Vec<crate::stub::ZombiePlan>> {
+) -> Result<Vec<crate::restore::stub::ZombiePlan>> {
     let first_sid = parent.map_or(sid_here, |q| q.sid);
     p.zombies
         .iter()
@@ -360,7 +360,7 @@ pub fn zombie_plans(
             } else {
                 None
             };
-            Ok(crate::stub::ZombiePlan {
+            Ok(crate::restore::stub::ZombiePlan {
                 comm: comm_bytes(comm_of(&z.comm, &z.comm_raw)),
                 pid: z.pid,
                 tids: crate::ns::pid::set_tid(

@@ -6,12 +6,15 @@
 //! its final registers and run: a truncated or corrupted stream never
 //! produces a running process, and on any error the stub is killed.
 
+pub mod plan;
+pub mod stub;
+
 use crate::error::{Context, Error, Result};
 use crate::files::{self, UnlinkedFiles};
-use crate::freeze::{Call, Inject};
 use crate::model::{Backing, Checkpoint, ObjectKind, Process, SigInfo};
-use crate::stub::{self, FdMove, ProcPlan, StubProc, StubTree, TreePlan};
-use crate::{codec, creds, memory, signals, tasks, timers};
+use crate::restore::stub::{FdMove, ProcPlan, StubProc, StubTree, TreePlan};
+use crate::task::freeze::{Call, Inject};
+use crate::{codec, memory, task::creds, task::signals, task::tasks, task::timers};
 use crest_image::{kind, PageChunk, Reader};
 use std::collections::HashMap;
 use std::io::Read;
@@ -80,7 +83,7 @@ pub fn restore_with<R: Read>(
     let mut build: Option<Build> = None;
     let mut spool: Option<Spool> = None;
     // The copy-on-write ranges, mapped in crest once the metadata is read.
-    let mut regions: Option<crate::cow::Regions> = None;
+    let mut regions: Option<crate::memory::cow::Regions> = None;
     let mut pages = 0u64;
     let mut model_done = false;
     // Connection locks the image names go when the restore ends, however.
@@ -119,7 +122,7 @@ pub fn restore_with<R: Read>(
                 let obj = u32::try_from(d.object).ok().and_then(|id| ckpt.object(id));
                 unlinked.write(obj, d.object as u32, d.offset, d.data)?;
             }
-            kind::PAGES if crate::cow::is_cow_space(rec.page_chunk(page_size)?.space) => {
+            kind::PAGES if crate::memory::cow::is_cow_space(rec.page_chunk(page_size)?.space) => {
                 let c = rec.page_chunk(page_size)?;
                 if build.is_some() || spool.is_some() {
                     return Err(Error::Invalid(format!(
@@ -129,7 +132,7 @@ pub fn restore_with<R: Read>(
                 }
                 if regions.is_none() {
                     validate(&ckpt)?;
-                    regions = Some(crate::cow::Regions::prepare(&ckpt)?);
+                    regions = Some(crate::memory::cow::Regions::prepare(&ckpt)?);
                 }
                 let r = regions.as_mut().expect("prepared above");
                 for (addr, data) in c.runs() {
@@ -143,7 +146,7 @@ pub fn restore_with<R: Read>(
                 if build.is_none() && spool.is_none() {
                     prepare(&mut ckpt, opts)?;
                     if regions.is_none() {
-                        regions = Some(crate::cow::Regions::prepare(&ckpt)?);
+                        regions = Some(crate::memory::cow::Regions::prepare(&ckpt)?);
                     }
                     if ckpt
                         .processes
@@ -202,7 +205,7 @@ pub fn restore_with<R: Read>(
             }
             let r = match regions.take() {
                 Some(r) => r,
-                None => crate::cow::Regions::prepare(&ckpt)?,
+                None => crate::memory::cow::Regions::prepare(&ckpt)?,
             };
             let mut b = Build::start(ckpt, &mut unlinked, opts, r)?;
             if let Some(s) = spool {
@@ -327,7 +330,7 @@ fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
             }
         }
         prev_end = v.end;
-        crate::cow::validate(ckpt, p.pid, v)?;
+        crate::memory::cow::validate(ckpt, p.pid, v)?;
         if let Backing::File(id) = v.backing {
             if !matches!(ckpt.object(id), Some(ObjectKind::File(_))) {
                 return Err(Error::Invalid(format!(
@@ -391,7 +394,7 @@ impl Build {
         ckpt: Checkpoint,
         unlinked: &mut UnlinkedFiles,
         opts: &RestoreOptions,
-        mut regions: crate::cow::Regions,
+        mut regions: crate::memory::cow::Regions,
     ) -> Result<Build> {
         let init = opts.new_pidns;
         if init {
@@ -404,7 +407,7 @@ impl Build {
         } else {
             // The checks dump made before letting the tree go, made again
             // here: this machine may not be the one dumped on.
-            crate::plan::require(&ckpt)?;
+            crate::restore::plan::require(&ckpt)?;
         }
         // PIDs in namespaces below crest's are made fresh: only the others
         // must be free here.
@@ -425,14 +428,14 @@ impl Build {
                 }
             }
         }
-        crate::cgroups::check(&ckpt)?;
+        crate::task::cgroups::check(&ckpt)?;
         unlinked.tree_tasks = ckpt
             .processes
             .iter()
             .flat_map(|p| p.threads.iter().map(|t| t.tid))
             .collect();
         let sid_here = unsafe_getsid();
-        let tree_ids = crate::procfiles::tree_ids(&ckpt);
+        let tree_ids = crate::files::procfiles::tree_ids(&ckpt);
         let view = crate::ns::pid::View::new(&ckpt.processes);
         let mut held: Vec<OwnedFd> = Vec::new();
         // Each open file description is opened once: every descriptor on
@@ -462,7 +465,7 @@ impl Build {
                         let Some(ObjectKind::Open(o)) = ckpt.object(fd.file) else {
                             unreachable!("validated")
                         };
-                        if crate::procfiles::deferred_path(o, &tree_ids).is_some() {
+                        if crate::files::procfiles::deferred_path(o, &tree_ids).is_some() {
                             continue; // opened by the process itself, later
                         }
                         let f = files::open_object(fd.file, o, unlinked, &|id| {
@@ -639,7 +642,7 @@ impl Build {
                 .expect("validated");
             procs[parent].children.push(i);
         }
-        crate::tty::plan_ctty(&ckpt, &opened, &mut procs)?;
+        crate::files::tty::plan_ctty(&ckpt, &opened, &mut procs)?;
         // A child on its parent's descriptor table no longer has crest's
         // descriptors when it runs: its terminal is the parent's copy.
         for i in 0..procs.len() {
@@ -656,9 +659,9 @@ impl Build {
             };
             procs[i].ctty = Some(m.dst);
         }
-        crate::sockets::restore(&ckpt, &opened)?;
+        crate::net::unix::restore(&ckpt, &opened)?;
         crate::net::finish(&ckpt, &opened)?;
-        crate::events::add_epoll_targets(&ckpt, &opened)?;
+        crate::files::events::add_epoll_targets(&ckpt, &opened)?;
         files::unlink_recreated(unlinked)?;
         let plan = TreePlan {
             floor: stub::max_open_fd().max(max_dst) + 1,
@@ -674,13 +677,13 @@ impl Build {
         let tree = StubTree::spawn(plan, pipes).context(|| format!("restoring pid {root}"))?;
         crate::ns::restore_after_spawn(&ckpt, &tree)?;
         files::release_pipes(unlinked);
-        let sysv_ids = crate::sysv::shmids(&ckpt.objects);
+        let sysv_ids = crate::memory::sysv::shmids(&ckpt.objects);
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
             let pid = p.pid;
             (|| -> Result<()> {
                 // By its pid in crest's namespace (the image's may be of
                 // a PID namespace below it).
-                crate::cgroups::restore_process(sp.pid, &p.task_state)?;
+                crate::task::cgroups::restore_process(sp.pid, &p.task_state)?;
                 sp.empty_address_space(&regions.kept_by(&p.mm.vmas))?;
                 sp.map_vdso(&p.mm.vmas)?;
                 check_vdso(sp, p)?;
@@ -744,9 +747,9 @@ impl Build {
             tasks::join_zombie_groups(p, &sp.thread(0))?;
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
-            crate::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
-            crate::pidfd::restore_in_tree(&sp.thread(0), &ckpt, p)?;
-            crate::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
+            crate::files::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
+            crate::files::pidfd::restore_in_tree(&sp.thread(0), &ckpt, p)?;
+            crate::files::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
             let locks = table_locks(&ckpt, p, a);
             finish_process(&ckpt, p, sp, a, &locks, &view)
                 .context(|| format!("restoring the state of pid {}", p.pid))?;
@@ -759,7 +762,7 @@ impl Build {
         // Every process holds its own descriptors: crest's copies go
         // before anything runs (see `UnlinkedFiles::close_built`).
         drop(_held);
-        let stops = crate::jobctl::plan(&ckpt, (unsafe_getsid(), unsafe_getpgid()));
+        let stops = crate::task::jobctl::plan(&ckpt, (unsafe_getsid(), unsafe_getpgid()));
         let parents: Vec<Option<usize>> = ckpt
             .processes
             .iter()
@@ -805,7 +808,7 @@ fn finish_process(
         memory::finish_vmas(&t, &p.mm.vmas)?;
         crate::fault::point("restore: protections set")?;
         memory::set_mm_fields(&t, &p.mm, a.exe_fd)?;
-        crate::mmstate::restore(&t, &p.mm.state)?;
+        crate::memory::mmstate::restore(&t, &p.mm.state)?;
         crate::fault::point("restore: mm fields set")?;
         if !p.zombies.is_empty() {
             // The recreated zombies' exits queued a SIGCHLD the process
@@ -818,7 +821,7 @@ fn finish_process(
         let levels = p.ns.tids.get(k).map_or(&[][..], |l| l.as_slice());
         sp.add_thread(&crate::ns::pid::set_tid(levels, th.tid))?;
         let host = sp.threads.last().map_or(th.tid, |t| t.tid);
-        crate::cgroups::restore_thread(sp.pid, host, th)?;
+        crate::task::cgroups::restore_thread(sp.pid, host, th)?;
     }
     // The leader queues every thread's signals: only it may queue one
     // claiming another sender.
@@ -842,10 +845,10 @@ fn finish_process(
         ))?;
     }
     // The descriptor table is final: the locks can be taken.
-    crate::locks::restore(&t, locks)?;
+    crate::files::locks::restore(&t, locks)?;
     tasks::restore_rlimits(&t, &p.attrs)?;
     tasks::restore_loginuid(&t, sp.pid, &p.task_state)?;
-    crate::seccomp::restore(p.pid, &p.threads, &|i| sp.thread(i), stub::SEIZE_OPTIONS)?;
+    crate::task::seccomp::restore(p.pid, &p.threads, &|i| sp.thread(i), stub::SEIZE_OPTIONS)?;
     tasks::restore_oom_score_adj(sp.pid, &p.task_state)?;
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {
@@ -866,10 +869,10 @@ fn finish_process(
         pt.tid = view.of(p, pt.tid);
     }
     timers::restore_posix(&t, &posix_timers)?;
-    crate::fown::restore(&t, &p.fd_owners)?;
+    crate::files::fown::restore(&t, &p.fd_owners)?;
     // Every process exists now (and this one's threads): its /proc files
     // can be opened.
-    crate::procfiles::reopen(&t, ckpt, p, &crate::procfiles::tree_ids(ckpt))?;
+    crate::files::procfiles::reopen(&t, ckpt, p, &crate::files::procfiles::tree_ids(ckpt))?;
     t.flush()?;
     restore_traps(p, sp, view)?;
     tasks::restore_attrs_outside(sp.pid, &p.attrs)

@@ -29,8 +29,8 @@
 //! the loop cannot run (clone3 of a thread, unmapping the helper).
 
 use crate::error::{Context, Error, Result};
-use crate::freeze::{Call, Inject};
 use crate::model::{Backing, SigAction, Vma};
+use crate::task::freeze::{Call, Inject};
 use crest_sys::arch::UserRegs;
 use crest_sys::inject::Remote;
 use crest_sys::mem::ProcMem;
@@ -127,7 +127,7 @@ pub struct ProcPlan {
     pub pgid: Option<i32>,
     /// After setsid: a descriptor (crest's number, inherited) on the
     /// terminal to make the controlling one, before forking the children
-    /// (see `crate::tty`).
+    /// (see `crate::files::tty`).
     pub ctty: Option<i32>,
     pub moves: Vec<FdMove>,
     /// Room for the routine's temporary descriptor numbers.
@@ -368,8 +368,8 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             // The batch loop stops at an int3, whose SIGTRAP the kernel
             // forces through with the default action if the signal is
             // ignored: crest sets this action after the last batch.
-            Some(a) if sig != libc::SIGTRAP => crate::signals::ksigaction_bytes(a),
-            _ => [0; crate::signals::KSIGACTION_LEN],
+            Some(a) if sig != libc::SIGTRAP => crate::task::signals::ksigaction_bytes(a),
+            _ => [0; crate::task::signals::KSIGACTION_LEN],
         };
         if libc::syscall(libc::SYS_rt_sigaction, sig, k.as_ptr(), 0usize, 8usize) != 0 {
             fail(9, report);
@@ -723,16 +723,16 @@ impl StubTree {
     /// `fin(process index, thread index)` gives registers, XSAVE area and
     /// signal mask.  The helper area is unmapped first in each process.
     /// `stops` says which processes go back into a job-control stop, and
-    /// `parents` gives each process's parent index (see `crate::jobctl`):
+    /// `parents` gives each process's parent index (see `crate::task::jobctl`):
     /// children are let go before their parents, so that a parent still
     /// held can collect again a stop it had collected.
     pub fn release(
         mut self,
         fin: &dyn Fn(usize, usize) -> Result<(UserRegs, Vec<u8>, u64)>,
-        stops: &[Option<crate::jobctl::Stop>],
+        stops: &[Option<crate::task::jobctl::Stop>],
         parents: &[Option<usize>],
     ) -> Result<i32> {
-        use crate::jobctl;
+        use crate::task::jobctl;
         for (pi, p) in self.procs.iter().enumerate() {
             for (ti, t) in p.threads.iter().enumerate() {
                 let (_, xsave, _) = fin(pi, ti)?;
@@ -870,7 +870,7 @@ impl StubProc {
     /// (and its rseq registration, which points into it).  The calls are
     /// queued: they run with the next batch (see [`StubProc::map_vdso`]).
     /// `keep` lists ranges (inherited copy-on-write memory, see
-    /// `crate::cow`) left in place.
+    /// `crate::memory::cow`) left in place.
     pub fn empty_address_space(&self, keep: &[(u64, u64)]) -> Result<()> {
         let t = self.thread(0);
         let rseq = ptrace::get_rseq_config(self.pid)?;

@@ -1,11 +1,18 @@
 //! Dump: freeze a process, collect its model, write the image.
 
+pub mod lock;
+pub mod pipeline;
+pub mod precopy;
+pub mod unwind;
+
+use crate::dump::precopy::{PreCopy, Prepared};
 use crate::error::{Context, Error, Result};
-use crate::freeze::{FrozenTree, Session};
 use crate::model::{Checkpoint, Mm, Process, Signals};
 use crate::objects::ObjectTable;
-use crate::precopy::{PreCopy, Prepared};
-use crate::{codec, creds, files, memory, signals, tasks, timers, Obstacle};
+use crate::task::freeze::{FrozenTree, Session};
+use crate::{
+    codec, files, memory, task::creds, task::signals, task::tasks, task::timers, Obstacle,
+};
 use crest_image::Writer;
 use crest_sys::proc;
 use std::io::Write;
@@ -114,7 +121,7 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
             format!(
                 "the process is already traced by {} (a debugger or tracer; crest cannot \
                  trace it too)",
-                crate::lock::describe(status.tracer_pid)
+                crate::dump::lock::describe(status.tracer_pid)
             ),
         );
     }
@@ -203,7 +210,7 @@ pub fn collect(
     let mut processes = Vec::new();
     let mut plans = Vec::new();
     // Stopped processes by parent: the parent says whether it collected
-    // the stop (see `crate::jobctl`).
+    // the stop (see `crate::task::jobctl`).
     let mut stopped_children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
     for &c in &pids[1..] {
         if tree.stop_signal(c).is_some() {
@@ -255,9 +262,9 @@ pub fn collect(
         let itimers = timers::collect(&lead)?;
         let posix_timers = timers::collect_posix(&lead, tids)?;
         let brk = tasks::collect_brk(&lead)?;
-        let mm_state = crate::mmstate::collect(&lead)?;
+        let mm_state = crate::memory::mmstate::collect(&lead)?;
         for &c in stopped_children.get(&pid).into_iter().flatten() {
-            if !crate::jobctl::stop_pending_in_parent(&lead, c)? {
+            if !crate::task::jobctl::stop_pending_in_parent(&lead, c)? {
                 collected_stops.insert(c);
             }
         }
@@ -272,7 +279,7 @@ pub fn collect(
             ..Default::default()
         };
         tasks::collect_task_state(pid, &mut task_state)?;
-        crate::cgroups::collect(pid, tids, &mut task_state, &mut threads)?;
+        crate::task::cgroups::collect(pid, tids, &mut task_state, &mut threads)?;
         let mm = Mm {
             start_code: stat.start_code,
             end_code: stat.end_code,
@@ -422,7 +429,7 @@ fn zombie_children(pid: i32) -> Result<Vec<crate::model::Zombie>> {
 
 /// CRC32C of the vDSO of `pid`, if it has one, as the kernel maps it
 /// (a trampoline an earlier crest left in its padding, see
-/// [`crate::unwind`], reads as the zeros it replaced).
+/// [`crate::dump::unwind`], reads as the zeros it replaced).
 pub fn vdso_crc(pid: i32, maps: &[proc::MapEntry]) -> Result<Option<u32>> {
     let Some(v) = maps.iter().find(|m| m.path == "[vdso]") else {
         return Ok(None);
@@ -430,7 +437,9 @@ pub fn vdso_crc(pid: i32, maps: &[proc::MapEntry]) -> Result<Option<u32>> {
     let mem = crest_sys::mem::ProcMem::open(pid, false)?;
     let mut buf = vec![0u8; (v.end - v.start) as usize];
     mem.read(v.start, &mut buf)?;
-    Ok(Some(crc32c::crc32c(&crate::unwind::pristine_vdso(buf))))
+    Ok(Some(crc32c::crc32c(&crate::dump::unwind::pristine_vdso(
+        buf,
+    ))))
 }
 
 /// Checkpoints process `pid` into `out`.
@@ -467,7 +476,7 @@ pub fn dump<W: Write>(
     progress: Progress,
 ) -> Result<DumpReport> {
     let t0 = Instant::now();
-    let _lock = crate::lock::take(pid)?;
+    let _lock = crate::dump::lock::take(pid)?;
     let pre = preflight(pid)?;
     if !pre.is_empty() {
         return Err(Error::Unsupported(pre));
@@ -495,14 +504,14 @@ pub fn dump<W: Write>(
         return Err(Error::Unsupported(obstacles));
     };
     // Never let a tree go for an image restore would reject here.
-    let unrestorable = crate::plan::check_here(&c.ckpt);
+    let unrestorable = crate::restore::plan::check_here(&c.ckpt);
     if !unrestorable.is_empty() {
         return Err(Error::Unsupported(unrestorable));
     }
     // Pages shared copy-on-write are saved once (not while pre-copying:
     // that copied each process's pages already).
     let cow = match prepared {
-        None => Some(crate::cow::plan(&mut c.ckpt, &mut c.plans)?),
+        None => Some(crate::memory::cow::plan(&mut c.ckpt, &mut c.plans)?),
         Some(_) => None,
     };
     crate::fault::point("dump: collected")?;
@@ -620,7 +629,7 @@ pub fn dump<W: Write>(
     }
     if !opts.leave_running {
         // The segments went into the image with the tree: free their ids.
-        crate::sysv::remove_dumped(&c.ckpt.objects);
+        crate::memory::sysv::remove_dumped(&c.ckpt.objects);
     }
     report.image_bytes =
         image_bytes + (crest_image::RECORD_HEADER_LEN + crest_image::Tail::LEN) as u64;
@@ -655,7 +664,7 @@ pub fn check_with(pid: i32, opts: &DumpOptions) -> Result<Vec<Obstacle>> {
     frozen.release()?;
     if let Some(c) = collected? {
         // The same checks dump makes before it lets the tree go.
-        obstacles.extend(crate::plan::check_here(&c.ckpt));
+        obstacles.extend(crate::restore::plan::check_here(&c.ckpt));
     }
     Ok(obstacles)
 }

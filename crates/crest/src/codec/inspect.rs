@@ -178,7 +178,7 @@ impl Inspection {
                 crate::model::OpenTarget::Unlinked { path, size, .. } => {
                     format!("{path} (deleted, {size} bytes saved)")
                 }
-                crate::model::OpenTarget::Unix(u) => crate::sockets::describe(u),
+                crate::model::OpenTarget::Unix(u) => crate::net::unix::describe(u),
                 t @ (crate::model::OpenTarget::Inet(_) | crate::model::OpenTarget::Netlink(_)) => {
                     crate::net::describe(t)
                 }
@@ -189,7 +189,7 @@ impl Inspection {
                 crate::model::OpenTarget::PtySlave { index, .. } => {
                     format!("pty slave /dev/pts/{index}")
                 }
-                t => crate::events::describe(t).unwrap_or_else(|| format!("{t:?}")),
+                t => crate::files::events::describe(t).unwrap_or_else(|| format!("{t:?}")),
             },
             None => format!("<missing object {id}>"),
         }

@@ -43,7 +43,7 @@ pub fn check_here(ckpt: &Checkpoint) -> Vec<Obstacle> {
         let creds =
             std::iter::once(&p.creds).chain(p.threads.iter().filter_map(|t| t.creds.as_ref()));
         for c in creds {
-            if let Err(e) = crate::creds::check_restorable(p.pid, c) {
+            if let Err(e) = crate::task::creds::check_restorable(p.pid, c) {
                 push("credentials".into(), e.to_string());
             }
         }
@@ -61,7 +61,7 @@ pub fn check_here(ckpt: &Checkpoint) -> Vec<Obstacle> {
             push("resource limits".into(), why);
         }
         for o in &p.fd_owners {
-            if !crate::fown::owner_in(o, ckpt) {
+            if !crate::files::fown::owner_in(o, ckpt) {
                 push(
                     format!("fd {}", o.fd),
                     format!(
@@ -86,8 +86,8 @@ pub fn check_here(ckpt: &Checkpoint) -> Vec<Obstacle> {
         let Some(ObjectKind::Open(o)) = ckpt.object(id) else {
             continue;
         };
-        let problem = match crate::procfiles::deferred_path(o, &tree) {
-            Some(path) => crate::procfiles::problem(ckpt, id, path),
+        let problem = match crate::files::procfiles::deferred_path(o, &tree) {
+            Some(path) => crate::files::procfiles::problem(ckpt, id, path),
             None => target_problem(&o.target, o.flags, ckpt, &tree),
         };
         if let Some(reason) = problem {
@@ -210,7 +210,7 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
             Some(ObjectKind::Pipe(p)) => pipe_size_problem(p.size),
             _ => None,
         },
-        OpenTarget::Unix(u) => crate::sockets::name_problem(u, ckpt),
+        OpenTarget::Unix(u) => crate::net::unix::name_problem(u, ckpt),
         OpenTarget::Inotify { watches } => watches.iter().find_map(|w| watch_problem(w, tree)),
         OpenTarget::Epoll { targets } => targets.iter().find_map(|t| {
             let p = ckpt.processes.iter().find(|p| p.pid == t.pid)?;
@@ -218,7 +218,7 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
             let Some(ObjectKind::Open(o)) = ckpt.object(f.file) else {
                 return None;
             };
-            crate::procfiles::deferred_path(o, tree).map(|path| {
+            crate::files::procfiles::deferred_path(o, tree).map(|path| {
                 format!(
                     "epoll watches {path} (pid {} fd {}), a /proc file of the tree that is \
                      opened only once its process exists (not supported)",

@@ -5,8 +5,8 @@
 //! [`Session`] borrows a frozen task to run syscalls in it: it blocks
 //! signals, maps one scratch page and puts everything back when closed.
 
+use crate::dump::unwind::Trampoline;
 use crate::error::{Context, Error, Result};
-use crate::unwind::Trampoline;
 use crest_sys::inject::Remote;
 use crest_sys::mem::ProcMem;
 use crest_sys::proc::{self, MapEntry};
@@ -34,7 +34,7 @@ impl Frozen {
             match proc::read_status(pid).map(|s| s.tracer_pid) {
                 Ok(t) if t != 0 => format!(
                     "cannot attach to pid {pid}: it is traced by {}",
-                    crate::lock::describe(t)
+                    crate::dump::lock::describe(t)
                 ),
                 _ => format!("cannot attach to pid {pid} (is it yours, and not traced already?)"),
             }
@@ -57,7 +57,7 @@ impl Frozen {
                     // (from /proc) and a detach keeps.
                     f.stopped = sig != libc::SIGTRAP;
                     f.stop_signal = if f.stopped { sig } else { 0 };
-                    crate::seccomp::suspend(pid, ptrace::SEIZE_OPTIONS)?;
+                    crate::task::seccomp::suspend(pid, ptrace::SEIZE_OPTIONS)?;
                     return Ok(f);
                 }
                 WaitStatus::Stopped { sig, event: 0 } => {
@@ -394,7 +394,7 @@ struct ThreadCtx {
 /// area in its address space for arguments.
 ///
 /// Every call unwinds by itself if crest dies (`crest_sys::inject`): the
-/// trampoline is in the vDSO padding ([`crate::unwind`]), and each
+/// trampoline is in the vDSO padding ([`crate::dump::unwind`]), and each
 /// thread's own state — its registers (an interrupted syscall set up to
 /// restart) and blocked mask — is on its own stack below the 128-byte red
 /// zone, where nothing the program may rely on lives (a signal frame could

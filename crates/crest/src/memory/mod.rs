@@ -8,11 +8,15 @@
 //! injected `mmap` calls, streams the pages in with process_vm_writev and
 //! then sets the final protections.
 
+pub mod cow;
+pub mod mmstate;
+pub mod sysv;
+
 use crate::error::{Context, Error, Result};
 use crate::files::DataSource;
-use crate::freeze::{Call, Inject};
 use crate::model::{Backing, Mm, ObjectKind, ShmemKind, ShmemObj, Vma, VmaFlags};
 use crate::objects::ObjectTable;
+use crate::task::freeze::{Call, Inject};
 use crate::Obstacle;
 use crest_image::{SealedPages, Writer};
 use crest_sys::proc::{MapEntry, Pagemap, PagemapEntry, VmFlags};
@@ -222,7 +226,7 @@ fn sysv_object(
     if let Some(id) = objects.shmem(dev, m.inode) {
         return Ok(id);
     }
-    let mut seg = crate::sysv::find(m.inode, size)?;
+    let mut seg = crate::memory::sysv::find(m.inode, size)?;
     // A segment marked for removal lists key 0; its name keeps the key.
     if let Some(k) = m
         .path
@@ -480,7 +484,7 @@ pub fn write_pages<W: Write>(
         })
         .collect();
     let procmem = &procmem;
-    crate::pipeline::run(
+    crate::dump::pipeline::run(
         &jobs,
         CHUNK_PAGES * ps,
         |&(addr, n, readable), buf| {
@@ -559,7 +563,7 @@ fn merge_barriers(vmas: &[Vma]) -> Vec<Option<(i32, i32)>> {
 /// the task; `sysv`, for each System V shared memory object, its shmid
 /// (those are attached with `shmat`).
 /// `inherited(v)`: the mapping is already there, inherited copy-on-write
-/// (see `crate::cow`): it only gets its protection.
+/// (see `crate::memory::cow`): it only gets its protection.
 pub fn map_vmas(
     t: &impl Inject,
     vmas: &[Vma],
@@ -721,7 +725,7 @@ pub fn finish_vmas(t: &impl Inject, vmas: &[Vma]) -> Result<()> {
             ));
         }
         if v.cow.is_some() && !v.flags.dontdump {
-            // crest may have marked an inherited range (see `crate::cow`).
+            // crest may have marked an inherited range (see `crate::memory::cow`).
             calls.push(Call::new(
                 libc::SYS_madvise,
                 &[v.start, len, libc::MADV_DODUMP as u64],

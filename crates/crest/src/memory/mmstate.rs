@@ -11,8 +11,8 @@
 //! restored.
 
 use crate::error::Result;
-use crate::freeze::{Call, Inject};
 use crate::model::MmState;
+use crate::task::freeze::{Call, Inject};
 
 const PR_GET_THP_DISABLE: i32 = 42;
 const PR_SET_THP_DISABLE: u64 = 41;

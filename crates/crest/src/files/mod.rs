@@ -5,8 +5,19 @@
 //! object.  Restore opens each object once in crest, places it at every
 //! descriptor number in the new task and seeks it to its offset.
 
+pub mod deleted;
+pub mod events;
+pub mod filedata;
+pub mod fown;
+pub mod locks;
+pub mod pidfd;
+pub mod procfiles;
+pub mod tty;
+pub mod ttydata;
+pub mod unlinked;
+
 use crate::error::{Context, Error, Result};
-pub use crate::filedata::write_data;
+pub use crate::files::filedata::write_data;
 use crate::model::{Fd, FileId, ObjectKind, OpenFile, OpenTarget, PipeObj, ShmemKind, ShmemObj};
 use crate::objects::{file_id, ObjectTable};
 use crate::Obstacle;
@@ -68,10 +79,10 @@ type SeenFd = (i32, i32, u32);
 pub struct FdIndex {
     seen: HashMap<(u64, u64), Vec<SeenFd>>,
     pipes: HashMap<u64, PipeSeen>,
-    ptys: crate::tty::PtyIndex,
+    ptys: crate::files::tty::PtyIndex,
     /// Network sockets (see `crate::net`).
     pub net: crate::net::NetIndex,
-    locks: crate::locks::LockIndex,
+    locks: crate::files::locks::LockIndex,
     /// Per pid: the locks and SIGIO owners found on its descriptors.
     held: HashMap<i32, (Vec<crate::model::FileLock>, Vec<crate::model::FdOwner>)>,
     /// The first unlinked-file object of each (dev, ino).
@@ -131,7 +142,9 @@ pub fn collect_fds(
             }
             if let Some(obj) = shared {
                 let held = &mut index.held.entry(pid).or_default().0;
-                if let Err(r) = crate::locks::collect(pid, fd, obj, &info, &mut index.locks, held) {
+                if let Err(r) =
+                    crate::files::locks::collect(pid, fd, obj, &info, &mut index.locks, held)
+                {
                     refuse(obstacles, format!("{link}: {r}"));
                 }
                 out.push(Fd {
@@ -164,7 +177,7 @@ pub fn collect_fds(
             } else {
                 false
             };
-            match crate::deleted::collect(&link, &md, stateless) {
+            match crate::files::deleted::collect(&link, &md, stateless) {
                 Ok(_) if busy => {
                     refuse(
                         obstacles,
@@ -206,14 +219,16 @@ pub fn collect_fds(
                     path: link.trim_end_matches(" (deleted)").to_string(),
                     size: md.size(),
                     mode: md.mode(),
-                    meta: Some(crate::unlinked::meta(&md, flags, same_as)),
+                    meta: Some(crate::files::unlinked::meta(&md, flags, same_as)),
                 }
             } else {
                 OpenTarget::Regular(file_id(&link)?)
             }
         } else if ft.is_dir() {
             OpenTarget::Directory { path: link.clone() }
-        } else if let Some(t) = crate::tty::collect(pid, fd, &link, &md, &info, &mut index.ptys) {
+        } else if let Some(t) =
+            crate::files::tty::collect(pid, fd, &link, &md, &info, &mut index.ptys)
+        {
             match t {
                 Ok(t) => t,
                 Err(reason) => {
@@ -242,7 +257,7 @@ pub fn collect_fds(
                 let pipe = match index.pipes.get_mut(&md.ino()) {
                     Some(p) => p,
                     None => {
-                        let (size, bytes) = match crate::filedata::pipe_contents(pid, fd) {
+                        let (size, bytes) = match crate::files::filedata::pipe_contents(pid, fd) {
                             Ok(v) => v,
                             Err(e) => {
                                 refuse(obstacles, format!("{link}: cannot read the pipe: {e}"));
@@ -287,13 +302,14 @@ pub fn collect_fds(
                         let pipe = match index.pipes.get(&md.ino()) {
                             Some(p) => p.object,
                             None => {
-                                let (size, bytes) = match crate::filedata::pipe_contents(pid, fd) {
-                                    Ok(v) => v,
-                                    Err(e) => {
-                                        refuse(obstacles, format!("FIFO {link}: {e}"));
-                                        continue;
-                                    }
-                                };
+                                let (size, bytes) =
+                                    match crate::files::filedata::pipe_contents(pid, fd) {
+                                        Ok(v) => v,
+                                        Err(e) => {
+                                            refuse(obstacles, format!("FIFO {link}: {e}"));
+                                            continue;
+                                        }
+                                    };
                                 let object = objects.add(ObjectKind::Pipe(PipeObj {
                                     size,
                                     data_len: bytes.len() as u64,
@@ -331,7 +347,7 @@ pub fn collect_fds(
             }
         } else if ft.is_socket() {
             match crate::net::collect(pid, fd, &mut index.net)
-                .unwrap_or_else(|| crate::sockets::collect(pid, fd))
+                .unwrap_or_else(|| crate::net::unix::collect(pid, fd))
             {
                 Ok(t) => t,
                 Err(reason) => {
@@ -340,7 +356,7 @@ pub fn collect_fds(
                 }
             }
         } else if link.starts_with("anon_inode:") {
-            match crate::events::collect(pid, fd, &link, &info) {
+            match crate::files::events::collect(pid, fd, &link, &info) {
                 Ok(t) => t,
                 Err(reason) => {
                     refuse(obstacles, reason);
@@ -372,13 +388,15 @@ pub fn collect_fds(
             }
         }
         let held = index.held.entry(pid).or_default();
-        if let Err(r) = crate::locks::collect(pid, fd, obj, &info, &mut index.locks, &mut held.0) {
+        if let Err(r) =
+            crate::files::locks::collect(pid, fd, obj, &info, &mut index.locks, &mut held.0)
+        {
             refuse(obstacles, format!("{link}: {r}"));
         }
         if !is_path {
             match crest_sys::pidfd::getfd(&pidfd, pid, fd)
                 .map_err(|e| e.to_string())
-                .and_then(|f| crate::fown::collect(fd, &f))
+                .and_then(|f| crate::files::fown::collect(fd, &f))
             {
                 Ok(Some(o)) => held.1.push(o),
                 Ok(None) => {}
@@ -521,7 +539,7 @@ pub fn check_pipe_ends(
     obstacles: &mut Vec<Obstacle>,
     mut external: Option<ExternalPipes<'_>>,
 ) {
-    crate::tty::check_pairs(&index.ptys, tree, obstacles);
+    crate::files::tty::check_pairs(&index.ptys, tree, obstacles);
     let half: Vec<(&u64, &PipeSeen)> = index
         .pipes
         .iter()
@@ -624,7 +642,7 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
     let cwd_deleted = if cwd.ends_with(" (deleted)") {
         std::fs::metadata(format!("/proc/{pid}/cwd"))
             .ok()
-            .and_then(|md| crate::deleted::collect(&cwd, &md, false).ok())
+            .and_then(|md| crate::files::deleted::collect(&cwd, &md, false).ok())
             .filter(|n| n.mode & libc::S_IFMT == libc::S_IFDIR)
     } else {
         None
@@ -642,7 +660,7 @@ pub fn collect_fs(pid: i32) -> Result<crate::model::FsInfo> {
 /// refilled.
 #[derive(Default)]
 pub struct UnlinkedFiles {
-    files: crate::unlinked::Recreated,
+    files: crate::files::unlinked::Recreated,
     /// Pipe ends whose own description was handed out already.
     ends_given: std::collections::HashSet<(u32, bool)>,
     pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
@@ -650,13 +668,13 @@ pub struct UnlinkedFiles {
     fifo_data: HashMap<u32, Vec<u8>>,
     shmem: HashMap<u32, OwnedFd>,
     /// Deleted directories, FIFOs and device nodes made again.
-    nodes: crate::deleted::Nodes,
-    ptys: crate::tty::Ptys,
-    sysv: crate::sysv::Segments,
+    nodes: crate::files::deleted::Nodes,
+    ptys: crate::files::tty::Ptys,
+    sysv: crate::memory::sysv::Segments,
     /// Descriptors the caller supplies for external pipe ends, by key.
     inherited: HashMap<String, OwnedFd>,
     /// The pids and tids of the tree being restored (pidfds of these are
-    /// made once the processes exist: see `crate::pidfd`).
+    /// made once the processes exist: see `crate::files::pidfd`).
     pub tree_tasks: std::collections::HashSet<i32>,
 }
 
@@ -864,7 +882,7 @@ impl UnlinkedFiles {
             )));
         };
         let p = self.files.finish(owner, &path, mode, size, meta.as_ref())?;
-        let fd = open_path(&p, crate::unlinked::open_flags(o.flags))
+        let fd = open_path(&p, crate::files::unlinked::open_flags(o.flags))
             .context(|| format!("reopening the recreated {path}"))?;
         set_fl(&fd, o.flags, &path)?;
         seek(&fd, o.pos, &path)?;
@@ -1030,15 +1048,15 @@ pub fn open_object(
         | OpenTarget::Timerfd { .. }
         | OpenTarget::Signalfd { .. }
         | OpenTarget::Inotify { .. }
-        | OpenTarget::Epoll { .. } => crate::events::open(o)?,
-        OpenTarget::Unix(u) => crate::sockets::open(u)?,
+        | OpenTarget::Epoll { .. } => crate::files::events::open(o)?,
+        OpenTarget::Unix(u) => crate::net::unix::open(u)?,
         OpenTarget::Inet(_) | OpenTarget::Netlink(_) => crate::net::open(o)?,
         OpenTarget::Pidfd { pid, start_time } => {
             let tree = &unlinked.tree_tasks;
-            crate::pidfd::open(o, *pid, *start_time, &|q| tree.contains(&q))?
+            crate::files::pidfd::open(o, *pid, *start_time, &|q| tree.contains(&q))?
         }
         OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => {
-            crate::tty::open(o, &mut unlinked.ptys, objects)?
+            crate::files::tty::open(o, &mut unlinked.ptys, objects)?
         }
     };
     // open(2) ignores O_ASYNC: only F_SETFL sets it.

@@ -25,10 +25,10 @@
 //! userfaultfd itself, ...), the dump simply copies everything while frozen.
 
 use crate::error::{Context, Result};
-use crate::freeze::{FrozenTree, Session};
 use crate::memory::{self, PagePlan};
 use crate::model::{Checkpoint, Vma};
 use crate::objects::ObjectTable;
+use crate::task::freeze::{FrozenTree, Session};
 use crest_image::{SealedPages, Writer};
 use crest_sys::proc::{self, page_category, Pagemap, ScanQuery};
 use crest_sys::uffd::{self, Event, Userfaultfd};
@@ -427,7 +427,7 @@ impl PreCopy {
 /// Whether process `pid` has exited (gone, or a zombie) since it was
 /// tracked.
 fn gone(pid: i32) -> bool {
-    !crest_sys::process::exists(pid) || crate::freeze::is_zombie(pid)
+    !crest_sys::process::exists(pid) || crate::task::freeze::is_zombie(pid)
 }
 
 /// `older` (sorted, disjoint) with every page that `newer` (sorted,
@@ -493,7 +493,7 @@ fn copy_runs(
 ) -> Result<()> {
     let ps = memory::page_size();
     let len = |n: u64| (n * ps) as usize;
-    crate::pipeline::run(
+    crate::dump::pipeline::run(
         runs,
         len(CHUNK_PAGES),
         |&(i, v, a, n), mut buf| {
@@ -700,7 +700,7 @@ impl Prepared {
             .flat_map(|(space, runs)| runs.windows(space as u32))
             .collect();
         let mut done = 0;
-        crate::pipeline::run(
+        crate::dump::pipeline::run(
             &windows,
             (CHUNK_PAGES * ps) as usize,
             |w, mut buf| {
