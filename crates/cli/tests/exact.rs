@@ -348,3 +348,18 @@ fn epoll_on_a_proc_file_of_the_tree_is_refused() {
         ],
     );
 }
+
+/// Files unlinked while mapped: their content comes back, shared with a
+/// descriptor of the same file (MAP_SHARED writes seen through both),
+/// private copies stay private.
+#[test]
+fn mappings_of_unlinked_files() {
+    Workload::start("unlinked-maps", &[]).cycle();
+}
+
+/// O_PATH | O_NOFOLLOW descriptors of symbolic links (one dangling) stay
+/// descriptors of the links.
+#[test]
+fn opath_descriptors_of_symlinks() {
+    Workload::start("opath-links", &[]).cycle();
+}

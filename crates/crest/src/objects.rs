@@ -11,6 +11,9 @@ pub struct ObjectTable {
     objects: Vec<Object>,
     files: HashMap<String, ObjectId>,
     shmem: HashMap<(u64, u64), ObjectId>,
+    /// The first unlinked-file object (descriptor or mapping) of each
+    /// (dev, ino): the others refer to it (`UnlinkedMeta::same_as`).
+    unlinked: HashMap<(u64, u64), ObjectId>,
 }
 
 impl ObjectTable {
@@ -41,6 +44,17 @@ impl ObjectTable {
         let id = self.add(kind);
         self.shmem.insert((dev, ino), id);
         id
+    }
+
+    /// The first unlinked-file object of inode (dev, ino), if any.
+    pub fn unlinked(&self, dev: u64, ino: u64) -> Option<ObjectId> {
+        self.unlinked.get(&(dev, ino)).copied()
+    }
+
+    /// Records `id` as the unlinked-file object that carries the content
+    /// of inode (dev, ino).
+    pub fn set_unlinked(&mut self, dev: u64, ino: u64, id: ObjectId) {
+        self.unlinked.entry((dev, ino)).or_insert(id);
     }
 
     /// The object `id`, to amend once more is known about it.

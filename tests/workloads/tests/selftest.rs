@@ -1125,3 +1125,41 @@ fn pidfd_detects_a_killed_child() {
     let o = w.go();
     assert_fail(&w.name, &o, "waitid(P_PIDFD, C)");
 }
+
+// ---- mappings of unlinked files, O_PATH links (issue 16)
+
+fn disturbed(args: &[&str], what: &str, needle: &str) {
+    let mut w = Workload::start(args, &[("CREST_WL_DISTURB", what)]);
+    w.wait_ready();
+    let o = w.go();
+    assert_fail(&w.name, &o, needle);
+}
+
+#[test]
+fn unlinked_maps() {
+    pass(&["unlinked-maps"]);
+}
+
+#[test]
+fn unlinked_maps_detects_a_split_file() {
+    disturbed(
+        &["unlinked-maps"],
+        "split",
+        "a: a write through the mapping is not read through the descriptor",
+    );
+}
+
+#[test]
+fn unlinked_maps_detects_a_changed_private_page() {
+    disturbed(&["unlinked-maps"], "private", "mapping of b: page 1");
+}
+
+#[test]
+fn opath_links() {
+    pass(&["opath-links"]);
+}
+
+#[test]
+fn opath_links_detects_a_followed_link() {
+    disturbed(&["opath-links"], "followed", "l: file type");
+}

@@ -22,6 +22,10 @@ pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<
             DataSource::Shmem { object, path, size } => {
                 write_shmem(*object, path, *size, &mut buf, out)?;
             }
+            DataSource::UnlinkedMap { object, path, size } => {
+                crate::unlinked::write_extents(*object, path, *size, &mut buf, out)
+                    .context(|| format!("{path}: saving the mapped unlinked file"))?;
+            }
             &DataSource::Unlinked {
                 object,
                 pid,

@@ -50,6 +50,13 @@ pub enum DataSource {
         fd: i32,
         size: u64,
     },
+    /// An unlinked file mapped but not open, read through
+    /// /proc/PID/map_files/START-END.
+    UnlinkedMap {
+        object: u32,
+        path: String,
+        size: u64,
+    },
     /// The bytes in flight in a pipe, copied at collect time.
     Pipe { object: u32, data: Vec<u8> },
     /// A shared-memory object, read through `path` (holes skipped).
@@ -85,8 +92,6 @@ pub struct FdIndex {
     locks: crate::files::locks::LockIndex,
     /// Per pid: the locks and SIGIO owners found on its descriptors.
     held: HashMap<i32, (Vec<crate::model::FileLock>, Vec<crate::model::FdOwner>)>,
-    /// The first unlinked-file object of each (dev, ino).
-    unlinked: HashMap<(u64, u64), u32>,
 }
 
 impl FdIndex {
@@ -214,7 +219,7 @@ pub fn collect_fds(
                     );
                     continue;
                 }
-                let same_as = index.unlinked.get(&key).copied();
+                let same_as = objects.unlinked(key.0, key.1);
                 OpenTarget::Unlinked {
                     path: link.trim_end_matches(" (deleted)").to_string(),
                     size: md.size(),
@@ -378,7 +383,7 @@ pub fn collect_fds(
         }));
         if let OpenTarget::Unlinked { size, meta, .. } = target {
             if meta.is_none_or(|m| m.same_as.is_none()) {
-                index.unlinked.insert(key, obj);
+                objects.set_unlinked(key.0, key.1, obj);
                 data.push(DataSource::Unlinked {
                     object: obj,
                     pid,

@@ -102,10 +102,13 @@ pub fn collect_vmas(
                     continue;
                 }
             },
-            _ if m.deleted() => {
-                refuse("the mapped file was deleted");
-                continue;
-            }
+            _ if m.deleted() => match unlinked_object(pid, m, objects, data) {
+                Ok(id) => Backing::File(id),
+                Err(reason) => {
+                    refuse(&reason);
+                    continue;
+                }
+            },
             _ => {
                 let path = m.file_path().unwrap_or(&m.path).to_string();
                 match check_mapped_file(m, &path) {
@@ -181,6 +184,52 @@ pub fn collect_vmas(
 
 /// The shared-memory object behind mapping `m`, added to the table (with
 /// its content queued for the image) the first time it is met.
+/// The object of an unlinked regular file mapped at `m`: the same file as
+/// any other mapping or descriptor of it (the first one met carries the
+/// content, saved like an unlinked open file's).
+fn unlinked_object(
+    pid: i32,
+    m: &MapEntry,
+    objects: &mut ObjectTable,
+    data: &mut Vec<DataSource>,
+) -> std::result::Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    let at = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let md =
+        std::fs::metadata(&at).map_err(|e| format!("the mapped file was deleted ({at}: {e})"))?;
+    if !md.is_file() {
+        return Err("the mapped file was deleted and is not a regular file".into());
+    }
+    if md.blocks() * 512 > 1 << 32 {
+        return Err("the mapped unlinked file holds more than 4 GiB of data".into());
+    }
+    let same_as = objects.unlinked(md.dev(), md.ino());
+    let flags = if m.shared && m.vm_flags.contains(VmFlags::MAY_WRITE) {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    } as u32;
+    let id = objects.add(ObjectKind::Open(crate::model::OpenFile {
+        flags,
+        pos: 0,
+        target: crate::model::OpenTarget::Unlinked {
+            path: m.path.trim_end_matches(" (deleted)").to_string(),
+            size: md.size(),
+            mode: md.mode(),
+            meta: Some(crate::unlinked::meta(&md, flags, same_as)),
+        },
+    }));
+    if same_as.is_none() {
+        objects.set_unlinked(md.dev(), md.ino(), id);
+        data.push(DataSource::UnlinkedMap {
+            object: id,
+            path: at,
+            size: md.size(),
+        });
+    }
+    Ok(id)
+}
+
 fn shmem_object(
     pid: i32,
     m: &MapEntry,

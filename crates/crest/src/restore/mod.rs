@@ -332,7 +332,14 @@ fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
         prev_end = v.end;
         crate::memory::cow::validate(ckpt, p.pid, v)?;
         if let Backing::File(id) = v.backing {
-            if !matches!(ckpt.object(id), Some(ObjectKind::File(_))) {
+            if !matches!(
+                ckpt.object(id),
+                Some(ObjectKind::File(_))
+                    | Some(ObjectKind::Open(crate::model::OpenFile {
+                        target: crate::model::OpenTarget::Unlinked { .. },
+                        ..
+                    }))
+            ) {
                 return Err(Error::Invalid(format!(
                     "{}: object {id} is not a file",
                     what()
@@ -514,6 +521,15 @@ impl Build {
                 }
                 if let Backing::File(id) = v.backing {
                     if file_fds.contains_key(&id) {
+                        continue;
+                    }
+                    if let Some(ObjectKind::Open(o)) = ckpt.object(id) {
+                        // A mapped unlinked file: the one file recreated
+                        // for every mapping and descriptor of it.
+                        let f = files::open_object(id, o, unlinked, &|id| ckpt.object(id).cloned())
+                            .context(|| format!("pid {}: mapping {:#x}", p.pid, v.start))?;
+                        file_fds.insert(id, aux(stub::raw(&f), &mut moves));
+                        held.push(f);
                         continue;
                     }
                     let Some(ObjectKind::File(fid)) = ckpt.object(id) else {

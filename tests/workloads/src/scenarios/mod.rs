@@ -17,6 +17,7 @@ mod mem_state;
 mod memory;
 mod mm;
 mod mutator;
+mod opath_links;
 mod pidfd;
 mod pidns;
 mod pipes;
@@ -37,6 +38,7 @@ mod timers;
 mod tree;
 mod unix_sockets;
 mod unixnames;
+mod unlinked_maps;
 mod unsupported;
 
 pub type Run = fn(&Proto, &[String]) -> Checks;
@@ -76,6 +78,8 @@ const TABLE: &[(&str, Run)] = &[
     ("seccomp", seccomp::run),
     ("pidfd", pidfd::run),
     ("pidns", pidns::run),
+    ("unlinked-maps", unlinked_maps::run),
+    ("opath-links", opath_links::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -113,6 +117,8 @@ pub const NAMES: &[&str] = &[
     "seccomp [hostile]",
     "pidfd",
     "pidns [nested] [inside]",
+    "unlinked-maps",
+    "opath-links",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
