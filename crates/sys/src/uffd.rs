@@ -1,6 +1,8 @@
-//! userfaultfd(2), used for one thing: tracking which pages of another
+//! userfaultfd(2), used for two things: tracking which pages of another
 //! process are written while crest copies its memory (asynchronous
-//! write-protection, Linux 6.7+).
+//! write-protection, Linux 6.7+), and filling a process's missing pages
+//! on demand (MISSING mode, `UFFDIO_COPY` / `UFFDIO_ZEROPAGE`), the
+//! building block of a lazy (post-copy) restore.
 //!
 //! A userfaultfd is bound to the address space of the process that created
 //! it, so crest has the *target* create one (an injected syscall) and takes
@@ -21,6 +23,12 @@ const UFFDIO_API: u64 = ioc(3, 0x3f, std::mem::size_of::<UffdioApi>());
 const UFFDIO_REGISTER: u64 = ioc(3, 0x00, std::mem::size_of::<UffdioRegister>());
 /// `_IOR(0xaa, 0x01, struct uffdio_range)`.
 const UFFDIO_UNREGISTER: u64 = ioc(2, 0x01, std::mem::size_of::<UffdioRange>());
+/// `_IOR(0xaa, 0x02, struct uffdio_range)`.
+const UFFDIO_WAKE: u64 = ioc(2, 0x02, std::mem::size_of::<UffdioRange>());
+/// `_IOWR(0xaa, 0x03, struct uffdio_copy)`.
+const UFFDIO_COPY: u64 = ioc(3, 0x03, std::mem::size_of::<UffdioCopy>());
+/// `_IOWR(0xaa, 0x04, struct uffdio_zeropage)`.
+const UFFDIO_ZEROPAGE: u64 = ioc(3, 0x04, std::mem::size_of::<UffdioZeropage>());
 
 const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
@@ -28,6 +36,7 @@ const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
 
 /// Feature bits of `struct uffdio_api` (include/uapi/linux/userfaultfd.h).
 pub mod feature {
+    pub const EVENT_FORK: u64 = 1 << 1;
     pub const EVENT_REMAP: u64 = 1 << 2;
     pub const EVENT_REMOVE: u64 = 1 << 3;
     pub const EVENT_UNMAP: u64 = 1 << 6;
@@ -35,11 +44,15 @@ pub mod feature {
     pub const WP_ASYNC: u64 = 1 << 15;
 }
 
+/// `UFFDIO_REGISTER_MODE_MISSING`.
+const REGISTER_MODE_MISSING: u64 = 1;
 /// `UFFDIO_REGISTER_MODE_WP`.
 const REGISTER_MODE_WP: u64 = 1 << 1;
 /// `UFFD_USER_MODE_ONLY`, a flag of userfaultfd(2) itself.
 pub const USER_MODE_ONLY: u64 = 1;
 
+const EVENT_PAGEFAULT: u8 = 0x12;
+const EVENT_FORK: u8 = 0x13;
 const EVENT_REMAP: u8 = 0x14;
 const EVENT_REMOVE: u8 = 0x15;
 const EVENT_UNMAP: u8 = 0x16;
@@ -64,6 +77,22 @@ struct UffdioRegister {
     ioctls: u64,
 }
 
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
 /// `struct uffd_msg`: an event byte, padding, then a 24-byte union.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -78,6 +107,11 @@ const _: () = assert!(std::mem::size_of::<UffdioApi>() == 24);
 const _: () = assert!(std::mem::size_of::<UffdioRange>() == 16);
 const _: () = assert!(std::mem::size_of::<UffdioRegister>() == 32);
 const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
+const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
+const _: () = assert!(std::mem::size_of::<UffdioZeropage>() == 32);
+const _: () = assert!(UFFDIO_COPY == 0xc028_aa03);
+const _: () = assert!(UFFDIO_ZEROPAGE == 0xc020_aa04);
+const _: () = assert!(UFFDIO_WAKE == 0x8010_aa02);
 const _: () = assert!(UFFDIO_API == 0xc018_aa3f);
 const _: () = assert!(UFFDIO_REGISTER == 0xc020_aa00);
 const _: () = assert!(UFFDIO_UNREGISTER == 0x8010_aa01);
@@ -92,6 +126,19 @@ pub enum Event {
     Remove { start: u64, end: u64 },
     /// munmap (or a mapping over it) removed `start..end`.
     Unmap { start: u64, end: u64 },
+}
+
+/// A message of a userfaultfd registered for missing pages.
+#[derive(Debug)]
+pub enum Msg {
+    /// A task touched the missing page at `addr` (page-aligned) and
+    /// waits until it is filled (or woken).
+    Fault { addr: u64, write: bool },
+    /// The process forked; `fd` is the child's userfaultfd (its
+    /// registered ranges are missing pages of the child now).
+    Fork { fd: OwnedFd },
+    /// A layout change (see [`Event`]).
+    Event(Event),
 }
 
 /// Waits up to `timeout_ms` for any of `fds` to have events.
@@ -175,6 +222,188 @@ impl Userfaultfd {
             )));
         }
         Ok(())
+    }
+
+    /// Registers `start..end` for missing-page faults: a task touching a
+    /// page there that has none waits until crest fills it.
+    pub fn register_missing(&self, start: u64, end: u64) -> Result<()> {
+        let mut r = UffdioRegister {
+            range: UffdioRange {
+                start,
+                len: end - start,
+            },
+            mode: REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes a `struct
+        // uffdio_register`, which `r` is, and lives across the call.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut r) };
+        if rc < 0 {
+            return Err(Error::last_os(format!(
+                "pid {}: registering {start:#x}-{end:#x} for missing pages",
+                self.pid
+            )));
+        }
+        Ok(())
+    }
+
+    /// Wakes the tasks waiting on a fault in `addr..addr+len`.
+    pub fn wake(&self, addr: u64, len: u64) -> Result<()> {
+        let r = UffdioRange { start: addr, len };
+        // SAFETY: UFFDIO_WAKE reads a `struct uffdio_range`, which `r` is.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WAKE as _, &r) };
+        if rc < 0 {
+            return Err(Error::last_os(format!(
+                "pid {}: waking faults at {addr:#x}+{len:#x}",
+                self.pid
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fills the missing pages at `addr` with `data` (whole pages) and
+    /// wakes whoever waits on them.  Pages already present are left as
+    /// they are (and their waiters woken); returns the bytes copied.
+    /// A range no longer mapped (`ENOENT`, `ESRCH`: unmapped, or the
+    /// process is gone) copies nothing.
+    pub fn copy(&self, addr: u64, data: &[u8], page_size: u64) -> Result<u64> {
+        let mut done = 0u64;
+        let mut copied = 0u64;
+        let len = data.len() as u64;
+        while done < len {
+            let mut c = UffdioCopy {
+                dst: addr + done,
+                src: data[done as usize..].as_ptr() as u64,
+                len: len - done,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: UFFDIO_COPY reads `c.len` bytes from `c.src`, which
+            // lie inside `data`, and writes the `struct uffdio_copy`.
+            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, &mut c) };
+            if c.copy > 0 {
+                done += c.copy as u64;
+                copied += c.copy as u64;
+            }
+            if rc == 0 {
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                Some(libc::EEXIST) => {
+                    // The page at `done` is there already: skip it.
+                    self.wake(addr + done, page_size)?;
+                    done += page_size;
+                }
+                Some(libc::ENOENT) | Some(libc::ESRCH) => return Ok(copied),
+                _ => {
+                    return Err(Error::io(
+                        format!(
+                            "pid {}: filling {:#x}+{:#x} (UFFDIO_COPY)",
+                            self.pid,
+                            addr + done,
+                            len - done
+                        ),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Maps the zero page at the missing pages of `addr..addr+len` and
+    /// wakes their waiters (pages already present are only woken).
+    pub fn zeropage(&self, addr: u64, len: u64) -> Result<()> {
+        let mut z = UffdioZeropage {
+            range: UffdioRange { start: addr, len },
+            mode: 0,
+            zeropage: 0,
+        };
+        loop {
+            // SAFETY: UFFDIO_ZEROPAGE reads and writes a `struct
+            // uffdio_zeropage`, which `z` is.
+            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE as _, &mut z) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                Some(libc::EEXIST) => self.wake(addr, len),
+                Some(libc::ENOENT) | Some(libc::ESRCH) => Ok(()),
+                _ => Err(Error::io(
+                    format!(
+                        "pid {}: zero-filling {addr:#x}+{len:#x} (UFFDIO_ZEROPAGE)",
+                        self.pid
+                    ),
+                    e,
+                )),
+            };
+        }
+    }
+
+    /// Reads the messages queued now (the descriptor is non-blocking) of
+    /// a descriptor registered for missing pages.
+    pub fn read_msgs(&self, out: &mut Vec<Msg>) -> Result<()> {
+        let mut msgs = [UffdMsg {
+            event: 0,
+            reserved: [0; 7],
+            arg: [0; 3],
+        }; 16];
+        loop {
+            // SAFETY: reads at most size_of_val(&msgs) bytes into `msgs`,
+            // plain integers for which any bytes are valid.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr().cast(),
+                    std::mem::size_of_val(&msgs),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::EAGAIN) => Ok(()),
+                    Some(libc::EINTR) => continue,
+                    _ => Err(Error::io(
+                        format!("reading the userfaultfd of pid {}", self.pid),
+                        e,
+                    )),
+                };
+            }
+            let count = n as usize / std::mem::size_of::<UffdMsg>();
+            for m in &msgs[..count] {
+                let [a, b, c] = m.arg;
+                out.push(match m.event {
+                    // pagefault: flags, address, feat.
+                    EVENT_PAGEFAULT => Msg::Fault {
+                        addr: b & !4095,
+                        write: a & 1 != 0,
+                    },
+                    EVENT_FORK => {
+                        use std::os::fd::FromRawFd;
+                        // SAFETY: the kernel installed this descriptor in
+                        // our table for us (the reader); nobody else owns it.
+                        Msg::Fork {
+                            fd: unsafe { OwnedFd::from_raw_fd(a as u32 as i32) },
+                        }
+                    }
+                    EVENT_REMAP => Msg::Event(Event::Remap {
+                        from: a,
+                        to: b,
+                        len: c,
+                    }),
+                    EVENT_REMOVE => Msg::Event(Event::Remove { start: a, end: b }),
+                    EVENT_UNMAP => Msg::Event(Event::Unmap { start: a, end: b }),
+                    _ => continue,
+                });
+            }
+            if count < msgs.len() {
+                return Ok(());
+            }
+        }
     }
 
     /// Unregisters `start..end` (which must cover only registered or
@@ -316,5 +545,89 @@ mod tests {
         assert!(!pm.read_vec(base, 1).unwrap()[0].uffd_wp());
         // SAFETY: the mapping made above, no longer used.
         unsafe { libc::munmap(p, len) };
+    }
+}
+
+#[cfg(test)]
+mod missing_tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    /// Missing-page mode on a mapping of this process: a thread touching
+    /// two missing pages waits until one is filled with UFFDIO_COPY and
+    /// the other with the zero page, and then sees exactly that; filling
+    /// a page that is already there leaves it as it is.
+    #[test]
+    fn missing_pages_are_filled_on_demand() {
+        let ps = 4096u64;
+        let len = 16 * ps;
+        // SAFETY: a fresh private mapping; nothing else references it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let base = p as u64;
+        // SAFETY: plain syscall.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+        // SAFETY: a new descriptor nobody else owns.
+        let u = Userfaultfd::new(unsafe { OwnedFd::from_raw_fd(fd as i32) }, 0);
+        u.api(feature::EVENT_REMOVE).unwrap();
+        u.register_missing(base, base + len).unwrap();
+        let toucher = std::thread::spawn(move || {
+            let mem = base as *const u8;
+            // SAFETY: inside the mapping made above, which outlives the
+            // thread (joined before the unmap).
+            unsafe {
+                (
+                    mem.add(3 * ps as usize + 17).read_volatile(),
+                    mem.add(5 * ps as usize).read_volatile(),
+                )
+            }
+        });
+        let mut msgs = Vec::new();
+        let mut filled = Vec::new();
+        let t0 = std::time::Instant::now();
+        while filled.len() < 2 {
+            assert!(t0.elapsed().as_secs() < 10, "no fault reported: {msgs:?}");
+            wait_any(&[&u], 10).unwrap();
+            msgs.clear();
+            u.read_msgs(&mut msgs).unwrap();
+            for m in &msgs {
+                match *m {
+                    Msg::Fault { addr, write } if addr == base + 3 * ps => {
+                        assert!(!write);
+                        let page = vec![0xabu8; ps as usize];
+                        assert_eq!(u.copy(addr, &page, ps).unwrap(), ps);
+                        filled.push(addr);
+                    }
+                    Msg::Fault { addr, .. } if addr == base + 5 * ps => {
+                        u.zeropage(addr, ps).unwrap();
+                        filled.push(addr);
+                    }
+                    ref m => panic!("unexpected message {m:?}"),
+                }
+            }
+        }
+        assert_eq!(toucher.join().unwrap(), (0xab, 0));
+        // Present already: left alone.
+        let other = vec![0x11u8; 2 * ps as usize];
+        assert_eq!(u.copy(base + 3 * ps, &other, ps).unwrap(), ps);
+        // SAFETY: inside the mapping; the pages are present now.
+        unsafe {
+            assert_eq!((base as *const u8).add(3 * ps as usize).read(), 0xab);
+            assert_eq!((base as *const u8).add(4 * ps as usize).read(), 0x11);
+        }
+        drop(u);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(p, len as usize) };
     }
 }
