@@ -53,4 +53,4 @@ pub mod unwind;
 
 pub use dump::{check, check_with, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};
-pub use restore::{restore, restore_with, RestoreOptions, RestoreReport};
+pub use restore::{restore, restore_with, ExistingNs, RestoreOptions, RestoreReport};
