@@ -91,6 +91,15 @@ enum Cmd {
         /// PID printed is that init's
         #[arg(long)]
         new_pidns: bool,
+        /// The outer end of veth INSIDE of the tree's network namespace is
+        /// made in crest's namespace as OUTSIDE (repeatable; a veth
+        /// without one is refused)
+        #[arg(long, value_name = "INSIDE=OUTSIDE")]
+        veth: Vec<String>,
+        /// Restore the tree into this existing network namespace (e.g.
+        /// /run/netns/NAME) instead of a new one, used as it is
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
     },
     /// Say whether a process can be checkpointed now, and what stops it
     Check {
@@ -266,13 +275,33 @@ fn run(cli: Cli) -> Result<i32> {
             pidfile,
             json,
             new_pidns,
+            veth,
+            netns,
         } => match (input, listen) {
             (Some(input), None) => {
                 if psk.is_some() {
                     bail!("--psk goes with --listen");
                 }
+                let mut pairs = Vec::new();
+                for v in &veth {
+                    match v.split_once('=') {
+                        Some((i, o)) if !i.is_empty() && !o.is_empty() => {
+                            pairs.push((i.to_string(), o.to_string()))
+                        }
+                        _ => bail!("--veth {v:?}: give INSIDE=OUTSIDE"),
+                    }
+                }
                 let opts = crest::RestoreOptions {
                     new_pidns,
+                    veth: pairs,
+                    existing_ns: netns
+                        .into_iter()
+                        .map(|path| crest::ExistingNs {
+                            kind: "net".into(),
+                            ino: None,
+                            path,
+                        })
+                        .collect(),
                     ..Default::default()
                 };
                 cmd_restore(&input, detach, pidfile.as_deref(), json, &opts)

@@ -37,4 +37,4 @@ pub mod task;
 
 pub use dump::{check, check_with, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};
-pub use restore::{restore, restore_with, RestoreOptions, RestoreReport};
+pub use restore::{restore, restore_with, ExistingNs, RestoreOptions, RestoreReport};

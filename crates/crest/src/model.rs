@@ -991,6 +991,54 @@ pub enum NsState {
     Ipc(IpcState),
     /// A mount namespace (see `crate::ns::mnt`).
     Mnt(MntState),
+    /// A network namespace: its links, routes and sysctls (see
+    /// `crate::ns::net`).
+    Net(NetState),
+}
+
+/// A network namespace's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetState {
+    /// Its links, in ifindex order (loopback first).
+    pub links: Vec<NetLink>,
+    /// The routes of its main table that the kernel does not derive from
+    /// an address (IPv4 then IPv6).
+    pub routes: Vec<NetRoute>,
+    /// sysctls under /proc/sys/net, by path below it
+    /// ("ipv4/ip_forward", "ipv4/conf/all/rp_filter", …), with their value.
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// One network device of a namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetLink {
+    pub name: String,
+    /// "loopback" or "veth" (the only kinds restore recreates).
+    pub kind: String,
+    pub mtu: u32,
+    /// Hardware address, "aa:bb:cc:dd:ee:ff".
+    pub mac: String,
+    /// Administratively up.
+    pub up: bool,
+    /// Its addresses: (address, prefix length), IPv4 and IPv6.
+    pub addrs: Vec<(std::net::IpAddr, u8)>,
+}
+
+/// One route of a main table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetRoute {
+    /// 4 or 6.
+    pub family: u8,
+    /// "default" or "ADDR/LEN".
+    pub dst: String,
+    pub gateway: Option<std::net::IpAddr>,
+    pub dev: Option<String>,
+    /// "boot", "static", … (as `ip route` names it).
+    pub protocol: Option<String>,
+    /// "link", "host" or "global" (None: global).
+    pub scope: Option<String>,
+    pub prefsrc: Option<std::net::IpAddr>,
+    pub metric: Option<u32>,
 }
 
 /// A mount namespace that is a copy of crest's but for its proc mounts.
@@ -1050,6 +1098,9 @@ pub struct ProcNs {
     /// Its mount namespace.
     #[serde(default)]
     pub mnt: Option<NsId>,
+    /// Its network namespace.
+    #[serde(default)]
+    pub net: Option<NsId>,
     /// The process's PIDs in the PID namespaces below crest's, outermost
     /// first (`NSpid` without crest's own level): empty in crest's PID
     /// namespace; the last is the PID the process sees for itself.

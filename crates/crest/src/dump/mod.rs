@@ -164,6 +164,9 @@ pub fn collect(
     if !obstacles.is_empty() {
         return Ok(None);
     }
+    // The tree's sockets are read, and their lock made, in its network
+    // namespace (see `crate::ns::net`).
+    let _netns = crate::ns::net::enter_tree(&tree.procs)?;
     let mut objects = ObjectTable::default();
     let mut fd_index = files::FdIndex::default();
     fd_index.net.tcp_established = opts.tcp_established;

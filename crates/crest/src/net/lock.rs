@@ -23,6 +23,24 @@ use std::process::{Command, Stdio};
 pub struct Lock {
     pub table: String,
     keep: bool,
+    /// The network namespace it is in (that of the thread that made it).
+    ns: Option<std::os::fd::OwnedFd>,
+}
+
+/// Runs `f` on a thread in network namespace `ns` (here without one).
+fn in_ns<T: Send>(
+    ns: Option<&std::os::fd::OwnedFd>,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let Some(ns) = ns else { return f() };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            crest_sys::ns::setns(ns, libc::CLONE_NEWNET)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::msg("a namespace thread panicked")))
+    })
 }
 
 /// Runs `nft -f -` with `script`.
@@ -93,7 +111,14 @@ impl Lock {
         }
         nft(&script)
             .map_err(|e| Error::msg(format!("installing the connection lock {table}: {e}")))?;
-        Ok(Lock { table, keep: false })
+        let ns = std::fs::File::open("/proc/thread-self/ns/net")
+            .ok()
+            .map(Into::into);
+        Ok(Lock {
+            table,
+            keep: false,
+            ns,
+        })
     }
 
     /// Drops the packets of the connections `local` ↔ `peer`, both ways.
@@ -120,7 +145,8 @@ impl Lock {
         if script.is_empty() {
             return Ok(());
         }
-        nft(&script).map_err(|e| Error::msg(format!("locking {} connection(s): {e}", conns.len())))
+        in_ns(self.ns.as_ref(), || nft(&script))
+            .map_err(|e| Error::msg(format!("locking {} connection(s): {e}", conns.len())))
     }
 
     /// Leaves the table in place (the image names it; restore removes it).
@@ -133,7 +159,7 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if !self.keep {
-            let _ = remove(&self.table);
+            let _ = in_ns(self.ns.as_ref(), || remove(&self.table));
         }
     }
 }

@@ -15,7 +15,7 @@
 //! runtimes make); a process that joined a namespace another member also
 //! reached from outside (setns), or whose parent is in a namespace it is
 //! not a child of, is refused by name.  The kinds crest does not handle
-//! yet (network, user, cgroup, time) are refused when they differ
+//! yet (user, cgroup, time) are refused when they differ
 //! from crest's.
 //!
 //! - [`pid`]: PID namespaces (the PIDs of every task at each level).
@@ -23,10 +23,13 @@
 //! - [`ipc`]: System V semaphores and message queues of a private IPC
 //!   namespace.
 //! - [`mnt`]: mount namespaces that copy crest's, with proc mounted again.
+//! - [`net`]: network namespaces (links, addresses, routes, sysctls);
+//!   made by crest before the tree's sockets, joined by the stub.
 
 pub mod init;
 pub mod ipc;
 pub mod mnt;
+pub mod net;
 pub mod pid;
 pub mod uts;
 
@@ -37,9 +40,10 @@ use crate::Obstacle;
 use crest_sys::proc;
 
 /// The kinds crest recreates.
-pub const HANDLED: [&str; 4] = ["pid", "uts", "ipc", "mnt"];
+pub const HANDLED: [&str; 5] = ["pid", "uts", "ipc", "mnt", "net"];
 
-/// The CLONE_NEW* flag of a handled kind.
+/// The CLONE_NEW* flag of a handled kind (none for "net": the stub
+/// joins the namespace crest made, see [`net`]).
 pub fn clone_flag(kind: &str) -> u64 {
     (match kind {
         "pid" => libc::CLONE_NEWPID,
@@ -66,7 +70,7 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
                 object: format!("{name} namespace"),
                 reason: format!(
                     "the process is in another {name} namespace than crest ({name}:[{ino}]); \
-                     only PID, UTS, IPC and mount namespaces are supported yet"
+                     only PID, UTS, IPC, mount and network namespaces are supported yet"
                 ),
             });
         }
@@ -105,7 +109,8 @@ pub fn collect(
     ppids: &std::collections::HashMap<i32, i32>,
     obstacles: &mut Vec<Obstacle>,
 ) -> Result<(Namespaces, Vec<ProcNs>)> {
-    let mine = proc::read_ns(std::process::id() as i32)?;
+    let mut mine = proc::read_ns(std::process::id() as i32)?;
+    net::fix_home(&mut mine);
     let mut table = Namespaces::default();
     // (kind, inode) of each table entry.
     let mut known: Vec<(&str, u64)> = Vec::new();
@@ -133,6 +138,7 @@ pub fn collect(
                             },
                             "uts" => uts::collect(pid)?,
                             "mnt" => mnt::collect(pid, obstacles)?,
+                            "net" => net::collect(pid, obstacles)?,
                             _ => ipc::collect(pid, obstacles)?,
                         };
                         table.table.push(Namespace { id, ino: t, state });
@@ -165,6 +171,7 @@ pub fn collect(
         }
         out.push(me);
     }
+    net::check_shape(procs, &table, &out, obstacles);
     Ok((table, out))
 }
 
@@ -175,6 +182,7 @@ pub fn get(p: &ProcNs, kind: &str) -> Option<NsId> {
         "uts" => p.uts,
         "ipc" => p.ipc,
         "mnt" => p.mnt,
+        "net" => p.net,
         _ => None,
     }
 }
@@ -185,6 +193,7 @@ fn set(p: &mut ProcNs, kind: &str, v: Option<NsId>) {
         "uts" => p.uts = v,
         "ipc" => p.ipc = v,
         "mnt" => p.mnt = v,
+        "net" => p.net = v,
         _ => {}
     }
 }
@@ -219,6 +228,7 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
                     | ("uts", Some(NsState::Uts { .. }))
                     | ("ipc", Some(NsState::Ipc(_)))
                     | ("mnt", Some(NsState::Mnt(_)))
+                    | ("net", Some(NsState::Net(_)))
             );
             if !ok {
                 return bad(format!(
@@ -228,8 +238,24 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
             }
         }
         pid::validate(procs, i)?;
+        let parent = procs[..i].iter().find(|q| q.pid == p.ppid);
+        if p.ns.net.is_none() && parent.is_some_and(|q| q.ns.net.is_some()) {
+            return bad(format!(
+                "pid {}: in crest's network namespace below a process in another one",
+                p.pid
+            ));
+        }
     }
     Ok(())
+}
+
+/// The network namespace process `i` of the image joins as it starts
+/// (it is in another one than its parent), if any.
+pub fn joins_net(procs: &[Process], i: usize) -> Option<NsId> {
+    let p = &procs[i];
+    let parent = procs[..i].iter().find(|q| q.pid == p.ppid);
+    p.ns.net
+        .filter(|_| parent.and_then(|q| q.ns.net) != p.ns.net)
 }
 
 /// The namespace state of `id`.

@@ -49,6 +49,25 @@ pub struct RestoreOptions {
     /// `crate::ns::pid::into_new_pidns`).  The reported pid is that
     /// init's, in crest's namespace.
     pub new_pidns: bool,
+    /// Inner veth name → name of its outer end, made in crest's network
+    /// namespace (see `crate::ns::net`).
+    pub veth: Vec<(String, String)>,
+    /// Recorded namespaces restored into existing ones instead of new
+    /// ones, as container runtimes do.
+    pub existing_ns: Vec<ExistingNs>,
+}
+
+/// A recorded namespace mapped to an existing one.
+#[derive(Debug, Clone)]
+pub struct ExistingNs {
+    /// Its kind ("net"; the only one supported yet).
+    pub kind: String,
+    /// The inode it had at the dump (`None`: the image's only one of
+    /// that kind).
+    pub ino: Option<u64>,
+    /// The namespace to use: a path such as /run/netns/NAME or
+    /// /proc/PID/ns/net.
+    pub path: std::path::PathBuf,
 }
 
 /// Restores the image read from `input`; returns once the process runs.
@@ -88,6 +107,13 @@ pub fn restore_with<R: Read>(
     let mut model_done = false;
     // Connection locks the image names go when the restore ends, however.
     let mut locks = crate::net::lock::Pending::default();
+    for e in opts.existing_ns.iter().filter(|e| e.kind != "net") {
+        return Err(Error::msg(format!(
+            "restoring into an existing {} namespace ({}) is not supported",
+            e.kind,
+            e.path.display()
+        )));
+    }
     while let Some(rec) = reader.next_record()? {
         if (model.is_model(rec.kind) || rec.kind == kind::FILE_DATA)
             && (build.is_some() || spool.is_some())
@@ -216,8 +242,12 @@ pub fn restore_with<R: Read>(
             b
         }
     };
+    let lock_ns = build.net.as_ref().map(crate::ns::net::dup).transpose()?;
     let pid = build.finish()?;
     // The tree runs: a lock that cannot be removed is only reported.
+    // (In the tree's network namespace: the table is there if the dumped
+    // tree was in the one restored into.)
+    let _in = lock_ns.as_ref().map(crate::ns::net::enter).transpose()?;
     if let Err(e) = locks.release() {
         eprintln!("crest: warning: {e}");
     }
@@ -392,6 +422,8 @@ struct Build {
     /// Descriptors crest holds open for the stubs (dropped when done).
     _held: Vec<OwnedFd>,
     aux: Vec<Aux>,
+    /// The network namespace made for the tree (see `crate::ns::net`).
+    net: Option<crate::ns::net::Made>,
 }
 
 impl Build {
@@ -448,6 +480,13 @@ impl Build {
         // Each open file description is opened once: every descriptor on
         // it, in any process, gets the same one.
         let mut opened: HashMap<u32, i32> = HashMap::new();
+        // The tree's network namespace exists before its sockets, which
+        // crest makes inside it.
+        let net = crate::ns::net::prepare(&ckpt, opts)?;
+        let inside = net
+            .as_ref()
+            .map(|m| crate::ns::net::enter(&m.ns))
+            .transpose()?;
         let pipes = stub::pipes()?;
         let mut procs: Vec<ProcPlan> = Vec::new();
         let mut aux_info: Vec<(Aux, HashMap<u32, i32>)> = Vec::new();
@@ -614,6 +653,9 @@ impl Build {
                 tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid),
                 nested: !p.ns.pids.is_empty(),
                 new_ns,
+                netns: crate::ns::joins_net(&ckpt.processes, i)
+                    .and(net.as_ref())
+                    .map_or(-1, crate::ns::net::raw),
                 uts,
                 children: Vec::new(),
                 setsid,
@@ -678,6 +720,7 @@ impl Build {
         crate::net::unix::restore(&ckpt, &opened)?;
         crate::net::finish(&ckpt, &opened)?;
         crate::files::events::add_epoll_targets(&ckpt, &opened)?;
+        drop(inside);
         files::unlink_recreated(unlinked)?;
         let plan = TreePlan {
             floor: stub::max_open_fd().max(max_dst) + 1,
@@ -722,6 +765,7 @@ impl Build {
             tree,
             _held: held,
             aux: aux_info.into_iter().map(|(a, _)| a).collect(),
+            net,
         })
     }
 
@@ -750,6 +794,7 @@ impl Build {
             mut tree,
             _held,
             aux,
+            net,
         } = self;
         let view = crate::ns::pid::View::new(&ckpt.processes);
         for (i, (p, sp)) in ckpt.processes.iter().zip(tree.procs.iter()).enumerate() {
@@ -784,7 +829,11 @@ impl Build {
             .iter()
             .map(|p| ckpt.processes.iter().position(|q| q.pid == p.ppid))
             .collect();
-        tree.release(&fin, &stops, &parents)
+        let pid = tree.release(&fin, &stops, &parents)?;
+        if let Some(n) = net {
+            n.commit();
+        }
+        Ok(pid)
     }
 }
 

@@ -114,6 +114,9 @@ pub struct ProcPlan {
     pub nested: bool,
     /// CLONE_NEW* flags it is created with (the namespaces it enters).
     pub new_ns: u64,
+    /// A descriptor of crest's on the network namespace this process
+    /// joins as it starts (-1: its parent's); see `crate::ns::net`.
+    pub netns: i32,
     /// Host and domain name it sets first, in the UTS namespace it creates.
     pub uts: Option<(Vec<u8>, Vec<u8>)>,
     /// In the mount namespace it creates: the propagation to set on every
@@ -186,7 +189,7 @@ pub struct TreePlan {
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 16] = [
+const STEPS: [&str; 17] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -203,6 +206,7 @@ const STEPS: [&str; 16] = [
     "putting a zombie child into its session or process group",
     "setting its host or domain name",
     "setting up its mount namespace",
+    "joining its network namespace",
 ];
 
 /// # Safety
@@ -227,6 +231,9 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     };
     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
         fail(0, report);
+    }
+    if plan.procs[i].netns >= 0 && libc::setns(plan.procs[i].netns, libc::CLONE_NEWNET) != 0 {
+        fail(16, report);
     }
     if let Some((host, domain)) = &plan.procs[i].uts {
         if libc::sethostname(host.as_ptr().cast(), host.len()) != 0
