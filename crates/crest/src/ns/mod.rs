@@ -24,10 +24,12 @@
 //!   namespace.
 //! - [`mnt`]: mount namespaces that copy crest's, with proc mounted again.
 
+pub mod cgroup;
 pub mod init;
 pub mod ipc;
 pub mod mnt;
 pub mod pid;
+pub mod time;
 pub mod uts;
 
 use crate::error::{Context, Result};
@@ -37,7 +39,7 @@ use crate::Obstacle;
 use crest_sys::proc;
 
 /// The kinds crest recreates.
-pub const HANDLED: [&str; 4] = ["pid", "uts", "ipc", "mnt"];
+pub const HANDLED: [&str; 6] = ["pid", "uts", "ipc", "mnt", "time", "cgroup"];
 
 /// The CLONE_NEW* flag of a handled kind.
 pub fn clone_flag(kind: &str) -> u64 {
@@ -56,7 +58,9 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
     let mine = proc::read_ns(std::process::id() as i32)?;
     let theirs = read_ns_checked(pid)?;
     for (name, ino) in &theirs {
-        let handled = HANDLED.contains(&name.as_str()) || name == "pid_for_children";
+        let handled = HANDLED.contains(&name.as_str())
+            || name == "pid_for_children"
+            || name == "time_for_children";
         let Some((_, m)) = mine.iter().find(|(n, _)| n == name) else {
             continue;
         };
@@ -66,7 +70,7 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
                 object: format!("{name} namespace"),
                 reason: format!(
                     "the process is in another {name} namespace than crest ({name}:[{ino}]); \
-                     only PID, UTS, IPC and mount namespaces are supported yet"
+                     only PID, UTS, IPC, mount, time and cgroup namespaces are supported yet"
                 ),
             });
         }
@@ -80,6 +84,19 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
                 reason: format!(
                     "the process unshared a new PID namespace (pid:[{kids}]) for its future \
                      children; only a namespace's members can be checkpointed (give its init)"
+                ),
+            });
+        }
+    }
+    if let (Some(own), Some(kids)) = (get("time"), get("time_for_children")) {
+        if own != kids {
+            obs.push(Obstacle {
+                pid,
+                object: "time namespace".into(),
+                reason: format!(
+                    "the process unshared a new time namespace (time:[{kids}]) for its future \
+                     children without entering it; only a namespace's members can be \
+                     checkpointed"
                 ),
             });
         }
@@ -133,6 +150,8 @@ pub fn collect(
                             },
                             "uts" => uts::collect(pid)?,
                             "mnt" => mnt::collect(pid, obstacles)?,
+                            "time" => time::collect(pid)?,
+                            "cgroup" => cgroup::collect(pid, obstacles)?,
                             _ => ipc::collect(pid, obstacles)?,
                         };
                         table.table.push(Namespace { id, ino: t, state });
@@ -175,6 +194,8 @@ pub fn get(p: &ProcNs, kind: &str) -> Option<NsId> {
         "uts" => p.uts,
         "ipc" => p.ipc,
         "mnt" => p.mnt,
+        "time" => p.time,
+        "cgroup" => p.cgroup,
         _ => None,
     }
 }
@@ -185,13 +206,24 @@ fn set(p: &mut ProcNs, kind: &str, v: Option<NsId>) {
         "uts" => p.uts = v,
         "ipc" => p.ipc = v,
         "mnt" => p.mnt = v,
+        "time" => p.time = v,
+        "cgroup" => p.cgroup = v,
         _ => {}
     }
 }
 
+/// Whether process `i` of the image enters a new namespace of `kind`
+/// (one its parent, or crest for the root, is not in).
+pub fn enters(procs: &[Process], i: usize, kind: &str) -> bool {
+    let p = &procs[i];
+    let parent = procs[..i].iter().find(|q| q.pid == p.ppid);
+    get(&p.ns, kind) != parent.and_then(|q| get(&q.ns, kind))
+}
+
 /// The CLONE_NEW* flags process `i` of the image is created with: the
 /// kinds in which it is in another namespace than its parent (crest, for
-/// the root).
+/// the root).  Time and cgroup namespaces are not among them: the
+/// process makes those itself (see [`time`], [`cgroup`]).
 pub fn new_ns_flags(procs: &[Process], i: usize) -> u64 {
     let p = &procs[i];
     let parent = procs[..i].iter().find(|q| q.pid == p.ppid);
@@ -219,6 +251,8 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
                     | ("uts", Some(NsState::Uts { .. }))
                     | ("ipc", Some(NsState::Ipc(_)))
                     | ("mnt", Some(NsState::Mnt(_)))
+                    | ("time", Some(NsState::Time(_)))
+                    | ("cgroup", Some(NsState::Cgroup(_)))
             );
             if !ok {
                 return bad(format!(
@@ -228,6 +262,11 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
             }
         }
         pid::validate(procs, i)?;
+    }
+    for n in &ns.table {
+        if let NsState::Time(t) = &n.state {
+            time::validate(t)?;
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use crate::checks::Checks;
 use crate::proto::Proto;
 
 mod attrs;
+mod cgroupns;
 mod cgroups;
 mod deleted;
 mod events;
@@ -33,6 +34,7 @@ mod signals;
 mod sleep;
 mod task_state;
 mod threads;
+mod timens;
 mod timers;
 mod tree;
 mod unix_sockets;
@@ -76,6 +78,8 @@ const TABLE: &[(&str, Run)] = &[
     ("seccomp", seccomp::run),
     ("pidfd", pidfd::run),
     ("pidns", pidns::run),
+    ("timens", timens::run),
+    ("cgroupns", cgroupns::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -113,6 +117,8 @@ pub const NAMES: &[&str] = &[
     "seccomp [hostile]",
     "pidfd",
     "pidns [nested] [inside]",
+    "timens <min-seconds>",
+    "cgroupns",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
