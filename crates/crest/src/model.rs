@@ -994,6 +994,10 @@ pub enum NsState {
     /// A network namespace: its links, routes and sysctls (see
     /// `crate::ns::net`).
     Net(NetState),
+    /// A time namespace (see `crate::ns::time`).
+    Time(TimeState),
+    /// A cgroup namespace (see `crate::ns::cgroup`).
+    Cgroup(CgroupNsState),
 }
 
 /// A network namespace's configuration.
@@ -1039,6 +1043,25 @@ pub struct NetRoute {
     pub scope: Option<String>,
     pub prefsrc: Option<std::net::IpAddr>,
     pub metric: Option<u32>,
+}
+
+/// A time namespace: its clock offsets and where its clocks were when
+/// the tree was frozen (nanoseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TimeState {
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME offsets against the host's.
+    pub monotonic_offset: i64,
+    pub boottime_offset: i64,
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME as its members saw them.
+    pub monotonic: i64,
+    pub boottime: i64,
+}
+
+/// A cgroup namespace: its root cgroup in every hierarchy (full paths,
+/// as /proc/PID/cgroup lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CgroupNsState {
+    pub roots: Vec<CgroupMember>,
 }
 
 /// A mount namespace that is a copy of crest's but for its proc mounts.
@@ -1101,6 +1124,12 @@ pub struct ProcNs {
     /// Its network namespace.
     #[serde(default)]
     pub net: Option<NsId>,
+    /// Its time namespace.
+    #[serde(default)]
+    pub time: Option<NsId>,
+    /// Its cgroup namespace.
+    #[serde(default)]
+    pub cgroup: Option<NsId>,
     /// The process's PIDs in the PID namespaces below crest's, outermost
     /// first (`NSpid` without crest's own level): empty in crest's PID
     /// namespace; the last is the PID the process sees for itself.

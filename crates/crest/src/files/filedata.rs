@@ -23,7 +23,7 @@ pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<
                 write_shmem(*object, path, *size, &mut buf, out)?;
             }
             DataSource::UnlinkedMap { object, path, size } => {
-                crate::unlinked::write_extents(*object, path, *size, &mut buf, out)
+                crate::files::unlinked::write_extents(*object, path, *size, &mut buf, out)
                     .context(|| format!("{path}: saving the mapped unlinked file"))?;
             }
             &DataSource::Unlinked {

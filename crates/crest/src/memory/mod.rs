@@ -216,7 +216,7 @@ fn unlinked_object(
             path: m.path.trim_end_matches(" (deleted)").to_string(),
             size: md.size(),
             mode: md.mode(),
-            meta: Some(crate::unlinked::meta(&md, flags, same_as)),
+            meta: Some(crate::files::unlinked::meta(&md, flags, same_as)),
         },
     }));
     if same_as.is_none() {

@@ -26,11 +26,13 @@
 //! - [`net`]: network namespaces (links, addresses, routes, sysctls);
 //!   made by crest before the tree's sockets, joined by the stub.
 
+pub mod cgroup;
 pub mod init;
 pub mod ipc;
 pub mod mnt;
 pub mod net;
 pub mod pid;
+pub mod time;
 pub mod uts;
 
 use crate::error::{Context, Result};
@@ -40,7 +42,7 @@ use crate::Obstacle;
 use crest_sys::proc;
 
 /// The kinds crest recreates.
-pub const HANDLED: [&str; 5] = ["pid", "uts", "ipc", "mnt", "net"];
+pub const HANDLED: [&str; 7] = ["pid", "uts", "ipc", "mnt", "net", "time", "cgroup"];
 
 /// The CLONE_NEW* flag of a handled kind (none for "net": the stub
 /// joins the namespace crest made, see [`net`]).
@@ -60,7 +62,9 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
     let mine = proc::read_ns(std::process::id() as i32)?;
     let theirs = read_ns_checked(pid)?;
     for (name, ino) in &theirs {
-        let handled = HANDLED.contains(&name.as_str()) || name == "pid_for_children";
+        let handled = HANDLED.contains(&name.as_str())
+            || name == "pid_for_children"
+            || name == "time_for_children";
         let Some((_, m)) = mine.iter().find(|(n, _)| n == name) else {
             continue;
         };
@@ -70,7 +74,7 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
                 object: format!("{name} namespace"),
                 reason: format!(
                     "the process is in another {name} namespace than crest ({name}:[{ino}]); \
-                     only PID, UTS, IPC, mount and network namespaces are supported yet"
+                     only PID, UTS, IPC, mount, network, time and cgroup namespaces are supported yet"
                 ),
             });
         }
@@ -84,6 +88,19 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
                 reason: format!(
                     "the process unshared a new PID namespace (pid:[{kids}]) for its future \
                      children; only a namespace's members can be checkpointed (give its init)"
+                ),
+            });
+        }
+    }
+    if let (Some(own), Some(kids)) = (get("time"), get("time_for_children")) {
+        if own != kids {
+            obs.push(Obstacle {
+                pid,
+                object: "time namespace".into(),
+                reason: format!(
+                    "the process unshared a new time namespace (time:[{kids}]) for its future \
+                     children without entering it; only a namespace's members can be \
+                     checkpointed"
                 ),
             });
         }
@@ -139,6 +156,8 @@ pub fn collect(
                             "uts" => uts::collect(pid)?,
                             "mnt" => mnt::collect(pid, obstacles)?,
                             "net" => net::collect(pid, obstacles)?,
+                            "time" => time::collect(pid)?,
+                            "cgroup" => cgroup::collect(pid, obstacles)?,
                             _ => ipc::collect(pid, obstacles)?,
                         };
                         table.table.push(Namespace { id, ino: t, state });
@@ -183,6 +202,8 @@ pub fn get(p: &ProcNs, kind: &str) -> Option<NsId> {
         "ipc" => p.ipc,
         "mnt" => p.mnt,
         "net" => p.net,
+        "time" => p.time,
+        "cgroup" => p.cgroup,
         _ => None,
     }
 }
@@ -194,13 +215,24 @@ fn set(p: &mut ProcNs, kind: &str, v: Option<NsId>) {
         "ipc" => p.ipc = v,
         "mnt" => p.mnt = v,
         "net" => p.net = v,
+        "time" => p.time = v,
+        "cgroup" => p.cgroup = v,
         _ => {}
     }
 }
 
+/// Whether process `i` of the image enters a new namespace of `kind`
+/// (one its parent, or crest for the root, is not in).
+pub fn enters(procs: &[Process], i: usize, kind: &str) -> bool {
+    let p = &procs[i];
+    let parent = procs[..i].iter().find(|q| q.pid == p.ppid);
+    get(&p.ns, kind) != parent.and_then(|q| get(&q.ns, kind))
+}
+
 /// The CLONE_NEW* flags process `i` of the image is created with: the
 /// kinds in which it is in another namespace than its parent (crest, for
-/// the root).
+/// the root).  Time and cgroup namespaces are not among them: the
+/// process makes those itself (see [`time`], [`cgroup`]).
 pub fn new_ns_flags(procs: &[Process], i: usize) -> u64 {
     let p = &procs[i];
     let parent = procs[..i].iter().find(|q| q.pid == p.ppid);
@@ -229,6 +261,8 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
                     | ("ipc", Some(NsState::Ipc(_)))
                     | ("mnt", Some(NsState::Mnt(_)))
                     | ("net", Some(NsState::Net(_)))
+                    | ("time", Some(NsState::Time(_)))
+                    | ("cgroup", Some(NsState::Cgroup(_)))
             );
             if !ok {
                 return bad(format!(
@@ -244,6 +278,11 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
                 "pid {}: in crest's network namespace below a process in another one",
                 p.pid
             ));
+        }
+    }
+    for n in &ns.table {
+        if let NsState::Time(t) = &n.state {
+            time::validate(t)?;
         }
     }
     Ok(())

@@ -647,8 +647,21 @@ impl Build {
             } else {
                 None
             };
+            let time = if crate::ns::enters(&ckpt.processes, i, "time") {
+                crate::ns::state(&ckpt.namespaces, p.ns.time).and_then(crate::ns::time::plan)
+            } else {
+                None
+            };
+            let cgroup_ns = match crate::ns::state(&ckpt.namespaces, p.ns.cgroup) {
+                Some(st) if crate::ns::enters(&ckpt.processes, i, "cgroup") => {
+                    crate::ns::cgroup::plan(st)?
+                }
+                _ => None,
+            };
             procs.push(ProcPlan {
                 pid: p.pid,
+                time,
+                cgroup_ns,
                 mnt,
                 tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid),
                 nested: !p.ns.pids.is_empty(),

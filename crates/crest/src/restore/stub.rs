@@ -123,6 +123,12 @@ pub struct ProcPlan {
     /// mount (MS_PRIVATE, MS_SLAVE or 0) and the proc mounts to make
     /// (see `crate::ns::mnt`).
     pub mnt: Option<(u64, Vec<(std::ffi::CString, u64)>)>,
+    /// The offsets it writes into the time namespace it creates and
+    /// enters first (see `crate::ns::time`).
+    pub time: Option<Vec<u8>>,
+    /// The `cgroup.procs` files of the roots of the cgroup namespace it
+    /// creates: it joins them, then unshares (see `crate::ns::cgroup`).
+    pub cgroup_ns: Option<Vec<std::ffi::CString>>,
     /// Indexes (into [`TreePlan::procs`]) of the processes this one forks.
     pub children: Vec<usize>,
     pub setsid: bool,
@@ -189,7 +195,7 @@ pub struct TreePlan {
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 17] = [
+const STEPS: [&str; 19] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -207,6 +213,8 @@ const STEPS: [&str; 17] = [
     "setting its host or domain name",
     "setting up its mount namespace",
     "joining its network namespace",
+    "creating its time namespace",
+    "creating its cgroup namespace",
 ];
 
 /// # Safety
@@ -234,6 +242,35 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     }
     if plan.procs[i].netns >= 0 && libc::setns(plan.procs[i].netns, libc::CLONE_NEWNET) != 0 {
         fail(16, report);
+    }
+    if let Some(text) = &plan.procs[i].time {
+        // A namespace for the children, its offsets written before anyone
+        // is in it, then entered by this process itself.
+        if libc::unshare(libc::CLONE_NEWTIME) != 0 {
+            fail(17, report);
+        }
+        let f = libc::open(c"/proc/self/timens_offsets".as_ptr(), libc::O_WRONLY);
+        if f < 0 || libc::write(f, text.as_ptr().cast(), text.len()) != text.len() as isize {
+            fail(17, report);
+        }
+        libc::close(f);
+        let n = libc::open(c"/proc/self/ns/time_for_children".as_ptr(), libc::O_RDONLY);
+        if n < 0 || libc::setns(n, libc::CLONE_NEWTIME) != 0 {
+            fail(17, report);
+        }
+        libc::close(n);
+    }
+    if let Some(roots) = &plan.procs[i].cgroup_ns {
+        for r in roots {
+            let f = libc::open(r.as_ptr(), libc::O_WRONLY);
+            if f < 0 || libc::write(f, c"0".as_ptr().cast(), 1) != 1 {
+                fail(18, report);
+            }
+            libc::close(f);
+        }
+        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+            fail(18, report);
+        }
     }
     if let Some((host, domain)) = &plan.procs[i].uts {
         if libc::sethostname(host.as_ptr().cast(), host.len()) != 0

@@ -117,6 +117,13 @@ fn dir_of(
     Ok(dir)
 }
 
+/// The `cgroup.procs` file of cgroup `m` here (checked to exist).
+pub fn procs_file(m: &CgroupMember) -> Result<String> {
+    let mounts = crest_sys::proc::read_mountinfo(std::process::id() as i32)?;
+    let dir = dir_of(&mounts, m).map_err(Error::Incompatible)?;
+    Ok(format!("{dir}/cgroup.procs"))
+}
+
 /// Checks that every cgroup of the image exists here.
 pub fn check(ckpt: &Checkpoint) -> Result<()> {
     let mounts = crest_sys::proc::read_mountinfo(std::process::id() as i32)?;

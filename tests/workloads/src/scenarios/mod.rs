@@ -5,6 +5,7 @@ use crate::checks::Checks;
 use crate::proto::Proto;
 
 mod attrs;
+mod cgroupns;
 mod cgroups;
 mod deleted;
 mod events;
@@ -34,6 +35,7 @@ mod signals;
 mod sleep;
 mod task_state;
 mod threads;
+mod timens;
 mod timers;
 mod tree;
 mod unix_sockets;
@@ -80,6 +82,8 @@ const TABLE: &[(&str, Run)] = &[
     ("pidns", pidns::run),
     ("unlinked-maps", unlinked_maps::run),
     ("opath-links", opath_links::run),
+    ("timens", timens::run),
+    ("cgroupns", cgroupns::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -119,6 +123,8 @@ pub const NAMES: &[&str] = &[
     "pidns [nested] [inside]",
     "unlinked-maps",
     "opath-links",
+    "timens <min-seconds>",
+    "cgroupns",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
