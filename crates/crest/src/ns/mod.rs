@@ -30,6 +30,7 @@ pub mod ipc;
 pub mod mnt;
 pub mod pid;
 pub mod time;
+pub mod user;
 pub mod uts;
 
 use crate::error::{Context, Result};
@@ -64,7 +65,9 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
         let Some((_, m)) = mine.iter().find(|(n, _)| n == name) else {
             continue;
         };
-        if *m != *ino && !handled {
+        if *m != *ino && name == "user" {
+            obs.push(user::refusal(pid, *ino));
+        } else if *m != *ino && !handled {
             obs.push(Obstacle {
                 pid,
                 object: format!("{name} namespace"),
