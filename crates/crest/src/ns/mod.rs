@@ -33,6 +33,7 @@ pub mod mnt;
 pub mod net;
 pub mod pid;
 pub mod time;
+pub mod user;
 pub mod uts;
 
 use crate::error::{Context, Result};
@@ -68,7 +69,9 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
         let Some((_, m)) = mine.iter().find(|(n, _)| n == name) else {
             continue;
         };
-        if *m != *ino && !handled {
+        if *m != *ino && name == "user" {
+            obs.push(user::refusal(pid, *ino));
+        } else if *m != *ino && !handled {
             obs.push(Obstacle {
                 pid,
                 object: format!("{name} namespace"),
