@@ -384,11 +384,11 @@ impl Userfaultfd {
                     },
                     EVENT_FORK => {
                         use std::os::fd::FromRawFd;
+                        let raw = a as u32 as i32;
                         // SAFETY: the kernel installed this descriptor in
                         // our table for us (the reader); nobody else owns it.
-                        Msg::Fork {
-                            fd: unsafe { OwnedFd::from_raw_fd(a as u32 as i32) },
-                        }
+                        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                        Msg::Fork { fd }
                     }
                     EVENT_REMAP => Msg::Event(Event::Remap {
                         from: a,
