@@ -107,7 +107,7 @@ pub fn restore_with<R: Read>(
     let mut model_done = false;
     // Connection locks the image names go when the restore ends, however.
     let mut locks = crate::net::lock::Pending::default();
-    for e in opts.existing_ns.iter().filter(|e| e.kind != "net") {
+    if let Some(e) = opts.existing_ns.iter().find(|e| e.kind != "net") {
         return Err(Error::msg(format!(
             "restoring into an existing {} namespace ({}) is not supported",
             e.kind,
