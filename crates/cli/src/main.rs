@@ -91,6 +91,14 @@ enum Cmd {
         /// PID printed is that init's
         #[arg(long)]
         new_pidns: bool,
+        /// The container's root directory here (a mount namespace
+        /// recreated whole), instead of where it was at the dump
+        #[arg(long, value_name = "DIR")]
+        root: Option<String>,
+        /// Where a mount from outside the container (named by its mount
+        /// point inside, as `crest inspect` shows) is here
+        #[arg(long, value_name = "NAME=PATH")]
+        ext_mount: Vec<String>,
     },
     /// Say whether a process can be checkpointed now, and what stops it
     Check {
@@ -266,13 +274,26 @@ fn run(cli: Cli) -> Result<i32> {
             pidfile,
             json,
             new_pidns,
+            root,
+            ext_mount,
         } => match (input, listen) {
             (Some(input), None) => {
                 if psk.is_some() {
                     bail!("--psk goes with --listen");
                 }
+                let mut mounts = crest::MountMapping {
+                    root,
+                    ..Default::default()
+                };
+                for m in &ext_mount {
+                    let Some((name, path)) = m.split_once('=') else {
+                        bail!("--ext-mount {m}: expected NAME=PATH");
+                    };
+                    mounts.ext.insert(name.to_string(), path.to_string());
+                }
                 let opts = crest::RestoreOptions {
                     new_pidns,
+                    mounts,
                     ..Default::default()
                 };
                 cmd_restore(&input, detach, pidfile.as_deref(), json, &opts)

@@ -157,6 +157,7 @@ pub fn collect(
     if !obstacles.is_empty() {
         return Ok(None);
     }
+    crate::ns::mnt::prepare_dump(tree.procs.first().map(|p| p.0))?;
     let mut objects = ObjectTable::default();
     let mut fd_index = files::FdIndex::default();
     fd_index.net.tcp_established = opts.tcp_established;
@@ -510,6 +511,7 @@ pub fn dump<W: Write>(
     codec::write_metadata(&mut w, &c.ckpt)?;
     crate::fault::point("dump: metadata written")?;
     files::write_data(&c.data, &mut w)?;
+    crate::ns::mnt::tmpfs::write_pending(&mut w)?;
     let ps = memory::page_size();
     let cow_plans = cow.iter().flat_map(|w| w.sources.iter().map(|s| &s.1));
     let planned: u64 = c

@@ -53,4 +53,5 @@ pub mod unwind;
 
 pub use dump::{check, check_with, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};
+pub use ns::mnt::Mapping as MountMapping;
 pub use restore::{restore, restore_with, RestoreOptions, RestoreReport};

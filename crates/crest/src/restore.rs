@@ -46,6 +46,9 @@ pub struct RestoreOptions {
     /// `crate::ns::pid::into_new_pidns`).  The reported pid is that
     /// init's, in crest's namespace.
     pub new_pidns: bool,
+    /// Where the container's root and its mounts from outside are here
+    /// (`--root`, `--ext-mount`; see `crate::ns::mnt`).
+    pub mounts: crate::ns::mnt::Mapping,
 }
 
 /// Restores the image read from `input`; returns once the process runs.
@@ -57,6 +60,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
 /// Validates the image's model and applies the options that change it.
 fn prepare(ckpt: &mut Checkpoint, opts: &RestoreOptions) -> Result<()> {
     validate(ckpt)?;
+    crate::ns::mnt::finish()?;
     if opts.new_pidns {
         crate::ns::pid::into_new_pidns(ckpt)?;
     }
@@ -85,6 +89,8 @@ pub fn restore_with<R: Read>(
     let mut model_done = false;
     // Connection locks the image names go when the restore ends, however.
     let mut locks = crate::net::lock::Pending::default();
+    // The mount tree of the image, built detached once the model is read.
+    let mut mnt_tree = None;
     while let Some(rec) = reader.next_record()? {
         if (model.is_model(rec.kind) || rec.kind == kind::FILE_DATA)
             && (build.is_some() || spool.is_some())
@@ -112,12 +118,15 @@ pub fn restore_with<R: Read>(
                 locks.note(o);
             }
             model_done = true;
+            mnt_tree = crate::ns::mnt::start(&ckpt, &opts.mounts)?;
         }
         match rec.kind {
             kind::FILE_DATA => {
                 let d = rec.file_data()?;
                 let obj = u32::try_from(d.object).ok().and_then(|id| ckpt.object(id));
-                unlinked.write(obj, d.object as u32, d.offset, d.data)?;
+                if !crate::ns::mnt::write_data(d.object, d.offset, d.data)? {
+                    unlinked.write(obj, d.object as u32, d.offset, d.data)?;
+                }
             }
             kind::PAGES if crate::cow::is_cow_space(rec.page_chunk(page_size)?.space) => {
                 let c = rec.page_chunk(page_size)?;
@@ -188,6 +197,7 @@ pub fn restore_with<R: Read>(
     // The tail is verified: nothing above could have been resumed yet.
     if !model_done {
         ckpt = model.take()?;
+        mnt_tree = crate::ns::mnt::start(&ckpt, &opts.mounts)?;
     }
     let build = match build {
         Some(b) => b,
@@ -214,6 +224,7 @@ pub fn restore_with<R: Read>(
         }
     };
     let pid = build.finish()?;
+    drop(mnt_tree);
     // The tree runs: a lock that cannot be removed is only reported.
     if let Err(e) = locks.release() {
         eprintln!("crest: warning: {e}");
@@ -1061,6 +1072,9 @@ impl Spool {
 }
 
 fn open_dir(path: &str) -> Result<OwnedFd> {
+    if let Some(r) = crate::ns::mnt::open_rooted(path, libc::O_DIRECTORY | libc::O_PATH) {
+        return r.context(|| format!("opening directory {path}"));
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
