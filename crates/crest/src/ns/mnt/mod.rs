@@ -65,6 +65,7 @@ fn flags(options: &str) -> u64 {
 }
 
 /// The MOUNT_ATTR_* bits of a mount's per-mount options.
+#[allow(dead_code)]
 fn attrs(options: &str) -> u64 {
     let mut f = 0;
     for o in options.split(',') {
@@ -453,6 +454,16 @@ impl Tree {
                 Some(_) => {}
             }
         }
+        for b in self.mounts.iter().filter(|b| b.fd.is_some()) {
+            let f = flags(&b.rec.options)
+                & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+            if f != 0 {
+                out.push(Step::Propagate {
+                    at: c(&b.rec.mount_point),
+                    flag: libc::MS_REMOUNT | libc::MS_BIND | f,
+                });
+            }
+        }
         for b in &self.mounts {
             let flag = if b.rec.shared.is_some() {
                 libc::MS_SHARED
@@ -663,8 +674,7 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
 }
 
 /// Once the saved data is written, before anything is opened through
-/// the tree: the files' times, and the mounts' flags (a read-only mount
-/// was filled and had its submounts attached first).
+/// the tree: the files' times.
 pub fn finish() -> Result<()> {
     let mut t = TREE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(t) = t.as_mut() else { return Ok(()) };
@@ -673,22 +683,9 @@ pub fn finish() -> Result<()> {
     }
     t.done = true;
     tmpfs::finish_data(std::mem::take(&mut t.data))?;
-    let built = &t.mounts;
-    // Flags last: a read-only mount was filled and had its submounts
-    // attached first.
-    for b in built {
-        if let Some(fd) = &b.fd {
-            let a = attrs(&b.rec.options);
-            let clear = m::ATTR_RDONLY
-                | m::ATTR_NOSUID
-                | m::ATTR_NODEV
-                | m::ATTR_NOEXEC
-                | m::ATTR_ATIME_MASK
-                | m::ATTR_NODIRATIME;
-            m::set_attrs(fd.as_fd(), a, clear)
-                .context(|| format!("mount {}: setting {}", b.rec.mount_point, b.rec.options))?;
-        }
-    }
+    // The mounts' flags are set by the process creating the namespace
+    // (a bind remount, see `Tree::steps`): mount_setattr refuses mounts
+    // attached to a detached tree here.
     Ok(())
 }
 

@@ -10,6 +10,8 @@
 //! under the mount is hidden), and reads the data the same way while the
 //! tree is still frozen.
 
+#![allow(clippy::undocumented_unsafe_blocks)] // each block has its SAFETY line above the call it wraps
+
 use crate::error::{Context, Error, Result};
 use crate::model::TreeFile;
 use crest_image::Writer;
