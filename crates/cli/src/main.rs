@@ -100,6 +100,14 @@ enum Cmd {
         /// /run/netns/NAME) instead of a new one, used as it is
         #[arg(long, value_name = "PATH")]
         netns: Option<PathBuf>,
+        /// The container's root directory here (a mount namespace
+        /// recreated whole), instead of where it was at the dump
+        #[arg(long, value_name = "DIR")]
+        root: Option<String>,
+        /// Where a mount from outside the container (named by its mount
+        /// point inside, as `crest inspect` shows) is here
+        #[arg(long, value_name = "NAME=PATH")]
+        ext_mount: Vec<String>,
     },
     /// Say whether a process can be checkpointed now, and what stops it
     Check {
@@ -277,6 +285,8 @@ fn run(cli: Cli) -> Result<i32> {
             new_pidns,
             veth,
             netns,
+            root,
+            ext_mount,
         } => match (input, listen) {
             (Some(input), None) => {
                 if psk.is_some() {
@@ -291,6 +301,16 @@ fn run(cli: Cli) -> Result<i32> {
                         _ => bail!("--veth {v:?}: give INSIDE=OUTSIDE"),
                     }
                 }
+                let mut mounts = crest::MountMapping {
+                    root,
+                    ..Default::default()
+                };
+                for m in &ext_mount {
+                    let Some((name, path)) = m.split_once('=') else {
+                        bail!("--ext-mount {m}: expected NAME=PATH");
+                    };
+                    mounts.ext.insert(name.to_string(), path.to_string());
+                }
                 let opts = crest::RestoreOptions {
                     new_pidns,
                     veth: pairs,
@@ -302,6 +322,7 @@ fn run(cli: Cli) -> Result<i32> {
                             path,
                         })
                         .collect(),
+                    mounts,
                     ..Default::default()
                 };
                 cmd_restore(&input, detach, pidfile.as_deref(), json, &opts)

@@ -81,7 +81,7 @@ fn mount_only_in_the_namespace_is_refused() {
     let at = dir.join("m");
     std::fs::create_dir_all(&at).unwrap();
     let script = format!(
-        "mount -t tmpfs crest-test-tmpfs {} && touch {}/ok && exec sleep 60",
+        "mount -t ramfs crest-test-ramfs {} && touch {}/ok && exec sleep 60",
         at.display(),
         dir.display()
     );
@@ -99,7 +99,7 @@ fn mount_only_in_the_namespace_is_refused() {
     let text = stdout(&o) + &stderr(&o);
     assert!(!o.status.success(), "{text}");
     let want = format!("mount {}", at.display());
-    assert!(text.contains(&want) && text.contains("tmpfs"), "{text}");
+    assert!(text.contains(&want) && text.contains("ramfs"), "{text}");
     let img = dir.join("img");
     let o = crest(&["dump", "-p", &pid.to_string(), "-o", img.to_str().unwrap()]);
     let text = stderr(&o);

@@ -1073,6 +1073,67 @@ pub struct MntState {
     /// proc filesystems mounted in it, in mount order: (mount point,
     /// MS_* flags).
     pub procs: Vec<(String, u64)>,
+    /// The whole mount tree, parents first, when it is not such a copy
+    /// (see `crate::ns::mnt`); empty for the copy above.
+    #[serde(default)]
+    pub mounts: Vec<MountRec>,
+}
+
+/// One mount of a mount namespace recreated whole, as its
+/// /proc/PID/mountinfo line shows it, and how restore makes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MountRec {
+    /// Mount id and parent mount id (the parent of the root is not in
+    /// the namespace).
+    pub id: u64,
+    pub parent: u64,
+    /// Mount point, relative to the namespace's root.
+    pub mount_point: String,
+    pub fs_type: String,
+    pub source: String,
+    /// Root of the mount within its filesystem.
+    pub root: String,
+    /// Per-mount options (`rw,nosuid,relatime`) and superblock options.
+    pub options: String,
+    pub super_options: String,
+    /// Peer group it is in (`shared:N`) and receives from (`master:N`).
+    pub shared: Option<u64>,
+    pub master: Option<u64>,
+    /// How restore makes it: "host" (a bind of `host`, a path in crest's
+    /// namespace at the dump: a mount from outside, named by its mount
+    /// point for `--ext-mount`), "inside" (a bind of the mount `from` of
+    /// the namespace at its path `host`), "new" (a filesystem created
+    /// anew from its type, source and superblock options: tmpfs, devpts,
+    /// sysfs, cgroup, overlay), "stub" (made by the process creating the
+    /// namespace, in its namespaces: proc, mqueue).
+    pub how: String,
+    pub host: String,
+    pub from: u64,
+    /// A tmpfs created anew: its files (their data in FILE_DATA records
+    /// of object `data`, one extent per record).
+    #[serde(default)]
+    pub files: Vec<TreeFile>,
+}
+
+/// One file of a saved tmpfs, parents first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TreeFile {
+    /// Path below the mount's root (no leading '/'; "" is the root).
+    pub path: String,
+    /// st_mode (type and permissions), owner, size.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Access and modification times (seconds, nanoseconds).
+    pub atime: (i64, i64),
+    pub mtime: (i64, i64),
+    /// A symlink's target.
+    pub target: String,
+    /// A device node's number.
+    pub rdev: u64,
+    /// The object id its data is saved under (FILE_DATA records), 0: none.
+    pub data: u32,
 }
 
 /// The System V semaphore sets and message queues of an IPC namespace.

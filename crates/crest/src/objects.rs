@@ -69,7 +69,8 @@ impl ObjectTable {
 
 /// The identity of the file at `path` now.
 pub fn file_id(path: &str) -> Result<FileId> {
-    let md = std::fs::metadata(path).context(|| format!("stat {path}"))?;
+    let md =
+        std::fs::metadata(&*crate::ns::mnt::host_path(path)).context(|| format!("stat {path}"))?;
     Ok(FileId {
         path: path.to_string(),
         size: md.size(),

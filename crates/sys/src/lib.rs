@@ -12,6 +12,7 @@ pub mod error;
 pub mod inetdiag;
 pub mod inject;
 pub mod mem;
+pub mod mount;
 pub mod namelock;
 pub mod net;
 pub mod ns;

@@ -167,6 +167,7 @@ pub fn collect(
     // The tree's sockets are read, and their lock made, in its network
     // namespace (see `crate::ns::net`).
     let _netns = crate::ns::net::enter_tree(&tree.procs)?;
+    crate::ns::mnt::prepare_dump(tree.procs.first().map(|p| p.0))?;
     let mut objects = ObjectTable::default();
     let mut fd_index = files::FdIndex::default();
     fd_index.net.tcp_established = opts.tcp_established;
@@ -522,6 +523,7 @@ pub fn dump<W: Write>(
     codec::write_metadata(&mut w, &c.ckpt)?;
     crate::fault::point("dump: metadata written")?;
     files::write_data(&c.data, &mut w)?;
+    crate::ns::mnt::tmpfs::write_pending(&mut w)?;
     let ps = memory::page_size();
     let cow_plans = cow.iter().flat_map(|w| w.sources.iter().map(|s| &s.1));
     let planned: u64 = c

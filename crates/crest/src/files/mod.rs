@@ -900,6 +900,9 @@ pub(crate) fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
         .map_err(|_| Error::Invalid(format!("path with a NUL byte: {path:?}")))?;
     let flags = (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY)
         | libc::O_CLOEXEC;
+    if let Some(r) = crate::ns::mnt::open_rooted(path, flags) {
+        return r;
+    }
     // SAFETY: `c` is a valid NUL-terminated string.
     let fd = unsafe { libc::open(c.as_ptr(), flags) };
     if fd < 0 {
@@ -1086,7 +1089,8 @@ pub fn unlink_recreated(unlinked: &mut UnlinkedFiles) -> Result<()> {
 
 /// Checks the file at `f.path` is still the one that was checkpointed.
 pub fn same_file(f: &FileId) -> Result<()> {
-    let md = std::fs::metadata(&f.path).context(|| format!("the image needs file {}", f.path))?;
+    let md = std::fs::metadata(&*crate::ns::mnt::host_path(&f.path))
+        .context(|| format!("the image needs file {}", f.path))?;
     check_same(f, &md)
 }
 

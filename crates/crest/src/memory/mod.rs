@@ -352,7 +352,8 @@ pub fn shmem_from_path(
 /// The file mapped must be the one now at its path (not replaced since).
 fn check_mapped_file(m: &MapEntry, path: &str) -> std::result::Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(path).map_err(|e| format!("cannot stat the mapped file: {e}"))?;
+    let md = std::fs::metadata(&*crate::ns::mnt::host_path(path))
+        .map_err(|e| format!("cannot stat the mapped file: {e}"))?;
     if md.ino() != m.inode {
         return Err(format!(
             "the mapped file was replaced on disk (inode {} mapped, {} at the path now)",

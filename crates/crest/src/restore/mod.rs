@@ -55,6 +55,9 @@ pub struct RestoreOptions {
     /// Recorded namespaces restored into existing ones instead of new
     /// ones, as container runtimes do.
     pub existing_ns: Vec<ExistingNs>,
+    /// Where the container's root and its mounts from outside are here
+    /// (`--root`, `--ext-mount`; see `crate::ns::mnt`).
+    pub mounts: crate::ns::mnt::Mapping,
 }
 
 /// A recorded namespace mapped to an existing one.
@@ -79,6 +82,7 @@ pub fn restore<R: Read>(input: R, progress: &mut dyn FnMut(u64)) -> Result<Resto
 /// Validates the image's model and applies the options that change it.
 fn prepare(ckpt: &mut Checkpoint, opts: &RestoreOptions) -> Result<()> {
     validate(ckpt)?;
+    crate::ns::mnt::finish()?;
     if opts.new_pidns {
         crate::ns::pid::into_new_pidns(ckpt)?;
     }
@@ -114,6 +118,8 @@ pub fn restore_with<R: Read>(
             e.path.display()
         )));
     }
+    // The mount tree of the image, built detached once the model is read.
+    let mut mnt_tree = None;
     while let Some(rec) = reader.next_record()? {
         if (model.is_model(rec.kind) || rec.kind == kind::FILE_DATA)
             && (build.is_some() || spool.is_some())
@@ -141,12 +147,15 @@ pub fn restore_with<R: Read>(
                 locks.note(o);
             }
             model_done = true;
+            mnt_tree = crate::ns::mnt::start(&ckpt, &opts.mounts)?;
         }
         match rec.kind {
             kind::FILE_DATA => {
                 let d = rec.file_data()?;
                 let obj = u32::try_from(d.object).ok().and_then(|id| ckpt.object(id));
-                unlinked.write(obj, d.object as u32, d.offset, d.data)?;
+                if !crate::ns::mnt::write_data(d.object, d.offset, d.data)? {
+                    unlinked.write(obj, d.object as u32, d.offset, d.data)?;
+                }
             }
             kind::PAGES if crate::memory::cow::is_cow_space(rec.page_chunk(page_size)?.space) => {
                 let c = rec.page_chunk(page_size)?;
@@ -217,6 +226,7 @@ pub fn restore_with<R: Read>(
     // The tail is verified: nothing above could have been resumed yet.
     if !model_done {
         ckpt = model.take()?;
+        mnt_tree = crate::ns::mnt::start(&ckpt, &opts.mounts)?;
     }
     let build = match build {
         Some(b) => b,
@@ -244,6 +254,7 @@ pub fn restore_with<R: Read>(
     };
     let lock_ns = build.net.as_ref().map(crate::ns::net::dup).transpose()?;
     let pid = build.finish()?;
+    drop(mnt_tree);
     // The tree runs: a lock that cannot be removed is only reported.
     // (In the tree's network namespace: the table is there if the dumped
     // tree was in the one restored into.)
@@ -1142,6 +1153,9 @@ impl Spool {
 }
 
 fn open_dir(path: &str) -> Result<OwnedFd> {
+    if let Some(r) = crate::ns::mnt::open_rooted(path, libc::O_DIRECTORY | libc::O_PATH) {
+        return r.context(|| format!("opening directory {path}"));
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_PATH)

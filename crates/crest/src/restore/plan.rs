@@ -149,7 +149,7 @@ fn directory_problem(path: &str, tree: &[i32]) -> Option<String> {
     if let Some(why) = inside_tree(path, tree) {
         return Some(why);
     }
-    match std::fs::metadata(path) {
+    match std::fs::metadata(&*crate::ns::mnt::host_path(path)) {
         Ok(m) if m.is_dir() => None,
         Ok(_) => Some(format!("{path} is no longer a directory")),
         Err(e) => Some(format!("directory {path}: {e}")),
@@ -158,7 +158,8 @@ fn directory_problem(path: &str, tree: &[i32]) -> Option<String> {
 
 fn parent_exists(path: &str) -> Option<String> {
     let parent = std::path::Path::new(path).parent()?;
-    match std::fs::metadata(parent) {
+    let here = crate::ns::mnt::host_path(parent.to_str()?).into_owned();
+    match std::fs::metadata(here) {
         Ok(m) if m.is_dir() => None,
         _ => Some(format!(
             "the directory {} no longer exists, so {path} cannot be recreated (not supported)",
@@ -170,10 +171,11 @@ fn parent_exists(path: &str) -> Option<String> {
 /// Why the open file description `t` could not be opened again here.
 fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -> Option<String> {
     let stat = |path: &str, follow: bool| {
+        let here = crate::ns::mnt::host_path(path);
         if follow {
-            std::fs::metadata(path)
+            std::fs::metadata(&*here)
         } else {
-            std::fs::symlink_metadata(path)
+            std::fs::symlink_metadata(&*here)
         }
         .map_err(|e| format!("{path}: {e}"))
     };

@@ -119,10 +119,9 @@ pub struct ProcPlan {
     pub netns: i32,
     /// Host and domain name it sets first, in the UTS namespace it creates.
     pub uts: Option<(Vec<u8>, Vec<u8>)>,
-    /// In the mount namespace it creates: the propagation to set on every
-    /// mount (MS_PRIVATE, MS_SLAVE or 0) and the proc mounts to make
-    /// (see `crate::ns::mnt`).
-    pub mnt: Option<(u64, Vec<(std::ffi::CString, u64)>)>,
+    /// In the mount namespace it creates: what it mounts first (see
+    /// `crate::ns::mnt`).
+    pub mnt: Option<crate::ns::mnt::StubPlan>,
     /// The offsets it writes into the time namespace it creates and
     /// enters first (see `crate::ns::time`).
     pub time: Option<Vec<u8>>,
@@ -279,18 +278,9 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             fail(14, report);
         }
     }
-    if let Some((prop, procs)) = &plan.procs[i].mnt {
-        let none = std::ptr::null::<libc::c_char>();
-        if *prop != 0
-            && libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | prop, none.cast()) != 0
-        {
+    if let Some(m) = &plan.procs[i].mnt {
+        if !crate::ns::mnt::enter(m) {
             fail(15, report);
-        }
-        for (at, flags) in procs {
-            let proc_ = c"proc".as_ptr();
-            if libc::mount(proc_, at.as_ptr(), proc_, *flags, none.cast()) != 0 {
-                fail(15, report);
-            }
         }
     }
     let all: u64 = !0;

@@ -1,0 +1,259 @@
+//! Mount namespaces recreated whole: a container made with `unshare`
+//! over a busybox root (a bind mount, pivoted into), with a tmpfs full of
+//! files, a bind mount from outside with a file open through it, proc,
+//! devpts, mqueue and a read-only bind.  Its shell keeps state in memory
+//! (a counter, expected times, an open descriptor) and checks its mounts
+//! and files itself after restore.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// One container at a time: each reaps what comes to it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A root filesystem of busybox and its applet links.
+fn busybox_rootfs(root: &Path) {
+    for d in [
+        "bin",
+        "tmp",
+        "proc",
+        "dev/pts",
+        "dev/mqueue",
+        "sys",
+        "etc",
+        "data",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet != "busybox" && !applet.contains('/') {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+}
+
+/// What the container's shell does: sets up its state, waits for /data/go
+/// counting, then checks everything and writes /data/result.
+const SCRIPT: &str = r#"
+fail() { echo "FAIL $*" > /data/result; exit 1; }
+echo hello > /tmp/a
+chown 12:34 /tmp/a
+chmod 640 /tmp/a
+touch -d '2020-01-02 03:04:05' /tmp/a
+mkdir -p /tmp/d/e
+ln -s ../a /tmp/d/l
+echo x | dd of=/tmp/sparse bs=1 seek=1048576 2>/dev/null
+meta="$(stat -c '%a %u %g %Y' /tmp/a)"
+exec 3< /data/in
+read -r first <&3
+[ "$first" = line1 ] || fail "first line: $first"
+n=0
+touch /data/ready
+while [ ! -e /data/go ]; do n=$((n+1)); sleep 0.05; done
+[ "$(cat /tmp/a)" = hello ] || fail "content of /tmp/a: $(cat /tmp/a)"
+[ "$(stat -c '%a %u %g %Y' /tmp/a)" = "$meta" ] || fail "meta $(stat -c '%a %u %g %Y' /tmp/a) want $meta"
+[ "$(readlink /tmp/d/l)" = ../a ] || fail "symlink"
+[ "$(cat /tmp/d/l)" = hello ] || fail "through symlink"
+[ -d /tmp/d/e ] || fail "dir"
+[ "$(stat -c %s /tmp/sparse)" = 1048578 ] || fail "sparse size $(stat -c %s /tmp/sparse)"
+[ "$(stat -c %b /tmp/sparse)" -lt 64 ] || fail "sparse blocks $(stat -c %b /tmp/sparse)"
+read -r second <&3
+[ "$second" = line2 ] || fail "bind fd read: $second"
+[ $$ = 1 ] || fail "pid $$"
+grep -q ' /tmp tmpfs ' /proc/mounts || fail "no tmpfs: $(cat /proc/mounts)"
+grep -q ' /proc proc ' /proc/mounts || fail "no proc"
+grep -q ' /dev/pts devpts ' /proc/mounts || fail "no devpts"
+grep -q ' /dev/mqueue mqueue ' /proc/mounts || fail "no mqueue"
+grep ' /etc ' /proc/mounts | grep -q ' ro,' || fail "etc not ro: $(grep ' /etc ' /proc/mounts)"
+touch /etc/x 2>/dev/null && fail "etc writable"
+[ -e /old ] && fail "old root visible"
+[ "$(ls /proc | grep -c '^[0-9]')" -lt 6 ] || fail "proc of another pid namespace"
+[ $n -gt 0 ] || fail "counter $n"
+echo "PASS $n" > /data/result
+"#;
+
+struct Container {
+    dir: PathBuf,
+    /// The container's init (the unshare's child), in crest's namespace.
+    pid: i32,
+    unshare: std::process::Child,
+}
+
+impl Container {
+    fn start(tag: &str) -> Container {
+        init();
+        let dir = temp_dir(tag);
+        let root = dir.join("root");
+        let data = dir.join("data");
+        busybox_rootfs(&root);
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("in"), "line1\nline2\n").unwrap();
+        std::fs::write(root.join("w.sh"), SCRIPT).unwrap();
+        let (r, d) = (root.display(), data.display());
+        let setup = format!(
+            "set -e; mount --bind {r} {r}; \
+             mount -t tmpfs -o size=4m,mode=755 crest-test-mount-tmp {r}/tmp; \
+             mount --bind {d} {r}/data; \
+             mount --bind {r}/etc {r}/etc; mount -o remount,bind,ro {r}/etc; \
+             mount -t proc proc {r}/proc; \
+             mount -t devpts -o newinstance,ptmxmode=0666 devpts {r}/dev/pts; \
+             mount -t mqueue mqueue {r}/dev/mqueue; \
+             cd {r}; mkdir -p old; pivot_root . old; \
+             exec /bin/busybox sh -c 'umount -l /old && rmdir /old && exec /bin/sh /w.sh </data/in >/data/log 2>&1'"
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--pid", "--fork", "--propagation", "private"])
+            .args(["sh", "-c", &setup])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: only close_range (async-signal-safe) between fork and
+        // exec: the container holds nothing of the test harness's.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let unshare = cmd.spawn().unwrap();
+        let start = Instant::now();
+        while !data.join("ready").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the container did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let u = unshare.id();
+        let kids = std::fs::read_to_string(format!("/proc/{u}/task/{u}/children")).unwrap();
+        let pid = kids.split_whitespace().next().unwrap().parse().unwrap();
+        Container { dir, pid, unshare }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Dumps into DIR/img; the container is gone after.
+    fn dump(&mut self) {
+        let img = self.dir.join("img");
+        let o = crest(&[
+            "dump",
+            "-p",
+            &self.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "dump failed: {}", stderr(&o));
+        let _ = self.unshare.wait();
+    }
+
+    fn restore(&mut self, extra: &[&str]) {
+        let img = self.dir.join("img");
+        let mut args = vec!["restore", "-i", img.to_str().unwrap(), "-d"];
+        args.extend_from_slice(extra);
+        let o = crest(&args);
+        assert!(o.status.success(), "restore failed: {}", stderr(&o));
+        self.pid = stdout(&o).trim().parse().expect("restore prints a pid");
+    }
+
+    /// Tells the container to check itself; its verdict.
+    fn verdict(&self) -> String {
+        std::fs::write(self.data().join("go"), "go").unwrap();
+        let res = self.data().join("result");
+        let start = Instant::now();
+        while !res.exists() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let text = std::fs::read_to_string(&res).unwrap_or_default();
+        reap(self.pid, Duration::from_secs(10));
+        text
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SAFETY: plain kill of the container this test started.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+        reap(self.pid, Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Dumped, restored into a fresh mount (and PID) namespace, checked.
+#[test]
+fn container_mount_tree_is_recreated() {
+    let _g = serial();
+    let mut c = Container::start("mount-tree");
+    c.dump();
+    c.restore(&[]);
+    let v = c.verdict();
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// `crest dump -o - | crest restore -i -`: the image streamed.
+#[test]
+fn container_mount_tree_through_a_pipe() {
+    let _g = serial();
+    let mut c = Container::start("mount-pipe");
+    let pipe = format!(
+        "{0} dump -p {1} -o - | {0} restore -i - -d",
+        crest_bin(),
+        c.pid
+    );
+    let o = Command::new("sh").args(["-c", &pipe]).output().unwrap();
+    assert!(o.status.success(), "dump | restore: {}", stderr(&o));
+    let _ = c.unshare.wait();
+    c.pid = stdout(&o).trim().parse().expect("restore prints a pid");
+    let v = c.verdict();
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// The checker sees a tmpfs file changed after restore (from outside,
+/// through the restored tree): the container must report it.
+#[test]
+fn mount_checker_detects_a_changed_tmpfs_file() {
+    let _g = serial();
+    let mut c = Container::start("mount-neg");
+    c.dump();
+    c.restore(&[]);
+    std::fs::write(format!("/proc/{}/root/tmp/a", c.pid), "changed\n").unwrap();
+    let v = c.verdict();
+    assert!(v.starts_with("FAIL") && v.contains("content"), "{v}");
+}
+
+/// `--root DIR` relocates the container's root: restored over a copy.
+#[test]
+fn container_root_is_relocated() {
+    let _g = serial();
+    let mut c = Container::start("mount-root");
+    c.dump();
+    let moved = c.dir.join("moved");
+    let o = Command::new("cp")
+        .args([
+            "-a",
+            c.dir.join("root").to_str().unwrap(),
+            moved.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::remove_dir_all(c.dir.join("root")).unwrap();
+    let etc = format!("/etc={}", moved.join("etc").display());
+    c.restore(&["--root", moved.to_str().unwrap(), "--ext-mount", &etc]);
+    let v = c.verdict();
+    assert!(v.starts_with("PASS"), "{v}");
+}
