@@ -121,7 +121,7 @@ fn below(path: &str, base: &str) -> Option<String> {
 
 fn join(base: &str, rel: &str) -> String {
     match (base.trim_end_matches('/'), rel) {
-        (b, "") if b.is_empty() => "/".into(),
+        ("", "") => "/".into(),
         (b, "") => b.into(),
         (b, r) => format!("{b}/{r}"),
     }
