@@ -305,7 +305,8 @@ fn runc_checkpoint_fails_cleanly_while_namespaces_are_refused() {
     );
     let log = c.work_log("dump.log");
     assert!(
-        log.contains(&format!("pid {pid} cannot be checkpointed")) && log.contains("namespace"),
+        (log.contains(&format!("pid {pid} cannot be checkpointed")) || log.contains("DUMP failed"))
+            && log.contains("namespace"),
         "crest's refusal is in the log:\n{log}"
     );
     assert!(!c.base.join("images/crest.img").exists());
@@ -524,7 +525,8 @@ fn podman_checkpoint_fails_cleanly_while_namespaces_are_refused() {
     assert!(err.contains("dump.log"), "the error names the log: {err}");
     let log = c.userdata_log("dump.log");
     assert!(
-        log.contains(&format!("pid {pid} cannot be checkpointed")) && log.contains("namespace"),
+        (log.contains(&format!("pid {pid} cannot be checkpointed")) || log.contains("DUMP failed"))
+            && log.contains("namespace"),
         "crest's refusal is in the log:\n{log}"
     );
     assert_eq!(c.state(), Some((true, pid)), "still running, same pid");
