@@ -347,6 +347,13 @@ impl Userfaultfd {
     /// Reads the messages queued now (the descriptor is non-blocking) of
     /// a descriptor registered for missing pages.
     pub fn read_msgs(&self, out: &mut Vec<Msg>) -> Result<()> {
+        let page = crate::process::page_size() as u64;
+        self.read_raw(|m| out.extend(decode(m, page)))
+    }
+
+    /// Calls `each` on every message queued now, reading them in batches
+    /// until the descriptor (non-blocking) has no more.
+    fn read_raw(&self, mut each: impl FnMut(&UffdMsg)) -> Result<()> {
         let mut msgs = [UffdMsg {
             event: 0,
             reserved: [0; 7],
@@ -374,32 +381,7 @@ impl Userfaultfd {
                 };
             }
             let count = n as usize / std::mem::size_of::<UffdMsg>();
-            for m in &msgs[..count] {
-                let [a, b, c] = m.arg;
-                out.push(match m.event {
-                    // pagefault: flags, address, feat.
-                    EVENT_PAGEFAULT => Msg::Fault {
-                        addr: b & !4095,
-                        write: a & 1 != 0,
-                    },
-                    EVENT_FORK => {
-                        use std::os::fd::FromRawFd;
-                        let raw = a as u32 as i32;
-                        // SAFETY: the kernel installed this descriptor in
-                        // our table for us (the reader); nobody else owns it.
-                        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                        Msg::Fork { fd }
-                    }
-                    EVENT_REMAP => Msg::Event(Event::Remap {
-                        from: a,
-                        to: b,
-                        len: c,
-                    }),
-                    EVENT_REMOVE => Msg::Event(Event::Remove { start: a, end: b }),
-                    EVENT_UNMAP => Msg::Event(Event::Unmap { start: a, end: b }),
-                    _ => continue,
-                });
-            }
+            msgs[..count].iter().for_each(&mut each);
             if count < msgs.len() {
                 return Ok(());
             }
@@ -429,51 +411,41 @@ impl Userfaultfd {
     /// `out`.  Reading an event is what lets the task that caused it go
     /// on.  Events of kinds not asked for are dropped.
     pub fn read_events(&self, out: &mut Vec<Event>) -> Result<()> {
-        let mut msgs = [UffdMsg {
-            event: 0,
-            reserved: [0; 7],
-            arg: [0; 3],
-        }; 16];
-        loop {
-            // SAFETY: reads at most size_of_val(&msgs) bytes into `msgs`,
-            // plain integers for which any bytes are valid.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    msgs.as_mut_ptr().cast(),
-                    std::mem::size_of_val(&msgs),
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::EAGAIN) => Ok(()),
-                    Some(libc::EINTR) => continue,
-                    _ => Err(Error::io(
-                        format!("reading the userfaultfd of pid {}", self.pid),
-                        e,
-                    )),
-                };
+        let page = crate::process::page_size() as u64;
+        self.read_raw(|m| {
+            if let Some(Msg::Event(e)) = decode(m, page) {
+                out.push(e)
             }
-            let count = n as usize / std::mem::size_of::<UffdMsg>();
-            for m in &msgs[..count] {
-                let [a, b, c] = m.arg;
-                match m.event {
-                    EVENT_REMAP => out.push(Event::Remap {
-                        from: a,
-                        to: b,
-                        len: c,
-                    }),
-                    EVENT_REMOVE => out.push(Event::Remove { start: a, end: b }),
-                    EVENT_UNMAP => out.push(Event::Unmap { start: a, end: b }),
-                    _ => {}
-                }
-            }
-            if count < msgs.len() {
-                return Ok(());
-            }
-        }
+        })
     }
+}
+
+/// One message as crest uses it (`None`: a kind crest does not ask for).
+fn decode(m: &UffdMsg, page: u64) -> Option<Msg> {
+    let [a, b, c] = m.arg;
+    Some(match m.event {
+        // pagefault: flags, address, feat.
+        EVENT_PAGEFAULT => Msg::Fault {
+            addr: b & !(page - 1),
+            write: a & 1 != 0,
+        },
+        EVENT_FORK => {
+            use std::os::fd::FromRawFd;
+            let raw = a as u32 as i32;
+            // SAFETY: the kernel installed this descriptor in our table
+            // for us (the reader); nobody else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            Msg::Fork { fd }
+        }
+        EVENT_REMAP => Msg::Event(Event::Remap {
+            from: a,
+            to: b,
+            len: c,
+        }),
+        EVENT_REMOVE => Msg::Event(Event::Remove { start: a, end: b }),
+        EVENT_UNMAP => Msg::Event(Event::Unmap { start: a, end: b }),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
