@@ -70,21 +70,52 @@ pub unsafe fn clone_with_tids(tids: &[pid_t], flags: u64) -> Result<Forked> {
         set_tid_size: tids.len() as u64,
         ..Default::default()
     };
-    // SAFETY: args points to a valid clone_args of the size we pass, and
-    // set_tid to `tids`; no CLONE_VM, so the child has its own copy of the
-    // address space.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
+    // A PID whose process was just reaped has no task any more a moment
+    // before the kernel frees its number (release_task unhashes the task,
+    // then frees its pids): clone3 says EEXIST in that window.  For a PID
+    // of crest's own namespace kill(pid, 0) tells the two apart (ESRCH: no
+    // task); such a PID is tried again for up to 100 ms, one held by a
+    // process (even a zombie) never.  Allocation-free.
+    let own_level = tids.len() == 1 && flags & libc::CLONE_NEWPID as u64 == 0;
+    let mut tries = 0;
+    let (r, errno) = loop {
+        // SAFETY: args points to a valid clone_args of the size we pass,
+        // and set_tid to `tids`; no CLONE_VM, so the child has its own
+        // copy of the address space.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        let errno = if r < 0 {
+            std::io::Error::last_os_error().raw_os_error()
+        } else {
+            None
+        };
+        // SAFETY: signal 0 only checks that the PID has a task.
+        let in_transit = errno == Some(libc::EEXIST)
+            && own_level
+            && tries < 100
+            && unsafe { libc::kill(tids[0], 0) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if !in_transit {
+            break (r, errno);
+        }
+        tries += 1;
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        // SAFETY: nanosleep reads `pause`; no remainder wanted.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
     };
     match r {
         0 => Ok(Forked::Child),
         r if r > 0 => Ok(Forked::Parent(r as pid_t)),
         _ => {
-            let err = std::io::Error::last_os_error();
+            let err = std::io::Error::from_raw_os_error(errno.unwrap_or(0));
             let pid = tids.first().copied().unwrap_or(0);
             let ctx = match err.raw_os_error() {
                 Some(libc::EEXIST) => format!("PID {pid} is already in use"),
