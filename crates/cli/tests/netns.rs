@@ -301,7 +301,7 @@ result(e)
 "#;
 
 #[test]
-fn checker_reports_a_wrong_namespace_and_restore_cleans_up() {
+fn checker_reports_a_changed_network_namespace() {
     let s = Setup::new("nn-neg", IDLE);
     assert!(wait_file(
         &s.dir.join("ready"),
