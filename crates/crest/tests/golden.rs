@@ -11,6 +11,17 @@
 //!   chunks.
 //! * `v3.img` was written by the format 3 writer from `v3.json` (the same
 //!   model).
+//! * `v3-full.img` (format 3) holds `v3-full.json`, made by
+//!   `scripts/golden-model.py` from the schema: every struct, field and
+//!   enum variant the model had then, each field with a value other than
+//!   its default.  It is not a consistent checkpoint (references point
+//!   anywhere): goldens test decoding, not restore.
+//!
+//! The goldens together must name every field and variant of today's
+//! schema (`goldens_cover_every_field_and_variant`): a field or record
+//! kind added to the model needs a new golden (`v3-N.json` from the
+//! script, then `CREST_BLESS_GOLDEN=1`), so that a later change which
+//! breaks its decoding fails here.
 //!
 //! Never re-bless an existing file: a golden image that no longer decodes
 //! into its JSON means old images broke.  To create a missing one (a new
@@ -129,23 +140,107 @@ fn golden_v3_decodes_into_its_model() {
     assert_eq!(rest, rest2);
 }
 
-/// Record kinds added to format 3 after `v3.img` was written (compatible
-/// additions: older readers refuse them by name, as mandatory kinds).
-const ADDED_AFTER_V3_GOLDEN: [u32; 2] = [kind::COW, kind::NAMESPACES];
-
-/// Every model record kind that existed when it was written is in the v3
-/// golden image.
+/// The full golden: every field and variant of the model at its time.
 #[test]
-fn golden_v3_holds_every_model_record_kind() {
-    let bytes = stored("v3.img", || unreachable!());
-    let mut r = Reader::new(&bytes[..]).unwrap();
+fn golden_v3_full_decodes_into_its_model() {
+    let m = model_of_json("v3-full.json");
+    let bytes = stored("v3-full.img", || {
+        let mut w = Writer::new(Vec::new(), &golden_header()).unwrap();
+        crest::codec::write_metadata(&mut w, &m).unwrap();
+        w.write_file_data(1, 0, &page(9)).unwrap();
+        w.write_pages(0, 0x7000_0000_0000, &page(10)).unwrap();
+        w.finish().unwrap()
+    });
+    let (version, ckpt, rest) = read_image(&bytes);
+    assert_eq!(version, 3);
+    assert!(ckpt == m, "v3-full.img no longer decodes into v3-full.json");
+    assert_eq!(rest.len(), 2);
+}
+
+/// Names (keys and string values) of a JSON document.
+fn names(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                out.insert(k.clone());
+                names(x, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| names(x, out)),
+        serde_json::Value::String(s) => {
+            out.insert(s.clone());
+        }
+        _ => {}
+    }
+}
+
+/// Field names, tagged variants (required keys) and unit variants
+/// (`const`/`enum` strings) of a JSON Schema.
+fn schema_names(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("properties", serde_json::Value::Object(p)) => out.extend(p.keys().cloned()),
+                    ("required" | "enum", serde_json::Value::Array(r)) => {
+                        out.extend(r.iter().filter_map(|s| s.as_str().map(String::from)))
+                    }
+                    ("const", serde_json::Value::String(c)) => {
+                        out.insert(c.clone());
+                    }
+                    _ => {}
+                }
+                if k != "description" {
+                    schema_names(x, out);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| schema_names(x, out)),
+        _ => {}
+    }
+}
+
+/// Every field and enum variant of today's model is in some format-3
+/// golden: a model change without a golden that holds it fails here.
+#[test]
+fn goldens_cover_every_field_and_variant() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&crest::codec::inspect::json_schema()).unwrap();
+    let mut want = std::collections::BTreeSet::new();
+    schema_names(&schema["$defs"]["Checkpoint"], &mut want);
+    for (name, def) in schema["$defs"].as_object().unwrap() {
+        if name != "HeaderView" {
+            schema_names(def, &mut want);
+        }
+    }
+    let mut have = std::collections::BTreeSet::new();
+    for golden in ["v3.json", "v3-full.json"] {
+        let text = std::fs::read_to_string(path(golden)).unwrap();
+        names(&serde_json::from_str(&text).unwrap(), &mut have);
+    }
+    let missing: Vec<&String> = want.difference(&have).collect();
+    assert!(
+        missing.is_empty(),
+        "fields or variants of the model that no golden image holds: {missing:?}; \
+         write a new golden with scripts/golden-model.py (see this file's head)"
+    );
+}
+
+/// Every model record kind is in a format-3 golden image (MAPPINGS
+/// only follows an MM record that is full).
+#[test]
+fn goldens_hold_every_model_record_kind() {
     let mut seen = std::collections::BTreeSet::new();
-    while let Some(rec) = r.next_record().unwrap() {
-        seen.insert(rec.kind);
+    for golden in ["v3.img", "v3-full.img"] {
+        let bytes = stored(golden, || unreachable!());
+        let mut r = Reader::new(&bytes[..]).unwrap();
+        while let Some(rec) = r.next_record().unwrap() {
+            seen.insert(rec.kind);
+        }
     }
     for (k, name) in kind::ALL {
-        if kind::is_model_v3(k) && k != kind::MAPPINGS && !ADDED_AFTER_V3_GOLDEN.contains(&k) {
-            assert!(seen.contains(&k), "no {name} record in v3.img");
+        if kind::is_model_v3(k) && k != kind::MAPPINGS {
+            assert!(seen.contains(&k), "no {name} record in any golden image");
         }
     }
 }
