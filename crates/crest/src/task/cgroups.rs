@@ -36,10 +36,10 @@ pub fn parse(text: &str) -> Result<Vec<CgroupMember>> {
 }
 
 fn read(path: &str) -> Result<Vec<CgroupMember>> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => parse(&t),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
-        Err(e) => Err(Error::msg(format!("reading {path}: {e}"))),
+    match crest_sys::proc::read_bytes(path) {
+        Ok(t) => parse(&String::from_utf8_lossy(&t)),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -18,6 +18,11 @@ const PTRACE_EVENT_STOP: i32 = 128;
 /// A seized, stopped task.
 pub struct Frozen {
     pid: i32,
+    /// Its process (the thread group it was listed in).
+    tgid: i32,
+    /// Its /proc status, read once stopped (credentials, seccomp mode,
+    /// PIDs in namespaces: none of it changes while it stays stopped).
+    status: Option<proc::Status>,
     attached: bool,
     /// The task was in a job-control stop when frozen.
     stopped: bool,
@@ -27,9 +32,10 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// Seizes `pid` and stops it.  A signal that was about to be
-    /// delivered is delivered first, as it would have been anyway.
-    pub fn freeze(pid: i32) -> Result<Frozen> {
+    /// Seizes task `pid` of process `tgid` and stops it.  A signal that
+    /// was about to be delivered is delivered first, as it would have
+    /// been anyway.
+    pub fn freeze(pid: i32, tgid: i32) -> Result<Frozen> {
         ptrace::seize(pid, ptrace::SEIZE_OPTIONS).context(|| {
             match proc::read_status(pid).map(|s| s.tracer_pid) {
                 Ok(t) if t != 0 => format!(
@@ -41,6 +47,8 @@ impl Frozen {
         })?;
         let mut f = Frozen {
             pid,
+            tgid,
+            status: None,
             attached: true,
             stopped: false,
             stop_signal: 0,
@@ -57,7 +65,9 @@ impl Frozen {
                     // (from /proc) and a detach keeps.
                     f.stopped = sig != libc::SIGTRAP;
                     f.stop_signal = if f.stopped { sig } else { 0 };
-                    crate::task::seccomp::suspend(pid, ptrace::SEIZE_OPTIONS)?;
+                    let st = proc::read_task_status(tgid, pid)?;
+                    crate::task::seccomp::suspend(pid, st.seccomp, ptrace::SEIZE_OPTIONS)?;
+                    f.status = Some(st);
                     return Ok(f);
                 }
                 WaitStatus::Stopped { sig, event: 0 } => {
@@ -130,6 +140,8 @@ pub struct FrozenTree {
     /// Processes, parents before children: (pid, tids with the leader first).
     pub procs: Vec<(i32, Vec<i32>)>,
     tasks: Vec<Frozen>,
+    /// Index of each task in `tasks`, by tid.
+    by_tid: std::collections::HashMap<i32, usize>,
 }
 
 impl FrozenTree {
@@ -141,6 +153,7 @@ impl FrozenTree {
         let mut tree = FrozenTree {
             procs: Vec::new(),
             tasks: Vec::new(),
+            by_tid: Default::default(),
         };
         let mut seized = std::collections::HashSet::new();
         loop {
@@ -163,8 +176,9 @@ impl FrozenTree {
                     if seized.contains(&tid) {
                         continue;
                     }
-                    match Frozen::freeze(tid) {
+                    match Frozen::freeze(tid, pid) {
                         Ok(f) => {
+                            tree.by_tid.insert(tid, tree.tasks.len());
                             tree.tasks.push(f);
                             seized.insert(tid);
                             changed = true;
@@ -192,8 +206,8 @@ impl FrozenTree {
                         let mut tids: Vec<i32> = tree
                             .tasks
                             .iter()
+                            .filter(|t| t.tgid == pid)
                             .map(|t| t.pid)
-                            .filter(|&t| t == pid || task_tgid(t) == Some(pid))
                             .collect();
                         tids.sort_by_key(|&t| (t != pid, t));
                         (pid, tids)
@@ -206,6 +220,13 @@ impl FrozenTree {
 
     pub fn root(&self) -> i32 {
         self.procs[0].0
+    }
+
+    /// The /proc status of frozen task `tid`, read once it stopped.
+    pub fn status(&self, tid: i32) -> Option<&proc::Status> {
+        self.by_tid
+            .get(&tid)
+            .and_then(|&i| self.tasks[i].status.as_ref())
     }
 
     /// Whether process `pid` was in a job-control stop when frozen.
@@ -264,11 +285,6 @@ impl FrozenTree {
 /// Whether `pid` is a zombie (exited, not yet reaped).
 pub fn is_zombie(pid: i32) -> bool {
     matches!(proc::read_stat(pid), Ok(st) if st.state == 'Z' || st.state == 'X')
-}
-
-/// The thread group a task belongs to.
-fn task_tgid(tid: i32) -> Option<i32> {
-    proc::read_status(tid).ok().map(|s| s.tgid)
 }
 
 impl Drop for Frozen {

@@ -25,11 +25,12 @@ use crest_sys::ptrace;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
 const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 
-/// Reads the filters of stopped thread `tid`, oldest first.
-pub fn collect(tid: i32) -> Result<Vec<SeccompFilter>> {
+/// Reads the filters of stopped thread `tid`, oldest first (`mode`: its
+/// seccomp mode, from its status).
+pub fn collect(tid: i32, mode: u32) -> Result<Vec<SeccompFilter>> {
     let mut out = Vec::new();
     // Reading filters needs CAP_SYS_ADMIN: only ask for a filtered thread.
-    if crest_sys::proc::read_status(tid)?.seccomp != 2 {
+    if mode != 2 {
         return Ok(out);
     }
     for index in 0.. {
@@ -54,11 +55,9 @@ pub fn collect(tid: i32) -> Result<Vec<SeccompFilter>> {
 }
 
 /// Makes crest's calls in a frozen thread that runs under a seccomp
-/// filter bypass it (`options`: the ones it was seized with).
-pub fn suspend(tid: i32, options: u32) -> Result<()> {
-    let mode = crest_sys::proc::read_status(tid)
-        .map(|s| s.seccomp)
-        .unwrap_or(0);
+/// filter (`mode`, from its status) bypass it (`options`: the ones it
+/// was seized with).
+pub fn suspend(tid: i32, mode: u32, options: u32) -> Result<()> {
     if mode != 2 {
         return Ok(());
     }

@@ -13,8 +13,15 @@ use crest_sys::{process, ptrace};
 pub const RLIM_NLIMITS: u32 = 16;
 const NR_RESTART_SYSCALL: u64 = 219;
 
-/// Reads the state of one stopped thread of process `pid`.
-pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
+/// Reads the state of one stopped thread of process `pid`, whose
+/// /proc status (read once by the caller, for its credentials too) is
+/// `status`.
+pub fn collect_thread(
+    s: &ThreadView,
+    pid: i32,
+    tid: i32,
+    status: &crest_sys::proc::Status,
+) -> Result<Thread> {
     let regs = s.regs().to_words().to_vec();
     let xsave = ptrace::get_xstate(tid, arch::cpuid(0xd, 0).ecx.max(4096) as usize)?;
     let rseq = ptrace::get_rseq_config(tid)?;
@@ -44,13 +51,13 @@ pub fn collect_thread(s: &ThreadView, pid: i32, tid: i32) -> Result<Thread> {
         creds: None,
         comm_raw,
         cgroups: None,
-        seccomp: crate::task::seccomp::collect(tid)?,
+        seccomp: crate::task::seccomp::collect(tid, status.seccomp)?,
     })
 }
 
 /// A task name's exact bytes from a `comm` file (which adds a newline).
 pub fn read_comm_raw(path: &str) -> Result<Vec<u8>> {
-    let mut b = std::fs::read(path).context(|| format!("reading {path}"))?;
+    let mut b = crest_sys::proc::read_bytes(path)?;
     if b.last() == Some(&b'\n') {
         b.pop();
     }

@@ -46,8 +46,19 @@ fn task_path(pid: i32, tid: i32, name: &str) -> String {
 }
 
 /// Reads a whole file, with the path in the error.
-fn read_bytes(path: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))
+///
+/// /proc files report size 0, so `std::fs::read` (a `statx` for the size,
+/// then reads growing from 32 bytes) takes ten calls for a 1.4 KiB
+/// `status`: starting with a page of room, a small file takes two reads
+/// (and, read through `Take`, no `statx` and `lseek` for a size hint
+/// that would say 0).  A dump reads several such files per thread.
+pub fn read_bytes(path: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(u64::MAX).read_to_end(&mut buf))
+        .map_err(|e| Error::io(format!("reading {path}"), e))?;
+    Ok(buf)
 }
 
 /// Reads a whole file that must be UTF-8 text.
