@@ -20,15 +20,20 @@ use std::time::{Duration, Instant};
 
 const RUNC: &str = "/usr/sbin/runc";
 
-/// The container's program: counts in `$i` and in DIR/count, and stops
-/// with a verdict if the two ever disagree.
-fn counter_script(dir: &str) -> String {
+/// The container's program: counts in `$i` and in CHECK/count, stops
+/// with a verdict in OUT/verdict if the two ever disagree, and publishes
+/// the count in OUT/count for the test to watch.  CHECK is a tmpfs of the
+/// container (saved in the image with the memory), OUT a directory of the
+/// host: after a `--leave-running` checkpoint the original goes on writing
+/// OUT while the image keeps the count of its CHECK.
+fn counter_script(check: &str, out: &str) -> String {
     format!(
         "i=0; while true; do \
-           if [ -f {dir}/count ]; then read c < {dir}/count; \
-             if [ \"$c\" != \"$i\" ]; then echo \"BAD memory $i file $c\" > {dir}/verdict; exit 1; fi; \
+           if [ -f {check}/count ]; then read c < {check}/count; \
+             if [ \"$c\" != \"$i\" ]; then echo \"BAD memory $i file $c\" > {out}/verdict; exit 1; fi; \
            fi; \
-           i=$((i+1)); echo $i > {dir}/count.new; mv {dir}/count.new {dir}/count; sleep 0.1; \
+           i=$((i+1)); echo $i > {check}/count.new; mv {check}/count.new {check}/count; \
+           echo $i > {out}/count.new; mv {out}/count.new {out}/count; sleep 0.1; \
          done"
     )
 }
@@ -196,7 +201,13 @@ impl Runc {
         let mut cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
         cfg["process"]["terminal"] = false.into();
-        cfg["process"]["args"] = serde_json::json!(["sh", "-c", counter_script("/data")]);
+        cfg["process"]["args"] = serde_json::json!(["sh", "-c", counter_script("/tmp", "/data")]);
+        cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777"]
+        }));
         cfg["root"]["readonly"] = false.into();
         std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
         let state = base.join("state");
@@ -325,13 +336,15 @@ fn the_container_detects_a_wrong_state() {
     // verdict and stop.
     let c = Runc::new("runc-selftest");
     c.start();
+    let (_, pid) = c.state().unwrap();
+    let checked = PathBuf::from(format!("/proc/{pid}/root/tmp/count"));
     let t0 = Instant::now();
     while !c.data().join("verdict").exists() {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "the container did not notice a wrong count"
         );
-        std::fs::write(c.data().join("count"), "999999\n").unwrap();
+        std::fs::write(&checked, "999999\n").unwrap();
         std::thread::sleep(Duration::from_millis(30));
     }
     let v = std::fs::read_to_string(c.data().join("verdict")).unwrap();
@@ -339,7 +352,6 @@ fn the_container_detects_a_wrong_state() {
 }
 
 #[test]
-#[ignore = "needs namespace support from the ns branch"]
 fn runc_checkpoint_and_restore() {
     let c = Runc::new("runc-cycle");
     c.start();
@@ -461,12 +473,14 @@ impl Podman {
             "nofile=1024:1024",
             "--ulimit",
             "nproc=1024:1024",
+            "--tmpfs",
+            "/tmp",
             "-v",
             &format!("{}:/data", self.data().display()),
             &self.image,
             "sh",
             "-c",
-            &counter_script("/data"),
+            &counter_script("/tmp", "/data"),
         ]));
         assert!(o.status.success(), "podman run: {}", text(&o));
         wait_count_above(&self.data(), 2);

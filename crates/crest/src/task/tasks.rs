@@ -366,6 +366,7 @@ pub fn zombie_plans(
                 tids: crate::ns::pid::set_tid(
                     p.ns.zombie_pids.get(k).map_or(&[][..], |l| l.as_slice()),
                     z.pid,
+                    false,
                 ),
                 setsid,
                 early,
