@@ -569,9 +569,18 @@ impl crest::dump::ImageSink<BufWriter<std::fs::File>> for DirSink<'_> {
                 std::io::Error::last_os_error()
             )));
         }
+        self.committed = true;
+        let inv = options::create_in(self.dir, crate::inventory::FILE, false)
+            .and_then(|mut f| f.write_all(&crate::inventory::encode()).and_then(|()| f.sync_all()));
+        if let Err(e) = inv {
+            self.rollback();
+            return Err(crest::Error::msg(format!(
+                "writing {}: {e}",
+                crate::inventory::FILE
+            )));
+        }
         // SAFETY: fsync of a directory descriptor we hold.
         unsafe { libc::fsync(d) };
-        self.committed = true;
         if transport::peer_gone(self.sock) {
             self.rollback();
             return Err(crest::Error::msg(
@@ -597,6 +606,7 @@ impl crest::dump::ImageSink<BufWriter<std::fs::File>> for DirSink<'_> {
 
     fn rollback(&mut self) {
         if self.committed {
+            let _ = unlink_in(self.dir, crate::inventory::FILE);
             let _ = unlink_in(self.dir, IMAGE_NAME);
             self.committed = false;
         }
