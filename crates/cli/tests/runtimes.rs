@@ -207,12 +207,15 @@ impl Runc {
             serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
         cfg["process"]["terminal"] = false.into();
         cfg["process"]["args"] = serde_json::json!(["sh", "-c", counter_script("/tmp", "/data")]);
-        cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-            "destination": "/tmp",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "nodev", "mode=1777"]
-        }));
+        cfg["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "destination": "/tmp",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"]
+            }));
         for m in extra {
             cfg["mounts"].as_array_mut().unwrap().push(m.clone());
         }

@@ -46,7 +46,10 @@ mod tests {
     fn an_inventory_of_version_2() {
         let b = super::encode();
         assert_eq!(&b[..8], &[0x19, 0x43, 0x56, 0x54, 0x16, 0x31, 0x31, 0x58]);
-        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, b.len() - 12);
+        assert_eq!(
+            u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize,
+            b.len() - 12
+        );
         let e = <super::InventoryEntry as prost::Message>::decode(&b[12..]).unwrap();
         assert_eq!((e.img_version, e.fdinfo_per_id), (2, Some(true)));
     }

@@ -570,8 +570,10 @@ impl crest::dump::ImageSink<BufWriter<std::fs::File>> for DirSink<'_> {
             )));
         }
         self.committed = true;
-        let inv = options::create_in(self.dir, crate::inventory::FILE, false)
-            .and_then(|mut f| f.write_all(&crate::inventory::encode()).and_then(|()| f.sync_all()));
+        let inv = options::create_in(self.dir, crate::inventory::FILE, false).and_then(|mut f| {
+            f.write_all(&crate::inventory::encode())
+                .and_then(|()| f.sync_all())
+        });
         if let Err(e) = inv {
             self.rollback();
             return Err(crest::Error::msg(format!(

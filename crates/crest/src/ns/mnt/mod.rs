@@ -133,7 +133,8 @@ fn join(base: &str, rel: &str) -> String {
 pub fn collect(
     pid: i32,
     external: &[(String, String)],
-    obstacles: &mut Vec<Obstacle>) -> Result<NsState> {
+    obstacles: &mut Vec<Obstacle>,
+) -> Result<NsState> {
     let mine = proc::read_mountinfo(std::process::id() as i32)?;
     let theirs = proc::read_mountinfo(pid)?;
     let copy = theirs
@@ -614,17 +615,22 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
                     } else {
                         &r.ext
                     };
-                    map.ext
-                        .get(name)
-                        .cloned()
-                        .unwrap_or_else(|| r.host.clone())
+                    map.ext.get(name).cloned().unwrap_or_else(|| r.host.clone())
                 };
                 if path.is_empty() {
                     return Err(Error::msg(format!(
                         "{}: a mount from outside named {}; map it with --ext-mount {}=PATH",
                         what(),
-                        if r.ext.is_empty() { &r.mount_point } else { &r.ext },
-                        if r.ext.is_empty() { &r.mount_point } else { &r.ext },
+                        if r.ext.is_empty() {
+                            &r.mount_point
+                        } else {
+                            &r.ext
+                        },
+                        if r.ext.is_empty() {
+                            &r.mount_point
+                        } else {
+                            &r.ext
+                        },
                     )));
                 }
                 Some(m::clone_tree(None, &path).context(|| {
