@@ -432,6 +432,64 @@ fn runc_checkpoint_and_restore() {
     assert_no_verdict(&c.data());
 }
 
+/// The mount points of this process's mount namespace (crest's, at
+/// restore), as a sorted list.
+fn my_mounts() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn runc_restore_failing_in_its_hook_leaves_nothing() {
+    // The container's OCI prestart hook fails at restore (runc runs it on
+    // crest's setup-namespaces notification, the restored tree built but
+    // not running): the restore fails, and no process, mount or
+    // namespace of it is left.
+    let c = Runc::new("runc-hook");
+    c.start();
+    let o = c.checkpoint(&[]);
+    assert!(o.status.success(), "{}\n{}", text(&o), c.work_log("dump.log"));
+    let at_dump = read_count(&c.data()).unwrap();
+    let cfg_path = c.bundle.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/false"}]});
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let before = my_mounts();
+    let o = c.restore();
+    assert!(!o.status.success(), "the hook failed: {}", text(&o));
+    let log = c.work_log("restore.log");
+    assert!(log.contains("setup-namespaces"), "{log}");
+    assert_eq!(my_mounts(), before, "no mount of the restore is left");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read_count(&c.data()), Some(at_dump), "nothing runs");
+    let busy: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p: &i32| {
+            std::fs::read_link(format!("/proc/{p}/cwd"))
+                .is_ok_and(|d| d.starts_with(c.bundle.join("rootfs")))
+                || std::fs::read_link(format!("/proc/{p}/root"))
+                    .is_ok_and(|d| d.starts_with(&c.base))
+        })
+        .collect();
+    assert!(busy.is_empty(), "processes of the failed restore: {busy:?}");
+    // Without the failing hook the same image restores.
+    cfg.as_object_mut().unwrap().remove("hooks");
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let _ = run(c.cmd().args(["delete", "-f"]).arg(&c.id));
+    let o = c.restore();
+    assert!(o.status.success(), "{}\n{}", text(&o), c.work_log("restore.log"));
+    wait_count_above(&c.data(), at_dump + 3);
+    assert_no_verdict(&c.data());
+}
+
 /// A podman container (runc as its OCI runtime) of a busybox image
 /// imported from a rootfs tarball; the counter writes into a host
 /// directory bound at /data.

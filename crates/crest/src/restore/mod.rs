@@ -847,7 +847,7 @@ impl Build {
                 .unwrap_or_else(unsafe_getpgid);
             join_group(p, parent_pgid, &sp.thread(0), &view)
                 .context(|| format!("restoring the process group of pid {}", p.pid))?;
-            tasks::join_zombie_groups(p, &sp.thread(0))?;
+            tasks::join_zombie_groups(p, &sp.thread(0), &view)?;
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             crate::files::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
