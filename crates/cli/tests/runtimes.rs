@@ -453,7 +453,12 @@ fn runc_restore_failing_in_its_hook_leaves_nothing() {
     let c = Runc::new("runc-hook");
     c.start();
     let o = c.checkpoint(&[]);
-    assert!(o.status.success(), "{}\n{}", text(&o), c.work_log("dump.log"));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o),
+        c.work_log("dump.log")
+    );
     let at_dump = read_count(&c.data()).unwrap();
     let cfg_path = c.bundle.join("config.json");
     let mut cfg: serde_json::Value =
@@ -485,7 +490,12 @@ fn runc_restore_failing_in_its_hook_leaves_nothing() {
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     let _ = run(c.cmd().args(["delete", "-f"]).arg(&c.id));
     let o = c.restore();
-    assert!(o.status.success(), "{}\n{}", text(&o), c.work_log("restore.log"));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o),
+        c.work_log("restore.log")
+    );
     wait_count_above(&c.data(), at_dump + 3);
     assert_no_verdict(&c.data());
 }

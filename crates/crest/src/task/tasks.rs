@@ -382,11 +382,7 @@ pub fn zombie_plans(
 /// exec), once every group of the tree exists (queued).
 /// PIDs are passed as `p` sees them (`view`: it may live in a PID
 /// namespace of its own).
-pub fn join_zombie_groups(
-    p: &Process,
-    t: &impl Inject,
-    view: &crate::ns::pid::View,
-) -> Result<()> {
+pub fn join_zombie_groups(p: &Process, t: &impl Inject, view: &crate::ns::pid::View) -> Result<()> {
     for z in &p.zombies {
         if z.sid == p.sid && z.sid != z.pid && z.pgid != z.pid {
             t.queue(Call::new(
