@@ -376,6 +376,8 @@ fn runc_checkpoint_and_restore() {
     let c = Runc::new("runc-cycle");
     c.start();
     let (_, pid) = c.state().unwrap();
+    let mounts_before = container_mounts(pid);
+    let hostname = uts_name(pid);
     // Checkpoint: the container stops; its image is in the images dir.
     let o = c.checkpoint(&[]);
     assert!(
@@ -407,6 +409,14 @@ fn runc_checkpoint_and_restore() {
     assert_eq!(c.state(), Some(("running".to_string(), pid)));
     wait_count_above(&c.data(), at_dump + 3);
     assert_no_verdict(&c.data());
+    // The container's mount tree is rebuilt: every mount point with its
+    // type and per-mount flags; and its hostname.
+    assert_eq!(container_mounts(pid), mounts_before);
+    assert_eq!(uts_name(pid), hostname);
+    // Its proc is of its PID namespace: the init is 1 there.
+    let st = std::fs::read_to_string(format!("/proc/{pid}/root/proc/1/status"))
+        .expect("the container's /proc reads");
+    assert!(st.contains("NSpid:\t1"), "{st}");
     // Again with --leave-running: it keeps counting; the copy restores
     // once the original is gone.
     let o = c.checkpoint(&["--leave-running"]);
@@ -430,6 +440,39 @@ fn runc_checkpoint_and_restore() {
     let n = read_count(&c.data()).unwrap();
     wait_count_above(&c.data(), n + 3);
     assert_no_verdict(&c.data());
+}
+
+/// The mounts of process `pid` as its mountinfo shows them: mount
+/// point, filesystem type and per-mount options, sorted (the mounts
+/// proc and mqueue are made last at restore, which mountinfo's order
+/// shows).
+fn container_mounts(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-").unwrap();
+            // runc names masked files external mounts of "/dev/null" and
+            // maps that to the host's at restore (as with CRIU): a bind
+            // of another /dev/null, the type aside.
+            let masked = ["/proc/keys", "/proc/timer_list"].contains(&f[4]);
+            let fstype = if masked { "(null device)" } else { f[sep + 1] };
+            format!("{} {fstype} {}", f[4], f[5])
+        })
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .collect()
+}
+
+/// The host name in the UTS namespace of `pid`.
+fn uts_name(pid: i32) -> String {
+    let o = run(Command::new("nsenter")
+        .arg("-t")
+        .arg(pid.to_string())
+        .args(["-u", "hostname"]));
+    assert!(o.status.success(), "nsenter: {}", text(&o));
+    stdout(&o).trim().to_string()
 }
 
 /// The mount points of this process's mount namespace (crest's, at

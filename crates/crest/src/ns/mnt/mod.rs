@@ -61,6 +61,10 @@ fn flags(options: &str) -> u64 {
             _ => 0,
         };
     }
+    if f & (libc::MS_NOATIME | libc::MS_RELATIME) == 0 {
+        // mountinfo shows no atime option for strictatime.
+        f |= libc::MS_STRICTATIME;
+    }
     f
 }
 
@@ -498,7 +502,13 @@ impl Tree {
         }
         for b in self.mounts.iter().filter(|b| b.fd.is_some()) {
             let f = flags(&b.rec.options)
-                & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+                & (libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC
+                    | libc::MS_NOATIME
+                    | libc::MS_NODIRATIME
+                    | libc::MS_STRICTATIME);
             if f != 0 {
                 out.push(Step::Propagate {
                     at: c(&b.rec.mount_point),
