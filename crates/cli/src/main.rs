@@ -272,6 +272,7 @@ fn run(cli: Cli) -> Result<i32> {
                 no_precopy: no_pre_copy,
                 external_pipes: false,
                 tcp_established,
+                ..Default::default()
             };
             cmd_dump(pid, &output, &opts, json, quiet, !no_sync)
         }

@@ -282,7 +282,7 @@ fn dump_and_restore_as_the_runtimes_sibling() {
     let resp = resp.expect("a DUMP response");
     assert!(resp.success, "{:?}\n{}", resp.cr_errmsg, d.log("dump.log"));
     assert!(ok, "criu swrk exits 0 after a dump");
-    assert_eq!(names(&notes), ["pre-dump", "post-dump"]);
+    assert_eq!(names(&notes), ["pre-dump", "network-lock", "post-dump"]);
     assert_eq!(
         reap(w.pid, Duration::from_secs(10)),
         Some(Exit::Signal(libc::SIGKILL)),
@@ -312,8 +312,21 @@ fn dump_and_restore_as_the_runtimes_sibling() {
     );
     assert!(ok);
     assert_eq!(resp.restore.unwrap().pid, w.pid);
-    assert_eq!(names(&notes), ["pre-restore", "post-restore"]);
-    assert_eq!(notes[1].1, Some(w.pid), "post-restore carries the pid");
+    assert_eq!(
+        names(&notes),
+        [
+            "pre-restore",
+            "setup-namespaces",
+            "post-restore",
+            "network-unlock"
+        ]
+    );
+    assert_eq!(
+        notes[1].1,
+        Some(w.pid),
+        "setup-namespaces carries the pid (before the tree runs)"
+    );
+    assert_eq!(notes[2].1, Some(w.pid), "post-restore carries the pid");
     assert_eq!(
         ppid(w.pid),
         std::process::id() as i32,
@@ -343,7 +356,10 @@ fn leave_running_then_restore_under_the_checkpointer() {
     );
     let resp = resp.unwrap();
     assert!(resp.success && ok, "{:?}", resp.cr_errmsg);
-    assert_eq!(names(&notes), ["pre-dump", "post-dump"]);
+    assert_eq!(
+        names(&notes),
+        ["pre-dump", "network-lock", "post-dump", "network-unlock"]
+    );
     assert!(alive(w.pid), "leave_running: the process runs on");
     // The original goes; the image brings it back (not as our sibling:
     // under the criu process, then orphaned to this subreaper).
@@ -386,15 +402,61 @@ fn a_failed_post_dump_hook_leaves_the_process_running_and_no_image() {
         resp.cr_errmsg.unwrap().contains("post-dump hook failed"),
         "the error names the hook"
     );
-    assert_eq!(names(&notes), ["pre-dump", "post-dump"]);
+    assert_eq!(
+        names(&notes),
+        ["pre-dump", "network-lock", "post-dump", "network-unlock"]
+    );
     assert!(alive(w.pid), "the tree must run on");
     assert!(
         !d.images_path.join("crest.img").exists(),
         "no image is left"
     );
+    assert!(
+        !d.images_path.join("inventory.img").exists(),
+        "nor its inventory"
+    );
     assert!(d.log("dump.log").contains("post-dump hook failed"));
     w.go();
     w.expect_pass();
+}
+
+#[test]
+fn a_failed_setup_namespaces_hook_fails_the_restore_and_leaves_no_process() {
+    let w = Workload::start("memory", &["16"]);
+    let criu = shim(&w.dir);
+    let d = Dirs::new(&w.dir);
+    let (resp, _, ok) = rpc(
+        &criu,
+        &request(CriuReqType::Dump, d.dump_opts(w.pid, false)),
+        &|_| Some(true),
+    );
+    assert!(resp.unwrap().success && ok, "{}", d.log("dump.log"));
+    assert!(
+        d.images_path.join("inventory.img").exists(),
+        "an inventory beside the image"
+    );
+    assert_eq!(
+        reap(w.pid, Duration::from_secs(10)),
+        Some(Exit::Signal(libc::SIGKILL))
+    );
+    let (resp, notes, _) = rpc(
+        &criu,
+        &request(CriuReqType::Restore, d.restore_opts(true)),
+        &|s| Some(s != "setup-namespaces"),
+    );
+    let resp = resp.unwrap();
+    assert!(!resp.success, "the runtime's hook failed: no restore");
+    assert!(
+        resp.cr_errmsg
+            .unwrap_or_default()
+            .contains("setup-namespaces hook failed"),
+        "the error names the hook"
+    );
+    assert_eq!(names(&notes), ["pre-restore", "setup-namespaces"]);
+    // Nothing of the tree is left: no process under that pid (a zombie
+    // child of ours would be reaped here).
+    let _ = reap(w.pid, Duration::from_millis(500));
+    assert!(!alive(w.pid), "no restored process is left");
 }
 
 #[test]
@@ -410,7 +472,7 @@ fn a_runtime_gone_mid_dump_leaves_the_process_running() {
         &|s| (s != "post-dump").then_some(true),
     );
     assert!(resp.is_none() && !ok);
-    assert_eq!(names(&notes), ["pre-dump", "post-dump"]);
+    assert_eq!(names(&notes), ["pre-dump", "network-lock", "post-dump"]);
     assert!(alive(w.pid), "the tree must run on");
     assert!(
         !d.images_path.join("crest.img").exists(),

@@ -20,15 +20,20 @@ use std::time::{Duration, Instant};
 
 const RUNC: &str = "/usr/sbin/runc";
 
-/// The container's program: counts in `$i` and in DIR/count, and stops
-/// with a verdict if the two ever disagree.
-fn counter_script(dir: &str) -> String {
+/// The container's program: counts in `$i` and in CHECK/count, stops
+/// with a verdict in OUT/verdict if the two ever disagree, and publishes
+/// the count in OUT/count for the test to watch.  CHECK is a tmpfs of the
+/// container (saved in the image with the memory), OUT a directory of the
+/// host: after a `--leave-running` checkpoint the original goes on writing
+/// OUT while the image keeps the count of its CHECK.
+fn counter_script(check: &str, out: &str) -> String {
     format!(
         "i=0; while true; do \
-           if [ -f {dir}/count ]; then read c < {dir}/count; \
-             if [ \"$c\" != \"$i\" ]; then echo \"BAD memory $i file $c\" > {dir}/verdict; exit 1; fi; \
+           if [ -f {check}/count ]; then read c < {check}/count; \
+             if [ \"$c\" != \"$i\" ]; then echo \"BAD memory $i file $c\" > {out}/verdict; exit 1; fi; \
            fi; \
-           i=$((i+1)); echo $i > {dir}/count.new; mv {dir}/count.new {dir}/count; sleep 0.1; \
+           i=$((i+1)); echo $i > {check}/count.new; mv {check}/count.new {check}/count; \
+           echo $i > {out}/count.new; mv {out}/count.new {out}/count; sleep 0.1; \
          done"
     )
 }
@@ -185,6 +190,11 @@ struct Runc {
 
 impl Runc {
     fn new(tag: &str) -> Runc {
+        Runc::with_mounts(tag, &[])
+    }
+
+    /// With these OCI mounts added to runc's default spec.
+    fn with_mounts(tag: &str, extra: &[serde_json::Value]) -> Runc {
         start_reaper();
         let base = temp_dir(tag);
         let bundle = base.join("bundle");
@@ -196,7 +206,19 @@ impl Runc {
         let mut cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
         cfg["process"]["terminal"] = false.into();
-        cfg["process"]["args"] = serde_json::json!(["sh", "-c", counter_script("/data")]);
+        cfg["process"]["args"] = serde_json::json!(["sh", "-c", counter_script("/tmp", "/data")]);
+        cfg["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "destination": "/tmp",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"]
+            }));
+        for m in extra {
+            cfg["mounts"].as_array_mut().unwrap().push(m.clone());
+        }
         cfg["root"]["readonly"] = false.into();
         std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
         let state = base.join("state");
@@ -289,15 +311,25 @@ impl Drop for Runc {
 }
 
 #[test]
-fn runc_checkpoint_fails_cleanly_while_namespaces_are_refused() {
-    let c = Runc::new("runc-refused");
+fn runc_checkpoint_of_an_unsupported_mount_fails_cleanly() {
+    // A ramfs crest cannot recreate: the checkpoint fails naming its
+    // mount point and type, and the container runs on untouched.
+    let ramfs = serde_json::json!({
+        "destination": "/scratch", "type": "ramfs", "source": "ramfs", "options": ["nosuid"]
+    });
+    let c = Runc::with_mounts("runc-refused", &[ramfs]);
     c.start();
     let (status, pid) = c.state().expect("runc knows the container");
     assert_eq!(status, "running");
     let o = c.checkpoint(&[]);
     assert!(!o.status.success(), "crest must refuse: {}", text(&o));
     let err = text(&o);
-    assert!(err.contains("criu failed: type DUMP"), "{err}");
+    // runc names the type of the last request it sent: the DUMP, or the
+    // answer to a notification (crest refuses after network-lock).
+    assert!(
+        err.contains("criu failed: type DUMP") || err.contains("criu failed: type NOTIFY"),
+        "{err}"
+    );
     let log_path = c.base.join("work/dump.log");
     assert!(
         err.contains(log_path.to_str().unwrap()),
@@ -305,9 +337,8 @@ fn runc_checkpoint_fails_cleanly_while_namespaces_are_refused() {
     );
     let log = c.work_log("dump.log");
     assert!(
-        (log.contains(&format!("pid {pid} cannot be checkpointed")) || log.contains("DUMP failed"))
-            && log.contains("namespace"),
-        "crest's refusal is in the log:\n{log}"
+        log.contains("mount /scratch") && log.contains("ramfs"),
+        "crest's refusal names the mount and its type:\n{log}"
     );
     assert!(!c.base.join("images/crest.img").exists());
     // The container runs on, untouched, and still agrees with itself.
@@ -325,13 +356,15 @@ fn the_container_detects_a_wrong_state() {
     // verdict and stop.
     let c = Runc::new("runc-selftest");
     c.start();
+    let (_, pid) = c.state().unwrap();
+    let checked = PathBuf::from(format!("/proc/{pid}/root/tmp/count"));
     let t0 = Instant::now();
     while !c.data().join("verdict").exists() {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "the container did not notice a wrong count"
         );
-        std::fs::write(c.data().join("count"), "999999\n").unwrap();
+        std::fs::write(&checked, "999999\n").unwrap();
         std::thread::sleep(Duration::from_millis(30));
     }
     let v = std::fs::read_to_string(c.data().join("verdict")).unwrap();
@@ -339,11 +372,12 @@ fn the_container_detects_a_wrong_state() {
 }
 
 #[test]
-#[ignore = "needs namespace support from the ns branch"]
 fn runc_checkpoint_and_restore() {
     let c = Runc::new("runc-cycle");
     c.start();
     let (_, pid) = c.state().unwrap();
+    let mounts_before = container_mounts(pid);
+    let hostname = uts_name(pid);
     // Checkpoint: the container stops; its image is in the images dir.
     let o = c.checkpoint(&[]);
     assert!(
@@ -375,6 +409,14 @@ fn runc_checkpoint_and_restore() {
     assert_eq!(c.state(), Some(("running".to_string(), pid)));
     wait_count_above(&c.data(), at_dump + 3);
     assert_no_verdict(&c.data());
+    // The container's mount tree is rebuilt: every mount point with its
+    // type and per-mount flags; and its hostname.
+    assert_eq!(container_mounts(pid), mounts_before);
+    assert_eq!(uts_name(pid), hostname);
+    // Its proc is of its PID namespace: the init is 1 there.
+    let st = std::fs::read_to_string(format!("/proc/{pid}/root/proc/1/status"))
+        .expect("the container's /proc reads");
+    assert!(st.contains("NSpid:\t1"), "{st}");
     // Again with --leave-running: it keeps counting; the copy restores
     // once the original is gone.
     let o = c.checkpoint(&["--leave-running"]);
@@ -397,6 +439,107 @@ fn runc_checkpoint_and_restore() {
     );
     let n = read_count(&c.data()).unwrap();
     wait_count_above(&c.data(), n + 3);
+    assert_no_verdict(&c.data());
+}
+
+/// The mounts of process `pid` as its mountinfo shows them: mount
+/// point, filesystem type and per-mount options, sorted (the mounts
+/// proc and mqueue are made last at restore, which mountinfo's order
+/// shows).
+fn container_mounts(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-").unwrap();
+            // runc names masked files external mounts of "/dev/null" and
+            // maps that to the host's at restore (as with CRIU): a bind
+            // of another /dev/null, the type aside.
+            let masked = ["/proc/keys", "/proc/timer_list"].contains(&f[4]);
+            let fstype = if masked { "(null device)" } else { f[sep + 1] };
+            format!("{} {fstype} {}", f[4], f[5])
+        })
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .collect()
+}
+
+/// The host name in the UTS namespace of `pid`.
+fn uts_name(pid: i32) -> String {
+    let o = run(Command::new("nsenter")
+        .arg("-t")
+        .arg(pid.to_string())
+        .args(["-u", "hostname"]));
+    assert!(o.status.success(), "nsenter: {}", text(&o));
+    stdout(&o).trim().to_string()
+}
+
+/// The mount points of this process's mount namespace (crest's, at
+/// restore), as a sorted list.
+fn my_mounts() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn runc_restore_failing_in_its_hook_leaves_nothing() {
+    // The container's OCI prestart hook fails at restore (runc runs it on
+    // crest's setup-namespaces notification, the restored tree built but
+    // not running): the restore fails, and no process, mount or
+    // namespace of it is left.
+    let c = Runc::new("runc-hook");
+    c.start();
+    let o = c.checkpoint(&[]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o),
+        c.work_log("dump.log")
+    );
+    let at_dump = read_count(&c.data()).unwrap();
+    let cfg_path = c.bundle.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/false"}]});
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let before = my_mounts();
+    let o = c.restore();
+    assert!(!o.status.success(), "the hook failed: {}", text(&o));
+    let log = c.work_log("restore.log");
+    assert!(log.contains("setup-namespaces"), "{log}");
+    assert_eq!(my_mounts(), before, "no mount of the restore is left");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read_count(&c.data()), Some(at_dump), "nothing runs");
+    let busy: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p: &i32| {
+            std::fs::read_link(format!("/proc/{p}/cwd"))
+                .is_ok_and(|d| d.starts_with(c.bundle.join("rootfs")))
+                || std::fs::read_link(format!("/proc/{p}/root"))
+                    .is_ok_and(|d| d.starts_with(&c.base))
+        })
+        .collect();
+    assert!(busy.is_empty(), "processes of the failed restore: {busy:?}");
+    // Without the failing hook the same image restores.
+    cfg.as_object_mut().unwrap().remove("hooks");
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let _ = run(c.cmd().args(["delete", "-f"]).arg(&c.id));
+    let o = c.restore();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o),
+        c.work_log("restore.log")
+    );
+    wait_count_above(&c.data(), at_dump + 3);
     assert_no_verdict(&c.data());
 }
 
@@ -448,8 +591,13 @@ impl Podman {
     }
 
     fn start(&self) {
-        let o = run(self.cmd().args([
-            "run",
+        self.start_with(&[], "")
+    }
+
+    /// `podman run` with these options added, the container running
+    /// shell command `first` before counting.
+    fn start_with(&self, extra: &[&str], first: &str) {
+        let o = run(self.cmd().args(["run"]).args(extra).args([
             "-d",
             "--name",
             &self.name,
@@ -461,12 +609,14 @@ impl Podman {
             "nofile=1024:1024",
             "--ulimit",
             "nproc=1024:1024",
+            "--tmpfs",
+            "/tmp",
             "-v",
             &format!("{}:/data", self.data().display()),
             &self.image,
             "sh",
             "-c",
-            &counter_script("/data"),
+            &format!("{first}{}", counter_script("/tmp", "/data")),
         ]));
         assert!(o.status.success(), "podman run: {}", text(&o));
         wait_count_above(&self.data(), 2);
@@ -513,21 +663,28 @@ impl Drop for Podman {
 }
 
 #[test]
-fn podman_checkpoint_fails_cleanly_while_namespaces_are_refused() {
+fn podman_checkpoint_of_an_unsupported_mount_fails_cleanly() {
+    // A ramfs (the container mounts it) crest cannot recreate: refused
+    // by mount point and type.
     let c = Podman::new("podman-refused");
-    c.start();
+    c.start_with(
+        &["--cap-add", "SYS_ADMIN"],
+        "mkdir -p /scratch && mount -t ramfs ramfs /scratch && ",
+    );
     let (running, pid) = c.state().unwrap();
     assert!(running);
     let o = run(c.cmd().args(["container", "checkpoint", &c.name]));
     assert!(!o.status.success(), "crest must refuse: {}", text(&o));
     let err = text(&o);
-    assert!(err.contains("criu failed: type DUMP"), "{err}");
+    assert!(
+        err.contains("criu failed: type DUMP") || err.contains("criu failed: type NOTIFY"),
+        "{err}"
+    );
     assert!(err.contains("dump.log"), "the error names the log: {err}");
     let log = c.userdata_log("dump.log");
     assert!(
-        (log.contains(&format!("pid {pid} cannot be checkpointed")) || log.contains("DUMP failed"))
-            && log.contains("namespace"),
-        "crest's refusal is in the log:\n{log}"
+        log.contains("mount /scratch") && log.contains("ramfs"),
+        "crest's refusal names the mount and its type:\n{log}"
     );
     assert_eq!(c.state(), Some((true, pid)), "still running, same pid");
     assert!(c.in_ps(), "podman ps shows it running");
@@ -538,7 +695,6 @@ fn podman_checkpoint_fails_cleanly_while_namespaces_are_refused() {
 }
 
 #[test]
-#[ignore = "needs namespace support from the ns branch"]
 fn podman_checkpoint_restore_export_import() {
     let c = Podman::new("podman-cycle");
     c.start();

@@ -38,4 +38,5 @@ pub mod task;
 pub use dump::{check, check_with, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};
 pub use ns::mnt::Mapping as MountMapping;
+pub use restore::NamespacesHook;
 pub use restore::{restore, restore_with, ExistingNs, RestoreOptions, RestoreReport};

@@ -1011,6 +1011,11 @@ pub struct NetState {
     /// sysctls under /proc/sys/net, by path below it
     /// ("ipv4/ip_forward", "ipv4/conf/all/rp_filter", …), with their value.
     pub sysctls: Vec<(String, String)>,
+    /// The namespace was the runtime's (a container runtime's
+    /// `empty_ns`/`external net`): its configuration is not recorded, and
+    /// restore joins the one it is given or makes an empty one.
+    #[serde(default)]
+    pub external: bool,
 }
 
 /// One network device of a namespace.
@@ -1113,6 +1118,11 @@ pub struct MountRec {
     /// of object `data`, one extent per record).
     #[serde(default)]
     pub files: Vec<TreeFile>,
+    /// A mount whoever restores supplies (a container runtime's
+    /// `ext_mnt`): the name it is mapped by at restore ("" when not
+    /// external; restore then maps it by its mount point).
+    #[serde(default)]
+    pub ext: String,
 }
 
 /// One file of a saved tmpfs, parents first.

@@ -22,6 +22,7 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod inventory;
 pub mod log;
 pub mod options;
 pub mod rpc;

@@ -197,30 +197,32 @@ pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: &[&[u8]]) -> Vec<Str
             "running a command after restore is not implemented",
         );
     }
-    if !opts.ext_mnt.is_empty() {
-        let keys: Vec<&str> = opts
-            .ext_mnt
-            .iter()
-            .map(|m| m.key.as_str())
-            .take(4)
-            .collect();
-        let more = if opts.ext_mnt.len() > 4 { ", …" } else { "" };
-        refuse(
-            "ext_mnt",
-            &format!(
-                "external mounts ({} given: {}{more}) {NS}",
-                opts.ext_mnt.len(),
-                keys.join(", ")
-            ),
-        );
+    for m in &opts.ext_mnt {
+        if kind == CriuReqType::Dump && !m.key.starts_with('/') {
+            refuse(
+                "ext_mnt",
+                &format!(
+                    "{} → {}: crest names external mounts by their mount point in the container",
+                    m.key, m.val
+                ),
+            );
+        } else if kind == CriuReqType::Restore && !m.val.starts_with('/') {
+            refuse(
+                "ext_mnt",
+                &format!(
+                    "{} → {}: the mount's source must be an absolute path here",
+                    m.key, m.val
+                ),
+            );
+        }
     }
     for i in &opts.inherit_fd {
         if kind != CriuReqType::Restore {
             refuse("inherit_fd", "only a restore takes inherited descriptors");
-        } else if !is_pipe_key(&i.key) {
+        } else if !is_pipe_key(&i.key) && i.key != NETNS_KEY {
             refuse(
                 "inherit_fd",
-                &format!("{} → fd {}: only external pipes (pipe:[INODE]) are implemented; other external resources {NS}", i.key, i.fd),
+                &format!("{} → fd {}: only external pipes (pipe:[INODE]) and the network namespace ({NETNS_KEY}) are implemented", i.key, i.fd),
             );
         } else if !fd_open(i.fd) {
             refuse(
@@ -274,14 +276,22 @@ pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: &[&[u8]]) -> Vec<Str
             Err(e) => refuse("cg_root", &e),
         }
     }
-    if !opts.external.is_empty() {
-        refuse(
-            "external",
-            &format!("external resources ({}) {NS}", opts.external.join(", ")),
-        );
+    for e in &opts.external {
+        if external_net_key(e).is_none() {
+            refuse(
+                "external",
+                &format!("{e}: only an external network namespace (net[INODE]:KEY) is implemented"),
+            );
+        }
     }
-    if opts.empty_ns.unwrap_or(0) != 0 {
-        refuse("empty_ns", NS);
+    let empty = opts.empty_ns.unwrap_or(0);
+    if empty & !(libc::CLONE_NEWNET as u32) != 0 {
+        refuse(
+            "empty_ns",
+            &format!(
+                "{empty:#x}: only the network namespace (CLONE_NEWNET) can be left to the runtime"
+            ),
+        );
     }
     if !opts.join_ns.is_empty() {
         let ns: Vec<&str> = opts.join_ns.iter().map(|j| j.ns.as_str()).collect();
@@ -358,22 +368,10 @@ pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: &[&[u8]]) -> Vec<Str
             "leaving the tree stopped is not implemented",
         );
     }
-    match opts.root.as_deref().filter(|r| !r.is_empty()) {
-        None | Some("/") => {}
-        Some(r) if kind == CriuReqType::Dump => {
-            // The tree's own root directory: crest saves and restores it.
-            let own = opts
-                .pid
-                .and_then(|p| std::fs::read_link(format!("/proc/{p}/root")).ok());
-            let want = std::fs::canonicalize(r).ok();
-            if own.is_none() || own != want {
-                refuse("root", &format!("{r}: a tree under another root {NS}"));
-            }
+    if let Some(r) = opts.root.as_deref().filter(|r| !r.is_empty() && *r != "/") {
+        if !std::path::Path::new(r).is_dir() {
+            refuse("root", &format!("{r}: not a directory"));
         }
-        Some(r) => refuse(
-            "root",
-            &format!("{r}: restoring under another root {NS} (crest restores each process's root directory from the image)"),
-        ),
     }
     if kind == CriuReqType::Dump {
         if let (Some(cg), Some(pid)) = (opts.freeze_cgroup.as_deref(), opts.pid) {
@@ -411,6 +409,18 @@ pub fn unsupported(kind: CriuReqType, opts: &CriuOpts, raw: &[&[u8]]) -> Vec<Str
     out
 }
 
+/// The key runc gives the container's network namespace, supplied by the
+/// runtime (`external net[INODE]:KEY` on dump, `inherit_fd KEY` on
+/// restore).
+pub const NETNS_KEY: &str = "extRootNetNS";
+
+/// `net[INODE]:KEY` → (INODE, KEY).
+pub fn external_net_key(e: &str) -> Option<(u64, &str)> {
+    let rest = e.strip_prefix("net[")?;
+    let (ino, key) = rest.split_once("]:")?;
+    Some((ino.parse().ok()?, key))
+}
+
 /// `pipe:[INODE]`, the key of an external pipe.
 fn is_pipe_key(k: &str) -> bool {
     k.strip_prefix("pipe:[")
@@ -433,6 +443,45 @@ pub fn inherited(opts: &CriuOpts) -> std::collections::HashMap<String, i32> {
         .collect()
 }
 
+/// The network namespace of the tree is the runtime's (`empty_ns`
+/// CLONE_NEWNET or an `external net[…]`): not recorded on dump.
+pub fn external_net(opts: &CriuOpts) -> bool {
+    opts.empty_ns.unwrap_or(0) & libc::CLONE_NEWNET as u32 != 0
+        || opts.external.iter().any(|e| external_net_key(e).is_some())
+}
+
+/// The mounts from outside of a dump: `ext_mnt` key = mount point in
+/// the container, val = the name a restore maps it by (its `ext_mnt`
+/// key then, the val being the source here).
+pub fn external_mounts(opts: &CriuOpts) -> Vec<(String, String)> {
+    opts.ext_mnt
+        .iter()
+        .map(|m| (m.key.clone(), m.val.clone()))
+        .collect()
+}
+
+/// What a restore maps from outside: the root (`root`), the mounts by
+/// mount point (`ext_mnt`), the network namespace (`inherit_fd
+/// extRootNetNS`, as a /proc/self/fd path).
+pub fn restore_mapping(opts: &CriuOpts) -> (crest::ns::mnt::Mapping, Option<std::path::PathBuf>) {
+    let root = opts
+        .root
+        .as_deref()
+        .filter(|r| !r.is_empty() && *r != "/")
+        .map(str::to_string);
+    let ext = opts
+        .ext_mnt
+        .iter()
+        .map(|m| (m.key.clone(), m.val.clone()))
+        .collect();
+    let net = opts
+        .inherit_fd
+        .iter()
+        .find(|i| i.key == NETNS_KEY)
+        .map(|i| std::path::PathBuf::from(format!("/proc/self/fd/{}", i.fd)));
+    (crest::ns::mnt::Mapping { root, ext }, net)
+}
+
 /// Logs what crest does with the options it acts on.
 pub fn describe(p: &mut Prepared, opts: &CriuOpts) {
     let m = format!(
@@ -443,6 +492,25 @@ pub fn describe(p: &mut Prepared, opts: &CriuOpts) {
         p.sibling,
         opts.manage_cgroups(),
         opts.freeze_cgroup
+    );
+    p.log.at(log::DEBUG, &m);
+    let ext: Vec<String> = opts
+        .ext_mnt
+        .iter()
+        .map(|m| format!("{}={}", m.key, m.val))
+        .collect();
+    let inherit: Vec<String> = opts
+        .inherit_fd
+        .iter()
+        .map(|i| format!("{}={}", i.key, i.fd))
+        .collect();
+    let m = format!(
+        "root {:?}, ext_mnt [{}], external {:?}, empty_ns {:#x}, inherit_fd [{}]",
+        opts.root,
+        ext.join(" "),
+        opts.external,
+        opts.empty_ns.unwrap_or(0),
+        inherit.join(" ")
     );
     p.log.at(log::DEBUG, &m);
 }

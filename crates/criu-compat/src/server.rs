@@ -353,6 +353,8 @@ impl<'a> Session<'a> {
         let dopts = crest::DumpOptions {
             leave_running: self.p.leave_running,
             external_pipes: true,
+            external_net: options::external_net(&self.opts),
+            external_mounts: options::external_mounts(&self.opts),
             ..Default::default()
         };
         let notify = self.p.notify;
@@ -362,6 +364,7 @@ impl<'a> Session<'a> {
             sock: self.sock,
             notify,
             committed: false,
+            net_locked: false,
         };
         let r = crest::dump(
             pid,
@@ -370,6 +373,16 @@ impl<'a> Session<'a> {
             &mut sink,
             &mut |_, _| {},
         );
+        // The tree runs again (it failed, or leave_running): as CRIU, the
+        // runtime unlocks its network.
+        let unlock = sink.net_locked && (r.is_err() || self.p.leave_running);
+        if unlock {
+            if let Err(f) = self.notify("network-unlock", None) {
+                if r.is_ok() {
+                    return Err(f);
+                }
+            }
+        }
         let report = match r {
             Ok(r) => r,
             Err(e) => {
@@ -408,9 +421,33 @@ impl<'a> Session<'a> {
                 .errno(e.raw_os_error().unwrap_or(0))
             })
             .map_err(|f| self.fail(f))?;
+        let (mounts, netns) = options::restore_mapping(&self.opts);
+        // "setup-namespaces": runc runs the OCI prestart hooks with the
+        // restored init's pid once its namespaces exist.
+        let hook = if self.p.notify {
+            let sock = self
+                .sock
+                .try_clone()
+                .map_err(|e| Failure::new(format!("duplicating the socket: {e}")))?;
+            Some(crest::NamespacesHook(std::sync::Arc::new(move |pid| {
+                notify(&sock, "setup-namespaces", Some(pid)).map_err(|f| crest::Error::msg(f.msg))
+            })))
+        } else {
+            None
+        };
         let ropts = crest::RestoreOptions {
             sibling: self.p.sibling,
             inherit: options::inherited(&self.opts),
+            mounts,
+            existing_ns: netns
+                .into_iter()
+                .map(|path| crest::ExistingNs {
+                    kind: "net".into(),
+                    ino: None,
+                    path,
+                })
+                .collect(),
+            on_namespaces: hook,
             ..Default::default()
         };
         let report = crest::restore_with(
@@ -429,6 +466,8 @@ impl<'a> Session<'a> {
             }
             return Err(f);
         }
+        // The tree runs: as CRIU, its network is unlocked last.
+        self.notify("network-unlock", None)?;
         self.p.log.info(&format!(
             "restored pid {pid}: {} pages in {:.1} ms",
             report.pages, report.total_ms
@@ -509,6 +548,9 @@ struct DirSink<'a> {
     sock: &'a OwnedFd,
     notify: bool,
     committed: bool,
+    /// "network-lock" was acknowledged: the runtime must hear
+    /// "network-unlock" if the tree runs on.
+    net_locked: bool,
 }
 
 impl crest::dump::ImageSink<BufWriter<std::fs::File>> for DirSink<'_> {
@@ -527,9 +569,20 @@ impl crest::dump::ImageSink<BufWriter<std::fs::File>> for DirSink<'_> {
                 std::io::Error::last_os_error()
             )));
         }
+        self.committed = true;
+        let inv = options::create_in(self.dir, crate::inventory::FILE, false).and_then(|mut f| {
+            f.write_all(&crate::inventory::encode())
+                .and_then(|()| f.sync_all())
+        });
+        if let Err(e) = inv {
+            self.rollback();
+            return Err(crest::Error::msg(format!(
+                "writing {}: {e}",
+                crate::inventory::FILE
+            )));
+        }
         // SAFETY: fsync of a directory descriptor we hold.
         unsafe { libc::fsync(d) };
-        self.committed = true;
         if transport::peer_gone(self.sock) {
             self.rollback();
             return Err(crest::Error::msg(
@@ -545,8 +598,17 @@ impl crest::dump::ImageSink<BufWriter<std::fs::File>> for DirSink<'_> {
         Ok(())
     }
 
+    fn frozen(&mut self) -> crest::Result<()> {
+        if self.notify {
+            notify(self.sock, "network-lock", None).map_err(|f| crest::Error::msg(f.msg))?;
+            self.net_locked = true;
+        }
+        Ok(())
+    }
+
     fn rollback(&mut self) {
         if self.committed {
+            let _ = unlink_in(self.dir, crate::inventory::FILE);
             let _ = unlink_in(self.dir, IMAGE_NAME);
             self.committed = false;
         }

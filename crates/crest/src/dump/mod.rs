@@ -38,6 +38,16 @@ pub struct DumpOptions {
     /// Checkpoint TCP connections whose peer is outside the tree, holding
     /// their packets back with an nftables table until the restore.
     pub tcp_established: bool,
+    /// The tree's network namespace belongs to whoever restores it (a
+    /// container runtime: CRIU's `empty_ns`/`external net[…]`): it is
+    /// recorded as external, without its devices, addresses or routes,
+    /// and a restore joins the one it is given or makes an empty one.
+    pub external_net: bool,
+    /// Mounts from outside that whoever restores supplies (CRIU's
+    /// `ext_mnt`), as (mount point in the tree's mount namespace, name to
+    /// map it by at restore): recorded by name, without their contents,
+    /// even a tmpfs.
+    pub external_mounts: Vec<(String, String)>,
 }
 
 /// What a dump did.
@@ -218,7 +228,7 @@ pub fn collect(
     for &p in &pids {
         ppids.insert(p, proc::read_stat(p)?.ppid);
     }
-    let (namespaces, mut proc_ns) = crate::ns::collect(&tree.procs, &ppids, obstacles)?;
+    let (namespaces, mut proc_ns) = crate::ns::collect(&tree.procs, &ppids, opts, obstacles)?;
     if !obstacles.is_empty() {
         return Ok(None);
     }
@@ -472,6 +482,11 @@ pub fn vdso_crc(pid: i32, maps: &[proc::MapEntry]) -> Result<Option<u32>> {
 pub trait ImageSink<W> {
     fn commit(&mut self, w: W) -> Result<()>;
     fn rollback(&mut self) {}
+    /// The tree was just frozen (nothing of it runs until the dump ends);
+    /// an error leaves it running and fails the dump.
+    fn frozen(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A sink that only flushes (streams, memory).
@@ -516,6 +531,7 @@ pub fn dump<W: Write>(
     // (sockets in repair mode) goes first, then the tree is let go.
     let mut frozen = Some(FrozenTree::freeze(pid)?);
     let t_frozen = Instant::now();
+    sink.frozen()?;
     crate::fault::point("dump: frozen")?;
     let prepared = precopy.map(PreCopy::stop).transpose()?;
     let mut obstacles = Vec::new();

@@ -127,6 +127,7 @@ fn read_ns_checked(pid: i32) -> Result<Vec<(String, u64)>> {
 pub fn collect(
     procs: &[(i32, Vec<i32>)],
     ppids: &std::collections::HashMap<i32, i32>,
+    opts: &crate::DumpOptions,
     obstacles: &mut Vec<Obstacle>,
 ) -> Result<(Namespaces, Vec<ProcNs>)> {
     let mut mine = proc::read_ns(std::process::id() as i32)?;
@@ -157,7 +158,8 @@ pub fn collect(
                                 level: me.pids.len() as u32,
                             },
                             "uts" => uts::collect(pid)?,
-                            "mnt" => mnt::collect(pid, obstacles)?,
+                            "mnt" => mnt::collect(pid, &opts.external_mounts, obstacles)?,
+                            "net" if opts.external_net => net::external(),
                             "net" => net::collect(pid, obstacles)?,
                             "time" => time::collect(pid)?,
                             "cgroup" => cgroup::collect(pid, obstacles)?,

@@ -211,6 +211,15 @@ pub fn collect(pid: i32, obstacles: &mut Vec<Obstacle>) -> Result<NsState> {
     Ok(NsState::Net(st))
 }
 
+/// A namespace whoever restores supplies (see
+/// [`crate::DumpOptions::external_net`]): nothing of it is recorded.
+pub fn external() -> NsState {
+    NsState::Net(NetState {
+        external: true,
+        ..Default::default()
+    })
+}
+
 // ----------------------------------------------------------- entering
 
 /// The calling thread is in another network namespace until this drops.
@@ -431,6 +440,13 @@ pub fn restore(
     existing: Option<&std::path::Path>,
     veth: &[(String, String)],
 ) -> Result<Made> {
+    if existing.is_none() && st.external {
+        // The runtime's own namespace at the dump: a new, empty one.
+        return Ok(Made {
+            ns: new_ns()?,
+            outside: Vec::new(),
+        });
+    }
     if let Some(p) = existing {
         let f = std::fs::File::open(p)
             .map_err(|e| io_err(format!("opening network namespace {}", p.display()), e))?;

@@ -126,12 +126,18 @@ pub fn validate(procs: &[Process], i: usize) -> Result<()> {
 
 /// The `set_tid` array (innermost first) a task with these PIDs below
 /// crest's namespace is created with: its PID in crest's namespace too
-/// (`host`) when it has no others.
-pub fn set_tid(levels: &[i32], host: i32) -> Vec<i32> {
+/// (`host`) when it has no others, or when `outer` and that PID is free
+/// (as CRIU, a container keeps the PID its runtime knows it by when it
+/// can; else the kernel picks the outer one).
+pub fn set_tid(levels: &[i32], host: i32, outer: bool) -> Vec<i32> {
     if levels.is_empty() {
         vec![host]
     } else {
-        levels.iter().rev().copied().collect()
+        let mut v: Vec<i32> = levels.iter().rev().copied().collect();
+        if outer && host > 0 && !crest_sys::process::exists(host) {
+            v.push(host);
+        }
+        v
     }
 }
 

@@ -58,6 +58,21 @@ pub struct RestoreOptions {
     /// Where the container's root and its mounts from outside are here
     /// (`--root`, `--ext-mount`; see `crate::ns::mnt`).
     pub mounts: crate::ns::mnt::Mapping,
+    /// Called once the root of the tree exists in its new namespaces and
+    /// before any process of the tree runs, with the root's pid in
+    /// crest's namespace (a runtime runs its OCI hooks there).  An error
+    /// fails the restore.
+    pub on_namespaces: Option<NamespacesHook>,
+}
+
+/// See [`RestoreOptions::on_namespaces`].
+#[derive(Clone)]
+pub struct NamespacesHook(pub std::sync::Arc<dyn Fn(i32) -> Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for NamespacesHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NamespacesHook")
+    }
 }
 
 /// A recorded namespace mapped to an existing one.
@@ -674,7 +689,7 @@ impl Build {
                 time,
                 cgroup_ns,
                 mnt,
-                tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid),
+                tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid, !opts.new_pidns),
                 nested: !p.ns.pids.is_empty(),
                 new_ns,
                 netns: crate::ns::joins_net(&ckpt.processes, i)
@@ -759,6 +774,9 @@ impl Build {
         let root = ckpt.processes[0].pid;
         let tree = StubTree::spawn(plan, pipes).context(|| format!("restoring pid {root}"))?;
         crate::ns::restore_after_spawn(&ckpt, &tree)?;
+        if let (Some(h), Some(sp)) = (&opts.on_namespaces, tree.procs.first()) {
+            (h.0)(sp.pid).context(|| format!("restoring pid {root}: the namespaces hook"))?;
+        }
         files::release_pipes(unlinked);
         let sysv_ids = crate::memory::sysv::shmids(&ckpt.objects);
         for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
@@ -829,7 +847,7 @@ impl Build {
                 .unwrap_or_else(unsafe_getpgid);
             join_group(p, parent_pgid, &sp.thread(0), &view)
                 .context(|| format!("restoring the process group of pid {}", p.pid))?;
-            tasks::join_zombie_groups(p, &sp.thread(0))?;
+            tasks::join_zombie_groups(p, &sp.thread(0), &view)?;
         }
         for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
             crate::files::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
@@ -908,7 +926,9 @@ fn finish_process(
     }
     for (k, th) in p.threads[1..].iter().enumerate() {
         let levels = p.ns.tids.get(k).map_or(&[][..], |l| l.as_slice());
-        sp.add_thread(&crate::ns::pid::set_tid(levels, th.tid))?;
+        // Its threads keep their outer TIDs when the process kept its PID.
+        let outer = sp.pid == p.pid;
+        sp.add_thread(&crate::ns::pid::set_tid(levels, th.tid, outer))?;
         let host = sp.threads.last().map_or(th.tid, |t| t.tid);
         crate::task::cgroups::restore_thread(sp.pid, host, th)?;
     }

@@ -373,6 +373,7 @@ pub fn zombie_plans(
                 tids: crate::ns::pid::set_tid(
                     p.ns.zombie_pids.get(k).map_or(&[][..], |l| l.as_slice()),
                     z.pid,
+                    false,
                 ),
                 setsid,
                 early,
@@ -386,12 +387,14 @@ pub fn zombie_plans(
 /// Puts each zombie child of `p` that shares `p`'s session into its
 /// process group (the parent may move an exited child that never ran
 /// exec), once every group of the tree exists (queued).
-pub fn join_zombie_groups(p: &Process, t: &impl Inject) -> Result<()> {
+/// PIDs are passed as `p` sees them (`view`: it may live in a PID
+/// namespace of its own).
+pub fn join_zombie_groups(p: &Process, t: &impl Inject, view: &crate::ns::pid::View) -> Result<()> {
     for z in &p.zombies {
         if z.sid == p.sid && z.sid != z.pid && z.pgid != z.pid {
             t.queue(Call::new(
                 libc::SYS_setpgid,
-                &[z.pid as u64, z.pgid as u64],
+                &[view.of(p, z.pid) as u64, view.of(p, z.pgid) as u64],
                 format!("putting zombie {} into process group {}", z.pid, z.pgid),
             ))?;
         }

@@ -61,6 +61,10 @@ fn flags(options: &str) -> u64 {
             _ => 0,
         };
     }
+    if f & (libc::MS_NOATIME | libc::MS_RELATIME) == 0 {
+        // mountinfo shows no atime option for strictatime.
+        f |= libc::MS_STRICTATIME;
+    }
     f
 }
 
@@ -128,7 +132,13 @@ fn join(base: &str, rel: &str) -> String {
 }
 
 /// The mount namespace of `pid`, checked against crest's.
-pub fn collect(pid: i32, obstacles: &mut Vec<Obstacle>) -> Result<NsState> {
+/// `external` are mount points of mounts whoever restores supplies
+/// ([`crate::DumpOptions::external_mounts`]).
+pub fn collect(
+    pid: i32,
+    external: &[(String, String)],
+    obstacles: &mut Vec<Obstacle>,
+) -> Result<NsState> {
     let mine = proc::read_mountinfo(std::process::id() as i32)?;
     let theirs = proc::read_mountinfo(pid)?;
     let copy = theirs
@@ -149,9 +159,35 @@ pub fn collect(pid: i32, obstacles: &mut Vec<Obstacle>) -> Result<NsState> {
             }
         }
     } else {
-        st.mounts = whole(pid, &mine, &theirs, obstacles)?;
+        st.mounts = whole(pid, &mine, &theirs, external, obstacles)?;
     }
     Ok(NsState::Mnt(st))
+}
+
+/// `mounts` with every parent before its children, siblings in their
+/// order (mountinfo lists a namespace's mounts in the order they were
+/// attached, which after move_mount of a prepared subtree is not that).
+fn parents_first(mounts: &[MountInfo]) -> Vec<MountInfo> {
+    let ids: Vec<u64> = mounts.iter().map(|m| m.mnt_id).collect();
+    let mut out: Vec<MountInfo> = Vec::with_capacity(mounts.len());
+    let mut todo: Vec<&MountInfo> = mounts.iter().collect();
+    while !todo.is_empty() {
+        let before = todo.len();
+        todo.retain(|m| {
+            let ready = !ids.contains(&m.parent_id)
+                || m.parent_id == m.mnt_id
+                || out.iter().any(|o| o.mnt_id == m.parent_id);
+            if ready {
+                out.push((*m).clone());
+            }
+            !ready
+        });
+        if todo.len() == before {
+            // A cycle cannot happen; keep the rest as listed.
+            out.extend(todo.drain(..).cloned());
+        }
+    }
+    out
 }
 
 /// The records of a tree recreated whole.
@@ -159,8 +195,11 @@ fn whole(
     pid: i32,
     mine: &[MountInfo],
     theirs: &[MountInfo],
+    external: &[(String, String)],
     obstacles: &mut Vec<Obstacle>,
 ) -> Result<Vec<MountRec>> {
+    let sorted = parents_first(theirs);
+    let theirs = &sorted[..];
     let ids: Vec<u64> = theirs.iter().map(|m| m.mnt_id).collect();
     let mut out: Vec<MountRec> = Vec::new();
     let mut refuse = |m: &MountInfo, why: String| {
@@ -215,7 +254,14 @@ fn whole(
                     .any(|t| t.mnt_id == e.id && (t.major, t.minor) == (m.major, m.minor))
             })
             .find_map(|e| Some((e.id, below(&m.root, &e.root)?)));
-        if let Some(h) = host {
+        let ext = external.iter().find(|(p, _)| *p == m.mount_point);
+        if let (false, Some((_, name))) = (top, ext) {
+            // Supplied at restore by name; where it came from here is
+            // only the default.
+            r.how = "host".into();
+            r.host = host.unwrap_or_default();
+            r.ext = name.clone();
+        } else if let Some(h) = host {
             r.how = "host".into();
             r.host = h;
         } else if let Some((from, rel)) = inside {
@@ -456,7 +502,13 @@ impl Tree {
         }
         for b in self.mounts.iter().filter(|b| b.fd.is_some()) {
             let f = flags(&b.rec.options)
-                & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+                & (libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC
+                    | libc::MS_NOATIME
+                    | libc::MS_NODIRATIME
+                    | libc::MS_STRICTATIME);
             if f != 0 {
                 out.push(Step::Propagate {
                     at: c(&b.rec.mount_point),
@@ -568,11 +620,29 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
                 let path = if r.parent == 0 {
                     map.root.clone().unwrap_or_else(|| r.host.clone())
                 } else {
-                    map.ext
-                        .get(&r.mount_point)
-                        .cloned()
-                        .unwrap_or_else(|| r.host.clone())
+                    let name = if r.ext.is_empty() {
+                        &r.mount_point
+                    } else {
+                        &r.ext
+                    };
+                    map.ext.get(name).cloned().unwrap_or_else(|| r.host.clone())
                 };
+                if path.is_empty() {
+                    return Err(Error::msg(format!(
+                        "{}: a mount from outside named {}; map it with --ext-mount {}=PATH",
+                        what(),
+                        if r.ext.is_empty() {
+                            &r.mount_point
+                        } else {
+                            &r.ext
+                        },
+                        if r.ext.is_empty() {
+                            &r.mount_point
+                        } else {
+                            &r.ext
+                        },
+                    )));
+                }
                 Some(m::clone_tree(None, &path).context(|| {
                     format!(
                         "{}: the mount from outside {} (map it with --ext-mount {}=PATH)",
@@ -606,6 +676,11 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
                         None => (o, None),
                     };
                     if matches!(k, "rw" | "seclabel") {
+                        continue;
+                    }
+                    if k == "ro" && r.fs_type == "tmpfs" {
+                        // Filled first; the mount is made read-only by
+                        // its per-mount flag (see `Tree::steps`).
                         continue;
                     }
                     fs.set(k, v).context(what)?;
