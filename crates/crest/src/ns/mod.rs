@@ -207,6 +207,12 @@ pub fn collect(
         out.push(me);
     }
     net::check_shape(procs, &table, &out, obstacles);
+    let named: Vec<(i32, ProcNs)> = procs.iter().map(|p| p.0).zip(out.iter().cloned()).collect();
+    let forks = |i: usize| {
+        procs[i].1.len() > 1 || procs.iter().any(|q| ppids.get(&q.0) == Some(&procs[i].0))
+    };
+    let parent = |i: usize| procs.iter().position(|q| ppids.get(&procs[i].0) == Some(&q.0));
+    user::check_forks(&table, &named, &forks, &parent, obstacles);
     Ok((table, out))
 }
 

@@ -168,6 +168,81 @@ pub fn check_owner(
     Ok(())
 }
 
+/// Refuses the processes restore could not fork the children or
+/// threads of: a process creates them with set_tid at each level of its
+/// PID namespaces below crest's (its own PID in crest's namespace when it
+/// is in crest's), which the kernel allows only with CAP_CHECKPOINT_RESTORE
+/// in the user namespace owning each of those PID namespaces; a stub has
+/// capabilities in its own user namespace and those below it, nowhere
+/// else.  The owner of a PID namespace is the user namespace of the
+/// process that entered it.  `forks(i)`: whether process `i` has children or threads;
+/// `parent(i)`: the index of its parent in the tree.
+pub fn check_forks(
+    table: &Namespaces,
+    procs: &[(i32, crate::model::ProcNs)],
+    forks: &dyn Fn(usize) -> bool,
+    parent: &dyn Fn(usize) -> Option<usize>,
+    obstacles: &mut Vec<Obstacle>,
+) {
+    let below = |mut u: Option<NsId>, anc: NsId| loop {
+        match u {
+            Some(x) if x == anc => return true,
+            Some(x) => {
+                u = match table.table.get(x as usize).map(|n| &n.state) {
+                    Some(NsState::User(s)) => s.parent,
+                    _ => None,
+                }
+            }
+            None => return false,
+        }
+    };
+    for (i, (pid, me)) in procs.iter().enumerate() {
+        let Some(mine) = me.user else { continue };
+        if !forks(i) {
+            continue;
+        }
+        let owner_of = |pidns: NsId| {
+            procs
+                .iter()
+                .find(|(_, q)| q.pid == Some(pidns))
+                .and_then(|(_, q)| q.user)
+        };
+        let bad = match me.pid {
+            None => Some("crest's PID namespace".to_string()),
+            Some(pn) => {
+                // Its PID namespace and every one above it below crest's:
+                // those of its ancestors in the tree.
+                let mut levels = vec![pn];
+                let mut at = parent(i);
+                while let Some(j) = at {
+                    if let Some(x) = procs[j].1.pid {
+                        if !levels.contains(&x) {
+                            levels.push(x);
+                        }
+                    }
+                    at = parent(j);
+                }
+                levels
+                    .into_iter()
+                    .find(|&l| !below(owner_of(l), mine))
+                    .map(|l| format!("PID namespace {l} of the image"))
+            }
+        };
+        if let Some(what) = bad {
+            obstacles.push(Obstacle {
+                pid: *pid,
+                object: "user namespace".into(),
+                reason: format!(
+                    "it has children or threads in {what}, which belongs to a user namespace \
+                     outside its own: restore could not give them their PIDs from inside its \
+                     user namespace (not supported; a container that unshares its user \
+                     namespace together with a PID namespace can be checkpointed)"
+                ),
+            });
+        }
+    }
+}
+
 fn user_state(ns: &Namespaces, id: NsId) -> Result<&UserNsState> {
     match ns.table.get(id as usize).map(|n| &n.state) {
         Some(NsState::User(u)) => Ok(u),
@@ -243,6 +318,25 @@ pub fn maps(ns: &Namespaces, id: NsId) -> Result<Maps> {
         gid_map: map_text(&gid),
         deny_setgroups: !u.setgroups,
     })
+}
+
+/// The ids (inside) the stub creating user namespace `id` takes once
+/// its maps are written, if crest's own (effective, host terms, which
+/// the stub has) are not mapped there: the lowest mapped ones.
+pub fn stub_ids(ns: &Namespaces, id: NsId) -> Result<Option<(u32, u32)>> {
+    let u = user_state(ns, id)?;
+    // SAFETY: plain getters.
+    let (me_u, me_g) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // crest's ids in host terms: crest runs in the initial user namespace
+    // or the image's host terms are its own.
+    if up(&u.uid_map, me_u).is_some() && up(&u.gid_map, me_g).is_some() {
+        return Ok(None);
+    }
+    let low = |m: &[IdExtent]| m.iter().map(|e| e.inside).min();
+    match (low(&u.uid_map), low(&u.gid_map)) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        _ => Err(Error::Invalid(format!("user namespace {id} has an empty map"))),
+    }
 }
 
 /// A new user namespace's stub waiting for its maps.

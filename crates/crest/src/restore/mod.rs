@@ -665,7 +665,7 @@ impl Build {
             } else {
                 None
             };
-            let userns_gate = match p.ns.user {
+            let (userns_gate, userns_ids) = match p.ns.user {
                 Some(u) if new_ns & libc::CLONE_NEWUSER as u64 != 0 => {
                     let (read, write) = crate::files::make_pipe()?;
                     let fd = stub::raw(&read);
@@ -675,9 +675,9 @@ impl Build {
                         read,
                         write,
                     });
-                    fd
+                    (fd, crate::ns::user::stub_ids(&ckpt.namespaces, u)?)
                 }
-                _ => -1,
+                _ => (-1, None),
             };
             let cgroup_ns = match crate::ns::state(&ckpt.namespaces, p.ns.cgroup) {
                 Some(st) if crate::ns::enters(&ckpt.processes, i, "cgroup") => {
@@ -690,6 +690,7 @@ impl Build {
                 time,
                 cgroup_ns,
                 userns_gate,
+                userns_ids,
                 mnt,
                 tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid),
                 nested: !p.ns.pids.is_empty(),

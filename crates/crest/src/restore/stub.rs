@@ -132,6 +132,11 @@ pub struct ProcPlan {
     /// pipe it waits on until crest has written the namespace's id maps
     /// (-1: none; see `crate::ns::user`).
     pub userns_gate: i32,
+    /// Ids (inside) it takes once its maps are written, when crest's own
+    /// are not mapped there: a process whose ids are unmapped can create
+    /// no user namespace and no file.  Its capabilities stay (neither id
+    /// is the namespace's root for the kernel's fix-up).
+    pub userns_ids: Option<(u32, u32)>,
     /// Indexes (into [`TreePlan::procs`]) of the processes this one forks.
     pub children: Vec<usize>,
     pub setsid: bool,
@@ -354,6 +359,11 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
                 break;
             }
             if n == 0 || *libc::__errno_location() != libc::EINTR {
+                fail(19, report);
+            }
+        }
+        if let Some((u, g)) = plan.procs[i].userns_ids {
+            if libc::setresgid(g, g, g) != 0 || libc::setresuid(u, u, u) != 0 {
                 fail(19, report);
             }
         }
