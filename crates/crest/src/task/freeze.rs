@@ -39,19 +39,13 @@ impl Frozen {
                 _ => format!("cannot attach to pid {pid} (is it yours, and not traced already?)"),
             }
         })?;
-        ptrace::interrupt(pid)?;
-        Frozen::adopt(pid)
-    }
-
-    /// A task crest has seized and interrupted already (see
-    /// [`crate::task::cgroup_freezer`]): waits for its stop.
-    pub fn adopt(pid: i32) -> Result<Frozen> {
         let mut f = Frozen {
             pid,
             attached: true,
             stopped: false,
             stop_signal: 0,
         };
+        ptrace::interrupt(pid)?;
         loop {
             match ptrace::wait(pid)? {
                 WaitStatus::Stopped {
@@ -149,26 +143,6 @@ impl FrozenTree {
             tasks: Vec::new(),
         };
         let mut seized = std::collections::HashSet::new();
-        // A tree with a cgroup of its own is seized at once through the
-        // cgroup freezer; the scan below then only waits for those stops.
-        let mut pre = crate::task::cgroup_freezer::preseize(root)?;
-        let r = tree.scan(root, &mut seized, &mut pre);
-        for tid in pre {
-            // Seized through the freezer but no longer part of the tree
-            // (or the scan failed): let it go again.
-            drop(Frozen::adopt(tid));
-        }
-        r?;
-        Ok(tree)
-    }
-
-    fn scan(
-        &mut self,
-        root: i32,
-        seized: &mut std::collections::HashSet<i32>,
-        pre: &mut std::collections::HashSet<i32>,
-    ) -> Result<()> {
-        let tree = self;
         loop {
             let mut changed = false;
             let mut order = vec![root];
@@ -189,12 +163,7 @@ impl FrozenTree {
                     if seized.contains(&tid) {
                         continue;
                     }
-                    let got = if pre.remove(&tid) {
-                        Frozen::adopt(tid)
-                    } else {
-                        Frozen::freeze(tid)
-                    };
-                    match got {
+                    match Frozen::freeze(tid) {
                         Ok(f) => {
                             tree.tasks.push(f);
                             seized.insert(tid);
@@ -230,7 +199,7 @@ impl FrozenTree {
                         (pid, tids)
                     })
                     .collect();
-                return Ok(());
+                return Ok(tree);
             }
         }
     }

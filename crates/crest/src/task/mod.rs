@@ -2,10 +2,8 @@
 //! its own — seizing and running syscalls in a task ([`freeze`]), the tree
 //! and task state ([`tasks`]), credentials ([`creds`]), signals
 //! ([`signals`]), timers ([`timers`]), job control ([`jobctl`]), seccomp
-//! filters ([`seccomp`]), cgroup membership ([`cgroups`]) and the cgroup
-//! freezer used to seize a tree ([`cgroup_freezer`]).
+//! filters ([`seccomp`]) and cgroup membership ([`cgroups`]).
 
-pub mod cgroup_freezer;
 pub mod cgroups;
 pub mod creds;
 pub mod freeze;
