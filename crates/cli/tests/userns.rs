@@ -107,12 +107,15 @@ fn wait_files(dir: &Path, prefix: &str, names: &[&str], while_alive: i32) {
 fn child_of(pid: i32) -> i32 {
     let start = Instant::now();
     loop {
-        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default();
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         if let Some(k) = kids.split_whitespace().next() {
             return k.parse().unwrap();
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "no child of {pid}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no child of {pid}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -126,7 +129,10 @@ fn run_crest(nobody: bool, args: &[&str]) -> std::process::Output {
     } else {
         Command::new(crest_bin())
     };
-    c.args(args).stdin(std::process::Stdio::null()).output().unwrap()
+    c.args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// Waits for every result and says which did not pass.
@@ -160,7 +166,10 @@ impl Container {
         let img = self.dir.join("img");
         let pid = self.init.to_string();
         let tree = descendants(self.init);
-        let o = run_crest(self.nobody, &["dump", "-p", &pid, "-o", img.to_str().unwrap()]);
+        let o = run_crest(
+            self.nobody,
+            &["dump", "-p", &pid, "-o", img.to_str().unwrap()],
+        );
         assert!(o.status.success(), "dump: {}", stderr(&o));
         for &p in tree.iter().rev() {
             reap(p, Duration::from_secs(10));
@@ -227,7 +236,12 @@ fn root_container() -> Container {
     let d = dir.to_str().unwrap();
     let o = Command::new(crest_bin())
         .args(["run", "--log", &format!("{d}/log"), "--"])
-        .args(["setpriv", "--reuid=100000", "--regid=100000", "--clear-groups"])
+        .args([
+            "setpriv",
+            "--reuid=100000",
+            "--regid=100000",
+            "--clear-groups",
+        ])
         .args(["unshare", "--user", "--pid", "--fork", "--mount-proc"])
         .args(["sh", &format!("{d}/init.sh"), d])
         .output()
@@ -254,7 +268,10 @@ fn root_container_with_nested_user_namespace() {
     c.dump_and_restore();
     // Seen from outside: the restored maps, in host terms.
     let map = std::fs::read_to_string(format!("/proc/{}/uid_map", c.init)).unwrap();
-    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"]);
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"]
+    );
     c.dump_and_restore();
     c.go();
     let bad = verdicts(&c.dir, &ROOT_NAMES);
@@ -275,7 +292,8 @@ fn userns_checker_detects_a_wrong_file_owner() {
     c.go();
     let bad = verdicts(&c.dir, &ROOT_NAMES);
     assert!(
-        bad.iter().any(|b| b.starts_with("uid5:") && b.contains("owned: 6:7")),
+        bad.iter()
+            .any(|b| b.starts_with("uid5:") && b.contains("owned: 6:7")),
         "{bad:?}"
     );
     c.finish();
@@ -321,7 +339,11 @@ fn rootless_container_dumped_and_restored_by_nobody() {
     assert!(o.status.success(), "check: {}{}", stdout(&o), stderr(&o));
     c.dump_and_restore();
     let st = std::fs::read_to_string(format!("/proc/{}/status", c.init)).unwrap();
-    assert!(st.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "{st}");
+    assert!(
+        st.lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{st}"
+    );
     c.go();
     let bad = verdicts(&c.dir, &["init", "child"]);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
@@ -340,7 +362,15 @@ fn rootless_tree_without_pid_namespace_needs_root_to_restore() {
     let o = Command::new("setpriv")
         .args(NOBODY)
         .arg(crest_bin())
-        .args(["run", "--", "unshare", "--user", "--map-root-user", "sleep", "100"])
+        .args([
+            "run",
+            "--",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "sleep",
+            "100",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -353,7 +383,9 @@ fn rootless_tree_without_pid_namespace_needs_root_to_restore() {
     };
     // unshare execs sleep in place.
     let start = Instant::now();
-    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim()
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
         != "sleep"
     {
         assert!(start.elapsed() < Duration::from_secs(10));
@@ -366,7 +398,10 @@ fn rootless_tree_without_pid_namespace_needs_root_to_restore() {
     let o = run_crest(true, &["restore", "-i", &img, "-d"]);
     let text = stderr(&o);
     assert!(!o.status.success(), "restored as nobody: {text}");
-    assert!(text.contains("CAP_CHECKPOINT_RESTORE") && text.contains(&pid.to_string()), "{text}");
+    assert!(
+        text.contains("CAP_CHECKPOINT_RESTORE") && text.contains(&pid.to_string()),
+        "{text}"
+    );
     assert!(!alive(pid));
     c.init = 0;
     c.wrapper = 0;
@@ -395,7 +430,9 @@ fn unshared_user_namespace_with_children_in_the_parents_pidns_is_refused() {
     };
     let start = Instant::now();
     while descendants(pid).is_empty()
-        || std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default().is_empty()
+        || std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+            .unwrap_or_default()
+            .is_empty()
     {
         assert!(start.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(2));

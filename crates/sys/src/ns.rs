@@ -142,24 +142,25 @@ pub fn write_id_maps(
     }
     files.push((path("uid_map"), uid_map));
     files.push((path("gid_map"), gid_map));
-    let write_all = |files: &[(std::ffi::CString, &[u8])]| -> std::result::Result<(), (usize, i32)> {
-        for (k, (p, data)) in files.iter().enumerate() {
-            // SAFETY: NUL-terminated path, a buffer we own; results checked.
-            unsafe {
-                let f = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if f < 0 {
-                    return Err((k, *libc::__errno_location()));
-                }
-                let n = libc::write(f, data.as_ptr().cast(), data.len());
-                let e = *libc::__errno_location();
-                libc::close(f);
-                if n != data.len() as isize {
-                    return Err((k, if n < 0 { e } else { libc::EIO }));
+    let write_all =
+        |files: &[(std::ffi::CString, &[u8])]| -> std::result::Result<(), (usize, i32)> {
+            for (k, (p, data)) in files.iter().enumerate() {
+                // SAFETY: NUL-terminated path, a buffer we own; results checked.
+                unsafe {
+                    let f = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if f < 0 {
+                        return Err((k, *libc::__errno_location()));
+                    }
+                    let n = libc::write(f, data.as_ptr().cast(), data.len());
+                    let e = *libc::__errno_location();
+                    libc::close(f);
+                    if n != data.len() as isize {
+                        return Err((k, if n < 0 { e } else { libc::EIO }));
+                    }
                 }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let failed = match via {
         None => write_all(&files).err(),
         Some(ns) => {

@@ -211,7 +211,11 @@ pub fn collect(
     let forks = |i: usize| {
         procs[i].1.len() > 1 || procs.iter().any(|q| ppids.get(&q.0) == Some(&procs[i].0))
     };
-    let parent = |i: usize| procs.iter().position(|q| ppids.get(&procs[i].0) == Some(&q.0));
+    let parent = |i: usize| {
+        procs
+            .iter()
+            .position(|q| ppids.get(&procs[i].0) == Some(&q.0))
+    };
     user::check_forks(&table, &named, &forks, &parent, obstacles);
     Ok((table, out))
 }

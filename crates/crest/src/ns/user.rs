@@ -310,7 +310,10 @@ pub fn maps(ns: &Namespaces, id: NsId) -> Result<Maps> {
         None => (u.uid_map.clone(), u.gid_map.clone()),
         Some(p) => {
             let pu = user_state(ns, p)?;
-            (to_parent(&u.uid_map, &pu.uid_map)?, to_parent(&u.gid_map, &pu.gid_map)?)
+            (
+                to_parent(&u.uid_map, &pu.uid_map)?,
+                to_parent(&u.gid_map, &pu.gid_map)?,
+            )
         }
     };
     Ok(Maps {
@@ -335,7 +338,9 @@ pub fn stub_ids(ns: &Namespaces, id: NsId) -> Result<Option<(u32, u32)>> {
     let low = |m: &[IdExtent]| m.iter().map(|e| e.inside).min();
     match (low(&u.uid_map), low(&u.gid_map)) {
         (Some(a), Some(b)) => Ok(Some((a, b))),
-        _ => Err(Error::Invalid(format!("user namespace {id} has an empty map"))),
+        _ => Err(Error::Invalid(format!(
+            "user namespace {id} has an empty map"
+        ))),
     }
 }
 
