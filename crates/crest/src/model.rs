@@ -998,6 +998,8 @@ pub enum NsState {
     Time(TimeState),
     /// A cgroup namespace (see `crate::ns::cgroup`).
     Cgroup(CgroupNsState),
+    /// A user namespace (see `crate::ns::user`).
+    User(UserNsState),
 }
 
 /// A network namespace's configuration.
@@ -1067,6 +1069,28 @@ pub struct TimeState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CgroupNsState {
     pub roots: Vec<CgroupMember>,
+}
+
+/// One line of a user namespace's uid_map or gid_map: `count` ids from
+/// `inside` in the namespace are `outside`.. in crest's user namespace
+/// at the dump (host terms, whatever the namespace's parent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IdExtent {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// A user namespace: its id maps and whether setgroups is allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserNsState {
+    pub uid_map: Vec<IdExtent>,
+    pub gid_map: Vec<IdExtent>,
+    /// /proc/PID/setgroups says "allow".
+    pub setgroups: bool,
+    /// Its parent, when that is a user namespace of the image (nested);
+    /// `None`: crest's.
+    pub parent: Option<NsId>,
 }
 
 /// A mount namespace that is a copy of crest's but for its proc mounts.
@@ -1201,6 +1225,9 @@ pub struct ProcNs {
     /// Its cgroup namespace.
     #[serde(default)]
     pub cgroup: Option<NsId>,
+    /// Its user namespace.
+    #[serde(default)]
+    pub user: Option<NsId>,
     /// The process's PIDs in the PID namespaces below crest's, outermost
     /// first (`NSpid` without crest's own level): empty in crest's PID
     /// namespace; the last is the PID the process sees for itself.

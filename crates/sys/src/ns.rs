@@ -78,3 +78,220 @@ pub fn uts_names() -> Result<(String, String)> {
         .collect();
     Ok((node, String::from_utf8_lossy(&b).into_owned()))
 }
+
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+const NS_GET_PARENT: libc::c_ulong = 0xb702;
+
+fn ns_ioctl(fd: &OwnedFd, req: libc::c_ulong, what: &str) -> Result<OwnedFd> {
+    // SAFETY: a namespace ioctl without argument on a descriptor we own;
+    // the result is checked.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req) };
+    if r < 0 {
+        return Err(Error::last_os(what.to_string()));
+    }
+    // SAFETY: the ioctl returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// The inode number of the namespace `fd` refers to.
+pub fn ino(fd: &OwnedFd) -> Result<u64> {
+    let f = std::fs::File::from(fd.try_clone().map_err(|e| Error::io("dup", e))?);
+    use std::os::unix::fs::MetadataExt;
+    Ok(f.metadata().map_err(|e| Error::io("fstat", e))?.ino())
+}
+
+/// The user namespace that owns namespace `fd` (NS_GET_USERNS).  `None`
+/// when the caller may not see it (EPERM: outside its own user
+/// namespace's subtree).
+pub fn owner(fd: &OwnedFd) -> Result<Option<OwnedFd>> {
+    match ns_ioctl(fd, NS_GET_USERNS, "NS_GET_USERNS") {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.errno() == Some(libc::EPERM) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The parent of user or PID namespace `fd` (NS_GET_PARENT).  `None`
+/// when it is outside what the caller may see (EPERM).
+pub fn parent(fd: &OwnedFd) -> Result<Option<OwnedFd>> {
+    match ns_ioctl(fd, NS_GET_PARENT, "NS_GET_PARENT") {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.errno() == Some(libc::EPERM) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the id maps of process `pid`'s (new, empty) user namespace:
+/// `setgroups` first when it is "deny", then `uid_map` and `gid_map`
+/// (text the kernel takes in one write each).  The kernel reads the
+/// outside ids in the namespace's parent, and lets only a process in
+/// that parent (or the namespace itself) write them: with `via`, the
+/// parent user namespace when it is not the caller's, a forked child of
+/// the caller joins it first and writes them.
+pub fn write_id_maps(
+    pid: i32,
+    via: Option<&OwnedFd>,
+    deny_setgroups: bool,
+    uid_map: &[u8],
+    gid_map: &[u8],
+) -> Result<()> {
+    let mut files: Vec<(std::ffi::CString, &[u8])> = Vec::new();
+    let path = |f: &str| std::ffi::CString::new(format!("/proc/{pid}/{f}")).expect("no NUL");
+    if deny_setgroups {
+        files.push((path("setgroups"), b"deny"));
+    }
+    files.push((path("uid_map"), uid_map));
+    files.push((path("gid_map"), gid_map));
+    let write_all =
+        |files: &[(std::ffi::CString, &[u8])]| -> std::result::Result<(), (usize, i32)> {
+            for (k, (p, data)) in files.iter().enumerate() {
+                // SAFETY: NUL-terminated path, a buffer we own; results checked.
+                unsafe {
+                    let f = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if f < 0 {
+                        return Err((k, *libc::__errno_location()));
+                    }
+                    let n = libc::write(f, data.as_ptr().cast(), data.len());
+                    let e = *libc::__errno_location();
+                    libc::close(f);
+                    if n != data.len() as isize {
+                        return Err((k, if n < 0 { e } else { libc::EIO }));
+                    }
+                }
+            }
+            Ok(())
+        };
+    let failed = match via {
+        None => write_all(&files).err(),
+        Some(ns) => {
+            let mut p = [0i32; 2];
+            // SAFETY: valid out array.
+            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(Error::last_os("pipe2"));
+            }
+            // SAFETY: the child runs only raw syscalls on data prepared
+            // before the fork (setns, open, write) and exits.
+            let child = unsafe { libc::fork() };
+            if child < 0 {
+                // SAFETY: closing our own pipe.
+                unsafe {
+                    libc::close(p[0]);
+                    libc::close(p[1]);
+                }
+                return Err(Error::last_os("fork"));
+            }
+            if child == 0 {
+                // SAFETY: in the forked child: raw syscalls only.
+                unsafe {
+                    let r = if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
+                        Err((usize::MAX, *libc::__errno_location()))
+                    } else {
+                        write_all(&files)
+                    };
+                    if let Err((k, e)) = r {
+                        let msg = [k as u64, e as u64];
+                        libc::write(p[1], msg.as_ptr().cast(), 16);
+                    }
+                    libc::_exit(0);
+                }
+            }
+            // SAFETY: our own descriptors; reaping our own child.
+            unsafe {
+                libc::close(p[1]);
+                let mut msg = [0u64; 2];
+                let n = libc::read(p[0], msg.as_mut_ptr().cast(), 16);
+                libc::close(p[0]);
+                libc::waitpid(child, std::ptr::null_mut(), libc::__WALL);
+                (n == 16).then_some((msg[0] as usize, msg[1] as i32))
+            }
+        }
+    };
+    match failed {
+        None => Ok(()),
+        Some((k, e)) => {
+            let what = match files.get(k) {
+                Some((p, _)) => format!("writing {}", p.to_string_lossy()),
+                None => "joining the parent user namespace".to_string(),
+            };
+            Err(Error::io(what, std::io::Error::from_raw_os_error(e)))
+        }
+    }
+}
+
+/// A datagram socket pair whose first end receives its peer's
+/// credentials with every message (SO_PASSCRED): the PID of the sender
+/// as crest sees it, whatever namespaces the sender is in.
+pub fn cred_socketpair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut s = [0i32; 2];
+    // SAFETY: valid out array; results checked.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            s.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(Error::last_os("socketpair"));
+    }
+    // SAFETY: two new descriptors we own.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(s[0]), OwnedFd::from_raw_fd(s[1])) };
+    let one: libc::c_int = 1;
+    // SAFETY: a valid int option on our socket.
+    if unsafe {
+        libc::setsockopt(
+            a.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&one as *const libc::c_int).cast(),
+            4,
+        )
+    } != 0
+    {
+        return Err(Error::last_os("setting SO_PASSCRED"));
+    }
+    Ok((a, b))
+}
+
+/// Receives one message of up to `buf.len()` bytes on a socket with
+/// SO_PASSCRED: (its length, the sender's PID).
+pub fn recv_with_pid(fd: &OwnedFd, buf: &mut [u8]) -> Result<(usize, i32)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain old data; zeroed is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let n = loop {
+        // SAFETY: msg points at buffers we own for the call's duration.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(Error::io("recvmsg", e));
+        }
+    };
+    // SAFETY: walking the control messages the kernel wrote into cbuf.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return Ok((n, cred.pid));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Err(Error::io(
+        "recvmsg",
+        std::io::Error::other("no sender credentials with the message"),
+    ))
+}

@@ -15,8 +15,7 @@
 //! runtimes make); a process that joined a namespace another member also
 //! reached from outside (setns), or whose parent is in a namespace it is
 //! not a child of, is refused by name.  The kinds crest does not handle
-//! yet (user, cgroup, time) are refused when they differ
-//! from crest's.
+//! are refused when they differ from crest's.
 //!
 //! - [`pid`]: PID namespaces (the PIDs of every task at each level).
 //! - [`uts`]: host and domain names.
@@ -42,8 +41,9 @@ use crate::restore::stub::StubTree;
 use crate::Obstacle;
 use crest_sys::proc;
 
-/// The kinds crest recreates.
-pub const HANDLED: [&str; 7] = ["pid", "uts", "ipc", "mnt", "net", "time", "cgroup"];
+/// The kinds crest recreates (the user namespace first: it owns the
+/// others, see [`user`]).
+pub const HANDLED: [&str; 8] = ["user", "pid", "uts", "ipc", "mnt", "net", "time", "cgroup"];
 
 /// The CLONE_NEW* flag of a handled kind (none for "net": the stub
 /// joins the namespace crest made, see [`net`]).
@@ -53,6 +53,7 @@ pub fn clone_flag(kind: &str) -> u64 {
         "uts" => libc::CLONE_NEWUTS,
         "ipc" => libc::CLONE_NEWIPC,
         "mnt" => libc::CLONE_NEWNS,
+        "user" => libc::CLONE_NEWUSER,
         _ => 0,
     }) as u64
 }
@@ -69,15 +70,14 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
         let Some((_, m)) = mine.iter().find(|(n, _)| n == name) else {
             continue;
         };
-        if *m != *ino && name == "user" {
-            obs.push(user::refusal(pid, *ino));
-        } else if *m != *ino && !handled {
+        if *m != *ino && !handled {
             obs.push(Obstacle {
                 pid,
                 object: format!("{name} namespace"),
                 reason: format!(
                     "the process is in another {name} namespace than crest ({name}:[{ino}]); \
-                     only PID, UTS, IPC, mount, network, time and cgroup namespaces are supported yet"
+                     only user, PID, UTS, IPC, mount, network, time and cgroup namespaces are \
+                     supported yet"
                 ),
             });
         }
@@ -135,6 +135,8 @@ pub fn collect(
     let mut table = Namespaces::default();
     // (kind, inode) of each table entry.
     let mut known: Vec<(&str, u64)> = Vec::new();
+    let ino_of = |l: &[(String, u64)], kind: &str| l.iter().find(|(n, _)| n == kind).map(|x| x.1);
+    let my_user = ino_of(&mine, "user").unwrap_or(0);
     let mut out: Vec<ProcNs> = Vec::new();
     for (i, (pid, tids)) in procs.iter().enumerate() {
         let pid = *pid;
@@ -163,8 +165,19 @@ pub fn collect(
                             "net" => net::collect(pid, obstacles)?,
                             "time" => time::collect(pid)?,
                             "cgroup" => cgroup::collect(pid, obstacles)?,
+                            "user" => {
+                                let users: Vec<(u64, NsId)> = known
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|(_, k)| k.0 == "user")
+                                    .map(|(j, k)| (k.1, j as NsId))
+                                    .collect();
+                                user::collect(pid, my_user, &users, obstacles)?
+                            }
                             _ => ipc::collect(pid, obstacles)?,
                         };
+                        let their_user = ino_of(&theirs, "user").unwrap_or(my_user);
+                        user::check_owner(pid, kind, their_user, my_user, obstacles)?;
                         table.table.push(Namespace { id, ino: t, state });
                         known.push((kind, t));
                         id
@@ -196,6 +209,16 @@ pub fn collect(
         out.push(me);
     }
     net::check_shape(procs, &table, &out, obstacles);
+    let named: Vec<(i32, ProcNs)> = procs.iter().map(|p| p.0).zip(out.iter().cloned()).collect();
+    let forks = |i: usize| {
+        procs[i].1.len() > 1 || procs.iter().any(|q| ppids.get(&q.0) == Some(&procs[i].0))
+    };
+    let parent = |i: usize| {
+        procs
+            .iter()
+            .position(|q| ppids.get(&procs[i].0) == Some(&q.0))
+    };
+    user::check_forks(&table, &named, &forks, &parent, obstacles);
     Ok((table, out))
 }
 
@@ -209,6 +232,7 @@ pub fn get(p: &ProcNs, kind: &str) -> Option<NsId> {
         "net" => p.net,
         "time" => p.time,
         "cgroup" => p.cgroup,
+        "user" => p.user,
         _ => None,
     }
 }
@@ -222,6 +246,7 @@ fn set(p: &mut ProcNs, kind: &str, v: Option<NsId>) {
         "net" => p.net = v,
         "time" => p.time = v,
         "cgroup" => p.cgroup = v,
+        "user" => p.user = v,
         _ => {}
     }
 }
@@ -268,6 +293,7 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
                     | ("net", Some(NsState::Net(_)))
                     | ("time", Some(NsState::Time(_)))
                     | ("cgroup", Some(NsState::Cgroup(_)))
+                    | ("user", Some(NsState::User(_)))
             );
             if !ok {
                 return bad(format!(
@@ -277,6 +303,14 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
             }
         }
         pid::validate(procs, i)?;
+        if enters(procs, i, "user") && (p.shares_fs_with.is_some() || p.shares_files_with.is_some())
+        {
+            return bad(format!(
+                "pid {}: it enters a user namespace and shares its parent's fs or files \
+                 (not supported)",
+                p.pid
+            ));
+        }
         let parent = procs[..i].iter().find(|q| q.pid == p.ppid);
         if p.ns.net.is_none() && parent.is_some_and(|q| q.ns.net.is_some()) {
             return bad(format!(

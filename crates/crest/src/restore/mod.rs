@@ -464,9 +464,10 @@ impl Build {
         let init = opts.new_pidns;
         if init {
             for p in &ckpt.processes {
-                creds::check_restorable(p.pid, &p.creds)?;
+                let userns = p.ns.user.is_some();
+                creds::check_restorable(p.pid, &p.creds, userns)?;
                 for t in p.threads.iter().filter_map(|t| t.creds.as_ref()) {
-                    creds::check_restorable(p.pid, t)?;
+                    creds::check_restorable(p.pid, t, userns)?;
                 }
             }
         } else {
@@ -514,6 +515,7 @@ impl Build {
             .map(|m| crate::ns::net::enter(&m.ns))
             .transpose()?;
         let pipes = stub::pipes()?;
+        let mut gates: Vec<crate::ns::user::Gate> = Vec::new();
         let mut procs: Vec<ProcPlan> = Vec::new();
         let mut aux_info: Vec<(Aux, HashMap<u32, i32>)> = Vec::new();
         let mut max_dst = 0;
@@ -678,6 +680,20 @@ impl Build {
             } else {
                 None
             };
+            let (userns_gate, userns_ids) = match p.ns.user {
+                Some(u) if new_ns & libc::CLONE_NEWUSER as u64 != 0 => {
+                    let (read, write) = crate::files::make_pipe()?;
+                    let fd = stub::raw(&read);
+                    gates.push(crate::ns::user::Gate {
+                        idx: i,
+                        maps: crate::ns::user::maps(&ckpt.namespaces, u)?,
+                        read,
+                        write,
+                    });
+                    (fd, crate::ns::user::stub_ids(&ckpt.namespaces, u)?)
+                }
+                _ => (-1, None),
+            };
             let cgroup_ns = match crate::ns::state(&ckpt.namespaces, p.ns.cgroup) {
                 Some(st) if crate::ns::enters(&ckpt.processes, i, "cgroup") => {
                     crate::ns::cgroup::plan(st)?
@@ -688,6 +704,8 @@ impl Build {
                 pid: p.pid,
                 time,
                 cgroup_ns,
+                userns_gate,
+                userns_ids,
                 mnt,
                 tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid, !opts.new_pidns),
                 nested: !p.ns.pids.is_empty(),
@@ -769,6 +787,7 @@ impl Build {
             root_sibling: opts.sibling,
             procs,
             init,
+            userns: stub::UsernsPlan::new(gates)?,
         };
         crate::fault::point("restore: before creating the processes")?;
         let root = ckpt.processes[0].pid;
@@ -962,7 +981,9 @@ fn finish_process(
     crate::fault::point("restore: before credentials")?;
     for i in 0..p.threads.len() {
         let own = p.threads[i].creds.as_ref();
-        creds::restore(&sp.thread(i), own.unwrap_or(&p.creds))?;
+        let (c, fixed_groups) =
+            crate::ns::user::inside(&ckpt.namespaces, p.ns.user, p.pid, own.unwrap_or(&p.creds))?;
+        creds::restore(&sp.thread(i), &c, fixed_groups)?;
         // A credential change clears the parent-death signal: set it after.
         tasks::restore_pdeath(&sp.thread(i), &p.attrs)?;
     }

@@ -43,7 +43,7 @@ pub fn check_here(ckpt: &Checkpoint) -> Vec<Obstacle> {
         let creds =
             std::iter::once(&p.creds).chain(p.threads.iter().filter_map(|t| t.creds.as_ref()));
         for c in creds {
-            if let Err(e) = crate::task::creds::check_restorable(p.pid, c) {
+            if let Err(e) = crate::task::creds::check_restorable(p.pid, c, p.ns.user.is_some()) {
                 push("credentials".into(), e.to_string());
             }
         }

@@ -128,6 +128,15 @@ pub struct ProcPlan {
     /// The `cgroup.procs` files of the roots of the cgroup namespace it
     /// creates: it joins them, then unshares (see `crate::ns::cgroup`).
     pub cgroup_ns: Option<Vec<std::ffi::CString>>,
+    /// It creates a user namespace: the read end (crest's number) of the
+    /// pipe it waits on until crest has written the namespace's id maps
+    /// (-1: none; see `crate::ns::user`).
+    pub userns_gate: i32,
+    /// Ids (inside) it takes once its maps are written, when crest's own
+    /// are not mapped there: a process whose ids are unmapped can create
+    /// no user namespace and no file.  Its capabilities stay (neither id
+    /// is the namespace's root for the kernel's fix-up).
+    pub userns_ids: Option<(u32, u32)>,
     /// Indexes (into [`TreePlan::procs`]) of the processes this one forks.
     pub children: Vec<usize>,
     pub setsid: bool,
@@ -191,10 +200,105 @@ pub struct TreePlan {
     /// Restore under crest's own init, PID 1 of a new PID namespace (see
     /// `crate::ns::init::mini_init`).
     pub init: bool,
+    /// The user namespaces the stubs create.
+    pub userns: UsernsPlan,
+}
+
+/// How stubs that create user namespaces get their id maps: each sends
+/// its index on `ask` (crest's end receives it with the sender's PID)
+/// and waits on its gate (see `crate::ns::user`).
+pub struct UsernsPlan {
+    pub gates: Vec<crate::ns::user::Gate>,
+    /// crest's end, and the stubs' end (crest's number, inherited).
+    sock: Option<(OwnedFd, OwnedFd)>,
+    pub ask: i32,
+}
+
+impl UsernsPlan {
+    pub fn new(gates: Vec<crate::ns::user::Gate>) -> Result<UsernsPlan> {
+        if gates.is_empty() {
+            return Ok(UsernsPlan {
+                gates,
+                sock: None,
+                ask: -1,
+            });
+        }
+        let (mine, theirs) = crest_sys::ns::cred_socketpair()?;
+        let ask = theirs.as_raw_fd();
+        Ok(UsernsPlan {
+            gates,
+            sock: Some((mine, theirs)),
+            ask,
+        })
+    }
+
+    /// Serves one request: writes the maps of the asking stub's new user
+    /// namespace and opens its gate.
+    fn serve(&self, procs: &[ProcPlan]) -> Result<()> {
+        let Some((sock, _)) = &self.sock else {
+            return Ok(());
+        };
+        let mut b = [0u8; 4];
+        let (n, pid) = crest_sys::ns::recv_with_pid(sock, &mut b)?;
+        let idx = u32::from_ne_bytes(b) as usize;
+        let gate = self.gates.iter().find(|g| g.idx == idx && n == 4);
+        let Some(g) = gate else {
+            return Err(Error::msg(format!(
+                "a new process (pid {pid}) asked for the maps of a user namespace it does not create"
+            )));
+        };
+        let name = procs.get(idx).map_or(-1, |p| p.pid);
+        crate::ns::user::answer(pid, &g.maps).context(|| format!("restoring pid {name}"))?;
+        let w = g.write.as_raw_fd();
+        // SAFETY: one byte from a local buffer to our own pipe.
+        if unsafe { libc::write(w, b"m".as_ptr().cast(), 1) } != 1 {
+            return Err(Error::msg(format!(
+                "restoring pid {name}: letting it go on in its user namespace: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready` is readable, serving map requests meanwhile.
+    fn wait_ready(&self, ready: i32, procs: &[ProcPlan]) -> Result<()> {
+        let Some((sock, _)) = &self.sock else {
+            return Ok(());
+        };
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: ready,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sock.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: an array of two pollfds we own.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(Error::msg(format!("waiting for the new processes: {e}")));
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                self.serve(procs)?;
+            }
+            if fds[0].revents != 0 {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 19] = [
+const STEPS: [&str; 20] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -214,6 +318,7 @@ const STEPS: [&str; 19] = [
     "joining its network namespace",
     "creating its time namespace",
     "creating its cgroup namespace",
+    "waiting for its user namespace's id maps",
 ];
 
 /// # Safety
@@ -238,6 +343,30 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     };
     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
         fail(0, report);
+    }
+    let gate = plan.procs[i].userns_gate;
+    if gate >= 0 {
+        // In a new user namespace: nothing is mapped until crest writes
+        // the maps (it learns this process's PID from the datagram).
+        let msg = i as u32;
+        if libc::write(plan.userns.ask, (&msg as *const u32).cast(), 4) != 4 {
+            fail(19, report);
+        }
+        let mut b = 0u8;
+        loop {
+            let n = libc::read(gate, (&mut b as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n == 0 || *libc::__errno_location() != libc::EINTR {
+                fail(19, report);
+            }
+        }
+        if let Some((u, g)) = plan.procs[i].userns_ids {
+            if libc::setresgid(g, g, g) != 0 || libc::setresuid(u, u, u) != 0 {
+                fail(19, report);
+            }
+        }
     }
     if plan.procs[i].netns >= 0 && libc::setns(plan.procs[i].netns, libc::CLONE_NEWNET) != 0 {
         fail(16, report);
@@ -680,6 +809,7 @@ impl StubTree {
         let mut ready = vec![false; n];
         let mut got = 0;
         while got < n {
+            plan.userns.wait_ready(ready_r.as_raw_fd(), &plan.procs)?;
             let mut b = [0u8; 12];
             let r = read_exact_fd(ready_r.as_raw_fd(), &mut b)
                 .context(|| "waiting for the new processes".into())?;

@@ -34,8 +34,11 @@ pub fn collect(t: &impl Inject, st: &Status) -> Result<Creds> {
 /// Refuses to give a restored process more privilege than crest's caller
 /// has: a caller that is not root may only restore processes running as
 /// its own user and group, and nobody may restore capabilities beyond
-/// those crest itself holds (permitted set).
-pub fn check_restorable(pid: i32, c: &Creds) -> Result<()> {
+/// those crest itself holds (permitted set).  The capabilities of a
+/// process in a user namespace of the image (`in_userns`) are not
+/// compared: they hold only in the namespace restore makes, which
+/// belongs to crest's caller.
+pub fn check_restorable(pid: i32, c: &Creds, in_userns: bool) -> Result<()> {
     let me = crest_sys::proc::read_status(std::process::id() as i32)?;
     let mut why = Vec::new();
     if me.uid[1] != 0 {
@@ -55,7 +58,7 @@ pub fn check_restorable(pid: i32, c: &Creds) -> Result<()> {
         }
     }
     let extra = (c.cap_prm | c.cap_eff | c.cap_inh | c.cap_amb) & !me.cap_prm;
-    if extra != 0 {
+    if extra != 0 && !in_userns {
         why.push(format!(
             "it holds capabilities {extra:#x} that crest does not have"
         ));
@@ -81,8 +84,10 @@ pub fn cap_last_cap() -> u32 {
     })
 }
 
-/// Sets the credentials of the task's thread (every call queued).
-pub fn restore(t: &impl Inject, c: &Creds) -> Result<()> {
+/// Sets the credentials of the task's thread (every call queued), ids as
+/// its user namespace sees them.  `fixed_groups`: its user namespace
+/// denies setgroups, so the supplementary groups stay as they are.
+pub fn restore(t: &impl Inject, c: &Creds, fixed_groups: bool) -> Result<()> {
     let prctl = |args: &[u64], what: String| t.queue(Call::new(libc::SYS_prctl, args, what));
     for cap in 0..=cap_last_cap() {
         if c.cap_bnd & (1u64 << cap) == 0 {
@@ -92,13 +97,15 @@ pub fn restore(t: &impl Inject, c: &Creds) -> Result<()> {
             )?;
         }
     }
-    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-    let at = t.place(&groups)?;
-    t.queue(Call::new(
-        libc::SYS_setgroups,
-        &[c.groups.len() as u64, at],
-        "setting supplementary groups".into(),
-    ))?;
+    if !fixed_groups {
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+        let at = t.place(&groups)?;
+        t.queue(Call::new(
+            libc::SYS_setgroups,
+            &[c.groups.len() as u64, at],
+            "setting supplementary groups".into(),
+        ))?;
+    }
     let [rg, eg, sg, fg] = c.gids.map(u64::from);
     t.queue(Call::new(
         libc::SYS_setresgid,
