@@ -201,6 +201,7 @@ pub fn collect(
         data: &mut data,
     });
     files::check_pipe_ends(&fd_index, &pids, obstacles, external);
+    crate::net::unix::check_peers(objects.as_slice(), pids[0], obstacles);
     fd_index.net.verify(obstacles);
     let shared = check_shared_tables(&pids, obstacles)?;
     let mut ppids = std::collections::HashMap::new();

@@ -61,6 +61,9 @@ pub struct Dumped {
     /// sequence numbers it was read at.
     read_at: Vec<(i32, i32, String, tcp::Seqs)>,
     lock: Option<lock::Lock>,
+    /// crest's copies of the files in flight in UNIX sockets' queues,
+    /// open until the dump ends (see `crate::files`).
+    in_flight: Vec<OwnedFd>,
 }
 
 impl Dumped {
@@ -95,6 +98,11 @@ impl Drop for Dumped {
 }
 
 impl NetIndex {
+    /// Keeps crest's copy of a file in flight open until the dump ends.
+    pub fn keep_in_flight(&mut self, f: OwnedFd) {
+        self.dumped.in_flight.push(f);
+    }
+
     /// The repair-mode sockets and lock, for the end of the dump.
     pub fn take_dumped(&mut self) -> Dumped {
         std::mem::take(&mut self.dumped)

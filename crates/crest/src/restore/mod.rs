@@ -741,6 +741,13 @@ impl Build {
             };
             procs[i].ctty = Some(m.dst);
         }
+        // Files in flight in UNIX sockets' queues, held by no process.
+        for (id, o) in crate::net::unix::in_flight(&ckpt, &opened) {
+            let f = files::open_object(id, o, unlinked, &|id| ckpt.object(id).cloned())
+                .context(|| format!("object {id}, in flight in a UNIX socket's queue"))?;
+            opened.insert(id, stub::raw(&f));
+            held.push(f);
+        }
         crate::net::unix::restore(&ckpt, &opened)?;
         crate::net::finish(&ckpt, &opened)?;
         crate::files::events::add_epoll_targets(&ckpt, &opened)?;

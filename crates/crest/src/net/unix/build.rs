@@ -19,15 +19,31 @@ impl Names {
     /// Makes room for a socket file at `name` (a stale socket file is
     /// removed; anything else is an error), binds `fd` there and gives the
     /// file its mode and owner.
-    fn bind(&mut self, fd: &OwnedFd, name: &[u8], file: Option<&UnixFile>) -> Result<()> {
+    fn bind(&mut self, fd: &OwnedFd, u: &UnixSocket) -> Result<()> {
+        let (name, file) = (&u.name[..], u.file.as_ref());
         if name.is_empty() {
             return Ok(());
         }
         if name[0] == 0 {
             return bind(fd, name);
         }
-        let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name));
-        if file.is_none() && !name_is_free(name) {
+        let full = resolved(name, u.bound_in.as_deref());
+        let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&full));
+        if name[0] != b'/' && u.bound_in.is_none() {
+            return Err(Error::Invalid(format!(
+                "AF_UNIX socket bound to the relative name {}, with no directory recorded",
+                show(name)
+            )));
+        }
+        if file.is_none() && !name_is_free(&full) {
+            if name[0] != b'/' {
+                return Err(Error::Incompatible(format!(
+                    "AF_UNIX socket bound to the relative name {} (in {}): its file was \
+                     deleted and the path is taken",
+                    show(name),
+                    path.display()
+                )));
+            }
             // The file was deleted and its path is gone or taken: the
             // name alone, with no file anywhere visible.
             return crate::net::sockname::bind_detached(fd, name);
@@ -54,7 +70,10 @@ impl Names {
                 Error::msg(format!("removing the stale socket {}: {e}", path.display()))
             })?;
         }
-        bind(fd, name)?;
+        match &u.bound_in {
+            Some(dir) if name[0] != b'/' => bind_in(fd, name, dir)?,
+            _ => bind(fd, name)?,
+        }
         match file {
             Some(f) => {
                 use std::os::unix::fs::PermissionsExt;
@@ -147,8 +166,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
     for (i, s) in socks.iter().enumerate() {
         if let Some(backlog) = s.u.listen {
             let fd = new_socket(s.u.sock_type)?;
-            names
-                .bind(&fd, &s.u.name, s.u.file.as_ref())
+            names.bind(&fd, s.u)
                 .context(|| what(s))?;
             listen(&fd, backlog, &s.u.name)?;
             built[i] = Some(fd);
@@ -171,8 +189,17 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                 // The client end of a connection not accepted yet: it
                 // connects once the listener's accepted ones are made.
                 let fd = new_socket(u.sock_type)?;
-                names.bind(&fd, &u.name, u.file.as_ref())?;
+                names.bind(&fd, u)?;
                 built[i] = Some(fd);
+            }
+            (Some(0), _) if !stream => {
+                // Its peer was closed: a pair whose other end sends what
+                // is queued, then is closed (a send fails with
+                // ECONNREFUSED again).
+                let (a, b) = socketpair(u.sock_type)?;
+                names.bind(&a, u).context(|| what(s))?;
+                built[i] = Some(a);
+                orphan_peer.insert(i, b);
             }
             (Some(0), _) if stream => {
                 // Its peer was closed: a pair whose other end is closed
@@ -217,20 +244,21 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                     }
                 };
                 let (aname, cu) = (socks[acc].u.name.clone(), socks[cli].u);
+                let atarget = resolved(&aname, socks[acc].u.bound_in.as_deref());
                 let client = new_socket(u.sock_type)?;
-                names.bind(&client, &cu.name, cu.file.as_ref())?;
+                names.bind(&client, cu)?;
                 let accepted = match listener_named(&aname, u.sock_type) {
                     Some(l) => {
                         let lfd = built[l].as_ref().expect("listeners are built first");
-                        connect(&client, &aname)?;
+                        connect(&client, &atarget)?;
                         accept(lfd, &aname)?
                     }
                     None => {
                         // The listener is closed: a temporary one with its name.
                         let tmp = new_socket(u.sock_type)?;
-                        names.bind(&tmp, &aname, socks[acc].u.file.as_ref())?;
+                        names.bind(&tmp, socks[acc].u)?;
                         listen(&tmp, 1, &aname)?;
-                        connect(&client, &aname)?;
+                        connect(&client, &atarget)?;
                         accept(&tmp, &aname)?
                     }
                 };
@@ -257,8 +285,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             }
             _ => {
                 let fd = new_socket(u.sock_type)?;
-                names
-                    .bind(&fd, &u.name, u.file.as_ref())
+                names.bind(&fd, u)
                     .context(|| what(s))?;
                 built[i] = Some(fd);
             }
@@ -281,14 +308,31 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             &(32i32 << 20),
         );
     }
-    // 3. Refill the receive queues, sending from the peer.
+    // 3. Refill the receive queues, sending from the peer, with the
+    // descriptors in flight (a socket among them is the built one).
+    let by_id: HashMap<u32, usize> = socks.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    let me = std::process::id() as i32;
     for (i, s) in socks.iter().enumerate() {
         if s.u.queue.is_empty() {
             continue;
         }
         let u = s.u;
         let stream = u.sock_type != libc::SOCK_DGRAM;
+        let me_target = resolved(&u.name, u.bound_in.as_deref());
         for m in &u.queue {
+            let mut rights = Vec::with_capacity(m.rights.len());
+            for id in &m.rights {
+                rights.push(match (by_id.get(id), opened.get(id)) {
+                    (Some(&j), _) => fd_of(&built, j)?,
+                    (None, Some(&f)) => f,
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "{}: object {id}, in flight in its queue, was not opened",
+                            what(s)
+                        )))
+                    }
+                });
+            }
             let (from, to): (RawFd, Option<&[u8]>) = if stream {
                 let f = match (orphan_peer.get(&i), u.peer.and_then(|p| by_ino.get(&p))) {
                     (Some(o), _) => o.as_raw_fd(),
@@ -301,6 +345,8 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                     }
                 };
                 (f, None)
+            } else if let Some(o) = orphan_peer.get(&i).filter(|_| m.from.is_empty()) {
+                (o.as_raw_fd(), None)
             } else if let Some(&j) = partner
                 .get(&i)
                 .filter(|&&j| m.from.is_empty() || m.from == socks[j].u.name)
@@ -313,13 +359,13 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                     show(&m.from)
                 )));
             } else if m.from.is_empty() {
-                (-1, Some(&u.name[..]))
+                (-1, Some(&me_target[..]))
             } else {
                 match socks
                     .iter()
                     .position(|x| x.u.name == m.from && x.u.sock_type == libc::SOCK_DGRAM)
                 {
-                    Some(j) => (fd_of(&built, j)?, Some(&u.name[..])),
+                    Some(j) => (fd_of(&built, j)?, Some(&me_target[..])),
                     None => {
                         return Err(Error::Incompatible(format!(
                             "{}: a datagram queued on it came from {}, which no socket of the image has",
@@ -331,13 +377,13 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             };
             if from < 0 {
                 let tmp = new_socket(libc::SOCK_DGRAM)?;
-                send(&tmp, &m.data, to, m.creds)?;
+                send(&tmp, &m.data, to, m.creds, me, &rights)?;
             } else {
                 // SAFETY: `from` is a descriptor owned by `built` or
                 // `orphan_peer`, alive for this call; the borrowed copy is
                 // forgotten, not closed.
                 let f = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(from) });
-                send(&f, &m.data, to, m.creds).context(|| what(s))?;
+                send(&f, &m.data, to, m.creds, me, &rights).context(|| what(s))?;
             }
         }
     }
@@ -348,7 +394,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
         if u.sock_type != libc::SOCK_DGRAM || partner.contains_key(&i) {
             continue;
         }
-        if let Some(p) = u.peer {
+        if let Some(p) = u.peer.filter(|&p| p != 0) {
             let Some(&j) = by_ino.get(&p) else {
                 return Err(Error::Invalid(format!(
                     "{}: its peer {p} is not in the image",
@@ -363,7 +409,8 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                 )));
             }
             let f = built[i].as_ref().expect("built above");
-            connect(f, pname).context(|| what(s))?;
+            let target = resolved(pname, socks[j].u.bound_in.as_deref());
+            connect(f, &target).context(|| what(s))?;
         }
     }
     for l in socks.iter() {
@@ -376,7 +423,8 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                 )));
             };
             let f = built[c].as_ref().expect("built above");
-            connect(f, &l.u.name).context(|| what(&socks[c]))?;
+            let target = resolved(&l.u.name, l.u.bound_in.as_deref());
+            connect(f, &target).context(|| what(&socks[c]))?;
         }
     }
     // 5. Shutdown state, options, file flags; then into place.
@@ -412,4 +460,30 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// The open files in flight in the queues of the image's UNIX sockets
+/// that no descriptor of the tree opened: `opened` maps the opened ones.
+pub fn in_flight<'a>(
+    ckpt: &'a Checkpoint,
+    opened: &HashMap<u32, RawFd>,
+) -> Vec<(u32, &'a OpenFile)> {
+    let mut out: Vec<(u32, &OpenFile)> = Vec::new();
+    for o in &ckpt.objects {
+        if let ObjectKind::Open(OpenFile {
+            target: OpenTarget::Unix(u),
+            ..
+        }) = &o.kind
+        {
+            for id in u.queue.iter().flat_map(|m| &m.rights) {
+                if opened.contains_key(id) || out.iter().any(|(i, _)| i == id) {
+                    continue;
+                }
+                if let Some(ObjectKind::Open(f)) = ckpt.object(*id) {
+                    out.push((*id, f));
+                }
+            }
+        }
+    }
+    out
 }

@@ -23,7 +23,7 @@ mod build;
 mod ops;
 mod queue;
 
-pub use build::restore;
+pub use build::{in_flight, restore};
 pub use ops::open;
 use ops::show;
 pub(crate) use ops::sockaddr_un;
@@ -50,8 +50,13 @@ const MAX_MESSAGES: usize = 1 << 20;
 
 // ---------------------------------------------------------------- dump
 
+pub use queue::InFlight;
+
 /// The state of socket `fd` of `pid`, or why it cannot be checkpointed.
-pub fn collect(pid: i32, fd: i32) -> Refusal<OpenTarget> {
+/// The descriptors in flight in its queue (SCM_RIGHTS) go to `inflight`,
+/// by message: crest's copies, which the caller makes objects of and
+/// puts in the messages' `rights`.
+pub fn collect(pid: i32, fd: i32, inflight: &mut InFlight) -> Refusal<OpenTarget> {
     let own = steal(pid, fd).map_err(|e| format!("this socket is not supported ({e})"))?;
     let dom = getsockopt_int(&own, libc::SOL_SOCKET, libc::SO_DOMAIN)
         .map_err(|e| format!("this socket is not supported (SO_DOMAIN: {e})"))?;
@@ -72,20 +77,18 @@ pub fn collect(pid: i32, fd: i32) -> Refusal<OpenTarget> {
         ));
     }
     let name = norm_name(&d.name);
-    if !name.is_empty() && name[0] != 0 && name[0] != b'/' {
-        return Err(format!(
-            "AF_UNIX socket bound to the relative path {:?} (not supported)",
-            String::from_utf8_lossy(&name)
-        ));
-    }
+    let bound_in = if !name.is_empty() && name[0] != 0 && name[0] != b'/' {
+        Some(relative_dir(&own, &name)?)
+    } else {
+        None
+    };
     let me = crest_tids();
     let outq = d.rqlen.map(|r| r.1).unwrap_or(0);
     let stream = sock_type != libc::SOCK_DGRAM;
     match d.peer {
-        Some(0) if !stream => return Err(
-            "this datagram socket is connected to a socket that has been closed (not supported)"
-                .into(),
-        ),
+        // A datagram socket whose peer was closed: it keeps the dead peer
+        // (its next send fails with ECONNREFUSED), rebuilt as such.
+        Some(0) if !stream => {}
         Some(0) => {
             // Closed, or the server end of a connection not accepted yet
             // (it has no inode): then a listener shows this socket among
@@ -152,8 +155,9 @@ pub fn collect(pid: i32, fd: i32) -> Refusal<OpenTarget> {
             });
         }
     }
-    let file = if !name.is_empty() && name[0] == b'/' {
-        let path = std::ffi::OsStr::from_bytes(&name);
+    let file = if !name.is_empty() && name[0] != 0 {
+        let full = resolved(&name, bound_in.as_deref());
+        let path = std::ffi::OsStr::from_bytes(&full);
         match (std::fs::symlink_metadata(path), d.vfs) {
             (Ok(m), Some((vino, vdev)))
                 if m.file_type().is_socket()
@@ -185,7 +189,14 @@ pub fn collect(pid: i32, fd: i32) -> Refusal<OpenTarget> {
     let queue = if listen.is_some() {
         Vec::new()
     } else {
-        queue::peek_queue(&own, sock_type, peek_off, d)?
+        let (q, f) = queue::peek_queue(&own, sock_type, peek_off, d)?;
+        *inflight = f;
+        q
+    };
+    let peercred = if stream && (listen.is_some() || d.peer.is_some()) {
+        peercred(&own).filter(|c| c.0 != 0)
+    } else {
+        None
     };
     Ok(OpenTarget::Unix(UnixSocket {
         ino,
@@ -204,7 +215,67 @@ pub fn collect(pid: i32, fd: i32) -> Refusal<OpenTarget> {
         peek_off,
         rcvtimeo_us,
         sndtimeo_us,
+        peercred,
+        bound_in,
     }))
+}
+
+/// The directory a socket bound to the relative name `name` was bound in:
+/// the socket file's absolute path (SIOCUNIXFILE opens it) less `name`.
+fn relative_dir(own: &OwnedFd, name: &[u8]) -> Refusal<String> {
+    let shown = String::from_utf8_lossy(name).into_owned();
+    let f = crest_sys::sockdiag::unix_file(own.as_raw_fd()).map_err(|e| {
+        format!("AF_UNIX socket bound to the relative path {shown:?}: cannot find its file ({e})")
+    })?;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map_err(|e| format!("AF_UNIX socket bound to {shown:?}: {e}"))?;
+    let p = path.as_os_str().as_bytes();
+    let rel = name.strip_prefix(b"./").unwrap_or(name);
+    match p.strip_suffix(rel).and_then(|d| d.strip_suffix(b"/")) {
+        Some(d) if p.starts_with(b"/") && !p.ends_with(b" (deleted)") => {
+            Ok(String::from_utf8_lossy(if d.is_empty() { b"/" } else { d }).into_owned())
+        }
+        _ => Err(format!(
+            "AF_UNIX socket bound to the relative path {shown:?}: its file is now {} \
+             (renamed or deleted; not supported)",
+            path.display()
+        )),
+    }
+}
+
+/// A filesystem name as a path crest can use: a relative one joined to
+/// the directory it was bound in.
+pub(super) fn resolved(name: &[u8], bound_in: Option<&str>) -> Vec<u8> {
+    match bound_in {
+        Some(d) if name.first().is_some_and(|&b| b != 0 && b != b'/') => {
+            let mut v = d.trim_end_matches('/').as_bytes().to_vec();
+            v.push(b'/');
+            v.extend_from_slice(name);
+            v
+        }
+        _ => name.to_vec(),
+    }
+}
+
+/// SO_PEERCRED of crest's copy of a socket.
+fn peercred(own: &OwnedFd) -> Option<(i32, u32, u32)> {
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `c`.
+    let r = unsafe {
+        libc::getsockopt(
+            own.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut c as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some((c.pid, c.uid, c.gid))
 }
 
 /// A name as the program sees it: filesystem names lose the NUL the
@@ -286,7 +357,9 @@ fn holders(ino: u32) -> Vec<i32> {
 /// Refuses a peer that no process of the tree holds.
 fn check_in_tree(peer: u32, me: &[i32]) -> Refusal<()> {
     let h = holders(peer);
-    if h.iter().any(|p| in_tree(*p, me)) {
+    if h.is_empty() || h.iter().any(|p| in_tree(*p, me)) {
+        // Held by no process: in flight in a queue, which
+        // [`check_peers`] finds among the tree's once all are read.
         return Ok(());
     }
     Err(match h.first() {
@@ -380,6 +453,10 @@ pub fn describe(u: &UnixSocket) -> String {
     if !u.queue.is_empty() {
         s += &format!(", {} messages / {bytes} bytes queued", u.queue.len());
     }
+    let rights: usize = u.queue.iter().map(|m| m.rights.len()).sum();
+    if rights > 0 {
+        s += &format!(", {rights} descriptors in flight");
+    }
     if u.shutdown != 0 {
         s += &format!(", shutdown {}", u.shutdown);
     }
@@ -400,13 +477,14 @@ pub(super) fn name_is_free(name: &[u8]) -> bool {
 /// nothing can connect to it by path: a listener that restore must
 /// reconnect accepted or waiting connections to is refused.
 pub fn name_problem(u: &UnixSocket, ckpt: &Checkpoint) -> Option<String> {
-    if u.name.first() != Some(&b'/') {
+    let full = resolved(&u.name, u.bound_in.as_deref());
+    if full.first() != Some(&b'/') {
         return None;
     }
-    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&u.name));
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&full));
     let shown = path.display();
     if u.file.is_none() {
-        if name_is_free(&u.name) {
+        if name_is_free(&full) {
             return None;
         }
         let accepted = ckpt.objects.iter().any(|o| {
@@ -436,5 +514,40 @@ pub fn name_problem(u: &UnixSocket, ckpt: &Checkpoint) -> Option<String> {
              name cannot be bound again (not supported)"
         )),
         _ => None,
+    }
+}
+
+/// Once every descriptor of the tree is read: the peer of each UNIX
+/// socket (held by no process, it was in flight) must be in the image
+/// too, else the socket could not be connected to it again.
+pub fn check_peers(objects: &[crate::model::Object], root: i32, obstacles: &mut Vec<crate::Obstacle>) {
+    let unix = || {
+        objects.iter().filter_map(|o| match &o.kind {
+            ObjectKind::Open(OpenFile {
+                target: OpenTarget::Unix(u),
+                ..
+            }) => Some(u),
+            _ => None,
+        })
+    };
+    let inos: std::collections::HashSet<u64> = unix().map(|u| u.ino).collect();
+    for u in unix() {
+        let wanted = u
+            .peer
+            .filter(|&p| p != 0)
+            .into_iter()
+            .chain(u.pending.iter().map(|p| p.client));
+        for p in wanted {
+            if !inos.contains(&p) {
+                obstacles.push(crate::Obstacle {
+                    pid: root,
+                    object: format!("AF_UNIX socket socket:[{}]", u.ino),
+                    reason: format!(
+                        "its peer socket:[{p}] is held by no process and is not in flight in \
+                         the tree's queues (it may be in flight outside the tree)"
+                    ),
+                });
+            }
+        }
     }
 }

@@ -93,6 +93,28 @@ pub(super) fn bind(fd: &OwnedFd, name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Binds `fd` to the relative name `name` as a program whose cwd is `dir`
+/// did: from a thread with a working directory of its own (unshared from
+/// crest's), so the socket keeps its name as given.
+pub(super) fn bind_in(fd: &OwnedFd, name: &[u8], dir: &str) -> Result<()> {
+    std::thread::scope(|sc| {
+        sc.spawn(|| -> Result<()> {
+            // SAFETY: plain syscall; it affects this thread only.
+            let r = unsafe { libc::unshare(libc::CLONE_FS) };
+            check(r as libc::c_long, || "unshare(CLONE_FS)".into())?;
+            std::env::set_current_dir(dir).map_err(|e| {
+                Error::msg(format!(
+                    "binding a UNIX socket to {} in {dir}: {e}",
+                    show(name)
+                ))
+            })?;
+            bind(fd, name)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::msg("the binding thread panicked".to_string())))
+    })
+}
+
 pub(super) fn connect(fd: &OwnedFd, name: &[u8]) -> Result<()> {
     let (a, len) = sockaddr_un(name)?;
     // SAFETY: connect reads `len` bytes of a valid sockaddr_un.

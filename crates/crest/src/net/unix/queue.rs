@@ -3,6 +3,7 @@
 
 use super::ops::*;
 use super::*;
+use crate::error::Error;
 use std::os::fd::FromRawFd;
 
 /// Puts SO_PEEK_OFF back as the task had it, whatever happens.
@@ -19,14 +20,25 @@ impl Drop for PeekOffGuard<'_> {
     }
 }
 
-/// One peeked message: bytes, real length, sender, credentials.
+/// One peeked message: bytes, real length, sender, credentials, and the
+/// descriptors in flight with it (SCM_RIGHTS), which the peek installed
+/// in crest: copies of the very open file descriptions.
 struct Peeked {
     data: Vec<u8>,
     len: usize,
     from: Vec<u8>,
     creds: Option<(i32, u32, u32)>,
-    rights: usize,
+    fds: Vec<OwnedFd>,
+    /// The kernel had more control data than crest's buffer holds.
+    truncated: bool,
 }
+
+/// Room for SCM_MAX_FD (253) descriptors, credentials and a pidfd.
+const CMSG_ROOM: usize = 2048;
+
+/// The descriptors in flight with each message of a queue: (message
+/// index, crest's copies in order).
+pub type InFlight = Vec<(usize, Vec<OwnedFd>)>;
 
 /// Peeks at the message (or stream chunk) at the socket's peek offset.
 fn peek_one(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<Peeked>> {
@@ -38,7 +50,7 @@ fn peek_one(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<Peeked>> {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut cbuf = [0u64; 64];
+    let mut cbuf = [0u64; CMSG_ROOM / 8];
     // SAFETY: msghdr is plain data; all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = (&mut addr as *mut libc::sockaddr_un).cast();
@@ -68,7 +80,8 @@ fn peek_one(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<Peeked>> {
         len,
         from: Vec::new(),
         creds: None,
-        rights: 0,
+        fds: Vec::new(),
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     };
     let nl = msg.msg_namelen as usize;
     if nl > 2 {
@@ -85,12 +98,13 @@ fn peek_one(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<Peeked>> {
             if (*c).cmsg_level == libc::SOL_SOCKET {
                 match (*c).cmsg_type {
                     libc::SCM_RIGHTS | SCM_PIDFD => {
-                        // Descriptors the peek installed in crest: close them.
+                        // Descriptors the peek installed in crest: the
+                        // rights are kept, a pidfd (of the sender) closed.
                         for i in 0..dlen / 4 {
                             let f = std::ptr::read_unaligned(data.cast::<i32>().add(i));
-                            drop(OwnedFd::from_raw_fd(f));
+                            let f = OwnedFd::from_raw_fd(f);
                             if (*c).cmsg_type == libc::SCM_RIGHTS {
-                                p.rights += 1;
+                                p.fds.push(f);
                             }
                         }
                     }
@@ -114,10 +128,11 @@ pub(super) fn peek_queue(
     sock_type: i32,
     peek_off: i32,
     d: &UnixDiag,
-) -> Refusal<Vec<UnixMsg>> {
+) -> Refusal<(Vec<UnixMsg>, InFlight)> {
     let expected = d.rqlen.map(|r| r.0 as usize).unwrap_or(0);
+    let mut inflight = InFlight::new();
     if sock_type != libc::SOCK_DGRAM && expected == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), inflight));
     }
     let set = |off: i32| {
         setsockopt_raw(own.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, &off)
@@ -129,15 +144,37 @@ pub(super) fn peek_queue(
     let mut buf = vec![0u8; 256 * 1024];
     let mut off = 0usize;
     let mut total = 0usize;
-    while let Some(p) = peek_one(own, &mut buf)
+    let mut pending_rights: Option<(Vec<u8>, Vec<OwnedFd>)> = None;
+    while let Some(mut p) = peek_one(own, &mut buf)
         .map_err(|e| format!("AF_UNIX socket: peeking at the queued data: {e}"))?
     {
-        if p.rights > 0 {
+        if p.truncated {
             return Err(format!(
-                "a message queued on this UNIX socket carries {} descriptor(s) in flight \
-                 (SCM_RIGHTS), which is not supported yet",
-                p.rights
+                "a message queued on this UNIX socket (at byte {off}) carries more control \
+                 data than crest reads ({CMSG_ROOM} bytes)"
             ));
+        }
+        if sock_type == libc::SOCK_STREAM && !p.fds.is_empty() && p.len > 1 {
+            // A peek returns the rights of the first chunk at or after
+            // where it starts, with the bytes up to that chunk's end, but
+            // nothing tells where that chunk began (a peek that stops
+            // inside the bytes before it gets its rights too).  The rights
+            // are put on the last byte: a reader that reads up to the end
+            // of that chunk, in one read or in pieces, gets them with the
+            // same read as before; one that stops inside it gets them
+            // one read later.
+            if p.len >= buf.len() {
+                return Err(format!(
+                    "a chunk of more than {} KiB with descriptors in flight is queued on this \
+                     UNIX socket (not supported)",
+                    buf.len() >> 10
+                ));
+            }
+            let last = p.data.split_off(p.len - 1);
+            let fds = std::mem::take(&mut p.fds);
+            pending_rights = Some((last, fds));
+            p.len -= 1;
+            set((off + p.len) as i32)?;
         }
         if sock_type != libc::SOCK_STREAM && p.len > buf.len() {
             // A datagram larger than the buffer: peek at it again whole.
@@ -167,17 +204,42 @@ pub(super) fn peek_queue(
             ));
         }
         let creds = p.creds;
+        let fds = std::mem::take(&mut p.fds);
+        let last_has_rights = inflight.last().is_some_and(|(i, _)| *i + 1 == out.len());
         match out.last_mut() {
             Some(last)
-                if sock_type == libc::SOCK_STREAM && last.creds == creds && !p.data.is_empty() =>
+                if sock_type == libc::SOCK_STREAM
+                    && last.creds == creds
+                    && !p.data.is_empty()
+                    && fds.is_empty()
+                    && !last_has_rights =>
             {
                 last.data.extend_from_slice(&p.data)
             }
-            _ => out.push(UnixMsg {
-                data: p.data,
-                from: p.from,
+            _ => {
+                if !fds.is_empty() {
+                    inflight.push((out.len(), fds));
+                }
+                out.push(UnixMsg {
+                    data: p.data,
+                    from: p.from,
+                    creds,
+                    rights: Vec::new(),
+                })
+            }
+        }
+        if let Some((last, fds)) = pending_rights.take() {
+            // The last byte of a chunk with rights: its own message.
+            set((off + 1) as i32)?;
+            off += 1;
+            total += 1;
+            inflight.push((out.len(), fds));
+            out.push(UnixMsg {
+                data: last,
+                from: Vec::new(),
                 creds,
-            }),
+                rights: Vec::new(),
+            });
         }
         if sock_type != libc::SOCK_DGRAM && total >= expected {
             break;
@@ -188,15 +250,20 @@ pub(super) fn peek_queue(
             "AF_UNIX socket: {total} bytes could be read of the {expected} queued"
         ));
     }
-    Ok(out)
+    Ok((out, inflight))
 }
 
-/// sender does not exist yet).
+/// Sends one message from `fd` (to `to`, or to its peer), with the
+/// credentials the receiver saw — their pid `cred_pid`, which must exist
+/// now (the kernel checks) — and the descriptors `rights` in flight with
+/// its first byte.
 pub(super) fn send(
     fd: &OwnedFd,
     data: &[u8],
     to: Option<&[u8]>,
     creds: Option<(i32, u32, u32)>,
+    cred_pid: i32,
+    rights: &[RawFd],
 ) -> Result<()> {
     let addr = match to {
         Some(n) => Some(sockaddr_un(n)?),
@@ -208,7 +275,7 @@ pub(super) fn send(
             iov_base: data[sent..].as_ptr() as *mut libc::c_void,
             iov_len: data.len() - sent,
         };
-        let mut cbuf = [0u64; 8];
+        let mut cbuf = [0u64; CMSG_ROOM / 8];
         // SAFETY: msghdr is plain data; all zeroes is a valid value.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         if let Some((a, len)) = &addr {
@@ -217,24 +284,48 @@ pub(super) fn send(
         }
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        if let Some((_, uid, gid)) = creds {
-            let u = libc::ucred {
-                // SAFETY: plain syscall.
-                pid: unsafe { libc::getpid() },
-                uid,
-                gid,
-            };
-            msg.msg_control = cbuf.as_mut_ptr().cast();
+        let fds = if sent == 0 { rights } else { &[][..] };
+        let ucred = creds.map(|(_, uid, gid)| libc::ucred {
+            pid: cred_pid,
+            uid,
+            gid,
+        });
+        let clen = |n: usize| {
             // SAFETY: CMSG_SPACE is a pure computation.
-            msg.msg_controllen =
-                unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32) } as usize;
-            // SAFETY: the control buffer has room for one ucred message.
+            unsafe { libc::CMSG_SPACE(n as u32) as usize }
+        };
+        let room = ucred.map_or(0, |_| clen(std::mem::size_of::<libc::ucred>()))
+            + if fds.is_empty() { 0 } else { clen(4 * fds.len()) };
+        if room > CMSG_ROOM {
+            return Err(Error::Invalid(format!(
+                "{} descriptors in flight with one message are too many",
+                fds.len()
+            )));
+        }
+        if room > 0 {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = room;
+            // SAFETY: the control buffer has room for both messages
+            // (checked above); the headers are walked with the libc macros.
             unsafe {
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_SOCKET;
-                (*c).cmsg_type = libc::SCM_CREDENTIALS;
-                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::ucred>(), u);
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                if let Some(u) = ucred {
+                    (*c).cmsg_level = libc::SOL_SOCKET;
+                    (*c).cmsg_type = libc::SCM_CREDENTIALS;
+                    (*c).cmsg_len =
+                        libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::ucred>(), u);
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+                if !fds.is_empty() {
+                    (*c).cmsg_level = libc::SOL_SOCKET;
+                    (*c).cmsg_type = libc::SCM_RIGHTS;
+                    (*c).cmsg_len = libc::CMSG_LEN(4 * fds.len() as u32) as usize;
+                    let d = libc::CMSG_DATA(c).cast::<i32>();
+                    for (k, f) in fds.iter().enumerate() {
+                        std::ptr::write_unaligned(d.add(k), *f);
+                    }
+                }
             }
         }
         // SAFETY: every pointer in `msg` refers to a live buffer of the stated size.
@@ -246,7 +337,11 @@ pub(super) fn send(
             )
         };
         let n = check(n as libc::c_long, || {
-            format!("refilling a UNIX socket's queue ({} bytes)", data.len())
+            format!(
+                "refilling a UNIX socket's queue ({} bytes, {} descriptors in flight)",
+                data.len(),
+                rights.len()
+            )
         })? as usize;
         sent += n;
         if sent >= data.len() {

@@ -1,0 +1,166 @@
+//! AF_UNIX state beyond plain queues, through the `crest` binary: files
+//! in flight in SCM_RIGHTS messages (held by no process, sockets inside
+//! sockets, a socket in its own queue), credentials (SO_PASSCRED, queued
+//! SCM_CREDENTIALS, SO_PEERCRED), sockets bound to relative paths, and
+//! datagram sockets whose peer has closed.  Each workload is a Python
+//! script that checks its own sockets after the restore; a sabotaged run
+//! shows each checker sees a wrong state.
+
+mod common;
+mod netkit;
+use common::*;
+use netkit::*;
+
+// ------------------------------------------------------- SCM_RIGHTS
+
+const RIGHTS: &str = r#"
+import array, stat, fcntl
+def send_fds(s, data, fds): return socket.send_fds(s, [data], fds)
+def recv_fds(s, n, m=16): return socket.recv_fds(s, n, m)
+def memfd(name, content):
+    m = os.memfd_create(name); os.write(m, content); os.lseek(m, 0, 0); return m
+e = []
+# A stream pair: plain bytes, then a message carrying a pipe's read end
+# (its write end closed: the pipe is only in flight, with bytes in it),
+# more plain bytes, a message with a regular file (at offset 3) and a
+# memfd, then a socket inside the socket: x, whose own queue holds a
+# memfd, its peer y held here.
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+a.send(b"plain-one")
+pr, pw = os.pipe(); os.write(pw, b"bytes in the pipe"); os.close(pw)
+send_fds(a, b"with-a-pipe", [pr]); os.close(pr)
+a.send(b"plain-two")
+open(D + "/reg", "w").write("0123456789")
+rf = os.open(D + "/reg", os.O_RDWR); os.lseek(rf, 3, 0)
+mf = memfd("crest-inflight", b"memfd content")
+send_fds(a, b"file-and-memfd", [rf, mf]); os.close(rf); os.close(mf)
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+m2 = memfd("crest-inner", b"inner memfd")
+send_fds(y, b"inner", [m2]); os.close(m2)
+send_fds(a, b"a-socket", [x.fileno()]); x.close()
+a.send(b"tail")
+# A seqpacket pair carrying a connected pair p, q, both only in flight,
+# p with a message from q queued.
+e1, f1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+p, q = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+q.send(b"deep")
+send_fds(e1, b"seq-pair", [p.fileno(), q.fileno()]); p.close(); q.close()
+e1.send(b"seq-plain")
+# A datagram pair: a file, then a plain datagram.
+c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+df = os.open(D + "/reg", os.O_RDONLY | os.O_APPEND)
+send_fds(c, b"dgram-file", [df]); os.close(df)
+c.send(b"dgram-plain")
+# A socket in its own queue.
+g, h = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+send_fds(h, b"itself", [g.fileno()])
+ready(); wait_go()
+if SABOTAGE: b.recv(3)
+for s_ in (b, f1, d, g, y): s_.settimeout(5)
+def want(what, got, exp):
+    if got != exp: e.append("%s: %r != %r" % (what, got, exp))
+def checks():
+    def kind(fd): return stat.S_IFMT(os.fstat(fd).st_mode)
+    # Exact boundaries: the plain bytes come without rights.
+    data, fds, _, _ = recv_fds(b, len(b"plain-one"))
+    want("first plain chunk", (data, fds), (b"plain-one", []))
+    data, fds, _, _ = recv_fds(b, 100)
+    want("pipe message", (data, len(fds)), (b"with-a-pipe", 1))
+    if fds:
+        want("pipe kind", kind(fds[0]), stat.S_IFIFO)
+        want("pipe content", os.read(fds[0], 100), b"bytes in the pipe")
+        want("pipe EOF (no writer anywhere)", os.read(fds[0], 100), b"")
+    data, fds, _, _ = recv_fds(b, len(b"plain-two"))
+    want("second plain chunk", (data, fds), (b"plain-two", []))
+    data, fds, _, _ = recv_fds(b, 100)
+    want("file+memfd message", (data, len(fds)), (b"file-and-memfd", 2))
+    if len(fds) == 2:
+        want("file offset", os.lseek(fds[0], 0, 1), 3)
+        want("file access mode", fcntl.fcntl(fds[0], fcntl.F_GETFL) & 3, os.O_RDWR)
+        want("file path", os.readlink("/proc/self/fd/%d" % fds[0]), D + "/reg")
+        want("file rest", os.read(fds[0], 100), b"3456789")
+        want("memfd name", os.readlink("/proc/self/fd/%d" % fds[1]), "/memfd:crest-inflight (deleted)")
+        want("memfd content", os.pread(fds[1], 100, 0), b"memfd content")
+    data, fds, _, _ = recv_fds(b, 100)
+    want("socket message", (data, len(fds)), (b"a-socket", 1))
+    if fds:
+        xs = socket.socket(fileno=fds[0])
+        d2, f2, _, _ = recv_fds(xs, 100)
+        want("inner message", (d2, len(f2)), (b"inner", 1))
+        if f2: want("inner memfd", os.pread(f2[0], 100, 0), b"inner memfd")
+        xs.send(b"back"); y.settimeout(5)
+        want("the inner socket's peer", y.recv(100), b"back")
+    want("tail", recv_fds(b, 100)[:2], (b"tail", []))
+    data, fds, _, _ = recv_fds(f1, 100)
+    want("seqpacket pair message", (data, len(fds)), (b"seq-pair", 2))
+    if len(fds) == 2:
+        ps, qs = socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1])
+        ps.settimeout(5); qs.settimeout(5)
+        want("in-flight p's queue", ps.recv(100), b"deep")
+        ps.send(b"pq")
+        want("in-flight p and q connected", qs.recv(100), b"pq")
+    want("seqpacket plain", recv_fds(f1, 100)[:2], (b"seq-plain", []))
+    data, fds, _, _ = recv_fds(d, 100)
+    want("datagram file message", (data, len(fds)), (b"dgram-file", 1))
+    if fds:
+        fl = fcntl.fcntl(fds[0], fcntl.F_GETFL)
+        want("datagram file O_APPEND", bool(fl & os.O_APPEND), True)
+        want("datagram file content", os.pread(fds[0], 100, 0), b"0123456789")
+    want("datagram plain", recv_fds(d, 100)[:2], (b"dgram-plain", []))
+    data, fds, _, _ = recv_fds(g, 100)
+    want("self message", (data, len(fds)), (b"itself", 1))
+    if fds: want("the socket in its own queue", os.fstat(fds[0]).st_ino, os.fstat(g.fileno()).st_ino)
+try: checks()
+except Exception as x: e.append("checking: %r" % (x,))
+result(e)
+"#;
+
+#[test]
+fn files_in_flight_in_unix_queues() {
+    start("unix-rights", RIGHTS).cycle();
+}
+
+#[test]
+fn files_in_flight_survive_leave_running() {
+    // Peeking at the rights (copies installed in crest) consumes nothing.
+    start("unix-rights-leave", RIGHTS).leave_running_and_inspect(&["descriptors in flight"]);
+}
+
+#[test]
+fn files_in_flight_checker_detects_a_consumed_byte() {
+    let w = start("unix-rights-sabotage", &format!("SABOTAGE = True\n{RIGHTS}"));
+    w.dump_ok();
+    w.restore_ok();
+    w.go();
+    expect_fail(w);
+}
+
+#[test]
+fn unsupported_file_in_flight_is_refused_by_name() {
+    let body = r#"
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+pk = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+socket.send_fds(a, [b"packet"], [pk.fileno()]); pk.close()
+publish("fd", b.fileno())
+ready(); wait_go()
+data, fds, _, _ = socket.recv_fds(b, 100, 4)
+result([] if (data, len(fds)) == (b"packet", 1) else ["lost: %r" % ((data, fds),)])
+"#;
+    let w = start("unix-rights-refused", body);
+    let fd = read_file(&w, "fd");
+    let o = w.dump(&[]);
+    assert!(!o.status.success(), "the dump must be refused");
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("fd {fd}"))
+            && err.contains("a file in flight (SCM_RIGHTS) in message 0 queued on this socket")
+            && err.contains("AF_PACKET"),
+        "{err}"
+    );
+    let c = crest(&["check", "-p", &w.pid.to_string()]);
+    assert!(!c.status.success());
+    let all = stdout(&c) + &stderr(&c);
+    assert!(all.contains("in flight (SCM_RIGHTS)"), "{all}");
+    w.go();
+    w.expect_pass();
+}
