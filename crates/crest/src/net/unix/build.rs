@@ -151,6 +151,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
         }
     }
     let what = |s: &Sock| format!("AF_UNIX socket {} (object {})", show(&s.u.name), s.id);
+    let creds = super::creds::Creds::new(ckpt);
     let mut names = Names::default();
     let mut built: Vec<Option<OwnedFd>> = (0..socks.len()).map(|_| None).collect();
     // The other end of a socketpair made for one socket whose peer was
@@ -168,7 +169,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             let fd = new_socket(s.u.sock_type)?;
             names.bind(&fd, s.u)
                 .context(|| what(s))?;
-            listen(&fd, backlog, &s.u.name)?;
+            creds.listen(&fd, backlog, &s.u.name, s.u.peercred)?;
             built[i] = Some(fd);
         }
     }
@@ -196,7 +197,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                 // Its peer was closed: a pair whose other end sends what
                 // is queued, then is closed (a send fails with
                 // ECONNREFUSED again).
-                let (a, b) = socketpair(u.sock_type)?;
+                let (a, b) = creds.socketpair(u.sock_type, u.peercred)?;
                 names.bind(&a, u).context(|| what(s))?;
                 built[i] = Some(a);
                 orphan_peer.insert(i, b);
@@ -204,7 +205,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             (Some(0), _) if stream => {
                 // Its peer was closed: a pair whose other end is closed
                 // once the queue is refilled.
-                let (a, b) = socketpair(u.sock_type)?;
+                let (a, b) = creds.socketpair(u.sock_type, u.peercred)?;
                 built[i] = Some(a);
                 orphan_peer.insert(i, b);
             }
@@ -217,7 +218,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                     )));
                 }
                 if u.name.is_empty() && v.name.is_empty() {
-                    let (a, b) = socketpair(u.sock_type)?;
+                    let (a, b) = creds.socketpair(u.sock_type, u.peercred)?;
                     built[i] = Some(a);
                     built[j] = Some(b);
                     partner.insert(i, j);
@@ -250,15 +251,15 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                 let accepted = match listener_named(&aname, u.sock_type) {
                     Some(l) => {
                         let lfd = built[l].as_ref().expect("listeners are built first");
-                        connect(&client, &atarget)?;
+                        creds.connect(&client, &atarget, socks[acc].u.peercred)?;
                         accept(lfd, &aname)?
                     }
                     None => {
                         // The listener is closed: a temporary one with its name.
                         let tmp = new_socket(u.sock_type)?;
                         names.bind(&tmp, socks[acc].u)?;
-                        listen(&tmp, 1, &aname)?;
-                        connect(&client, &atarget)?;
+                        creds.listen(&tmp, 1, &aname, cu.peercred)?;
+                        creds.connect(&client, &atarget, socks[acc].u.peercred)?;
                         accept(&tmp, &aname)?
                     }
                 };
@@ -277,7 +278,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                     && socks[j].u.peer == Some(u.ino)
                     && socks[j].u.sock_type == u.sock_type =>
             {
-                let (a, b) = socketpair(u.sock_type)?;
+                let (a, b) = creds.socketpair(u.sock_type, u.peercred)?;
                 built[i] = Some(a);
                 built[j] = Some(b);
                 partner.insert(i, j);
@@ -311,7 +312,6 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
     // 3. Refill the receive queues, sending from the peer, with the
     // descriptors in flight (a socket among them is the built one).
     let by_id: HashMap<u32, usize> = socks.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
-    let me = std::process::id() as i32;
     for (i, s) in socks.iter().enumerate() {
         if s.u.queue.is_empty() {
             continue;
@@ -377,13 +377,14 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             };
             if from < 0 {
                 let tmp = new_socket(libc::SOCK_DGRAM)?;
-                send(&tmp, &m.data, to, m.creds, me, &rights)?;
+                send(&tmp, &m.data, to, m.creds, creds.sender(m.creds), &rights)?;
             } else {
                 // SAFETY: `from` is a descriptor owned by `built` or
                 // `orphan_peer`, alive for this call; the borrowed copy is
                 // forgotten, not closed.
                 let f = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(from) });
-                send(&f, &m.data, to, m.creds, me, &rights).context(|| what(s))?;
+                send(&f, &m.data, to, m.creds, creds.sender(m.creds), &rights)
+                    .context(|| what(s))?;
             }
         }
     }

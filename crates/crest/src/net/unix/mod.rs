@@ -20,6 +20,7 @@
 //! (an epoll) refers to those descriptors.
 
 mod build;
+mod creds;
 mod ops;
 mod queue;
 
@@ -193,7 +194,7 @@ pub fn collect(pid: i32, fd: i32, inflight: &mut InFlight) -> Refusal<OpenTarget
         *inflight = f;
         q
     };
-    let peercred = if stream && (listen.is_some() || d.peer.is_some()) {
+    let peercred = if listen.is_some() || d.peer.is_some() {
         peercred(&own).filter(|c| c.0 != 0)
     } else {
         None

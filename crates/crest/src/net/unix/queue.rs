@@ -262,9 +262,11 @@ pub(super) fn send(
     data: &[u8],
     to: Option<&[u8]>,
     creds: Option<(i32, u32, u32)>,
-    cred_pid: i32,
+    sender: Option<(i32, u32, u32)>,
     rights: &[RawFd],
 ) -> Result<()> {
+    // SAFETY: plain syscall.
+    let cred_pid = sender.map_or_else(|| unsafe { libc::getpid() }, |s| s.0);
     let addr = match to {
         Some(n) => Some(sockaddr_un(n)?),
         None => None,
@@ -327,6 +329,10 @@ pub(super) fn send(
                     }
                 }
             }
+        }
+        if let Some(c) = sender {
+            // All of it, sent by the process the credentials name.
+            return super::creds::send_as(fd.as_raw_fd(), &msg, c);
         }
         // SAFETY: every pointer in `msg` refers to a live buffer of the stated size.
         let n = unsafe {
