@@ -164,3 +164,122 @@ result([] if (data, len(fds)) == (b"packet", 1) else ["lost: %r" % ((data, fds),
     w.go();
     w.expect_pass();
 }
+
+// ------------------------------------------------------- credentials
+
+const CREDS: &str = r#"
+import struct, pwd
+SOL = socket.SOL_SOCKET
+def peercred(s): return struct.unpack("3i", s.getsockopt(SOL, socket.SO_PEERCRED, 12))
+e = []
+me = os.getpid()
+# A child (uid/gid 65534 for its socket calls) makes a socketpair and a
+# listener, connects to our listener, and passes the sockets up; then
+# it exits.  Its PID stays in SO_PEERCRED.
+r, w = os.pipe()
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(D + "/l.sock"); l.listen(4)
+os.chmod(D, 0o777); os.chmod(D + "/l.sock", 0o777)
+carrier, inner = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+kid = os.fork()
+if kid == 0:
+    os.setegid(65534); os.seteuid(65534)
+    p1, p2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect(D + "/l.sock")
+    socket.send_fds(inner, [b"k"], [p1.fileno(), p2.fileno(), c.fileno()])
+    os._exit(0)
+os.waitpid(kid, 0)
+data, fds, _, _ = socket.recv_fds(carrier, 10, 3)
+p1, p2, c = (socket.socket(fileno=f) for f in fds)
+a, _ = l.accept()
+# SO_PASSCRED with credentials queued: ours, then the pair's.
+x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+y.setsockopt(SOL, socket.SO_PASSCRED, 1)
+x.send(b"from me")
+before = [peercred(p1), peercred(p2), peercred(c), peercred(a), peercred(x), peercred(l)]
+want_before = [(kid, 65534, 65534), (kid, 65534, 65534), (me, 0, 0), (kid, 65534, 65534), (me, 0, 0), (me, 0, 0)]
+if before != want_before: e.append("before the dump: %r != %r" % (before, want_before))
+ready(); wait_go()
+if SABOTAGE: a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); a.connect(D + "/l.sock")
+after = [peercred(p1), peercred(p2), peercred(c), peercred(a), peercred(x), peercred(l)]
+if after != before: e.append("SO_PEERCRED after the restore: %r != %r" % (after, before))
+if y.getsockopt(SOL, socket.SO_PASSCRED) != 1: e.append("SO_PASSCRED lost")
+y.settimeout(5)
+msg, anc, _, _ = y.recvmsg(100, 256)
+cr = [struct.unpack("3i", d[:12]) for (lv, t, d) in anc if lv == SOL and t == socket.SCM_CREDENTIALS]
+if (msg, cr) != (b"from me", [(me, 0, 0)]): e.append("queued credentials: %r" % ((msg, cr),))
+result(e)
+"#;
+
+#[test]
+fn peer_credentials_and_queued_credentials() {
+    start("unix-creds", CREDS).cycle();
+}
+
+#[test]
+fn peer_credentials_checker_detects_crests_pid() {
+    let w = start("unix-creds-sabotage", &format!("SABOTAGE = True\n{CREDS}"));
+    w.dump_ok();
+    w.restore_ok();
+    w.go();
+    expect_fail(w);
+}
+
+// ------------------------------------- relative names, closed datagram peers
+
+const NAMES: &str = r#"
+import errno
+e = []
+os.mkdir(D + "/sub"); os.chdir(D)
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind("sub/rel.sock"); l.listen(3)
+g = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); g.bind("g.sock")
+os.chdir("/")
+c = socket.socket(socket.AF_UNIX); c.connect(D + "/sub/rel.sock"); s, _ = l.accept()
+# Datagram sockets whose peer closed: one of a pair, with a datagram
+# from it still queued; one connected to a named socket.
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.send(b"before close"); b.close()
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); n.bind(D + "/n.sock")
+m = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); m.connect(D + "/n.sock"); n.close(); os.unlink(D + "/n.sock")
+ready(); wait_go()
+if SABOTAGE: os.unlink(D + "/sub/rel.sock")
+def want(what, got, exp):
+    if got != exp: e.append("%s: %r != %r" % (what, got, exp))
+want("cwd", os.getcwd(), "/")
+want("listener name", l.getsockname(), "sub/rel.sock")
+want("accepted name", s.getsockname(), "sub/rel.sock")
+want("client's peer", c.getpeername(), "sub/rel.sock")
+want("datagram name", g.getsockname(), "g.sock")
+try:
+    c2 = socket.socket(socket.AF_UNIX); c2.settimeout(5); c2.connect(D + "/sub/rel.sock")
+    l.settimeout(5); s2, _ = l.accept(); c2.send(b"hi"); s2.settimeout(5)
+    want("a new connection by path", s2.recv(10), b"hi")
+except Exception as x: e.append("connecting to the relative name by path: %r" % (x,))
+try:
+    t = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); t.sendto(b"dg", D + "/g.sock"); g.settimeout(5)
+    want("datagram by path", g.recv(10), b"dg")
+except Exception as x: e.append("datagram to the relative name: %r" % (x,))
+a.settimeout(5)
+want("datagram from the closed peer", a.recv(100), b"before close")
+for sock, what in ((a, "pair"), (m, "named")):
+    try: sock.send(b"x"); e.append("%s: send to a closed peer succeeded" % what)
+    except ConnectionRefusedError: pass
+    except Exception as x: e.append("%s: send to a closed peer: %r" % (what, x))
+    try: sock.send(b"x"); e.append("%s: second send succeeded" % what)
+    except OSError as x:
+        if x.errno != errno.ENOTCONN: e.append("%s: second send: %r" % (what, x))
+result(e)
+"#;
+
+#[test]
+fn relative_names_and_closed_datagram_peers() {
+    start("unix-relnames", NAMES).cycle();
+}
+
+#[test]
+fn relative_names_checker_detects_a_missing_file() {
+    let w = start("unix-relnames-sabotage", &format!("SABOTAGE = True\n{NAMES}"));
+    w.dump_ok();
+    w.restore_ok();
+    w.go();
+    expect_fail(w);
+}

@@ -10,6 +10,7 @@
 
 use super::ops::*;
 use super::*;
+use crate::error::Error;
 use crest_sys::actas::{run_as, Op};
 
 /// Whether calls are made as their recorded process.
