@@ -283,3 +283,91 @@ fn relative_names_checker_detects_a_missing_file() {
     w.go();
     expect_fail(w);
 }
+
+// ------------------------------------------- peers outside the tree
+
+#[test]
+fn sockets_connected_outside_the_tree_need_ext_unix_sk() {
+    use std::io::Read;
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("ext-unix-sk");
+    let lpath = dir.join("run.sock");
+    let gpath = dir.join("log");
+    let l = UnixListener::bind(&lpath).unwrap();
+    let g = UnixDatagram::bind(&gpath).unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = format!(
+        r#"
+LISTEN, LOG = {:?}, {:?}
+st = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); st.connect(LISTEN)
+dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); dg.connect(LOG)
+st.send(b"before")
+publish("fd", st.fileno())
+ready(); wait_go()
+e = []
+if st.getpeername() != LISTEN: e.append("stream peer %r" % (st.getpeername(),))
+if dg.getpeername() != LOG: e.append("datagram peer %r" % (dg.getpeername(),))
+try: st.send(b"after"); dg.send(b"log after")
+except Exception as x: e.append("sending: %r" % (x,))
+result(e)
+"#,
+        lpath.to_str().unwrap(),
+        gpath.to_str().unwrap()
+    );
+    let mut w = start("unix-ext", &body);
+    let (mut first, _) = l.accept().unwrap();
+    let mut b = [0u8; 6];
+    first.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"before");
+    let fd = read_file(&w, "fd");
+    // Without the flag: refused, naming the socket and its peer's path.
+    let o = w.dump(&[]);
+    assert!(!o.status.success(), "the dump must be refused");
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("fd {fd}"))
+            && err.contains(lpath.to_str().unwrap())
+            && err.contains("--ext-unix-sk"),
+        "{err}"
+    );
+    let c = crest(&["check", "-p", &w.pid.to_string()]);
+    assert!(!c.status.success());
+    assert!((stdout(&c) + &stderr(&c)).contains("--ext-unix-sk"));
+    let c = crest(&["check", "-p", &w.pid.to_string(), "--ext-unix-sk"]);
+    assert!(c.status.success(), "{}", stdout(&c) + &stderr(&c));
+    // With it: dumped, and restored only with it too.
+    let o = w.dump(&["--ext-unix-sk"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    reap(w.pid, Duration::from_secs(10));
+    let img = w.image();
+    let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
+    assert!(!o.status.success(), "restore without --ext-unix-sk must fail");
+    assert!(stderr(&o).contains("--ext-unix-sk"), "{}", stderr(&o));
+    assert!(!alive(w.pid), "a failed restore leaves no process");
+    w.restore_moved(&["--ext-unix-sk"]);
+    w.go();
+    l.set_nonblocking(true).unwrap();
+    let t0 = Instant::now();
+    let mut again = loop {
+        match l.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if t0.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("the restored socket did not connect again: {e}"),
+        }
+    };
+    again.set_nonblocking(false).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 5];
+    again.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"after");
+    let mut d = [0u8; 32];
+    let n = g.recv(&mut d).unwrap();
+    assert_eq!(&d[..n], b"log after");
+    w.expect_pass();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -229,6 +229,11 @@ pub struct UnixSocket {
     /// the dump), absolute.  `name` stays relative, as the program sees it.
     #[serde(default)]
     pub bound_in: Option<String>,
+    /// Connected to a socket outside the tree (`--ext-unix-sk`): the name
+    /// its peer is bound to (a listener's for a stream socket), which the
+    /// restore connects to again.
+    #[serde(default)]
+    pub external: Option<Vec<u8>>,
 }
 
 /// The file a filesystem-bound UNIX socket created.

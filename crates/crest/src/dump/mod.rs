@@ -38,6 +38,10 @@ pub struct DumpOptions {
     /// Checkpoint TCP connections whose peer is outside the tree, holding
     /// their packets back with an nftables table until the restore.
     pub tcp_established: bool,
+    /// Checkpoint UNIX sockets connected to a named socket outside the
+    /// tree (a /dev/log, a bus): the restore connects them to that name
+    /// again (`RestoreOptions::ext_unix_sk`).
+    pub ext_unix_sk: bool,
 }
 
 /// What a dump did.
@@ -171,6 +175,7 @@ pub fn collect(
     let mut objects = ObjectTable::default();
     let mut fd_index = files::FdIndex::default();
     fd_index.net.tcp_established = opts.tcp_established;
+    fd_index.net.ext_unix_sk = opts.ext_unix_sk;
     fd_index.net.tree = tree.procs.iter().map(|p| p.0).collect();
     fd_index.net.root = tree.procs.first().map(|p| p.0).unwrap_or(0);
     let mut data = Vec::new();

@@ -37,6 +37,9 @@ pub struct NetIndex {
     /// `--tcp-established`: connections to peers outside the tree are
     /// dumped (their packets held back by [`lock`]).
     pub tcp_established: bool,
+    /// `--ext-unix-sk`: UNIX sockets connected outside the tree are
+    /// dumped, to be connected by name again.
+    pub ext_unix_sk: bool,
     /// The pids of the tree.
     pub tree: HashSet<i32>,
     /// The root's pid (names the lock).

@@ -58,6 +58,9 @@ pub struct RestoreOptions {
     /// Where the container's root and its mounts from outside are here
     /// (`--root`, `--ext-mount`; see `crate::ns::mnt`).
     pub mounts: crate::ns::mnt::Mapping,
+    /// Connect the UNIX sockets that were connected outside the tree
+    /// (dumped with `DumpOptions::ext_unix_sk`) to their peers' names.
+    pub ext_unix_sk: bool,
 }
 
 /// A recorded namespace mapped to an existing one.
@@ -747,6 +750,9 @@ impl Build {
                 .context(|| format!("object {id}, in flight in a UNIX socket's queue"))?;
             opened.insert(id, stub::raw(&f));
             held.push(f);
+        }
+        if let Some(why) = crate::net::unix::external_refused(&ckpt, opts.ext_unix_sk) {
+            return Err(Error::Incompatible(why));
         }
         crate::net::unix::restore(&ckpt, &opened)?;
         crate::net::finish(&ckpt, &opened)?;

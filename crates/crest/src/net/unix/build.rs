@@ -266,6 +266,14 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
                 built[acc] = Some(accepted);
                 built[cli] = Some(client);
             }
+            (Some(_), None) if stream && u.external.is_some() => {
+                // Connected outside the tree: to its peer's name again.
+                let fd = new_socket(u.sock_type)?;
+                names.bind(&fd, u)?;
+                let n = u.external.as_deref().unwrap_or_default();
+                connect(&fd, n).context(|| what(s))?;
+                built[i] = Some(fd);
+            }
             (Some(p), None) if stream => {
                 return Err(Error::Invalid(format!(
                     "{}: its peer socket {p} is not in the image",
@@ -393,6 +401,11 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
     for (i, s) in socks.iter().enumerate() {
         let u = s.u;
         if u.sock_type != libc::SOCK_DGRAM || partner.contains_key(&i) {
+            continue;
+        }
+        if let Some(n) = &u.external {
+            let f = built[i].as_ref().expect("built above");
+            connect(f, n).context(|| what(s))?;
             continue;
         }
         if let Some(p) = u.peer.filter(|&p| p != 0) {

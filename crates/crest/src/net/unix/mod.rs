@@ -57,7 +57,7 @@ pub use queue::InFlight;
 /// The descriptors in flight in its queue (SCM_RIGHTS) go to `inflight`,
 /// by message: crest's copies, which the caller makes objects of and
 /// puts in the messages' `rights`.
-pub fn collect(pid: i32, fd: i32, inflight: &mut InFlight) -> Refusal<OpenTarget> {
+pub fn collect(pid: i32, fd: i32, ext: bool, inflight: &mut InFlight) -> Refusal<OpenTarget> {
     let own = steal(pid, fd).map_err(|e| format!("this socket is not supported ({e})"))?;
     let dom = getsockopt_int(&own, libc::SOL_SOCKET, libc::SO_DOMAIN)
         .map_err(|e| format!("this socket is not supported (SO_DOMAIN: {e})"))?;
@@ -84,6 +84,7 @@ pub fn collect(pid: i32, fd: i32, inflight: &mut InFlight) -> Refusal<OpenTarget
         None
     };
     let me = crest_tids();
+    let mut external = None;
     let outq = d.rqlen.map(|r| r.1).unwrap_or(0);
     let stream = sock_type != libc::SOCK_DGRAM;
     match d.peer {
@@ -116,7 +117,11 @@ pub fn collect(pid: i32, fd: i32, inflight: &mut InFlight) -> Refusal<OpenTarget
             }
         }
         None => {}
-        Some(p) => check_in_tree(p, &me)?,
+        Some(p) => {
+            if let Err(why) = check_in_tree(p, &me) {
+                external = Some(outside_peer(&all, p, ext, why, d)?);
+            }
+        }
     }
     let listen = (d.state == sockdiag::STATE_LISTEN).then(|| d.rqlen.map(|r| r.1).unwrap_or(0));
     let mut pending = Vec::new();
@@ -218,7 +223,69 @@ pub fn collect(pid: i32, fd: i32, inflight: &mut InFlight) -> Refusal<OpenTarget
         sndtimeo_us,
         peercred,
         bound_in,
+        external,
     }))
+}
+
+/// A socket whose peer `p` is held outside the tree: with `--ext-unix-sk`
+/// the name to connect to again (the peer's bound name, a listener's for
+/// an accepted peer), else the refusal `why` with that name.
+fn outside_peer(
+    all: &HashMap<u32, UnixDiag>,
+    p: u32,
+    ext: bool,
+    why: String,
+    d: &UnixDiag,
+) -> Refusal<Vec<u8>> {
+    let name = all.get(&p).map(|pd| norm_name(&pd.name)).unwrap_or_default();
+    let shown = if name.is_empty() {
+        "an unnamed socket".to_string()
+    } else {
+        show(&name)
+    };
+    if !ext {
+        return Err(format!(
+            "{why}: it is connected to {shown}; pass --ext-unix-sk to dump it and connect \
+             it to that name again at restore"
+        ));
+    }
+    if name.is_empty() || (name[0] != 0 && name[0] != b'/') {
+        return Err(format!(
+            "{why}: it is connected to {shown}, which has no absolute or abstract name to \
+             connect to again (--ext-unix-sk)"
+        ));
+    }
+    let queued = d.rqlen.map(|r| r.0).unwrap_or(0);
+    if queued > 0 {
+        return Err(format!(
+            "{why}: {queued} bytes from {shown} are queued on it, which --ext-unix-sk cannot \
+             send again from there"
+        ));
+    }
+    Ok(name)
+}
+
+/// Why the image cannot be restored with these options: sockets to
+/// connect outside the tree without `--ext-unix-sk`.
+pub fn external_refused(ckpt: &Checkpoint, ext: bool) -> Option<String> {
+    if ext {
+        return None;
+    }
+    ckpt.objects.iter().find_map(|o| match &o.kind {
+        ObjectKind::Open(OpenFile {
+            target: OpenTarget::Unix(u),
+            ..
+        }) => u.external.as_ref().map(|n| {
+            format!(
+                "AF_UNIX socket socket:[{}] (object {}) was connected to {} outside the tree; \
+                 pass --ext-unix-sk to connect it there again",
+                u.ino,
+                o.id,
+                show(n)
+            )
+        }),
+        _ => None,
+    })
 }
 
 /// The directory a socket bound to the relative name `name` was bound in:
@@ -532,7 +599,7 @@ pub fn check_peers(objects: &[crate::model::Object], root: i32, obstacles: &mut 
         })
     };
     let inos: std::collections::HashSet<u64> = unix().map(|u| u.ino).collect();
-    for u in unix() {
+    for u in unix().filter(|u| u.external.is_none()) {
         let wanted = u
             .peer
             .filter(|&p| p != 0)
