@@ -128,7 +128,10 @@ fn files_in_flight_survive_leave_running() {
 
 #[test]
 fn files_in_flight_checker_detects_a_consumed_byte() {
-    let w = start("unix-rights-sabotage", &format!("SABOTAGE = True\n{RIGHTS}"));
+    let w = start(
+        "unix-rights-sabotage",
+        &format!("SABOTAGE = True\n{RIGHTS}"),
+    );
     w.dump_ok();
     w.restore_ok();
     w.go();
@@ -277,7 +280,10 @@ fn relative_names_and_closed_datagram_peers() {
 
 #[test]
 fn relative_names_checker_detects_a_missing_file() {
-    let w = start("unix-relnames-sabotage", &format!("SABOTAGE = True\n{NAMES}"));
+    let w = start(
+        "unix-relnames-sabotage",
+        &format!("SABOTAGE = True\n{NAMES}"),
+    );
     w.dump_ok();
     w.restore_ok();
     w.go();
@@ -342,7 +348,10 @@ result(e)
     reap(w.pid, Duration::from_secs(10));
     let img = w.image();
     let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
-    assert!(!o.status.success(), "restore without --ext-unix-sk must fail");
+    assert!(
+        !o.status.success(),
+        "restore without --ext-unix-sk must fail"
+    );
     assert!(stderr(&o).contains("--ext-unix-sk"), "{}", stderr(&o));
     assert!(!alive(w.pid), "a failed restore leaves no process");
     w.restore_moved(&["--ext-unix-sk"]);

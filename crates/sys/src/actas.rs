@@ -30,8 +30,8 @@ pub enum Op<'a> {
 
 fn child(euid: u32, egid: u32, op: &Op) -> i32 {
     let err = || std::io::Error::last_os_error().raw_os_error().unwrap_or(1);
-    // SAFETY (whole function): raw syscalls on memory prepared by the
-    // parent and copied into this child; nothing allocates.
+    // SAFETY: raw syscalls on memory prepared by the parent and copied
+    // into this child (all pointers valid for the call); nothing allocates.
     unsafe {
         if libc::syscall(libc::SYS_setresgid, -1i32, egid, -1i32) != 0
             || libc::syscall(libc::SYS_setresuid, -1i32, euid, -1i32) != 0
@@ -110,7 +110,9 @@ pub fn run_as(pid: i32, euid: u32, egid: u32, op: &Op) -> Result<()> {
             // SAFETY: waits for our own child.
             let r = unsafe { libc::waitpid(c, &mut status, libc::__WALL) };
             if r != c {
-                return Err(Error::last_os(format!("waiting for the helper with PID {pid}")));
+                return Err(Error::last_os(format!(
+                    "waiting for the helper with PID {pid}"
+                )));
             }
             match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
                 (true, 0) => Ok(()),

@@ -251,8 +251,7 @@ fn collect_fd(
         }
     } else if ft.is_dir() {
         OpenTarget::Directory { path: link.clone() }
-    } else if let Some(t) =
-        crate::files::tty::collect(pid, fd, &link, &md, &info, &mut index.ptys)
+    } else if let Some(t) = crate::files::tty::collect(pid, fd, &link, &md, &info, &mut index.ptys)
     {
         match t {
             Ok(t) => t,
@@ -327,14 +326,14 @@ fn collect_fd(
                     let pipe = match index.pipes.get(&md.ino()) {
                         Some(p) => p.object,
                         None => {
-                            let (size, bytes) =
-                                match crate::files::filedata::pipe_contents(pid, fd) {
-                                    Ok(v) => v,
-                                    Err(e) => {
-                                        refuse(obstacles, format!("FIFO {link}: {e}"));
-                                        return Ok(None);
-                                    }
-                                };
+                            let (size, bytes) = match crate::files::filedata::pipe_contents(pid, fd)
+                            {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    refuse(obstacles, format!("FIFO {link}: {e}"));
+                                    return Ok(None);
+                                }
+                            };
                             let object = objects.add(ObjectKind::Pipe(PipeObj {
                                 size,
                                 data_len: bytes.len() as u64,
@@ -371,9 +370,9 @@ fn collect_fd(
             }
         }
     } else if ft.is_socket() {
-        match crate::net::collect(pid, fd, &mut index.net)
-            .unwrap_or_else(|| crate::net::unix::collect(pid, fd, index.net.ext_unix_sk, &mut inflight))
-        {
+        match crate::net::collect(pid, fd, &mut index.net).unwrap_or_else(|| {
+            crate::net::unix::collect(pid, fd, index.net.ext_unix_sk, &mut inflight)
+        }) {
             Ok(t) => t,
             Err(reason) => {
                 refuse(obstacles, reason);
@@ -413,13 +412,12 @@ fn collect_fd(
         }
     }
     let held = index.held.entry(pid).or_default();
-    if let Err(r) =
-        crate::files::locks::collect(pid, fd, obj, &info, &mut index.locks, &mut held.0)
+    if let Err(r) = crate::files::locks::collect(pid, fd, obj, &info, &mut index.locks, &mut held.0)
     {
         refuse(obstacles, format!("{link}: {r}"));
     }
     if !is_path {
-        match crest_sys::pidfd::getfd(&pidfd, pid, fd)
+        match crest_sys::pidfd::getfd(pidfd, pid, fd)
             .map_err(|e| e.to_string())
             .and_then(|f| crate::files::fown::collect(fd, &f))
         {

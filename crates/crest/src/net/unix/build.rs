@@ -167,8 +167,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
     for (i, s) in socks.iter().enumerate() {
         if let Some(backlog) = s.u.listen {
             let fd = new_socket(s.u.sock_type)?;
-            names.bind(&fd, s.u)
-                .context(|| what(s))?;
+            names.bind(&fd, s.u).context(|| what(s))?;
             creds.listen(&fd, backlog, &s.u.name, s.u.peercred)?;
             built[i] = Some(fd);
         }
@@ -294,8 +293,7 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             }
             _ => {
                 let fd = new_socket(u.sock_type)?;
-                names.bind(&fd, u)
-                    .context(|| what(s))?;
+                names.bind(&fd, u).context(|| what(s))?;
                 built[i] = Some(fd);
             }
         }

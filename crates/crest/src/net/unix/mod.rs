@@ -237,7 +237,10 @@ fn outside_peer(
     why: String,
     d: &UnixDiag,
 ) -> Refusal<Vec<u8>> {
-    let name = all.get(&p).map(|pd| norm_name(&pd.name)).unwrap_or_default();
+    let name = all
+        .get(&p)
+        .map(|pd| norm_name(&pd.name))
+        .unwrap_or_default();
     let shown = if name.is_empty() {
         "an unnamed socket".to_string()
     } else {
@@ -588,7 +591,11 @@ pub fn name_problem(u: &UnixSocket, ckpt: &Checkpoint) -> Option<String> {
 /// Once every descriptor of the tree is read: the peer of each UNIX
 /// socket (held by no process, it was in flight) must be in the image
 /// too, else the socket could not be connected to it again.
-pub fn check_peers(objects: &[crate::model::Object], root: i32, obstacles: &mut Vec<crate::Obstacle>) {
+pub fn check_peers(
+    objects: &[crate::model::Object],
+    root: i32,
+    obstacles: &mut Vec<crate::Obstacle>,
+) {
     let unix = || {
         objects.iter().filter_map(|o| match &o.kind {
             ObjectKind::Open(OpenFile {

@@ -297,7 +297,11 @@ pub(super) fn send(
             unsafe { libc::CMSG_SPACE(n as u32) as usize }
         };
         let room = ucred.map_or(0, |_| clen(std::mem::size_of::<libc::ucred>()))
-            + if fds.is_empty() { 0 } else { clen(4 * fds.len()) };
+            + if fds.is_empty() {
+                0
+            } else {
+                clen(4 * fds.len())
+            };
         if room > CMSG_ROOM {
             return Err(Error::Invalid(format!(
                 "{} descriptors in flight with one message are too many",
