@@ -58,6 +58,11 @@ enum Cmd {
         /// from the dump until the restore, which needs the same addresses
         #[arg(long)]
         tcp_established: bool,
+        /// Also checkpoint UNIX sockets connected to a named socket outside
+        /// the tree (/dev/log, a bus): the restore connects them to that
+        /// name again (restore needs --ext-unix-sk too)
+        #[arg(long)]
+        ext_unix_sk: bool,
     },
     /// Restore a process from an image, with its original PID
     Restore {
@@ -108,6 +113,10 @@ enum Cmd {
         /// point inside, as `crest inspect` shows) is here
         #[arg(long, value_name = "NAME=PATH")]
         ext_mount: Vec<String>,
+        /// Connect the UNIX sockets that were connected outside the tree
+        /// (dumped with --ext-unix-sk) to their peers' names again
+        #[arg(long)]
+        ext_unix_sk: bool,
     },
     /// Say whether a process can be checkpointed now, and what stops it
     Check {
@@ -119,6 +128,9 @@ enum Cmd {
         /// outside the tree are then not obstacles)
         #[arg(long)]
         tcp_established: bool,
+        /// Check as for `dump --ext-unix-sk`
+        #[arg(long)]
+        ext_unix_sk: bool,
     },
     /// Show what an image holds
     Inspect {
@@ -265,6 +277,7 @@ fn run(cli: Cli) -> Result<i32> {
             compress,
             no_pre_copy,
             tcp_established,
+            ext_unix_sk,
         } => {
             let opts = crest::DumpOptions {
                 leave_running,
@@ -272,6 +285,7 @@ fn run(cli: Cli) -> Result<i32> {
                 no_precopy: no_pre_copy,
                 external_pipes: false,
                 tcp_established,
+                ext_unix_sk,
                 ..Default::default()
             };
             cmd_dump(pid, &output, &opts, json, quiet, !no_sync)
@@ -288,6 +302,7 @@ fn run(cli: Cli) -> Result<i32> {
             netns,
             root,
             ext_mount,
+            ext_unix_sk,
         } => match (input, listen) {
             (Some(input), None) => {
                 if psk.is_some() {
@@ -324,6 +339,7 @@ fn run(cli: Cli) -> Result<i32> {
                         })
                         .collect(),
                     mounts,
+                    ext_unix_sk,
                     ..Default::default()
                 };
                 cmd_restore(&input, detach, pidfile.as_deref(), json, &opts)
@@ -363,7 +379,8 @@ fn run(cli: Cli) -> Result<i32> {
             pid,
             json,
             tcp_established,
-        } => cmd_check(pid, json, tcp_established),
+            ext_unix_sk,
+        } => cmd_check(pid, json, tcp_established, ext_unix_sk),
         Cmd::Inspect { schema: true, .. } => {
             print!("{}", crest::codec::inspect::json_schema());
             Ok(0)
@@ -686,9 +703,10 @@ fn cmd_restore(
     Ok(output::wait_forwarding_signals(report.pid))
 }
 
-fn cmd_check(pid: i32, json: bool, tcp_established: bool) -> Result<i32> {
+fn cmd_check(pid: i32, json: bool, tcp_established: bool, ext_unix_sk: bool) -> Result<i32> {
     let opts = crest::DumpOptions {
         tcp_established,
+        ext_unix_sk,
         ..Default::default()
     };
     let obstacles = crest::check_with(pid, &opts).map_err(lib_err)?;

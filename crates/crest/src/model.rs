@@ -220,6 +220,20 @@ pub struct UnixSocket {
     /// SO_RCVTIMEO / SO_SNDTIMEO in microseconds (0: none).
     pub rcvtimeo_us: u64,
     pub sndtimeo_us: u64,
+    /// SO_PEERCRED (pid, uid, gid) as crest saw it, for a connected or
+    /// listening stream or seqpacket socket (pid 0: none recorded).
+    #[serde(default)]
+    pub peercred: Option<(i32, u32, u32)>,
+    /// A relative filesystem name: the directory it was bound in (the
+    /// binder's cwd then, as far as crest can tell: the binder's cwd at
+    /// the dump), absolute.  `name` stays relative, as the program sees it.
+    #[serde(default)]
+    pub bound_in: Option<String>,
+    /// Connected to a socket outside the tree (`--ext-unix-sk`): the name
+    /// its peer is bound to (a listener's for a stream socket), which the
+    /// restore connects to again.
+    #[serde(default)]
+    pub external: Option<Vec<u8>>,
 }
 
 /// The file a filesystem-bound UNIX socket created.
@@ -241,6 +255,10 @@ pub struct UnixMsg {
     /// The sender's credentials (pid, uid, gid), when the receiver had
     /// SO_PASSCRED set at the dump.
     pub creds: Option<(i32, u32, u32)>,
+    /// The open files in flight with this message (SCM_RIGHTS), in order:
+    /// objects of the image, which may be held by no process.
+    #[serde(default)]
+    pub rights: Vec<ObjectId>,
 }
 
 /// A connection waiting in a listening socket's queue.  Its server end

@@ -62,6 +62,11 @@ impl ObjectTable {
         self.objects.get_mut(id as usize).map(|o| &mut o.kind)
     }
 
+    /// The objects added so far.
+    pub fn as_slice(&self) -> &[Object] {
+        &self.objects
+    }
+
     pub fn into_objects(self) -> Vec<Object> {
         self.objects
     }

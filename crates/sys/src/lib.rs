@@ -7,6 +7,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod actas;
 pub mod arch;
 pub mod error;
 pub mod inetdiag;

@@ -224,6 +224,21 @@ fn parse_one(b: &[u8]) -> Option<UnixDiag> {
     Some(d)
 }
 
+/// SIOCUNIXFILE: an O_PATH descriptor on the file an AF_UNIX socket is
+/// bound to (needs CAP_NET_ADMIN over the socket's network namespace).
+const SIOCUNIXFILE: libc::c_ulong = 0x89E0;
+
+/// The file AF_UNIX socket `fd` is bound to, opened O_PATH.
+pub fn unix_file(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: the ioctl takes no argument and returns a new descriptor.
+    let r = unsafe { libc::ioctl(fd, SIOCUNIXFILE as _, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

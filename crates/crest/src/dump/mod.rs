@@ -48,6 +48,10 @@ pub struct DumpOptions {
     /// map it by at restore): recorded by name, without their contents,
     /// even a tmpfs.
     pub external_mounts: Vec<(String, String)>,
+    /// Checkpoint UNIX sockets connected to a named socket outside the
+    /// tree (a /dev/log, a bus): the restore connects them to that name
+    /// again (`RestoreOptions::ext_unix_sk`).
+    pub ext_unix_sk: bool,
 }
 
 /// What a dump did.
@@ -192,6 +196,7 @@ pub fn collect(
     let mut objects = ObjectTable::default();
     let mut fd_index = files::FdIndex::default();
     fd_index.net.tcp_established = opts.tcp_established;
+    fd_index.net.ext_unix_sk = opts.ext_unix_sk;
     fd_index.net.tree = tree.procs.iter().map(|p| p.0).collect();
     fd_index.net.root = tree.procs.first().map(|p| p.0).unwrap_or(0);
     let mut data = Vec::new();
@@ -222,6 +227,7 @@ pub fn collect(
         data: &mut data,
     });
     files::check_pipe_ends(&fd_index, &pids, obstacles, external);
+    crate::net::unix::check_peers(objects.as_slice(), pids[0], obstacles);
     fd_index.net.verify(obstacles);
     let shared = check_shared_tables(&pids, obstacles)?;
     let mut ppids = std::collections::HashMap::new();

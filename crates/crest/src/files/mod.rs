@@ -115,307 +115,379 @@ pub fn collect_fds(
     let mut out: Vec<Fd> = Vec::new();
     let pidfd = crest_sys::pidfd::open(pid)?;
     for fd in proc::list_fds(pid)? {
-        let refuse = |obstacles: &mut Vec<Obstacle>, reason: String| {
-            obstacles.push(Obstacle {
-                pid,
-                object: format!("fd {fd}"),
-                reason,
-            })
-        };
-        let link = match proc::fd_link(pid, fd) {
-            Ok(l) => l,
-            Err(_) => continue, // closed meanwhile: the task is frozen, so only a race with exit
-        };
-        let info = proc::read_fdinfo(pid, fd)?;
-        let md = match std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
-            Ok(m) => m,
-            Err(e) => {
-                refuse(obstacles, format!("{link}: cannot stat: {e}"));
-                continue;
-            }
-        };
-        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let flags = info.flags & !(libc::O_CLOEXEC as u32);
-        let key = (md.dev(), md.ino());
-        if let Some(prev) = index.seen.get(&key) {
-            let mut shared = None;
-            for &(ppid, pfd, obj) in prev {
-                if kcmp(ppid, pid, kcmp_type::FILE, pfd as u64, fd as u64)? == 0 {
-                    shared = Some(obj);
-                    break;
-                }
-            }
-            if let Some(obj) = shared {
-                let held = &mut index.held.entry(pid).or_default().0;
-                if let Err(r) =
-                    crate::files::locks::collect(pid, fd, obj, &info, &mut index.locks, held)
-                {
-                    refuse(obstacles, format!("{link}: {r}"));
-                }
-                out.push(Fd {
-                    fd,
-                    cloexec,
-                    file: obj,
-                });
-                continue;
+        if let Some(f) = collect_fd(pid, fd, &pidfd, objects, obstacles, data, index)? {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads descriptor `fd` of `pid` (`pidfd`): the object of its open file
+/// description, made once per description; `None` when refused (an
+/// obstacle says why) or closed meanwhile.  `pid` may be crest itself,
+/// for the copies of the files in flight in a UNIX socket's queue.
+fn collect_fd(
+    pid: i32,
+    fd: i32,
+    pidfd: &OwnedFd,
+    objects: &mut ObjectTable,
+    obstacles: &mut Vec<Obstacle>,
+    data: &mut Vec<DataSource>,
+    index: &mut FdIndex,
+) -> Result<Option<Fd>> {
+    let mut inflight = crate::net::unix::InFlight::new();
+    let refuse = |obstacles: &mut Vec<Obstacle>, reason: String| {
+        obstacles.push(Obstacle {
+            pid,
+            object: format!("fd {fd}"),
+            reason,
+        })
+    };
+    let link = match proc::fd_link(pid, fd) {
+        Ok(l) => l,
+        Err(_) => return Ok(None), // closed meanwhile: the task is frozen, so only a race with exit
+    };
+    let info = proc::read_fdinfo(pid, fd)?;
+    let md = match std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
+        Ok(m) => m,
+        Err(e) => {
+            refuse(obstacles, format!("{link}: cannot stat: {e}"));
+            return Ok(None);
+        }
+    };
+    let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+    let flags = info.flags & !(libc::O_CLOEXEC as u32);
+    let key = (md.dev(), md.ino());
+    if let Some(prev) = index.seen.get(&key) {
+        let mut shared = None;
+        for &(ppid, pfd, obj) in prev {
+            if kcmp(ppid, pid, kcmp_type::FILE, pfd as u64, fd as u64)? == 0 {
+                shared = Some(obj);
+                break;
             }
         }
-        let ft = md.file_type();
-        let target = if flags & libc::O_PATH as u32 != 0 {
-            if !link.starts_with('/') || link.ends_with(" (deleted)") {
+        if let Some(obj) = shared {
+            let held = &mut index.held.entry(pid).or_default().0;
+            if let Err(r) =
+                crate::files::locks::collect(pid, fd, obj, &info, &mut index.locks, held)
+            {
+                refuse(obstacles, format!("{link}: {r}"));
+            }
+            return Ok(Some(Fd {
+                fd,
+                cloexec,
+                file: obj,
+            }));
+        }
+    }
+    let ft = md.file_type();
+    let target = if flags & libc::O_PATH as u32 != 0 {
+        if !link.starts_with('/') || link.ends_with(" (deleted)") {
+            refuse(
+                obstacles,
+                format!("O_PATH descriptor of {link}: only files with a name are supported"),
+            );
+            return Ok(None);
+        }
+        OpenTarget::Path {
+            path: link.clone(),
+            kind: md.mode() & libc::S_IFMT,
+        }
+    } else if is_deleted_node(&link, &ft) {
+        let stateless = STATELESS_DEVICES
+            .iter()
+            .any(|d| (d.0, d.1) == (libc::major(md.rdev()), libc::minor(md.rdev())));
+        let busy = if ft.is_fifo() {
+            fifo_bytes(pid, fd).map_or(true, |n| n != 0)
+        } else {
+            false
+        };
+        match crate::files::deleted::collect(&link, &md, stateless) {
+            Ok(_) if busy => {
                 refuse(
                     obstacles,
-                    format!("O_PATH descriptor of {link}: only files with a name are supported"),
+                    format!("{link}: a deleted FIFO with bytes in its buffer is not supported"),
                 );
-                continue;
+                return Ok(None);
             }
-            OpenTarget::Path {
+            Ok(n) => OpenTarget::Deleted(n),
+            Err(why) => {
+                refuse(obstacles, why);
+                return Ok(None);
+            }
+        }
+    } else if ft.is_file() && link.starts_with("/memfd:") {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let shmem = match objects.shmem(md.dev(), md.ino()) {
+            Some(id) => id,
+            None => crate::memory::shmem_from_path(
+                objects,
+                data,
+                md.dev(),
+                md.ino(),
+                &path,
+                Some(&link),
+            )?,
+        };
+        OpenTarget::Memfd { shmem }
+    } else if ft.is_file() {
+        if md.nlink() == 0 || link.ends_with(" (deleted)") {
+            if md.blocks() * 512 > MAX_UNLINKED {
+                refuse(
+                    obstacles,
+                    format!("unlinked file {link} holds more than 4 GiB of data"),
+                );
+                return Ok(None);
+            }
+            let same_as = objects.unlinked(key.0, key.1);
+            OpenTarget::Unlinked {
+                path: link.trim_end_matches(" (deleted)").to_string(),
+                size: md.size(),
+                mode: md.mode(),
+                meta: Some(crate::files::unlinked::meta(&md, flags, same_as)),
+            }
+        } else {
+            OpenTarget::Regular(file_id(&link)?)
+        }
+    } else if ft.is_dir() {
+        OpenTarget::Directory { path: link.clone() }
+    } else if let Some(t) = crate::files::tty::collect(pid, fd, &link, &md, &info, &mut index.ptys)
+    {
+        match t {
+            Ok(t) => t,
+            Err(reason) => {
+                refuse(obstacles, reason);
+                return Ok(None);
+            }
+        }
+    } else if ft.is_char_device() {
+        let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+        match STATELESS_DEVICES.iter().find(|d| d.0 == maj && d.1 == min) {
+            Some(_) => OpenTarget::CharDevice {
                 path: link.clone(),
-                kind: md.mode() & libc::S_IFMT,
+                rdev: md.rdev(),
+            },
+            None => {
+                refuse(
+                    obstacles,
+                    format!("character device {link} ({maj}:{min}) is not supported"),
+                );
+                return Ok(None);
             }
-        } else if is_deleted_node(&link, &ft) {
-            let stateless = STATELESS_DEVICES
-                .iter()
-                .any(|d| (d.0, d.1) == (libc::major(md.rdev()), libc::minor(md.rdev())));
-            let busy = if ft.is_fifo() {
-                fifo_bytes(pid, fd).map_or(true, |n| n != 0)
-            } else {
-                false
-            };
-            match crate::files::deleted::collect(&link, &md, stateless) {
-                Ok(_) if busy => {
-                    refuse(
-                        obstacles,
-                        format!("{link}: a deleted FIFO with bytes in its buffer is not supported"),
-                    );
-                    continue;
-                }
-                Ok(n) => OpenTarget::Deleted(n),
-                Err(why) => {
-                    refuse(obstacles, why);
-                    continue;
-                }
-            }
-        } else if ft.is_file() && link.starts_with("/memfd:") {
-            let path = format!("/proc/{pid}/fd/{fd}");
-            let shmem = match objects.shmem(md.dev(), md.ino()) {
-                Some(id) => id,
-                None => crate::memory::shmem_from_path(
-                    objects,
-                    data,
-                    md.dev(),
-                    md.ino(),
-                    &path,
-                    Some(&link),
-                )?,
-            };
-            OpenTarget::Memfd { shmem }
-        } else if ft.is_file() {
-            if md.nlink() == 0 || link.ends_with(" (deleted)") {
-                if md.blocks() * 512 > MAX_UNLINKED {
-                    refuse(
-                        obstacles,
-                        format!("unlinked file {link} holds more than 4 GiB of data"),
-                    );
-                    continue;
-                }
-                let same_as = objects.unlinked(key.0, key.1);
-                OpenTarget::Unlinked {
-                    path: link.trim_end_matches(" (deleted)").to_string(),
-                    size: md.size(),
-                    mode: md.mode(),
-                    meta: Some(crate::files::unlinked::meta(&md, flags, same_as)),
-                }
-            } else {
-                OpenTarget::Regular(file_id(&link)?)
-            }
-        } else if ft.is_dir() {
-            OpenTarget::Directory { path: link.clone() }
-        } else if let Some(t) =
-            crate::files::tty::collect(pid, fd, &link, &md, &info, &mut index.ptys)
-        {
-            match t {
-                Ok(t) => t,
-                Err(reason) => {
-                    refuse(obstacles, reason);
-                    continue;
-                }
-            }
-        } else if ft.is_char_device() {
-            let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
-            match STATELESS_DEVICES.iter().find(|d| d.0 == maj && d.1 == min) {
-                Some(_) => OpenTarget::CharDevice {
-                    path: link.clone(),
-                    rdev: md.rdev(),
-                },
+        }
+    } else if ft.is_fifo() {
+        if link.starts_with("pipe:") {
+            let write = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
+            let pipe = match index.pipes.get_mut(&md.ino()) {
+                Some(p) => p,
                 None => {
-                    refuse(
-                        obstacles,
-                        format!("character device {link} ({maj}:{min}) is not supported"),
-                    );
-                    continue;
+                    let (size, bytes) = match crate::files::filedata::pipe_contents(pid, fd) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            refuse(obstacles, format!("{link}: cannot read the pipe: {e}"));
+                            return Ok(None);
+                        }
+                    };
+                    let object = objects.add(ObjectKind::Pipe(PipeObj {
+                        size,
+                        data_len: bytes.len() as u64,
+                        fifo: false,
+                        external: None,
+                    }));
+                    if !bytes.is_empty() {
+                        data.push(DataSource::Pipe {
+                            object,
+                            data: bytes,
+                        });
+                    }
+                    index.pipes.entry(md.ino()).or_insert(PipeSeen {
+                        object,
+                        read: false,
+                        write: false,
+                        at: (pid, fd),
+                    })
                 }
+            };
+            if write {
+                pipe.write = true;
+            } else {
+                pipe.read = true;
             }
-        } else if ft.is_fifo() {
-            if link.starts_with("pipe:") {
-                let write = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
-                let pipe = match index.pipes.get_mut(&md.ino()) {
-                    Some(p) => p,
-                    None => {
-                        let (size, bytes) = match crate::files::filedata::pipe_contents(pid, fd) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                refuse(obstacles, format!("{link}: cannot read the pipe: {e}"));
-                                continue;
-                            }
-                        };
-                        let object = objects.add(ObjectKind::Pipe(PipeObj {
-                            size,
-                            data_len: bytes.len() as u64,
-                            fifo: false,
-                            external: None,
-                        }));
-                        if !bytes.is_empty() {
+            OpenTarget::PipeEnd {
+                pipe: pipe.object,
+                write,
+            }
+        } else {
+            match fifo_bytes(pid, fd) {
+                Ok(0) => OpenTarget::Fifo { path: link.clone() },
+                Ok(_) => {
+                    // The bytes in flight belong to the FIFO's inode,
+                    // whoever opened it: one pipe object per inode.
+                    let pipe = match index.pipes.get(&md.ino()) {
+                        Some(p) => p.object,
+                        None => {
+                            let (size, bytes) = match crate::files::filedata::pipe_contents(pid, fd)
+                            {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    refuse(obstacles, format!("FIFO {link}: {e}"));
+                                    return Ok(None);
+                                }
+                            };
+                            let object = objects.add(ObjectKind::Pipe(PipeObj {
+                                size,
+                                data_len: bytes.len() as u64,
+                                fifo: true,
+                                external: None,
+                            }));
                             data.push(DataSource::Pipe {
                                 object,
                                 data: bytes,
                             });
-                        }
-                        index.pipes.entry(md.ino()).or_insert(PipeSeen {
-                            object,
-                            read: false,
-                            write: false,
-                            at: (pid, fd),
-                        })
-                    }
-                };
-                if write {
-                    pipe.write = true;
-                } else {
-                    pipe.read = true;
-                }
-                OpenTarget::PipeEnd {
-                    pipe: pipe.object,
-                    write,
-                }
-            } else {
-                match fifo_bytes(pid, fd) {
-                    Ok(0) => OpenTarget::Fifo { path: link.clone() },
-                    Ok(_) => {
-                        // The bytes in flight belong to the FIFO's inode,
-                        // whoever opened it: one pipe object per inode.
-                        let pipe = match index.pipes.get(&md.ino()) {
-                            Some(p) => p.object,
-                            None => {
-                                let (size, bytes) =
-                                    match crate::files::filedata::pipe_contents(pid, fd) {
-                                        Ok(v) => v,
-                                        Err(e) => {
-                                            refuse(obstacles, format!("FIFO {link}: {e}"));
-                                            continue;
-                                        }
-                                    };
-                                let object = objects.add(ObjectKind::Pipe(PipeObj {
-                                    size,
-                                    data_len: bytes.len() as u64,
-                                    fifo: true,
-                                    external: None,
-                                }));
-                                data.push(DataSource::Pipe {
+                            // Named: anyone may open it, so there is no
+                            // "other end outside the tree" to look for.
+                            index.pipes.insert(
+                                md.ino(),
+                                PipeSeen {
                                     object,
-                                    data: bytes,
-                                });
-                                // Named: anyone may open it, so there is no
-                                // "other end outside the tree" to look for.
-                                index.pipes.insert(
-                                    md.ino(),
-                                    PipeSeen {
-                                        object,
-                                        read: true,
-                                        write: true,
-                                        at: (pid, fd),
-                                    },
-                                );
-                                object
-                            }
-                        };
-                        OpenTarget::FifoData {
-                            path: link.clone(),
-                            pipe,
+                                    read: true,
+                                    write: true,
+                                    at: (pid, fd),
+                                },
+                            );
+                            object
                         }
+                    };
+                    OpenTarget::FifoData {
+                        path: link.clone(),
+                        pipe,
                     }
-                    Err(e) => {
-                        refuse(obstacles, format!("FIFO {link}: {e}"));
-                        continue;
-                    }
+                }
+                Err(e) => {
+                    refuse(obstacles, format!("FIFO {link}: {e}"));
+                    return Ok(None);
                 }
             }
-        } else if ft.is_socket() {
-            match crate::net::collect(pid, fd, &mut index.net)
-                .unwrap_or_else(|| crate::net::unix::collect(pid, fd))
-            {
-                Ok(t) => t,
-                Err(reason) => {
-                    refuse(obstacles, reason);
-                    continue;
-                }
-            }
-        } else if link.starts_with("anon_inode:") {
-            match crate::files::events::collect(pid, fd, &link, &info) {
-                Ok(t) => t,
-                Err(reason) => {
-                    refuse(obstacles, reason);
-                    continue;
-                }
-            }
-        } else {
-            refuse(
-                obstacles,
-                format!("{link}: this kind of file is not supported"),
-            );
-            continue;
-        };
-        let is_path = matches!(target, OpenTarget::Path { .. });
-        let obj = objects.add(ObjectKind::Open(OpenFile {
-            flags,
-            pos: if is_path { 0 } else { info.pos },
-            target: target.clone(),
-        }));
-        if let OpenTarget::Unlinked { size, meta, .. } = target {
-            if meta.is_none_or(|m| m.same_as.is_none()) {
-                objects.set_unlinked(key.0, key.1, obj);
-                data.push(DataSource::Unlinked {
-                    object: obj,
-                    pid,
-                    fd,
-                    size,
-                });
+        }
+    } else if ft.is_socket() {
+        match crate::net::collect(pid, fd, &mut index.net).unwrap_or_else(|| {
+            crate::net::unix::collect(pid, fd, index.net.ext_unix_sk, &mut inflight)
+        }) {
+            Ok(t) => t,
+            Err(reason) => {
+                refuse(obstacles, reason);
+                return Ok(None);
             }
         }
-        let held = index.held.entry(pid).or_default();
-        if let Err(r) =
-            crate::files::locks::collect(pid, fd, obj, &info, &mut index.locks, &mut held.0)
-        {
-            refuse(obstacles, format!("{link}: {r}"));
-        }
-        if !is_path {
-            match crest_sys::pidfd::getfd(&pidfd, pid, fd)
-                .map_err(|e| e.to_string())
-                .and_then(|f| crate::files::fown::collect(fd, &f))
-            {
-                Ok(Some(o)) => held.1.push(o),
-                Ok(None) => {}
-                Err(r) => refuse(obstacles, format!("{link}: {r}")),
+    } else if link.starts_with("anon_inode:") {
+        match crate::files::events::collect(pid, fd, &link, &info) {
+            Ok(t) => t,
+            Err(reason) => {
+                refuse(obstacles, reason);
+                return Ok(None);
             }
         }
-        index.seen.entry(key).or_default().push((pid, fd, obj));
-        out.push(Fd {
-            fd,
-            cloexec,
-            file: obj,
-        });
+    } else {
+        refuse(
+            obstacles,
+            format!("{link}: this kind of file is not supported"),
+        );
+        return Ok(None);
+    };
+    let is_path = matches!(target, OpenTarget::Path { .. });
+    let obj = objects.add(ObjectKind::Open(OpenFile {
+        flags,
+        pos: if is_path { 0 } else { info.pos },
+        target: target.clone(),
+    }));
+    if let OpenTarget::Unlinked { size, meta, .. } = target {
+        if meta.is_none_or(|m| m.same_as.is_none()) {
+            objects.set_unlinked(key.0, key.1, obj);
+            data.push(DataSource::Unlinked {
+                object: obj,
+                pid,
+                fd,
+                size,
+            });
+        }
     }
-    Ok(out)
+    let held = index.held.entry(pid).or_default();
+    if let Err(r) = crate::files::locks::collect(pid, fd, obj, &info, &mut index.locks, &mut held.0)
+    {
+        refuse(obstacles, format!("{link}: {r}"));
+    }
+    if !is_path {
+        match crest_sys::pidfd::getfd(pidfd, pid, fd)
+            .map_err(|e| e.to_string())
+            .and_then(|f| crate::files::fown::collect(fd, &f))
+        {
+            Ok(Some(o)) => held.1.push(o),
+            Ok(None) => {}
+            Err(r) => refuse(obstacles, format!("{link}: {r}")),
+        }
+    }
+    index.seen.entry(key).or_default().push((pid, fd, obj));
+    if !inflight.is_empty() {
+        collect_in_flight(pid, fd, obj, inflight, objects, obstacles, data, index)?;
+    }
+    Ok(Some(Fd {
+        fd,
+        cloexec,
+        file: obj,
+    }))
+}
+
+/// Makes objects of the files in flight in the queue of socket `fd` of
+/// `pid` (object `obj`): crest's copies, read as crest's own descriptors
+/// (one already met, held by a process or in flight elsewhere — the
+/// socket itself, say — is the same object), recorded as the messages'
+/// rights.  A refused one is named through the socket.
+#[allow(clippy::too_many_arguments)]
+fn collect_in_flight(
+    pid: i32,
+    fd: i32,
+    obj: u32,
+    inflight: crate::net::unix::InFlight,
+    objects: &mut ObjectTable,
+    obstacles: &mut Vec<Obstacle>,
+    data: &mut Vec<DataSource>,
+    index: &mut FdIndex,
+) -> Result<()> {
+    let me = std::process::id() as i32;
+    let mine = crest_sys::pidfd::open(me)?;
+    for (k, fds) in inflight {
+        let mut ids = Vec::with_capacity(fds.len());
+        for f in fds {
+            let before = obstacles.len();
+            let got = collect_fd(me, f.as_raw_fd(), &mine, objects, obstacles, data, index)?;
+            for o in &mut obstacles[before..] {
+                if o.pid == me {
+                    o.pid = pid;
+                    o.object = format!("fd {fd}");
+                    o.reason = format!(
+                        "a file in flight (SCM_RIGHTS) in message {k} queued on this socket: {}",
+                        o.reason
+                    );
+                }
+            }
+            // Kept open until the dump ends: the file's content is read
+            // through it, and kcmp compares later descriptors with it.
+            index.net.keep_in_flight(f);
+            if let Some(g) = got {
+                ids.push(g.file);
+            }
+        }
+        if let Some(ObjectKind::Open(OpenFile {
+            target: OpenTarget::Unix(u),
+            ..
+        })) = objects.get_mut(obj)
+        {
+            if let Some(m) = u.queue.get_mut(k) {
+                m.rights = ids;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A directory, FIFO or device node deleted while open.

@@ -37,6 +37,9 @@ pub struct NetIndex {
     /// `--tcp-established`: connections to peers outside the tree are
     /// dumped (their packets held back by [`lock`]).
     pub tcp_established: bool,
+    /// `--ext-unix-sk`: UNIX sockets connected outside the tree are
+    /// dumped, to be connected by name again.
+    pub ext_unix_sk: bool,
     /// The pids of the tree.
     pub tree: HashSet<i32>,
     /// The root's pid (names the lock).
@@ -61,6 +64,9 @@ pub struct Dumped {
     /// sequence numbers it was read at.
     read_at: Vec<(i32, i32, String, tcp::Seqs)>,
     lock: Option<lock::Lock>,
+    /// crest's copies of the files in flight in UNIX sockets' queues,
+    /// open until the dump ends (see `crate::files`).
+    in_flight: Vec<OwnedFd>,
 }
 
 impl Dumped {
@@ -95,6 +101,11 @@ impl Drop for Dumped {
 }
 
 impl NetIndex {
+    /// Keeps crest's copy of a file in flight open until the dump ends.
+    pub fn keep_in_flight(&mut self, f: OwnedFd) {
+        self.dumped.in_flight.push(f);
+    }
+
     /// The repair-mode sockets and lock, for the end of the dump.
     pub fn take_dumped(&mut self) -> Dumped {
         std::mem::take(&mut self.dumped)

@@ -63,6 +63,9 @@ pub struct RestoreOptions {
     /// crest's namespace (a runtime runs its OCI hooks there).  An error
     /// fails the restore.
     pub on_namespaces: Option<NamespacesHook>,
+    /// Connect the UNIX sockets that were connected outside the tree
+    /// (dumped with `DumpOptions::ext_unix_sk`) to their peers' names.
+    pub ext_unix_sk: bool,
 }
 
 /// See [`RestoreOptions::on_namespaces`].
@@ -773,6 +776,16 @@ impl Build {
                 )));
             };
             procs[i].ctty = Some(m.dst);
+        }
+        // Files in flight in UNIX sockets' queues, held by no process.
+        for (id, o) in crate::net::unix::in_flight(&ckpt, &opened) {
+            let f = files::open_object(id, o, unlinked, &|id| ckpt.object(id).cloned())
+                .context(|| format!("object {id}, in flight in a UNIX socket's queue"))?;
+            opened.insert(id, stub::raw(&f));
+            held.push(f);
+        }
+        if let Some(why) = crate::net::unix::external_refused(&ckpt, opts.ext_unix_sk) {
+            return Err(Error::Incompatible(why));
         }
         crate::net::unix::restore(&ckpt, &opened)?;
         crate::net::finish(&ckpt, &opened)?;
