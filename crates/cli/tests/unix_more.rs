@@ -121,6 +121,12 @@ fn files_in_flight_in_unix_queues() {
 }
 
 #[test]
+fn files_in_flight_twice() {
+    // A restored tree's files in flight can be checkpointed again.
+    start("unix-rights-twice", RIGHTS).cycle_twice();
+}
+
+#[test]
 fn files_in_flight_survive_leave_running() {
     // Peeking at the rights (copies installed in crest) consumes nothing.
     start("unix-rights-leave", RIGHTS).leave_running_and_inspect(&["descriptors in flight"]);
@@ -216,6 +222,11 @@ result(e)
 #[test]
 fn peer_credentials_and_queued_credentials() {
     start("unix-creds", CREDS).cycle();
+}
+
+#[test]
+fn peer_credentials_twice() {
+    start("unix-creds-twice", CREDS).cycle_twice();
 }
 
 #[test]

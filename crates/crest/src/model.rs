@@ -221,7 +221,7 @@ pub struct UnixSocket {
     pub rcvtimeo_us: u64,
     pub sndtimeo_us: u64,
     /// SO_PEERCRED (pid, uid, gid) as crest saw it, for a connected or
-    /// listening stream or seqpacket socket (pid 0: none recorded).
+    /// listening socket (`None`: none recorded).
     #[serde(default)]
     pub peercred: Option<(i32, u32, u32)>,
     /// A relative filesystem name: the directory it was bound in (the

@@ -64,9 +64,20 @@ impl Creds {
                     addr: &addr,
                     len,
                 };
-                run_as(pid, uid, gid, &op).map_err(|e| {
-                    Error::msg(format!("connecting a UNIX socket to {}: {e}", show(target)))
-                })
+                match run_as(pid, uid, gid, &op) {
+                    Ok(()) => Ok(()),
+                    // The recorded ids may no longer reach the socket file
+                    // (its directory's or its own mode changed): crest's.
+                    Err(crest_sys::Error::Os { source, .. })
+                        if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+                    {
+                        connect(fd, target)
+                    }
+                    Err(e) => Err(Error::msg(format!(
+                        "connecting a UNIX socket to {}: {e}",
+                        show(target)
+                    ))),
+                }
             }
             None => connect(fd, target),
         }

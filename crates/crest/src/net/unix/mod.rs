@@ -1,11 +1,15 @@
-//! AF_UNIX sockets whose peers are all in the tree.
+//! AF_UNIX sockets whose peers are in the tree (held by its processes or
+//! in flight in its queues), or, with `--ext-unix-sk`, named outside it.
 //!
 //! Dump reads each socket from a copy of its descriptor (pidfd_getfd):
 //! options with getsockopt, the receive queue with MSG_PEEK from offset 0
 //! (SO_PEEK_OFF, put back afterwards), and what only the kernel knows —
 //! name, bound file, peer, connections waiting to be accepted, shutdown
 //! state — from sock_diag.  Peers refer to each other by their dump-time
-//! inode numbers; a peer held outside the tree is refused.
+//! inode numbers; a peer held outside the tree is refused (without
+//! `--ext-unix-sk`).  Files in flight in a queue (SCM_RIGHTS) come back
+//! from the peek as descriptors of crest's, which `crate::files` makes
+//! objects of ([`queue`]); SO_PEERCRED is recorded for [`creds`].
 //!
 //! Restore has two steps.  [`open`] gives each socket's open file
 //! description a placeholder (a fresh socket of the right type), which
@@ -15,7 +19,9 @@
 //! socketpair or with connect + accept on their listener (a temporary one
 //! when the listener is closed), pending connections made by connecting
 //! their clients last — refills every receive queue by sending from the
-//! peer, connects datagram sockets, applies shutdowns and options, and
+//! peer with the same rights (the files in flight, opened like any
+//! other, see [`in_flight`]), connects datagram sockets, applies shutdowns
+//! and options, and
 //! puts each socket in place of its placeholder (dup3), before anything
 //! (an epoll) refers to those descriptors.
 
