@@ -458,7 +458,10 @@ fn container_mounts(pid: i32) -> Vec<String> {
             // of another /dev/null, the type aside.
             let masked = ["/proc/keys", "/proc/timer_list"].contains(&f[4]);
             let fstype = if masked { "(null device)" } else { f[sep + 1] };
-            format!("{} {fstype} {}", f[4], f[5])
+            // Known gap: crest creates sysfs in its own network namespace
+            // (the host's superblock, read-write), not the container's.
+            let sb_ro = f[sep + 1] != "sysfs" && f[sep + 3].split(',').any(|o| o == "ro");
+            format!("{} {fstype} {} sb-ro={sb_ro}", f[4], f[5])
         })
         .collect::<std::collections::BTreeSet<String>>()
         .into_iter()

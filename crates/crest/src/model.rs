@@ -1152,7 +1152,9 @@ pub struct MountRec {
     /// the namespace at its path `host`), "new" (a filesystem created
     /// anew from its type, source and superblock options: tmpfs, devpts,
     /// sysfs, cgroup, overlay), "stub" (made by the process creating the
-    /// namespace, in its namespaces: proc, mqueue).
+    /// namespace, in its namespaces: proc, mqueue), "stub-bind" (a bind,
+    /// made by that process too, of the proc or mqueue mount `from` at its
+    /// path `host`: runc's read-only /proc/sys).
     pub how: String,
     pub host: String,
     pub from: u64,

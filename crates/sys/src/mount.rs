@@ -24,6 +24,9 @@ const OPEN_TREE_CLONE: u32 = 1;
 const FSCONFIG_SET_FLAG: u32 = 0;
 const FSCONFIG_SET_STRING: u32 = 1;
 const FSCONFIG_CMD_CREATE: u32 = 6;
+const FSCONFIG_CMD_RECONFIGURE: u32 = 7;
+const FSPICK_CLOEXEC: u32 = 1;
+const FSPICK_EMPTY_PATH: u32 = 8;
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
 const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
 
@@ -97,6 +100,41 @@ impl FsContext {
                 value.map(|v| format!("={v}")).unwrap_or_default()
             )
         })
+    }
+
+    /// The context of the filesystem mount `m` is of, to change its
+    /// superblock's parameters ([`FsContext::set`], then
+    /// [`FsContext::reconfigure`]).
+    pub fn pick(m: BorrowedFd, fstype: &str) -> Result<Self> {
+        // SAFETY: an empty path on a valid descriptor; the result is checked.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fspick,
+                m.as_raw_fd(),
+                c"".as_ptr(),
+                FSPICK_CLOEXEC | FSPICK_EMPTY_PATH,
+            )
+        };
+        Ok(FsContext {
+            fd: owned(r, || format!("fspick {fstype}"))?,
+            fstype: fstype.into(),
+        })
+    }
+
+    /// Applies the parameters set since [`FsContext::pick`].
+    pub fn reconfigure(&self) -> Result<()> {
+        // SAFETY: a plain syscall on our context.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                self.fd.as_raw_fd(),
+                FSCONFIG_CMD_RECONFIGURE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        };
+        done(r, || format!("reconfiguring a {} filesystem", self.fstype))
     }
 
     /// Creates the superblock and a detached mount of it with the

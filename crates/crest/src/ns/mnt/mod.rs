@@ -284,6 +284,25 @@ fn whole(
                     ),
                 );
             }
+        } else if let Some((from, rel)) = IN_STUB
+            .contains(&m.fs_type.as_str())
+            .then(|| {
+                // A bind of (a directory of) a proc or mqueue mounted
+                // before (runc's read-only /proc/sys and the like).
+                out.iter()
+                    .filter(|e| e.how == "stub")
+                    .filter(|e| {
+                        theirs
+                            .iter()
+                            .any(|t| t.mnt_id == e.id && (t.major, t.minor) == (m.major, m.minor))
+                    })
+                    .find_map(|e| Some((e.id, below(&m.root, &e.root)?)))
+            })
+            .flatten()
+        {
+            r.how = "stub-bind".into();
+            r.from = from;
+            r.host = rel;
         } else if IN_STUB.contains(&m.fs_type.as_str()) {
             r.how = "stub".into();
         } else {
@@ -471,6 +490,8 @@ struct Tree {
     data: HashMap<u32, tmpfs::Data>,
     /// Data written and flags set ([`finish`]).
     done: bool,
+    /// tmpfs mounts whose superblock becomes read-only once filled.
+    ro: Vec<OwnedFd>,
 }
 
 impl Tree {
@@ -484,6 +505,29 @@ impl Tree {
             }
             let parent_late = self.mounts.iter().any(|p| p.rec.id == r.parent && p.late);
             match &b.fd {
+                None if r.how == "stub-bind" => {
+                    let src = self.mounts.iter().find(|s| s.rec.id == r.from);
+                    let from = src.map_or_else(String::new, |s| join(&s.rec.mount_point, &r.host));
+                    out.push(Step::Mount {
+                        fstype: CString::default(),
+                        source: c(&from),
+                        at: c(&r.mount_point),
+                        flags: libc::MS_BIND,
+                        data: CString::default(),
+                    });
+                    let f = flags(&r.options)
+                        & (libc::MS_RDONLY
+                            | libc::MS_NOSUID
+                            | libc::MS_NODEV
+                            | libc::MS_NOEXEC
+                            | libc::MS_NOATIME
+                            | libc::MS_NODIRATIME
+                            | libc::MS_STRICTATIME);
+                    out.push(Step::Propagate {
+                        at: c(&r.mount_point),
+                        flag: libc::MS_REMOUNT | libc::MS_BIND | f,
+                    });
+                }
                 None => out.push(Step::Mount {
                     fstype: c(&r.fs_type),
                     source: c(&r.source),
@@ -601,6 +645,7 @@ pub fn start(ckpt: &Checkpoint, map: &Mapping) -> Result<Option<Restoring>> {
 }
 
 fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
+    let mut deferred_ro = Vec::new();
     let mut built: Vec<Built> = Vec::new();
     let mut data = HashMap::new();
     let mut root = None;
@@ -615,7 +660,7 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
         }
         let late_parent = parent.is_some_and(|p| built[p].late);
         let fd = match r.how.as_str() {
-            "stub" => None,
+            "stub" | "stub-bind" => None,
             "host" => {
                 let path = if r.parent == 0 {
                     map.root.clone().unwrap_or_else(|| r.host.clone())
@@ -693,6 +738,11 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
                 if r.fs_type == "tmpfs" {
                     fill(&fd, &r.files, &mut data).context(what)?;
                 }
+                if r.fs_type == "tmpfs" && r.super_options.split(',').any(|o| o == "ro") {
+                    // Read-only once filled (its saved data is written
+                    // through crest's descriptors, opened meanwhile).
+                    deferred_ro.push(fd.try_clone().context(what)?);
+                }
                 Some(fd)
             }
             other => {
@@ -745,6 +795,7 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
         mounts: built,
         data,
         done: false,
+        ro: deferred_ro,
     })
 }
 
@@ -758,6 +809,12 @@ pub fn finish() -> Result<()> {
     }
     t.done = true;
     tmpfs::finish_data(std::mem::take(&mut t.data))?;
+    // The saved files are closed: read-only superblocks now.
+    for fd in t.ro.drain(..) {
+        let fs = m::FsContext::pick(fd.as_fd(), "tmpfs")?;
+        fs.set("ro", None)?;
+        fs.reconfigure()?;
+    }
     // The mounts' flags are set by the process creating the namespace
     // (a bind remount, see `Tree::steps`): mount_setattr refuses mounts
     // attached to a detached tree here.
