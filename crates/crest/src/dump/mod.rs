@@ -91,9 +91,11 @@ pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
     preflight_in(pid, None)
 }
 
-/// [`preflight`], for a process of `tree` once frozen: its threads'
-/// status as read when they stopped (a /proc status costs tens of
-/// microseconds; a dump of 400 threads read each three times).
+/// [`preflight`], and once `tree` is frozen the checks of each thread,
+/// from its status as read when it stopped (a /proc status costs tens
+/// of microseconds: a 400-thread dump read each thread's three times).
+/// They come before any call is injected, so a thread that could not
+/// take one is refused with the tree untouched.
 fn preflight_in(pid: i32, tree: Option<&FrozenTree>) -> Result<Vec<Obstacle>> {
     let mut obs = Vec::new();
     let mut refuse = |object: &str, reason: String| {
@@ -146,7 +148,11 @@ fn preflight_in(pid: i32, tree: Option<&FrozenTree>) -> Result<Vec<Obstacle>> {
             ),
         );
     }
-    for tid in proc::list_tasks(pid).unwrap_or_default() {
+    let tids = match tree {
+        Some(_) => proc::list_tasks(pid).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    for tid in tids {
         let mode = match tree.and_then(|t| t.status(tid)) {
             Some(st) => Some(st.seccomp),
             None => proc::read_task_status(pid, tid).ok().map(|s| s.seccomp),
