@@ -184,13 +184,16 @@ impl Container {
 
     fn go(&self) {
         std::fs::write(self.dir.join("go"), b"go").unwrap();
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Ok(f) = std::fs::OpenOptions::new()
+        // Read and write: the open never blocks nor fails for want of a
+        // reader; held a moment so that every waiting reader sees it.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
-            .custom_flags(libc::O_NONBLOCK)
             .open(self.dir.join("fifo"))
         {
-            drop(f);
+            use std::io::Write;
+            let _ = f.write_all(b"go\n");
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 
