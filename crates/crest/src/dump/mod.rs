@@ -292,7 +292,7 @@ pub fn collect(
                         )
                     || st.no_new_privs != status.no_new_privs;
                 if differs {
-                    th.creds = Some(creds::collect(&session.thread(i), &st)?);
+                    th.creds = Some(creds::collect(&session.thread(i), st)?);
                 }
             }
             threads.push(th);
