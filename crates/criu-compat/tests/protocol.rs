@@ -261,8 +261,9 @@ fn unimplemented_options_are_refused_by_name_and_nothing_is_done() {
         (
             "ext_mnt",
             CriuOpts {
+                // Named by something else than a mount point.
                 ext_mnt: vec![ExtMountMap {
-                    key: "/etc/hosts".into(),
+                    key: "hosts".into(),
                     val: "/etc/hosts".into(),
                 }],
                 ..Default::default()
@@ -271,7 +272,8 @@ fn unimplemented_options_are_refused_by_name_and_nothing_is_done() {
         (
             "external",
             CriuOpts {
-                external: vec!["net[4026531840]:extRootNetNS".into()],
+                // Only an external network namespace is implemented.
+                external: vec!["mnt[/etc/hosts]:hosts".into()],
                 ..Default::default()
             },
         ),
@@ -319,16 +321,10 @@ fn unimplemented_options_are_refused_by_name_and_nothing_is_done() {
             },
         ),
         (
-            "root",
-            CriuOpts {
-                root: Some("/tmp".into()),
-                ..Default::default()
-            },
-        ),
-        (
             "empty_ns",
             CriuOpts {
-                empty_ns: Some(libc::CLONE_NEWNET as u32),
+                // Only the network namespace may be left empty.
+                empty_ns: Some((libc::CLONE_NEWNET | libc::CLONE_NEWUTS) as u32),
                 ..Default::default()
             },
         ),

@@ -710,7 +710,14 @@ impl Build {
                 userns_gate,
                 userns_ids,
                 mnt,
-                tids: crate::ns::pid::set_tid(&p.ns.pids, p.pid, !opts.new_pidns),
+                // The outer PID too, where crest may choose it: a process
+                // in a user namespace of the image is created from inside
+                // it, without CAP_CHECKPOINT_RESTORE over crest's PIDs.
+                tids: crate::ns::pid::set_tid(
+                    &p.ns.pids,
+                    p.pid,
+                    !opts.new_pidns && p.ns.user.is_none(),
+                ),
                 nested: !p.ns.pids.is_empty(),
                 new_ns,
                 netns: crate::ns::joins_net(&ckpt.processes, i)
