@@ -62,6 +62,11 @@ if [ "$before" = "$after" ] && [ $ok = yes ]; then
 else
   printf 'FAIL (write %s)\nbefore:\n%s\nafter:\n%s\n' "$ok" "$before" "$after" > $D/result.$n
 fi
+# A PID namespace's init outlives the checkers it waits for: its exit
+# would kill them before they wrote their verdicts.
+for x in $WAITFOR; do
+  while [ ! -e $D/result.$x ]; do sleep 0.05; done
+done
 "#;
 
 /// The container's init when root made it (as host uid 100000; its maps
@@ -78,7 +83,7 @@ setpriv --bounding-set=-sys_admin,-net_raw sh $S bounded $D &
 b=$!
 unshare --user --map-user=1000 --map-group=1000 env NOFORK=1 sh $S nested $D &
 c=$!
-OWNED=$D/owned SAME="$a $b $c" exec sh $S init $D
+OWNED=$D/owned SAME="$a $b $c" WAITFOR="uid5 bounded nested" exec sh $S init $D
 "#;
 
 fn write_script(dir: &Path, name: &str, text: &str) {
@@ -314,7 +319,7 @@ fn rootless_container_dumped_and_restored_by_nobody() {
     write_script(
         &dir,
         "init.sh",
-        "#!/bin/sh\nD=$1\nsh $D/check.sh child $D &\nSAME=$! exec sh $D/check.sh init $D\n",
+        "#!/bin/sh\nD=$1\nsh $D/check.sh child $D &\nSAME=$! WAITFOR=child exec sh $D/check.sh init $D\n",
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
