@@ -88,15 +88,16 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// Obstacles of one process visible without stopping it.
 pub fn preflight(pid: i32) -> Result<Vec<Obstacle>> {
-    preflight_in(pid, None)
+    preflight_in(pid, None, true)
 }
 
-/// [`preflight`], and once `tree` is frozen the checks of each thread,
-/// from its status as read when it stopped (a /proc status costs tens
-/// of microseconds: a 400-thread dump read each thread's three times).
-/// They come before any call is injected, so a thread that could not
-/// take one is refused with the tree untouched.
-fn preflight_in(pid: i32, tree: Option<&FrozenTree>) -> Result<Vec<Obstacle>> {
+/// [`preflight`]; with `threads`, the checks of each thread too, which
+/// must come before any call is injected (a thread that could not take
+/// one is refused with the tree untouched): from the status the thread
+/// stopped with once `tree` is frozen, else read now (a /proc status
+/// costs tens of microseconds: a 400-thread dump read each thread's
+/// three times).
+fn preflight_in(pid: i32, tree: Option<&FrozenTree>, threads: bool) -> Result<Vec<Obstacle>> {
     let mut obs = Vec::new();
     let mut refuse = |object: &str, reason: String| {
         obs.push(Obstacle {
@@ -148,9 +149,9 @@ fn preflight_in(pid: i32, tree: Option<&FrozenTree>) -> Result<Vec<Obstacle>> {
             ),
         );
     }
-    let tids = match tree {
-        Some(_) => proc::list_tasks(pid).unwrap_or_default(),
-        None => Vec::new(),
+    let tids = match threads {
+        true => proc::list_tasks(pid).unwrap_or_default(),
+        false => Vec::new(),
     };
     for tid in tids {
         let mode = match tree.and_then(|t| t.status(tid)) {
@@ -190,7 +191,7 @@ pub fn collect(
     opts: &DumpOptions,
 ) -> Result<Option<Collected>> {
     for (pid, _) in &tree.procs {
-        obstacles.extend(preflight_in(*pid, Some(tree))?);
+        obstacles.extend(preflight_in(*pid, Some(tree), true)?);
     }
     if !obstacles.is_empty() {
         return Ok(None);
@@ -526,13 +527,16 @@ pub fn dump<W: Write>(
 ) -> Result<DumpReport> {
     let t0 = Instant::now();
     let _lock = crate::dump::lock::take(pid)?;
-    let pre = preflight(pid)?;
+    // Pre-copy injects calls into the running tree: its threads are
+    // checked first.  Without it, they are checked once frozen.
+    let precopying = opts.leave_running && !opts.no_precopy;
+    let pre = preflight_in(pid, None, precopying)?;
     if !pre.is_empty() {
         return Err(Error::Unsupported(pre));
     }
     let mut precopy = None;
     let mut precopy_skipped = None;
-    if opts.leave_running && !opts.no_precopy {
+    if precopying {
         match PreCopy::run(pid, progress)? {
             Ok(pc) => precopy = Some(pc),
             Err(why) => precopy_skipped = Some(why),
