@@ -247,7 +247,9 @@ pub fn run(p: &Proto, _args: &[String]) -> Checks {
     }
     let mut before = thread_names();
     for _ in 0..1000 {
-        if before.len() == 3 && before.iter().filter(|t| t.1 == b"wl-ts-b\n").count() == 1 {
+        // Both threads have named themselves (each in its own time).
+        let named = |n: &[u8]| before.iter().any(|t| t.1.strip_suffix(b"\n") == Some(n));
+        if before.len() == 3 && names.iter().all(|n| named(n)) {
             break;
         }
         sleep_ns(1_000_000);
