@@ -41,29 +41,11 @@ pub fn check_socket(fd: BorrowedFd<'_>) -> Result<(), String> {
 /// socket pair): descriptors named in requests (`images_dir_fd`,
 /// `work_dir_fd`) are numbers in its table, not in ours.
 pub fn peer_pid(fd: &OwnedFd) -> io::Result<i32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if cred.pid <= 0 {
+    let (pid, _, _) = crest_sys::net::peer_cred(fd.as_raw_fd())?;
+    if pid <= 0 {
         return Err(io::Error::other("the socket's peer has no pid"));
     }
-    Ok(cred.pid)
+    Ok(pid)
 }
 
 /// What a receive brought.

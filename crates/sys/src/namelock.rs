@@ -58,20 +58,8 @@ fn holder(name: &str) -> Option<i32> {
     if r < 0 {
         return None;
     }
-    // SAFETY: ucred is plain data; all-zero is valid.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut n = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `n` bytes into `cred`.
-    let r = unsafe {
-        libc::getsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut n,
-        )
-    };
-    (r == 0 && cred.pid > 0).then_some(cred.pid)
+    let pid = crate::net::peer_cred(c.as_raw_fd()).ok()?.0;
+    (pid > 0).then_some(pid)
 }
 
 #[cfg(test)]

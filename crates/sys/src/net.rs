@@ -76,6 +76,31 @@ pub fn set_bytes(fd: RawFd, level: i32, name: i32, v: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// SO_PEERCRED of a UNIX socket: the (pid, uid, gid) the kernel recorded
+/// for its peer when it connected (or made the pair).
+pub fn peer_cred(fd: RawFd) -> io::Result<(i32, u32, u32)> {
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `c`, a ucred.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut c as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((c.pid, c.uid, c.gid))
+}
+
 pub fn get_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     let b = get_bytes(fd, level, name, 4)?;
     if b.len() == 1 {

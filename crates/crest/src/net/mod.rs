@@ -228,7 +228,7 @@ impl NetIndex {
 }
 
 /// Socket inode → the processes holding it, from one pass over /proc.
-fn scan_holders() -> HashMap<u64, Vec<i32>> {
+pub(crate) fn scan_holders() -> HashMap<u64, Vec<i32>> {
     let me = std::process::id() as i32;
     let mut out: HashMap<u64, Vec<i32>> = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {

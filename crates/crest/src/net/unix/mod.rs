@@ -206,7 +206,9 @@ pub fn collect(pid: i32, fd: i32, ext: bool, inflight: &mut InFlight) -> Refusal
         q
     };
     let peercred = if listen.is_some() || d.peer.is_some() {
-        peercred(&own).filter(|c| c.0 != 0)
+        crest_sys::net::peer_cred(own.as_raw_fd())
+            .ok()
+            .filter(|c| c.0 != 0)
     } else {
         None
     };
@@ -334,27 +336,6 @@ pub(super) fn resolved(name: &[u8], bound_in: Option<&str>) -> Vec<u8> {
     }
 }
 
-/// SO_PEERCRED of crest's copy of a socket.
-fn peercred(own: &OwnedFd) -> Option<(i32, u32, u32)> {
-    let mut c = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `c`.
-    let r = unsafe {
-        libc::getsockopt(
-            own.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut c as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some((c.pid, c.uid, c.gid))
-}
-
 /// A name as the program sees it: filesystem names lose the NUL the
 /// kernel keeps after them.
 pub(super) fn norm_name(n: &[u8]) -> Vec<u8> {
@@ -406,29 +387,9 @@ fn in_tree(pid: i32, me: &[i32]) -> bool {
 
 /// The processes (other than crest) whose descriptor tables hold socket `ino`.
 fn holders(ino: u32) -> Vec<i32> {
-    let want = format!("socket:[{ino}]");
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in procs.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        if fds.flatten().any(|f| {
-            std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str().as_bytes() == want.as_bytes())
-        }) {
-            out.push(pid);
-        }
-    }
-    out
+    crate::net::scan_holders()
+        .remove(&(ino as u64))
+        .unwrap_or_default()
 }
 
 /// Refuses a peer that no process of the tree holds.
