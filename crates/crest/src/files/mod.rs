@@ -370,9 +370,9 @@ fn collect_fd(
             }
         }
     } else if ft.is_socket() {
-        match crate::net::collect(pid, fd, &mut index.net).unwrap_or_else(|| {
-            crate::net::unix::collect(pid, fd, index.net.ext_unix_sk, &mut inflight)
-        }) {
+        match crate::net::collect(pid, fd, &mut index.net)
+            .unwrap_or_else(|| crate::net::unix::collect(pid, fd, &mut index.net, &mut inflight))
+        {
             Ok(t) => t,
             Err(reason) => {
                 refuse(obstacles, reason);

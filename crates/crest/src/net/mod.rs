@@ -45,10 +45,36 @@ pub struct NetIndex {
     /// The root's pid (names the lock).
     pub root: i32,
     tcp_diag: Option<Vec<InetDiag>>,
+    unix_diag: Option<HashMap<u32, crest_sys::sockdiag::UnixDiag>>,
     holders: Option<HashMap<u64, Vec<i32>>>,
     /// Traffic between the tree's sockets has died down (see [`settle`]).
     settled: bool,
     dumped: Dumped,
+}
+
+/// See [`NetIndex::unix_view`].
+pub(crate) struct UnixView<'a> {
+    /// Every UNIX socket here, by inode.
+    pub all: &'a HashMap<u32, crest_sys::sockdiag::UnixDiag>,
+    holders: &'a HashMap<u64, Vec<i32>>,
+    tree: &'a HashSet<i32>,
+    /// `--ext-unix-sk`.
+    pub ext_unix_sk: bool,
+}
+
+impl UnixView<'_> {
+    /// The processes (other than crest) holding socket inode `ino`.
+    pub fn holders(&self, ino: u32) -> &[i32] {
+        self.holders
+            .get(&(ino as u64))
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Whether process `pid` is in the dumped tree.
+    pub fn in_tree(&self, pid: i32) -> bool {
+        self.tree.contains(&pid)
+    }
 }
 
 /// Sockets the dump holds in TCP repair mode, and the connection lock:
@@ -208,6 +234,22 @@ impl NetIndex {
         Ok(self.tcp_diag.as_deref().expect("set above"))
     }
 
+    /// What the UNIX sockets' dump looks up, read once per dump (the tree
+    /// is frozen): every UNIX socket here, and who holds each socket.
+    pub(crate) fn unix_view(&mut self) -> Refusal<UnixView<'_>> {
+        if self.unix_diag.is_none() {
+            let all =
+                crest_sys::sockdiag::unix_sockets().map_err(|e| format!("AF_UNIX socket: {e}"))?;
+            self.unix_diag = Some(all);
+        }
+        Ok(UnixView {
+            all: self.unix_diag.as_ref().expect("set above"),
+            holders: self.holders.get_or_insert_with(scan_holders),
+            tree: &self.tree,
+            ext_unix_sk: self.ext_unix_sk,
+        })
+    }
+
     /// The processes (other than crest) holding socket inode `ino`.
     fn holders(&mut self, ino: u64) -> &[i32] {
         let map = self.holders.get_or_insert_with(scan_holders);
@@ -228,7 +270,7 @@ impl NetIndex {
 }
 
 /// Socket inode → the processes holding it, from one pass over /proc.
-pub(crate) fn scan_holders() -> HashMap<u64, Vec<i32>> {
+fn scan_holders() -> HashMap<u64, Vec<i32>> {
     let me = std::process::id() as i32;
     let mut out: HashMap<u64, Vec<i32>> = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {

@@ -63,7 +63,12 @@ pub use queue::InFlight;
 /// The descriptors in flight in its queue (SCM_RIGHTS) go to `inflight`,
 /// by message: crest's copies, which the caller makes objects of and
 /// puts in the messages' `rights`.
-pub fn collect(pid: i32, fd: i32, ext: bool, inflight: &mut InFlight) -> Refusal<OpenTarget> {
+pub fn collect(
+    pid: i32,
+    fd: i32,
+    net: &mut crate::net::NetIndex,
+    inflight: &mut InFlight,
+) -> Refusal<OpenTarget> {
     let own = steal(pid, fd).map_err(|e| format!("this socket is not supported ({e})"))?;
     let dom = getsockopt_int(&own, libc::SOL_SOCKET, libc::SO_DOMAIN)
         .map_err(|e| format!("this socket is not supported (SO_DOMAIN: {e})"))?;
@@ -73,7 +78,8 @@ pub fn collect(pid: i32, fd: i32, ext: bool, inflight: &mut InFlight) -> Refusal
     let ino = std::fs::metadata(format!("/proc/self/fd/{}", own.as_raw_fd()))
         .map_err(|e| format!("AF_UNIX socket: cannot stat: {e}"))?
         .ino();
-    let all = sockdiag::unix_sockets().map_err(|e| format!("AF_UNIX socket: {e}"))?;
+    let view = net.unix_view()?;
+    let (all, ext) = (view.all, view.ext_unix_sk);
     let d = all
         .get(&(ino as u32))
         .ok_or_else(|| format!("AF_UNIX socket socket:[{ino}] is not listed by sock_diag"))?;
@@ -89,7 +95,6 @@ pub fn collect(pid: i32, fd: i32, ext: bool, inflight: &mut InFlight) -> Refusal
     } else {
         None
     };
-    let me = crest_tids();
     let mut external = None;
     let outq = d.rqlen.map(|r| r.1).unwrap_or(0);
     let stream = sock_type != libc::SOCK_DGRAM;
@@ -105,8 +110,8 @@ pub fn collect(pid: i32, fd: i32, ext: bool, inflight: &mut InFlight) -> Refusal
                 .values()
                 .find(|l| l.state == sockdiag::STATE_LISTEN && l.icons.contains(&(ino as u32)))
             {
-                let lh = holders(l.ino);
-                if !lh.iter().any(|p| in_tree(*p, &me)) {
+                let lh = view.holders(l.ino);
+                if !lh.iter().any(|p| view.in_tree(*p)) {
                     return Err(match lh.first() {
                         Some(p) => format!(
                             "this UNIX socket waits to be accepted on a socket held by pid {p}, outside the tree"
@@ -124,8 +129,8 @@ pub fn collect(pid: i32, fd: i32, ext: bool, inflight: &mut InFlight) -> Refusal
         }
         None => {}
         Some(p) => {
-            if let Err(why) = check_in_tree(p, &me) {
-                external = Some(outside_peer(&all, p, ext, why, d)?);
+            if let Err(why) = check_in_tree(&view, p) {
+                external = Some(outside_peer(all, p, ext, why, d)?);
             }
         }
     }
@@ -140,8 +145,8 @@ pub fn collect(pid: i32, fd: i32, ext: bool, inflight: &mut InFlight) -> Refusal
                         .into(),
                 );
             }
-            let h = holders(client);
-            if !h.iter().any(|p| in_tree(*p, &me)) {
+            let h = view.holders(client);
+            if !h.iter().any(|p| view.in_tree(*p)) {
                 return Err(match h.first() {
                     Some(p) => format!(
                         "a connection waiting to be accepted on this socket comes from pid {p}, outside the tree"
@@ -363,39 +368,10 @@ fn steal(pid: i32, fd: i32) -> Refusal<OwnedFd> {
     crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
 }
 
-/// crest's thread ids: the tree's tasks are the ones one of them traces.
-fn crest_tids() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn in_tree(pid: i32, me: &[i32]) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .and_then(|v| v.trim().parse::<i32>().ok())
-        })
-        .is_some_and(|t| me.contains(&t))
-}
-
-/// The processes (other than crest) whose descriptor tables hold socket `ino`.
-fn holders(ino: u32) -> Vec<i32> {
-    crate::net::scan_holders()
-        .remove(&(ino as u64))
-        .unwrap_or_default()
-}
-
 /// Refuses a peer that no process of the tree holds.
-fn check_in_tree(peer: u32, me: &[i32]) -> Refusal<()> {
-    let h = holders(peer);
-    if h.is_empty() || h.iter().any(|p| in_tree(*p, me)) {
+fn check_in_tree(view: &crate::net::UnixView<'_>, peer: u32) -> Refusal<()> {
+    let h = view.holders(peer);
+    if h.is_empty() || h.iter().any(|p| view.in_tree(*p)) {
         // Held by no process: in flight in a queue, which
         // [`check_peers`] finds among the tree's once all are read.
         return Ok(());
