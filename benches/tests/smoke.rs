@@ -1,7 +1,7 @@
 //! Runs `crest-bench --smoke` (what CI runs): it must finish, exit 0 and
 //! write JSON in which every case ran and its restored workload passed its
 //! own verification, every mode and comparison (leave-running, compress,
-//! scaling) has figures, and every issue target has a verdict. No timing
+//! the scaling curve, the incremental case) has figures, and every issue target has a verdict. No timing
 //! is checked anywhere: whether a target is met is the benchmark's output,
 //! not the test's concern.
 
@@ -80,10 +80,16 @@ fn smoke_mode_runs_and_writes_json() {
     }
     let scaling = v["scaling"].as_array().expect("scaling");
     for kind in ["tree", "threads"] {
-        assert!(
-            scaling.iter().any(|s| s["kind"] == kind),
-            "no scaling figures for {kind}"
-        );
+        // The curve: 1x -> 2x and 2x -> 4x.
+        let n = scaling.iter().filter(|s| s["kind"] == kind).count();
+        assert!(n >= 2, "{n} scaling figures for {kind}, expected 2");
+    }
+    let incr = v["incremental"].as_array().expect("incremental");
+    assert!(!incr.is_empty(), "no incremental figures");
+    for r in incr {
+        assert!(r["error"].is_null(), "the incremental case failed: {r}");
+        assert!(r["time_ratio"].as_f64().is_some(), "{r}");
+        assert!(r["byte_ratio"].as_f64().is_some(), "{r}");
     }
     let targets = v["targets"].as_array().expect("targets");
     for t in targets {
@@ -93,7 +99,12 @@ fn smoke_mode_runs_and_writes_json() {
         );
     }
     assert_eq!(targets[0]["verdict"], "met", "{}", targets[0]);
-    for (what, n) in [("--leave-running", 2), ("twice the tasks", 2), ("1.1x", 2)] {
+    for (what, n) in [
+        ("--leave-running", 2),
+        ("each doubling", 4),
+        ("Incremental dump", 2),
+        ("1.1x", 2),
+    ] {
         let found = targets
             .iter()
             .filter(|t| t["target"].as_str().unwrap_or("").contains(what))
@@ -105,8 +116,11 @@ fn smoke_mode_runs_and_writes_json() {
         "--leave-running",
         "--compress",
         "Scaling",
+        "incremental dump",
         "Issue targets",
     ] {
         assert!(stdout.contains(s), "no {s:?} on stdout:\n{stdout}");
     }
+    // Whether or not a criu is installed, the run says so.
+    assert!(stderr.contains("CRIU peer"), "no CRIU notice:\n{stderr}");
 }

@@ -153,16 +153,68 @@ const T_VERIFIED: &str = "Restored memory verified (every run, every workload)";
 const T_FROZEN: &str =
     "Frozen time with --leave-running no larger than the time to copy the memory once (memcpy)";
 const T_SCALING: &str =
-    "50-process and 200-thread cases scale linearly: twice the tasks, at most twice the time";
+    "100 -> 200 -> 400 processes and 400 -> 800 -> 1,600 threads: each doubling at most 2.0x the time";
+const T_INCR_BYTES: &str =
+    "Incremental dump (5 % rewritten since the parent) writes at most 6 % of the first dump's bytes";
+const T_INCR_TIME: &str =
+    "Incremental dump (5 % rewritten since the parent) takes at most 0.15x the first dump's time";
 const T_SMALLER: &str = "--compress makes compressible memory (half-zero pages, text) smaller";
 const T_FASTER: &str =
     "--compress makes compressible memory faster on this disk (dump to a file in the work directory)";
 const T_RANDOM: &str = "Random memory not slower than 1.1x with --compress (dump and restore)";
 
 /// The targets in the order they are printed.
-const ORDER: [&str; 7] = [
-    T_VERIFIED, T_FROZEN, T_SCALING, T_SMALLER, T_FASTER, T_RANDOM, T_CONNS,
+const ORDER: [&str; 9] = [
+    T_VERIFIED,
+    T_FROZEN,
+    T_SCALING,
+    T_INCR_BYTES,
+    T_INCR_TIME,
+    T_SMALLER,
+    T_FASTER,
+    T_RANDOM,
+    T_CONNS,
 ];
+
+/// The two incremental targets of each size the incremental case ran.
+pub fn incremental_targets(rows: &[crate::incr::Incremental]) -> Vec<Target> {
+    let mut out = Vec::new();
+    for r in rows {
+        let case = format!("mem-{} steps, file", r.mib);
+        if let Some(e) = &r.error {
+            out.push(not_measured(T_INCR_BYTES, case.clone(), e.clone()));
+            out.push(not_measured(T_INCR_TIME, case, e.clone()));
+            continue;
+        }
+        out.push(judge(
+            T_INCR_BYTES,
+            case.clone(),
+            format!(
+                "{} of {} bytes: {:.2} %",
+                r.second_bytes,
+                r.first_bytes,
+                r.byte_ratio * 100.0
+            ),
+            r.byte_ratio,
+            0.06,
+            false,
+        ));
+        out.push(judge(
+            T_INCR_TIME,
+            case,
+            format!(
+                "{} vs {}: {}",
+                ms(r.second_s * 1e3),
+                ms(r.first_s * 1e3),
+                x(r.time_ratio)
+            ),
+            r.time_ratio,
+            0.15,
+            false,
+        ));
+    }
+    out
+}
 
 fn is_compressible(fill: Option<&str>) -> bool {
     matches!(fill, Some("half-zero" | "text"))
@@ -559,8 +611,13 @@ pub fn targets(
             }
         }
     }
-    out.sort_by_key(|t| ORDER.iter().position(|&o| o == t.target));
+    out.sort_by_key(|t| order_of(t.target));
     out
+}
+
+/// Where target `t` is printed.
+pub fn order_of(t: &str) -> Option<usize> {
+    ORDER.iter().position(|&o| o == t)
 }
 
 fn header(cols: &[&str]) -> Vec<String> {

@@ -10,12 +10,15 @@
 //!
 //! Besides plain dumps it measures `--compress` (against the same workload
 //! dumped plain) and `--leave-running` (frozen time against copying the
-//! memory once), and runs the tree and threads workloads at their size
-//! and twice it (scaling). It ends with the issue's targets, each with
+//! memory once), runs the tree and threads workloads at their size,
+//! twice and four times it (the scaling curve), and the incremental case
+//! (`incr.rs`). It ends with the issue's targets, each with
 //! its measured figure and whether this run met it.
 
 mod baseline;
 mod compare;
+mod incr;
+mod peer;
 mod procs;
 mod report;
 mod run;
@@ -32,7 +35,7 @@ use report::{Case, Status};
 use run::{Ctx, Failure, Mode, Sink, Workload};
 
 const USAGE: &str = "\
-usage: crest-bench [--smoke] [--sizes 1,256,1024,4096] [--only mem,maps,tree,threads,conns]
+usage: crest-bench [--smoke] [--sizes 1,256,1024,4096] [--only mem,maps,tree,threads,conns,incr]
                    [--sinks file,pipe,live] [--modes plain,compress,leave-running] [--reps N]
                    [--maps COUNT] [--tree PROCS,MIB] [--threads COUNT] [--conns PAIRS]
                    [--json-out PATH]
@@ -44,18 +47,21 @@ process_vm_readv bounds measured in the same run. Prints tables, then the issue'
 with the measured figures and met / NOT MET, and writes JSON (default target/bench.json).
 Must run as root.
 
-  --smoke       size 2, 1000 mappings, a 2- and 4-process tree of 1 MiB, 4 and 8 threads,
-                1 repetition (CI: checks that every code path works; no timing is judged)
+  --smoke       size 2, 1000 mappings, a 2-, 4- and 8-process tree of 1 MiB, 4, 8 and 16
+                threads, a 4 MiB incremental case, 1 repetition (CI: checks that every code path works; no timing is judged)
   --sizes       MiB of the mem workloads (each with random pages, half its pages zero,
                 text-like pages, and random pages it keeps rewriting while dumped with
                 --leave-running)
-  --only        workload kinds to run (default all)
+  --only        workload kinds to run (default all; incr = the incremental case at 1024
+                and 4096 MiB: first dump, then one with --parent, write-tracked)
   --sinks       where images go (default all three: file, pipe, live)
   --modes       dump modes (default all): plain; compress = --compress on the random,
                 half-zero and text mem workloads (file and pipe); leave-running =
                 --leave-running on the random and busy mem workloads (file and pipe)
-  --tree        processes and MiB each of the tree (default 50,16); twice the processes too
-  --threads     threads of the threads workload (default 200); twice as many too
+  --tree        processes and MiB each of the tree (default 100,4); twice and four times
+                the processes too (the scaling curve)
+  --threads     threads of the threads workload (default 400); twice and four times as
+                many too
   --conns       established loopback TCP connections (both ends in the workload) of the
                 conns workload (default 500 pairs: 1,000 sockets; --smoke 20)
   --reps        repetitions of each measurement, medians reported (default 3; --smoke 1)
@@ -112,7 +118,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "--sizes" => sizes = Some(list(&val()?, |s| s.parse::<u64>().ok().filter(|&n| n > 0))?),
             "--only" => {
                 only = Some(list(&val()?, |s| {
-                    ["mem", "maps", "tree", "threads", "conns"]
+                    ["mem", "maps", "tree", "threads", "conns", "incr"]
                         .contains(&s)
                         .then(|| s.to_string())
                 })?)
@@ -140,7 +146,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let all = ["mem", "maps", "tree", "threads", "conns"];
+    let all = ["mem", "maps", "tree", "threads", "conns", "incr"];
     Ok(Config {
         smoke,
         sizes: sizes.unwrap_or(if smoke {
@@ -153,8 +159,8 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         modes: modes.unwrap_or(Mode::ALL.to_vec()),
         reps: reps.unwrap_or(if smoke { 1 } else { 3 }),
         maps: maps.unwrap_or(if smoke { 1000 } else { 10_000 }),
-        tree: tree.unwrap_or(if smoke { (2, 1) } else { (50, 16) }),
-        threads: threads.unwrap_or(if smoke { 4 } else { 200 }),
+        tree: tree.unwrap_or(if smoke { (2, 1) } else { (100, 4) }),
+        threads: threads.unwrap_or(if smoke { 4 } else { 400 }),
         conns: conns.unwrap_or(if smoke { 20 } else { 500 }),
         json_out,
         workdir,
@@ -207,7 +213,7 @@ fn workloads(cfg: &Config) -> Vec<Workload> {
     }
     if on("tree") {
         let (p, m) = cfg.tree;
-        for p in [p, 2 * p] {
+        for p in [p, 2 * p, 4 * p] {
             v.push(Workload {
                 name: format!("tree-{p}x{m}"),
                 kind: "tree",
@@ -221,7 +227,7 @@ fn workloads(cfg: &Config) -> Vec<Workload> {
         }
     }
     if on("threads") {
-        for t in [cfg.threads, 2 * cfg.threads] {
+        for t in [cfg.threads, 2 * cfg.threads, 4 * cfg.threads] {
             v.push(Workload {
                 name: format!("threads-{t}"),
                 kind: "threads",
@@ -279,6 +285,8 @@ struct Output<'a> {
     compression: &'a [compare::Compression],
     /// Twice the processes or threads against once.
     scaling: &'a [compare::Scaling],
+    /// The incremental case (`incr`).
+    incremental: &'a [incr::Incremental],
     /// The issue's targets with the measured figures.
     targets: &'a [compare::Target],
     failures: usize,
@@ -336,6 +344,7 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
     };
     let machine = stats::machine();
     let crest = stats::crest_info(&ctx.crest);
+    progress(&peer::criu_notice());
     progress(&format!(
         "{} on Linux {} ({} CPUs, {} MiB), {} repetition(s); work directory {}",
         if crest.version.is_empty() {
@@ -477,7 +486,17 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
     let leave_running = compare::leave_running(&cases, &bases);
     let compression = compare::compression(&cases);
     let scaling = compare::scaling(&cases);
-    let targets = compare::targets(&cases, &leave_running, &compression, &scaling);
+    let mut targets = compare::targets(&cases, &leave_running, &compression, &scaling);
+    let incremental = if cfg.only.iter().any(|o| o == "incr") {
+        let sizes: Vec<u64> = if cfg.smoke { vec![4] } else { vec![1024, 4096] };
+        progress(&format!("incremental case at {sizes:?} MiB"));
+        let bin = locate("crest-bench-incremental", None)?;
+        incr::run(&bin, &ctx.crest, work, &sizes, cfg.reps)
+    } else {
+        Vec::new()
+    };
+    targets.extend(compare::incremental_targets(&incremental));
+    targets.sort_by_key(|t| compare::order_of(t.target));
     println!();
     report::print_baselines(&bases, cfg.reps);
     println!();
@@ -486,6 +505,7 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
         compare::print_leave_running(&leave_running),
         compare::print_compression(&compression),
         compare::print_scaling(&scaling),
+        incr::print(&incremental),
     ];
     for t in tables.into_iter().flatten() {
         println!();
@@ -515,6 +535,7 @@ fn bench(cfg: &Config, work: &Path) -> Result<usize, String> {
         leave_running: &leave_running,
         compression: &compression,
         scaling: &scaling,
+        incremental: &incremental,
         targets: &targets,
         failures,
         legend: report::LEGEND,

@@ -41,6 +41,14 @@ struct Case {
     /// total / (size / best measured throughput)
     ratio: f64,
     handover: bool,
+    /// The destination built the memory while the source ran.
+    prebuild: bool,
+    /// The destination's report of it (pages kept, rewritten, dropped).
+    prebuilt: Option<serde_json::Value>,
+    /// The destination's restore proper (in the downtime).
+    dest_restore_ms: f64,
+    /// The source's report (`crest migrate --json`).
+    source: Option<serde_json::Value>,
     verified: bool,
     error: Option<String>,
 }
@@ -58,6 +66,7 @@ fn main() {
     let mut modes = vec!["idle".to_string(), "busy".to_string()];
     let mut json_out = PathBuf::from("target/bench-migrate.json");
     let mut pidns = false;
+    let mut prebuild = vec![true];
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
@@ -66,6 +75,16 @@ fn main() {
             "--links" => links = v.split(',').map(|s| s.parse().expect("gbit")).collect(),
             "--modes" => modes = v.split(',').map(String::from).collect(),
             "--json-out" => json_out = PathBuf::from(v),
+            "--prebuild" => {
+                prebuild = v
+                    .split(',')
+                    .map(|s| match s {
+                        "on" => true,
+                        "off" => false,
+                        _ => panic!("--prebuild on,off"),
+                    })
+                    .collect()
+            }
             "--dest-pidns" => {
                 pidns = true;
                 i += 1;
@@ -92,8 +111,12 @@ fn main() {
         eprintln!("link {gbit} Gbit/s: iperf3 {iperf:?} Gbit/s, own stream {own:?} Gbit/s");
         let best = iperf.into_iter().chain(own).fold(0f64, f64::max);
         for &mib in &sizes {
-            for mode in &modes {
+            for (mode, &pre) in modes
+                .iter()
+                .flat_map(|m| prebuild.iter().map(move |p| (m, p)))
+            {
                 let mut c = Case {
+                    prebuild: pre,
                     link_gbit: gbit,
                     iperf3_gbit: iperf,
                     own_stream_gbit: own,
@@ -109,7 +132,7 @@ fn main() {
                     c.ratio = c.total_ms / ideal_ms;
                 }
                 eprintln!(
-                    "  {mib} MiB {mode}: downtime {:.1} ms, total {:.1} ms, sent {:.1} MiB, ratio {:.2}, verified {}{}",
+                    "  {mib} MiB {mode} prebuild {pre}: downtime {:.1} ms, total {:.1} ms, sent {:.1} MiB, ratio {:.2}, verified {}{}",
                     c.downtime_ms,
                     c.total_ms,
                     c.bytes_sent as f64 / 1048576.0,
@@ -122,12 +145,13 @@ fn main() {
         }
     }
     println!(
-        "{:>5} {:>8} {:>8} {:>6} {:>5} {:>10} {:>10} {:>10} {:>6} {:>8}",
+        "{:>5} {:>8} {:>8} {:>6} {:>5} {:>4} {:>10} {:>10} {:>10} {:>6} {:>8}",
         "Gbit",
         "iperf3",
         "own",
         "MiB",
         "mode",
+        "pre",
         "down ms",
         "total ms",
         "sent MiB",
@@ -136,12 +160,13 @@ fn main() {
     );
     for c in &cases {
         println!(
-            "{:>5} {:>8.2} {:>8.2} {:>6} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>6.2} {:>8}",
+            "{:>5} {:>8.2} {:>8.2} {:>6} {:>5} {:>4} {:>10.1} {:>10.1} {:>10.1} {:>6.2} {:>8}",
             c.link_gbit,
             c.iperf3_gbit.unwrap_or(0.0),
             c.own_stream_gbit.unwrap_or(0.0),
             c.size_mib,
             c.mode,
+            if c.prebuild { "on" } else { "off" },
             c.downtime_ms,
             c.total_ms,
             c.bytes_sent as f64 / 1048576.0,
@@ -238,13 +263,26 @@ fn iperf3(net: &Net) -> Option<f64> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let o = Net::enter(&net.a)
-        .args(["iperf3", "-J", "-t", "3", "-c", &net.addr_b, "-p", "5299"])
-        .output()
-        .ok()?;
+    // The server may take a while to listen on a loaded machine: the
+    // client tries again for a few seconds, and the server never outlives
+    // the measurement (with no client it would wait for ever).
+    let mut out = None;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let o = Net::enter(&net.a)
+            .args(["iperf3", "-J", "-t", "3", "-c", &net.addr_b, "-p", "5299"])
+            .output();
+        match o {
+            Ok(o) if o.status.success() => {
+                out = Some(o);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let _ = srv.kill();
     let _ = srv.wait();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out?.stdout).ok()?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e9)
@@ -258,18 +296,27 @@ fn own_stream(me: &Path, net: &Net) -> Option<f64> {
         .stdout(Stdio::piped())
         .spawn()
         .ok()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let s = Net::enter(&net.a)
-        .arg(me)
-        .args(["blast-send", &format!("{}:5300", net.addr_b), "512"])
-        .status()
-        .ok()?;
+    let mut sent = false;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let s = Net::enter(&net.a)
+            .arg(me)
+            .args(["blast-send", &format!("{}:5300", net.addr_b), "512"])
+            .status();
+        if s.is_ok_and(|s| s.success()) {
+            sent = true;
+            break;
+        }
+    }
+    if !sent {
+        // The receiver would wait for ever for a sender.
+        let _ = r.kill();
+        let _ = r.wait();
+        return None;
+    }
     let mut out = String::new();
     r.stdout.take()?.read_to_string(&mut out).ok()?;
     let _ = r.wait();
-    if !s.success() {
-        return None;
-    }
     out.trim().parse().ok()
 }
 
@@ -347,9 +394,18 @@ fn one(
         // destination crest (PID 1 there) stays the restored process's parent.
         dest.args(["unshare", "--pid", "--fork", "--mount-proc"]);
     }
+    if !c.prebuild {
+        dest.env("CREST_NO_PREBUILD", "1");
+    }
     let mut dest = dest
         .arg(crest)
-        .args(["restore", "--listen", &format!("{}:0", net.addr_b), "--psk"])
+        .args([
+            "restore",
+            "--json",
+            "--listen",
+            &format!("{}:0", net.addr_b),
+            "--psk",
+        ])
         .arg(&key)
         .args(if pidns { &[][..] } else { &["-d"][..] })
         .stdout(Stdio::null())
@@ -372,6 +428,21 @@ fn one(
         .arg(&key)
         .output()
         .map_err(|e| e.to_string())?;
+    // The destination's report: its last line of JSON (once it detached
+    // or, in its own PID namespace, once it reported).
+    let mut report = None;
+    for l in lines.by_ref().map_while(Result::ok) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+            if v.is_object() {
+                report = Some(v);
+                break;
+            }
+        }
+    }
+    if let Some(r) = &report {
+        c.prebuilt = r.get("prebuilt").cloned();
+        c.dest_restore_ms = r["restore_ms"].as_f64().unwrap_or(0.0);
+    }
     if !pidns {
         let _ = dest.wait();
     }
@@ -390,6 +461,7 @@ fn one(
     c.total_ms = v["total_ms"].as_f64().unwrap_or(0.0);
     c.bytes_sent = v["bytes_sent"].as_u64().unwrap_or(0);
     c.handover = v["handover"].as_bool().unwrap_or(false);
+    c.source = Some(v.clone());
     std::fs::write(dir.join("go"), b"go\n").unwrap();
     let t0 = Instant::now();
     while !dir.join("result").exists() && t0.elapsed() < Duration::from_secs(600) {

@@ -5,6 +5,14 @@
 //! which compress well. Every byte is regenerated and compared after the
 //! restore.
 //!
+//! `thp`: random pages in memory advised MADV_HUGEPAGE before it is
+//! written (transparent huge pages, when the machine has them on).
+//!
+//! `steps`: random pages; while it waits for go, each time `<dir>/step`
+//! appears it rewrites one page in 20 (5 %; step `k` the pages `i` with
+//! `i % 20 == k`, up to 20 steps) with generation 1, removes `step` and
+//! writes `<dir>/stepped` (for incremental dumps between steps).
+//!
 //! `busy`: random pages, and while it waits for go the process keeps
 //! rewriting a hot set (the first sixteenth of its pages) in order, page
 //! after page, 64 pages (256 KiB) every 2 ms poll (about 128 MiB/s): each
@@ -30,6 +38,9 @@ pub enum Fill {
     Text,
 }
 
+/// A `steps` workload rewrites one page in this many per step.
+const STEPS: usize = 20;
+
 /// Pages rewritten per poll for go by a `busy` workload.
 const BUSY_PAGES_PER_POLL: usize = 64;
 
@@ -43,8 +54,29 @@ pub struct Filled {
 
 impl Filled {
     pub fn new(bytes: usize, seed: u64, fill: Fill) -> Result<Filled, String> {
+        Self::new_advised(bytes, seed, fill, false)
+    }
+
+    /// [`Filled::new`], the memory advised MADV_HUGEPAGE first if `huge`.
+    pub fn new_advised(bytes: usize, seed: u64, fill: Fill, huge: bool) -> Result<Filled, String> {
         let mut region = Region::new(bytes, libc::PROT_READ | libc::PROT_WRITE)
             .map_err(|e| format!("mmap of {bytes} bytes: {e}"))?;
+        if huge {
+            // SAFETY: advice on the whole of our own fresh mapping.
+            let r = unsafe {
+                libc::madvise(
+                    region.addr() as *mut libc::c_void,
+                    bytes,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
+            if r != 0 {
+                return Err(format!(
+                    "madvise(MADV_HUGEPAGE): {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
         let ps = page_size();
         let pw = ps / 8;
         let text = pattern::Text::new();
@@ -198,20 +230,42 @@ pub fn run(p: &Proto, args: &[String]) -> ! {
         Some(n) if n > 0 => n,
         _ => p.finish(Err("usage: mem MIB [half-zero|text|busy]".into())),
     };
-    let (fill, busy) = match args.get(1).map(String::as_str) {
-        None => (Fill::Random, false),
+    let opt = args.get(1).map(String::as_str);
+    let (fill, busy) = match opt {
+        None | Some("thp") | Some("steps") => (Fill::Random, false),
         Some("half-zero") => (Fill::HalfZero, false),
         Some("text") => (Fill::Text, false),
         Some("busy") => (Fill::Random, true),
         Some(other) => p.finish(Err(format!("unknown mem option {other:?}"))),
     };
     let bytes = (mib * MIB) as usize;
-    let mut mem = match Filled::new(bytes, 0x6372_6573_7400 ^ mib, fill) {
+    let mut mem = match Filled::new_advised(bytes, 0x6372_6573_7400 ^ mib, fill, opt == Some("thp"))
+    {
         Ok(m) => m,
         Err(e) => p.finish(Err(e)),
     };
     p.info(bytes as u64, mem.nonzero_bytes());
     p.ready();
+    if opt == Some("steps") {
+        let step = p.dir().join("step");
+        let mut done = 0usize;
+        let pages = bytes / page_size();
+        let r = p.wait_go_doing(|| {
+            if done < STEPS && step.exists() {
+                for i in (done..pages).step_by(STEPS) {
+                    mem.rewrite(i, 1);
+                }
+                done += 1;
+                let _ = std::fs::remove_file(&step);
+                let _ =
+                    crest_bench::write_atomic(p.dir(), "stepped", format!("{done}\n").as_bytes());
+            }
+        });
+        if let Err(e) = r {
+            p.finish(Err(e));
+        }
+        p.finish(mem.verify_generations(|i| u64::from(i % STEPS < done)))
+    }
     if !busy {
         if let Err(e) = p.wait_go() {
             p.finish(Err(e));

@@ -63,6 +63,26 @@ enum Cmd {
         /// name again (restore needs --ext-unix-sk too)
         #[arg(long)]
         ext_unix_sk: bool,
+        /// The program has no AIO (io_setup) requests in flight: crest
+        /// cannot see them, and refuses AIO contexts without this
+        #[arg(long)]
+        aio_idle: bool,
+        /// Record a digest of every saved page, so that the image can be
+        /// the parent of an incremental dump (memory is copied while the
+        /// process is stopped)
+        #[arg(long)]
+        digests: bool,
+        /// Incremental dump: write only the pages changed since image
+        /// PREV (dumped with --digests or --parent); a restore reads PREV
+        /// for the others
+        #[arg(long, value_name = "PREV")]
+        parent: Option<PathBuf>,
+        /// With --leave-running: leave the tree's private memory
+        /// write-tracked by a small process of crest's, so that the next
+        /// `dump --parent` of this image reads only the pages written
+        /// since (implies --digests)
+        #[arg(long, requires = "leave_running")]
+        track: bool,
     },
     /// Restore a process from an image, with its original PID
     Restore {
@@ -117,6 +137,16 @@ enum Cmd {
         /// (dumped with --ext-unix-sk) to their peers' names again
         #[arg(long)]
         ext_unix_sk: bool,
+        /// Resume the tree before its private memory is in: each page is
+        /// filled when first touched, the rest in the background (crest
+        /// stays until every page is in; with --detach it returns then)
+        #[arg(long)]
+        lazy: bool,
+        /// Look for the parent images of an incremental image (and theirs)
+        /// in DIR, by file name, instead of where the image records them
+        /// (relative to the image's directory)
+        #[arg(long, value_name = "DIR")]
+        parent_dir: Option<PathBuf>,
     },
     /// Say whether a process can be checkpointed now, and what stops it
     Check {
@@ -131,6 +161,9 @@ enum Cmd {
         /// Check as for `dump --ext-unix-sk`
         #[arg(long)]
         ext_unix_sk: bool,
+        /// Check as for `dump --aio-idle`
+        #[arg(long)]
+        aio_idle: bool,
     },
     /// Show what an image holds
     Inspect {
@@ -192,6 +225,15 @@ enum Cmd {
         /// in rounds while it runs first
         #[arg(long)]
         no_pre_copy: bool,
+        /// Post-copy: the destination (`restore --listen --lazy`, in
+        /// another PID space) runs the tree at once and gets its memory
+        /// afterwards; the tree here stays frozen until every page is there
+        #[arg(long, conflicts_with_all = ["one_way", "compress", "no_pre_copy"])]
+        lazy: bool,
+        /// With --lazy: if the lazy phase fails, resume the tree here (by
+        /// default it is killed: the destination's copy may have run)
+        #[arg(long, requires = "lazy")]
+        lazy_resume_on_failure: bool,
         /// Print the result as JSON (on standard error)
         #[arg(long)]
         json: bool,
@@ -251,6 +293,15 @@ fn main() {
     if name == Some("criu") {
         std::process::exit(crest_criu_compat::cli::main(&args));
     }
+    // The write tracker a `dump --track` leaves (crest::memory::track).
+    if args.get(1).and_then(|a| a.to_str()) == Some("__track") {
+        let root = args.get(2).and_then(|a| a.to_str()?.parse().ok());
+        let code = match root.map(crest::memory::track::serve) {
+            Some(Ok(())) => 0,
+            _ => 1,
+        };
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => std::process::exit(code),
@@ -278,14 +329,44 @@ fn run(cli: Cli) -> Result<i32> {
             no_pre_copy,
             tcp_established,
             ext_unix_sk,
+            aio_idle,
+            digests,
+            parent,
+            track,
         } => {
+            let parent = match parent {
+                None => None,
+                Some(path) => {
+                    if output == "-" {
+                        bail!("--parent needs -o FILE (the image records where its parent is, relative to it)");
+                    }
+                    let dir = Path::new(&output)
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+                    if same(&path, Path::new(&output)) {
+                        bail!(
+                            "--parent {} is the output: an incremental image cannot replace its own parent",
+                            path.display()
+                        );
+                    }
+                    let recorded = crest::memory::incremental::relative_to(&path, dir)
+                        .with_context(|| format!("parent image {}", path.display()))?;
+                    Some(crest::dump::ParentImage { path, recorded })
+                }
+            };
             let opts = crest::DumpOptions {
+                digests,
+                parent,
+                track,
                 leave_running,
                 compress,
                 no_precopy: no_pre_copy,
                 external_pipes: false,
                 tcp_established,
                 ext_unix_sk,
+                aio_idle,
                 ..Default::default()
             };
             cmd_dump(pid, &output, &opts, json, quiet, !no_sync)
@@ -303,6 +384,8 @@ fn run(cli: Cli) -> Result<i32> {
             root,
             ext_mount,
             ext_unix_sk,
+            lazy,
+            parent_dir,
         } => match (input, listen) {
             (Some(input), None) => {
                 if psk.is_some() {
@@ -340,6 +423,17 @@ fn run(cli: Cli) -> Result<i32> {
                         .collect(),
                     mounts,
                     ext_unix_sk,
+                    lazy,
+                    parents: crest::memory::incremental::ParentLookup {
+                        image_dir: (input != "-").then(|| {
+                            Path::new(&input)
+                                .parent()
+                                .filter(|d| !d.as_os_str().is_empty())
+                                .unwrap_or(Path::new("."))
+                                .to_path_buf()
+                        }),
+                        parent_dir,
+                    },
                     ..Default::default()
                 };
                 cmd_restore(&input, detach, pidfile.as_deref(), json, &opts)
@@ -347,9 +441,14 @@ fn run(cli: Cli) -> Result<i32> {
             (_, Some(_)) if new_pidns => {
                 bail!("--new-pidns does not go with --listen (yet)")
             }
-            (_, Some(listen)) => {
-                migrate::cmd_listen(&listen, psk.as_deref(), detach, pidfile.as_deref(), json)
-            }
+            (_, Some(listen)) => migrate::cmd_listen(
+                &listen,
+                psk.as_deref(),
+                detach,
+                pidfile.as_deref(),
+                json,
+                lazy,
+            ),
             (None, None) => bail!("give --input or --listen"),
         },
         Cmd::Migrate {
@@ -361,9 +460,13 @@ fn run(cli: Cli) -> Result<i32> {
             connect_wait,
             compress,
             no_pre_copy,
+            lazy,
+            lazy_resume_on_failure,
             json,
             quiet,
         } => migrate::cmd_migrate(&migrate::Args {
+            lazy,
+            lazy_resume_on_failure,
             pid,
             to: &to,
             psk: psk.as_deref(),
@@ -380,7 +483,8 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             tcp_established,
             ext_unix_sk,
-        } => cmd_check(pid, json, tcp_established, ext_unix_sk),
+            aio_idle,
+        } => cmd_check(pid, json, tcp_established, ext_unix_sk, aio_idle),
         Cmd::Inspect { schema: true, .. } => {
             print!("{}", crest::codec::inspect::json_schema());
             Ok(0)
@@ -690,23 +794,95 @@ fn cmd_restore(
         std::fs::write(p, format!("{}\n", report.pid))
             .with_context(|| format!("writing pid file {}", p.display()))?;
     }
-    if json {
+    // Detached, a lazy restore reports once every page is in.
+    let lazy_detached = detach && report.lazy.is_some();
+    if json && !lazy_detached {
         println!("{}", serde_json::to_string(&report)?);
-    } else if detach {
+    } else if detach && report.lazy.is_none() {
         println!("{}", report.pid);
-    } else {
+    } else if !detach {
         eprintln!("crest: restored pid {}", report.pid);
     }
-    if detach {
-        return Ok(0);
+    match report.lazy.clone() {
+        Some(phase) => {
+            let r = serde_json::to_value(&report)?;
+            finish_lazy(report.pid, &phase, detach, json, false, r)
+        }
+        None if detach => Ok(0),
+        None => Ok(output::wait_forwarding_signals(report.pid)),
     }
-    Ok(output::wait_forwarding_signals(report.pid))
 }
 
-fn cmd_check(pid: i32, json: bool, tcp_established: bool, ext_unix_sk: bool) -> Result<i32> {
+/// After a lazy restore (`report`, printed already unless `detach`):
+/// crest serves the pages until every one is in.  Detached, it returns
+/// then (printing the report with the lazy phase's); else it waits for
+/// the root as usual while the pages come.  A failed phase has killed the
+/// tree: its error is crest's.  `stderr_only`: standard output is not
+/// crest's to print on (a migration's reply channel).
+pub(crate) fn finish_lazy(
+    pid: i32,
+    phase: &crest::memory::lazy::Phase,
+    detach: bool,
+    json: bool,
+    stderr_only: bool,
+    mut report: serde_json::Value,
+) -> Result<i32> {
+    use std::io::Write;
+    let say = move |line: String| {
+        if stderr_only {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        }
+    };
+    if detach {
+        let stats = phase.wait().map_err(lib_err)?;
+        if json {
+            report["lazy"] = serde_json::to_value(&stats)?;
+            say(report.to_string());
+        } else {
+            say(pid.to_string());
+            eprintln!(
+                "crest: restored pid {pid}; all pages in after {:.1} ms",
+                stats.all_pages_ms
+            );
+        }
+        return Ok(0);
+    }
+    let _ = std::io::stdout().flush();
+    let phase = phase.clone();
+    let waiter = std::thread::spawn(move || {
+        let r = phase.wait();
+        match &r {
+            Ok(stats) if json => say(serde_json::json!({ "lazy": stats }).to_string()),
+            Ok(stats) => eprintln!(
+                "crest: all pages of pid {pid} in after {:.1} ms",
+                stats.all_pages_ms
+            ),
+            Err(_) => {}
+        }
+        r
+    });
+    let code = output::wait_forwarding_signals(pid);
+    match waiter.join() {
+        Ok(Ok(_)) => Ok(code),
+        Ok(Err(e)) => Err(lib_err(e)),
+        Err(_) => bail!("the lazy page thread panicked"),
+    }
+}
+
+fn cmd_check(
+    pid: i32,
+    json: bool,
+    tcp_established: bool,
+    ext_unix_sk: bool,
+    aio_idle: bool,
+) -> Result<i32> {
     let opts = crest::DumpOptions {
         tcp_established,
         ext_unix_sk,
+        aio_idle,
         ..Default::default()
     };
     let obstacles = crest::check_with(pid, &opts).map_err(lib_err)?;

@@ -16,6 +16,8 @@ pub struct Args<'a> {
     pub connect_wait: u64,
     pub compress: bool,
     pub no_pre_copy: bool,
+    pub lazy: bool,
+    pub lazy_resume_on_failure: bool,
     pub json: bool,
     pub quiet: bool,
 }
@@ -53,6 +55,8 @@ pub fn cmd_migrate(a: &Args) -> Result<i32> {
         compress: a.compress,
         no_precopy: a.no_pre_copy,
         timeout: Some(Duration::from_secs(a.timeout.max(1))),
+        lazy: a.lazy,
+        lazy_resume_on_failure: a.lazy_resume_on_failure,
     };
     let mut progress = output::Progress::new("migrate", a.quiet || a.json);
     let r = crest::migrate::migrate(a.pid, ch, &opts, &mut |d, t| progress.update(d, t));
@@ -83,6 +87,7 @@ pub fn cmd_listen(
     detach: bool,
     pidfile: Option<&Path>,
     json: bool,
+    lazy: bool,
 ) -> Result<i32> {
     let psk = read_psk(psk)?;
     let ch = if listen == "-" {
@@ -101,7 +106,7 @@ pub fn cmd_listen(
         .map_err(lib_err)?
     };
     let mut progress = output::Progress::new("receive", json || listen == "-");
-    let r = crest::migrate::receive(ch, &ListenOptions { psk }, &mut |n| progress.add(n));
+    let r = crest::migrate::receive(ch, &ListenOptions { psk, lazy }, &mut |n| progress.add(n));
     progress.finish();
     let r = r.map_err(lib_err)?;
     let pid = r.restore.pid;
@@ -118,6 +123,10 @@ pub fn cmd_listen(
             r.restore_ms,
             if r.handover { ", PIDs handed over" } else { "" }
         );
+    }
+    if let Some(phase) = r.restore.lazy.clone() {
+        let v = serde_json::to_value(&r)?;
+        return crate::finish_lazy(pid, &phase, detach, json, true, v);
     }
     if detach {
         return Ok(0);

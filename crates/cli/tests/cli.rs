@@ -49,6 +49,19 @@ fn refuses_raw_socket() {
 }
 
 #[test]
+fn refuses_io_uring_with_the_reason() {
+    refused(
+        "uring",
+        "io_uring instance (4 SQ / 8 CQ entries, 0 requests taken, 0 completions unread) \
+         cannot be checkpointed: the kernel exposes neither a ring's setup flags",
+    );
+    refused(
+        "uring",
+        "the rings of an io_uring instance (refused with its descriptor)",
+    );
+}
+
+#[test]
 fn check_says_ok_for_a_plain_process() {
     let w = Workload::start("idle", &[]);
     let c = crest(&["check", "-p", &w.pid.to_string(), "--json"]);
@@ -292,6 +305,7 @@ fn check_agrees_with_dump_on_every_workload() {
         ("pipes", &[]),
         ("unsupported", &["packet"]),
         ("unsupported", &["raw"]),
+        ("unsupported", &["uring"]),
     ];
     for (scenario, args) in cases {
         let w = Workload::start(scenario, args);

@@ -84,6 +84,8 @@ impl Parts {
             objects: self.objects.clone(),
             processes: self.processes.clone(),
             namespaces: Default::default(),
+            cgroups: Vec::new(),
+            parent: None,
         };
         crest::codec::write_metadata(&mut w, &ckpt).unwrap();
         for d in &self.file_data {
@@ -151,6 +153,10 @@ fn anon_vma(start: u64, end: u64) -> Vma {
         pages: 0,
         cow: None,
         cow_drop: Vec::new(),
+        huge_page: None,
+        aio: None,
+        kept: Vec::new(),
+        digests: None,
     }
 }
 

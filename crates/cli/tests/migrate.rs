@@ -788,3 +788,274 @@ fn migrates_into_another_pid_namespace_without_handover() {
     std::mem::forget(w);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A lazy destination (`restore --listen --lazy`): the tree runs there
+/// before the pages received are written in, and the mutator (which
+/// rewrites, remaps, unmaps and discards memory all the time) goes on
+/// meanwhile; it checks every page after go.
+#[test]
+fn migrates_to_a_lazy_destination() {
+    let w = Workload::start("mutator", &[MIB]);
+    let k = key(&w.dir, "key", 9);
+    let ks = k.to_str().unwrap();
+    let dest = Dest::spawn(
+        &[],
+        "127.0.0.1:0",
+        &["--psk", ks, "--lazy", "--json"],
+        &[],
+        &w.dir,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let reaped = reaper(w.pid);
+    let to = format!("127.0.0.1:{}", dest.port);
+    let out = migrate(&[], w.pid, &to, &["--psk", ks, "--json"]);
+    let (st, err, pid) = dest.finish();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\ndestination: {err}",
+        stderr(&out)
+    );
+    assert!(st.success(), "destination failed: {err}");
+    assert_eq!(pid, Some(w.pid), "restored pid; destination: {err}");
+    let report: serde_json::Value = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("lazy").is_some())
+        .unwrap_or_else(|| panic!("no lazy report from the destination: {err}"));
+    assert!(
+        report["lazy_pages"].as_u64() > Some(0),
+        "nothing was restored lazily: {report}"
+    );
+    eprintln!("lazy destination: {report}");
+    assert_eq!(reaped.join().unwrap(), Some(Exit::Signal(libc::SIGKILL)));
+    assert!(alive(w.pid), "restored tree not running: {err}");
+    w.go();
+    w.expect_pass();
+}
+
+/// 256 MiB of patterned memory migrated between two network namespaces
+/// to a lazy destination: the workload checks every byte after go.
+#[test]
+fn migrates_256_mib_to_a_lazy_destination_between_two_network_namespaces() {
+    let net = NetPair::new();
+    let w = net.workload_in_a("lazy", &["256"]);
+    let k = key(&w.dir, "key", 5);
+    let ks = k.to_str().unwrap();
+    let ea = NetPair::enter(&net.a);
+    let eb = NetPair::enter(&net.b);
+    let dest = Dest::spawn(
+        &strs(&eb),
+        &format!("{}:0", net.addr_b),
+        &["--psk", ks, "--lazy", "--json"],
+        &[],
+        &w.dir,
+    );
+    let reaped = reaper(w.pid);
+    std::thread::sleep(Duration::from_millis(300));
+    let to = format!("{}:{}", net.addr_b, dest.port);
+    let out = migrate(&strs(&ea), w.pid, &to, &["--psk", ks, "--json"]);
+    let (st, err, pid) = dest.finish();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\ndestination: {err}",
+        stderr(&out)
+    );
+    assert!(st.success(), "destination failed: {err}");
+    assert_eq!(pid, Some(w.pid), "restored pid; destination: {err}");
+    let report: serde_json::Value = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("lazy").is_some())
+        .unwrap_or_else(|| panic!("no lazy report from the destination: {err}"));
+    assert!(report["lazy_pages"].as_u64() > Some(60000), "{report}");
+    eprintln!("source: {}\ndestination: {report}", stderr(&out));
+    assert_eq!(reaped.join().unwrap(), Some(Exit::Signal(libc::SIGKILL)));
+    assert!(alive(w.pid), "restored tree not running: {err}");
+    w.go();
+    w.expect_pass();
+}
+
+/// A migration of the `mutator` (its memory rewritten all the time, and
+/// its churn slots unmapped, mapped again, moved with mremap, dropped with
+/// MADV_DONTNEED and MADV_FREE during the rounds) to a destination that
+/// builds the memory while the source runs (see
+/// `crest::migrate::prebuild`), with `env` on the destination.  Returns
+/// the workload (migrated, go given) and the destination's report.
+fn prebuilt_migration(env: &[(&str, &str)]) -> (Workload, serde_json::Value) {
+    prebuilt_migration_of("mutator", &[MIB], env, 1000)
+}
+
+/// [`prebuilt_migration`] of `scenario args`, at least `min_pages` kept.
+fn prebuilt_migration_of(
+    scenario: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    min_pages: u64,
+) -> (Workload, serde_json::Value) {
+    let w = Workload::start(scenario, args);
+    let k = key(&w.dir, "key", 9);
+    let ks = k.to_str().unwrap();
+    let dest = Dest::spawn(&[], "127.0.0.1:0", &["--psk", ks, "--json"], env, &w.dir);
+    std::thread::sleep(Duration::from_millis(300));
+    let reaped = reaper(w.pid);
+    let to = format!("127.0.0.1:{}", dest.port);
+    let out = migrate(&[], w.pid, &to, &["--psk", ks, "--json"]);
+    let (st, err, pid) = dest.finish();
+    assert!(
+        out.status.success(),
+        "migrate: {}\ndest: {err}",
+        stderr(&out)
+    );
+    assert!(st.success(), "destination failed: {err}");
+    assert_eq!(pid, Some(w.pid), "restored pid; destination: {err}");
+    assert_eq!(reaped.join().unwrap(), Some(Exit::Signal(libc::SIGKILL)));
+    let r: serde_json::Value = err
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    let p = &r["prebuilt"];
+    assert!(
+        p["mappings"].as_u64() >= Some(1),
+        "nothing pre-built: {err}"
+    );
+    assert!(p["pages_kept"].as_u64() >= Some(min_pages), "{err}");
+    w.go();
+    (w, r)
+}
+
+/// Every byte of the pre-built memory is the source's at the freeze.
+#[test]
+fn memory_built_on_the_destination_is_exact() {
+    let (w, _) = prebuilt_migration(&[]);
+    w.expect_pass();
+}
+
+/// Pages the destination holds an older copy of (it keeps only the first
+/// copy sent of each page, and notes so) are found at the freeze and
+/// copied again from the spool.
+#[test]
+fn stale_prebuilt_pages_are_found_and_rewritten() {
+    let (w, r) = prebuilt_migration(&[("CREST_PREBUILD_SABOTAGE", "stale")]);
+    assert!(
+        r["prebuilt"]["pages_rewritten"].as_u64() > Some(0),
+        "no stale page found: {r}"
+    );
+    w.expect_pass();
+}
+
+/// Selftest: with the bookkeeping lying (older copies noted as the
+/// newest), the stale pages reach the restored process, and its check
+/// must fail.
+#[test]
+fn selftest_stale_prebuilt_pages_are_caught_by_the_workload() {
+    let (w, _) = prebuilt_migration(&[("CREST_PREBUILD_SABOTAGE", "lie")]);
+    let res = w.dir.join("result");
+    let t0 = Instant::now();
+    while !res.exists() && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&res).unwrap_or_default();
+    assert!(
+        text.starts_with("FAIL"),
+        "stale pages went unnoticed: {text}"
+    );
+}
+
+/// The destination is killed while it builds the memory (pre-copy rounds
+/// under way): the source resumes its tree, intact; nothing is left of
+/// the destination.
+#[test]
+fn destination_killed_while_prebuilding_resumes_the_source() {
+    let w = Workload::start("mutator", &["256"]);
+    let k = key(&w.dir, "key", 10);
+    let ks = k.to_str().unwrap();
+    let mut dest = Dest::spawn(&[], "127.0.0.1:0", &["--psk", ks], &[], &w.dir);
+    let to = format!("127.0.0.1:{}", dest.port);
+    let dpid = dest.child.id() as i32;
+    let killer = std::thread::spawn(move || {
+        // Once pre-built memory arrives: crest's resident set grows.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            let rss = std::fs::read_to_string(format!("/proc/{dpid}/statm"))
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if rss * 4096 > 32 << 20 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // SAFETY: plain kill of the destination this test started.
+        unsafe { libc::kill(dpid, libc::SIGKILL) };
+    });
+    let out = migrate(&[], w.pid, &to, &["--psk", ks, "--json"]);
+    killer.join().unwrap();
+    let _ = dest.child.wait();
+    let e = stderr(&out);
+    assert!(!out.status.success(), "{e}");
+    assert!(e.contains("it runs on here"), "{e}");
+    assert!(!alive(dpid));
+    still_fine(w);
+}
+
+/// A tree of 8 processes whose mappings share addresses (fork keeps
+/// them), to a destination in a PID namespace of its own: only the first
+/// process's ranges at an address are pre-built, the others' come from
+/// the image; every process checks its memory after go.
+#[test]
+fn tree_with_shared_addresses_is_prebuilt_exactly() {
+    let net = NetPair::new();
+    let w = net.workload_in_a("tree", &[]);
+    let k = key(&w.dir, "key", 11);
+    let ks = k.to_str().unwrap();
+    let ea = NetPair::enter(&net.a);
+    let mut eb = NetPair::enter(&net.b);
+    eb.extend(["unshare", "--pid", "--fork", "--mount-proc"].map(String::from));
+    init();
+    let mut cmd = Command::new(&eb[0]);
+    cmd.args(&eb[1..])
+        .arg(crest_bin())
+        .args([
+            "restore",
+            "--json",
+            "--listen",
+            &format!("{}:0", net.addr_b),
+            "--psk",
+            ks,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port = first.rsplit(':').next().unwrap().to_string();
+    let reaped = reaper(w.pid);
+    let to = format!("{}:{}", net.addr_b, port);
+    let out = migrate(&strs(&ea), w.pid, &to, &["--psk", ks, "--json"]);
+    let e = stderr(&out);
+    assert!(out.status.success(), "{e}");
+    assert_eq!(reaped.join().unwrap(), Some(Exit::Signal(libc::SIGKILL)));
+    w.go();
+    let st = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let result = std::fs::read_to_string(w.dir.join("result")).unwrap_or_default();
+    assert!(
+        result.starts_with("PASS"),
+        "{result}\n{rest:?}\n{}",
+        w.log()
+    );
+    assert!(st.success(), "destination: {rest:?}");
+    let r: serde_json::Value = rest
+        .iter()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    assert!(
+        r["prebuilt"]["mappings"].as_u64() >= Some(1),
+        "nothing pre-built: {rest:?}"
+    );
+    let dir = w.dir.clone();
+    std::mem::forget(w);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -257,3 +257,153 @@ fn container_root_is_relocated() {
     let v = c.verdict();
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+/// The checker of a mount that is a slave of a peer group outside the
+/// container: after restore it must still be one (`master:` in
+/// mountinfo), and a tmpfs the test mounts below the group's member
+/// outside must appear inside.
+const SLAVE_SCRIPT: &str = r#"
+fail() { echo "FAIL $*" > /data/result; exit 1; }
+grep ' /shared ' /proc/self/mountinfo | grep -q ' master:' || fail "not a slave before: $(grep ' /shared ' /proc/self/mountinfo)"
+touch /data/ready
+while [ ! -e /data/go ]; do sleep 0.05; done
+grep ' /shared ' /proc/self/mountinfo | grep -q ' master:' || fail "not a slave after: $(grep ' /shared ' /proc/self/mountinfo)"
+i=0
+while ! grep -q ' /shared/sub ' /proc/self/mountinfo; do
+  i=$((i+1)); [ $i -lt 100 ] || fail "the mount made outside did not propagate: $(grep shared /proc/self/mountinfo)"
+  sleep 0.05
+done
+[ "$(cat /shared/sub/f)" = outside ] || fail "content of /shared/sub/f"
+echo PASS > /data/result
+"#;
+
+/// A container made with `unshare --propagation slave` whose /shared is
+/// a bind of a shared tmpfs of the test's namespace: a slave of its peer
+/// group.  Returns the container and the host mount point.
+fn start_slave(tag: &str) -> (Container, PathBuf) {
+    init();
+    let dir = temp_dir(tag);
+    let root = dir.join("root");
+    let data = dir.join("data");
+    let shared = dir.join("shared");
+    busybox_rootfs(&root);
+    std::fs::create_dir_all(root.join("shared")).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(data.join("in"), "").unwrap();
+    std::fs::write(root.join("w.sh"), SLAVE_SCRIPT).unwrap();
+    let s = shared.display();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mount -t tmpfs crest-test-shared {s} && mount --make-shared {s}"
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (r, d) = (root.display(), data.display());
+    let setup = format!(
+        "set -e; mount --bind {r} {r}; mount --make-private {r}; \
+         mount --bind {d} {r}/data; mount --make-private {r}/data; \
+         mount --bind {s} {r}/shared; \
+         mount -t proc proc {r}/proc; \
+         cd {r}; mkdir -p old; pivot_root . old; \
+         exec /bin/busybox sh -c 'umount -l /old && rmdir /old && exec /bin/sh /w.sh </data/in >/data/log 2>&1'"
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--pid", "--fork", "--propagation", "slave"])
+        .args(["sh", "-c", &setup])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only close_range (async-signal-safe) between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let unshare = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while !data.join("ready").exists() {
+        let res = std::fs::read_to_string(data.join("result")).unwrap_or_default();
+        assert!(
+            start.elapsed() < Duration::from_secs(20) && res.is_empty(),
+            "the container did not start: {res}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let u = unshare.id();
+    let kids = std::fs::read_to_string(format!("/proc/{u}/task/{u}/children")).unwrap();
+    let pid = kids.split_whitespace().next().unwrap().parse().unwrap();
+    (Container { dir, pid, unshare }, shared)
+}
+
+/// After restore: a tmpfs mounted at SHARED/sub outside, with a file.
+fn mount_below(shared: &Path) {
+    let sub = shared.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let o = Command::new("mount")
+        .args(["-t", "tmpfs", "crest-test-sub"])
+        .arg(&sub)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(sub.join("f"), "outside").unwrap();
+}
+
+fn unmount_all(shared: &Path) {
+    let _ = Command::new("umount").arg("-R").arg(shared).output();
+}
+
+/// Unmounts the test's shared tmpfs however the test ends.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        unmount_all(&self.0);
+    }
+}
+
+#[test]
+fn slave_of_a_peer_group_outside_the_namespace() {
+    let _g = serial();
+    let (mut c, shared) = start_slave("mount-slave");
+    let _u = Unmount(shared.clone());
+    c.dump();
+    c.restore(&[]);
+    c.dump();
+    c.restore(&[]);
+    mount_below(&shared);
+    let v = c.verdict();
+    unmount_all(&shared);
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// The checker is not blind: the restored mount made private from outside
+/// before the event no longer sees it.
+#[test]
+fn slave_checker_detects_a_private_mount() {
+    let _g = serial();
+    let (mut c, shared) = start_slave("mount-slave-sabotage");
+    let _u = Unmount(shared.clone());
+    c.dump();
+    c.restore(&[]);
+    let o = Command::new("nsenter")
+        .args([
+            "-t",
+            &c.pid.to_string(),
+            "-m",
+            "mount",
+            "--make-private",
+            "/shared",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    mount_below(&shared);
+    let v = c.verdict();
+    unmount_all(&shared);
+    assert!(v.starts_with("FAIL"), "{v}");
+}

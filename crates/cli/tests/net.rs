@@ -2,7 +2,8 @@
 //! their options, established connections inside the tree with data in
 //! flight both ways, connections to peers outside the tree
 //! (`--tcp-established`, on this host and in another network namespace),
-//! half-closed connections.  Each workload is a Python script that checks
+//! half-closed connections (closed by the peer: `tcp_states.rs`; accept
+//! queues: `tcp_accept.rs`).  Each workload is a Python script that checks
 //! its own sockets after the restore; the test acts as the outside peer
 //! where there is one and checks its stream.  UDP, netlink and real
 //! servers are in `net_apps.rs`.
@@ -94,40 +95,6 @@ fn tcp_listeners_checker_detects_a_changed_option() {
     w.restore_ok();
     w.go();
     expect_fail(w);
-}
-
-#[test]
-fn tcp_listener_with_connections_waiting_is_refused() {
-    let body = r#"
-l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
-port = l.getsockname()[1]
-cs = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
-publish("port", port)
-ready(); wait_go()
-e = []
-l.settimeout(5)
-for i in range(2):
-    try: a, _ = l.accept()
-    except Exception as x: e.append("waiting connection %d lost: %r" % (i, x))
-result(e)
-"#;
-    let w = start("tcp-backlog", body);
-    let port = read_file(&w, "port");
-    let o = w.dump(&[]);
-    assert!(!o.status.success(), "the dump must be refused");
-    let err = stderr(&o);
-    assert!(
-        err.contains(&format!(
-            "TCP listener 127.0.0.1:{port}: 2 connection(s) wait in its accept queue"
-        )),
-        "{err}"
-    );
-    assert!(err.contains("fd 3"), "names the descriptor: {err}");
-    let c = crest(&["check", "-p", &w.pid.to_string()]);
-    assert!(!c.status.success());
-    assert!(stdout(&c).contains("accept queue") || stderr(&c).contains("accept queue"));
-    w.go();
-    w.expect_pass();
 }
 
 // -------------------------------------------------- connections in the tree
@@ -598,32 +565,6 @@ result([] if [str(n), h.hexdigest()] == want else ["received %d bytes %s, the cl
     )
     .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
-    w.go();
-    w.expect_pass();
-}
-
-#[test]
-fn tcp_closed_by_the_peer_close_wait_is_refused() {
-    // Both ends in the tree: the client shut its side down, the server has
-    // not read the FIN yet (CLOSE-WAIT), which repair mode cannot rebuild.
-    let body = r#"
-l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
-c = socket.create_connection(l.getsockname()); a, _ = l.accept()
-c.sendall(b"bye"); c.shutdown(socket.SHUT_WR); time.sleep(0.1)
-ready(); wait_go()
-e = []
-if a.recv(10) != b"bye": e.append("data")
-if a.recv(10) != b"": e.append("no end of stream")
-result(e)
-"#;
-    let w = start("tcp-close-wait", body);
-    let o = w.dump(&[]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(
-        err.contains("has closed its side of the connection (CLOSE-WAIT)"),
-        "{err}"
-    );
     w.go();
     w.expect_pass();
 }

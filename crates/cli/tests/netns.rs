@@ -300,17 +300,22 @@ if a.recv(1) != b"x": e.append("the restored listener does not work")
 result(e)
 "#;
 
-#[test]
-fn checker_reports_a_changed_network_namespace() {
-    let s = Setup::new("nn-neg", IDLE);
+/// Dumps the tree of `s` once it is ready (the tree is gone after).
+fn dump_when_ready(s: &Setup) {
     assert!(wait_file(
         &s.dir.join("ready"),
         Duration::from_secs(30),
         || alive(s.pid)
     ));
-    let o = crest(&["dump", "-p", &s.pid.to_string(), "-o", &img(&s)]);
+    let o = crest(&["dump", "-p", &s.pid.to_string(), "-o", &img(s)]);
     assert!(o.status.success(), "{}", stderr(&o));
     reap(s.pid, Duration::from_secs(10));
+}
+
+#[test]
+fn checker_reports_a_changed_network_namespace() {
+    let s = Setup::new("nn-neg", IDLE);
+    dump_when_ready(&s);
     let veth = format!("{}={}", s.inner, s.outer);
     let o = crest(&["restore", "-i", &img(&s), "-d", "--veth", &veth]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -321,4 +326,42 @@ fn checker_reports_a_changed_network_namespace() {
     let text = s.result();
     assert!(text.starts_with("FAIL"), "{text}");
     assert!(text.contains("differs"), "{text}");
+}
+
+/// A restore that fails once the network namespace and its veth exist
+/// (just before the tree would run) leaves neither: no veth end in crest's
+/// namespace, no process; the next restore then succeeds.
+#[test]
+fn failed_restore_removes_the_veth_it_made() {
+    let s = Setup::new("nn-fail", IDLE);
+    dump_when_ready(&s);
+    let veth = format!("{}={}", s.inner, s.outer);
+    let o = Command::new(crest_bin())
+        .args(["restore", "-i", &img(&s), "-d", "--veth", &veth])
+        .env("CREST_FAULT_AT", "restore: before resuming")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("injected fault"),
+        "the fault was not injected: {}",
+        stderr(&o)
+    );
+    reap(s.pid, Duration::from_secs(5));
+    assert!(!alive(s.pid), "a failed restore left pid {} behind", s.pid);
+    let link = Command::new("ip")
+        .args(["link", "show", "dev", &s.outer])
+        .output()
+        .unwrap();
+    assert!(
+        !link.status.success(),
+        "a failed restore left veth {} in crest's namespace",
+        s.outer
+    );
+    let o = crest(&["restore", "-i", &img(&s), "-d", "--veth", &veth]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    s.peer_up();
+    std::fs::write(s.dir.join("go"), b"go\n").unwrap();
+    let text = s.result();
+    assert!(text.starts_with("PASS"), "{text}");
 }

@@ -2,7 +2,8 @@
 //! numbered point of a dump or restore.
 //!
 //! `CREST_FAULT_AT=N` makes the Nth call of [`point`] in the process fail
-//! with an error naming the point; with `CREST_FAULT_MODE=kill` crest
+//! with an error naming the point (`CREST_FAULT_AT=NAME`: every call of
+//! the point of that name); with `CREST_FAULT_MODE=kill` crest
 //! SIGKILLs itself there instead.  Without the variable a point costs one
 //! relaxed atomic load.  `CREST_FAULT_TRACE=1` prints every point passed
 //! (to stderr) so tests can count them.
@@ -31,6 +32,7 @@ pub fn stop_requested() -> Option<i32> {
 
 struct Config {
     at: u64,
+    name: Option<String>,
     kill: bool,
     trace: bool,
 }
@@ -38,15 +40,16 @@ struct Config {
 fn config() -> &'static Option<Config> {
     static C: OnceLock<Option<Config>> = OnceLock::new();
     C.get_or_init(|| {
-        let at = std::env::var("CREST_FAULT_AT")
-            .ok()
-            .and_then(|v| v.parse().ok());
+        let v = std::env::var("CREST_FAULT_AT").ok();
+        let at = v.as_deref().and_then(|v| v.parse().ok());
+        let name = v.filter(|_| at.is_none());
         let trace = std::env::var_os("CREST_FAULT_TRACE").is_some();
-        if at.is_none() && !trace {
+        if at.is_none() && name.is_none() && !trace {
             return None;
         }
         Some(Config {
             at: at.unwrap_or(0),
+            name,
             kill: std::env::var("CREST_FAULT_MODE").as_deref() == Ok("kill"),
             trace,
         })
@@ -71,7 +74,7 @@ pub fn point(name: &str) -> Result<()> {
     if c.trace {
         eprintln!("crest-fault-point {n} {name}");
     }
-    if n == c.at {
+    if n == c.at || c.name.as_deref() == Some(name) {
         if c.kill {
             // SAFETY: plain kill of ourselves.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };

@@ -47,6 +47,10 @@ pub struct ShmemObj {
     /// A memfd's inode mode (permission bits), owner and group.
     #[serde(default)]
     pub owner: Option<(u32, u32, u32)>,
+    /// The huge page size in bytes of an object on hugetlbfs (a
+    /// MFD_HUGETLB memfd, shared MAP_HUGETLB memory); None for shmem.
+    #[serde(default)]
+    pub huge_page: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -181,6 +185,74 @@ pub enum OpenTarget {
     /// been reaped (`pid` -1).  `start_time` (clock ticks after boot, from
     /// /proc/PID/stat) tells the process from a later one with its pid.
     Pidfd { pid: i32, start_time: u64 },
+    /// A fanotify group and its marks; no events were queued (see
+    /// `crate::files::fanotify`).
+    Fanotify(Fanotify),
+    /// The console (/dev/console) or a virtual terminal (/dev/ttyN),
+    /// reopened by its path (see `crate::files::console`).
+    SystemTty(SystemTty),
+    /// /dev/tty, the controlling-terminal alias, opened when the slave of
+    /// the pair whose master (in the same image) has this `index` was the
+    /// opener's controlling terminal (see `crate::files::tty`).
+    TtyAlias { index: u32 },
+}
+
+/// A terminal of the machine, held open: the console or a virtual
+/// terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SystemTty {
+    /// The path it was opened by (/dev/console, /dev/ttyN).
+    pub path: String,
+    /// The device number of that path.
+    pub rdev: u64,
+    /// The terminal behind it (TIOCGDEV: for /dev/console, the device the
+    /// console is on).
+    pub real: u64,
+    pub termios: Termios,
+    /// rows, columns, x pixels, y pixels.
+    pub winsize: [u16; 4],
+}
+
+/// A fanotify group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Fanotify {
+    /// The fanotify_init flags (FAN_CLASS_*, FAN_REPORT_*, FAN_UNLIMITED_*,
+    /// FAN_CLOEXEC, FAN_NONBLOCK, ...) as given, which fdinfo shows (the
+    /// descriptor's and the description's own flags are recorded apart).
+    pub flags: u32,
+    /// The fanotify_init event_f_flags: the open flags of the files that
+    /// events carry.
+    pub event_flags: u32,
+    /// The marks, in the order they are added again (the reverse of the
+    /// order fdinfo lists them in: the newest mark is listed first).
+    pub marks: Vec<FanotifyMark>,
+}
+
+/// One mark of a fanotify group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FanotifyMark {
+    /// What the mark is on.
+    pub object: FanotifyObject,
+    /// The mark's persistent flags as fdinfo's `mflags` shows them:
+    /// FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE, FAN_MARK_IGNORE.
+    pub flags: u32,
+    /// The events (and FAN_ONDIR, FAN_EVENT_ON_CHILD) the mark reports.
+    pub mask: u32,
+    /// The events the mark ignores.
+    pub ignored_mask: u32,
+}
+
+/// The object of a fanotify mark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FanotifyObject {
+    /// An inode (FAN_MARK_INODE), found by its file handle at the dump:
+    /// its path then, its inode number and device (st_dev encoding).
+    Inode { path: String, ino: u64, dev: u64 },
+    /// A mount (FAN_MARK_MOUNT): its mount point, as the process saw it.
+    Mount { path: String },
+    /// A filesystem (FAN_MARK_FILESYSTEM): a mount point of it, and its
+    /// device (st_dev encoding).
+    Filesystem { path: String, dev: u64 },
 }
 
 /// An AF_UNIX socket.
@@ -224,6 +296,11 @@ pub struct UnixSocket {
     /// listening socket (`None`: none recorded).
     #[serde(default)]
     pub peercred: Option<(i32, u32, u32)>,
+    /// SO_PEERCRED's pid as the PID namespace of the socket's holder sees
+    /// it, when that is not crest's (the peer may have exited: restore
+    /// cannot find its number there from the process table).
+    #[serde(default)]
+    pub peercred_ns: Option<i32>,
     /// A relative filesystem name: the directory it was bound in (the
     /// binder's cwd then, as far as crest can tell: the binder's cwd at
     /// the dump), absolute.  `name` stays relative, as the program sees it.
@@ -282,6 +359,12 @@ pub struct InotifyWatch {
     /// The watched inode and its device (st_dev encoding).
     pub ino: u64,
     pub dev: u64,
+    /// The watched file was unlinked while open (`path` is the name it
+    /// had): the object of the image that recreates it, an
+    /// [`OpenTarget::Unlinked`] held open in the tree.  The watch is added
+    /// on that recreated file once its name is gone again.
+    #[serde(default)]
+    pub unlinked: Option<ObjectId>,
 }
 
 /// One registration of an epoll instance.
@@ -307,6 +390,36 @@ pub struct Checkpoint {
     /// The namespaces of the tree that are not crest's (see `crate::ns`).
     #[serde(default)]
     pub namespaces: Namespaces,
+    /// The cgroups that belong to the tree, with their settings (see
+    /// `crate::task::cgroup_dirs`); parents before children.
+    #[serde(default)]
+    pub cgroups: Vec<CgroupDir>,
+    /// An incremental image's parent: the image that holds the pages its
+    /// mappings' `kept` ranges take (see `crate::memory::incremental`).
+    #[serde(default)]
+    pub parent: Option<ParentRef>,
+}
+
+/// The parent of an incremental image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ParentRef {
+    /// Its path as given to the dump, relative to this image's directory
+    /// (absolute if it was not below a common root).
+    pub path: String,
+    /// The digest in its tail: restore refuses any other image.
+    pub digest: u64,
+}
+
+/// Digests of a mapping's non-zero saved pages, for a later incremental
+/// dump to tell which pages changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PageDigests {
+    /// Runs (start address, pages) of the pages digested, in address order.
+    pub runs: Vec<(u64, u64)>,
+    /// XXH3-128 of each page of `runs`, 16 bytes each (little-endian), in order.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub hashes: Vec<u8>,
 }
 
 /// A process (thread group) and everything it owns.
@@ -549,6 +662,38 @@ pub struct Vma {
     /// resident here while resident and shared in others), as (start, end).
     #[serde(default)]
     pub cow_drop: Vec<(u64, u64)>,
+    /// The huge page size in bytes of a hugetlbfs mapping (MAP_HUGETLB
+    /// memory, a MFD_HUGETLB memfd's mapping); None for normal pages.
+    #[serde(default)]
+    pub huge_page: Option<u64>,
+    /// With [`Backing::Aio`]: the state of the AIO context whose ring
+    /// this mapping is (its id is the mapping's start).
+    #[serde(default)]
+    pub aio: Option<AioRing>,
+    /// In an incremental image: ranges (start, end) of saved pages not in
+    /// this image because they are unchanged since the parent's, which
+    /// holds them (or takes them from its own parent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<(u64, u64)>,
+    /// Digests of the mapping's non-zero saved pages (dumps meant to be
+    /// parents of incremental ones: `--digests`, `--parent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<PageDigests>,
+}
+
+/// An AIO context (io_setup) as its ring shows it.  Requests in flight
+/// are not part of it: the kernel shows them nowhere (see
+/// `crate::memory::aio`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AioRing {
+    /// The ring's number of event slots (`nr` of struct aio_ring).
+    pub nr: u32,
+    /// The ring's head and tail (slot indexes).
+    pub head: u32,
+    pub tail: u32,
+    /// The completed events not yet reaped, head to tail, as
+    /// (data, obj, res, res2) of struct io_event.
+    pub events: Vec<(u64, u64, i64, i64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -561,6 +706,9 @@ pub enum Backing {
     Vvar,
     VvarVclock,
     Vsyscall,
+    /// The ring of an AIO context (`/[aio] (deleted)`): recreated with
+    /// io_setup and moved here; its state is in [`Vma::aio`].
+    Aio,
 }
 
 /// The smaps VmFlags crest restores.
@@ -718,6 +866,12 @@ pub struct InetSocket {
     /// SO_PEEK_OFF when the program enabled it.
     #[serde(default)]
     pub peek_off: Option<i32>,
+    /// A TCP client whose server end waited in the accept queue of a
+    /// listener of the tree: restore connects it again (a new handshake)
+    /// instead of rebuilding it in repair mode, and writes `tcp`'s send
+    /// queue again (see `crate::net::accept`).
+    #[serde(default)]
+    pub reconnect: bool,
 }
 
 /// The options of an IP socket, as getsockopt reads them.
@@ -791,6 +945,11 @@ pub struct TcpConn {
     /// `send_queue` in the sequence space.
     #[serde(default)]
     pub fin_sent: bool,
+    /// The peer had closed its side (CLOSE-WAIT, LAST-ACK, CLOSING): its
+    /// FIN follows `recv_queue` in the sequence space (see
+    /// `crate::net::fin`).
+    #[serde(default)]
+    pub fin_received: bool,
 }
 
 /// A queued datagram.
@@ -921,6 +1080,29 @@ pub struct CgroupMember {
     pub path: String,
 }
 
+/// A cgroup that belongs to the tree: it and every cgroup below it hold
+/// only processes of the tree.  Restore creates it where it is missing,
+/// with these settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CgroupDir {
+    /// The hierarchy id (0: the unified v2 hierarchy).
+    pub hierarchy: u32,
+    /// Its controllers, comma-separated, as in [`CgroupMember`].
+    pub controllers: String,
+    /// The cgroup's path inside the hierarchy.
+    pub path: String,
+    /// Interface files and the values restore writes into them, in order.
+    pub settings: Vec<CgroupSetting>,
+}
+
+/// One value of a cgroup interface file (`memory.max`, `pids.max`,
+/// `cpu.cfs_quota_us`…), as read; one line of it per write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CgroupSetting {
+    pub file: String,
+    pub value: String,
+}
+
 // ---------------------------------------------------------------------
 // Address-space state beyond the mappings (issue 16).
 // ---------------------------------------------------------------------
@@ -1036,6 +1218,10 @@ pub struct NetState {
     /// restore joins the one it is given or makes an empty one.
     #[serde(default)]
     pub external: bool,
+    /// The user namespace of the image that owns it (that of the process
+    /// that entered it; see `crate::ns::owned_net`); `None`: crest's.
+    #[serde(default)]
+    pub owner: Option<NsId>,
 }
 
 /// One network device of a namespace.
@@ -1109,6 +1295,11 @@ pub struct UserNsState {
     /// Its parent, when that is a user namespace of the image (nested);
     /// `None`: crest's.
     pub parent: Option<NsId>,
+    /// The uid (host terms) of the namespace's creator (NS_GET_OWNER_UID),
+    /// when it owns the tree's network namespace (see
+    /// `crate::ns::owned_net`): restore creates it as that uid.
+    #[serde(default)]
+    pub owner_uid: Option<u32>,
 }
 
 /// A mount namespace that is a copy of crest's but for its proc mounts.
@@ -1146,6 +1337,18 @@ pub struct MountRec {
     /// Peer group it is in (`shared:N`) and receives from (`master:N`).
     pub shared: Option<u64>,
     pub master: Option<u64>,
+    /// The nearest peer group it receives from that this namespace sees
+    /// (`propagate_from:N`; informational, restore does not rejoin it).
+    #[serde(default)]
+    pub propagate_from: Option<u64>,
+    /// An unbindable mount.
+    #[serde(default)]
+    pub unbindable: bool,
+    /// A slave (not shared) of a peer group outside the namespace: the
+    /// mount point, in crest's namespace, of a member of that group whose
+    /// root holds this mount's (see `crate::ns::mnt::propagation`).
+    #[serde(default)]
+    pub outside_master: Option<String>,
     /// How restore makes it: "host" (a bind of `host`, a path in crest's
     /// namespace at the dump: a mount from outside, named by its mount
     /// point for `--ext-mount`), "inside" (a bind of the mount `from` of

@@ -105,6 +105,10 @@ fn vma(start: u64, end: u64, prot: i32, backing: Backing, name: &str, pages: u64
         pages,
         cow: None,
         cow_drop: Vec::new(),
+        huge_page: None,
+        aio: None,
+        kept: Vec::new(),
+        digests: None,
     }
 }
 
@@ -376,6 +380,8 @@ fn checkpoint() -> Checkpoint {
         objects,
         processes: vec![process],
         namespaces: Default::default(),
+        cgroups: Vec::new(),
+        parent: None,
     }
 }
 

@@ -67,14 +67,20 @@ pub const SHMEM: u32 = 0x49;
 pub const COW: u32 = 0x4a;
 /// The namespaces the tree uses (one record, before the processes).
 pub const NAMESPACES: u32 = 0x50;
+/// The cgroups that belong to the tree, with their settings (one record,
+/// after NAMESPACES, before the processes).
+pub const CGROUPS: u32 = 0x51;
+/// The parent of an incremental image (one record, after CGROUPS, before
+/// the processes; absent in a full image).
+pub const PARENT: u32 = 0x52;
 /// The last of the model kinds of format version 3.
-const LAST_MODEL: u32 = NAMESPACES;
+const LAST_MODEL: u32 = PARENT;
 
 /// The tail ([`Tail`](crate::Tail)); exactly one, always last.
 pub const TAIL: u32 = 0xFFFF;
 
 /// Every kind this crate knows, with its name.
-pub const ALL: [(u32, &str); 26] = [
+pub const ALL: [(u32, &str); 28] = [
     (HEADER, "HEADER"),
     (PROCESS, "PROCESS"),
     (FILE, "FILE"),
@@ -100,6 +106,8 @@ pub const ALL: [(u32, &str); 26] = [
     (SHMEM, "SHMEM"),
     (COW, "COW"),
     (NAMESPACES, "NAMESPACES"),
+    (CGROUPS, "CGROUPS"),
+    (PARENT, "PARENT"),
     (TAIL, "TAIL"),
 ];
 
@@ -113,7 +121,7 @@ pub fn name(kind: u32) -> &'static str {
 }
 
 /// Whether the kind is one of the model records of format version 3
-/// (TASK to NAMESPACES): an image of an older version holding one is corrupt.
+/// (TASK to PARENT): an image of an older version holding one is corrupt.
 pub fn is_model_v3(kind: u32) -> bool {
     (TASK..=LAST_MODEL).contains(&kind) && is_known(kind)
 }
@@ -144,7 +152,7 @@ mod tests {
             0x21,
             0x39,
             0x4b,
-            0x51,
+            0x53,
             0xFFFE,
             0x1_0000,
             u32::MAX,

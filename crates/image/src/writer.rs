@@ -333,7 +333,13 @@ impl<W: Write> Writer<W> {
     }
 
     /// Writes the TAIL record, flushes the stream and returns it.
-    pub fn finish(mut self) -> Result<W> {
+    pub fn finish(self) -> Result<W> {
+        self.finish_digest().map(|(w, _)| w)
+    }
+
+    /// [`finish`](Writer::finish), also returning the digest the tail
+    /// records (what names the image as a parent).
+    pub fn finish_digest(mut self) -> Result<(W, u64)> {
         let tail = Tail {
             records: self.records,
             bytes: self.offset,
@@ -341,7 +347,7 @@ impl<W: Write> Writer<W> {
         };
         self.emit(kind::TAIL, 0, &[&tail.encode()])?;
         self.w.flush()?;
-        Ok(self.w)
+        Ok((self.w, tail.digest))
     }
 
     /// Frames and writes one record. Kind and flags are not checked here.

@@ -30,14 +30,24 @@ pub enum Op<'a> {
 
 fn child(euid: u32, egid: u32, op: &Op) -> i32 {
     let err = || std::io::Error::last_os_error().raw_os_error().unwrap_or(1);
-    // SAFETY: raw syscalls on memory prepared by the parent and copied
-    // into this child (all pointers valid for the call); nothing allocates.
+    // SAFETY: plain id changes of this process.
     unsafe {
         if libc::syscall(libc::SYS_setresgid, -1i32, egid, -1i32) != 0
             || libc::syscall(libc::SYS_setresuid, -1i32, euid, -1i32) != 0
         {
             return err();
         }
+    }
+    call(op)
+}
+
+/// Makes call `op` as this process is (ids unchanged); 0 or an errno.
+/// Allocation-free.
+pub(crate) fn call(op: &Op) -> i32 {
+    let err = || std::io::Error::last_os_error().raw_os_error().unwrap_or(1);
+    // SAFETY: raw syscalls on memory prepared by the caller (all pointers
+    // valid for the call); nothing allocates.
+    unsafe {
         match op {
             Op::Listen { fd, backlog } => {
                 if libc::listen(*fd, *backlog) != 0 {
@@ -125,6 +135,85 @@ pub fn run_as(pid: i32, euid: u32, egid: u32, op: &Op) -> Result<()> {
                     std::io::Error::from_raw_os_error(libc::ECHILD),
                 )),
             }
+        }
+    }
+}
+
+/// The PID in SO_PEERCRED of socket `fd` as the PID namespace of process
+/// `holder` sees it (the kernel answers in the caller's namespace): read
+/// by a short-lived child forked in that namespace, sharing the
+/// descriptor table.  0: the peer has no PID there.
+pub fn peer_pid_in(holder: i32, fd: RawFd) -> Result<i32> {
+    let own = crate::ns::open(std::process::id() as i32, "pid")?;
+    let ns = crate::ns::open(holder, "pid")?;
+    crate::ns::setns(&ns, libc::CLONE_NEWPID)?;
+    let got = read_in_child(fd);
+    crate::ns::setns(&own, libc::CLONE_NEWPID)?;
+    got
+}
+
+fn read_in_child(fd: RawFd) -> Result<i32> {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 fills two descriptors.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::last_os("pipe2"));
+    }
+    // SAFETY: fresh descriptors nobody else owns.
+    let (rd, wr) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(p[0]),
+            std::os::fd::OwnedFd::from_raw_fd(p[1]),
+        )
+    };
+    use std::os::fd::AsRawFd;
+    let w = wr.as_raw_fd();
+    // SAFETY: the child makes two raw syscalls on integers and a local,
+    // then exits; CLONE_FILES shares the descriptor table, not memory.
+    match unsafe { crate::process::clone_with_tids(&[], libc::CLONE_FILES as u64)? } {
+        Forked::Child => {
+            let mut c = libc::ucred {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            };
+            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+            // SAFETY: getsockopt fills one ucred; write sends its pid.
+            let code = unsafe {
+                if libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERCRED,
+                    (&mut c as *mut libc::ucred).cast(),
+                    &mut len,
+                ) != 0
+                    || libc::write(w, (&c.pid as *const i32).cast(), 4) != 4
+                {
+                    1
+                } else {
+                    0
+                }
+            };
+            // SAFETY: ends the child at once, without running destructors.
+            unsafe { libc::_exit(code) }
+        }
+        Forked::Parent(c) => {
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            if unsafe { libc::waitpid(c, &mut status, libc::__WALL) } != c {
+                return Err(Error::last_os("waiting for the SO_PEERCRED reader"));
+            }
+            drop(wr);
+            let mut pid = 0i32;
+            // SAFETY: reads one i32 into a local.
+            let n = unsafe { libc::read(rd.as_raw_fd(), (&mut pid as *mut i32).cast(), 4) };
+            if n != 4 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                return Err(Error::io(
+                    "reading SO_PEERCRED in the socket holder's PID namespace",
+                    std::io::Error::from_raw_os_error(libc::EIO),
+                ));
+            }
+            Ok(pid)
         }
     }
 }

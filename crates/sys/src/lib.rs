@@ -8,8 +8,12 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod actas;
+pub mod agent;
 pub mod arch;
 pub mod error;
+pub mod event;
+pub mod fanotify;
+pub mod fhandle;
 pub mod inetdiag;
 pub mod inject;
 pub mod mem;
@@ -24,7 +28,11 @@ pub mod ptrace;
 pub mod sockdiag;
 pub mod sysvipc;
 pub mod trampoline;
+pub mod tty;
 pub mod uffd;
+pub mod unixq;
 pub mod unlinked;
+pub mod userns_early;
+pub mod watchdog;
 
 pub use error::{Error, Result};

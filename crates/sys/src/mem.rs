@@ -149,6 +149,122 @@ impl ProcMem {
     }
 }
 
+/// `statfs` f_type of hugetlbfs.
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// The huge page size in bytes of the file open as `fd` if it lives on
+/// hugetlbfs (a MAP_HUGETLB mapping's file, a MFD_HUGETLB memfd, a file
+/// of a hugetlbfs mount), else None.
+pub fn hugetlb_page_size(fd: std::os::fd::BorrowedFd<'_>) -> Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `st` is a writable statfs the kernel fills; `fd` is open.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(Error::last_os(format!(
+            "fstatfs on descriptor {}",
+            fd.as_raw_fd()
+        )));
+    }
+    // SAFETY: fstatfs succeeded and filled it.
+    let st = unsafe { st.assume_init() };
+    // f_type's width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let hugetlbfs = st.f_type as i64 == HUGETLBFS_MAGIC;
+    Ok(hugetlbfs.then_some(st.f_bsize as u64))
+}
+
+/// The `MAP_HUGE_*` / `MFD_HUGE_*` bits that pick huge page size `size`
+/// (a power of two): log2(size) shifted by MAP_HUGE_SHIFT (26, as
+/// MFD_HUGE_SHIFT).
+pub fn huge_size_bits(size: u64) -> u32 {
+    size.trailing_zeros() << 26
+}
+
+/// Maps `len` bytes of `fd` at `offset` shared and writable in this
+/// process, copies `data` in at byte `at` of the window and unmaps it:
+/// for files that take no write(2), such as hugetlbfs ones.  `offset`
+/// must be aligned as the file's page size demands.
+pub fn write_mapped(
+    fd: std::os::fd::BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+    at: usize,
+    data: &[u8],
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if at.checked_add(data.len()).is_none_or(|e| e > len) {
+        return Err(Error::Os {
+            context: format!(
+                "writing {} bytes at {at} of a {len}-byte window",
+                data.len()
+            ),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    // SAFETY: a fresh shared mapping of our descriptor; nothing else uses it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Error::last_os(format!(
+            "mapping {len} bytes at offset {offset} of descriptor {}",
+            fd.as_raw_fd()
+        )));
+    }
+    // SAFETY: `at + data.len() <= len` (checked above), inside the mapping.
+    unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), p.cast::<u8>().add(at), data.len());
+        libc::munmap(p, len);
+    }
+    Ok(())
+}
+
+/// A descriptor on the file of a new shared anonymous mapping of `len`
+/// bytes (the kernel names it "/dev/zero (deleted)"; it is what a program
+/// maps with MAP_SHARED | MAP_ANONYMOUS): the mapping is made, its file
+/// opened through /proc/self/map_files, and the mapping dropped.
+pub fn shared_anonymous_file(len: usize) -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: a fresh shared anonymous mapping nobody else uses.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Error::last_os(format!(
+            "mapping {len} bytes of shared memory"
+        )));
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let a = p as usize;
+    let path = format!(
+        "/proc/self/map_files/{a:x}-{:x}",
+        a + len.div_ceil(page) * page
+    );
+    let r = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map(std::os::fd::OwnedFd::from)
+        .map_err(|e| Error::io(format!("opening {path}"), e));
+    // SAFETY: unmapping exactly the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub const TCP_REPAIR: i32 = 19;
 pub const TCP_REPAIR_QUEUE: i32 = 20;
@@ -369,6 +369,17 @@ pub fn disconnect(fd: RawFd) -> io::Result<()> {
         )
     })?;
     Ok(())
+}
+
+/// Sends `packet`, a whole IP packet with its header (IPv6 when `v6`), to
+/// `dst` through a raw socket (IPPROTO_RAW: the header is the caller's;
+/// needs CAP_NET_RAW) whose packets carry mark `mark`.
+pub fn raw_ip_send(v6: bool, packet: &[u8], dst: std::net::IpAddr, mark: u32) -> io::Result<()> {
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    let fd = socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark as i32)?;
+    // The port of a raw socket's destination must be 0.
+    send_all(fd.as_raw_fd(), packet, Some(&SocketAddr::new(dst, 0)))
 }
 
 /// shutdown(SHUT_WR).

@@ -29,6 +29,25 @@ pub fn getfd(pidfd: &OwnedFd, pid: pid_t, fd: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
 }
 
+/// Sends signal `sig` to the process behind `pidfd` (never to another
+/// process that got its pid since).
+pub fn send_signal(pidfd: &OwnedFd, sig: i32) -> Result<()> {
+    // SAFETY: plain syscall with integer arguments (no siginfo).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(Error::last_os(format!("pidfd_send_signal({sig})")));
+    }
+    Ok(())
+}
+
 /// How often [`wait_reaped`] looks again on kernels that do not report a
 /// process being reaped on its pidfd (before Linux 6.9).
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(10);

@@ -1,5 +1,6 @@
-//! System V semaphores and message queues (x86-64 kernel layouts of
-//! `ipc64_perm`, `semid64_ds`, `msqid64_ds`).
+//! System V shared memory, semaphores and message queues (for the last
+//! two, the x86-64 kernel layouts of `ipc64_perm`, `semid64_ds` and
+//! `msqid64_ds`).
 
 use crate::{Error, Result};
 
@@ -178,4 +179,76 @@ pub fn list_ids(what: &str) -> Result<Vec<i32>> {
 pub fn set_next_id(what: &str, id: i32) -> Result<()> {
     let path = format!("/proc/sys/kernel/{what}_next_id");
     std::fs::write(&path, id.to_string()).map_err(|e| Error::io(format!("writing {path}"), e))
+}
+
+/// shmget(2): the id of segment `key` made or found with `flags`; the
+/// error keeps its errno (ENOSPC, EEXIST… mean different things to callers).
+pub fn shm_get(key: i32, size: u64, flags: i32) -> std::io::Result<i32> {
+    // SAFETY: shmget takes no pointers.
+    let id = unsafe { libc::shmget(key, size as usize, flags) };
+    if id < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(id)
+}
+
+/// Removes shared memory segment `id` (once its last attach goes).
+pub fn shm_remove(id: i32) {
+    // SAFETY: IPC_RMID takes no buffer; a failure leaves nothing to undo.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+}
+
+/// Sets the owner and permission bits of shared memory segment `id`.
+pub fn shm_set_owner(id: i32, uid: u32, gid: u32, mode: u32) -> Result<()> {
+    // SAFETY: an all-zero shmid_ds is a valid value.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT fills `ds`, which lives across the call.
+    if unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } != 0 {
+        return Err(Error::last_os(format!("IPC_STAT on shmid {id}")));
+    }
+    ds.shm_perm.uid = uid;
+    ds.shm_perm.gid = gid;
+    ds.shm_perm.mode = (mode & 0o777) as _;
+    // SAFETY: IPC_SET reads `ds`, which lives across the call.
+    if unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) } != 0 {
+        return Err(Error::last_os(format!("IPC_SET on shmid {id}")));
+    }
+    Ok(())
+}
+
+/// crest's own attach of a shared memory segment, detached on drop.
+pub struct ShmAttach {
+    addr: *mut libc::c_void,
+    len: u64,
+}
+
+impl ShmAttach {
+    /// Attaches segment `id` of `size` bytes where the kernel chooses,
+    /// read-only unless `write`.
+    pub fn new(id: i32, size: u64, write: bool) -> std::io::Result<ShmAttach> {
+        let flags = if write { 0 } else { libc::SHM_RDONLY };
+        // SAFETY: the kernel picks a free address; nothing else uses it.
+        let addr = unsafe { libc::shmat(id, std::ptr::null(), flags) };
+        if addr as isize == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let page = crate::process::page_size() as u64;
+        Ok(ShmAttach {
+            addr,
+            len: size.max(1).div_ceil(page) * page,
+        })
+    }
+
+    /// The /proc/self/map_files link of the attach: its shm file.
+    pub fn link(&self) -> String {
+        let a = self.addr as u64;
+        format!("/proc/self/map_files/{a:x}-{:x}", a + self.len)
+    }
+}
+
+impl Drop for ShmAttach {
+    fn drop(&mut self) {
+        // SAFETY: detaching exactly the attach made in `new`, never touched.
+        unsafe { libc::shmdt(self.addr) };
+    }
 }

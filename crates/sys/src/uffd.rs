@@ -141,6 +141,23 @@ pub enum Msg {
     Event(Event),
 }
 
+/// What one [`Userfaultfd::try_copy`] or [`Userfaultfd::try_zeropage`]
+/// did; the number is the bytes filled before it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// All of it.
+    Done(u64),
+    /// The layout is changing (an event waits to be read): read the
+    /// events, then try the rest again.
+    Again(u64),
+    /// The page after the filled bytes is present already.
+    Exists(u64),
+    /// No mapping registered with this descriptor there (any more).
+    Unmapped(u64),
+    /// The address space is gone (the process exited or exec'd).
+    Gone,
+}
+
 /// Waits up to `timeout_ms` for any of `fds` to have events.
 pub fn wait_any<T: std::ops::Deref<Target = Userfaultfd>>(
     fds: &[T],
@@ -170,6 +187,18 @@ pub fn wait_any<T: std::ops::Deref<Target = Userfaultfd>>(
 pub struct Userfaultfd {
     fd: OwnedFd,
     pid: i32,
+}
+
+impl std::os::fd::AsFd for Userfaultfd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for Userfaultfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 impl Userfaultfd {
@@ -342,6 +371,57 @@ impl Userfaultfd {
                 )),
             };
         }
+    }
+
+    /// One UFFDIO_COPY of whole pages at `addr`, for a caller that reads
+    /// the descriptor's events itself (a lazy restore): unlike
+    /// [`Userfaultfd::copy`] it never waits for the layout to settle.
+    pub fn try_copy(&self, addr: u64, data: &[u8]) -> Result<Fill> {
+        let mut c = UffdioCopy {
+            dst: addr,
+            src: data.as_ptr() as u64,
+            len: data.len() as u64,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY reads `c.len` bytes from `c.src`, which are
+        // `data`, and writes the `struct uffdio_copy`.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, &mut c) };
+        self.fill_result(rc, c.copy, || {
+            format!("filling {addr:#x}+{:#x} (UFFDIO_COPY)", data.len())
+        })
+    }
+
+    /// What a UFFDIO_COPY or UFFDIO_ZEROPAGE that returned `rc` and
+    /// reported `done` bytes means to [`Userfaultfd::try_copy`]'s callers.
+    fn fill_result(&self, rc: i32, done: i64, what: impl FnOnce() -> String) -> Result<Fill> {
+        let done = done.max(0) as u64;
+        if rc == 0 {
+            return Ok(Fill::Done(done));
+        }
+        let e = std::io::Error::last_os_error();
+        Ok(match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Fill::Again(done),
+            Some(libc::EEXIST) => Fill::Exists(done),
+            Some(libc::ENOENT) => Fill::Unmapped(done),
+            Some(libc::ESRCH) => Fill::Gone,
+            _ => return Err(Error::io(format!("pid {}: {}", self.pid, what()), e)),
+        })
+    }
+
+    /// One UFFDIO_ZEROPAGE of `addr..addr+len` (see [`Userfaultfd::try_copy`]).
+    pub fn try_zeropage(&self, addr: u64, len: u64) -> Result<Fill> {
+        let mut z = UffdioZeropage {
+            range: UffdioRange { start: addr, len },
+            mode: 0,
+            zeropage: 0,
+        };
+        // SAFETY: UFFDIO_ZEROPAGE reads and writes a `struct
+        // uffdio_zeropage`, which `z` is.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE as _, &mut z) };
+        self.fill_result(rc, z.zeropage, || {
+            format!("zero-filling {addr:#x}+{len:#x} (UFFDIO_ZEROPAGE)")
+        })
     }
 
     /// Reads the messages queued now (the descriptor is non-blocking) of

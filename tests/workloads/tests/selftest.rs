@@ -1163,3 +1163,442 @@ fn opath_links() {
 fn opath_links_detects_a_followed_link() {
     disturbed(&["opath-links"], "followed", "l: file type");
 }
+
+/// The first descriptor of `pid` whose /proc link and fdinfo satisfy `pick`.
+fn find_fd(pid: u32, pick: impl Fn(&str, &str) -> bool) -> Option<i32> {
+    let mut fds: Vec<i32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds.into_iter().find(|fd| {
+        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        pick(&link, &info)
+    })
+}
+
+#[test]
+fn events() {
+    pass(&["events"]);
+}
+
+#[test]
+fn events_detects_a_changed_eventfd_count() {
+    let mut w = Workload::start(&["events"], &[]);
+    w.wait_ready();
+    // Eventfd a holds 0x1_2345_6789.
+    let fd = find_fd(w.pid(), |l, i| {
+        l == "anon_inode:[eventfd]"
+            && i.lines().any(|x| {
+                x.strip_prefix("eventfd-count:")
+                    .is_some_and(|v| v.trim() == "123456789")
+            })
+    })
+    .expect("eventfd a");
+    let ours = steal_fd(w.pid() as i32, fd).expect("pidfd_getfd");
+    let one = 1u64;
+    // SAFETY: our duplicate; writes 8 bytes from a valid u64.
+    unsafe {
+        assert_eq!(libc::write(ours, (&one as *const u64).cast(), 8), 8);
+        libc::close(ours);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "eventfd a: eventfd-count");
+}
+
+#[test]
+fn events_detects_an_extra_epoll_registration() {
+    let mut w = Workload::start(&["events"], &[]);
+    w.wait_ready();
+    let ep = find_fd(w.pid(), |l, _| l == "anon_inode:[eventpoll]").expect("an epoll fd");
+    let ours = steal_fd(w.pid() as i32, ep).expect("pidfd_getfd");
+    // SAFETY: plain syscalls on our own descriptors; the event is valid.
+    unsafe {
+        let efd = libc::eventfd(0, 0);
+        assert!(efd >= 0);
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0x5eed,
+        };
+        // The registration belongs to the shared epoll instance and lives
+        // as long as our eventfd, which the test holds until go.
+        assert_eq!(libc::epoll_ctl(ours, libc::EPOLL_CTL_ADD, efd, &mut ev), 0);
+        libc::close(ours);
+        let o = w.go();
+        libc::close(efd);
+        assert_fail(&w.name, &o, "registrations (tfd, events, data)");
+    }
+}
+
+#[test]
+fn events_detects_a_disarmed_timerfd() {
+    let mut w = Workload::start(&["events"], &[]);
+    w.wait_ready();
+    // Timerfd t1 repeats every 1.500000123 s.
+    let fd = find_fd(w.pid(), |l, i| {
+        l == "anon_inode:[timerfd]" && i.contains("it_interval: (1, 500000123)")
+    })
+    .expect("timerfd t1");
+    let ours = steal_fd(w.pid() as i32, fd).expect("pidfd_getfd");
+    // SAFETY: our duplicate; a zeroed itimerspec disarms it.
+    unsafe {
+        let off: libc::itimerspec = std::mem::zeroed();
+        assert_eq!(
+            libc::timerfd_settime(ours, 0, &off, std::ptr::null_mut()),
+            0
+        );
+        libc::close(ours);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "timerfd t1");
+}
+
+#[test]
+fn posix_timers() {
+    pass(&["posix-timers"]);
+}
+
+#[test]
+fn posix_timers_detects_a_stray_signal() {
+    let mut w = Workload::start(&["posix-timers"], &[]);
+    w.wait_ready();
+    // One of the timers' signals, from outside: as if a timer had fired.
+    // SAFETY: plain kill of our own child.
+    assert_eq!(unsafe { libc::kill(w.pid() as i32, libc::SIGUSR1) }, 0);
+    let o = w.go();
+    assert_fail(&w.name, &o, "signals delivered before the functional test");
+}
+
+#[test]
+fn unix_sockets() {
+    pass(&["unix-sockets"]);
+}
+
+#[test]
+fn unix_sockets_detects_an_extra_queued_byte() {
+    let mut w = Workload::start(&["unix-sockets"], &[]);
+    w.wait_ready();
+    // R's end of the stream pair to C1 (fd 30): one more byte for C1.
+    let ours = steal_fd(w.pid() as i32, 30).expect("pidfd_getfd");
+    // SAFETY: our duplicate of the socket; one byte from a valid buffer.
+    unsafe {
+        assert_eq!(
+            libc::send(ours, b"!".as_ptr().cast(), 1, libc::MSG_DONTWAIT),
+            1
+        );
+        libc::close(ours);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "C1");
+}
+
+#[test]
+fn mm_detects_a_changed_environment() {
+    let mut w = Workload::start(&["mm", "a"], &[("CREST_WL_SELFTEST", "x y")]);
+    w.wait_ready();
+    // The first byte of the environment block (env_start, stat field 50).
+    let stat = fs::read_to_string(format!("/proc/{}/stat", w.pid())).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    // Field 3 (state) is rest's first; env_start is field 50.
+    let env_start: u64 = rest
+        .split_whitespace()
+        .nth(50 - 3)
+        .and_then(|v| v.parse().ok())
+        .expect("env_start");
+    let mem = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{}/mem", w.pid()))
+        .expect("open /proc/pid/mem");
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 1];
+    mem.read_at(&mut b, env_start).expect("read environ");
+    mem.write_at(&[b[0] ^ 0x20], env_start)
+        .expect("write environ");
+    let o = w.go();
+    assert_fail(&w.name, &o, "environ");
+}
+
+#[test]
+fn files_detects_a_moved_offset() {
+    let mut w = Workload::start(&["files"], &[]);
+    w.wait_ready();
+    let fd = find_fd(w.pid(), |l, _| l.ends_with("/b")).expect("file b");
+    let ours = steal_fd(w.pid() as i32, fd).expect("pidfd_getfd");
+    // SAFETY: our duplicate shares the description, and so its offset.
+    unsafe {
+        assert!(libc::lseek(ours, 1, libc::SEEK_CUR) > 0);
+        libc::close(ours);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "fdinfo pos/flags");
+}
+
+#[test]
+fn attrs_detects_a_changed_nice_value() {
+    assert!(is_root(), "the attrs selftest needs root");
+    let mut w = Workload::start(&["attrs"], &[]);
+    w.wait_ready();
+    // Its nice value moved by one, from outside (CAP_SYS_NICE: the
+    // workload runs with other ids than ours).
+    // SAFETY: plain get/setpriority on our child; errno is reset first.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, w.pid());
+        assert_eq!(*libc::__errno_location(), 0, "getpriority");
+        let other = if nice < 19 { nice + 1 } else { nice - 1 };
+        assert_eq!(libc::setpriority(libc::PRIO_PROCESS, w.pid(), other), 0);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "getpriority");
+}
+
+/// The 2 MiB huge page pool raised by `n` pages while held; the old size
+/// is put back when dropped (also when the test fails).  One at a time.
+struct HugePool {
+    old: u64,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+const HUGE_POOL: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+impl HugePool {
+    fn reserve(n: u64) -> HugePool {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        assert!(
+            is_root(),
+            "the hugetlb selftests need root (huge page pools)"
+        );
+        let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let read = |p: &str| -> u64 { fs::read_to_string(p).unwrap().trim().parse().unwrap() };
+        let old = read(HUGE_POOL);
+        fs::write(HUGE_POOL, format!("{}\n", old + n)).unwrap();
+        let free = read("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+        assert!(
+            free >= n,
+            "could not get {n} free 2 MiB huge pages ({free} free)"
+        );
+        HugePool { old, _lock: lock }
+    }
+}
+
+impl Drop for HugePool {
+    fn drop(&mut self) {
+        let _ = fs::write(HUGE_POOL, format!("{}\n", self.old));
+    }
+}
+
+#[test]
+fn hugetlb() {
+    let _p = HugePool::reserve(6);
+    pass(&["hugetlb", "2048"]);
+}
+
+#[test]
+fn hugetlb_detects_a_changed_private_page() {
+    let _p = HugePool::reserve(6);
+    disturbed(
+        &["hugetlb", "2048"],
+        "private",
+        "A (2048 kB): content differs at byte 800",
+    );
+}
+
+#[test]
+fn hugetlb_detects_a_split_memfd_mapping() {
+    let _p = HugePool::reserve(6);
+    disturbed(
+        &["hugetlb", "2048"],
+        "split",
+        "C (2048 kB): a write through the mapping is not read through the memfd",
+    );
+}
+
+#[test]
+fn aio() {
+    pass(&["aio"]);
+}
+
+#[test]
+fn aio_detects_a_lost_event() {
+    disturbed(&["aio"], "lose", "big: unreaped events after the restore");
+}
+
+/// A private tmpfs for the fanotify workload (unmounted on drop).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new() -> Tmpfs {
+        let d = std::env::temp_dir().join(format!(
+            "crest-wl-selftest-{}-{}-tmpfs",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::create_dir_all(&d).expect("create the tmpfs mount point");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "crest-selftest"])
+            .arg(&d)
+            .status()
+            .expect("mount");
+        assert!(
+            st.success(),
+            "mounting a tmpfs on {} (needs root)",
+            d.display()
+        );
+        Tmpfs(d)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn fanotify() {
+    let t = Tmpfs::new();
+    pass(&["fanotify", t.path()]);
+}
+
+#[test]
+fn fanotify_detects_a_removed_mark() {
+    let t = Tmpfs::new();
+    let mut w = Workload::start(&["fanotify", t.path()], &[]);
+    w.wait_ready();
+    // Our duplicate is the same group: removing the mark on w/a removes
+    // the workload's.
+    let Some(fd) = steal_fd(w.pid() as i32, 40) else {
+        panic!("pidfd_getfd refused");
+    };
+    let a = std::ffi::CString::new(format!("{}/w/a", t.path())).unwrap();
+    // SAFETY: plain syscalls on our duplicate, a valid C string.
+    unsafe {
+        assert_eq!(
+            libc::fanotify_mark(
+                fd,
+                libc::FAN_MARK_REMOVE,
+                libc::FAN_MODIFY | libc::FAN_CLOSE_WRITE,
+                libc::AT_FDCWD,
+                a.as_ptr()
+            ),
+            0
+        );
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "group A fdinfo");
+    assert_fail(&w.name, &o, "group A events");
+}
+
+#[test]
+fn inotify_deleted() {
+    pass(&["inotify-deleted"]);
+}
+
+/// Removes watch 3 (the one on the unlinked file) of the workload's
+/// inotify behind its back: the checker must see the watch and the
+/// events it ends with (`events`) missing.
+fn inotify_deleted_detects_a_removed_watch_with(args: &[&str], events: &str) {
+    let mut w = Workload::start(args, &[]);
+    w.wait_ready();
+    let Some(fd) = steal_fd(w.pid() as i32, 51) else {
+        panic!("pidfd_getfd refused");
+    };
+    // SAFETY: plain syscalls on our duplicate of the same inotify.
+    unsafe {
+        assert_eq!(libc::inotify_rm_watch(fd, 3), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "inotify watches (wd, mask)");
+    assert_fail(&w.name, &o, events);
+}
+
+#[test]
+fn inotify_deleted_detects_a_removed_watch() {
+    inotify_deleted_detects_a_removed_watch_with(
+        &["inotify-deleted"],
+        "events after writing the unlinked file",
+    );
+}
+
+#[test]
+fn inotify_deleted_mapped() {
+    pass(&["inotify-deleted", "mapped"]);
+}
+
+#[test]
+fn inotify_deleted_mapped_detects_a_removed_watch() {
+    inotify_deleted_detects_a_removed_watch_with(
+        &["inotify-deleted", "mapped"],
+        "events after unmapping the unlinked file",
+    );
+}
+
+#[test]
+fn terminals() {
+    pass(&["terminals", "4", "5"]);
+}
+
+#[test]
+fn terminals_detects_changed_termios() {
+    let mut w = Workload::start(&["terminals", "4", "5"], &[]);
+    w.wait_ready();
+    // Another description of the same terminal: its termios is the
+    // terminal's.
+    let c = std::ffi::CString::new("/dev/tty5").unwrap();
+    // SAFETY: plain syscalls on our own descriptor.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOCTTY);
+        assert!(fd >= 0, "open /dev/tty5");
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut t), 0);
+        t.c_cc[libc::VMIN] = 1;
+        assert_eq!(libc::tcsetattr(fd, libc::TCSANOW, &t), 0);
+        libc::close(fd);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "fd 62: (fdinfo flags, rdev, TIOCGDEV, termios");
+}
+
+#[test]
+fn terminals_alias() {
+    pass(&["terminals", "alias"]);
+}
+
+#[test]
+fn lazy_detects_a_changed_word() {
+    let mut w = Workload::start(&["lazy", "8"], &[]);
+    w.wait_ready();
+    let a = w
+        .read("info")
+        .lines()
+        .find_map(|l| l.strip_prefix("a="))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .expect("a= in info");
+    let mem = Path::new("/proc").join(w.pid().to_string()).join("mem");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .expect("open /proc/pid/mem");
+    use std::os::unix::fs::FileExt;
+    f.write_at(&[0x5a], a + 3 * 4096 + 17)
+        .expect("write /proc/pid/mem");
+    let o = w.go();
+    assert_fail(&w.name, &o, "region A: 1 words wrong");
+}
+
+#[test]
+fn lazy() {
+    pass(&["lazy", "8", "fork"]);
+    pass(&["lazy", "8", "spin"]);
+}

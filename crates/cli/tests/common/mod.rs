@@ -168,6 +168,16 @@ impl Workload {
 
     /// A Python workload: `script` gets the directory as `sys.argv[1]` and
     /// follows the same protocol (ready, go, result).
+    /// A workload the test started itself: root `pid`, directory `dir`.
+    pub fn adopt(pid: i32, dir: PathBuf, scenario: &str) -> Workload {
+        Workload {
+            pid,
+            dir,
+            scenario: scenario.into(),
+            done: false,
+        }
+    }
+
     pub fn start_python(name: &str, script: &str) -> Workload {
         Self::start_program(name, "python3", &["-c", script], &[], &[])
     }
@@ -461,6 +471,21 @@ impl Drop for Workload {
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A root filesystem of busybox and its applet links in `root`, with the
+/// directories containers mount on.
+pub fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "tmp", "proc", "dev", "sys", "etc", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet != "busybox" && !applet.contains('/') {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
     }
 }

@@ -177,3 +177,29 @@ pub fn lock_tables(pid: i32) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Runs an nftables script (`nft -f -`); panics if it fails.
+pub fn nft(script: &str) {
+    let mut c = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (installed by .ci/install-deps.sh)");
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success(), "nft -f - with {script}");
+}
+
+/// Waits up to 20 s for the file `name` in the workload's directory.
+pub fn wait_for(w: &Workload, name: &str) {
+    for _ in 0..2000 {
+        if w.dir.join(name).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{name} did not appear; log:\n{}", w.log());
+}

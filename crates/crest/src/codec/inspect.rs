@@ -189,6 +189,10 @@ impl Inspection {
                 crate::model::OpenTarget::PtySlave { index, .. } => {
                     format!("pty slave /dev/pts/{index}")
                 }
+                crate::model::OpenTarget::TtyAlias { index } => {
+                    format!("/dev/tty, naming pty slave /dev/pts/{index}")
+                }
+                crate::model::OpenTarget::SystemTty(t) => crate::files::console::describe(t),
                 t => crate::files::events::describe(t).unwrap_or_else(|| format!("{t:?}")),
             },
             None => format!("<missing object {id}>"),

@@ -119,11 +119,15 @@ pub fn object_record_kind(o: &ObjectKind) -> u32 {
             | OpenTarget::Timerfd { .. }
             | OpenTarget::Signalfd { .. }
             | OpenTarget::Inotify { .. }
+            | OpenTarget::Fanotify(_)
             | OpenTarget::Epoll { .. }
             | OpenTarget::Pidfd { .. } => kind::OPEN_EVENT,
             OpenTarget::Path { .. } | OpenTarget::Deleted(_) => kind::OPEN_FILE,
             OpenTarget::Unix(_) | OpenTarget::Inet(_) | OpenTarget::Netlink(_) => kind::OPEN_SOCKET,
-            OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => kind::OPEN_TTY,
+            OpenTarget::PtyMaster(_)
+            | OpenTarget::PtySlave { .. }
+            | OpenTarget::TtyAlias { .. }
+            | OpenTarget::SystemTty(_) => kind::OPEN_TTY,
         },
     }
 }
@@ -139,12 +143,20 @@ pub fn write<W: Write>(w: &mut Writer<W>, ckpt: &Checkpoint) -> Result<()> {
         objects,
         processes,
         namespaces,
+        cgroups,
+        parent,
     } = ckpt;
     for o in objects {
         put(w, object_record_kind(&o.kind), o)?;
     }
     if *namespaces != Default::default() {
         put(w, kind::NAMESPACES, namespaces)?;
+    }
+    if !cgroups.is_empty() {
+        put(w, kind::CGROUPS, cgroups)?;
+    }
+    if let Some(parent) = parent {
+        put(w, kind::PARENT, parent)?;
     }
     for p in processes {
         write_process(w, p)?;
@@ -374,6 +386,34 @@ impl Assembler {
                     )));
                 }
                 ckpt.namespaces = decode_record(b, k, at)?;
+                Ok(())
+            }
+            kind::CGROUPS => {
+                if self.current.is_some() || !ckpt.processes.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "the CGROUPS record at byte {at} comes after the processes"
+                    )));
+                }
+                if !ckpt.cgroups.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "a second CGROUPS record at byte {at}"
+                    )));
+                }
+                ckpt.cgroups = decode_record(b, k, at)?;
+                Ok(())
+            }
+            kind::PARENT => {
+                if self.current.is_some() || !ckpt.processes.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "the PARENT record at byte {at} comes after the processes"
+                    )));
+                }
+                if ckpt.parent.is_some() {
+                    return Err(Error::Invalid(format!(
+                        "a second PARENT record at byte {at}"
+                    )));
+                }
+                ckpt.parent = Some(decode_record(b, k, at)?);
                 Ok(())
             }
             kind::TASK => {

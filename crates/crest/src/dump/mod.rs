@@ -52,6 +52,32 @@ pub struct DumpOptions {
     /// tree (a /dev/log, a bus): the restore connects them to that name
     /// again (`RestoreOptions::ext_unix_sk`).
     pub ext_unix_sk: bool,
+    /// The caller states that no AIO context of the tree has requests in
+    /// flight (the kernel shows them nowhere, see `crate::memory::aio`):
+    /// without it, AIO contexts are refused.
+    pub aio_idle: bool,
+    /// Record a digest of each saved page, so that this image can be the
+    /// parent of an incremental dump (see `crate::memory::incremental`).
+    /// Memory is then copied while frozen (no pre-copy).
+    pub digests: bool,
+    /// Write only the pages that changed since this parent image (implies
+    /// `digests`, no pre-copy, and no copy-on-write sharing between the
+    /// tree's processes in the image).
+    pub parent: Option<ParentImage>,
+    /// Leave the tree's private memory write-tracked after the dump (a
+    /// tracker process of crest's, see `crate::memory::track`), so that
+    /// the next `parent` dump against this image reads only the pages
+    /// written since (implies `digests`).
+    pub track: bool,
+}
+
+/// The parent of an incremental dump.
+#[derive(Debug, Clone)]
+pub struct ParentImage {
+    /// Where to read it.
+    pub path: std::path::PathBuf,
+    /// The path the image records (relative to the image's directory).
+    pub recorded: String,
 }
 
 /// What a dump did.
@@ -67,6 +93,10 @@ pub struct DumpReport {
     pub fds: usize,
     /// How long the process was stopped.
     pub frozen_ms: f64,
+    /// How long seizing and stopping every task took (before
+    /// `frozen_ms`; with the tree's own cgroup frozen first, see
+    /// `task::cgfreeze`).
+    pub seize_ms: f64,
     pub total_ms: f64,
     pub left_running: bool,
     /// Pages copied while the tree still ran (`--leave-running`).
@@ -77,6 +107,17 @@ pub struct DumpReport {
     /// Why memory was not pre-copied, when it could have been.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precopy_skipped: Option<String>,
+    /// With a parent: pages unchanged since it (not written).
+    pub kept_pages: u64,
+    /// Of `kept_pages`, those not even read: a write tracker vouched for
+    /// them.
+    pub vouched_pages: u64,
+    /// What write tracking did (found none, fell back, armed, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    /// The parent named (as recorded), for an incremental dump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// The PIDs the image holds (processes, then zombies), so that a
     /// caller can tell when a killed tree has let go of them.
     #[serde(skip)]
@@ -215,6 +256,9 @@ pub fn collect(
             p.hide_tracking(pid, &mut maps);
         }
         let vmas = memory::collect_vmas(pid, &maps, &mut objects, obstacles, &mut data)?;
+        if !opts.aio_idle {
+            memory::aio::refuse_unverified(pid, &vmas, obstacles);
+        }
         let fds = files::collect_fds(pid, &mut objects, obstacles, &mut data, &mut fd_index)?;
         let exe_path = proc::read_link(pid, "exe")?;
         if exe_path.ends_with(" (deleted)") {
@@ -228,6 +272,11 @@ pub fn collect(
         let held = fd_index.take_held(pid);
         staged.push((pid, tids, maps, vmas, fds, exe_path, leader, held));
     }
+    let held_fds: Vec<(i32, i32, u32)> = staged
+        .iter()
+        .flat_map(|s| s.4.iter().map(move |f| (s.0, f.fd, f.file)))
+        .collect();
+    files::inotify_deleted::link(&mut objects, &held_fds, obstacles);
     let pids: Vec<i32> = tree.procs.iter().map(|p| p.0).collect();
     let external = opts.external_pipes.then_some(files::ExternalPipes {
         objects: &mut objects,
@@ -378,11 +427,14 @@ pub fn collect(
         }
         processes.last_mut().expect("just pushed").ns = std::mem::take(pns);
     }
+    let cgroups = crate::task::cgroup_dirs::collect(&processes, &pids)?;
     Ok(Some(Collected {
         ckpt: Checkpoint {
             objects: objects.into_objects(),
             processes,
             namespaces,
+            cgroups,
+            parent: None,
         },
         plans,
         data,
@@ -529,10 +581,21 @@ pub fn dump<W: Write>(
     let _lock = crate::dump::lock::take(pid)?;
     // Pre-copy injects calls into the running tree: its threads are
     // checked first.  Without it, they are checked once frozen.
-    let precopying = opts.leave_running && !opts.no_precopy;
+    let digesting = opts.digests || opts.parent.is_some() || opts.track;
+    let precopying = opts.leave_running && !opts.no_precopy && !digesting;
+    let parent = opts
+        .parent
+        .as_ref()
+        .map(|p| memory::incremental::load_parent(&p.path, p.recorded.clone()))
+        .transpose()?;
     let pre = preflight_in(pid, None, precopying)?;
     if !pre.is_empty() {
         return Err(Error::Unsupported(pre));
+    }
+    if parent.is_none() {
+        // A write tracker left by an earlier dump counts from an image
+        // this dump does not use: it ends before anything is collected.
+        memory::track::end(pid)?;
     }
     let mut precopy = None;
     let mut precopy_skipped = None;
@@ -545,13 +608,20 @@ pub fn dump<W: Write>(
     crate::fault::point("dump: before freezing")?;
     // Declared before the collected state: on an early return that state
     // (sockets in repair mode) goes first, then the tree is let go.
+    let t_seize = Instant::now();
     let mut frozen = Some(FrozenTree::freeze(pid)?);
     let t_frozen = Instant::now();
+    let seize_ms = ms(t_seize.elapsed());
     sink.frozen()?;
     crate::fault::point("dump: frozen")?;
     let prepared = precopy.map(PreCopy::stop).transpose()?;
     let mut obstacles = Vec::new();
     let tree = frozen.as_ref().expect("just frozen");
+    // Before collecting: the tracker's registrations are gone after it.
+    let vouched = match &parent {
+        Some(par) => memory::track::vouch(tree, pid, par.reference.digest)?,
+        None => memory::track::Vouched::default(),
+    };
     let collected = collect(tree, &mut obstacles, prepared.as_ref(), opts)
         .context(|| format!("collecting the state of pid {pid}"))?;
     let Some(mut c) = collected else {
@@ -565,9 +635,45 @@ pub fn dump<W: Write>(
     // Pages shared copy-on-write are saved once (not while pre-copying:
     // that copied each process's pages already).
     let cow = match prepared {
-        None => Some(crate::memory::cow::plan(&mut c.ckpt, &mut c.plans)?),
-        Some(_) => None,
+        None if parent.is_none() => Some(crate::memory::cow::plan(&mut c.ckpt, &mut c.plans)?),
+        _ => None,
     };
+    let mut kept_pages = 0;
+    let mut zero_pages = 0;
+    let mut vouched_pages = 0;
+    let mut tracking = vouched.note.clone();
+    // Armed before any page is read, so that every write after the read
+    // is seen.
+    let armed = if opts.track {
+        match memory::track::arm(tree, &c.ckpt)? {
+            Ok(a) => Some(a),
+            Err(why) => {
+                tracking = Some(format!("write tracking not armed: {why}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if digesting {
+        for (p, plan) in c.ckpt.processes.iter_mut().zip(&mut c.plans) {
+            let before = parent
+                .as_ref()
+                .map(|par| memory::incremental::ParentDigests::of(&par.ckpt, p.pid));
+            let s = memory::incremental::digest_pages(
+                p.pid,
+                &mut p.mm.vmas,
+                plan,
+                before.as_ref(),
+                vouched.of(p.pid),
+            )
+            .context(|| format!("digesting the pages of pid {}", p.pid))?;
+            kept_pages += s.kept_pages;
+            vouched_pages += s.vouched_pages;
+            zero_pages += s.zero_pages;
+        }
+        c.ckpt.parent = parent.as_ref().map(|p| p.reference.clone());
+    }
     crate::fault::point("dump: collected")?;
     let mut w = Writer::new(out, &codec::header_here()?)?;
     codec::write_metadata(&mut w, &c.ckpt)?;
@@ -584,6 +690,7 @@ pub fn dump<W: Write>(
         .map(|r| r.1)
         .sum();
     let mut report = DumpReport {
+        seize_ms,
         pid,
         processes: c.ckpt.processes.len(),
         threads: c.ckpt.processes.iter().map(|p| p.threads.len()).sum(),
@@ -591,6 +698,10 @@ pub fn dump<W: Write>(
         fds: c.ckpt.processes.iter().map(|p| p.fds.len()).sum(),
         left_running: opts.leave_running,
         precopy_skipped,
+        kept_pages,
+        vouched_pages,
+        tracking,
+        parent: c.ckpt.parent.as_ref().map(|p| p.path.clone()),
         pids: c
             .ckpt
             .processes
@@ -661,12 +772,22 @@ pub fn dump<W: Write>(
             report.frozen_ms = ms(t_frozen.elapsed());
         }
     }
-    report.zero_pages_skipped = planned - report.pages_written.min(planned);
+    report.zero_pages_skipped = planned - report.pages_written.min(planned) + zero_pages;
     crate::fault::point("dump: pages written")?;
     let image_bytes = w.bytes_written();
-    let out = w.finish()?;
+    let (out, digest) = w.finish_digest()?;
     crate::fault::point("dump: tail written")?;
     sink.commit(out).context(|| "saving the image".into())?;
+    if let Some(a) = armed {
+        // Only a saved image can be the start of the tracking.
+        report.tracking = Some(match a.commit(digest) {
+            Ok(()) => match report.tracking.take() {
+                Some(n) => format!("{n}; write tracking armed"),
+                None => "write tracking armed".into(),
+            },
+            Err(e) => format!("write tracking lost: {e}"),
+        });
+    }
     // Without --leave-running the tree is still frozen, and goes only now
     // that its image is safe.
     let killing = frozen.is_some();

@@ -45,9 +45,22 @@ const MAX_ROUNDS: u32 = 6;
 /// A round that had fewer pages to copy is the last.
 const MIN_ROUND_PAGES: u64 = 256;
 
-/// Sees every stretch of page data as it is appended to the spool: its
-/// spool offset and bytes (a migration sends them on at once).
-pub type Tap = Box<dyn FnMut(u64, &[u8]) -> Result<()> + Send + Sync>;
+/// Sees every stretch of page data as it is appended to the spool (a
+/// migration sends them on at once), and the tracked mappings first.
+pub type Tap = Box<dyn FnMut(Tapped<'_>) -> Result<()> + Send + Sync>;
+
+/// What a [`Tap`] is given.
+pub enum Tapped<'a> {
+    /// Process `pid`'s tracked mappings, before any of its pages.
+    Layout { pid: i32, vmas: &'a [Vma] },
+    /// `data`, read at `addr` of `pid`, went to spool offset `off`.
+    Pages {
+        off: u64,
+        pid: i32,
+        addr: u64,
+        data: &'a [u8],
+    },
+}
 
 /// Pages already in the spool: `pages` pages from `addr`, either all zero
 /// (`off` is None) or stored at spool offset `off`.
@@ -147,7 +160,10 @@ impl Drop for EventReader {
 /// Has process `pid` (frozen, threads `tids`) create a userfaultfd and
 /// takes it over; the inner error says why the kernel refused one.  The
 /// process's own descriptor is closed again whatever happens.
-fn take_userfaultfd(pid: i32, tids: &[i32]) -> Result<std::result::Result<Userfaultfd, String>> {
+pub(crate) fn take_userfaultfd(
+    pid: i32,
+    tids: &[i32],
+) -> Result<std::result::Result<Userfaultfd, String>> {
     let maps = proc::read_maps(pid)?;
     // The leader alone runs the calls; the other threads stay stopped.
     let session = Session::open(&tids[..1], &maps)?;
@@ -257,6 +273,12 @@ impl PreCopy {
             match protect(t) {
                 Ok((vmas, plan)) => {
                     t.registered = vmas.iter().map(|v| (v.start, v.end)).collect();
+                    if let Some(tap) = &mut pc.spool.tap {
+                        tap(Tapped::Layout {
+                            pid: t.pid,
+                            vmas: &vmas,
+                        })?;
+                    }
                     work.push((vmas, plan));
                 }
                 Err(e) => return Ok(Err(e.to_string())),
@@ -289,7 +311,7 @@ impl PreCopy {
         // A run unmapped meanwhile is simply not pre-copied.
         copy_runs(&pids, &jobs, |&(i, _, a, n), data| {
             if let Some(data) = data {
-                spool.store(a, data, &mut procs[i].copied)?;
+                spool.store(pids[i], a, data, &mut procs[i].copied)?;
                 *pages_copied += n;
             }
             done += n * ps;
@@ -334,7 +356,7 @@ impl PreCopy {
             let mut recopied: Vec<Vec<Copied>> = vec![Vec::new(); procs.len()];
             copy_runs(&pids, &again, |&(i, _, a, n), data| {
                 match data {
-                    Some(data) => spool.store(a, data, &mut recopied[i])?,
+                    Some(data) => spool.store(pids[i], a, data, &mut recopied[i])?,
                     // Protected again but not copied: the first copy is
                     // stale whatever the freeze finds.
                     None => procs[i].stale.push((a, a + n * ps)),
@@ -817,7 +839,7 @@ fn reread(
     let data = &mut buf[..(n * ps) as usize];
     read_task(pid, v, a, data).context(|| format!("reading the memory of pid {pid}"))?;
     let mut stored = Vec::new();
-    spool.store(a, data, &mut stored)?;
+    spool.store(pid, a, data, &mut stored)?;
     for c in stored {
         if let Some(off) = c.off {
             runs.push(c.addr, c.pages, off);
@@ -900,9 +922,9 @@ impl Spool {
         })
     }
 
-    /// Appends the non-zero pages of `data` (read at `addr`) and records
-    /// every page, zero or not, in `copied`.
-    fn store(&mut self, addr: u64, data: &[u8], copied: &mut Vec<Copied>) -> Result<()> {
+    /// Appends the non-zero pages of `data` (read at `addr` of `pid`) and
+    /// records every page, zero or not, in `copied`.
+    fn store(&mut self, pid: i32, addr: u64, data: &[u8], copied: &mut Vec<Copied>) -> Result<()> {
         let ps = memory::page_size() as usize;
         let mut i = 0;
         while i < data.len() {
@@ -918,7 +940,12 @@ impl Spool {
                     .write_all_at(&data[i..j], self.len)
                     .context(|| "writing the pre-copy spool".into())?;
                 if let Some(tap) = &mut self.tap {
-                    tap(self.len, &data[i..j])?;
+                    tap(Tapped::Pages {
+                        off: self.len,
+                        pid,
+                        addr: addr + i as u64,
+                        data: &data[i..j],
+                    })?;
                 }
                 self.len += (j - i) as u64;
                 Some(self.len - (j - i) as u64)

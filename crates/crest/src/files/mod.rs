@@ -5,16 +5,20 @@
 //! object.  Restore opens each object once in crest, places it at every
 //! descriptor number in the new task and seeks it to its offset.
 
+pub mod console;
 pub mod deleted;
 pub mod events;
+pub mod fanotify;
 pub mod filedata;
 pub mod fown;
+pub mod inotify_deleted;
 pub mod locks;
 pub mod pidfd;
 pub mod procfiles;
 pub mod tty;
 pub mod ttydata;
 pub mod unlinked;
+pub mod uring;
 
 use crate::error::{Context, Error, Result};
 pub use crate::files::filedata::write_data;
@@ -26,7 +30,7 @@ use crest_sys::process::{kcmp, kcmp_type};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 
 /// Character devices that carry no state and exist on every machine.
@@ -252,6 +256,7 @@ fn collect_fd(
     } else if ft.is_dir() {
         OpenTarget::Directory { path: link.clone() }
     } else if let Some(t) = crate::files::tty::collect(pid, fd, &link, &md, &info, &mut index.ptys)
+        .or_else(|| crate::files::console::collect(pid, fd, &link, &md))
     {
         match t {
             Ok(t) => t,
@@ -500,76 +505,46 @@ fn is_deleted_node(link: &str, ft: &std::fs::FileType) -> bool {
 fn create_shmem(m: &ShmemObj) -> Result<OwnedFd> {
     let fd = match &m.kind {
         ShmemKind::Memfd { name, .. } => {
-            let c = std::ffi::CString::new(name.as_str())
-                .map_err(|_| Error::Invalid(format!("memfd name with a NUL byte: {name:?}")))?;
-            // SAFETY: `c` is a valid NUL-terminated string.
-            let fd = unsafe {
-                libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-            };
-            if fd < 0 {
-                return Err(crest_sys::Error::last_os(format!("memfd_create({name})")).into());
+            if name.contains('\0') {
+                return Err(Error::Invalid(format!(
+                    "memfd name with a NUL byte: {name:?}"
+                )));
             }
-            // SAFETY: a fresh descriptor nobody else owns.
-            unsafe { OwnedFd::from_raw_fd(fd) }
+            let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+            if let Some(size) = m.huge_page {
+                flags |= libc::MFD_HUGETLB | crest_sys::mem::huge_size_bits(size);
+            }
+            let flags = rustix::fs::MemfdFlags::from_bits_retain(flags);
+            os(rustix::fs::memfd_create(name.as_str(), flags), || {
+                format!("memfd_create({name})")
+            })?
         }
         ShmemKind::SysV { shmid, .. } => {
             return Err(Error::Invalid(format!(
                 "System V segment {shmid} is recreated by UnlinkedFiles::shmem"
             )))
         }
+        ShmemKind::Anonymous if m.huge_page.is_some() => {
+            crate::memory::hugetlb::create_anonymous(m.size, m.huge_page.unwrap_or(0))?
+        }
         ShmemKind::Anonymous => {
             // The kernel names this object "/dev/zero (deleted)" only when
             // it comes from a shared anonymous mapping: make one, keep a
             // descriptor on its file, and drop the mapping.
-            let len = m.size.max(1) as usize;
-            // SAFETY: a fresh shared anonymous mapping nobody else uses.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(crest_sys::Error::last_os(format!(
-                    "mapping {len} bytes of shared memory"
-                ))
-                .into());
-            }
-            let a = p as u64;
-            let path = format!(
-                "/proc/self/map_files/{a:x}-{:x}",
-                a + crate::memory::round_up(len as u64)
-            );
-            let r = open_path(&path, libc::O_RDWR as u32);
-            // SAFETY: unmapping exactly the mapping made above.
-            unsafe { libc::munmap(p, len) };
-            r?
+            crest_sys::mem::shared_anonymous_file(m.size.max(1) as usize)?
         }
     };
     if let ShmemKind::Memfd { .. } = m.kind {
-        // SAFETY: ftruncate on a descriptor we own.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), m.size as i64) } != 0 {
-            return Err(crest_sys::Error::last_os("sizing a memfd").into());
-        }
+        os(rustix::fs::ftruncate(&fd, m.size), || {
+            format!("sizing a memfd to {} bytes", m.size)
+        })?;
         if let Some((mode, uid, gid)) = m.owner {
-            // SAFETY: fchown/fchmod on a descriptor we own.
-            let r = unsafe {
-                if libc::fchown(fd.as_raw_fd(), uid, gid) == 0 {
-                    libc::fchmod(fd.as_raw_fd(), mode)
-                } else {
-                    -1
-                }
-            };
-            if r != 0 {
-                return Err(crest_sys::Error::last_os(format!(
-                    "giving a memfd owner {uid}:{gid} and mode {mode:o}"
-                ))
-                .into());
-            }
+            let what = || format!("giving a memfd owner {uid}:{gid} and mode {mode:o}");
+            std::os::unix::fs::fchown(&fd, Some(uid), Some(gid)).context(what)?;
+            os(
+                rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode)),
+                what,
+            )?;
         }
     }
     Ok(fd)
@@ -590,13 +565,15 @@ pub fn spool_file() -> Result<File> {
 }
 
 pub fn make_pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(crest_sys::Error::last_os("pipe2").into());
-    }
-    // SAFETY: fresh descriptors nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    os(
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC),
+        || "pipe2".into(),
+    )
+}
+
+/// A rustix call's result, with what crest was doing.
+fn os<T>(r: rustix::io::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
+    r.map_err(|e| crest_sys::Error::io(what(), e.into()).into())
 }
 
 /// Where pipe ends whose other end is held outside the tree are recorded
@@ -703,12 +680,10 @@ fn mark_external(
 fn fifo_bytes(pid: i32, fd: i32) -> Result<i32> {
     let pidfd = crest_sys::pidfd::open(pid)?;
     let f = crest_sys::pidfd::getfd(&pidfd, pid, fd)?;
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
-        return Err(crest_sys::Error::last_os("FIONREAD").into());
-    }
-    Ok(n)
+    let n = os(rustix::io::ioctl_fionread(&f), || {
+        format!("pid {pid} fd {fd}: FIONREAD")
+    })?;
+    Ok(n.min(i32::MAX as u64) as i32)
 }
 
 /// cwd and root of the task.
@@ -760,17 +735,14 @@ impl UnlinkedFiles {
     /// (see [`crate::RestoreOptions::inherit`]).
     pub fn inherit(&mut self, fds: &HashMap<String, std::os::fd::RawFd>) -> Result<()> {
         for (key, &fd) in fds {
-            // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor.
-            let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-            if d < 0 {
-                return Err(crest_sys::Error::last_os(format!(
-                    "the descriptor {fd} given for {key}"
-                ))
-                .into());
-            }
-            // SAFETY: d was just created and is owned by nothing else.
-            self.inherited
-                .insert(key.clone(), unsafe { OwnedFd::from_raw_fd(d) });
+            // The caller vouches for the descriptor (crest's own, named
+            // on its command line); a closed one is refused by the kernel.
+            // SAFETY: borrowed only for the duplication, while it is open.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let d = os(rustix::io::fcntl_dupfd_cloexec(b, 3), || {
+                format!("the descriptor {fd} given for {key}")
+            })?;
+            self.inherited.insert(key.clone(), d);
         }
         Ok(())
     }
@@ -784,13 +756,16 @@ impl UnlinkedFiles {
     fn pipe(&mut self, id: u32, p: &PipeObj) -> Result<&(OwnedFd, OwnedFd)> {
         if let std::collections::hash_map::Entry::Vacant(e) = self.pipes.entry(id) {
             let (r, w) = make_pipe()?;
-            // SAFETY: fcntl on a descriptor we own.
-            let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, p.size as i32) };
-            if got < 0 || (got as u64) < p.data_len {
-                return Err(crest_sys::Error::last_os(format!(
-                    "sizing a pipe to {} bytes (pipe-max-size may be lower here)",
-                    p.size
-                ))
+            let got = rustix::pipe::fcntl_setpipe_size(&w, p.size as usize);
+            if got.map_or(true, |g| (g as u64) < p.data_len) {
+                return Err(crest_sys::Error::io(
+                    format!(
+                        "sizing a pipe to {} bytes (pipe-max-size may be lower here)",
+                        p.size
+                    ),
+                    got.err()
+                        .map_or(std::io::Error::from_raw_os_error(libc::ENOSPC), Into::into),
+                )
                 .into());
             }
             e.insert((r, w));
@@ -820,11 +795,11 @@ impl UnlinkedFiles {
                 ..
             })) = objects(id)
             {
-                if seals != 0
-                    // SAFETY: fcntl on a descriptor we own.
-                    && unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as i32) } != 0
-                {
-                    return Err(crest_sys::Error::last_os(format!("sealing memfd {name}")).into());
+                if seals != 0 {
+                    let seals = rustix::fs::SealFlags::from_bits_retain(seals);
+                    os(rustix::fs::fcntl_add_seals(fd, seals), || {
+                        format!("sealing memfd {name}")
+                    })?;
                 }
             }
         }
@@ -872,6 +847,11 @@ impl UnlinkedFiles {
                 )));
             }
             let fd = self.shmem(object, m)?;
+            if let Some(size) = m.huge_page {
+                // hugetlbfs files take no write(2).
+                return crate::memory::hugetlb::write_at(fd.as_fd(), size, offset, data)
+                    .context(|| format!("filling hugetlbfs shared memory object {object}"));
+            }
             let f = File::from(fd.try_clone()?);
             return f
                 .write_all_at(data, offset)
@@ -968,36 +948,34 @@ impl UnlinkedFiles {
 }
 
 pub(crate) fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(path)
-        .map_err(|_| Error::Invalid(format!("path with a NUL byte: {path:?}")))?;
+    if path.contains('\0') {
+        return Err(Error::Invalid(format!("path with a NUL byte: {path:?}")));
+    }
     let flags = (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY)
         | libc::O_CLOEXEC;
     if let Some(r) = crate::ns::mnt::open_rooted(path, flags) {
         return r;
     }
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let fd = unsafe { libc::open(c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(crest_sys::Error::last_os(format!("opening {path}")).into());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = rustix::fs::OFlags::from_bits_retain(flags as u32);
+    os(
+        rustix::fs::open(path, flags, rustix::fs::Mode::empty()),
+        || format!("opening {path}"),
+    )
 }
 
 fn seek(fd: &OwnedFd, pos: u64, path: &str) -> Result<()> {
-    // SAFETY: plain syscall on a descriptor we own.
-    if unsafe { libc::lseek(fd.as_raw_fd(), pos as i64, libc::SEEK_SET) } < 0 {
-        return Err(crest_sys::Error::last_os(format!("seeking {path} to {pos}")).into());
-    }
+    os(
+        rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(pos)),
+        || format!("seeking {path} to {pos}"),
+    )?;
     Ok(())
 }
 
 fn set_fl(fd: &OwnedFd, flags: u32, path: &str) -> Result<()> {
-    // SAFETY: plain fcntl on a descriptor we own.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags as i32) } < 0 {
-        return Err(crest_sys::Error::last_os(format!("setting the flags of {path}")).into());
-    }
-    Ok(())
+    os(
+        rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::from_bits_retain(flags)),
+        || format!("setting the flags of {path}"),
+    )
 }
 
 /// Opens the open file description `o` (object `id`) in crest.
@@ -1093,8 +1071,8 @@ pub fn open_object(
             if let Some(bytes) = unlinked.fifo_data.remove(pipe) {
                 let w = open_path(path, (libc::O_WRONLY | libc::O_NONBLOCK) as u32)?;
                 if let Some(ObjectKind::Pipe(p)) = objects(*pipe) {
-                    // SAFETY: fcntl on a descriptor we own.
-                    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, p.size as i32) };
+                    // Best effort: the refill below fails if it is too small.
+                    let _ = rustix::pipe::fcntl_setpipe_size(&w, p.size as usize);
                 }
                 File::from(w)
                     .write_all(&bytes)
@@ -1128,6 +1106,7 @@ pub fn open_object(
         | OpenTarget::Timerfd { .. }
         | OpenTarget::Signalfd { .. }
         | OpenTarget::Inotify { .. }
+        | OpenTarget::Fanotify(_)
         | OpenTarget::Epoll { .. } => crate::files::events::open(o)?,
         OpenTarget::Unix(u) => crate::net::unix::open(u)?,
         OpenTarget::Inet(_) | OpenTarget::Netlink(_) => crate::net::open(o)?,
@@ -1135,9 +1114,10 @@ pub fn open_object(
             let tree = &unlinked.tree_tasks;
             crate::files::pidfd::open(o, *pid, *start_time, &|q| tree.contains(&q))?
         }
-        OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } => {
+        OpenTarget::PtyMaster(_) | OpenTarget::PtySlave { .. } | OpenTarget::TtyAlias { .. } => {
             crate::files::tty::open(o, &mut unlinked.ptys, objects)?
         }
+        OpenTarget::SystemTty(t) => crate::files::console::open(o, t)?,
     };
     // open(2) ignores O_ASYNC: only F_SETFL sets it.
     if o.flags & libc::O_ASYNC as u32 != 0 {

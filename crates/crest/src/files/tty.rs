@@ -15,19 +15,32 @@
 //! makes the slave its controlling terminal before forking its children
 //! (they inherit it; see [`plan_ctty`]); once every process group exists,
 //! [`restore_foreground`] gives the terminal its foreground group back.
+//!
+//! /dev/tty held open names the terminal that was its opener's controlling
+//! terminal at the open (TIOCGDEV on it says which).  When that is the
+//! slave of a pair of the tree, restore opens /dev/tty again from a
+//! short-lived helper whose controlling terminal the new slave is, before
+//! any stub exists (`crest_sys::tty::open_alias`): the description is
+//! /dev/tty's (its path, its device 5:0) on the pair's slave, and reads,
+//! writes and job-control ioctls through it act on that terminal again
+//! (TIOCGPGRP answers a process whose controlling terminal it is).  /dev/tty
+//! naming any other terminal is refused (see `crate::files::console`).
 
 use crate::error::{Context, Error, Result};
 use crate::model::{Checkpoint, ObjectKind, OpenFile, OpenTarget, Process, Pty, Termios};
 use crate::task::freeze::Inject;
 use crate::Obstacle;
 use crest_sys::proc::FdInfo;
+use crest_sys::tty::{Query, Setting};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::Metadata;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// /dev/ptmx (and /dev/pts/ptmx): 5:2.
 const PTMX: (u32, u32) = (5, 2);
+/// /dev/tty: 5:0.
+const TTY_ALIAS: (u32, u32) = (5, 0);
 /// Unix98 pty slaves: majors 136..=143 (the number runs on into the minor).
 const SLAVE_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
 /// The number of control characters in `struct termios2`.
@@ -53,6 +66,8 @@ struct Seen {
     foreground: i32,
     /// (pid, fd) of every slave description.
     slaves: Vec<(i32, i32)>,
+    /// (pid, fd) of every /dev/tty description naming the slave.
+    aliases: Vec<(i32, i32)>,
     /// The devpts instance (st_dev) and device number of the slave.
     slave_dev: Option<u64>,
     slave_rdev: u64,
@@ -77,9 +92,25 @@ pub fn collect(
         Some(collect_master(pid, fd, link, info, index))
     } else if SLAVE_MAJORS.contains(&maj) {
         Some(collect_slave(pid, fd, link, md, index))
+    } else if (maj, min) == TTY_ALIAS {
+        collect_alias(pid, fd, index)
     } else {
         None
     }
+}
+
+/// /dev/tty on a pty slave: the pair's number; `None` for /dev/tty naming
+/// another terminal (refused by `crate::files::console`).
+fn collect_alias(pid: i32, fd: i32, index: &mut PtyIndex) -> Option<Refusal> {
+    let f = steal(pid, fd).ok()?;
+    let real = crest_sys::tty::real_device(f.as_fd()).ok()?;
+    let (maj, min) = (libc::major(real), libc::minor(real));
+    if !SLAVE_MAJORS.contains(&maj) {
+        return None;
+    }
+    let n = ((maj - SLAVE_MAJORS.start()) << 20) | min;
+    index.pairs.entry(n).or_default().aliases.push((pid, fd));
+    Some(Ok(OpenTarget::TtyAlias { index: n }))
 }
 
 /// A copy of descriptor `fd` of `pid`.
@@ -93,23 +124,17 @@ fn steal(pid: i32, fd: i32) -> std::result::Result<OwnedFd, String> {
 /// the line discipline (so a check could say "no data" and the dump then
 /// see some): a poll for input flushes that work first.
 fn settle(f: &OwnedFd) {
-    let mut p = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: poll on one valid pollfd, no timeout.
-    unsafe { libc::poll(&mut p, 1, 0) };
+    let _ = poll(&mut [PollFd::new(f, PollFlags::IN)], Some(&zero));
 }
 
 /// An ioctl that reads one int.
-fn get_int(f: &OwnedFd, req: libc::Ioctl, what: &str) -> std::result::Result<i32, String> {
-    let mut v: libc::c_int = 0;
-    // SAFETY: the request writes one int through the pointer.
-    if unsafe { libc::ioctl(f.as_raw_fd(), req, &mut v) } != 0 {
-        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(v)
+fn get_int(f: &OwnedFd, q: Query) -> std::result::Result<i32, String> {
+    crest_sys::tty::query(f.as_fd(), q).map_err(|e| e.to_string())
 }
 
 fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyIndex) -> Refusal {
@@ -121,7 +146,7 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
     let mut f = None;
     let n = match info.get("tty-index").map(|s| s.trim().parse::<u32>()) {
         Some(Ok(n)) => n,
-        _ => get_int(f.insert(steal(pid, fd)?), libc::TIOCGPTN, "TIOCGPTN")? as u32,
+        _ => get_int(f.insert(steal(pid, fd)?), Query::PtyNumber)? as u32,
     };
     let seen = index.pairs.entry(n).or_default();
     if let Some((p, d)) = seen.master {
@@ -139,29 +164,29 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
     // slave is nobody's controlling terminal.  Recorded before any
     // refusal, so that the session's controlling terminal is known to be
     // this pair (and not reported as one outside the tree).
-    let session = get_int(&f, libc::TIOCGSID, "TIOCGSID").unwrap_or(0);
+    let session = get_int(&f, Query::Session).unwrap_or(0);
     let foreground = if session > 0 {
-        get_int(&f, libc::TIOCGPGRP, "TIOCGPGRP")?
+        get_int(&f, Query::ForegroundGroup)?
     } else {
         0
     };
     seen.session = session;
     seen.foreground = foreground;
-    let ldisc = get_int(&f, libc::TIOCGETD, "TIOCGETD")?;
+    let ldisc = get_int(&f, Query::LineDiscipline)?;
     if ldisc != N_TTY {
         return Err(format!(
             "{what}: line discipline {ldisc} is not supported (only N_TTY)"
         ));
     }
     settle(&f);
-    let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
-    let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
+    let inq = get_int(&f, Query::InputQueued)?;
+    let outq = get_int(&f, Query::OutputQueued)?;
     if outq > 0 {
         return Err(format!(
             "{what}: {outq} bytes queued for output; not supported yet"
         ));
     }
-    let packet = get_int(&f, libc::TIOCGPKT, "TIOCGPKT")? != 0;
+    let packet = get_int(&f, Query::PacketMode)? != 0;
     let unread = if inq > 0 {
         crate::files::ttydata::copy(&f, inq as usize, packet).map_err(|e| {
             format!("{what}: {inq} bytes written on the slave side are not read yet: {e}")
@@ -171,46 +196,15 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
     };
     let input = crate::files::ttydata::copy_input(&f)
         .map_err(|e| format!("{what}: bytes written on the master side are not read yet: {e}"))?;
-    let mut t: libc::termios2 = {
-        // SAFETY: termios2 is plain integers and bytes: all zeros is valid.
-        unsafe { std::mem::zeroed() }
-    };
-    // SAFETY: TCGETS2 fills one termios2.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS2, &mut t) } != 0 {
-        return Err(format!(
-            "{what}: TCGETS2: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let mut ws: libc::winsize = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills one winsize.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } != 0 {
-        return Err(format!(
-            "{what}: TIOCGWINSZ: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let locked = get_int(&f, libc::TIOCGPTLCK, "TIOCGPTLCK")? != 0;
-    let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
+    let t = crest_sys::tty::get_termios2(f.as_fd()).map_err(|e| format!("{what}: {e}"))?;
+    let winsize = crest_sys::tty::get_winsize(f.as_fd()).map_err(|e| format!("{what}: {e}"))?;
+    let locked = get_int(&f, Query::Locked)? != 0;
+    let exclusive = get_int(&f, Query::Exclusive)? != 0;
     Ok(OpenTarget::PtyMaster(Pty {
         index: n,
         ptmx: link.to_string(),
-        termios: Termios {
-            iflag: t.c_iflag,
-            oflag: t.c_oflag,
-            cflag: t.c_cflag,
-            lflag: t.c_lflag,
-            line: t.c_line,
-            cc: t.c_cc.to_vec(),
-            ispeed: t.c_ispeed,
-            ospeed: t.c_ospeed,
-        },
-        winsize: [ws.ws_row, ws.ws_col, ws.ws_xpixel, ws.ws_ypixel],
+        termios: termios_of(&t),
+        winsize,
         packet,
         locked,
         exclusive,
@@ -244,15 +238,15 @@ fn collect_slave(pid: i32, fd: i32, link: &str, md: &Metadata, index: &mut PtyIn
     }
     seen.slave_rdev = md.rdev();
     let f = steal(pid, fd)?;
-    let ldisc = get_int(&f, libc::TIOCGETD, "TIOCGETD")?;
+    let ldisc = get_int(&f, Query::LineDiscipline)?;
     if ldisc != N_TTY {
         return Err(format!(
             "{link}: line discipline {ldisc} is not supported (only N_TTY)"
         ));
     }
     settle(&f);
-    let inq = get_int(&f, libc::FIONREAD, "FIONREAD")?;
-    let outq = get_int(&f, libc::TIOCOUTQ, "TIOCOUTQ")?;
+    let inq = get_int(&f, Query::InputQueued)?;
+    let outq = get_int(&f, Query::OutputQueued)?;
     if outq > 0 {
         return Err(format!(
             "{link}: {outq} bytes queued for output; not supported yet"
@@ -261,18 +255,16 @@ fn collect_slave(pid: i32, fd: i32, link: &str, md: &Metadata, index: &mut PtyIn
     if inq > 0 {
         // Saved with the pair by its master (see `ttydata::copy_input`),
         // unless the slave is in canonical mode.
-        // SAFETY: termios2 is plain data; TCGETS2 fills it.
-        let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS2, &mut t) };
-        if r != 0 || t.c_lflag & libc::ICANON != 0 {
+        let canonical =
+            crest_sys::tty::get_termios2(f.as_fd()).map_or(true, |t| t.c_lflag & libc::ICANON != 0);
+        if canonical {
             return Err(format!(
                 "{link}: {inq} bytes written on the master side are not read yet, and the \
                  slave is in canonical mode: typed-ahead lines cannot be rebuilt (not supported)"
             ));
         }
     }
-    let exclusive = get_int(&f, libc::TIOCGEXCL, "TIOCGEXCL")? != 0;
+    let exclusive = get_int(&f, Query::Exclusive)? != 0;
     Ok(OpenTarget::PtySlave {
         index: n,
         exclusive,
@@ -305,6 +297,18 @@ pub fn check_pairs(index: &PtyIndex, tree: &[i32], obstacles: &mut Vec<Obstacle>
                         "/dev/pts/{n}: its master is held outside the tree (a terminal \
                          emulator, sshd, or the caller's own terminal); a pseudo-terminal \
                          is supported only when both sides are in the tree"
+                    ),
+                );
+            }
+            for &(pid, fd) in &s.aliases {
+                push(
+                    pid,
+                    format!("fd {fd}"),
+                    format!(
+                        "/dev/tty (naming /dev/pts/{n}): the pseudo-terminal's master is held \
+                         outside the tree (a terminal emulator, sshd, or the caller's own \
+                         terminal); /dev/tty is supported only on a pseudo-terminal whose \
+                         both sides are in the tree"
                     ),
                 );
             }
@@ -418,24 +422,29 @@ pub struct Ptys {
     given: std::collections::HashSet<u32>,
 }
 
-fn check(r: libc::c_int, what: impl FnOnce() -> String) -> Result<()> {
-    if r < 0 {
-        return Err(crest_sys::Error::last_os(what()).into());
+/// The image's form of a terminal's settings (TCGETS2).
+pub(crate) fn termios_of(t: &libc::termios2) -> Termios {
+    Termios {
+        iflag: t.c_iflag,
+        oflag: t.c_oflag,
+        cflag: t.c_cflag,
+        lflag: t.c_lflag,
+        line: t.c_line,
+        cc: t.c_cc.to_vec(),
+        ispeed: t.c_ispeed,
+        ospeed: t.c_ospeed,
     }
-    Ok(())
 }
 
 fn set_fl(fd: &OwnedFd, flags: u32, what: &str) -> Result<()> {
-    // SAFETY: plain fcntl on a descriptor we own.
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags as i32) };
-    check(r, || format!("setting the flags of {what}"))
+    rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::from_bits_retain(flags))
+        .map_err(std::io::Error::from)
+        .context(|| format!("setting the flags of {what}"))
 }
 
 fn set_lock(m: &OwnedFd, locked: bool, n: u32) -> Result<()> {
-    let v: libc::c_int = locked.into();
-    // SAFETY: TIOCSPTLCK reads one int.
-    let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &v) };
-    check(r, || format!("TIOCSPTLCK {v} on the new pty for pty {n}"))
+    crest_sys::tty::set(m.as_fd(), Setting::Locked(locked))
+        .context(|| format!("locking ({locked}) the new pty for pty {n}"))
 }
 
 /// Checks what restore relies on in a pair's state.
@@ -466,10 +475,10 @@ impl Ptys {
             let m = open_numbered(&p.ptmx, n)?;
             set_lock(&m, false, n)?;
             let t = &p.termios;
-            let mut k: libc::termios2 = {
-                // SAFETY: plain integers and bytes: all zeros is valid.
-                unsafe { std::mem::zeroed() }
-            };
+            // A template whose every field is set below (the kernel's
+            // current settings of the new pair).
+            let mut k = crest_sys::tty::get_termios2(m.as_fd())
+                .context(|| format!("reading the line settings of the new pty {n}"))?;
             k.c_iflag = t.iflag;
             k.c_oflag = t.oflag;
             k.c_cflag = t.cflag;
@@ -478,33 +487,22 @@ impl Ptys {
             k.c_cc.copy_from_slice(&t.cc);
             k.c_ispeed = t.ispeed;
             k.c_ospeed = t.ospeed;
-            // SAFETY: TCSETS2 reads one termios2.  Through the master it
-            // sets the slave's (the pair's) settings.
-            let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TCSETS2, &k) };
-            check(r, || format!("setting the line settings of pty {n}"))?;
+            // Through the master it sets the slave's (the pair's) settings.
+            crest_sys::tty::set_termios2(m.as_fd(), &k)
+                .context(|| format!("setting the line settings of pty {n}"))?;
             crate::files::ttydata::refill(&m, &p.unread)
                 .context(|| format!("pty {n}: refilling the bytes the master had not read"))?;
             crate::files::ttydata::refill_input(&m, &p.input)
                 .context(|| format!("pty {n}: refilling the input the slave had not read"))?;
-            let ws = libc::winsize {
-                ws_row: p.winsize[0],
-                ws_col: p.winsize[1],
-                ws_xpixel: p.winsize[2],
-                ws_ypixel: p.winsize[3],
-            };
-            // SAFETY: TIOCSWINSZ reads one winsize.
-            let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-            check(r, || format!("setting the window size of pty {n}"))?;
+            crest_sys::tty::set_winsize(m.as_fd(), p.winsize)
+                .context(|| format!("setting the window size of pty {n}"))?;
             // Packet mode last: setting the line settings must not leave a
             // status packet for the master to read.
-            let pkt: libc::c_int = p.packet.into();
-            // SAFETY: TIOCPKT reads one int.
-            let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCPKT, &pkt) };
-            check(r, || format!("setting packet mode on pty {n}"))?;
+            crest_sys::tty::set(m.as_fd(), Setting::PacketMode(p.packet))
+                .context(|| format!("setting packet mode on pty {n}"))?;
             if p.exclusive {
-                // SAFETY: TIOCEXCL takes no argument.
-                let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCEXCL) };
-                check(r, || format!("TIOCEXCL on the master of pty {n}"))?;
+                crest_sys::tty::set(m.as_fd(), Setting::Exclusive)
+                    .context(|| format!("making the master of pty {n} exclusive"))?;
             }
             if let Some((uid, gid, mode)) = p.slave_owner {
                 let node = format!("/dev/pts/{n}");
@@ -527,23 +525,18 @@ impl Ptys {
 /// lowest free number: open pairs until number `n` comes, then close the
 /// others.  A number above `n` means `n` is taken here.
 fn open_numbered(ptmx: &str, n: u32) -> Result<OwnedFd> {
-    let path = std::ffi::CString::new(ptmx).expect("validated");
+    use rustix::fs::{Mode, OFlags};
     let mut others = Vec::new();
     loop {
-        // SAFETY: a valid NUL-terminated path.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-        };
-        check(fd, || format!("opening {ptmx} for pty {n}"))?;
-        // SAFETY: a fresh descriptor nobody else owns.
-        let m = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut got: libc::c_int = 0;
-        // SAFETY: TIOCGPTN writes one int.
-        let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut got) };
-        check(r, || format!("TIOCGPTN while making pty {n}"))?;
+        let m = rustix::fs::open(
+            ptmx,
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .context(|| format!("opening {ptmx} for pty {n}"))?;
+        let got = crest_sys::tty::query(m.as_fd(), Query::PtyNumber)
+            .context(|| format!("the number of a new pty while making pty {n}"))?;
         match (got as u32).cmp(&n) {
             std::cmp::Ordering::Equal => return Ok(m),
             std::cmp::Ordering::Greater => {
@@ -567,7 +560,8 @@ fn find_pty(index: u32, objects: &dyn Fn(u32) -> Option<ObjectKind>) -> Option<P
     })
 }
 
-/// Opens the pty description `o` (a master or a slave) in crest.
+/// Opens the pty description `o` (a master, a slave or /dev/tty naming a
+/// slave) in crest.
 pub fn open(
     o: &OpenFile,
     ptys: &mut Ptys,
@@ -598,25 +592,39 @@ pub fn open(
             if p.locked {
                 set_lock(m, false, index)?;
             }
-            let flags = (o.flags as i32 & libc::O_ACCMODE) | libc::O_NOCTTY | libc::O_CLOEXEC;
-            // SAFETY: TIOCGPTPEER takes open flags and returns a new
-            // descriptor on this pair's slave.
-            let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCGPTPEER, flags) };
-            let peer = check(r, || {
-                format!("opening the slave of the new pty for pty {index}")
+            let peer = crest_sys::tty::open_slave(m.as_fd(), o.flags as i32 & libc::O_ACCMODE)
+                .context(|| format!("opening the slave of the new pty for pty {index}"));
+            if p.locked {
+                set_lock(m, true, index)?;
+            }
+            let fd = peer?;
+            if exclusive {
+                crest_sys::tty::set(fd.as_fd(), Setting::Exclusive)
+                    .context(|| format!("making the slave of pty {index} exclusive"))?;
+            }
+            set_fl(&fd, o.flags, "a pty slave")?;
+            Ok(fd)
+        }
+        &OpenTarget::TtyAlias { index } => {
+            let p = find_pty(index, objects).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "/dev/tty naming the slave of pty {index}, whose master is not in the image"
+                ))
+            })?;
+            let m = ptys.pair(&p)?;
+            if p.locked {
+                set_lock(m, false, index)?;
+            }
+            let fd = crest_sys::tty::open_alias(m.as_fd(), o.flags as i32).map_err(|e| {
+                Error::msg(format!(
+                    "reopening /dev/tty on the new slave of pty {index}: {e}"
+                ))
             });
             if p.locked {
                 set_lock(m, true, index)?;
             }
-            peer?;
-            // SAFETY: a fresh descriptor nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(r) };
-            if exclusive {
-                // SAFETY: TIOCEXCL takes no argument.
-                let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCEXCL) };
-                check(r, || format!("TIOCEXCL on the slave of pty {index}"))?;
-            }
-            set_fl(&fd, o.flags, "a pty slave")?;
+            let fd = fd?;
+            set_fl(&fd, o.flags, "/dev/tty")?;
             Ok(fd)
         }
         t => Err(Error::Invalid(format!("{t:?} is not a pty"))),

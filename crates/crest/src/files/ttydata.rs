@@ -12,18 +12,38 @@
 //! sees the buffer change.
 
 use crate::error::{Error, Result};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crest_sys::tty;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// How long the kernel may take to move written bytes into the buffer.
 const SETTLE_MS: u64 = 2000;
 
 fn fionread(f: &OwnedFd) -> i32 {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
-        return -1;
+    tty::input_queued(f.as_fd()).map_or(-1, |n| n as i32)
+}
+
+/// A poll for input that does not wait: it flushes the kernel's pending
+/// work on the tty first.
+fn poll_now(f: &OwnedFd) {
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let _ = poll(&mut [PollFd::new(f, PollFlags::IN)], Some(&zero));
+}
+
+/// Writes all of `data` to the non-blocking `fd`.
+fn write_all(fd: &OwnedFd, data: &[u8]) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        match rustix::io::write(fd, &data[off..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => off += n,
+            Err(e) => return Err(e.into()),
+        }
     }
-    n
+    Ok(())
 }
 
 /// Waits until the master's buffer holds `n` bytes (a poll for input
@@ -31,13 +51,7 @@ fn fionread(f: &OwnedFd) -> i32 {
 fn wait_for(master: &OwnedFd, n: i32) -> bool {
     let t = std::time::Instant::now();
     loop {
-        let mut p = libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one valid pollfd, no timeout.
-        unsafe { libc::poll(&mut p, 1, 0) };
+        poll_now(master);
         if fionread(master) >= n {
             return true;
         }
@@ -54,58 +68,18 @@ pub fn refill(master: &OwnedFd, data: &[u8]) -> Result<()> {
     if data.is_empty() {
         return Ok(());
     }
-    let os = |what: &str| Error::msg(format!("{what}: {}", std::io::Error::last_os_error()));
     let before = fionread(master);
-    // SAFETY: TIOCGPTPEER opens the pair's slave; the result is ours.
-    let s = unsafe {
-        libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
-    if s < 0 {
-        return Err(os("opening the slave side (TIOCGPTPEER)"));
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let slave = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: termios2 is plain data; TCGETS2 fills it.
-    let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TCGETS2, &mut t) } != 0 {
-        return Err(os("TCGETS2"));
-    }
+    let slave = peer(master)?;
+    let t = termios(master)?;
     let mut raw = t;
     raw.c_oflag &= !libc::OPOST;
-    // SAFETY: TCSETS2 reads one termios2 (through the master: the slave's).
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TCSETS2, &raw) } != 0 {
-        return Err(os("switching output processing off"));
-    }
-    let mut off = 0;
-    let mut err = None;
-    while off < data.len() {
-        // SAFETY: write from a valid buffer.
-        let n = unsafe {
-            libc::write(
-                slave.as_raw_fd(),
-                data[off..].as_ptr().cast(),
-                data.len() - off,
-            )
-        };
-        if n <= 0 {
-            err = Some(os("writing the bytes back"));
-            break;
-        }
-        off += n as usize;
-    }
-    // SAFETY: as above: the settings as they were.
-    let back = unsafe { libc::ioctl(master.as_raw_fd(), libc::TCSETS2, &t) };
-    if let Some(e) = err {
-        return Err(e);
-    }
-    if back != 0 {
-        return Err(os("putting the line settings back"));
-    }
+    // Through the master: the slave's settings.
+    tty::set_termios2(master.as_fd(), &raw)
+        .map_err(|e| Error::msg(format!("switching output processing off: {e}")))?;
+    let wrote = write_all(&slave, data);
+    let back = tty::set_termios2(master.as_fd(), &t);
+    wrote.map_err(|e| Error::msg(format!("writing the bytes back: {e}")))?;
+    back.map_err(|e| Error::msg(format!("putting the line settings back: {e}")))?;
     if !wait_for(master, before.max(0) + data.len() as i32) {
         return Err(Error::msg(format!(
             "the {} bytes written back did not reach the master's buffer",
@@ -125,13 +99,12 @@ pub fn copy(master: &OwnedFd, n: usize, packet: bool) -> std::result::Result<Vec
         if fionread(master) <= 0 {
             break;
         }
-        // SAFETY: read into a valid buffer; data is available, so this
-        // does not block.
-        let r = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if r <= 0 {
-            break;
-        }
-        let got = &buf[..r as usize];
+        // Data is available: this does not block.
+        let r = match rustix::io::read(master, &mut buf[..]) {
+            Ok(n) if n > 0 => n,
+            _ => break,
+        };
+        let got = &buf[..r];
         let data = if packet {
             if got[0] != 0 {
                 // A status packet: it cannot be given back.  Put back what
@@ -154,35 +127,11 @@ pub fn copy(master: &OwnedFd, n: usize, packet: bool) -> std::result::Result<Vec
 
 /// A new slave description of `master`'s pair, non-blocking.
 fn peer(master: &OwnedFd) -> Result<OwnedFd> {
-    // SAFETY: TIOCGPTPEER opens the pair's slave; the result is ours.
-    let s = unsafe {
-        libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
-    if s < 0 {
-        return Err(Error::msg(format!(
-            "opening the slave side (TIOCGPTPEER): {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(s) })
+    Ok(tty::open_peer(master.as_fd())?)
 }
 
 fn termios(master: &OwnedFd) -> Result<libc::termios2> {
-    // SAFETY: termios2 is plain data; TCGETS2 fills it.
-    let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TCGETS2, &mut t) } != 0 {
-        return Err(Error::msg(format!(
-            "TCGETS2: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(t)
+    Ok(tty::get_termios2(master.as_fd())?)
 }
 
 /// Why input waiting on the slave side cannot be given back unchanged:
@@ -216,37 +165,14 @@ pub fn refill_input(master: &OwnedFd, data: &[u8]) -> Result<()> {
     // IXON stays: changing it would queue a packet-mode status byte.
     raw.c_iflag &= libc::IXON;
     raw.c_lflag &= !(libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN);
-    // SAFETY: TCSETS2 reads one termios2 (through the master: the slave's).
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TCSETS2, &raw) } != 0 {
-        return Err(Error::msg(format!(
-            "switching input processing off: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    let mut off = 0;
-    let mut err = None;
-    while off < data.len() {
-        // SAFETY: write from a valid buffer.
-        let n = unsafe {
-            libc::write(
-                master.as_raw_fd(),
-                data[off..].as_ptr().cast(),
-                data.len() - off,
-            )
-        };
-        if n <= 0 {
-            err = Some(std::io::Error::last_os_error());
-            break;
-        }
-        off += n as usize;
-    }
-    let reached = err.is_none() && wait_for(&slave, before + data.len() as i32);
-    // SAFETY: as above: the settings as they were.
-    let back = unsafe { libc::ioctl(master.as_raw_fd(), libc::TCSETS2, &t) };
-    if let Some(e) = err {
-        return Err(Error::msg(format!("writing the slave's input back: {e}")));
-    }
-    if back != 0 || !reached {
+    // Through the master: the slave's settings.
+    tty::set_termios2(master.as_fd(), &raw)
+        .map_err(|e| Error::msg(format!("switching input processing off: {e}")))?;
+    let wrote = write_all(master, data);
+    let reached = wrote.is_ok() && wait_for(&slave, before + data.len() as i32);
+    let back = tty::set_termios2(master.as_fd(), &t);
+    wrote.map_err(|e| Error::msg(format!("writing the slave's input back: {e}")))?;
+    if back.is_err() || !reached {
         return Err(Error::msg(format!(
             "the {} bytes of input did not reach the slave's buffer",
             data.len()
@@ -260,13 +186,7 @@ pub fn refill_input(master: &OwnedFd, data: &[u8]) -> Result<()> {
 /// written back).
 pub fn copy_input(master: &OwnedFd) -> std::result::Result<Vec<u8>, String> {
     let slave = peer(master).map_err(|e| e.to_string())?;
-    let mut p = libc::pollfd {
-        fd: slave.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll on one valid pollfd, no timeout (flushes pending work).
-    unsafe { libc::poll(&mut p, 1, 0) };
+    poll_now(&slave);
     let n = fionread(&slave);
     if n <= 0 {
         return Ok(Vec::new());
@@ -278,12 +198,10 @@ pub fn copy_input(master: &OwnedFd) -> std::result::Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(n as usize);
     let mut buf = vec![0u8; n as usize];
     while out.len() < n as usize {
-        // SAFETY: read into a valid buffer; non-blocking.
-        let r = unsafe { libc::read(slave.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if r <= 0 {
-            break;
+        match rustix::io::read(&slave, &mut buf[..]) {
+            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
         }
-        out.extend_from_slice(&buf[..r as usize]);
     }
     if let Some(why) = input_problem(&t, &out) {
         let _ = refill_input_unchecked(master, &out);
@@ -299,10 +217,8 @@ fn refill_input_unchecked(master: &OwnedFd, data: &[u8]) -> Result<()> {
     let t = termios(master)?;
     let mut loose = t;
     loose.c_iflag &= !libc::IXON;
-    // SAFETY: TCSETS2 reads one termios2.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TCSETS2, &loose) };
+    let _ = tty::set_termios2(master.as_fd(), &loose);
     let r = refill_input(master, data);
-    // SAFETY: as above.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TCSETS2, &t) };
+    let _ = tty::set_termios2(master.as_fd(), &t);
     r
 }

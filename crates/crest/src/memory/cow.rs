@@ -274,6 +274,8 @@ fn eligible_kind(v: &Vma) -> bool {
         && !v.shared
         && !v.flags.dontfork
         && !v.flags.growsdown
+        // Huge pages are restored per process (crest does not hold them).
+        && v.huge_page.is_none()
 }
 
 /// One range being restored, held in crest.
@@ -406,6 +408,24 @@ impl Regions {
 
     pub fn is_empty(&self) -> bool {
         self.by_object.is_empty()
+    }
+
+    /// Takes over crest's mapping of `start..end`, already at its address
+    /// and filled, as the range of object `id` (a migration's pre-built
+    /// memory, see `crate::migrate::prebuild`).
+    pub fn adopt(&mut self, id: u32, start: u64, end: u64) {
+        self.by_object.insert(
+            id,
+            Region {
+                start,
+                end,
+                local: start,
+                filled: BTreeSet::new(),
+                mapped: true,
+                file: None,
+                dontdump: false,
+            },
+        );
     }
 
     /// Writes a run of shared pages (a [`COW_SPACE`] chunk's) into its range.

@@ -8,9 +8,14 @@
 //! injected `mmap` calls, streams the pages in with process_vm_writev and
 //! then sets the final protections.
 
+pub mod aio;
 pub mod cow;
+pub mod hugetlb;
+pub mod incremental;
+pub mod lazy;
 pub mod mmstate;
 pub mod sysv;
+pub mod track;
 
 use crate::error::{Context, Error, Result};
 use crate::files::DataSource;
@@ -76,8 +81,30 @@ pub fn collect_vmas(
             })
         };
         let f = &m.vm_flags;
+        let mut huge_page = None;
+        let mut aio = None;
         let backing = match m.path.as_str() {
             "[vdso]" => Backing::Vdso,
+            aio::RING_NAME => match aio::collect(pid, m) {
+                Ok(ring) => {
+                    aio = Some(ring);
+                    Backing::Aio
+                }
+                Err(reason) => {
+                    refuse(&reason);
+                    continue;
+                }
+            },
+            _ if f.contains(VmFlags::HUGETLB) => match hugetlb::backing(pid, m, objects, data) {
+                Ok((b, size)) => {
+                    huge_page = Some(size);
+                    b
+                }
+                Err(reason) => {
+                    refuse(&reason);
+                    continue;
+                }
+            },
             "[vvar]" => Backing::Vvar,
             "[vvar_vclock]" => Backing::VvarVclock,
             "[vsyscall]" => Backing::Vsyscall,
@@ -95,6 +122,17 @@ pub fn collect_vmas(
                 Backing::Shmem(shmem_object(pid, m, objects, data)?)
             }
             _ if m.is_memfd() => Backing::Shmem(shmem_object(pid, m, objects, data)?),
+            _ if m.path == "anon_inode:[io_uring]" => {
+                refuse("the rings of an io_uring instance (refused with its descriptor)");
+                continue;
+            }
+            _ if m.path.starts_with("anon_inode:") => {
+                refuse(&format!(
+                    "a mapping of an anonymous-inode file ({}) is not supported",
+                    m.path.trim_start_matches("anon_inode:")
+                ));
+                continue;
+            }
             _ if m.is_sysv_shm() => match sysv_object(pid, m, objects, data) {
                 Ok(id) => Backing::Shmem(id),
                 Err(reason) => {
@@ -126,10 +164,6 @@ pub fn collect_vmas(
             Backing::Anonymous | Backing::File(_) | Backing::Shmem(_)
         );
         if !special {
-            if f.contains(VmFlags::HUGETLB) {
-                refuse("hugetlbfs mappings are not supported");
-                continue;
-            }
             if f.contains(VmFlags::IO) || f.contains(VmFlags::PFN_MAP) {
                 refuse("device (I/O or PFN) mappings are not supported");
                 continue;
@@ -177,6 +211,10 @@ pub fn collect_vmas(
             pages: 0,
             cow: None,
             cow_drop: Vec::new(),
+            huge_page,
+            aio,
+            kept: Vec::new(),
+            digests: None,
         });
     }
     Ok(out)
@@ -230,7 +268,7 @@ fn unlinked_object(
     Ok(id)
 }
 
-fn shmem_object(
+pub(crate) fn shmem_object(
     pid: i32,
     m: &MapEntry,
     objects: &mut ObjectTable,
@@ -304,7 +342,20 @@ fn add_shmem_at(
     size: u64,
     owner: Option<(u32, u32, u32)>,
 ) -> u32 {
-    let id = objects.add_shmem(dev, ino, ObjectKind::Shmem(ShmemObj { kind, size, owner }));
+    let huge_page = std::fs::File::open(path)
+        .ok()
+        .and_then(|f| crest_sys::mem::hugetlb_page_size(std::os::fd::AsFd::as_fd(&f)).ok())
+        .flatten();
+    let id = objects.add_shmem(
+        dev,
+        ino,
+        ObjectKind::Shmem(ShmemObj {
+            kind,
+            size,
+            owner,
+            huge_page,
+        }),
+    );
     data.push(DataSource::Shmem {
         object: id,
         path: path.to_string(),
@@ -569,6 +620,18 @@ fn fill_prot(v: &Vma) -> u32 {
     }
 }
 
+/// Whether a mapping gets MADV_HUGEPAGE before its pages are written: a
+/// private anonymous one the process had advised so, with pages to fill.
+/// (With THP "always" no advice is needed: the fresh mapping takes huge
+/// pages on its first writes anyway.)
+fn thp_while_filling(v: &Vma) -> bool {
+    matches!(v.backing, Backing::Anonymous)
+        && !v.shared
+        && v.huge_page.is_none()
+        && v.flags.hugepage
+        && v.pages > 0
+}
+
 /// Whether the mapping's pages go into the image (restore writes them in).
 pub fn takes_pages(v: &Vma) -> bool {
     match v.backing {
@@ -692,6 +755,9 @@ pub fn map_vmas(
         if v.flags.noreserve {
             flags |= libc::MAP_NORESERVE;
         }
+        if let (Backing::Anonymous, Some(size)) = (v.backing, v.huge_page) {
+            flags |= libc::MAP_HUGETLB | crest_sys::mem::huge_size_bits(size) as i32;
+        }
         let offset = if fd >= 0 { v.offset } else { 0 };
         calls.push(Call::new(
             libc::SYS_mmap,
@@ -706,6 +772,17 @@ pub fn map_vmas(
             format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
         ));
         want.push(Some(v.start));
+        if thp_while_filling(v) {
+            // Before the pages are written: the first write into each
+            // 2 MiB-aligned piece then faults in a huge page, as the
+            // process had (finish_vmas sets the advice again, harmlessly).
+            calls.push(Call::new(
+                libc::SYS_madvise,
+                &[v.start, v.end - v.start, libc::MADV_HUGEPAGE as u64],
+                format!("madvise(MADV_HUGEPAGE) {:#x}-{:#x}", v.start, v.end),
+            ));
+            want.push(None);
+        }
         if let Some((set, _)) = barrier {
             calls.push(Call::new(
                 libc::SYS_madvise,
@@ -728,6 +805,12 @@ pub fn map_vmas(
                     c.what
                 )));
             }
+        }
+    }
+    // AIO rings last: io_setup puts a ring anywhere free, then it moves.
+    for v in vmas {
+        if let (Backing::Aio, Some(ring)) = (v.backing, &v.aio) {
+            aio::restore(t, v, ring)?;
         }
     }
     Ok(())
@@ -929,6 +1012,10 @@ mod tests {
             pages: 0,
             cow: None,
             cow_drop: Vec::new(),
+            huge_page: None,
+            aio: None,
+            kept: Vec::new(),
+            digests: None,
         };
         let pid = std::process::id() as i32;
         let (mut a, mut b) = ([vma()], [vma()]);

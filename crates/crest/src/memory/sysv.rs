@@ -10,8 +10,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Object, ObjectKind, ShmemKind, ShmemObj};
+use crest_sys::sysvipc::{self, ShmAttach};
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 const SHM_NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
@@ -83,39 +84,6 @@ pub fn segments() -> std::result::Result<Vec<Segment>, String> {
     Ok(out)
 }
 
-/// crest's own attach of a segment, detached on drop.
-struct Attach {
-    addr: *mut libc::c_void,
-    len: u64,
-}
-
-impl Attach {
-    fn new(shmid: i32, size: u64, flags: i32) -> std::io::Result<Attach> {
-        // SAFETY: the kernel picks a free address; nothing else uses it.
-        let addr = unsafe { libc::shmat(shmid, std::ptr::null(), flags) };
-        if addr as isize == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Attach {
-            addr,
-            len: crate::memory::round_up(size.max(1)),
-        })
-    }
-
-    /// The /proc/self/map_files link of the attach (its shm file).
-    fn link(&self) -> String {
-        let a = self.addr as u64;
-        format!("/proc/self/map_files/{a:x}-{:x}", a + self.len)
-    }
-}
-
-impl Drop for Attach {
-    fn drop(&mut self) {
-        // SAFETY: detaching exactly the attach made in `new`, never touched.
-        unsafe { libc::shmdt(self.addr) };
-    }
-}
-
 /// The segment whose shm file has inode `ino` and size `size`: each
 /// candidate is attached (read-only) for a moment to compare inodes, as
 /// /proc/sysvipc/shm does not show them.
@@ -124,7 +92,7 @@ pub fn find(ino: u64, size: u64) -> std::result::Result<Segment, String> {
         if s.size != size {
             continue;
         }
-        let Ok(a) = Attach::new(s.shmid, s.size, libc::SHM_RDONLY) else {
+        let Ok(a) = ShmAttach::new(s.shmid, s.size, false) else {
             continue;
         };
         if std::fs::metadata(a.link()).is_ok_and(|md| md.ino() == ino) {
@@ -152,10 +120,8 @@ fn reset_next_id() -> Result<()> {
     if read() == Some(-1) {
         return Ok(());
     }
-    // SAFETY: shmget takes no pointers.
-    let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 1, libc::IPC_CREAT | 0o600) };
-    if id >= 0 {
-        rmid(id);
+    if let Ok(id) = sysvipc::shm_get(libc::IPC_PRIVATE, 1, libc::IPC_CREAT | 0o600) {
+        sysvipc::shm_remove(id);
     }
     match read() {
         Some(-1) => Ok(()),
@@ -163,11 +129,6 @@ fn reset_next_id() -> Result<()> {
             "{SHM_NEXT_ID} is left at {v:?} after recreating System V shared memory"
         ))),
     }
-}
-
-fn rmid(shmid: i32) {
-    // SAFETY: IPC_RMID takes no buffer.
-    unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
 }
 
 /// Segments crest recreated: removed on drop unless kept.
@@ -196,8 +157,7 @@ impl Segments {
         if shmid < 0 {
             return Err(Error::Invalid(format!("object {object}: shmid {shmid}")));
         }
-        // SAFETY: shmget takes no pointers.
-        let key_taken = key != libc::IPC_PRIVATE && unsafe { libc::shmget(key, 0, 0) } >= 0;
+        let key_taken = key != libc::IPC_PRIVATE && sysvipc::shm_get(key, 0, 0).is_ok();
         // A segment marked for removal has no key any more, but its name
         // (in /proc/PID/maps) shows the one it had: keep it if free.
         let key = match (destroyed, key_taken) {
@@ -210,44 +170,41 @@ impl Segments {
             }
         };
         write_next_id(shmid)?;
-        // SAFETY: shmget takes no pointers.
-        let got = unsafe {
-            libc::shmget(
-                key,
-                m.size as usize,
-                libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32,
-            )
-        };
-        let err = std::io::Error::last_os_error();
+        let got = sysvipc::shm_get(
+            key,
+            m.size,
+            libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32,
+        );
         let reset = reset_next_id();
-        if got < 0 {
-            return Err(match err.raw_os_error() {
-                Some(libc::ENOSPC) => Error::msg(format!("shmid {shmid} is in use")),
-                Some(libc::EEXIST) => Error::msg(format!(
-                    "System V shared memory key {key:#x} is in use (needed by shmid {shmid})"
-                )),
-                _ => Error::msg(format!(
-                    "recreating System V shared memory {shmid} ({} bytes): {err}",
-                    m.size
-                )),
-            });
-        }
+        let got = match got {
+            Ok(id) => id,
+            Err(err) => {
+                return Err(match err.raw_os_error() {
+                    Some(libc::ENOSPC) => Error::msg(format!("shmid {shmid} is in use")),
+                    Some(libc::EEXIST) => Error::msg(format!(
+                        "System V shared memory key {key:#x} is in use (needed by shmid {shmid})"
+                    )),
+                    _ => Error::msg(format!(
+                        "recreating System V shared memory {shmid} ({} bytes): {err}",
+                        m.size
+                    )),
+                })
+            }
+        };
         if got != shmid {
-            rmid(got);
+            sysvipc::shm_remove(got);
             return Err(Error::msg(format!("shmid {shmid} is in use")));
         }
         self.made.push((object, shmid));
         reset?;
-        let a = Attach::new(shmid, m.size, 0)
+        let a = ShmAttach::new(shmid, m.size, true)
             .map_err(|e| Error::msg(format!("attaching shmid {shmid}: {e}")))?;
-        let c = std::ffi::CString::new(a.link()).expect("no NUL");
-        // SAFETY: `c` is a valid NUL-terminated path.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(crest_sys::Error::last_os(format!("opening {}", a.link())).into());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(a.link())
+            .map_err(|e| Error::msg(format!("opening {}: {e}", a.link())))?;
+        Ok(OwnedFd::from(f))
     }
 
     /// Once every process has attached them: restores owner and mode and
@@ -268,21 +225,9 @@ impl Segments {
             else {
                 continue;
             };
-            // SAFETY: an all-zero shmid_ds is a valid value.
-            let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
-            // SAFETY: IPC_STAT fills `ds`, which lives across the call.
-            if unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) } != 0 {
-                return Err(crest_sys::Error::last_os(format!("IPC_STAT on shmid {shmid}")).into());
-            }
-            ds.shm_perm.uid = uid;
-            ds.shm_perm.gid = gid;
-            ds.shm_perm.mode = (mode & 0o777) as _;
-            // SAFETY: IPC_SET reads `ds`, which lives across the call.
-            if unsafe { libc::shmctl(shmid, libc::IPC_SET, &mut ds) } != 0 {
-                return Err(crest_sys::Error::last_os(format!("IPC_SET on shmid {shmid}")).into());
-            }
+            sysvipc::shm_set_owner(shmid, uid, gid, mode)?;
             if destroyed {
-                rmid(shmid);
+                sysvipc::shm_remove(shmid);
             }
         }
         Ok(())
@@ -298,7 +243,7 @@ impl Drop for Segments {
     fn drop(&mut self) {
         if !self.kept {
             for &(_, shmid) in &self.made {
-                rmid(shmid);
+                sysvipc::shm_remove(shmid);
             }
         }
     }
@@ -322,6 +267,6 @@ pub fn shmids(objects: &[Object]) -> HashMap<u32, i32> {
 /// saved (the image holds them now, and a restore needs their ids free).
 pub fn remove_dumped(objects: &[Object]) {
     for shmid in shmids(objects).into_values() {
-        rmid(shmid);
+        sysvipc::shm_remove(shmid);
     }
 }

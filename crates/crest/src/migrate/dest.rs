@@ -21,6 +21,9 @@ use std::time::Instant;
 #[derive(Debug, Clone, Default)]
 pub struct ListenOptions {
     pub psk: Option<Psk>,
+    /// Restore lazily from the pages received here: the tree runs before
+    /// its private memory is written in (see `crate::memory::lazy`).
+    pub lazy: bool,
 }
 
 /// What the destination did.
@@ -34,6 +37,9 @@ pub struct ReceiveReport {
     pub receive_ms: f64,
     /// The restore proper.
     pub restore_ms: f64,
+    /// What was built here while the source ran (see `super::prebuild`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prebuilt: Option<super::prebuild::FinishStats>,
 }
 
 /// Receives a migration on `ch` and restores it; returns once the
@@ -101,13 +107,33 @@ pub fn receive(
         }
         e
     };
-    let received = match receive_image(&mut rx, progress) {
+    // Memory is built here while the source runs (not for a lazy restore,
+    // which takes the pages it is given).
+    // (`CREST_NO_PREBUILD=1`: the image is built only once the source is
+    // frozen, as before; for comparisons.)
+    let off = std::env::var_os("CREST_NO_PREBUILD").is_some_and(|v| v == "1");
+    let mut pre = (!opts.lazy && !off).then(super::prebuild::Prebuild::new);
+    let received = match receive_image(&mut rx, progress, &mut pre) {
         Ok(s) => s,
         Err(e) => {
             let e = Error::msg(format!("refusing the stream: {e}; nothing was restored"));
             return Err(refuse(&mut tx, proto::REFUSE, e));
         }
     };
+    if let Received::Lazy(img, index) = received {
+        let why = match (&tx, handover, opts.lazy) {
+            (None, _, _) => "a post-copy stream needs a reply channel",
+            (_, true, _) => "post-copy needs the destination in another PID space",
+            (_, _, false) => "the source migrates post-copy (migrate --lazy): give --lazy",
+            _ => {
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let tx = tx.expect("checked");
+                return super::postcopy_dest::restore(img, &index, rx, tx, ms);
+            }
+        };
+        let e = Error::msg(format!("refusing the stream: {why}; nothing was restored"));
+        return Err(refuse(&mut tx, proto::REFUSE, e));
+    }
     if one_way {
         // The source ends the stream once its tree is gone: on one
         // machine the restore needs its PIDs.
@@ -149,9 +175,17 @@ pub fn receive(
         }
     }
     let t1 = Instant::now();
+    let mut prebuilt = None;
     let r = received.into_image().and_then(|img| {
-        let r = crate::restore(
+        prebuilt = img.prebuilt.clone();
+        let ro = crate::RestoreOptions {
+            lazy: opts.lazy,
+            prebuilt: img.prebuilt.clone(),
+            ..Default::default()
+        };
+        let r = crate::restore_with(
             io::BufReader::with_capacity(64 << 10, img.read),
+            &ro,
             &mut |_| {},
         );
         if let Some(b) = img.builder {
@@ -184,6 +218,7 @@ pub fn receive(
                 bytes_received: rx.bytes,
                 receive_ms,
                 restore_ms: t1.elapsed().as_secs_f64() * 1000.0,
+                prebuilt: prebuilt.map(|p| p.stats()),
             })
         }
         Err(e) => Err(refuse(&mut tx, proto::FAILED, e)),
@@ -194,12 +229,15 @@ pub fn receive(
 enum Received {
     /// A whole image (sent while the tree was frozen).
     Image(std::fs::File),
+    /// A post-copy image (its lazy pages left out) and their list.
+    Lazy(std::fs::File, Vec<u8>),
     /// A pre-copied migration: the copy of the source's page spool, the
     /// metadata image and the page windows.
     Pre {
         spool: std::fs::File,
         meta: Vec<u8>,
         windows: Vec<Window>,
+        prebuild: Option<super::prebuild::Prebuild>,
     },
 }
 
@@ -208,24 +246,37 @@ enum Received {
 struct Incoming {
     read: std::fs::File,
     builder: Option<std::thread::JoinHandle<Result<()>>>,
+    prebuilt: Option<super::prebuild::Prebuilt>,
 }
 
 impl Received {
     /// The image to restore from.
     fn into_image(self) -> Result<Incoming> {
         match self {
-            Received::Image(mut f) => {
+            Received::Image(mut f) | Received::Lazy(mut f, _) => {
                 f.rewind()?;
                 Ok(Incoming {
                     read: f,
                     builder: None,
+                    prebuilt: None,
                 })
             }
             Received::Pre {
                 spool,
                 meta,
                 windows,
+                prebuild,
             } => {
+                // The pre-built memory is checked against the final
+                // windows; what it holds is left out of the image.
+                let (windows, prebuilt) = match prebuild {
+                    Some(p) => {
+                        let ckpt = super::image::model(&meta)?;
+                        let (w, b) = p.finish(&ckpt, windows, &spool)?;
+                        (w, Some(b))
+                    }
+                    None => (windows, None),
+                };
                 let (r, w) = crate::files::make_pipe()?;
                 // SAFETY: fcntl on a pipe we own; failing is harmless.
                 unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
@@ -241,6 +292,7 @@ impl Received {
                 Ok(Incoming {
                     read: std::fs::File::from(r),
                     builder: Some(builder),
+                    prebuilt,
                 })
             }
         }
@@ -248,12 +300,17 @@ impl Received {
 }
 
 /// Receives frames until END (or END_PRE), keeping what they carry.
-fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<Received> {
+fn receive_image(
+    rx: &mut Receiver,
+    progress: &mut dyn FnMut(u64),
+    pre: &mut Option<super::prebuild::Prebuild>,
+) -> Result<Received> {
     let mut image = io::BufWriter::with_capacity(1 << 20, crate::files::spool_file()?);
     let mut spool: Option<std::fs::File> = None;
     let mut spooled = 0u64;
     let mut meta = Vec::new();
     let mut list = Vec::new();
+    let mut lazy: Option<Vec<u8>> = None;
     let mut p = Vec::new();
     let (mut bytes, mut frames) = (0u64, 0u64);
     loop {
@@ -278,14 +335,33 @@ fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<Rec
                     )));
                 }
                 image.flush()?;
-                let f = image.into_inner().map_err(|e| e.into_error())?;
+                let mut f = image.into_inner().map_err(|e| e.into_error())?;
+                if let Some(ix) = lazy {
+                    f.rewind()?;
+                    return Ok(Received::Lazy(f, ix));
+                }
                 return Ok(Received::Image(f));
             }
-            proto::PRE => {
+            proto::LAYOUT => {
+                if let Some(pre) = pre {
+                    pre.layout(&p)?;
+                }
+            }
+            proto::PRE | proto::PRE_AT => {
                 if p.len() < 8 {
                     return Err(Error::msg("malformed PRE message"));
                 }
-                let off = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+                let (off, head) = if t == proto::PRE_AT {
+                    let (off, pid, addr) = super::prebuild::decode_at_head(&p)?;
+                    if off == spooled {
+                        if let Some(pre) = pre {
+                            pre.place(pid, addr, off, &p[super::prebuild::AT_HEAD..]);
+                        }
+                    }
+                    (off, super::prebuild::AT_HEAD)
+                } else {
+                    (u64::from_le_bytes(p[..8].try_into().expect("8 bytes")), 8)
+                };
                 if off != spooled {
                     return Err(Error::msg(format!(
                         "pre-copied pages at spool offset {off}, expected {spooled}"
@@ -295,11 +371,12 @@ fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<Rec
                     Some(f) => f,
                     None => spool.insert(crate::files::spool_file()?),
                 };
-                f.write_all_at(&p[8..], off)?;
-                spooled += (p.len() - 8) as u64;
-                progress((p.len() - 8) as u64);
+                f.write_all_at(&p[head..], off)?;
+                spooled += (p.len() - head) as u64;
+                progress((p.len() - head) as u64);
             }
             proto::META => meta.extend_from_slice(&p),
+            proto::LAZY_INDEX => lazy.get_or_insert_with(Vec::new).extend_from_slice(&p),
             proto::WINDOWS => list.extend_from_slice(&p),
             proto::END_PRE => {
                 let (sp, m, n) = proto::decode_end_pre(&p)?;
@@ -329,6 +406,7 @@ fn receive_image(rx: &mut Receiver, progress: &mut dyn FnMut(u64)) -> Result<Rec
                     spool,
                     meta,
                     windows,
+                    prebuild: pre.take(),
                 });
             }
             proto::ABORT => {

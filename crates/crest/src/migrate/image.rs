@@ -110,6 +110,19 @@ pub fn build<W: Write>(
     Ok(w.finish()?)
 }
 
+/// The model of a metadata image (checked as the restore checks it).
+pub fn model(meta: &[u8]) -> Result<crate::model::Checkpoint> {
+    let mut r = Reader::new(meta)?;
+    crate::codec::check_header(r.header())?;
+    let mut m = crate::codec::ModelReader::new(r.format_version());
+    while let Some(rec) = r.next_record()? {
+        if m.is_model(rec.kind) {
+            m.feed(&rec)?;
+        }
+    }
+    m.take()
+}
+
 /// Writes the page chunks of `windows` from `spool`.
 pub fn write_windows<W: Write>(
     w: &mut Writer<W>,

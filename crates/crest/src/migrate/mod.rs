@@ -3,10 +3,15 @@
 //! is killed only once the destination says the restored one runs.
 //!
 //! [`transport`] frames and authenticates the connection, [`proto`] says
-//! what is sent when, [`source`] and [`dest`] are the two sides.
+//! what is sent when, [`source`] and [`dest`] are the two sides;
+//! [`precopied`] sends memory while the tree runs, [`postcopy`] and
+//! [`postcopy_dest`] after the destination's tree runs (`--lazy`).
 
 pub mod dest;
 pub mod image;
+pub mod postcopy;
+pub mod postcopy_dest;
+pub mod prebuild;
 pub mod precopied;
 pub mod proto;
 pub mod source;

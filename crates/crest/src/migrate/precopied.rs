@@ -10,10 +10,11 @@
 //! it.  The tree stays frozen until the destination says it runs.
 
 use super::image;
+use super::prebuild;
 use super::proto;
 use super::source::{reply, unexpected, wait_gone, MigrateReport, Session, PIDS_FREED};
 use super::transport::Sender;
-use crate::dump::precopy::{PreCopy, Tap};
+use crate::dump::precopy::{PreCopy, Tap, Tapped};
 use crate::dump::{collect, DumpOptions};
 use crate::error::{Context, Error, Result};
 use crate::task::freeze::FrozenTree;
@@ -26,19 +27,36 @@ use std::time::{Duration, Instant};
 /// Largest piece of data per frame.
 const PIECE: usize = 1 << 20;
 
-/// A [`Tap`] sending each spooled stretch as PRE frames.
+/// A [`Tap`] sending the layout of each process (LAYOUT) and each
+/// spooled stretch with where it was read (PRE_AT), so the destination
+/// can build the memory as it arrives (see `super::prebuild`).
 pub(super) fn tap(tx: Arc<Mutex<Sender>>) -> Tap {
-    Box::new(move |off, data| {
+    Box::new(move |t| {
         let mut tx = tx.lock().unwrap_or_else(|p| p.into_inner());
-        let mut off = off;
-        for part in data.chunks(PIECE) {
-            let mut head = off.to_le_bytes().to_vec();
-            head.extend_from_slice(part);
-            tx.send(proto::PRE, &head)
-                .context(|| "sending pre-copied pages to the destination".into())?;
-            off += part.len() as u64;
+        match t {
+            Tapped::Layout { pid, vmas } => tx
+                .send(proto::LAYOUT, &prebuild::encode_layout(pid, vmas))
+                .context(|| "sending the memory layout to the destination".into()),
+            Tapped::Pages {
+                off,
+                pid,
+                addr,
+                data,
+            } => {
+                let (mut off, mut addr) = (off, addr);
+                let mut head = Vec::with_capacity(prebuild::AT_HEAD + PIECE);
+                for part in data.chunks(PIECE) {
+                    head.clear();
+                    head.extend_from_slice(&prebuild::encode_at_head(off, pid, addr));
+                    head.extend_from_slice(part);
+                    tx.send(proto::PRE_AT, &head)
+                        .context(|| "sending pre-copied pages to the destination".into())?;
+                    off += part.len() as u64;
+                    addr += part.len() as u64;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     })
 }
 

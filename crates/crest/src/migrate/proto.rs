@@ -10,6 +10,8 @@
 //!   END (bytes, frames)
 //! or, pre-copied (the tree runs during the PRE frames, then is frozen):
 //!   PRE* (spool offset, page bytes) ... freeze ... PRE* (pages written since)
+//!   (or LAYOUT (pid, mappings) per process and PRE_AT (offset, pid,
+//!   address, bytes) instead of PRE: the destination pre-builds memory)
 //!   META* (an image without pages)  WINDOWS* (spool bytes of each chunk)
 //!   END_PRE (spool bytes, metadata bytes, windows)
 //!                                  <-  REFUSE (why)      stream not accepted
@@ -32,6 +34,15 @@
 //! the image, kills its tree and says GO; if the destination then fails
 //! (FAILED, or the connection ends), the source restores the tree from its
 //! copy, on the source.
+//!
+//! Post-copy (`migrate --lazy`, to `restore --listen --lazy` in another
+//! PID space): LAZY_INDEX* then DATA* (an image whose lazily restored
+//! pages are left out) and END; the destination restores at once and
+//! says RUNNING; meanwhile the source sends PAGES (those asked for by
+//! PAGE_REQ first) until the destination says ALL_IN; the source kills
+//! its tree only then.  A failure after END (ABORT from the source, the
+//! connection lost) kills the destination's tree; see `postcopy` for
+//! the source's.
 //!
 //! One-way streams (`--to - --one-way`): no message goes back; HELLO_D is
 //! not sent and its nonce counts as zero.  The source kills its tree once
@@ -65,6 +76,24 @@ pub const META: u8 = 13;
 pub const WINDOWS: u8 = 14;
 /// Pre-copied migration: the end (spool bytes, metadata bytes, windows).
 pub const END_PRE: u8 = 15;
+
+/// Post-copy (see `postcopy`): the pages left out of the image, as runs
+/// `space u32, addr u64, pages u64` (sent before the image's DATA).
+pub const LAZY_INDEX: u8 = 16;
+/// Post-copy, source → destination: `space u32, addr u64`, then pages.
+pub const PAGES: u8 = 17;
+/// Post-copy, destination → source: `space u32, addr u64, pages u32`
+/// wanted now (a task waits on them).
+pub const PAGE_REQ: u8 = 18;
+/// Post-copy, destination → source: every page is in (the source may
+/// kill its tree).
+pub const ALL_IN: u8 = 19;
+/// Pre-copied migration, pre-built (see `prebuild`): a process's private
+/// anonymous mappings, sent before its first pages.
+pub const LAYOUT: u8 = 24;
+/// Pre-copied migration, pre-built: PRE with the pid and address the
+/// bytes were read at (`offset u64, pid i32, addr u64`, then the bytes).
+pub const PRE_AT: u8 = 25;
 
 /// HELLO_S flag: no reply channel.
 pub const ONE_WAY: u8 = 1;

@@ -29,6 +29,12 @@ pub struct MigrateOptions {
     pub no_precopy: bool,
     /// How long to wait for each reply of the destination.
     pub timeout: Option<Duration>,
+    /// Post-copy (see `postcopy`): the destination runs the tree at once
+    /// and gets its memory afterwards.
+    pub lazy: bool,
+    /// Post-copy: resume the tree here if the lazy phase fails (the
+    /// default kills it; see `postcopy`).
+    pub lazy_resume_on_failure: bool,
 }
 
 /// What a migration did.
@@ -61,6 +67,9 @@ pub struct MigrateReport {
     /// Why memory was not pre-copied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precopy_skipped: Option<String>,
+    /// Post-copy: what the lazy phase took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lazy: Option<super::postcopy::LazyReport>,
 }
 
 /// Size of the DATA frames.
@@ -78,6 +87,16 @@ pub struct FrameWriter {
 }
 
 impl FrameWriter {
+    pub(super) fn new(tx: Sender) -> FrameWriter {
+        FrameWriter {
+            tx,
+            buf: Vec::with_capacity(FRAME),
+            copy: None,
+            bytes: 0,
+            frames: 0,
+        }
+    }
+
     fn emit(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -93,7 +112,7 @@ impl FrameWriter {
     }
 
     /// Sends what is left and END, flushed.
-    fn finish(mut self) -> io::Result<(Sender, Option<std::fs::File>)> {
+    pub(super) fn finish(mut self) -> io::Result<(Sender, Option<std::fs::File>)> {
         self.emit()?;
         let end = proto::encode_end(self.bytes, self.frames);
         self.tx.send_now(proto::END, &end)?;
@@ -294,6 +313,9 @@ pub fn migrate(
         return Err(Error::Unsupported(obstacles));
     }
     let s = handshake(ch, opts)?;
+    if opts.lazy {
+        return super::postcopy::send(pid, s, opts, progress, t0);
+    }
     let mut skipped = None;
     let s = if s.rx.is_some() && !opts.no_precopy {
         let Session { tx, rx, handover } = s;

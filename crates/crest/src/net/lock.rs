@@ -10,7 +10,8 @@
 //! The table (family `inet`, named `crest-PID-…`) has a set of connections
 //! per IP version (source, port, destination, port; both directions) and
 //! two base chains, on the input and output hooks before connection
-//! tracking, that drop what matches.  Its name goes into the image;
+//! tracking, that drop what matches (except the segments crest sends
+//! itself, marked with [`super::fin::MARK`]).  Its name goes into the image;
 //! restore deletes it once the sockets are back (or when it fails), the
 //! dump deletes it itself when it fails or the tree runs on.
 
@@ -102,9 +103,13 @@ impl Lock {
              add set inet {t} c4 {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; }}\n\
              add set inet {t} c6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; }}\n"
         );
+        // What crest sends itself to a rebuilt socket (the peer's FIN,
+        // see `super::fin`) carries its mark and passes.
+        let mark = super::fin::MARK;
         for (chain, hook) in [("in", "input"), ("out", "output")] {
             script += &format!(
                 "add chain inet {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}\n\
+                 add rule inet {t} {chain} meta mark {mark:#x} accept\n\
                  add rule inet {t} {chain} ip saddr . tcp sport . ip daddr . tcp dport @c4 drop\n\
                  add rule inet {t} {chain} ip6 saddr . tcp sport . ip6 daddr . tcp dport @c6 drop\n"
             );

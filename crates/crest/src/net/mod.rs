@@ -11,6 +11,8 @@
 //! mode lets both ends of a connection be rebuilt independently), then
 //! [`finish`] takes the established ones out of repair mode once all exist.
 
+pub mod accept;
+pub mod fin;
 pub mod inet;
 pub mod lock;
 mod mcast;
@@ -175,13 +177,12 @@ impl NetIndex {
         let conns: Vec<(std::net::SocketAddr, std::net::SocketAddr)> = {
             let all = self.tcp_sockets()?.to_vec();
             let mut v = Vec::new();
-            for d in all.iter().filter(|d| {
-                matches!(
-                    d.state,
-                    inetdiag::TCP_ESTABLISHED | inetdiag::TCP_FIN_WAIT1 | inetdiag::TCP_FIN_WAIT2
-                )
-            }) {
-                if self.holders(d.ino as u64).iter().any(|p| tree.contains(p)) {
+            for d in all.iter().filter(|d| tcp::is_connected(d.state)) {
+                // A client whose server end waits in an accept queue is
+                // connected again at restore: its packets must pass.
+                let queued = tcp::find_peer(&all, &d.src, &d.dst)
+                    .is_some_and(|p| accept::queued_in(&all, p).is_some());
+                if !queued && self.holders(d.ino as u64).iter().any(|p| tree.contains(p)) {
                     let (a, b) = (inet::canonical(&d.src), inet::canonical(&d.dst));
                     let key = if a <= b { (a, b) } else { (b, a) };
                     if !v.contains(&key) {
@@ -201,7 +202,7 @@ impl NetIndex {
             let mut v: Vec<_> = [libc::AF_INET, libc::AF_INET6]
                 .iter()
                 .flat_map(|&f| inetdiag::inet_sockets(f, libc::IPPROTO_TCP).unwrap_or_default())
-                .filter(|d| d.state == inetdiag::TCP_ESTABLISHED)
+                .filter(|d| tcp::is_connected(d.state))
                 .map(|d| (d.src, d.dst, d.rqueue, d.wqueue))
                 .collect();
             v.sort();
@@ -371,6 +372,7 @@ fn collect_inet(
         tcp: None,
         datagrams: Vec::new(),
         lock_table: None,
+        reconnect: false,
         peek_off: sn::get_int(raw, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
             .ok()
             .filter(|&v| v >= 0),
@@ -407,33 +409,83 @@ fn collect_inet(
             let all = idx.tcp_sockets()?;
             let d = tcp::find(all, ino as u32)
                 .ok_or_else(|| format!("{what}: this listener is not listed by sock_diag"))?;
+            let d = d.clone();
             if d.rqueue > 0 {
-                return Err(format!(
-                    "TCP listener {}: {} connection(s) wait in its accept queue; crest cannot \
-                     put connections back into an accept queue (retry once the program has \
-                     accepted them)",
-                    s.local.map(|a| a.to_string()).unwrap_or_default(),
-                    d.rqueue
-                ));
+                let name = format!(
+                    "TCP listener {}",
+                    s.local.map(|a| a.to_string()).unwrap_or_default()
+                );
+                let all = idx.tcp_sockets()?.to_vec();
+                let children = accept::queued(&all, &d);
+                if children.len() != d.rqueue as usize {
+                    return Err(format!(
+                        "{name}: {} connection(s) wait in its accept queue, {} found",
+                        d.rqueue,
+                        children.len()
+                    ));
+                }
+                for c in children {
+                    let client = tcp::find_peer(&all, &c.src, &c.dst).map(|p| p.ino as u64);
+                    let tree = idx.tree.clone();
+                    let inside = client
+                        .filter(|&i| i != 0)
+                        .is_some_and(|i| idx.holders(i).iter().any(|h| tree.contains(h)));
+                    if let Some(why) = accept::refuse(c, inside) {
+                        return Err(format!("{name}: {why}"));
+                    }
+                }
             }
             s.listen = Some(d.wqueue);
         }
-        inetdiag::TCP_ESTABLISHED | inetdiag::TCP_FIN_WAIT1 | inetdiag::TCP_FIN_WAIT2 => {
+        inetdiag::TCP_SYN_SENT => {
+            // getpeername says ENOTCONN until the handshake ends: the
+            // destination is sock_diag's.
+            let all = idx.tcp_sockets()?;
+            let d = tcp::find(all, ino as u32).ok_or_else(|| {
+                format!("{what}: this connecting socket is not listed by sock_diag")
+            })?;
+            s.peer = Some(tcp::syn_sent_target(raw, d).map_err(|e| format!("{what}: {e}"))?);
+        }
+        st if tcp::is_connected(st) => {
             let (Some(l), Some(p)) = (s.local, s.peer) else {
                 return Err(format!("{what}: established without both addresses"));
             };
-            let inside = {
+            let (pino, queued_at) = {
                 let all = idx.tcp_sockets()?;
-                tcp::find_peer(all, &l, &p).map(|d| d.ino as u64)
+                match tcp::find_peer(all, &l, &p) {
+                    Some(d) => (
+                        Some(d.ino as u64),
+                        accept::queued_in(all, d).map(|l| (l.ino as u64, d.clone())),
+                    ),
+                    None => (None, None),
+                }
             };
-            let inside = match inside {
+            if let Some((lino, child)) = queued_at {
+                let tree = idx.tree.clone();
+                if idx.holders(lino).iter().any(|h| tree.contains(h)) {
+                    // Its server end waits in the accept queue of a listener
+                    // of the tree: connected again at restore.
+                    if let Some(why) = accept::refuse(&child, true) {
+                        return Err(format!("{what}: {why}"));
+                    }
+                    if info.state != inetdiag::TCP_ESTABLISHED {
+                        return Err(format!(
+                            "{what}: its server end waits in an accept queue and this end has \
+                             shut down ({}); retry once the program has accepted it",
+                            inetdiag::state_name(info.state)
+                        ));
+                    }
+                    s.reconnect = true;
+                }
+            }
+            let inside = match pino {
                 Some(pino) if pino != 0 => {
                     let tree = idx.tree.clone();
                     idx.holders(pino).iter().any(|h| tree.contains(h))
                 }
                 _ => false,
             };
-            if !inside {
+            if !inside && !s.reconnect {
                 if !idx.tcp_established {
                     return Err(format!(
                         "TCP {l} -> {p} is connected to a process outside the tree; \
@@ -447,12 +499,23 @@ fn collect_inet(
             if let Some(lock) = &idx.dumped.lock {
                 s.lock_table = Some(lock.table.clone());
             }
+            if s.reconnect {
+                // Its packets pass the lock (its new handshake must).
+                s.lock_table = None;
+            }
             sn::tcp_repair(raw, sn::REPAIR_ON)
                 .map_err(|e| format!("{what}: TCP_REPAIR (needs CAP_NET_ADMIN): {e}"))?;
             // Held in repair mode until the dump ends, whatever happens.
             let conn = tcp::read_established(raw, info.state);
             idx.dumped.repairing.push((own, s.opts.reuseaddr));
             let (conn, at) = conn.map_err(|e| format!("{what}: {e}"))?;
+            if s.reconnect && !conn.recv_queue.is_empty() {
+                return Err(format!(
+                    "{what}: its server end waits in an accept queue, yet it has {} byte(s) \
+                     received unread",
+                    conn.recv_queue.len()
+                ));
+            }
             idx.dumped.read_at.push((pid, fd, what.clone(), at));
             s.tcp = Some(conn);
         }

@@ -28,12 +28,25 @@
 //! shut down in repair mode with the send queue selected: the FIN is
 //! queued as sent, not transmitted, and its retransmission is acknowledged
 //! again by the peer.  A FIN received from the peer (CLOSE-WAIT, LAST-ACK,
-//! CLOSING) cannot be expressed — repair mode has no way to make a socket
-//! receive one — and connections being set up (SYN-SENT) cannot either:
-//! both are refused.  Connections waiting in a listener's accept queue
-//! are refused too: no kernel interface puts a connection back into an
-//! accept queue (a repaired socket "connected" to the listener is not
-//! queued), and the server ends have no descriptor the dump could read.
+//! CLOSING) cannot be put in by repair mode: the receive queue is rebuilt
+//! up to the sequence number before it, and once out of repair mode the
+//! socket is sent the peer's FIN again ([`super::fin`]); a LAST-ACK
+//! connection is shut down after that (its FIN goes out again, the peer
+//! acknowledges it), a CLOSING one before (in repair mode, as above).
+//! A connection being set up by the program (SYN-SENT: a non-blocking
+//! connect in progress) is connected again at restore, non-blocking, from
+//! the same local address: a new SYN, with a new initial sequence number,
+//! and the SYN retry count and timeout start again.  Nothing of it was
+//! acknowledged, so no byte can be lost or repeated; a SYN-SENT socket
+//! with data queued (TCP Fast Open) is refused, as is a peer that already
+//! answered the dumped SYN (it sees a second SYN of the same addresses,
+//! not part of the connection it knows; such a socket is SYN-RECV on the
+//! peer's side, which the dump cannot see when the peer is elsewhere).
+//! A connection half set up from the other side (SYN-RECV: a listener's
+//! request, in the accept queue once done) is a listener's business
+//! ([`super::accept`]).  Connections waiting
+//! in a listener's accept queue are connected again when their client is
+//! in the tree, refused otherwise ([`super::accept`]).
 
 use super::inet;
 use crate::model::{InetSocket, OpenFile, TcpConn};
@@ -67,8 +80,15 @@ pub fn seqs(fd: RawFd) -> std::io::Result<Seqs> {
 pub fn read_established(fd: RawFd, state: u8) -> Result<(TcpConn, Seqs), String> {
     // After shutdown(SHUT_WR) the FIN takes one sequence number after the
     // data; until it is acknowledged it counts in the send queue's length.
-    let fin_sent = matches!(state, inetdiag::TCP_FIN_WAIT1 | inetdiag::TCP_FIN_WAIT2);
-    let fin_unacked = state == inetdiag::TCP_FIN_WAIT1;
+    use inetdiag::{TCP_CLOSE_WAIT, TCP_CLOSING, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK};
+    let fin_sent = matches!(
+        state,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING
+    );
+    let fin_unacked = matches!(state, TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSING);
+    // The peer's FIN takes one sequence number after the data received
+    // (not counted in the receive queue's length, read or not).
+    let fin_received = matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING);
     let io = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| format!("{what}: {e}")
@@ -105,7 +125,10 @@ pub fn read_established(fd: RawFd, state: u8) -> Result<(TcpConn, Seqs), String>
                     .wrapping_sub(send.len() as u32)
                     .wrapping_sub(fin_sent as u32),
                 fin_sent,
-                rcv_seq: rseq.wrapping_sub(recv.len() as u32),
+                rcv_seq: rseq
+                    .wrapping_sub(recv.len() as u32)
+                    .wrapping_sub(fin_received as u32),
+                fin_received,
                 unsent: unsent.min(send.len() as u32),
                 send_queue: send,
                 recv_queue: recv,
@@ -169,18 +192,43 @@ fn read_queue(fd: RawFd, q: i32, fin: bool) -> Result<Option<(u32, Vec<u8>)>, St
 pub fn refuse_state(state: u8) -> Option<String> {
     use inetdiag::*;
     match state {
-        TCP_ESTABLISHED | TCP_CLOSE | TCP_LISTEN | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 => None,
-        TCP_SYN_SENT | TCP_SYN_RECV => Some(
-            "the connection is still being set up (SYN-SENT); retry once it is established".into(),
+        TCP_ESTABLISHED | TCP_CLOSE | TCP_LISTEN | TCP_FIN_WAIT1 | TCP_FIN_WAIT2
+        | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING | TCP_SYN_SENT => None,
+        TCP_SYN_RECV => Some(
+            "the connection is still being set up (SYN-RECV); retry once it is established".into(),
         ),
-        TCP_CLOSING | TCP_LAST_ACK | TCP_CLOSE_WAIT => Some(format!(
-            "the peer has closed its side of the connection ({}); TCP repair mode cannot make \
-             a rebuilt socket receive the peer's FIN again (retry once the program has \
-             closed it)",
-            state_name(state)
-        )),
         s => Some(format!("TCP state {} is not supported", state_name(s))),
     }
+}
+
+/// The destination of a connecting (SYN-SENT) socket `fd`, listed by
+/// sock_diag as `d`; refused when the SYN carries data (TCP Fast Open:
+/// the data would have to be sent again, and the program may not expect
+/// its `sendto` to be replayed).
+pub fn syn_sent_target(fd: RawFd, d: &InetDiag) -> Result<SocketAddr, String> {
+    let queued = sn::outq(fd).map_err(|e| format!("its send queue's length: {e}"))?;
+    if queued > 0 {
+        return Err(format!(
+            "connecting (SYN-SENT) with {queued} byte(s) queued (TCP Fast Open data) is not \
+             supported; retry once the connection is established"
+        ));
+    }
+    Ok(d.dst)
+}
+
+/// Whether a socket in state `state` is a connection crest rebuilds in
+/// repair mode (established, or closed on one side or both).
+pub fn is_connected(state: u8) -> bool {
+    use inetdiag::*;
+    matches!(
+        state,
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
+    )
 }
 
 /// The listener's entry among the sockets sock_diag lists.
@@ -216,7 +264,9 @@ pub fn open(o: &OpenFile, s: &InetSocket) -> crate::Result<OwnedFd> {
     let fd = sn::socket(s.family, libc::SOCK_STREAM, s.protocol)
         .map_err(|e| err(s, "creating the socket", e))?;
     let raw = fd.as_raw_fd();
-    if let Some(c) = &s.tcp {
+    if s.reconnect {
+        super::accept::open(raw, s)?;
+    } else if let Some(c) = &s.tcp {
         build_established(raw, s, c)?;
     } else {
         inet::apply_early(raw, s.family, &s.opts).map_err(|e| err(s, "options", e))?;
@@ -226,10 +276,32 @@ pub fn open(o: &OpenFile, s: &InetSocket) -> crate::Result<OwnedFd> {
         if let Some(b) = s.listen {
             sn::listen(raw, b.min(i32::MAX as u32) as i32).map_err(|e| err(s, "listening", e))?;
         }
+        if s.state == inetdiag::TCP_SYN_SENT {
+            connect_again(raw, s)?;
+        }
         inet::apply_late(raw, s.family, true, &s.opts).map_err(|e| err(s, "options", e))?;
         sn::set_flags(raw, o.flags as i32).map_err(|e| err(s, "setting its flags", e))?;
     }
     Ok(fd)
+}
+
+/// A SYN-SENT socket, bound to its local address: the non-blocking
+/// connect again (its SYN goes out now).
+fn connect_again(fd: RawFd, s: &InetSocket) -> crate::Result<()> {
+    let Some(peer) = &s.peer else {
+        return Err(crate::Error::Invalid(format!(
+            "{}: connecting (SYN-SENT) without a destination",
+            inet::show(s)
+        )));
+    };
+    sn::set_flags(fd, libc::O_NONBLOCK).map_err(|e| err(s, "setting O_NONBLOCK", e))?;
+    match sn::connect(fd, peer) {
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+        // Answered at once (a listener of this host): established
+        // already, as it would have become.
+        Ok(()) => Ok(()),
+        Err(e) => Err(err(s, &format!("connecting again to {peer}"), e)),
+    }
 }
 
 fn build_established(fd: RawFd, s: &InetSocket, c: &TcpConn) -> crate::Result<()> {
@@ -302,22 +374,42 @@ fn build_established(fd: RawFd, s: &InetSocket, c: &TcpConn) -> crate::Result<()
             sn::send_all(fd, chunk, None).map_err(io("refilling the receive queue"))?;
         }
     }
-    if c.fin_sent {
+    if c.fin_sent && !last_ack(s, c) {
         // In repair mode with the send queue selected the FIN is queued as
         // sent, not transmitted: FIN-WAIT-1 until the peer acknowledges its
-        // retransmission again (FIN-WAIT-2).
+        // retransmission again (FIN-WAIT-2); CLOSING once the peer's FIN
+        // is delivered too (see [`finish`]).
         sn::tcp_repair_queue(fd, sn::SEND_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
         sn::shutdown_write(fd).map_err(io("shutting down for writing"))?;
     }
     sn::tcp_repair_queue(fd, sn::NO_QUEUE).map_err(io("TCP_REPAIR_QUEUE"))?;
-    sn::set_tcp_repair_window(fd, &c.window).map_err(io("TCP_REPAIR_WINDOW"))?;
+    let mut window = c.window;
+    if c.fin_received {
+        // The window was last updated after the peer's FIN, which this
+        // socket has not received yet: rcv_wup may not be past rcv_nxt.
+        let rcv_nxt = super::fin::fin_seq(c);
+        if (window[4].wrapping_sub(rcv_nxt) as i32) > 0 {
+            window[4] = rcv_nxt;
+        }
+    }
+    sn::set_tcp_repair_window(fd, &window).map_err(io("TCP_REPAIR_WINDOW"))?;
     Ok(())
+}
+
+/// Whether `s` is in LAST-ACK: its FIN follows the peer's (shut down
+/// only once the peer's FIN is delivered, see [`finish`]).
+fn last_ack(s: &InetSocket, c: &TcpConn) -> bool {
+    c.fin_received && c.fin_sent && s.state == inetdiag::TCP_LAST_ACK
 }
 
 /// Ends the repair of established socket `s` (descriptor `fd`), once every
 /// socket of the image exists: repair mode off, the unsent data queued
-/// normally, the options and file flags set.
+/// normally, the peer's FIN delivered again, the options and file flags
+/// set.
 pub fn finish(fd: RawFd, o: &OpenFile, s: &InetSocket) -> crate::Result<()> {
+    if s.reconnect {
+        return super::accept::finish(fd, o, s);
+    }
     let Some(c) = &s.tcp else {
         return Ok(());
     };
@@ -329,6 +421,24 @@ pub fn finish(fd: RawFd, o: &OpenFile, s: &InetSocket) -> crate::Result<()> {
     if unsent > 0 && !c.fin_sent {
         let from = c.send_queue.len() - unsent;
         sn::send_all(fd, &c.send_queue[from..], None).map_err(io("queueing the unsent data"))?;
+    }
+    if c.fin_received {
+        super::fin::deliver(s, c).map_err(io("delivering the peer's FIN again"))?;
+        let want = if c.fin_sent && !last_ack(s, c) {
+            inetdiag::TCP_CLOSING
+        } else {
+            inetdiag::TCP_CLOSE_WAIT
+        };
+        wait_state(fd, want).map_err(|e| {
+            crate::Error::msg(format!(
+                "{}: the peer's FIN, delivered again: {e}",
+                inet::show(s)
+            ))
+        })?;
+        if last_ack(s, c) {
+            // Its FIN goes out (again) now: the peer acknowledges it.
+            sn::shutdown_write(fd).map_err(io("shutting down for writing"))?;
+        }
     }
     // Buffers as they were (they were raised for the refill).
     // Leaving repair mode cleared SO_REUSEADDR.
@@ -349,6 +459,28 @@ pub fn finish(fd: RawFd, o: &OpenFile, s: &InetSocket) -> crate::Result<()> {
     Ok(())
 }
 
+/// Waits (up to 2 s) until socket `fd` is in state `want`: the segment
+/// crest sent it is processed on the loopback path, as a softirq.
+fn wait_state(fd: RawFd, want: u8) -> Result<(), String> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = sn::tcp_info(fd)
+            .map_err(|e| format!("TCP_INFO: {e}"))?
+            .state;
+        if st == want {
+            return Ok(());
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(2) {
+            return Err(format!(
+                "the socket is in state {}, not {}",
+                inetdiag::state_name(st),
+                inetdiag::state_name(want)
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 /// A description of a TCP socket, for `inspect`.
 pub fn describe(s: &InetSocket) -> String {
     let mut out = inet::show(s);
@@ -366,6 +498,15 @@ pub fn describe(s: &InetSocket) -> String {
         if c.fin_sent {
             out += ", FIN sent";
         }
+        if c.fin_received {
+            out += ", FIN received";
+        }
+    }
+    if s.state == inetdiag::TCP_SYN_SENT {
+        out += ", connecting (SYN-SENT): connects again";
+    }
+    if s.reconnect {
+        out += ", connects again (its server end was in the accept queue)";
     }
     if let Some(t) = &s.lock_table {
         out += &format!(", packets held by nftables table inet {t}");

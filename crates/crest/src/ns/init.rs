@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::restore::stub::{routine, TreePlan};
-use crest_sys::process::{self, Forked};
+use crest_sys::process::Forked;
 
 /// Whether some process of the plan is in a PID namespace below crest's
 /// (its PID in crest's namespace is then the kernel's choice).
@@ -87,6 +87,16 @@ extern "C" fn ignore_signal(_: i32) {}
 /// As `crate::restore::stub`'s routine: runs in a forked child, only raw
 /// syscalls on its own copy of the plan; never returns.
 pub(crate) unsafe fn mini_init(plan: &mut TreePlan, release: i32) -> ! {
+    // Created sharing crest's descriptor table: serves the socket calls
+    // made in the namespace first (see `TreePlan::agent`), dying with
+    // crest meanwhile.
+    if let Some((cmd, reply)) = plan.agent {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if !crest_sys::agent::serve(cmd, reply, &mut plan.agent_buf) {
+            libc::_exit(1);
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
+    }
     // Its own mount namespace (a copy of crest's, kept from propagating
     // back) with a /proc of the new PID namespace.
     if libc::mount(
@@ -124,7 +134,7 @@ pub(crate) unsafe fn mini_init(plan: &mut TreePlan, release: i32) -> ! {
         ignore_signal as *const () as libc::sighandler_t,
     );
     let flags = plan.procs[0].share | plan.procs[0].new_ns;
-    let root = match process::clone_with_tids(&plan.procs[0].tids, flags) {
+    let root = match crate::restore::stub::fork_child(&plan.procs[0], flags) {
         Ok(Forked::Child) => routine(plan, 0),
         Ok(Forked::Parent(pid)) => pid,
         Err(_) => libc::_exit(1),

@@ -30,6 +30,7 @@ pub mod init;
 pub mod ipc;
 pub mod mnt;
 pub mod net;
+pub mod owned_net;
 pub mod pid;
 pub mod time;
 pub mod user;
@@ -177,7 +178,10 @@ pub fn collect(
                             _ => ipc::collect(pid, obstacles)?,
                         };
                         let their_user = ino_of(&theirs, "user").unwrap_or(my_user);
-                        user::check_owner(pid, kind, their_user, my_user, obstacles)?;
+                        let mut state = state;
+                        if user::check_owner(pid, kind, their_user, my_user, obstacles)? {
+                            owned_net::collect(pid, &mut table, me.user, &mut state, obstacles)?;
+                        }
                         table.table.push(Namespace { id, ino: t, state });
                         known.push((kind, t));
                         id

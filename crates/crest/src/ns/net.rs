@@ -407,10 +407,13 @@ fn run_inside<T: Send>(ns: &OwnedFd, f: impl FnOnce() -> Result<T> + Send) -> Re
 }
 
 /// The network namespace of the image's tree, made or opened as `opts`
-/// say (`None`: the tree is in crest's).
+/// say (`None`: the tree is in crest's).  `early`: the namespace made
+/// already, owned by the tree's user namespace (see
+/// [`super::owned_net`]), to configure instead of a new one.
 pub fn prepare(
     ckpt: &crate::model::Checkpoint,
     opts: &crate::RestoreOptions,
+    early: Option<OwnedFd>,
 ) -> Result<Option<Made>> {
     let Some(n) = ckpt
         .namespaces
@@ -429,7 +432,7 @@ pub fn prepare(
         .find(|e| e.kind == "net" && e.ino.is_none_or(|i| i == n.ino))
         .map(|e| e.path.as_path());
     crate::fault::point("restore: network namespace")?;
-    restore(st, existing, &opts.veth).map(Some)
+    restore(st, existing, &opts.veth, early).map(Some)
 }
 
 /// Makes (or, with `existing`, opens) the network namespace of `st`
@@ -439,11 +442,16 @@ pub fn restore(
     st: &NetState,
     existing: Option<&std::path::Path>,
     veth: &[(String, String)],
+    early: Option<OwnedFd>,
 ) -> Result<Made> {
+    let fresh = || match early {
+        Some(fd) => Ok(fd),
+        None => new_ns(),
+    };
     if existing.is_none() && st.external {
         // The runtime's own namespace at the dump: a new, empty one.
         return Ok(Made {
-            ns: new_ns()?,
+            ns: fresh()?,
             outside: Vec::new(),
         });
     }
@@ -469,7 +477,7 @@ pub fn restore(
         }
     }
     let mut made = Made {
-        ns: new_ns()?,
+        ns: fresh()?,
         outside: Vec::new(),
     };
     let target = format!("/proc/{}/fd/{}", std::process::id(), made.ns.as_raw_fd());

@@ -13,8 +13,9 @@
 //! the kernel makes the user namespace first and gives it the others); a
 //! shape that differs (a namespace made by crest's user namespace and
 //! entered from inside another, an intermediate user namespace not in
-//! the tree, a network namespace owned by a user namespace: crest makes
-//! network namespaces itself) is refused by name.  Credentials are read
+//! the tree) is refused by name.  A network namespace may also belong to
+//! the user namespace of the process that entered it: see
+//! [`super::owned_net`].  Credentials are read
 //! from /proc/PID/status in host terms; capabilities are the raw sets,
 //! which mean something relative to the process's own user namespace.
 //!
@@ -123,40 +124,42 @@ pub fn collect(
         gid_map,
         setgroups,
         parent,
+        owner_uid: None,
     }))
 }
 
 /// Checks that namespace `kind` of `pid`, which `pid` entered, belongs to
 /// the user namespace `pid` is in (`user_ino`), and for a network
-/// namespace, to crest's (`mine`): restore creates it that way.
+/// namespace, to that one or to crest's (`mine`): restore creates it
+/// that way.  True when a network namespace belongs to the process's
+/// user namespace, not crest's (see [`super::owned_net`]).
 pub fn check_owner(
     pid: i32,
     kind: &str,
     user_ino: u64,
     mine: u64,
     obstacles: &mut Vec<Obstacle>,
-) -> Result<()> {
+) -> Result<bool> {
     if kind == "user" {
-        return Ok(());
+        return Ok(false);
     }
     let fd = crest_sys::ns::open(pid, kind)?;
     let owner = match crest_sys::ns::owner(&fd)? {
         Some(o) => Some(crest_sys::ns::ino(&o)?),
         None => None,
     };
-    let want = if kind == "net" { mine } else { user_ino };
-    if owner != Some(want) {
+    if kind == "net" && owner == Some(mine) {
+        return Ok(false);
+    }
+    if owner != Some(user_ino) {
         let own = owner.map_or("one crest cannot see".into(), |o| format!("user:[{o}]"));
         let reason = if kind == "net" {
             format!(
-                "its network namespace belongs to user namespace {own}, not crest's: crest \
-                 recreates network namespaces itself, in its own user namespace (not supported)"
+                "its network namespace belongs to user namespace {own}, neither crest's nor                  the one the process is in (user:[{user_ino}]): crest recreates a network                  namespace in one of those (not supported)"
             )
         } else {
             format!(
-                "its {kind} namespace belongs to user namespace {own}, not to the one the \
-                 process is in (user:[{user_ino}]): restore creates each namespace from inside \
-                 the user namespace of the process that entered it"
+                "its {kind} namespace belongs to user namespace {own}, not to the one the                  process is in (user:[{user_ino}]): restore creates each namespace from inside                  the user namespace of the process that entered it"
             )
         };
         obstacles.push(Obstacle {
@@ -164,8 +167,9 @@ pub fn check_owner(
             object: format!("{kind} namespace"),
             reason,
         });
+        return Ok(false);
     }
-    Ok(())
+    Ok(kind == "net")
 }
 
 /// Refuses the processes restore could not fork the children or
@@ -253,7 +257,7 @@ fn user_state(ns: &Namespaces, id: NsId) -> Result<&UserNsState> {
 }
 
 /// `id` (host terms) seen through `map`: the id inside.
-fn up(map: &[IdExtent], id: u32) -> Option<u32> {
+pub fn up(map: &[IdExtent], id: u32) -> Option<u32> {
     map.iter()
         .find(|e| id >= e.outside && (id - e.outside) < e.count)
         .map(|e| e.inside + (id - e.outside))

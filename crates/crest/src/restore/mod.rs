@@ -6,6 +6,7 @@
 //! its final registers and run: a truncated or corrupted stream never
 //! produces a running process, and on any error the stub is killed.
 
+pub mod fdplan;
 pub mod plan;
 pub mod stub;
 
@@ -29,6 +30,14 @@ pub struct RestoreReport {
     pub pages: u64,
     pub image_bytes: u64,
     pub total_ms: f64,
+    /// A lazy restore: the phase that fills the memory still under way
+    /// (see `crate::memory::lazy`); the pages it holds back.
+    #[serde(skip)]
+    pub lazy: Option<crate::memory::lazy::Phase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lazy_pages: Option<u64>,
+    /// Pages taken from the parent images of an incremental image.
+    pub parent_pages: u64,
 }
 
 /// How to restore.
@@ -66,6 +75,20 @@ pub struct RestoreOptions {
     /// Connect the UNIX sockets that were connected outside the tree
     /// (dumped with `DumpOptions::ext_unix_sk`) to their peers' names.
     pub ext_unix_sk: bool,
+    /// Let the tree run before its private anonymous memory is in: pages
+    /// come on first touch, and the rest in the background (see
+    /// `crate::memory::lazy`).
+    pub lazy: bool,
+    /// With `lazy`: the pages held back come from a post-copy migration's
+    /// source, not from the image (see `crate::migrate::postcopy_dest`).
+    pub lazy_source: Option<crate::migrate::postcopy_dest::Slot>,
+    /// Where an incremental image's parents are (see
+    /// `crate::memory::incremental`).
+    pub parents: crate::memory::incremental::ParentLookup,
+    /// Memory a migration built in crest before the source froze (see
+    /// `crate::migrate::prebuild`): its mappings are inherited by the
+    /// stubs and their pages are not in the image.
+    pub prebuilt: Option<crate::migrate::prebuild::Prebuilt>,
 }
 
 /// See [`RestoreOptions::on_namespaces`].
@@ -138,6 +161,7 @@ pub fn restore_with<R: Read>(
     }
     // The mount tree of the image, built detached once the model is read.
     let mut mnt_tree = None;
+    let mut chain = None;
     while let Some(rec) = reader.next_record()? {
         if (model.is_model(rec.kind) || rec.kind == kind::FILE_DATA)
             && (build.is_some() || spool.is_some())
@@ -161,10 +185,16 @@ pub fn restore_with<R: Read>(
         }
         if !model_done {
             ckpt = model.take()?;
+            chain = crate::memory::incremental::Chain::of(&ckpt)?;
             for o in &ckpt.objects {
                 locks.note(o);
             }
             model_done = true;
+            if let Some(p) = &opts.prebuilt {
+                regions = Some(p.attach(&mut ckpt)?);
+            }
+            // Before anything (file data included) takes huge pages.
+            crate::memory::hugetlb::check_free(&ckpt)?;
             mnt_tree = crate::ns::mnt::start(&ckpt, &opts.mounts)?;
         }
         match rec.kind {
@@ -217,6 +247,7 @@ pub fn restore_with<R: Read>(
                             &mut unlinked,
                             opts,
                             r,
+                            t0,
                         )?);
                     }
                 }
@@ -244,6 +275,10 @@ pub fn restore_with<R: Read>(
     // The tail is verified: nothing above could have been resumed yet.
     if !model_done {
         ckpt = model.take()?;
+        chain = crate::memory::incremental::Chain::of(&ckpt)?;
+        if let Some(p) = &opts.prebuilt {
+            regions = Some(p.attach(&mut ckpt)?);
+        }
         mnt_tree = crate::ns::mnt::start(&ckpt, &opts.mounts)?;
     }
     let build = match build {
@@ -261,7 +296,7 @@ pub fn restore_with<R: Read>(
                 Some(r) => r,
                 None => crate::memory::cow::Regions::prepare(&ckpt)?,
             };
-            let mut b = Build::start(ckpt, &mut unlinked, opts, r)?;
+            let mut b = Build::start(ckpt, &mut unlinked, opts, r, t0)?;
             if let Some(s) = spool {
                 s.replay(&mut |space, addr, data| {
                     b.fill(&PageChunk::new(space, addr, data, page_size)?)
@@ -270,8 +305,36 @@ pub fn restore_with<R: Read>(
             b
         }
     };
+    let mut build = build;
+    if let Some(slot) = &opts.lazy_source {
+        slot.install(build.lazy.as_mut(), &build.ckpt)?;
+    }
+    let mut parent_pages = 0;
+    if let Some(chain) = &chain {
+        let spaces: HashMap<i32, u32> = build
+            .ckpt
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.pid, i as u32))
+            .collect();
+        parent_pages = crate::memory::incremental::fill_from_parents(
+            chain,
+            &opts.parents,
+            page_size,
+            &mut |pid, addr, data| {
+                let space = *spaces.get(&pid).ok_or_else(|| {
+                    Error::Invalid(format!("kept pages for pid {pid}, which the image lacks"))
+                })?;
+                build.fill(&crate::memory::incremental::chunk(
+                    space, addr, data, page_size,
+                )?)
+            },
+        )?;
+    }
     let lock_ns = build.net.as_ref().map(crate::ns::net::dup).transpose()?;
-    let pid = build.finish()?;
+    let lazy_pages = build.lazy.as_ref().map(|l| l.pages());
+    let (pid, lazy) = build.finish()?;
     drop(mnt_tree);
     // The tree runs: a lock that cannot be removed is only reported.
     // (In the tree's network namespace: the table is there if the dumped
@@ -283,9 +346,12 @@ pub fn restore_with<R: Read>(
     unlinked.keep_sysv();
     Ok(RestoreReport {
         pid,
-        pages,
+        pages: pages + parent_pages,
+        parent_pages,
         image_bytes: reader.offset(),
         total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        lazy,
+        lazy_pages,
     })
 }
 
@@ -357,6 +423,8 @@ pub fn validate(ckpt: &Checkpoint) -> Result<()> {
             )));
         }
     }
+    crate::memory::hugetlb::validate(ckpt)?;
+    crate::memory::aio::validate(ckpt)?;
     crate::ns::validate(&ckpt.namespaces, &ckpt.processes)
 }
 
@@ -432,6 +500,88 @@ fn validate_process(ckpt: &Checkpoint, p: &Process) -> Result<()> {
     Ok(())
 }
 
+/// Opens what descriptor source `src` of process `p` names (an open file
+/// description once: `opened` remembers it) and returns crest's descriptor
+/// for the stub to take, kept open in `held`.
+fn open_source(
+    ckpt: &Checkpoint,
+    p: &Process,
+    src: &fdplan::Source,
+    unlinked: &mut UnlinkedFiles,
+    pipes: &stub::Pipes,
+    opened: &mut HashMap<u32, i32>,
+    held: &mut Vec<OwnedFd>,
+) -> Result<i32> {
+    use fdplan::Source;
+    let lookup = |id| ckpt.object(id).cloned();
+    let kind = |id: u32| {
+        ckpt.object(id)
+            .ok_or_else(|| Error::Invalid(format!("pid {}: no object {id}", p.pid)))
+    };
+    let open_file = |id: u32, write: bool| {
+        let ObjectKind::File(fid) = kind(id)? else {
+            return Err(Error::Invalid(format!(
+                "pid {}: object {id} is no file",
+                p.pid
+            )));
+        };
+        files::open_checked(fid, write)
+    };
+    let f = match *src {
+        Source::Description { id, fd } => {
+            if let Some(&s) = opened.get(&id) {
+                return Ok(s);
+            }
+            let ObjectKind::Open(o) = kind(id)? else {
+                return Err(Error::Invalid(format!(
+                    "pid {}: fd {fd}: object {id} is no open file",
+                    p.pid
+                )));
+            };
+            let f = files::open_object(id, o, unlinked, &lookup)
+                .context(|| format!("pid {}: fd {fd}", p.pid))?;
+            opened.insert(id, stub::raw(&f));
+            f
+        }
+        Source::Shmem(id) => {
+            let ObjectKind::Shmem(m) = kind(id)? else {
+                return Err(Error::Invalid(format!(
+                    "pid {}: object {id} is no shared memory",
+                    p.pid
+                )));
+            };
+            // The registry holds it.
+            return Ok(stub::raw(unlinked.shmem(id, m)?));
+        }
+        Source::MappedOpen { id, addr } => {
+            let ObjectKind::Open(o) = kind(id)? else {
+                return Err(Error::Invalid(format!(
+                    "pid {}: object {id} is no open file",
+                    p.pid
+                )));
+            };
+            // A mapped unlinked file: the one file recreated for every
+            // mapping and descriptor of it.
+            files::open_object(id, o, unlinked, &lookup)
+                .context(|| format!("pid {}: mapping {addr:#x}", p.pid))?
+        }
+        Source::MappedFile { id, write } => open_file(id, write)?,
+        Source::Exe(id) => open_file(id, false)?,
+        Source::Cwd => match &p.fs.cwd_deleted {
+            Some(n) => unlinked
+                .open_deleted(n, (libc::O_RDONLY | libc::O_DIRECTORY) as u32)
+                .context(|| format!("pid {}: its deleted cwd {}", p.pid, n.path))?,
+            None => open_dir(&p.fs.cwd)?,
+        },
+        Source::Root => open_dir(&p.fs.root)?,
+        Source::Ready => return Ok(stub::raw(&pipes.ready_w)),
+        Source::Hold => return Ok(stub::raw(&pipes.hold_r)),
+    };
+    let s = stub::raw(&f);
+    held.push(f);
+    Ok(s)
+}
+
 /// Per-process numbers the finishing steps need.
 struct Aux {
     /// Descriptor number (in the stub) of the executable, or -1.
@@ -453,6 +603,11 @@ struct Build {
     aux: Vec<Aux>,
     /// The network namespace made for the tree (see `crate::ns::net`).
     net: Option<crate::ns::net::Made>,
+    /// The cgroups made for the tree (after `tree`: removed once the stubs
+    /// are gone).
+    cgroups: crate::task::cgroup_dirs::Created,
+    /// A lazy restore: the pages held back, and the descriptors.
+    lazy: Option<crate::memory::lazy::Pending>,
 }
 
 impl Build {
@@ -463,6 +618,7 @@ impl Build {
         unlinked: &mut UnlinkedFiles,
         opts: &RestoreOptions,
         mut regions: crate::memory::cow::Regions,
+        t0: Instant,
     ) -> Result<Build> {
         let init = opts.new_pidns;
         if init {
@@ -478,6 +634,8 @@ impl Build {
             // here: this machine may not be the one dumped on.
             crate::restore::plan::require(&ckpt)?;
         }
+        // Which descriptors each stub places, from the model alone.
+        let fds = fdplan::plan(&ckpt)?;
         // PIDs in namespaces below crest's are made fresh: only the others
         // must be free here.
         for p in ckpt.processes.iter().filter(|p| p.ns.pids.is_empty()) {
@@ -497,6 +655,9 @@ impl Build {
                 }
             }
         }
+        // The tree's own cgroups are made first (removed again if the
+        // restore fails); then every cgroup must exist.
+        let cgroups = crate::task::cgroup_dirs::prepare(&ckpt)?;
         crate::task::cgroups::check(&ckpt)?;
         unlinked.tree_tasks = ckpt
             .processes
@@ -504,7 +665,6 @@ impl Build {
             .flat_map(|p| p.threads.iter().map(|t| t.tid))
             .collect();
         let sid_here = unsafe_getsid();
-        let tree_ids = crate::files::procfiles::tree_ids(&ckpt);
         let view = crate::ns::pid::View::new(&ckpt.processes);
         let mut held: Vec<OwnedFd> = Vec::new();
         // Each open file description is opened once: every descriptor on
@@ -512,7 +672,14 @@ impl Build {
         let mut opened: HashMap<u32, i32> = HashMap::new();
         // The tree's network namespace exists before its sockets, which
         // crest makes inside it.
-        let net = crate::ns::net::prepare(&ckpt, opts)?;
+        // A network namespace owned by the tree's user namespace: both
+        // made now (see `crate::ns::owned_net`).
+        let early = crate::ns::owned_net::prepare(&ckpt)?;
+        let early_net = early
+            .as_ref()
+            .map(crate::ns::owned_net::net_fd)
+            .transpose()?;
+        let net = crate::ns::net::prepare(&ckpt, opts, early_net)?;
         let inside = net
             .as_ref()
             .map(|m| crate::ns::net::enter(&m.ns))
@@ -521,147 +688,27 @@ impl Build {
         let mut gates: Vec<crate::ns::user::Gate> = Vec::new();
         let mut procs: Vec<ProcPlan> = Vec::new();
         let mut aux_info: Vec<(Aux, HashMap<u32, i32>)> = Vec::new();
-        let mut max_dst = 0;
-        // Per process: the next free helper descriptor number.
-        let mut aux_next: Vec<i32> = Vec::new();
-        for (i, p) in ckpt.processes.iter().enumerate() {
-            let mut moves = Vec::new();
-            // A child sharing its parent's descriptor table gets nothing
-            // placed itself: the parent places the table's descriptors and
-            // this child's helper descriptors (numbered after its own).
-            let files_parent = p.shares_files_with.map(|pp| {
-                ckpt.processes[..i]
-                    .iter()
-                    .position(|q| q.pid == pp)
-                    .expect("validated")
-            });
-            for fd in p.fds.iter().filter(|_| files_parent.is_none()) {
-                let src = match opened.get(&fd.file) {
-                    Some(&s) => s,
-                    None => {
-                        let Some(ObjectKind::Open(o)) = ckpt.object(fd.file) else {
-                            unreachable!("validated")
-                        };
-                        if crate::files::procfiles::deferred_path(o, &tree_ids).is_some() {
-                            continue; // opened by the process itself, later
-                        }
-                        let f = files::open_object(fd.file, o, unlinked, &|id| {
-                            ckpt.object(id).cloned()
-                        })
-                        .context(|| format!("pid {}: fd {}", p.pid, fd.fd))?;
-                        let s = stub::raw(&f);
-                        held.push(f);
-                        opened.insert(fd.file, s);
-                        s
-                    }
-                };
+        for (i, (p, pf)) in ckpt.processes.iter().zip(&fds.procs).enumerate() {
+            let mut moves = Vec::with_capacity(pf.placed.len());
+            for m in &pf.placed {
+                let src = open_source(&ckpt, p, &m.src, unlinked, &pipes, &mut opened, &mut held)?;
                 moves.push(FdMove {
                     src,
-                    dst: fd.fd,
-                    cloexec: fd.cloexec,
+                    dst: m.dst,
+                    cloexec: m.cloexec,
                 });
             }
-            // Helper descriptors, numbered above the target's.
-            let aux_lo = match files_parent {
-                Some(j) => aux_info[j].0.aux_lo,
-                None => p.fds.iter().map(|f| f.fd).max().unwrap_or(-1) + 1,
-            };
-            let mut next = files_parent.map_or(aux_lo, |j| aux_next[j]);
-            let mut aux = |src: i32, moves: &mut Vec<FdMove>| {
-                let dst = next;
-                next += 1;
-                moves.push(FdMove {
-                    src,
-                    dst,
-                    cloexec: true,
-                });
-                dst
-            };
-            let mut file_fds: HashMap<u32, i32> = HashMap::new();
-            for v in &p.mm.vmas {
-                if let Backing::Shmem(id) = v.backing {
-                    if file_fds.contains_key(&id) {
-                        continue;
-                    }
-                    let Some(ObjectKind::Shmem(m)) = ckpt.object(id) else {
-                        unreachable!("validated")
-                    };
-                    let src = stub::raw(unlinked.shmem(id, m)?);
-                    file_fds.insert(id, aux(src, &mut moves));
-                }
-                if let Backing::File(id) = v.backing {
-                    if file_fds.contains_key(&id) {
-                        continue;
-                    }
-                    if let Some(ObjectKind::Open(o)) = ckpt.object(id) {
-                        // A mapped unlinked file: the one file recreated
-                        // for every mapping and descriptor of it.
-                        let f = files::open_object(id, o, unlinked, &|id| ckpt.object(id).cloned())
-                            .context(|| format!("pid {}: mapping {:#x}", p.pid, v.start))?;
-                        file_fds.insert(id, aux(stub::raw(&f), &mut moves));
-                        held.push(f);
-                        continue;
-                    }
-                    let Some(ObjectKind::File(fid)) = ckpt.object(id) else {
-                        unreachable!("validated")
-                    };
-                    let write =
-                        p.mm.vmas.iter().any(|w| {
-                            w.backing == Backing::File(id) && w.shared && w.flags.may_write
-                        });
-                    let f = files::open_checked(fid, write)?;
-                    file_fds.insert(id, aux(stub::raw(&f), &mut moves));
-                    held.push(f);
-                }
-            }
-            let exe_fd = match p.mm.exe {
-                Some(id) => {
-                    let Some(ObjectKind::File(fid)) = ckpt.object(id) else {
-                        unreachable!("validated")
-                    };
-                    let f = files::open_checked(fid, false)?;
-                    let d = aux(stub::raw(&f), &mut moves);
-                    held.push(f);
-                    d
-                }
-                None => -1,
-            };
-            let cwd = match &p.fs.cwd_deleted {
-                Some(n) => unlinked
-                    .open_deleted(n, (libc::O_RDONLY | libc::O_DIRECTORY) as u32)
-                    .context(|| format!("pid {}: its deleted cwd {}", p.pid, n.path))?,
-                None => open_dir(&p.fs.cwd)?,
-            };
-            let cwd_fd = aux(stub::raw(&cwd), &mut moves);
-            held.push(cwd);
-            let root_fd = if p.fs.root != "/" {
-                let r = open_dir(&p.fs.root)?;
-                let d = aux(stub::raw(&r), &mut moves);
-                held.push(r);
-                Some(d)
-            } else {
-                None
-            };
-            let (ready_dst, hold_dst) = match files_parent {
-                Some(j) => (procs[j].ready_dst, procs[j].hold_dst),
-                None => (
-                    aux(stub::raw(&pipes.ready_w), &mut moves),
-                    aux(stub::raw(&pipes.hold_r), &mut moves),
-                ),
-            };
-            max_dst = max_dst.max(next);
-            if let Some(j) = files_parent {
+            let (ready_dst, hold_dst) = (pf.ready_dst, pf.hold_dst);
+            if let Some(j) = pf.files_parent {
                 let pp: &mut ProcPlan = &mut procs[j];
                 pp.moves.append(&mut moves);
                 pp.tmp.resize(pp.moves.len(), 0);
-                aux_next[j] = next;
             }
-            aux_next.push(next);
             let share = p.shares_files_with.map_or(0, |_| libc::CLONE_FILES as u64)
                 | p.shares_fs_with.map_or(0, |_| libc::CLONE_FS as u64);
             let lead = &p.threads[0];
             let comm = tasks::comm_bytes(tasks::comm_of(&lead.comm, &lead.comm_raw));
-            let parent = ckpt.processes[..i].iter().find(|q| q.pid == p.ppid);
+            let parent = pf.parent.map(|j| &ckpt.processes[j]);
             let (setsid, pgid) = session_plan(p, parent, sid_here)?;
             let mut new_ns = crate::ns::new_ns_flags(&ckpt.processes, i);
             if init && i == 0 {
@@ -683,7 +730,15 @@ impl Build {
             } else {
                 None
             };
+            let mut userns_fd = -1;
+            if let (Some(e), Some(u)) = (&early, p.ns.user) {
+                if u == e.user && new_ns & libc::CLONE_NEWUSER as u64 != 0 {
+                    new_ns &= !(libc::CLONE_NEWUSER as u64);
+                    userns_fd = stub::raw(&e.made.user);
+                }
+            }
             let (userns_gate, userns_ids) = match p.ns.user {
+                Some(u) if userns_fd >= 0 => (-1, crate::ns::user::stub_ids(&ckpt.namespaces, u)?),
                 Some(u) if new_ns & libc::CLONE_NEWUSER as u64 != 0 => {
                     let (read, write) = crate::files::make_pipe()?;
                     let fd = stub::raw(&read);
@@ -709,6 +764,7 @@ impl Build {
                 cgroup_ns,
                 userns_gate,
                 userns_ids,
+                userns_fd,
                 mnt,
                 // The outer PID too, where crest may choose it: a process
                 // in a user namespace of the image is created from inside
@@ -730,8 +786,8 @@ impl Build {
                 ctty: None,
                 tmp: vec![0; moves.len()],
                 moves,
-                cwd_fd,
-                root_fd,
+                cwd_fd: pf.cwd_fd,
+                root_fd: pf.root_fd,
                 umask: p.attrs.umask,
                 personality: p.attrs.personality,
                 comm,
@@ -743,39 +799,24 @@ impl Build {
             });
             aux_info.push((
                 Aux {
-                    exe_fd,
-                    aux_lo,
-                    close_aux: true,
+                    exe_fd: pf.exe_fd,
+                    aux_lo: pf.aux_lo,
+                    close_aux: pf.close_aux,
                 },
-                file_fds,
+                pf.file_fds.clone(),
             ));
         }
-        for i in 0..ckpt.processes.len() {
-            if let Some(pp) = ckpt.processes[i].shares_files_with {
-                let j = ckpt.processes[..i].iter().position(|q| q.pid == pp);
-                aux_info[j.expect("validated")].0.close_aux = false;
-                let last = (i + 1..ckpt.processes.len())
-                    .all(|k| ckpt.processes[k].shares_files_with != Some(pp));
-                aux_info[i].0.close_aux = last;
-            }
-        }
-        for i in 1..ckpt.processes.len() {
-            let ppid = ckpt.processes[i].ppid;
-            let parent = ckpt.processes[..i]
-                .iter()
-                .position(|q| q.pid == ppid)
-                .expect("validated");
-            procs[parent].children.push(i);
+        for (pp, pf) in procs.iter_mut().zip(&fds.procs) {
+            pp.children = pf.children.clone();
         }
         crate::files::tty::plan_ctty(&ckpt, &opened, &mut procs)?;
         // A child on its parent's descriptor table no longer has crest's
         // descriptors when it runs: its terminal is the parent's copy.
         for i in 0..procs.len() {
-            let (Some(t), Some(pp)) = (procs[i].ctty, ckpt.processes[i].shares_files_with) else {
+            let (Some(t), Some(j)) = (procs[i].ctty, fds.procs[i].files_parent) else {
                 continue;
             };
-            let j = ckpt.processes[..i].iter().position(|q| q.pid == pp);
-            let parent = &procs[j.expect("validated")];
+            let parent = &procs[j];
             let Some(m) = parent.moves.iter().find(|m| m.src == t) else {
                 return Err(Error::msg(format!(
                     "pid {}: its controlling terminal is not in the descriptor table it shares",
@@ -794,13 +835,8 @@ impl Build {
         if let Some(why) = crate::net::unix::external_refused(&ckpt, opts.ext_unix_sk) {
             return Err(Error::Incompatible(why));
         }
-        crate::net::unix::restore(&ckpt, &opened)?;
-        crate::net::finish(&ckpt, &opened)?;
-        crate::files::events::add_epoll_targets(&ckpt, &opened)?;
-        drop(inside);
-        files::unlink_recreated(unlinked)?;
         let plan = TreePlan {
-            floor: stub::max_open_fd().max(max_dst) + 1,
+            floor: stub::max_open_fd().max(fds.max_dst) + 1,
             helper: stub::pick_helper_addr(ckpt.processes.iter().map(|p| p.mm.vmas.as_slice()))?,
             ready_src: stub::raw(&pipes.ready_w),
             hold_src: stub::raw(&pipes.hold_r),
@@ -808,17 +844,42 @@ impl Build {
             procs,
             init,
             userns: stub::UsernsPlan::new(gates)?,
+            agent: None,
+            agent_buf: Vec::new(),
         };
-        crate::fault::point("restore: before creating the processes")?;
         let root = ckpt.processes[0].pid;
-        let tree = StubTree::spawn(plan, pipes).context(|| format!("restoring pid {root}"))?;
+        // UNIX sockets whose credentials name PIDs of a PID namespace of
+        // the tree are built once that namespace's init exists (it waits,
+        // serving the calls PID 1 makes; see `crate::net::unix::creds`).
+        let agent = crate::net::unix::agent_for(&ckpt, init)?;
+        let started = StubTree::start(plan, pipes, agent)
+            .context(|| format!("restoring pid {root}: the PID namespace's init"))?;
+        crate::net::unix::restore(&ckpt, &opened, started.agent())?;
+        crate::net::finish(&ckpt, &opened)?;
+        crate::files::events::add_epoll_targets(&ckpt, &opened)?;
+        drop(inside);
+        files::unlink_recreated(unlinked)?;
+        crate::fault::point("restore: before creating the processes")?;
+        let tree = started
+            .spawn()
+            .context(|| format!("restoring pid {root}"))?;
         crate::ns::restore_after_spawn(&ckpt, &tree)?;
         if let (Some(h), Some(sp)) = (&opts.on_namespaces, tree.procs.first()) {
             (h.0)(sp.pid).context(|| format!("restoring pid {root}: the namespaces hook"))?;
         }
         files::release_pipes(unlinked);
         let sysv_ids = crate::memory::sysv::shmids(&ckpt.objects);
-        for ((p, sp), (_, file_fds)) in ckpt.processes.iter().zip(&tree.procs).zip(&aux_info) {
+        let mut lazy = opts
+            .lazy
+            .then(|| crate::memory::lazy::Pending::new(ckpt.processes.len(), t0))
+            .transpose()?;
+        for (i, ((p, sp), (_, file_fds))) in ckpt
+            .processes
+            .iter()
+            .zip(&tree.procs)
+            .zip(&aux_info)
+            .enumerate()
+        {
             let pid = p.pid;
             (|| -> Result<()> {
                 // By its pid in crest's namespace (the image's may be of
@@ -832,6 +893,9 @@ impl Build {
                     regions.inherited(v)
                 })?;
                 regions.apply(&sp.thread(0), &|runs| sp.write_pages(runs), &p.mm.vmas)?;
+                if let Some(l) = &mut lazy {
+                    l.take(i, &sp.thread(0), sp.pid, &p.mm.vmas)?;
+                }
                 crate::fault::point("restore: memory mapped")?;
                 Ok(())
             })()
@@ -841,12 +905,18 @@ impl Build {
         regions.release();
         unlinked.seal(&|id| ckpt.object(id).cloned())?;
         unlinked.close_built(&|id| ckpt.object(id).cloned());
+        // Once crest's own descriptions of the recreated files are closed
+        // (a close is an event), and before anything runs.
+        let pids: Vec<i32> = tree.procs.iter().map(|sp| sp.pid).collect();
+        crate::files::inotify_deleted::add_deferred(&ckpt, &opened, &pids)?;
         Ok(Build {
             ckpt,
             tree,
             _held: held,
             aux: aux_info.into_iter().map(|(a, _)| a).collect(),
             net,
+            cgroups,
+            lazy,
         })
     }
 
@@ -864,57 +934,114 @@ impl Build {
             )));
         };
         memory::check_chunk(&p.mm.vmas, c.addr, c.end() - c.addr)?;
+        if let Some(l) = self
+            .lazy
+            .as_mut()
+            .filter(|l| l.wants(c.space as usize, &p.mm.vmas, c.addr))
+        {
+            for (addr, data) in c.runs() {
+                l.push(c.space as usize, addr, data)?;
+            }
+            return crate::fault::point("restore: page chunk written");
+        }
         let runs: Vec<(u64, &[u8])> = c.runs().collect();
         sp.write_pages(&runs)?;
         crate::fault::point("restore: page chunk written")
     }
 
-    fn finish(self) -> Result<i32> {
+    fn finish(self) -> Result<(i32, Option<crate::memory::lazy::Phase>)> {
+        // `cgroups` first: bound first, it is dropped last, after the
+        // stubs, when this returns early.
         let Build {
+            cgroups,
             ckpt,
             mut tree,
             _held,
             aux,
             net,
+            lazy,
         } = self;
-        let view = crate::ns::pid::View::new(&ckpt.processes);
-        for (i, (p, sp)) in ckpt.processes.iter().zip(tree.procs.iter()).enumerate() {
-            let parent_pgid = ckpt.processes[..i]
-                .iter()
-                .find(|q| q.pid == p.ppid)
-                .map(|q| q.pgid)
-                .unwrap_or_else(unsafe_getpgid);
-            join_group(p, parent_pgid, &sp.thread(0), &view)
-                .context(|| format!("restoring the process group of pid {}", p.pid))?;
-            tasks::join_zombie_groups(p, &sp.thread(0), &view)?;
-        }
-        for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
-            crate::files::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
-            crate::files::pidfd::restore_in_tree(&sp.thread(0), &ckpt, p)?;
-            crate::files::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
-            let locks = table_locks(&ckpt, p, a);
-            finish_process(&ckpt, p, sp, a, &locks, &view)
-                .context(|| format!("restoring the state of pid {}", p.pid))?;
-        }
-        crate::fault::point("restore: before resuming")?;
-        let fin = |pi: usize, ti: usize| -> Result<(crest_sys::arch::UserRegs, Vec<u8>, u64)> {
-            let th = &ckpt.processes[pi].threads[ti];
-            Ok((tasks::resume_regs(&th.regs)?, th.xsave.clone(), th.sigmask))
+        // Lazy: the memory is registered and served from here on, before
+        // any injected call (rseq, say) can make the kernel touch it.
+        let lazy = match lazy {
+            Some(l) => {
+                let procs: Vec<(i32, &[crate::model::Vma])> = ckpt
+                    .processes
+                    .iter()
+                    .zip(tree.procs.iter())
+                    .map(|(p, sp)| (sp.pid, p.mm.vmas.as_slice()))
+                    .collect();
+                Some(AbortOnDrop(Some(l.start(&procs)?)))
+            }
+            None => None,
         };
-        // Every process holds its own descriptors: crest's copies go
-        // before anything runs (see `UnlinkedFiles::close_built`).
-        drop(_held);
-        let stops = crate::task::jobctl::plan(&ckpt, (unsafe_getsid(), unsafe_getpgid()));
-        let parents: Vec<Option<usize>> = ckpt
-            .processes
-            .iter()
-            .map(|p| ckpt.processes.iter().position(|q| q.pid == p.ppid))
-            .collect();
-        let pid = tree.release(&fin, &stops, &parents)?;
-        if let Some(n) = net {
-            n.commit();
+        let rest = (move || -> Result<i32> {
+            let view = crate::ns::pid::View::new(&ckpt.processes);
+            for (i, (p, sp)) in ckpt.processes.iter().zip(tree.procs.iter()).enumerate() {
+                let parent_pgid = ckpt.processes[..i]
+                    .iter()
+                    .find(|q| q.pid == p.ppid)
+                    .map(|q| q.pgid)
+                    .unwrap_or_else(unsafe_getpgid);
+                join_group(p, parent_pgid, &sp.thread(0), &view)
+                    .context(|| format!("restoring the process group of pid {}", p.pid))?;
+                tasks::join_zombie_groups(p, &sp.thread(0), &view)?;
+            }
+            for ((p, sp), a) in ckpt.processes.iter().zip(tree.procs.iter_mut()).zip(&aux) {
+                crate::files::events::add_process_targets(&sp.thread(0), &ckpt, p)?;
+                crate::files::pidfd::restore_in_tree(&sp.thread(0), &ckpt, p)?;
+                crate::files::tty::restore_foreground(&sp.thread(0), &ckpt, p)?;
+                let locks = table_locks(&ckpt, p, a);
+                finish_process(&ckpt, p, sp, a, &locks, &view)
+                    .context(|| format!("restoring the state of pid {}", p.pid))?;
+            }
+            crate::fault::point("restore: before resuming")?;
+            let fin = |pi: usize, ti: usize| -> Result<(crest_sys::arch::UserRegs, Vec<u8>, u64)> {
+                let th = &ckpt.processes[pi].threads[ti];
+                Ok((tasks::resume_regs(&th.regs)?, th.xsave.clone(), th.sigmask))
+            };
+            // Every process holds its own descriptors: crest's copies go
+            // before anything runs (see `UnlinkedFiles::close_built`).
+            drop(_held);
+            let stops = crate::task::jobctl::plan(&ckpt, (unsafe_getsid(), unsafe_getpgid()));
+            let parents: Vec<Option<usize>> = ckpt
+                .processes
+                .iter()
+                .map(|p| ckpt.processes.iter().position(|q| q.pid == p.ppid))
+                .collect();
+            // A failed release has killed the stubs.
+            let pid = tree.release(&fin, &stops, &parents)?;
+            if let Some(n) = net {
+                n.commit();
+            }
+            cgroups.commit();
+            Ok(pid)
+        })();
+        match (rest, lazy) {
+            (Ok(pid), lazy) => Ok((pid, lazy.and_then(|mut l| l.0.take()))),
+            (Err(e), Some(mut l)) => {
+                // The lazy phase may have failed first (and killed the
+                // stubs): its error says why.
+                let phase = l.0.take().expect("started");
+                match phase.abort() {
+                    Err(le) => Err(Error::msg(format!("{le} (the restore then failed: {e})"))),
+                    Ok(_) => Err(e),
+                }
+            }
+            (Err(e), None) => Err(e),
         }
-        Ok(pid)
+    }
+}
+
+/// A lazy phase started by a restore that may still fail: stopped if it
+/// does (the stubs are killed as the restore unwinds).
+struct AbortOnDrop(Option<crate::memory::lazy::Phase>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.abort();
+        }
     }
 }
 

@@ -214,6 +214,11 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
         },
         OpenTarget::Unix(u) => crate::net::unix::name_problem(u, ckpt),
         OpenTarget::Inotify { watches } => watches.iter().find_map(|w| watch_problem(w, tree)),
+        OpenTarget::SystemTty(t) => crate::files::console::problem(t),
+        OpenTarget::Fanotify(g) => g
+            .marks
+            .iter()
+            .find_map(|m| crate::files::fanotify::object_problem(&m.object)),
         OpenTarget::Epoll { targets } => targets.iter().find_map(|t| {
             let p = ckpt.processes.iter().find(|p| p.pid == t.pid)?;
             let f = p.fds.iter().find(|f| f.fd == t.fd)?;
@@ -236,6 +241,9 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
 /// another one, or it is a /proc file of the tree (watches are added
 /// before the processes exist).
 fn watch_problem(w: &crate::model::InotifyWatch, tree: &[i32]) -> Option<String> {
+    if w.unlinked.is_some() {
+        return None; // on a file of the image, recreated by the restore
+    }
     if let Some(why) = inside_tree(&w.path, tree) {
         return Some(format!("inotify watch {}: {why}", w.wd));
     }

@@ -137,6 +137,10 @@ pub struct ProcPlan {
     /// no user namespace and no file.  Its capabilities stay (neither id
     /// is the namespace's root for the kernel's fix-up).
     pub userns_ids: Option<(u32, u32)>,
+    /// It is created inside this user namespace made ahead of it (crest's
+    /// descriptor number; -1: none), instead of with CLONE_NEWUSER (see
+    /// `crate::ns::owned_net`).
+    pub userns_fd: i32,
     /// Indexes (into [`TreePlan::procs`]) of the processes this one forks.
     pub children: Vec<usize>,
     pub setsid: bool,
@@ -202,6 +206,13 @@ pub struct TreePlan {
     pub init: bool,
     /// The user namespaces the stubs create.
     pub userns: UsernsPlan,
+    /// The root (the new PID namespace's init: crest's, or the tree's
+    /// root) is created sharing crest's descriptor table and first serves
+    /// the socket calls that must be made by PID 1 of the namespace or by
+    /// helpers in it (see `crate::net::unix::creds`): the agent's command
+    /// and reply descriptors, and its buffer.
+    pub agent: Option<(i32, i32)>,
+    pub agent_buf: Vec<u8>,
 }
 
 /// How stubs that create user namespaces get their id maps: each sends
@@ -362,10 +373,19 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
                 fail(19, report);
             }
         }
+    }
+    if gate >= 0 || plan.procs[i].userns_fd >= 0 {
         if let Some((u, g)) = plan.procs[i].userns_ids {
             if libc::setresgid(g, g, g) != 0 || libc::setresuid(u, u, u) != 0 {
                 fail(19, report);
             }
+        }
+    }
+    // In its user namespace with its ids (the calls it serves are made
+    // with ids of that namespace; see `crate::net::unix::creds`).
+    if let (0, false, Some((cmd, reply))) = (i, plan.init, plan.agent) {
+        if !crest_sys::agent::serve(cmd, reply, &mut plan.agent_buf) {
+            libc::_exit(1);
         }
     }
     if plan.procs[i].netns >= 0 && libc::setns(plan.procs[i].netns, libc::CLONE_NEWNET) != 0 {
@@ -453,10 +473,13 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             continue;
         }
         let flags = plan.procs[c].share | plan.procs[c].new_ns;
-        match process::clone_with_tids(&plan.procs[c].tids, flags) {
+        match fork_child(&plan.procs[c], flags) {
             Ok(Forked::Child) => routine(plan, c),
             Ok(Forked::Parent(_)) => {}
-            Err(_) => fail(3, report),
+            Err(e) => {
+                *libc::__errno_location() = e;
+                fail(3, report)
+            }
         }
     }
     for z in plan.procs[i].zombies.iter().filter(|z| !z.early) {
@@ -511,10 +534,13 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             continue;
         }
         let flags = plan.procs[c].share | plan.procs[c].new_ns;
-        match process::clone_with_tids(&plan.procs[c].tids, flags) {
+        match fork_child(&plan.procs[c], flags) {
             Ok(Forked::Child) => routine(plan, c),
             Ok(Forked::Parent(_)) => {}
-            Err(_) => fail(3, report),
+            Err(e) => {
+                *libc::__errno_location() = e;
+                fail(3, report)
+            }
         }
     }
     let p = &mut plan.procs[i];
@@ -574,6 +600,22 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             // EOF: crest is gone.  crest never writes to it.
             libc::_exit(1);
         }
+    }
+}
+
+/// Forks process `p` of the plan with `flags`: inside the user namespace
+/// made ahead of it, or with clone3 as usual.  An errno on failure.
+///
+/// # Safety
+/// As [`process::clone_with_tids`].
+pub(crate) unsafe fn fork_child(p: &ProcPlan, flags: u64) -> std::result::Result<Forked, i32> {
+    if p.userns_fd >= 0 {
+        // SAFETY: as this function's.
+        unsafe { crest_sys::userns_early::clone_in(p.userns_fd, &p.tids, flags) }
+    } else {
+        // SAFETY: as this function's.
+        unsafe { process::clone_with_tids(&p.tids, flags) }
+            .map_err(|e| e.errno().unwrap_or(libc::EINVAL))
     }
 }
 
@@ -753,37 +795,147 @@ impl StubTree {
     /// Forks the whole tree and seizes every stub once all are ready.
     /// `pipes` ready_w/hold_r must be the plan's sources; crest's copies
     /// of them are closed here.
-    pub fn spawn(mut plan: TreePlan, pipes: Pipes) -> Result<StubTree> {
-        let root_pid = plan.procs[0].pid;
-        let root_flags = if plan.root_sibling {
+    pub fn spawn(plan: TreePlan, pipes: Pipes) -> Result<StubTree> {
+        StubTree::start(plan, pipes, None)?.spawn()
+    }
+
+    /// Begins creating the tree of `plan`.  With `agent`, the root is
+    /// created now, sharing crest's descriptor table, and serves the
+    /// agent's calls until [`Started::spawn`].
+    pub fn start(
+        mut plan: TreePlan,
+        pipes: Pipes,
+        agent: Option<crest_sys::agent::Agent>,
+    ) -> Result<Started> {
+        let mut root = None;
+        if let Some(a) = &agent {
+            let (cmd, reply, room) = a.ends();
+            plan.agent = Some((cmd, reply));
+            plan.agent_buf = vec![0; room];
+            root = Some(clone_root(&mut plan, libc::CLONE_FILES as u64)?);
+            if plan.procs[0].userns_gate >= 0 {
+                // Its maps first: it serves the calls from inside.
+                plan.userns.serve(&plan.procs)?;
+            }
+        }
+        Ok(Started {
+            plan,
+            pipes,
+            root,
+            agent,
+        })
+    }
+}
+
+/// A tree being created (see [`StubTree::start`]).
+pub struct Started {
+    plan: TreePlan,
+    pipes: Pipes,
+    #[allow(clippy::type_complexity)]
+    root: Option<(i32, Option<OwnedFd>, Option<OwnedFd>)>,
+    agent: Option<crest_sys::agent::Agent>,
+}
+
+impl Started {
+    /// The agent serving calls in the paused root, and the root's PID.
+    pub fn agent(&self) -> Option<(&crest_sys::agent::Agent, i32)> {
+        self.agent.as_ref().zip(self.root.as_ref().map(|r| r.0))
+    }
+
+    /// Creates the tree (lets the paused root go on).
+    pub fn spawn(self) -> Result<StubTree> {
+        let Started {
+            mut plan,
+            pipes,
+            root,
+            agent,
+        } = self;
+        let (root, release, keep) = match (root, agent) {
+            (Some(r), Some(a)) => {
+                a.go().map_err(|e| {
+                    Error::msg(format!(
+                        "restoring pid {}: letting the namespace's init go on: {e}",
+                        plan.procs[0].pid
+                    ))
+                })?;
+                r
+            }
+            _ => clone_root(&mut plan, 0)?,
+        };
+        drop(keep);
+        StubTree::wait_spawned(plan, pipes, root, release)
+    }
+}
+
+/// Clones the tree's root (or crest's init above it), with `extra` clone
+/// flags: its PID, the write end of crest's init's release pipe, and a
+/// descriptor to keep open until the root has its own table.
+#[allow(clippy::type_complexity)]
+fn clone_root(plan: &mut TreePlan, extra: u64) -> Result<(i32, Option<OwnedFd>, Option<OwnedFd>)> {
+    let root_flags = extra
+        | if plan.root_sibling {
             libc::CLONE_PARENT as u64
         } else {
             0
         };
-        let mut release = None;
-        let root = if plan.init {
-            let (r, w) = crate::files::make_pipe()?;
-            let rfd = r.as_raw_fd();
-            let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64 | root_flags;
-            // SAFETY: the child runs only `mini_init` and `routine`, raw
-            // syscalls on its own copy of the plan; it never returns.
-            let init = match unsafe { process::clone_with_tids(&[], flags)? } {
-                // SAFETY: as above.
-                Forked::Child => unsafe { crate::ns::init::mini_init(&mut plan, rfd) },
-                Forked::Parent(pid) => pid,
-            };
-            release = Some(w);
-            init
-        } else {
-            let flags = plan.procs[0].new_ns | root_flags;
-            // SAFETY: the child runs only `routine`, raw syscalls on its own
-            // copy of the plan; it never returns.
-            match unsafe { process::clone_with_tids(&plan.procs[0].tids, flags)? } {
-                // SAFETY: as above: in the child, only `routine`.
-                Forked::Child => unsafe { routine(&mut plan, 0) },
-                Forked::Parent(pid) => pid,
-            }
+    let mut release = None;
+    let mut keep = None;
+    let root = if plan.init {
+        let (r, w) = crate::files::make_pipe()?;
+        let rfd = r.as_raw_fd();
+        let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64 | root_flags;
+        // SAFETY: the child runs only `mini_init` and `routine`, raw
+        // syscalls on its own copy of the plan; it never returns.
+        let init = match unsafe { process::clone_with_tids(&[], flags)? } {
+            // SAFETY: as above.
+            Forked::Child => unsafe { crate::ns::init::mini_init(plan, rfd) },
+            Forked::Parent(pid) => pid,
         };
+        release = Some(w);
+        // On a shared table the init's end is crest's until it unshares.
+        keep = Some(r);
+        init
+    } else {
+        let flags = plan.procs[0].new_ns | root_flags;
+        if plan.procs[0].userns_fd >= 0 && flags & libc::CLONE_PARENT as u64 != 0 {
+            return Err(Error::Incompatible(format!(
+                "restoring pid {}: a root created inside its user namespace made ahead (its \
+                 network namespace belongs to it) cannot be a sibling of crest",
+                plan.procs[0].pid
+            )));
+        }
+        // SAFETY: the child runs only `routine`, raw syscalls on its own
+        // copy of the plan; it never returns.
+        let forked = if plan.procs[0].userns_fd >= 0 {
+            // SAFETY: as above.
+            unsafe { fork_child(&plan.procs[0], flags) }.map_err(|e| {
+                Error::msg(format!(
+                    "restoring pid {}: creating its process in its user namespace: {}",
+                    plan.procs[0].pid,
+                    std::io::Error::from_raw_os_error(e)
+                ))
+            })?
+        } else {
+            // SAFETY: as above.
+            unsafe { process::clone_with_tids(&plan.procs[0].tids, flags)? }
+        };
+        match forked {
+            // SAFETY: as above: in the child, only `routine`.
+            Forked::Child => unsafe { routine(plan, 0) },
+            Forked::Parent(pid) => pid,
+        }
+    };
+    Ok((root, release, keep))
+}
+
+impl StubTree {
+    fn wait_spawned(
+        plan: TreePlan,
+        pipes: Pipes,
+        root: i32,
+        release: Option<OwnedFd>,
+    ) -> Result<StubTree> {
+        let root_pid = plan.procs[0].pid;
         let Pipes {
             ready_r,
             ready_w,

@@ -57,7 +57,10 @@ pub fn collect(pid: i32, tids: &[i32], st: &mut TaskState, threads: &mut [Thread
 }
 
 /// Where a hierarchy is mounted here: (mount point, root of the mount).
-fn mount_of(mounts: &[crest_sys::proc::MountInfo], m: &CgroupMember) -> Option<(String, String)> {
+pub(crate) fn mount_of(
+    mounts: &[crest_sys::proc::MountInfo],
+    m: &CgroupMember,
+) -> Option<(String, String)> {
     let found = if m.hierarchy == 0 {
         mounts.iter().find(|x| x.fs_type == "cgroup2")
     } else {

@@ -36,6 +36,14 @@ impl Frozen {
     /// was about to be delivered is delivered first, as it would have
     /// been anyway.
     pub fn freeze(pid: i32, tgid: i32) -> Result<Frozen> {
+        let mut f = Self::seize(pid, tgid)?;
+        f.wait_stop()?;
+        Ok(f)
+    }
+
+    /// Seizes task `pid` and asks it to stop (PTRACE_INTERRUPT), without
+    /// waiting for the stop: a frozen task reaches it once thawed.
+    fn seize(pid: i32, tgid: i32) -> Result<Frozen> {
         ptrace::seize(pid, ptrace::SEIZE_OPTIONS).context(|| {
             match proc::read_status(pid).map(|s| s.tracer_pid) {
                 Ok(t) if t != 0 => format!(
@@ -45,7 +53,7 @@ impl Frozen {
                 _ => format!("cannot attach to pid {pid} (is it yours, and not traced already?)"),
             }
         })?;
-        let mut f = Frozen {
+        let f = Frozen {
             pid,
             tgid,
             status: None,
@@ -54,8 +62,38 @@ impl Frozen {
             stop_signal: 0,
         };
         ptrace::interrupt(pid)?;
+        Ok(f)
+    }
+
+    /// Waits for the stop [`Frozen::seize`] asked for.
+    fn wait_stop(&mut self) -> Result<()> {
+        let (pid, tgid) = (self.pid, self.tgid);
+        let f = self;
+        let t0 = std::time::Instant::now();
         loop {
-            match ptrace::wait(pid)? {
+            // A task asleep in the kernel without signals (state D: an
+            // open waiting for a fanotify permission answer the tree owes,
+            // a hung NFS server) never stops: refused by name, left running.
+            let Some(w) = ptrace::try_wait(pid)? else {
+                if t0.elapsed() > std::time::Duration::from_secs(5) {
+                    let wchan =
+                        std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+                    f.detach_now();
+                    return Err(Error::Incompatible(format!(
+                        "pid {pid} does not stop: it waits in the kernel ({}) and cannot be \
+                         interrupted, e.g. for the answer to a fanotify permission event; \
+                         retry once it is answered",
+                        if wchan.is_empty() {
+                            "unknown wait"
+                        } else {
+                            wchan.trim()
+                        }
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                continue;
+            };
+            match w {
                 WaitStatus::Stopped {
                     event: PTRACE_EVENT_STOP,
                     sig,
@@ -68,7 +106,7 @@ impl Frozen {
                     let st = proc::read_task_status(tgid, pid)?;
                     crate::task::seccomp::suspend(pid, st.seccomp, ptrace::SEIZE_OPTIONS)?;
                     f.status = Some(st);
-                    return Ok(f);
+                    return Ok(());
                 }
                 WaitStatus::Stopped { sig, event: 0 } => {
                     // Signal-delivery stop: deliver it and wait for our stop.
@@ -156,6 +194,41 @@ impl FrozenTree {
             by_tid: Default::default(),
         };
         let mut seized = std::collections::HashSet::new();
+        if let Some(mut cg) = crate::task::cgfreeze::freeze_own(root)? {
+            // Frozen: nothing forks or exits.  Every task is seized and
+            // interrupted, the cgroup thawed, then each stop awaited.
+            let mut order = vec![root];
+            let mut i = 0;
+            while i < order.len() {
+                let pid = order[i];
+                i += 1;
+                if pid != root && is_zombie(pid) {
+                    continue;
+                }
+                let tids = proc::list_tasks(pid).unwrap_or_default();
+                if tids
+                    .iter()
+                    .any(|&t| crate::task::cgfreeze::in_vfork_wait(t))
+                {
+                    // Stops only once its vfork child is done: it and
+                    // its subtree are seized after the thaw.
+                    continue;
+                }
+                for tid in tids {
+                    let f = Frozen::seize(tid, pid).context(|| {
+                        format!("seizing pid {tid} in frozen cgroup {}", cg.dir().display())
+                    })?;
+                    tree.by_tid.insert(tid, tree.tasks.len());
+                    tree.tasks.push(f);
+                    seized.insert(tid);
+                }
+                order.extend(proc::process_children(pid).unwrap_or_default());
+            }
+            cg.thaw();
+            for t in tree.tasks.iter_mut() {
+                t.wait_stop()?;
+            }
+        }
         loop {
             let mut changed = false;
             let mut order = vec![root];

@@ -4,6 +4,8 @@
 //! ([`signals`]), timers ([`timers`]), job control ([`jobctl`]), seccomp
 //! filters ([`seccomp`]) and cgroup membership ([`cgroups`]).
 
+pub mod cgfreeze;
+pub mod cgroup_dirs;
 pub mod cgroups;
 pub mod creds;
 pub mod freeze;

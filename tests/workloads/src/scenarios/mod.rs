@@ -4,6 +4,7 @@
 use crate::checks::Checks;
 use crate::proto::Proto;
 
+mod aio;
 mod attrs;
 mod cgroupns;
 mod cgroups;
@@ -11,13 +12,16 @@ mod deleted;
 mod events;
 mod fdstate;
 mod files;
+mod hugetlb;
 mod idle;
+mod lazy;
 mod locks;
 mod many;
 mod mem_state;
 mod memory;
 mod mm;
 mod mutator;
+mod notify;
 mod opath_links;
 mod pidfd;
 mod pidns;
@@ -34,6 +38,8 @@ mod sigcount;
 mod signals;
 mod sleep;
 mod task_state;
+mod terminals;
+mod thp;
 mod threads;
 mod timens;
 mod timers;
@@ -50,6 +56,7 @@ const TABLE: &[(&str, Run)] = &[
     ("sleep", sleep::run),
     ("read", read::run),
     ("memory", memory::run),
+    ("thp", thp::run),
     ("mm", mm::run),
     ("signals", signals::run),
     ("timers", timers::run),
@@ -84,6 +91,12 @@ const TABLE: &[(&str, Run)] = &[
     ("opath-links", opath_links::run),
     ("timens", timens::run),
     ("cgroupns", cgroupns::run),
+    ("hugetlb", hugetlb::run),
+    ("aio", aio::run),
+    ("fanotify", notify::run_fanotify),
+    ("inotify-deleted", notify::run_inotify_deleted),
+    ("terminals", terminals::run),
+    ("lazy", lazy::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -108,7 +121,7 @@ pub const NAMES: &[&str] = &[
     "pty [unread]",
     "idle",
     "unix-sockets",
-    "unsupported <thread|child|socket|netlink|packet|raw>",
+    "unsupported <thread|child|socket|netlink|packet|raw|uring>",
     "sigcount",
     "locks",
     "fdstate",
@@ -125,6 +138,13 @@ pub const NAMES: &[&str] = &[
     "opath-links",
     "timens <min-seconds>",
     "cgroupns",
+    "hugetlb <kB>...",
+    "aio",
+    "fanotify <tmpfs-dir> [queued]",
+    "inotify-deleted [mapped]",
+    "terminals <A> <B> | alias",
+    "lazy [MiB] [fork] [spin]",
+    "thp [MiB]",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {

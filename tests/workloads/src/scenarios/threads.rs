@@ -1205,6 +1205,9 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
             ));
         }
     }
+    // The kernel clears a thread's tid word (which ends the join) before
+    // it unhashes the task: /proc/self/task may list it a moment longer.
+    wait_until(2_000_000_000, || task_ids() == vec![gettid()]);
     c.eq("/proc/self/task after joining", vec![gettid()], task_ids());
     base.verify(p, &mut c);
     c

@@ -1,6 +1,7 @@
-//! `unsupported <thread|child|socket|netlink>`: sets up something crest
-//! must refuse to dump (a second thread, a child process, a TCP socket, a
-//! netlink socket). The harness expects the dump to be refused and the
+//! `unsupported <thread|child|socket|netlink|packet|raw|uring>`: sets up
+//! something crest must refuse to dump (a second thread, a child process,
+//! a TCP socket, a netlink socket, a packet or raw socket, an io_uring
+//! instance with its SQ ring mapped). The harness expects the dump to be refused and the
 //! process to keep running undisturbed: after go the memory checksum must
 //! be intact, no wait may have seen EINTR, nothing may be tracing us, and
 //! the obstacle must still work before it is cleaned up.
@@ -42,6 +43,11 @@ enum Obstacle {
     Raw {
         fd: i32,
     },
+    /// An io_uring instance and its mapped SQ ring.
+    Uring {
+        fd: i32,
+        ring: usize,
+    },
 }
 
 pub fn run(p: &Proto, args: &[String]) -> Checks {
@@ -60,8 +66,9 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
         "netlink" => setup_netlink(p),
         "packet" => setup_raw(p, libc::AF_PACKET, (libc::ETH_P_ALL as u16).to_be() as i32),
         "raw" => setup_raw(p, libc::AF_INET, libc::IPPROTO_ICMP),
+        "uring" => setup_uring(p),
         other => p.bail(&format!(
-            "setup: unsupported needs thread|child|socket|netlink|packet|raw, got {other:?}"
+            "setup: unsupported needs thread|child|socket|netlink|packet|raw|uring, got {other:?}"
         )),
     };
     let base = Baseline::record();
@@ -131,6 +138,22 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
             c.ensure(r == 0 && ty == libc::SOCK_RAW, || {
                 format!("the raw socket is gone or changed (type {ty}, r {r})")
             });
+        }
+        Obstacle::Uring { fd, ring } => {
+            // SAFETY: a submit of nothing on our ring.
+            let r = unsafe { libc::syscall(libc::SYS_io_uring_enter, fd, 0, 0, 0, 0usize, 0) };
+            c.eq("io_uring_enter(ring, 0, 0)", 0, r);
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            c.ensure(info.contains("SqMask:\t0x3"), || {
+                format!("the ring is gone or changed: {info:?}")
+            });
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            c.ensure(
+                maps.lines()
+                    .any(|l| l.starts_with(&format!("{ring:x}-")) && l.ends_with("[io_uring]")),
+                || format!("the SQ ring mapping at {ring:#x} is gone"),
+            );
         }
     }
     c
@@ -402,6 +425,34 @@ fn check_netlink(c: &mut Checks, fd: i32, nl_pid: u32) {
             format!("netlink NOOP+ACK round trip: send {sent}, recv {n}, type {ty}, seq {seq}, error {err}")
         });
         libc::close(fd);
+    }
+}
+
+fn setup_uring(p: &Proto) -> Obstacle {
+    // struct io_uring_params: 120 bytes, all zero asks for defaults.
+    let mut params = [0u32; 30];
+    // SAFETY: io_uring_setup writes into the 120-byte params.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) } as i32;
+    if fd < 0 {
+        p.bail_errno("io_uring_setup");
+    }
+    // SAFETY: maps the ring's first page (IORING_OFF_SQ_RING = 0), shared.
+    let ring = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd,
+            0,
+        )
+    };
+    if ring == libc::MAP_FAILED {
+        p.bail_errno("mmap(io_uring SQ ring)");
+    }
+    Obstacle::Uring {
+        fd,
+        ring: ring as usize,
     }
 }
 

@@ -107,7 +107,13 @@ struct Sock<'a> {
 /// placeholder: `opened` maps object ids to crest's descriptors.  Runs
 /// once every descriptor of the tree is open, before anything else refers
 /// to the sockets' descriptors.
-pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
+/// `agent`: the init of the tree's PID namespace serving the calls made
+/// there, and its PID (see [`super::creds`]).
+pub fn restore(
+    ckpt: &Checkpoint,
+    opened: &HashMap<u32, RawFd>,
+    agent: Option<(&crest_sys::agent::Agent, i32)>,
+) -> Result<()> {
     let mut socks: Vec<Sock> = Vec::new();
     for o in &ckpt.objects {
         if let ObjectKind::Open(OpenFile {
@@ -150,8 +156,62 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             }
         }
     }
-    let what = |s: &Sock| format!("AF_UNIX socket {} (object {})", show(&s.u.name), s.id);
-    let creds = super::creds::Creds::new(ckpt);
+    let what = |s: &Sock| {
+        let name = if s.u.name.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", show(&s.u.name))
+        };
+        format!(
+            "AF_UNIX socket socket:[{}]{name} (object {})",
+            s.u.ino, s.id
+        )
+    };
+    let creds = super::creds::Creds::new(ckpt, agent.map(|a| a.0));
+    let _in_ns = agent
+        .map(|(_, init)| super::creds::InPidNs::enter(init))
+        .transpose()?;
+    // Every recorded PID the calls are made as must be free here: checked
+    // before anything is built (a socket connected outside the tree takes
+    // the outside listener's credentials as they are).
+    let mut inexact = Vec::new();
+    for s in socks.iter().filter(|s| s.u.external.is_none()) {
+        creds.check(&what(s), "peer credentials (SO_PEERCRED)", s.u.peercred)?;
+        for (k, m) in s.u.queue.iter().enumerate() {
+            creds.check(
+                &what(s),
+                &format!("queued message {k}'s credentials"),
+                m.creds,
+            )?;
+        }
+        if !creds.exact(s.u.peercred) || s.u.queue.iter().any(|m| !creds.exact(m.creds)) {
+            inexact.push(format!("socket:[{}]", s.u.ino));
+        }
+    }
+    if creds.nested() && !inexact.is_empty() {
+        eprintln!(
+            "crest: warning: the tree is restored in a PID namespace of its own: the peer \
+             credentials and queued credentials of AF_UNIX {} carry crest's pid, not the \
+             recorded one (nested PID namespaces, or a root that is not its namespace's init: \
+             not supported yet)",
+            inexact.join(", ")
+        );
+    }
+    let pending: Vec<String> = socks
+        .iter()
+        .filter(|s| !s.u.pending.is_empty())
+        .map(|s| format!("socket:[{}] ({} waiting)", s.u.ino, s.u.pending.len()))
+        .collect();
+    if !pending.is_empty() {
+        // Who connected is not recorded anywhere crest can read (the
+        // server end has no descriptor before the accept).
+        eprintln!(
+            "crest: warning: connections waiting to be accepted on AF_UNIX {} are made again \
+             by crest: once accepted, their SO_PEERCRED names crest's pid, not the \
+             connecting process's",
+            pending.join(", ")
+        );
+    }
     let mut names = Names::default();
     let mut built: Vec<Option<OwnedFd>> = (0..socks.len()).map(|_| None).collect();
     // The other end of a socketpair made for one socket whose peer was
@@ -383,14 +443,30 @@ pub fn restore(ckpt: &Checkpoint, opened: &HashMap<u32, RawFd>) -> Result<()> {
             };
             if from < 0 {
                 let tmp = new_socket(libc::SOCK_DGRAM)?;
-                send(&tmp, &m.data, to, m.creds, creds.sender(m.creds), &rights)?;
+                send(
+                    &tmp,
+                    &m.data,
+                    to,
+                    m.creds,
+                    creds.sender(m.creds)?,
+                    &rights,
+                    &creds,
+                )?;
             } else {
                 // SAFETY: `from` is a descriptor owned by `built` or
                 // `orphan_peer`, alive for this call; the borrowed copy is
                 // forgotten, not closed.
                 let f = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(from) });
-                send(&f, &m.data, to, m.creds, creds.sender(m.creds), &rights)
-                    .context(|| what(s))?;
+                send(
+                    &f,
+                    &m.data,
+                    to,
+                    m.creds,
+                    creds.sender(m.creds)?,
+                    &rights,
+                    &creds,
+                )
+                .context(|| what(s))?;
             }
         }
     }

@@ -11,6 +11,15 @@
 //! from the peek as descriptors of crest's, which `crate::files` makes
 //! objects of ([`queue`]); SO_PEERCRED is recorded for [`creds`].
 //!
+//! Data a client sent on a connection still waiting in a listener's
+//! accept queue is refused: it sits in the queue of the server end, which
+//! has no descriptor until the accept, and no interface reads it —
+//! sock_diag gives only the size of its buffers, MSG_PEEK on the client
+//! reads the client's own queue, recvmsg on a listener fails (EINVAL), and
+//! accepting on crest's copy of the listener would take the connection
+//! from the program for good.  Waiting connections without data are
+//! restored.
+//!
 //! Restore has two steps.  [`open`] gives each socket's open file
 //! description a placeholder (a fresh socket of the right type), which
 //! the restore hands out like any other descriptor.  [`restore`], once
@@ -31,6 +40,7 @@ mod ops;
 mod queue;
 
 pub use build::{in_flight, restore};
+pub use creds::agent_for;
 pub use ops::open;
 use ops::show;
 pub(crate) use ops::sockaddr_un;
@@ -121,8 +131,9 @@ pub fn collect(
                 }
                 if outq > 0 {
                     return Err(format!(
-                        "this UNIX socket sent {outq} bytes on a connection not accepted yet \
-                         (not supported: they cannot be read before the accept)"
+                        "this UNIX socket sent data on a connection not accepted yet ({outq} \
+                         bytes of kernel buffers; not supported: no interface reads them before \
+                         the accept)"
                     ));
                 }
             }
@@ -163,8 +174,9 @@ pub fn collect(
                 .unwrap_or(0);
             if sent > 0 {
                 return Err(format!(
-                    "a connection waiting to be accepted on this socket has {sent} bytes queued \
-                     (not supported: they cannot be read before the accept)"
+                    "a connection waiting to be accepted on this socket carries data from \
+                     socket:[{client}] ({sent} bytes of kernel buffers; not supported: no \
+                     interface reads them before the accept)"
                 ));
             }
             pending.push(UnixPending {
@@ -217,6 +229,15 @@ pub fn collect(
     } else {
         None
     };
+    // A holder in a PID namespace below crest's: the number it sees.
+    let nested = crest_sys::proc::read_status(pid).is_ok_and(|st| st.ns_pid.len() > 1);
+    let peercred_ns = match peercred {
+        Some(_) if nested => Some(
+            crest_sys::actas::peer_pid_in(pid, own.as_raw_fd())
+                .map_err(|e| format!("AF_UNIX socket: SO_PEERCRED in its PID namespace: {e}"))?,
+        ),
+        _ => None,
+    };
     Ok(OpenTarget::Unix(UnixSocket {
         ino,
         sock_type,
@@ -235,6 +256,7 @@ pub fn collect(
         rcvtimeo_us,
         sndtimeo_us,
         peercred,
+        peercred_ns,
         bound_in,
         external,
     }))

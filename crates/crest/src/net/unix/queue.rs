@@ -144,7 +144,6 @@ pub(super) fn peek_queue(
     let mut buf = vec![0u8; 256 * 1024];
     let mut off = 0usize;
     let mut total = 0usize;
-    let mut pending_rights: Option<(Vec<u8>, Vec<OwnedFd>)> = None;
     while let Some(mut p) = peek_one(own, &mut buf)
         .map_err(|e| format!("AF_UNIX socket: peeking at the queued data: {e}"))?
     {
@@ -154,26 +153,35 @@ pub(super) fn peek_queue(
                  data than crest reads ({CMSG_ROOM} bytes)"
             ));
         }
-        if sock_type == libc::SOCK_STREAM && !p.fds.is_empty() && p.len > 1 {
-            // A peek returns the rights of the first chunk at or after
-            // where it starts, with the bytes up to that chunk's end, but
-            // nothing tells where that chunk began (a peek that stops
-            // inside the bytes before it gets its rights too).  The rights
-            // are put on the last byte: a reader that reads up to the end
-            // of that chunk, in one read or in pieces, gets them with the
-            // same read as before; one that stops inside it gets them
-            // one read later.
-            if p.len >= buf.len() {
+        if sock_type == libc::SOCK_STREAM && !p.fds.is_empty() && p.len > 0 {
+            // The rights ride on the first buffer (skb) of their write, and
+            // this peek returns them with the bytes before that buffer too:
+            // find where it starts (the last buffer boundary before the
+            // peek's last byte, see `crest_sys::unixq`).  Bytes before it
+            // are plain; the next peek starts at the buffer with rights.
+            set(off as i32)?;
+            let w = crest_sys::unixq::peek_whole_buffers(own.as_raw_fd(), &mut buf[..p.len - 1])
+                .map_err(|e| {
+                    format!("AF_UNIX socket: finding where the rights at byte {off} start: {e}")
+                })?;
+            if w.rights || w.bytes >= p.len {
+                return Err(format!(
+                    "AF_UNIX socket: the buffers before the descriptors in flight at byte {off} \
+                     could not be told apart (peeked {} of {} bytes)",
+                    w.bytes, p.len
+                ));
+            }
+            if w.bytes > 0 {
+                p.fds.clear();
+                p.data.truncate(w.bytes);
+                p.len = w.bytes;
+            } else if p.len >= buf.len() {
                 return Err(format!(
                     "a chunk of more than {} KiB with descriptors in flight is queued on this \
                      UNIX socket (not supported)",
                     buf.len() >> 10
                 ));
             }
-            let last = p.data.split_off(p.len - 1);
-            let fds = std::mem::take(&mut p.fds);
-            pending_rights = Some((last, fds));
-            p.len -= 1;
             set((off + p.len) as i32)?;
         }
         if sock_type != libc::SOCK_STREAM && p.len > buf.len() {
@@ -228,19 +236,6 @@ pub(super) fn peek_queue(
                 })
             }
         }
-        if let Some((last, fds)) = pending_rights.take() {
-            // The last byte of a chunk with rights: its own message.
-            set((off + 1) as i32)?;
-            off += 1;
-            total += 1;
-            inflight.push((out.len(), fds));
-            out.push(UnixMsg {
-                data: last,
-                from: Vec::new(),
-                creds,
-                rights: Vec::new(),
-            });
-        }
         if sock_type != libc::SOCK_DGRAM && total >= expected {
             break;
         }
@@ -264,6 +259,7 @@ pub(super) fn send(
     creds: Option<(i32, u32, u32)>,
     sender: Option<(i32, u32, u32)>,
     rights: &[RawFd],
+    by: &super::creds::Creds<'_>,
 ) -> Result<()> {
     // SAFETY: plain syscall.
     let cred_pid = sender.map_or_else(|| unsafe { libc::getpid() }, |s| s.0);
@@ -287,11 +283,21 @@ pub(super) fn send(
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         let fds = if sent == 0 { rights } else { &[][..] };
-        let ucred = creds.map(|(_, uid, gid)| libc::ucred {
-            pid: cred_pid,
-            uid,
-            gid,
-        });
+        // In the sender's user namespace's terms.
+        let ucred = match creds {
+            Some((_, uid, gid)) => {
+                let (uid, gid) = match sender {
+                    Some(s) => by.ids_for(s, uid, gid)?,
+                    None => (uid, gid),
+                };
+                Some(libc::ucred {
+                    pid: cred_pid,
+                    uid,
+                    gid,
+                })
+            }
+            None => None,
+        };
         let clen = |n: usize| {
             // SAFETY: CMSG_SPACE is a pure computation.
             unsafe { libc::CMSG_SPACE(n as u32) as usize }
@@ -336,7 +342,7 @@ pub(super) fn send(
         }
         if let Some(c) = sender {
             // All of it, sent by the process the credentials name.
-            return super::creds::send_as(fd.as_raw_fd(), &msg, c);
+            return by.send_as(fd.as_raw_fd(), &msg, c);
         }
         // SAFETY: every pointer in `msg` refers to a live buffer of the stated size.
         let n = unsafe {

@@ -16,8 +16,8 @@
 //! path crest sees (a mount whose filesystem crest's namespace also has:
 //! the container's root directory, bind mounts from outside), a bind of
 //! another mount of the namespace, a filesystem created anew (tmpfs with
-//! its whole content, devpts instances, sysfs, cgroup, overlay), or
-//! proc and mqueue, which belong to the namespaces of the process that
+//! its whole content, devpts instances, cgroup, overlay), or proc,
+//! mqueue and sysfs, which show the namespaces of the process that
 //! mounts them.  Other types are refused with mount point and type.
 //!
 //! Restore builds the tree detached in crest, as soon as the image's
@@ -28,8 +28,8 @@
 //! creating the namespace makes every mount of its copy of crest's tree
 //! private (nothing it does reaches crest's namespace), attaches the
 //! tree on "/", pivots into it and detaches the old root, then mounts
-//! proc and mqueue and attaches what lies below them, and sets the
-//! recorded propagation.  A restore that fails leaves nothing: the
+//! proc, mqueue and sysfs and attaches what lies below them, and sets
+//! the recorded propagation ([`propagation`]).  A restore that fails leaves nothing: the
 //! detached tree goes with crest's descriptors, the namespace with its
 //! last process.
 
@@ -38,6 +38,7 @@ use crate::model::{Checkpoint, MntState, MountRec, NsState, TreeFile};
 use crate::Obstacle;
 use crest_sys::mount as m;
 
+pub mod propagation;
 pub mod tmpfs;
 use crest_sys::proc::{self, MountInfo};
 use std::collections::HashMap;
@@ -106,9 +107,12 @@ fn same(a: &MountInfo, b: &MountInfo) -> bool {
 }
 
 /// Filesystem types restore creates anew.
-const NEW: [&str; 6] = ["tmpfs", "devpts", "sysfs", "cgroup", "cgroup2", "overlay"];
-/// Filesystem types the process creating the namespace mounts.
-const IN_STUB: [&str; 2] = ["proc", "mqueue"];
+const NEW: [&str; 5] = ["tmpfs", "devpts", "cgroup", "cgroup2", "overlay"];
+/// Filesystem types the process creating the namespace mounts: they
+/// show what namespaces of the mounting process hold (proc its PID
+/// namespace, mqueue its IPC namespace, sysfs the devices of its network
+/// namespace), so they are mounted once it is in the tree's.
+const IN_STUB: [&str; 3] = ["proc", "mqueue", "sysfs"];
 
 /// `path` below `base` ("/a" below "/": "a"; "/a/b" below "/a": "b"),
 /// or None when it is not below.
@@ -235,6 +239,8 @@ fn whole(
             super_options: m.super_options.clone(),
             shared: m.shared(),
             master: m.master(),
+            propagate_from: m.propagate_from(),
+            unbindable: m.unbindable(),
             ..Default::default()
         };
         // The filesystem as crest sees it: the mount of the same device
@@ -320,6 +326,8 @@ fn whole(
         }
         out.push(r);
     }
+    propagation::find_outside_masters(&mut out, mine, theirs);
+    propagation::check(pid, &out, obstacles);
     Ok(out)
 }
 
@@ -346,6 +354,14 @@ enum Step {
     Attach { fd: RawFd, at: CString },
     /// Set the propagation flag on `at`.
     Propagate { at: CString, flag: u64 },
+    /// Put the mount at `to` (private) in the peer group and under the
+    /// master of the mount at `from` (move_mount MOVE_MOUNT_SET_GROUP).
+    SetGroup { from: CString, to: CString },
+    /// Make the (private) mount at `to` a slave of the peer group of
+    /// crest's descriptor `from` (a mount of crest's namespace): a peer of
+    /// it, then a slave.  Left private if the kernel refuses the first
+    /// (a stub in a user namespace may not touch crest's namespace).
+    SlaveOf { from: RawFd, to: CString },
 }
 
 /// The stub plan of a namespace of the image (`None`: not a mount
@@ -453,6 +469,27 @@ pub(crate) unsafe fn enter(p: &StubPlan) -> bool {
             Step::Propagate { at, flag } => {
                 libc::mount(none, at.as_ptr(), none, *flag, none.cast()) == 0
             }
+            Step::SlaveOf { from, to } => {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    *from,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    MOVE_MOUNT_SET_GROUP | 4u32,
+                ) != 0
+                    || libc::mount(none, to.as_ptr(), none, libc::MS_SLAVE, none.cast()) == 0
+            }
+            Step::SetGroup { from, to } => {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    MOVE_MOUNT_SET_GROUP,
+                ) == 0
+            }
         };
         if !ok {
             return false;
@@ -460,6 +497,9 @@ pub(crate) unsafe fn enter(p: &StubPlan) -> bool {
     }
     true
 }
+
+/// move_mount(2): copy the sharing group of the source to the target.
+const MOVE_MOUNT_SET_GROUP: u32 = 0x100;
 
 /// The detached tree of the restore under way (one per restore: crest
 /// restores one tree at a time).
@@ -492,6 +532,9 @@ struct Tree {
     done: bool,
     /// tmpfs mounts whose superblock becomes read-only once filled.
     ro: Vec<OwnedFd>,
+    /// Mounts to make slaves of a peer group of crest's namespace again:
+    /// (record id, descriptor on a member of the group).
+    outside: Vec<(u64, OwnedFd)>,
 }
 
 impl Tree {
@@ -560,16 +603,25 @@ impl Tree {
                 });
             }
         }
-        for b in &self.mounts {
-            let flag = if b.rec.shared.is_some() {
-                libc::MS_SHARED
-            } else {
-                continue;
-            };
-            out.push(Step::Propagate {
-                at: c(&b.rec.mount_point),
-                flag,
-            });
+        let recs: Vec<&MountRec> = self.mounts.iter().map(|b| &b.rec).collect();
+        let joined: Vec<u64> = self.outside.iter().map(|(id, _)| *id).collect();
+        let outside = propagation::external_masters(&recs, &joined);
+        if !outside.is_empty() {
+            eprintln!(
+                "crest: warning: mounts {} were slaves of peer groups outside the tree's mount \
+                 namespace: they are restored private (propagation from outside is not \
+                 restored yet)",
+                outside.join(", ")
+            );
+        }
+        out.extend(propagation::steps(&recs));
+        for (id, fd) in &self.outside {
+            if let Some(r) = recs.iter().find(|r| r.id == *id) {
+                out.push(Step::SlaveOf {
+                    from: fd.as_raw_fd(),
+                    to: c(&r.mount_point),
+                });
+            }
         }
         out
     }
@@ -659,7 +711,14 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
             )));
         }
         let late_parent = parent.is_some_and(|p| built[p].late);
-        let fd = match r.how.as_str() {
+        // `--root DIR` makes the root a bind of DIR whatever it was (an
+        // overlay mounted in the namespace: DIR is a new one of it).
+        let how = if r.parent == 0 && map.root.is_some() {
+            "host"
+        } else {
+            r.how.as_str()
+        };
+        let fd = match how {
             "stub" | "stub-bind" => None,
             "host" => {
                 let path = if r.parent == 0 {
@@ -790,12 +849,17 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
     let Some(root) = root else {
         return Err(Error::Invalid("the mount tree has no root mount".into()));
     };
+    let outside = built
+        .iter()
+        .filter_map(|b| Some((b.rec.id, propagation::open_outside_master(&b.rec)?)))
+        .collect();
     Ok(Tree {
         root,
         mounts: built,
         data,
         done: false,
         ro: deferred_ro,
+        outside,
     })
 }
 

@@ -10,16 +10,15 @@
 //! under the mount is hidden), and reads the data the same way while the
 //! tree is still frozen.
 
-#![allow(clippy::undocumented_unsafe_blocks)] // each block has its SAFETY line above the call it wraps
-
 use crate::error::{Context, Error, Result};
 use crate::model::TreeFile;
 use crest_image::Writer;
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 /// Clones of the saved tmpfs mounts of the dump under way, and the
@@ -122,16 +121,21 @@ pub fn forget() {
     PENDING.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
-fn cpath(base: &OwnedFd, rel: &str) -> Result<CString> {
-    let _ = base;
+fn cpath(rel: &str) -> Result<CString> {
     CString::new(rel).map_err(|_| Error::Invalid(format!("tmpfs path with a NUL byte: {rel:?}")))
 }
 
-fn check(r: i32, what: impl FnOnce() -> String) -> Result<()> {
-    if r != 0 {
-        return Err(crest_sys::Error::last_os(what()).into());
+/// A rustix call's result, with what crest was doing.
+fn os<T>(r: rustix::io::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
+    r.map_err(|e| crest_sys::Error::io(what(), e.into()).into())
+}
+
+fn timestamps(a: (i64, i64), m: (i64, i64)) -> Timestamps {
+    let t = |(tv_sec, tv_nsec): (i64, i64)| Timespec { tv_sec, tv_nsec };
+    Timestamps {
+        last_access: t(a),
+        last_modification: t(m),
     }
-    Ok(())
 }
 
 /// Recreates `files` in the new tmpfs `mnt`; regular files with data to
@@ -141,57 +145,40 @@ pub fn restore_files(
     files: &[TreeFile],
     data: &mut HashMap<u32, Data>,
 ) -> Result<()> {
-    let d = mnt.as_raw_fd();
     for f in files {
         let rel = if f.path.is_empty() {
             "."
         } else {
             f.path.as_str()
         };
-        let p = cpath(mnt, rel)?;
+        let p = cpath(rel)?;
         let what = || format!("tmpfs file {rel}");
         match f.mode & libc::S_IFMT {
             libc::S_IFDIR if f.path.is_empty() => {}
-            libc::S_IFDIR => {
-                // SAFETY: NUL-terminated path below a descriptor we own.
-                check(unsafe { libc::mkdirat(d, p.as_ptr(), 0o700) }, what)?;
-            }
+            libc::S_IFDIR => os(
+                rustix::fs::mkdirat(mnt, &p, Mode::from_raw_mode(0o700)),
+                what,
+            )?,
             libc::S_IFLNK => {
                 let t = CString::new(f.target.as_str())
                     .map_err(|_| Error::Invalid(format!("symlink {rel}: NUL in its target")))?;
-                // SAFETY: NUL-terminated strings.
-                check(unsafe { libc::symlinkat(t.as_ptr(), d, p.as_ptr()) }, what)?;
+                os(rustix::fs::symlinkat(&t, mnt, &p), what)?;
             }
             libc::S_IFREG => {
-                // SAFETY: NUL-terminated path; the result is checked.
-                let fd = unsafe {
-                    libc::openat(
-                        d,
-                        p.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                        0o600,
-                    )
-                };
-                if fd < 0 {
-                    return Err(crest_sys::Error::last_os(what()).into());
-                }
-                // SAFETY: a new descriptor we own.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                // SAFETY: plain syscall on it.
-                check(
-                    unsafe { libc::ftruncate(fd.as_raw_fd(), f.size as i64) },
+                let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+                let fd = os(
+                    rustix::fs::openat(mnt, &p, flags, Mode::from_raw_mode(0o600)),
                     what,
                 )?;
+                os(rustix::fs::ftruncate(&fd, f.size), what)?;
                 if f.data != 0 {
                     data.insert(f.data, (fd, f.atime, f.mtime));
                 }
             }
             _ => {
-                // SAFETY: NUL-terminated path.
-                check(
-                    unsafe { libc::mknodat(d, p.as_ptr(), f.mode & libc::S_IFMT | 0o600, f.rdev) },
-                    what,
-                )?;
+                let kind = FileType::from_raw_mode(f.mode);
+                let mode = Mode::from_raw_mode(0o600);
+                os(rustix::fs::mknodat(mnt, &p, kind, mode, f.rdev), what)?;
             }
         }
     }
@@ -203,36 +190,19 @@ pub fn restore_files(
         } else {
             f.path.as_str()
         };
-        let p = cpath(mnt, rel)?;
+        let p = cpath(rel)?;
         let what = || format!("tmpfs file {rel}: owner, mode and times");
-        let nofollow = libc::AT_SYMLINK_NOFOLLOW;
-        // SAFETY: NUL-terminated path below a descriptor we own.
-        check(
-            unsafe { libc::fchownat(d, p.as_ptr(), f.uid, f.gid, nofollow) },
-            what,
-        )?;
+        let nofollow = AtFlags::SYMLINK_NOFOLLOW;
+        // An id of -1 would mean "unchanged" to the kernel: left as it is.
+        let uid = (f.uid != u32::MAX).then(|| Uid::from_raw(f.uid));
+        let gid = (f.gid != u32::MAX).then(|| Gid::from_raw(f.gid));
+        os(rustix::fs::chownat(mnt, &p, uid, gid, nofollow), what)?;
         if f.mode & libc::S_IFMT != libc::S_IFLNK {
-            // SAFETY: as above.
-            check(
-                unsafe { libc::fchmodat(d, p.as_ptr(), f.mode & 0o7777, 0) },
-                what,
-            )?;
+            let mode = Mode::from_raw_mode(f.mode & 0o7777);
+            os(rustix::fs::chmodat(mnt, &p, mode, AtFlags::empty()), what)?;
         }
-        let ts = [
-            libc::timespec {
-                tv_sec: f.atime.0,
-                tv_nsec: f.atime.1,
-            },
-            libc::timespec {
-                tv_sec: f.mtime.0,
-                tv_nsec: f.mtime.1,
-            },
-        ];
-        // SAFETY: as above, with two valid timespecs.
-        check(
-            unsafe { libc::utimensat(d, p.as_ptr(), ts.as_ptr(), nofollow) },
-            what,
-        )?;
+        let ts = timestamps(f.atime, f.mtime);
+        os(rustix::fs::utimensat(mnt, &p, &ts, nofollow), what)?;
     }
     Ok(())
 }
@@ -243,31 +213,28 @@ pub type Data = (OwnedFd, (i64, i64), (i64, i64));
 /// Sets the times of the files written (writing changed them).
 pub fn finish_data(data: HashMap<u32, Data>) -> Result<()> {
     for (fd, a, m) in data.into_values() {
-        let ts = [
-            libc::timespec {
-                tv_sec: a.0,
-                tv_nsec: a.1,
-            },
-            libc::timespec {
-                tv_sec: m.0,
-                tv_nsec: m.1,
-            },
-        ];
-        // SAFETY: futimens on a descriptor we own, two valid timespecs.
-        check(
-            unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) },
-            || "setting the times of a tmpfs file".into(),
-        )?;
+        os(rustix::fs::futimens(&fd, &timestamps(a, m)), || {
+            "setting the times of a tmpfs file".into()
+        })?;
     }
     Ok(())
 }
 
 /// Writes `bytes` at `offset` of a recreated file.
 pub fn write_at(fd: &OwnedFd, offset: u64, bytes: &[u8]) -> Result<()> {
-    let f = std::mem::ManuallyDrop::new(
-        // SAFETY: borrowed for this call only; ManuallyDrop keeps it open.
-        unsafe { std::fs::File::from_raw_fd(fd.as_raw_fd()) },
-    );
-    f.write_all_at(bytes, offset)
-        .context(|| format!("writing {} bytes of a tmpfs file at {offset}", bytes.len()))
+    let mut off = 0;
+    while off < bytes.len() {
+        let n = os(
+            rustix::io::pwrite(fd, &bytes[off..], offset + off as u64),
+            || format!("writing {} bytes of a tmpfs file at {offset}", bytes.len()),
+        )?;
+        if n == 0 {
+            return Err(Error::msg(format!(
+                "writing {} bytes of a tmpfs file at {offset}: the file takes no more",
+                bytes.len()
+            )));
+        }
+        off += n;
+    }
+    Ok(())
 }
