@@ -281,6 +281,12 @@ echo PASS > /data/result
 /// a bind of a shared tmpfs of the test's namespace: a slave of its peer
 /// group.  Returns the container and the host mount point.
 fn start_slave(tag: &str) -> (Container, PathBuf) {
+    start_slave_in(tag, false)
+}
+
+/// The same container, in a user namespace of its own (root mapped to
+/// root) when `userns`.
+fn start_slave_in(tag: &str, userns: bool) -> (Container, PathBuf) {
     init();
     let dir = temp_dir(tag);
     let root = dir.join("root");
@@ -311,6 +317,9 @@ fn start_slave(tag: &str) -> (Container, PathBuf) {
          exec /bin/busybox sh -c 'umount -l /old && rmdir /old && exec /bin/sh /w.sh </data/in >/data/log 2>&1'"
     );
     let mut cmd = Command::new("unshare");
+    if userns {
+        cmd.args(["--user", "--map-user=0", "--map-group=0"]);
+    }
     cmd.args(["--mount", "--pid", "--fork", "--propagation", "slave"])
         .args(["sh", "-c", &setup])
         .stdin(std::process::Stdio::null())
@@ -379,6 +388,31 @@ fn slave_of_a_peer_group_outside_the_namespace() {
     let v = c.verdict();
     unmount_all(&shared);
     assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// A container in a user namespace of its own may not join a peer group
+/// of crest's namespace: its slave mount is restored private, and the
+/// restore says so, naming it (never silently).
+#[test]
+fn slave_of_an_outside_group_in_a_user_namespace_is_restored_private_with_a_warning() {
+    let _g = serial();
+    let (mut c, shared) = start_slave_in("mount-slave-userns", true);
+    let _u = Unmount(shared.clone());
+    c.dump();
+    let img = c.dir.join("img");
+    let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "restore failed: {err}");
+    c.pid = stdout(&o).trim().parse().expect("restore prints a pid");
+    assert!(
+        err.contains("warning: mounts /shared") && err.contains("restored private"),
+        "no warning naming /shared: {err}"
+    );
+    mount_below(&shared);
+    let v = c.verdict();
+    unmount_all(&shared);
+    // Private: the mount made outside does not reach the container.
+    assert!(v.starts_with("FAIL"), "{v}");
 }
 
 /// The checker is not blind: the restored mount made private from outside

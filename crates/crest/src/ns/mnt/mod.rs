@@ -422,7 +422,11 @@ pub(crate) unsafe fn enter(p: &StubPlan) -> bool {
     }
     if p.root >= 0 {
         let empty = c"".as_ptr();
-        // Attach the tree on "/", make it the root, drop the old one.
+        // Attach the tree on "/" and make it the root.  The old root
+        // stays stacked on it (out of reach of paths, which start below
+        // it) until the steps are done: in a user namespace the kernel
+        // mounts a new proc or sysfs only while one is fully visible in
+        // the namespace (crest's, in the old root).
         if libc::syscall(
             libc::SYS_move_mount,
             p.root,
@@ -433,8 +437,6 @@ pub(crate) unsafe fn enter(p: &StubPlan) -> bool {
         ) != 0
             || libc::fchdir(p.root) != 0
             || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
-            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
-            || libc::chdir(c"/".as_ptr()) != 0
         {
             return false;
         }
@@ -495,7 +497,9 @@ pub(crate) unsafe fn enter(p: &StubPlan) -> bool {
             return false;
         }
     }
-    true
+    // Drop the old root (umount follows "." to the mount stacked on it).
+    p.root < 0
+        || (libc::umount2(c".".as_ptr(), libc::MNT_DETACH) == 0 && libc::chdir(c"/".as_ptr()) == 0)
 }
 
 /// move_mount(2): copy the sharing group of the source to the target.
@@ -609,8 +613,8 @@ impl Tree {
         if !outside.is_empty() {
             eprintln!(
                 "crest: warning: mounts {} were slaves of peer groups outside the tree's mount \
-                 namespace: they are restored private (propagation from outside is not \
-                 restored yet)",
+                 namespace: they are restored private (the group is not mounted shared here, \
+                 or the namespace is made in a user namespace, which may not join it)",
                 outside.join(", ")
             );
         }
@@ -687,7 +691,11 @@ pub fn start(ckpt: &Checkpoint, map: &Mapping) -> Result<Option<Restoring>> {
             "a mount namespace recorded whole must hold every process of the tree".into(),
         ));
     }
-    let tree = build(st, map)?;
+    // A stub in a user namespace of the tree may not join a peer group of
+    // crest's namespace: those mounts are restored private, and the
+    // warning of `Tree::steps` names them.
+    let join_outside = ckpt.processes[0].ns.user.is_none();
+    let tree = build(st, map, join_outside)?;
     let guard = Restoring(());
     ROOT.store(tree.root.as_raw_fd(), Ordering::SeqCst);
     *PREFIX.write().unwrap_or_else(|e| e.into_inner()) =
@@ -696,7 +704,7 @@ pub fn start(ckpt: &Checkpoint, map: &Mapping) -> Result<Option<Restoring>> {
     Ok(Some(guard))
 }
 
-fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
+fn build(st: &MntState, map: &Mapping, join_outside: bool) -> Result<Tree> {
     let mut deferred_ro = Vec::new();
     let mut built: Vec<Built> = Vec::new();
     let mut data = HashMap::new();
@@ -851,6 +859,7 @@ fn build(st: &MntState, map: &Mapping) -> Result<Tree> {
     };
     let outside = built
         .iter()
+        .filter(|_| join_outside)
         .filter_map(|b| Some((b.rec.id, propagation::open_outside_master(&b.rec)?)))
         .collect();
     Ok(Tree {

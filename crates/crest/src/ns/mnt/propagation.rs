@@ -25,7 +25,8 @@
 //! cannot be found again (other host, unmounted), or a shared mount with
 //! an outside master, is restored private, and the restore warns, naming
 //! the mounts ([`external_masters`]).  A stub in a user namespace may not
-//! join a group of crest's namespace: the mount stays private.
+//! join a group of crest's namespace: the mount is restored private, with
+//! the same warning.
 
 use super::{below, Step};
 use crate::model::MountRec;
