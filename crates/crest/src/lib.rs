@@ -23,17 +23,17 @@
 
 pub mod codec;
 pub mod dump;
-pub mod error;
+pub(crate) mod error;
 pub mod fault;
-pub mod files;
+pub(crate) mod files;
 pub mod memory;
 pub mod migrate;
 pub mod model;
-pub mod net;
+pub(crate) mod net;
 pub mod ns;
-pub mod objects;
+pub(crate) mod objects;
 pub mod restore;
-pub mod task;
+pub(crate) mod task;
 
 pub use dump::{check, check_with, dump, DumpOptions, DumpReport};
 pub use error::{Error, Obstacle, Result};

@@ -187,16 +187,6 @@ pub fn remove(table: &str) -> Result<()> {
     }
 }
 
-/// Whether table `table` exists (for tests and `inspect`).
-pub fn exists(table: &str) -> bool {
-    Command::new("nft")
-        .args(["list", "table", "inet", table])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Removes, when dropped, the locks an image names: a restore holds one
 /// from the moment it knows them, so they go whether it succeeds or fails.
 #[derive(Default)]

@@ -131,10 +131,6 @@ impl Frozen {
         }
     }
 
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     fn detach_now(&mut self) {
         if self.attached {
             self.attached = false;
@@ -147,12 +143,6 @@ impl Frozen {
         self.attached = false;
         ptrace::detach(self.pid, 0)
             .context(|| format!("resuming pid {} after the checkpoint", self.pid))
-    }
-
-    /// Kills the frozen task and waits until it is gone.
-    pub fn kill(self) -> Result<()> {
-        crest_sys::process::kill(self.pid, libc::SIGKILL)?;
-        self.kill_wait()
     }
 
     /// Waits for the task to be gone after a SIGKILL.
@@ -470,9 +460,6 @@ pub trait Inject {
     }
 }
 
-/// Size of the scratch area a session maps in the task.
-pub const SCRATCH_LEN: u64 = 4 * 4096;
-
 /// One thread of a process in a [`Session`].
 struct ThreadCtx {
     remote: Remote,
@@ -563,10 +550,6 @@ impl Session {
     /// The session's view of thread number `i` (0 is the leader).
     pub fn thread(&self, i: usize) -> ThreadView<'_> {
         ThreadView { s: self, i }
-    }
-
-    pub fn thread_count(&self) -> usize {
-        self.threads.len()
     }
 
     /// Puts back signal masks, registers, stack bytes and the vDSO.
