@@ -110,9 +110,16 @@ impl Container {
              cd {r}; mkdir -p old; pivot_root . old; \
              exec /bin/busybox sh -c 'umount -l /old && rmdir /old && exec /bin/sh /w.sh </data/in >/data/log 2>&1'"
         );
+        Container::spawn(dir, &setup)
+    }
+
+    /// Runs `setup` (which ends in the container's program) as the init
+    /// of new mount and PID namespaces; waits for DIR/data/ready.
+    fn spawn(dir: PathBuf, setup: &str) -> Container {
+        let data = dir.join("data");
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--pid", "--fork", "--propagation", "private"])
-            .args(["sh", "-c", &setup])
+            .args(["sh", "-c", setup])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -128,9 +135,10 @@ impl Container {
         let unshare = cmd.spawn().unwrap();
         let start = Instant::now();
         while !data.join("ready").exists() {
+            let res = std::fs::read_to_string(data.join("result")).unwrap_or_default();
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the container did not start"
+                start.elapsed() < Duration::from_secs(20) && res.is_empty(),
+                "the container did not start: {res}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -256,6 +264,109 @@ fn container_root_is_relocated() {
     c.restore(&["--root", moved.to_str().unwrap(), "--ext-mount", &etc]);
     let v = c.verdict();
     assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// A program of the container with a pty pair of the container's own
+/// devpts instance (opened through /dev/ptmx -> pts/ptmx): after restore
+/// the slave keeps its name, its node in the container's /dev/pts, its
+/// line settings and the bytes in flight both ways.
+const PTY_SCRIPT: &str = r#"
+import os, termios, time
+def fail(m):
+    open('/data/result', 'w').write('FAIL ' + m + '\n')
+    raise SystemExit(1)
+m, s = os.openpty()
+name = os.ttyname(s)
+a = termios.tcgetattr(s)
+a[3] &= ~termios.ECHO
+termios.tcsetattr(s, termios.TCSANOW, a)
+os.write(s, b'from-slave\n')
+if os.fstat(s).st_dev != os.stat('/dev/pts').st_dev:
+    fail('the pair is not on the container devpts before')
+open('/data/ready', 'w').write(name)
+while not os.path.exists('/data/go'):
+    time.sleep(0.05)
+if os.ttyname(s) != name:
+    fail('name %s, was %s' % (os.ttyname(s), name))
+if os.fstat(s).st_dev != os.stat('/dev/pts').st_dev:
+    fail('the slave is not on the container devpts')
+if os.stat(name).st_rdev != os.fstat(s).st_rdev:
+    fail('%s is not the slave' % name)
+if termios.tcgetattr(s)[3] & termios.ECHO:
+    fail('echo is on again')
+got = os.read(m, 100)
+if got != b'from-slave\r\n':
+    fail('unread output %r' % got)
+os.write(m, b'to-slave\n')
+got = os.read(s, 100)
+if got != b'to-slave\n':
+    fail('input %r' % got)
+open('/data/result', 'w').write('PASS ' + name + '\n')
+"#;
+
+/// A container with its own devpts instance whose program holds a pty
+/// pair; the host's /usr is bound read-only for python3.
+fn start_pty(tag: &str) -> Container {
+    init();
+    let dir = temp_dir(tag);
+    let root = dir.join("root");
+    let data = dir.join("data");
+    busybox_rootfs(&root);
+    std::fs::create_dir_all(root.join("usr")).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("in"), "").unwrap();
+    for (link, to) in [
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("dev/ptmx", "pts/ptmx"),
+    ] {
+        std::os::unix::fs::symlink(to, root.join(link)).unwrap();
+    }
+    std::fs::write(root.join("p.py"), PTY_SCRIPT).unwrap();
+    let (r, d) = (root.display(), data.display());
+    let setup = format!(
+        "set -e; mount --bind {r} {r}; mount --bind {d} {r}/data; \
+         mount --bind /usr {r}/usr; mount -o remount,bind,ro {r}/usr; \
+         mount -t proc proc {r}/proc; \
+         mount -t devpts -o newinstance,ptmxmode=0666 devpts {r}/dev/pts; \
+         cd {r}; mkdir -p old; pivot_root . old; \
+         exec /bin/busybox sh -c 'umount -l /old && rmdir /old && exec /usr/bin/python3 /p.py </data/in >/data/log 2>&1'"
+    );
+    Container::spawn(dir, &setup)
+}
+
+/// The container's own ptys: dumped, restored twice into the container's
+/// new devpts instance, checked by their holder.
+#[test]
+fn container_ptys_on_its_own_devpts() {
+    let _g = serial();
+    let mut c = start_pty("mount-pty");
+    let name = std::fs::read_to_string(c.data().join("ready")).unwrap();
+    assert_eq!(name, "/dev/pts/0", "the container's first pty");
+    for _ in 0..2 {
+        c.dump();
+        c.restore(&[]);
+    }
+    let v = c.verdict();
+    assert!(v.starts_with("PASS /dev/pts/0"), "{v}");
+}
+
+/// The pty checker is not blind: echo turned on again from outside after
+/// the restore is reported.
+#[test]
+fn container_pty_checker_detects_changed_line_settings() {
+    let _g = serial();
+    let mut c = start_pty("mount-pty-neg");
+    c.dump();
+    c.restore(&[]);
+    let node = format!("/proc/{}/root/dev/pts/0", c.pid);
+    let o = Command::new("stty")
+        .args(["-F", &node, "echo"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "stty: {}", stderr(&o));
+    let v = c.verdict();
+    assert!(v.starts_with("FAIL echo"), "{v}");
 }
 
 /// The checker of a mount that is a slave of a peer group outside the

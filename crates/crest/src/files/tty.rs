@@ -9,9 +9,13 @@
 //! number.  Bytes in flight cannot be read without consuming them, so a
 //! pair with unread input or output is refused.
 //!
-//! Restore opens a new pair in crest (its number differs, so does the
-//! slave's /dev/pts path), sets it up, and hands master and slave
-//! descriptions to the stubs like any other file.  A session leader's stub
+//! Restore opens a new pair in crest with the same number (see
+//! [`open_numbered`]), sets it up, and hands master and slave
+//! descriptions to the stubs like any other file.  A container whose
+//! mount namespace is recorded whole has a devpts instance of its own:
+//! its pairs are read there at the dump and made again in the restored
+//! instance (paths through the tree, `crate::ns::mnt::host_path`), whose
+//! numbers start free.  A session leader's stub
 //! makes the slave its controlling terminal before forking its children
 //! (they inherit it; see [`plan_ctty`]); once every process group exists,
 //! [`restore_foreground`] gives the terminal its foreground group back.
@@ -28,6 +32,7 @@
 
 use crate::error::{Context, Error, Result};
 use crate::model::{Checkpoint, ObjectKind, OpenFile, OpenTarget, Process, Pty, Termios};
+use crate::ns::mnt::host_path;
 use crate::task::freeze::Inject;
 use crate::Obstacle;
 use crest_sys::proc::FdInfo;
@@ -212,7 +217,7 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
         foreground,
         unread,
         input,
-        slave_owner: std::fs::metadata(format!("/dev/pts/{n}"))
+        slave_owner: std::fs::metadata(&*host_path(&format!("/dev/pts/{n}")))
             .ok()
             .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777)),
     }))
@@ -279,7 +284,12 @@ pub fn check_pairs(index: &PtyIndex, tree: &[i32], obstacles: &mut Vec<Obstacle>
         .iter()
         .filter_map(|&p| crest_sys::proc::read_stat(p).ok().map(|s| (p, s)))
         .collect();
-    let devpts = std::fs::metadata("/dev/pts").map(|m| m.dev()).ok();
+    // The tree's /dev/pts: the container's own instance when its mount
+    // namespace is recorded whole (restored as a new instance, where
+    // its pairs are made again), else crest's.
+    let devpts = std::fs::metadata(&*host_path("/dev/pts"))
+        .map(|m| m.dev())
+        .ok();
     let mut push = |pid: i32, object: String, reason: String| {
         obstacles.push(Obstacle {
             pid,
@@ -472,7 +482,7 @@ impl Ptys {
         if let std::collections::hash_map::Entry::Vacant(e) = self.masters.entry(p.index) {
             validate(p)?;
             let n = p.index;
-            let m = open_numbered(&p.ptmx, n)?;
+            let m = open_numbered(&host_path(&p.ptmx), n)?;
             set_lock(&m, false, n)?;
             let t = &p.termios;
             // A template whose every field is set below (the kernel's
@@ -505,7 +515,7 @@ impl Ptys {
                     .context(|| format!("making the master of pty {n} exclusive"))?;
             }
             if let Some((uid, gid, mode)) = p.slave_owner {
-                let node = format!("/dev/pts/{n}");
+                let node = host_path(&format!("/dev/pts/{n}")).into_owned();
                 std::os::unix::fs::chown(&node, Some(uid), Some(gid))
                     .context(|| format!("giving {node} its owner back"))?;
                 std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(mode))
