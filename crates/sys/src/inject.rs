@@ -230,6 +230,57 @@ impl Remote {
         Ok(result)
     }
 
+    /// Reads the dispositions of signals `first..end` (1 ≤ first < end ≤
+    /// 65) into the task's memory at `buf` (`struct sigaction` of signal
+    /// `sig` at `buf + (sig - first) * 32`) with one injected call: the
+    /// trampoline's batch entry (see [`crate::trampoline`]).  Returns the
+    /// `clone` result (the helper thread's id, or a negative errno: then
+    /// nothing was read).  Unwinding tasks only; the task's seccomp
+    /// filters, if any, would apply to the helper thread, which crest
+    /// does not trace: the caller must make sure it has none.
+    pub fn batch_sigactions(&self, first: i32, end: i32, buf: u64) -> Result<i64> {
+        let Some((tramp, sp)) = self.unwind else {
+            return Err(Error::parse(
+                format!("pid {}", self.pid),
+                "batched calls need the unwinding trampoline".to_string(),
+            ));
+        };
+        if !(1 <= first && first < end && end <= 65) {
+            return Err(Error::parse(
+                format!("pid {}", self.pid),
+                format!("signals {first}..{end}: not a range of signals"),
+            ));
+        }
+        let nr = libc::SYS_clone;
+        let mut r = self.base;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rip = tramp + trampoline::BATCH_ENTRY;
+        r.rsp = sp;
+        r.rdi = trampoline::BATCH_CLONE_FLAGS;
+        (r.rsi, r.rdx, r.r10, r.r8, r.r9) = (0, 0, 0, 0, 0);
+        r.rbx = first as u64;
+        r.r13 = end as u64;
+        r.r12 = buf.wrapping_sub(first as u64 * trampoline::BATCH_STRIDE);
+        ptrace::set_regs(self.pid, &r)?;
+        self.to_syscall_stop(nr)?; // entry
+        self.to_syscall_stop(nr)?; // exit, once the thread has exited
+        let after = ptrace::get_regs(self.pid)?;
+        // The task stays at the batch return: from there, on its own, it
+        // goes to the trampoline's park and restores itself.
+        let expect = tramp + trampoline::BATCH_RETURN;
+        if after.rip != expect {
+            return Err(Error::parse(
+                format!("pid {}", self.pid),
+                format!(
+                    "the batched signal reads stopped at {:#x}, expected {expect:#x}",
+                    after.rip
+                ),
+            ));
+        }
+        Ok(after.rax as i64)
+    }
+
     /// Runs one system call and turns a negative result into an error
     /// that says what was attempted (`what`) in which task.
     pub fn syscall(&self, nr: i64, args: &[u64], what: &str) -> Result<u64> {

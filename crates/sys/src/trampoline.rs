@@ -26,6 +26,39 @@
 //!                            ; the 128-byte red zone
 //! ```
 //!
+//! After it, the batch entry reads signal dispositions in bulk with one
+//! injected call: `clone(CLONE_VM | CLONE_THREAD | … | CLONE_VFORK)`
+//! starts a thread of the task's own (not traced: crest seizes without
+//! PTRACE_O_TRACECLONE) that runs `rt_sigaction(sig, NULL, r12 + sig *
+//! 32, 8)` for `sig` from `rbx` up to `r13` and exits; the vfork makes the
+//! call return only once it has.  The calling thread then parks as after
+//! any call, so a crest that dies meanwhile changes nothing:
+//!
+//! ```text
+//! 70: syscall                ; BATCH_ENTRY: clone
+//! 72: test rax, rax
+//!     jnz PARK               ; the calling thread (or a failed clone)
+//! 81: mov eax, 13            ; the new thread: rt_sigaction(ebx, NULL,
+//!     mov edi, ebx           ;   r12 + rbx * 32, 8)
+//!     xor esi, esi
+//!     mov rdx, rbx
+//!     shl rdx, 5
+//!     add rdx, r12
+//!     mov r10d, 8
+//!     syscall
+//!     inc ebx
+//!     cmp ebx, r13d
+//!     jb 81
+//!     mov eax, 60            ; exit (this thread only)
+//!     xor edi, edi
+//!     syscall
+//!     ud2
+//! ```
+//!
+//! The new thread touches memory only through its syscalls (a bad address
+//! is an EFAULT, never a fault that would kill the process), uses no
+//! stack, and inherits the caller's mask, every signal blocked.
+//!
 //! Every general register, the flags, the stack and instruction pointers
 //! and the blocked-signal mask come back as they were; the FPU and vector
 //! registers, the alternate signal stack and the restart block are never
@@ -42,7 +75,7 @@
 use crate::arch::UserRegs;
 
 /// The trampoline (see the module documentation).
-pub const TRAMPOLINE: [u8; 70] = [
+pub const TRAMPOLINE: [u8; 126] = [
     0x0f, 0x05, // syscall
     0x89, 0xc7, // mov edi, eax
     0xb8, 0x03, 0x00, 0x00, 0x00, // mov eax, 3
@@ -60,6 +93,24 @@ pub const TRAMPOLINE: [u8; 70] = [
     0x9d, // popfq
     0x5c, // pop rsp
     0xff, 0xa4, 0x24, 0x78, 0xff, 0xff, 0xff, // jmp [rsp - 136]
+    0x0f, 0x05, // 70: syscall (BATCH_ENTRY)
+    0x48, 0x85, 0xc0, // test rax, rax
+    0x0f, 0x85, 0xba, 0xff, 0xff, 0xff, // jnz PARK (11 - 81)
+    0xb8, 0x0d, 0x00, 0x00, 0x00, // 81: mov eax, 13
+    0x89, 0xdf, // mov edi, ebx
+    0x31, 0xf6, // xor esi, esi
+    0x48, 0x89, 0xda, // mov rdx, rbx
+    0x48, 0xc1, 0xe2, 0x05, // shl rdx, 5
+    0x4c, 0x01, 0xe2, // add rdx, r12
+    0x41, 0xba, 0x08, 0x00, 0x00, 0x00, // mov r10d, 8
+    0x0f, 0x05, // syscall
+    0xff, 0xc3, // inc ebx
+    0x44, 0x39, 0xeb, // cmp ebx, r13d
+    0x72, 0xde, // jb 81 (81 - 115)
+    0xb8, 0x3c, 0x00, 0x00, 0x00, // mov eax, 60
+    0x31, 0xff, // xor edi, edi
+    0x0f, 0x05, // syscall
+    0x0f, 0x0b, // ud2
 ];
 /// Offset of the entry for a call whose result is a descriptor that is
 /// closed again right after (by crest, or by the task itself).
@@ -70,6 +121,22 @@ pub const CLOSING_RETURN: u64 = 2;
 pub const PLAIN_ENTRY: u64 = 9;
 /// Where every call returns and a task waits between calls.
 pub const PARK: u64 = 11;
+/// Offset of the batch entry: a `clone` whose new thread reads signal
+/// dispositions (see the module documentation).
+pub const BATCH_ENTRY: u64 = 70;
+/// Offset where the batch entry's `clone` returns in the calling thread.
+pub const BATCH_RETURN: u64 = 72;
+/// Bytes of the kernel's `struct sigaction` the batch writes per signal.
+pub const BATCH_STRIDE: u64 = 32;
+/// The flags of the batch's `clone`: a thread of the task's own that the
+/// call waits for.
+pub const BATCH_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_VFORK) as u64;
 /// How far below the task's own stack pointer its instruction pointer is
 /// kept (the `jmp [rsp - 136]`).
 pub const IP_SLOT: u64 = 136;
@@ -127,6 +194,13 @@ mod tests {
         assert_eq!(TRAMPOLINE[PARK as usize], 0xb8);
         let disp = i32::from_le_bytes(TRAMPOLINE[66..70].try_into().unwrap());
         assert_eq!(disp as i64, -(IP_SLOT as i64));
+        assert_eq!(TRAMPOLINE[BATCH_ENTRY as usize..][..2], [0x0f, 0x05]);
+        assert_eq!(TRAMPOLINE[BATCH_RETURN as usize..][..3], [0x48, 0x85, 0xc0]);
+        // jnz PARK and the loop's jb land where they should.
+        let jnz = i32::from_le_bytes(TRAMPOLINE[77..81].try_into().unwrap());
+        assert_eq!(81 + jnz as i64, PARK as i64);
+        assert_eq!(115 + TRAMPOLINE[114] as i8 as i64, 81);
+        assert_eq!(TRAMPOLINE[81], 0xb8);
         let regs = UserRegs {
             rip: 0x1111,
             rsp: 0x2222,

@@ -351,7 +351,12 @@ pub fn collect(
         let attrs = tasks::collect_attrs(&lead, pid, &stat, status.umask.unwrap_or(0o022))?;
         let creds = creds::collect(&lead, &status)?;
         crate::fault::point("dump: attributes collected")?;
-        let actions = signals::collect_actions(&lead)?;
+        // Batched reads run a helper thread of the process's own, which must
+        // run to the end: not under seccomp filters, and not while a
+        // job-control stop holds or is pending (the thread would stop with
+        // the group).  See `crest_sys::trampoline`.
+        let one_by_one = status.seccomp != 0 || tree.stopped(pid) || signals::stop_pending(pid);
+        let actions = signals::collect_actions(&lead, one_by_one)?;
         crate::fault::point("dump: signal actions collected")?;
         let itimers = timers::collect(&lead)?;
         let posix_timers = timers::collect_posix(&lead, tids)?;

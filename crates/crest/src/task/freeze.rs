@@ -451,6 +451,15 @@ pub trait Inject {
         Ok(())
     }
 
+    /// Reads the dispositions of signals `first..end` into the scratch
+    /// area (the kernel's `struct sigaction` of signal `sig` at offset
+    /// `(sig - first) * 32`) in one call, if this task can
+    /// (`crest_sys::inject::Remote::batch_sigactions`).  False: nothing
+    /// was read; make the calls one by one.
+    fn read_sigactions(&self, _first: i32, _end: i32) -> Result<bool> {
+        Ok(false)
+    }
+
     /// prctl(2) run in the task.
     fn prctl(&self, option: i32, args: &[u64], what: &str) -> Result<u64> {
         let mut a = [0u64; 5];
@@ -658,6 +667,17 @@ impl Inject for ThreadView<'_> {
     }
     fn scratch(&self) -> u64 {
         self.s.scratch
+    }
+    fn read_sigactions(&self, first: i32, end: i32) -> Result<bool> {
+        crate::fault::point("dump: injected syscall")?;
+        let len = (end - first).max(0) as u64 * crest_sys::trampoline::BATCH_STRIDE;
+        if len > STACK_SCRATCH {
+            return Ok(false);
+        }
+        let r = self.s.threads[self.i]
+            .remote
+            .batch_sigactions(first, end, self.s.scratch)?;
+        Ok(r > 0)
     }
     fn read_scratch(&self, off: u64, buf: &mut [u8]) -> Result<()> {
         Ok(self.s.mem.read(self.s.scratch + off, buf)?)

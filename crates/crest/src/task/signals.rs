@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use crate::model::{AltStack, SigAction, SigInfo};
-use crate::task::freeze::{Call, Inject};
+use crate::task::freeze::{Call, Inject, STACK_SCRATCH};
 use crest_sys::ptrace;
 
 /// Size of the kernel's `struct sigaction` on x86-64.
@@ -22,28 +22,65 @@ fn settable(sig: i32) -> bool {
     sig != libc::SIGKILL && sig != libc::SIGSTOP
 }
 
-/// Reads every non-default disposition of the task.
-pub fn collect_actions(t: &impl Inject) -> Result<Vec<SigAction>> {
+/// Whether a job-control stop signal is pending for process `pid` (or
+/// its status cannot be read): a thread it creates now would stop.
+pub fn stop_pending(pid: i32) -> bool {
+    let bit = |s: i32| 1u64 << (s - 1);
+    let stops = bit(libc::SIGSTOP) | bit(libc::SIGTSTP) | bit(libc::SIGTTIN) | bit(libc::SIGTTOU);
+    crest_sys::proc::read_task_status(pid, pid)
+        .map_or(true, |s| (s.sig_pnd | s.shd_pnd) & stops != 0)
+}
+
+/// Reads every non-default disposition of the task.  `one_by_one`: one
+/// injected call per signal, never a batched read
+/// (`Inject::read_sigactions`), whose helper thread the task's seccomp
+/// filters or a job-control stop could stop short.  A stop signal that
+/// comes during a batched read (a few hundred microseconds) holds it
+/// until the process is continued; the process is never harmed.
+pub fn collect_actions(t: &impl Inject, one_by_one: bool) -> Result<Vec<SigAction>> {
+    // Signals per batch: as many sigactions as the scratch area holds.
+    const PER: i32 = (STACK_SCRATCH / KSIGACTION_LEN as u64) as i32;
     let mut out = Vec::new();
-    let mut buf = [0u8; KSIGACTION_LEN];
-    for sig in (1..=64).filter(|&s| settable(s)) {
-        t.call(
-            libc::SYS_rt_sigaction,
-            &[sig as u64, 0, t.scratch(), SIGSET_LEN],
-            &format!("reading the action of signal {sig}"),
-        )?;
-        t.read_scratch(0, &mut buf)?;
-        let w = |i: usize| u64::from_ne_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap());
-        let act = SigAction {
-            signo: sig,
-            handler: w(0),
-            flags: w(1),
-            restorer: w(2),
-            mask: w(3),
+    let mut first = 1;
+    while first <= 64 {
+        let end = (first + PER).min(65);
+        let n = (end - first) as usize;
+        let mut buf = vec![0xffu8; n * KSIGACTION_LEN];
+        // A slot still all 0xff was not written (the kernel clears the
+        // flags it does not know, so no sigaction reads so).
+        let batched = !one_by_one && {
+            t.write_scratch(0, &buf)?;
+            t.read_sigactions(first, end)?
         };
-        if act.handler != 0 || act.flags != 0 || act.mask != 0 {
-            out.push(act);
+        if batched {
+            t.read_scratch(0, &mut buf)?;
         }
+        for (k, slot) in buf.chunks_mut(KSIGACTION_LEN).enumerate() {
+            let sig = first + k as i32;
+            if !settable(sig) {
+                continue;
+            }
+            if !batched || slot.iter().all(|&b| b == 0xff) {
+                t.call(
+                    libc::SYS_rt_sigaction,
+                    &[sig as u64, 0, t.scratch(), SIGSET_LEN],
+                    &format!("reading the action of signal {sig}"),
+                )?;
+                t.read_scratch(0, slot)?;
+            }
+            let w = |i: usize| u64::from_ne_bytes(slot[i * 8..i * 8 + 8].try_into().unwrap());
+            let act = SigAction {
+                signo: sig,
+                handler: w(0),
+                flags: w(1),
+                restorer: w(2),
+                mask: w(3),
+            };
+            if act.handler != 0 || act.flags != 0 || act.mask != 0 {
+                out.push(act);
+            }
+        }
+        first = end;
     }
     Ok(out)
 }
