@@ -216,6 +216,15 @@ pub fn shm_set_owner(id: i32, uid: u32, gid: u32, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Locks shared memory segment `id` in memory (SHM_LOCK).
+pub fn shm_lock(id: i32) -> Result<()> {
+    // SAFETY: SHM_LOCK takes no buffer.
+    if unsafe { libc::shmctl(id, libc::SHM_LOCK, std::ptr::null_mut()) } != 0 {
+        return Err(Error::last_os(format!("SHM_LOCK on shmid {id}")));
+    }
+    Ok(())
+}
+
 /// crest's own attach of a shared memory segment, detached on drop.
 pub struct ShmAttach {
     addr: *mut libc::c_void,
@@ -243,6 +252,25 @@ impl ShmAttach {
     pub fn link(&self) -> String {
         let a = self.addr as u64;
         format!("/proc/self/map_files/{a:x}-{:x}", a + self.len)
+    }
+
+    /// Opens the segment's shm file (read-only) through the attach; the
+    /// mapping's real end is looked up when it is not where small pages
+    /// put it (a segment in huge pages).
+    pub fn open(&self) -> std::io::Result<std::fs::File> {
+        match std::fs::File::open(self.link()) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let a = self.addr as u64;
+                let maps = std::fs::read_to_string("/proc/self/maps")?;
+                let range = maps
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next())
+                    .find(|r| r.split('-').next() == Some(&format!("{a:x}")))
+                    .ok_or(e)?;
+                std::fs::File::open(format!("/proc/self/map_files/{range}"))
+            }
+            r => r,
+        }
     }
 }
 
