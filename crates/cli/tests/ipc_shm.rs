@@ -1,7 +1,7 @@
 //! System V shared memory in a container's private IPC namespace: every
 //! segment (one nobody attaches, one marked for removal while attached,
 //! one attached read-only, one shared by two processes) comes back with
-//! its id, key, size, mode, owner, SHM_LOCK and content, attached where
+//! its id, key, size, mode, owner, creator, SHM_LOCK and content, attached where
 //! it was (the `ipcshm` workload checks all of it itself); a restore
 //! failed or killed at any point leaves nothing behind; a segment in huge
 //! pages, or one attached from outside the tree, is refused.
@@ -111,7 +111,7 @@ fn image_lists_every_segment_and_leave_running_keeps_them() {
         vec![
             (0, true, false, 0),
             (0xc15a_0001, false, false, 0),
-            (0xc15a_0002, false, true, 1234),
+            (0xc15a_0002, false, true, 4321),
             (0xc15a_0004, false, false, 0),
         ],
         "the namespace's segments in the image"

@@ -192,6 +192,53 @@ pub fn shm_get(key: i32, size: u64, flags: i32) -> std::io::Result<i32> {
     Ok(id)
 }
 
+/// [`shm_get`] creating the segment as effective user `cuid` and group
+/// `cgid`, which the kernel records as its creator (shm_perm.cuid/cgid;
+/// IPC_SET cannot change them): on a thread of its own (in the calling
+/// thread's IPC namespace) whose effective ids alone are switched, by the
+/// raw syscalls (glibc's wrappers would switch every thread).  The outer
+/// error: the ids could not be switched (no CAP_SETUID/CAP_SETGID);
+/// the inner result is shmget's.
+pub fn shm_get_as(
+    cuid: u32,
+    cgid: u32,
+    key: i32,
+    size: u64,
+    flags: i32,
+) -> std::io::Result<std::io::Result<i32>> {
+    // SAFETY: plain getters.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if (euid, egid) == (cuid, cgid) {
+        return Ok(shm_get(key, size, flags));
+    }
+    let keep = u32::MAX; // -1: unchanged
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setresgid/setresuid of this thread only, with plain
+            // integer arguments.
+            unsafe {
+                if libc::syscall(libc::SYS_setresgid, keep, cgid, keep) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::syscall(libc::SYS_setresuid, keep, cuid, keep) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let r = shm_get(key, size, flags);
+            // SAFETY: as above: back to crest's ids (the user first, which
+            // gives back the capability to set the group); the thread
+            // ends right after anyway.
+            unsafe {
+                libc::syscall(libc::SYS_setresuid, keep, euid, keep);
+                libc::syscall(libc::SYS_setresgid, keep, egid, keep);
+            }
+            Ok(r)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("a shmget thread panicked")))
+    })
+}
+
 /// Removes shared memory segment `id` (once its last attach goes).
 pub fn shm_remove(id: i32) {
     // SAFETY: IPC_RMID takes no buffer; a failure leaves nothing to undo.

@@ -28,7 +28,10 @@
 //! restore fails, the segments made in crest's namespace are removed;
 //! those of a private namespace go with it, when its stubs are killed.
 //!
-//! Not kept: the creator ids (shm_perm.cuid/cgid become crest's), the
+//! The creator ids (shm_perm.cuid/cgid, which IPC_SET cannot change) are
+//! kept by creating the segment on a thread of crest whose effective ids
+//! are the creator's for that call; they become crest's only if crest
+//! may not switch to them (no CAP_SETUID/CAP_SETGID).  Not kept: the
 //! attach, detach and change times and the creator and last-operator
 //! PIDs (shm_cpid, shm_lpid): the kernel offers no way to set them.
 //! SHM_NORESERVE (accounting only) is not seen and not kept.  Refused by
@@ -369,6 +372,10 @@ fn sysv_of(object: u32, m: &ShmemObj) -> Result<(i32, i32, u32, bool)> {
 /// Returns its id and a descriptor on its shm file (for filling it).
 fn make_here(object: u32, m: &ShmemObj, made: &mut dyn FnMut(i32)) -> Result<(i32, OwnedFd)> {
     let (key, shmid, mode, destroyed) = sysv_of(object, m)?;
+    let (cuid, cgid) = match m.kind {
+        ShmemKind::SysV { cuid, cgid, .. } => (cuid, cgid),
+        _ => (0, 0),
+    };
     let key_taken = key != libc::IPC_PRIVATE && sysvipc::shm_get(key, 0, 0).is_ok();
     // A segment marked for removal has no key any more, but its name
     // (in /proc/PID/maps) shows the one it had: keep it if free.
@@ -382,11 +389,13 @@ fn make_here(object: u32, m: &ShmemObj, made: &mut dyn FnMut(i32)) -> Result<(i3
         }
     };
     write_next_id(shmid)?;
-    let got = sysvipc::shm_get(
-        key,
-        m.size,
-        libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32,
-    );
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32;
+    // Made by its creator's ids, which the kernel records (cuid/cgid);
+    // as crest's if crest may not take them.
+    let got = match sysvipc::shm_get_as(cuid, cgid, key, m.size, flags) {
+        Ok(r) => r,
+        Err(_) => sysvipc::shm_get(key, m.size, flags),
+    };
     let reset = reset_next_id();
     let got = match got {
         Ok(id) => id,

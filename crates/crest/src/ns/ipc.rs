@@ -17,8 +17,9 @@
 //!
 //! Not kept: semaphore undo state (SEM_UNDO adjustments a process would
 //! have applied at exit: the kernel offers no way to read them), the
-//! creator ids (cuid/cgid become crest's) and the last-operation times
-//! and PIDs, of every kind of object.  Refused by check and dump: shared
+//! creator ids of semaphore sets and message queues (cuid/cgid become
+//! crest's; a segment's are kept, see [`crate::memory::sysv`]) and the
+//! last-operation times and PIDs of every kind of object.  Refused by check and dump: shared
 //! memory in huge pages (SHM_HUGETLB), and a segment attached by a
 //! process outside the tree.
 

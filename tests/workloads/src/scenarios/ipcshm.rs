@@ -8,8 +8,9 @@
 //!                 made and removed, so ids are not the first ones):
 //!                   SHARED  key 0xc15a0001, 3 pages + 100 bytes, 0640,
 //!                           attached read-write by C and A
-//!                   LONE    key 0xc15a0002, 16 pages, 0604, owner
-//!                           1234:2345, SHM_LOCK'd, content in its first
+//!                   LONE    key 0xc15a0002, 16 pages, 0604, made as
+//!                           1234:2345 (its creator ids), then given to
+//!                           4321:5432, SHM_LOCK'd, content in its first
 //!                           and last pages only; attached by nobody
 //!                   DEST    IPC_PRIVATE, 2 pages, 0600, attached by C,
 //!                           then marked for removal (IPC_RMID)
@@ -21,7 +22,8 @@
 //!
 //! After go, C checks that its namespace lists exactly these four
 //! segments, each one's IPC_STAT (key, id, mode with SHM_DEST and
-//! SHM_LOCKED, size, owner, attach count), that every key gives its id,
+//! SHM_LOCKED, size, owner, creator, attach count), that every key gives
+//! its id,
 //! each content (LONE through an attach of its own, holes still zero),
 //! and its mappings (addresses, names, permissions).  Then C writes into
 //! RO and raises a flag in SHARED; A, which checked its own attaches,
@@ -53,7 +55,8 @@ const SHARED: usize = 0;
 const LONE: usize = 1;
 const DEST: usize = 2;
 const RO: usize = 3;
-const LONE_OWNER: (u32, u32) = (1234, 2345);
+const LONE_CREATOR: (u32, u32) = (1234, 2345);
+const LONE_OWNER: (u32, u32) = (4321, 5432);
 
 fn pattern(seg: usize, i: usize) -> u8 {
     ((i * 7 + seg * 31 + 1) & 0xff) as u8
@@ -73,8 +76,10 @@ fn expected(seg: usize, i: usize) -> u8 {
     }
 }
 
-/// IPC_STAT: (key, mode, size, nattch, uid, gid).
-fn stat(id: i32) -> Result<(i32, u32, usize, u64, u32, u32), String> {
+/// IPC_STAT: (key, mode, size, nattch, (uid, gid), (cuid, cgid)).
+type Stat = (i32, u32, usize, u64, (u32, u32), (u32, u32));
+
+fn stat(id: i32) -> Result<Stat, String> {
     // SAFETY: an all-zero shmid_ds is valid; IPC_STAT fills it.
     let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -86,8 +91,8 @@ fn stat(id: i32) -> Result<(i32, u32, usize, u64, u32, u32), String> {
         ds.shm_perm.mode as u32 & 0o7777,
         ds.shm_segsz,
         ds.shm_nattch,
-        ds.shm_perm.uid,
-        ds.shm_perm.gid,
+        (ds.shm_perm.uid, ds.shm_perm.gid),
+        (ds.shm_perm.cuid, ds.shm_perm.cgid),
     ))
 }
 
@@ -204,8 +209,20 @@ fn init(p: &Proto) -> Checks {
     let mut ids = [0i32; 4];
     let mut addrs = [std::ptr::null_mut::<u8>(); 4];
     for (i, &(_, key, size, mode)) in SEGS.iter().enumerate() {
-        // SAFETY: plain shmget.
-        let id = unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode as i32) };
+        // SAFETY: plain calls; single-threaded, so the effective ids are
+        // switched for the one call (LONE's creator) and back.
+        let id = unsafe {
+            let creator = i == LONE;
+            if creator && (libc::setegid(LONE_CREATOR.1) != 0 || libc::seteuid(LONE_CREATOR.0) != 0)
+            {
+                p.bail_errno("seteuid");
+            }
+            let id = libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode as i32);
+            if creator && (libc::seteuid(0) != 0 || libc::setegid(0) != 0) {
+                p.bail_errno("seteuid(0)");
+            }
+            id
+        };
         if id < 0 {
             p.bail_errno("shmget");
         }
@@ -303,10 +320,14 @@ fn init(p: &Proto) -> Checks {
             LONE => (key, mode | SHM_LOCKED, 0),
             _ => (key, mode, 2),
         };
-        let owner = if i == LONE { LONE_OWNER } else { (0, 0) };
+        let (owner, creator) = if i == LONE {
+            (LONE_OWNER, LONE_CREATOR)
+        } else {
+            ((0, 0), (0, 0))
+        };
         c.eq(
             &format!("C: IPC_STAT of {name} (shmid {})", ids[i]),
-            Ok((k, m, size, nattch, owner.0, owner.1)),
+            Ok((k, m, size, nattch, owner, creator)),
             stat(ids[i]),
         );
         if key != libc::IPC_PRIVATE {
