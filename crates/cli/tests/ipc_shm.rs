@@ -333,3 +333,68 @@ fn segment_attached_from_outside_the_tree_is_refused() {
     w.go();
     w.expect_pass();
 }
+
+/// An IPC namespace owned by a user namespace of the tree (`unshare
+/// --user --map-root-user --ipc`): a segment attached and one nobody
+/// attaches come back with their ids, keys, modes, owner (root inside)
+/// and content, twice.
+#[test]
+fn segments_of_an_ipc_namespace_owned_by_a_user_namespace() {
+    let _g = serial();
+    init();
+    let script = r#"
+import ctypes, os, struct, sys, time
+D = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+def stat(i):
+    b = ctypes.create_string_buffer(256)
+    if libc.shmctl(i, 2, b) != 0: return None
+    u = lambda f, o: struct.unpack_from(f, b, o)[0]
+    return (u("i", 0), u("I", 4), u("I", 8), u("H", 20) & 0o777, u("Q", 48))   # key, uid, gid, mode, size
+a_id = libc.shmget(0x4352aa01, 8192, 0o1000 | 0o600)
+b_id = libc.shmget(0x4352aa02, 3 * 4096, 0o1000 | 0o640)
+if min(a_id, b_id) < 0: raise SystemExit("shmget: errno %d" % ctypes.get_errno())
+a = libc.shmat(a_id, None, 0)
+ctypes.memmove(a + 5000, b"attached", 8)
+b = libc.shmat(b_id, None, 0); ctypes.memmove(b + 9000, b"lonely", 6); libc.shmdt(b)
+before = (stat(a_id), stat(b_id))
+open(D + "/ready.tmp", "w").write("%d\n" % os.getpid()); os.rename(D + "/ready.tmp", D + "/ready")
+while not os.path.exists(D + "/go"): time.sleep(0.01)
+e = []
+if (stat(a_id), stat(b_id)) != before: e.append("IPC_STAT %r, was %r" % ((stat(a_id), stat(b_id)), before))
+if before[0][1:3] != (0, 0): e.append("owner inside %r" % (before[0][1:3],))
+if (libc.shmget(0x4352aa01, 0, 0), libc.shmget(0x4352aa02, 0, 0)) != (a_id, b_id): e.append("ids by key")
+if ctypes.string_at(a + 5000, 8) != b"attached": e.append("attached content %r" % ctypes.string_at(a + 5000, 8))
+b = libc.shmat(b_id, None, 0)
+if ctypes.string_at(b + 9000, 6) != b"lonely": e.append("unattached content %r" % ctypes.string_at(b + 9000, 6))
+open(D + "/result.tmp", "w").write("PASS\n" if not e else "FAIL\n" + "\n".join(e) + "\n")
+os.rename(D + "/result.tmp", D + "/result"); os._exit(0 if not e else 1)
+"#;
+    let dir = temp_dir("ipc-shm-userns");
+    let o = Command::new(crest_bin())
+        .arg("run")
+        .arg("--log")
+        .arg(dir.join("log"))
+        .args(["--", "unshare", "--user", "--map-root-user", "--ipc"])
+        .args(["python3", "-c", script])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "crest run: {}", stderr(&o));
+    let pid: i32 = stdout(&o).trim().parse().unwrap();
+    let start = std::time::Instant::now();
+    while !dir.join("ready").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30) && alive(pid),
+            "not ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let w = Workload::adopt(pid, dir, "ipc-shm-userns");
+    w.cycle_twice();
+}
