@@ -61,7 +61,9 @@ pub enum ShmemKind {
     Memfd { name: String, seals: u32 },
     /// A System V shared memory segment ("/SYSV%08x (deleted)"), recreated
     /// with the same id.  `mode` holds the permission bits; `destroyed`:
-    /// marked for removal (IPC_RMID) while still attached.
+    /// marked for removal (IPC_RMID) while still attached; `locked`:
+    /// locked in memory (SHM_LOCK).  A segment of a private IPC namespace
+    /// is listed in that namespace's [`IpcState::shm`].
     SysV {
         key: i32,
         shmid: i32,
@@ -71,6 +73,8 @@ pub enum ShmemKind {
         cuid: u32,
         cgid: u32,
         destroyed: bool,
+        #[serde(default)]
+        locked: bool,
     },
 }
 
@@ -1393,11 +1397,16 @@ pub struct TreeFile {
     pub data: u32,
 }
 
-/// The System V semaphore sets and message queues of an IPC namespace.
+/// The System V semaphore sets, message queues and shared memory
+/// segments of an IPC namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct IpcState {
     pub sems: Vec<SemSet>,
     pub msgqs: Vec<MsgQueue>,
+    /// The object ids ([`ShmemKind::SysV`] objects) of every shared memory
+    /// segment of the namespace, attached by the tree or not.
+    #[serde(default)]
+    pub shm: Vec<u32>,
 }
 
 /// Owner and mode of a System V object (`struct ipc_perm`).

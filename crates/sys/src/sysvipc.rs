@@ -192,6 +192,53 @@ pub fn shm_get(key: i32, size: u64, flags: i32) -> std::io::Result<i32> {
     Ok(id)
 }
 
+/// [`shm_get`] creating the segment as effective user `cuid` and group
+/// `cgid`, which the kernel records as its creator (shm_perm.cuid/cgid;
+/// IPC_SET cannot change them): on a thread of its own (in the calling
+/// thread's IPC namespace) whose effective ids alone are switched, by the
+/// raw syscalls (glibc's wrappers would switch every thread).  The outer
+/// error: the ids could not be switched (no CAP_SETUID/CAP_SETGID);
+/// the inner result is shmget's.
+pub fn shm_get_as(
+    cuid: u32,
+    cgid: u32,
+    key: i32,
+    size: u64,
+    flags: i32,
+) -> std::io::Result<std::io::Result<i32>> {
+    // SAFETY: plain getters.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if (euid, egid) == (cuid, cgid) {
+        return Ok(shm_get(key, size, flags));
+    }
+    let keep = u32::MAX; // -1: unchanged
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setresgid/setresuid of this thread only, with plain
+            // integer arguments.
+            unsafe {
+                if libc::syscall(libc::SYS_setresgid, keep, cgid, keep) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::syscall(libc::SYS_setresuid, keep, cuid, keep) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let r = shm_get(key, size, flags);
+            // SAFETY: as above: back to crest's ids (the user first, which
+            // gives back the capability to set the group); the thread
+            // ends right after anyway.
+            unsafe {
+                libc::syscall(libc::SYS_setresuid, keep, euid, keep);
+                libc::syscall(libc::SYS_setresgid, keep, egid, keep);
+            }
+            Ok(r)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("a shmget thread panicked")))
+    })
+}
+
 /// Removes shared memory segment `id` (once its last attach goes).
 pub fn shm_remove(id: i32) {
     // SAFETY: IPC_RMID takes no buffer; a failure leaves nothing to undo.
@@ -212,6 +259,15 @@ pub fn shm_set_owner(id: i32, uid: u32, gid: u32, mode: u32) -> Result<()> {
     // SAFETY: IPC_SET reads `ds`, which lives across the call.
     if unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) } != 0 {
         return Err(Error::last_os(format!("IPC_SET on shmid {id}")));
+    }
+    Ok(())
+}
+
+/// Locks shared memory segment `id` in memory (SHM_LOCK).
+pub fn shm_lock(id: i32) -> Result<()> {
+    // SAFETY: SHM_LOCK takes no buffer.
+    if unsafe { libc::shmctl(id, libc::SHM_LOCK, std::ptr::null_mut()) } != 0 {
+        return Err(Error::last_os(format!("SHM_LOCK on shmid {id}")));
     }
     Ok(())
 }
@@ -243,6 +299,25 @@ impl ShmAttach {
     pub fn link(&self) -> String {
         let a = self.addr as u64;
         format!("/proc/self/map_files/{a:x}-{:x}", a + self.len)
+    }
+
+    /// Opens the segment's shm file (read-only) through the attach; the
+    /// mapping's real end is looked up when it is not where small pages
+    /// put it (a segment in huge pages).
+    pub fn open(&self) -> std::io::Result<std::fs::File> {
+        match std::fs::File::open(self.link()) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let a = self.addr as u64;
+                let maps = std::fs::read_to_string("/proc/self/maps")?;
+                let range = maps
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next())
+                    .find(|r| r.split('-').next() == Some(&format!("{a:x}")))
+                    .ok_or(e)?;
+                std::fs::File::open(format!("/proc/self/map_files/{range}"))
+            }
+            r => r,
+        }
     }
 }
 

@@ -1602,3 +1602,102 @@ fn lazy() {
     pass(&["lazy", "8", "fork"]);
     pass(&["lazy", "8", "spin"]);
 }
+
+/// `ipcshm` hands its container init over (its launcher writes `ready`
+/// with the init's pid and exits): started, readied, and its verdict read
+/// here, since the init is not this process's child.
+struct Handover {
+    w: Workload,
+    init: i32,
+}
+
+impl Handover {
+    fn start(args: &[&str]) -> Handover {
+        let mut w = Workload::start(args, &[]);
+        let start = Instant::now();
+        let path = w.dir.join("ready");
+        while !path.exists() {
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "{}: no ready; stderr: {}",
+                w.name,
+                w.read("stderr")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let init: i32 = w.read("ready").trim().parse().expect("ready holds a pid");
+        let _ = w.child.take().map(|mut c| c.wait());
+        Handover { w, init }
+    }
+
+    fn go(&self) -> String {
+        fs::write(self.w.dir.join("go"), b"").expect("create go");
+        let start = Instant::now();
+        let res = self.w.dir.join("result");
+        while !res.exists() {
+            assert!(
+                start.elapsed() < EXIT_TIMEOUT,
+                "{}: no result after go",
+                self.w.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The init exits right after its verdict: a zombie until reaped
+        // by whoever adopted it.
+        self.w.read("result")
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if !self.w.dir.join("result").exists() {
+            // SAFETY: plain kill of the init this test started, which has
+            // not finished.
+            unsafe { libc::kill(self.init, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn ipcshm() {
+    if !is_root() {
+        eprintln!("skipped: needs root (new PID and IPC namespaces, SHM_LOCK)");
+        return;
+    }
+    let h = Handover::start(&["ipcshm"]);
+    let r = h.go();
+    assert_eq!(r, "PASS\n", "ipcshm: {r}");
+}
+
+/// A byte of the segment nobody attaches, changed from inside the
+/// namespace before go: the init must fail naming it.
+#[test]
+fn ipcshm_detects_a_changed_unattached_segment() {
+    if !is_root() {
+        eprintln!("skipped: needs root (new PID and IPC namespaces, SHM_LOCK)");
+        return;
+    }
+    let h = Handover::start(&["ipcshm"]);
+    let ns = fs::File::open(format!("/proc/{}/ns/ipc", h.init)).expect("open ns/ipc");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this helper thread only; the segment is
+            // attached, one byte written inside it, and detached.
+            unsafe {
+                assert_eq!(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWIPC), 0);
+                let id = libc::shmget(0xc15a_0002_u32 as i32, 0, 0);
+                assert!(id >= 0, "LONE not found");
+                let a = libc::shmat(id, std::ptr::null(), 0);
+                assert_ne!(a as isize, -1);
+                *a.cast::<u8>().add(5 * 4096 + 3) = 0x77;
+                libc::shmdt(a);
+            }
+        });
+    });
+    let r = h.go();
+    assert!(
+        r.starts_with("FAIL\n") && r.contains("C: content of LONE at byte 20483"),
+        "ipcshm: {r}"
+    );
+}

@@ -290,7 +290,14 @@ pub fn collect(
     for &p in &pids {
         ppids.insert(p, proc::read_stat(p)?.ppid);
     }
-    let (namespaces, mut proc_ns) = crate::ns::collect(&tree.procs, &ppids, opts, obstacles)?;
+    let (namespaces, mut proc_ns) = crate::ns::collect(
+        &tree.procs,
+        &ppids,
+        opts,
+        &mut objects,
+        &mut data,
+        obstacles,
+    )?;
     if !obstacles.is_empty() {
         return Ok(None);
     }
@@ -810,7 +817,7 @@ pub fn dump<W: Write>(
     }
     if !opts.leave_running {
         // The segments went into the image with the tree: free their ids.
-        crate::memory::sysv::remove_dumped(&c.ckpt.objects);
+        crate::memory::sysv::remove_dumped(&c.ckpt);
     }
     report.image_bytes =
         image_bytes + (crest_image::RECORD_HEADER_LEN + crest_image::Tail::LEN) as u64;

@@ -20,7 +20,16 @@ pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<
                 }
             }
             DataSource::Shmem { object, path, size } => {
-                write_shmem(*object, path, *size, &mut buf, out)?;
+                let f = File::open(path).context(|| format!("opening {path}"))?;
+                write_shmem(*object, &f, path, *size, &mut buf, out)?;
+            }
+            DataSource::ShmemFile {
+                object,
+                what,
+                file,
+                size,
+            } => {
+                write_shmem(*object, file, what, *size, &mut buf, out)?;
             }
             DataSource::UnlinkedMap { object, path, size } => {
                 crate::files::unlinked::write_extents(*object, path, *size, &mut buf, out)
@@ -44,12 +53,12 @@ pub fn write_data<W: Write>(srcs: &[DataSource], out: &mut Writer<W>) -> Result<
 /// Writes the non-hole, non-zero pages of a shared-memory object.
 fn write_shmem<W: Write>(
     object: u32,
+    f: &File,
     path: &str,
     size: u64,
     buf: &mut [u8],
     out: &mut Writer<W>,
 ) -> Result<()> {
-    let f = File::open(path).context(|| format!("opening {path}"))?;
     let ps = crate::memory::page_size() as usize;
     let mut off = 0u64;
     while off < size {

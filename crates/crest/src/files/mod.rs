@@ -69,6 +69,15 @@ pub enum DataSource {
         path: String,
         size: u64,
     },
+    /// A shared-memory object read through crest's descriptor on it (a
+    /// System V segment of a private IPC namespace that no process of
+    /// the tree attaches); `what` names it in errors.
+    ShmemFile {
+        object: u32,
+        what: String,
+        file: std::fs::File,
+        size: u64,
+    },
 }
 
 /// A pipe met during collection.
@@ -826,6 +835,12 @@ impl UnlinkedFiles {
     /// The restore succeeded: the recreated System V segments stay.
     pub fn keep_sysv(&mut self) {
         self.sysv.keep();
+    }
+
+    /// The System V segments being recreated (see
+    /// [`crate::memory::sysv::Segments`]).
+    pub fn sysv(&mut self) -> &mut crate::memory::sysv::Segments {
+        &mut self.sysv
     }
 
     /// Writes a piece of an unlinked file's content or of a pipe's data.

@@ -313,7 +313,7 @@ fn sysv_object(
     if let Some(id) = objects.shmem(dev, m.inode) {
         return Ok(id);
     }
-    let mut seg = crate::memory::sysv::find(m.inode, size)?;
+    let mut seg = crate::memory::sysv::find_for(pid, m.inode, size)?;
     // A segment marked for removal lists key 0; its name keeps the key.
     if let Some(k) = m
         .path

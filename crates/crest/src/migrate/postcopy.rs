@@ -202,7 +202,7 @@ pub(super) fn send(
             } else {
                 frozen.kill()?;
                 c.net.killed();
-                crate::memory::sysv::remove_dumped(&c.ckpt.objects);
+                crate::memory::sysv::remove_dumped(&c.ckpt);
                 Error::msg(format!(
                     "post-copy failed after the destination's tree may have run: {e}; the \
                      destination kills its copy, and the tree here was killed too, so that \
@@ -214,7 +214,7 @@ pub(super) fn send(
     };
     frozen.kill()?;
     c.net.killed();
-    crate::memory::sysv::remove_dumped(&c.ckpt.objects);
+    crate::memory::sysv::remove_dumped(&c.ckpt);
     if let Some(l) = &mut report.lazy {
         l.requested_pages = requested;
         l.all_in_ms = ms(t_frozen.elapsed());

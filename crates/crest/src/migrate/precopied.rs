@@ -187,7 +187,7 @@ pub(super) fn finish(
             return Err(e);
         }
     };
-    crate::memory::sysv::remove_dumped(&c.ckpt.objects);
+    crate::memory::sysv::remove_dumped(&c.ckpt);
     report.restored_pid = Some(restored);
     report.downtime_ms = ms(t_frozen.elapsed());
     report.bytes_sent = tx.bytes;

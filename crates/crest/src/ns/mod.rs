@@ -19,8 +19,8 @@
 //!
 //! - [`pid`]: PID namespaces (the PIDs of every task at each level).
 //! - [`uts`]: host and domain names.
-//! - [`ipc`]: System V semaphores and message queues of a private IPC
-//!   namespace.
+//! - [`ipc`]: System V semaphores, message queues and shared memory of
+//!   a private IPC namespace.
 //! - [`mnt`]: mount namespaces that copy crest's, with proc mounted again.
 //! - [`net`]: network namespaces (links, addresses, routes, sysctls);
 //!   made by crest before the tree's sockets, joined by the stub.
@@ -125,10 +125,14 @@ fn read_ns_checked(pid: i32) -> Result<Vec<(String, u64)>> {
 /// Collects the namespaces of a frozen tree: the table, and per process
 /// (same order as `procs`: parents first) where it is.  `ppids` gives each
 /// process's parent.  Obstacles are pushed for shapes restore cannot make.
+/// The shared memory segments of private IPC namespaces go to `objects`
+/// and `data` (after the tree's mappings: see [`ipc::collect`]).
 pub fn collect(
     procs: &[(i32, Vec<i32>)],
     ppids: &std::collections::HashMap<i32, i32>,
     opts: &crate::DumpOptions,
+    objects: &mut crate::objects::ObjectTable,
+    data: &mut Vec<crate::files::DataSource>,
     obstacles: &mut Vec<Obstacle>,
 ) -> Result<(Namespaces, Vec<ProcNs>)> {
     let mut mine = proc::read_ns(std::process::id() as i32)?;
@@ -175,7 +179,10 @@ pub fn collect(
                                     .collect();
                                 user::collect(pid, my_user, &users, obstacles)?
                             }
-                            _ => ipc::collect(pid, obstacles)?,
+                            _ => {
+                                let tree: Vec<i32> = procs.iter().map(|p| p.0).collect();
+                                ipc::collect(pid, &tree, objects, data, obstacles)?
+                            }
                         };
                         let their_user = ino_of(&theirs, "user").unwrap_or(my_user);
                         let mut state = state;
@@ -331,6 +338,18 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
     Ok(())
 }
 
+/// Checks the System V segments the image's IPC namespaces list.
+pub fn validate_ipc(ckpt: &Checkpoint) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let objects = |id| ckpt.object(id).cloned();
+    for n in &ckpt.namespaces.table {
+        if let NsState::Ipc(st) = &n.state {
+            ipc::validate(st, &objects, &mut seen)?;
+        }
+    }
+    Ok(())
+}
+
 /// The network namespace process `i` of the image joins as it starts
 /// (it is in another one than its parent), if any.
 pub fn joins_net(procs: &[Process], i: usize) -> Option<NsId> {
@@ -345,15 +364,21 @@ pub fn state(ns: &Namespaces, id: Option<NsId>) -> Option<&NsState> {
     id.and_then(|i| ns.table.get(i as usize)).map(|n| &n.state)
 }
 
-/// Fills the namespaces the new stubs created, before any of them runs:
-/// the System V objects of each private IPC namespace.
-pub fn restore_after_spawn(ckpt: &Checkpoint, tree: &StubTree) -> Result<()> {
+/// Fills the namespaces the new stubs created, before any of them runs
+/// (and before they attach shared memory): the System V objects of each
+/// private IPC namespace.
+pub fn restore_after_spawn(
+    ckpt: &Checkpoint,
+    tree: &StubTree,
+    unlinked: &mut crate::files::UnlinkedFiles,
+) -> Result<()> {
+    let objects = |id| ckpt.object(id).cloned();
     for n in &ckpt.namespaces.table {
         let NsState::Ipc(st) = &n.state else { continue };
         let first = ckpt.processes.iter().position(|p| p.ns.ipc == Some(n.id));
         if let (Some(i), Some(sp)) = (first, first.and_then(|i| tree.procs.get(i))) {
             crate::fault::point("restore: ipc namespace")?;
-            ipc::restore(sp.pid, st)
+            ipc::restore(sp.pid, st, &objects, unlinked.sysv())
                 .context(|| format!("restoring pid {}", ckpt.processes[i].pid))?;
         }
     }

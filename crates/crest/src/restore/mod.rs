@@ -185,6 +185,9 @@ pub fn restore_with<R: Read>(
         }
         if !model_done {
             ckpt = model.take()?;
+            unlinked
+                .sysv()
+                .set_private(crate::memory::sysv::private_objects(&ckpt));
             chain = crate::memory::incremental::Chain::of(&ckpt)?;
             for o in &ckpt.objects {
                 locks.note(o);
@@ -275,6 +278,9 @@ pub fn restore_with<R: Read>(
     // The tail is verified: nothing above could have been resumed yet.
     if !model_done {
         ckpt = model.take()?;
+        unlinked
+            .sysv()
+            .set_private(crate::memory::sysv::private_objects(&ckpt));
         chain = crate::memory::incremental::Chain::of(&ckpt)?;
         if let Some(p) = &opts.prebuilt {
             regions = Some(p.attach(&mut ckpt)?);
@@ -425,6 +431,7 @@ pub fn validate(ckpt: &Checkpoint) -> Result<()> {
     }
     crate::memory::hugetlb::validate(ckpt)?;
     crate::memory::aio::validate(ckpt)?;
+    crate::ns::validate_ipc(ckpt)?;
     crate::ns::validate(&ckpt.namespaces, &ckpt.processes)
 }
 
@@ -863,7 +870,7 @@ impl Build {
         let tree = started
             .spawn()
             .context(|| format!("restoring pid {root}"))?;
-        crate::ns::restore_after_spawn(&ckpt, &tree)?;
+        crate::ns::restore_after_spawn(&ckpt, &tree, unlinked)?;
         if let (Some(h), Some(sp)) = (&opts.on_namespaces, tree.procs.first()) {
             (h.0)(sp.pid).context(|| format!("restoring pid {root}: the namespaces hook"))?;
         }

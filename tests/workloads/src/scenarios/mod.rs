@@ -14,6 +14,7 @@ mod fdstate;
 mod files;
 mod hugetlb;
 mod idle;
+mod ipcshm;
 mod lazy;
 mod locks;
 mod many;
@@ -87,6 +88,7 @@ const TABLE: &[(&str, Run)] = &[
     ("seccomp", seccomp::run),
     ("pidfd", pidfd::run),
     ("pidns", pidns::run),
+    ("ipcshm", ipcshm::run),
     ("unlinked-maps", unlinked_maps::run),
     ("opath-links", opath_links::run),
     ("timens", timens::run),
@@ -134,6 +136,7 @@ pub const NAMES: &[&str] = &[
     "seccomp [hostile]",
     "pidfd",
     "pidns [nested] [inside]",
+    "ipcshm",
     "unlinked-maps",
     "opath-links",
     "timens <min-seconds>",
