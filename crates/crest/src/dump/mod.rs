@@ -291,6 +291,13 @@ pub fn collect(
         ppids.insert(p, proc::read_stat(p)?.ppid);
     }
     let (namespaces, mut proc_ns) = crate::ns::collect(&tree.procs, &ppids, opts, obstacles)?;
+    crate::ns::mqueue::link_descriptors(
+        &fd_index.mq,
+        &mut objects,
+        &namespaces,
+        &proc_ns,
+        obstacles,
+    );
     if !obstacles.is_empty() {
         return Ok(None);
     }

@@ -1,5 +1,5 @@
 //! Private IPC namespaces: their System V semaphore sets and message
-//! queues.
+//! queues (their POSIX message queues: see `crate::ns::mqueue`).
 //!
 //! Dump joins the namespace on a thread of crest for a moment and reads
 //! every object listed in its /proc/sysvipc files: a semaphore set's
@@ -34,7 +34,7 @@ fn perm(p: &sysvipc::Perm, id: i32) -> IpcPerm {
     }
 }
 
-fn read_state() -> crest_sys::Result<(IpcState, Vec<i32>)> {
+fn read_state() -> crest_sys::Result<(IpcState, Vec<i32>, Vec<String>)> {
     let mut st = IpcState::default();
     for id in sysvipc::list_ids("sem")? {
         let (p, n) = sysvipc::sem_stat(id)?;
@@ -55,12 +55,15 @@ fn read_state() -> crest_sys::Result<(IpcState, Vec<i32>)> {
             messages,
         });
     }
-    Ok((st, sysvipc::list_ids("shm")?))
+    let shm = sysvipc::list_ids("shm")?;
+    let mq = crate::ns::mqueue::read_own_ns()?;
+    st.mqueues = mq.queues;
+    Ok((st, shm, mq.refused))
 }
 
 /// The objects of the IPC namespace of `pid`.
 pub fn collect(pid: i32, obstacles: &mut Vec<Obstacle>) -> Result<NsState> {
-    let (st, shm) = crest_sys::ns::run_in(pid, "ipc", libc::CLONE_NEWIPC, read_state)
+    let (st, shm, refused) = crest_sys::ns::run_in(pid, "ipc", libc::CLONE_NEWIPC, read_state)
         .context(|| format!("reading the IPC namespace of pid {pid}"))?
         .context(|| format!("reading the IPC namespace of pid {pid}"))?;
     if !shm.is_empty() {
@@ -71,6 +74,13 @@ pub fn collect(pid: i32, obstacles: &mut Vec<Obstacle>) -> Result<NsState> {
                 "System V shared memory segments {shm:?} in a private IPC namespace are \
                  not supported yet"
             ),
+        });
+    }
+    for reason in refused {
+        obstacles.push(Obstacle {
+            pid,
+            object: "ipc namespace".into(),
+            reason,
         });
     }
     Ok(NsState::Ipc(st))

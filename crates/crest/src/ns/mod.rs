@@ -29,6 +29,7 @@ pub mod cgroup;
 pub mod init;
 pub mod ipc;
 pub mod mnt;
+pub mod mqueue;
 pub mod net;
 pub mod owned_net;
 pub mod pid;
@@ -346,8 +347,13 @@ pub fn state(ns: &Namespaces, id: Option<NsId>) -> Option<&NsState> {
 }
 
 /// Fills the namespaces the new stubs created, before any of them runs:
-/// the System V objects of each private IPC namespace.
-pub fn restore_after_spawn(ckpt: &Checkpoint, tree: &StubTree) -> Result<()> {
+/// the System V objects of each private IPC namespace, and its POSIX
+/// message queues unless it was made with them before the tree (`early`).
+pub fn restore_after_spawn(
+    ckpt: &Checkpoint,
+    tree: &StubTree,
+    early: &mqueue::Early,
+) -> Result<()> {
     for n in &ckpt.namespaces.table {
         let NsState::Ipc(st) = &n.state else { continue };
         let first = ckpt.processes.iter().position(|p| p.ns.ipc == Some(n.id));
@@ -355,6 +361,10 @@ pub fn restore_after_spawn(ckpt: &Checkpoint, tree: &StubTree) -> Result<()> {
             crate::fault::point("restore: ipc namespace")?;
             ipc::restore(sp.pid, st)
                 .context(|| format!("restoring pid {}", ckpt.processes[i].pid))?;
+            if !early.contains(n.id) {
+                mqueue::restore_late(sp.pid, st)
+                    .context(|| format!("restoring pid {}", ckpt.processes[i].pid))?;
+            }
         }
     }
     Ok(())

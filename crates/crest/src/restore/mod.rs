@@ -684,6 +684,9 @@ impl Build {
             .as_ref()
             .map(|m| crate::ns::net::enter(&m.ns))
             .transpose()?;
+        // IPC namespaces with POSIX message queues are made now, with
+        // their queues, so that descriptors on them open with the others.
+        unlinked.early_ipc = crate::ns::mqueue::prepare(&ckpt)?;
         let pipes = stub::pipes()?;
         let mut gates: Vec<crate::ns::user::Gate> = Vec::new();
         let mut procs: Vec<ProcPlan> = Vec::new();
@@ -714,6 +717,13 @@ impl Build {
             if init && i == 0 {
                 // crest's init made the namespace.
                 new_ns &= !(libc::CLONE_NEWPID as u64);
+            }
+            let mut ipcns = -1;
+            if let Some(fd) = p.ns.ipc.and_then(|id| unlinked.early_ipc.get(id)) {
+                if new_ns & libc::CLONE_NEWIPC as u64 != 0 {
+                    new_ns &= !(libc::CLONE_NEWIPC as u64);
+                    ipcns = stub::raw(fd);
+                }
             }
             let uts = if new_ns & libc::CLONE_NEWUTS as u64 != 0 {
                 crate::ns::state(&ckpt.namespaces, p.ns.uts).and_then(crate::ns::uts::names)
@@ -776,6 +786,7 @@ impl Build {
                 ),
                 nested: !p.ns.pids.is_empty(),
                 new_ns,
+                ipcns,
                 netns: crate::ns::joins_net(&ckpt.processes, i)
                     .and(net.as_ref())
                     .map_or(-1, crate::ns::net::raw),
@@ -863,7 +874,7 @@ impl Build {
         let tree = started
             .spawn()
             .context(|| format!("restoring pid {root}"))?;
-        crate::ns::restore_after_spawn(&ckpt, &tree)?;
+        crate::ns::restore_after_spawn(&ckpt, &tree, &unlinked.early_ipc)?;
         if let (Some(h), Some(sp)) = (&opts.on_namespaces, tree.procs.first()) {
             (h.0)(sp.pid).context(|| format!("restoring pid {root}: the namespaces hook"))?;
         }

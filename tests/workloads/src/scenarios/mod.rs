@@ -20,6 +20,7 @@ mod many;
 mod mem_state;
 mod memory;
 mod mm;
+mod mqueue;
 mod mutator;
 mod notify;
 mod opath_links;
@@ -97,6 +98,7 @@ const TABLE: &[(&str, Run)] = &[
     ("inotify-deleted", notify::run_inotify_deleted),
     ("terminals", terminals::run),
     ("lazy", lazy::run),
+    ("mqueue", mqueue::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -145,6 +147,7 @@ pub const NAMES: &[&str] = &[
     "terminals <A> <B> | alias",
     "lazy [MiB] [fork] [spin]",
     "thp [MiB]",
+    "mqueue [inside] [host] [notify]",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
