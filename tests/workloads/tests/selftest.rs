@@ -1602,3 +1602,67 @@ fn lazy() {
     pass(&["lazy", "8", "fork"]);
     pass(&["lazy", "8", "spin"]);
 }
+
+#[test]
+fn mqueue() {
+    pass(&["mqueue"]);
+}
+
+#[test]
+fn mqueue_host() {
+    pass(&["mqueue", "host"]);
+}
+
+#[test]
+fn mqueue_notify() {
+    pass(&["mqueue", "notify"]);
+}
+
+/// One more message in /crest-a (through the workload's own fd 40, from
+/// outside): the message check must see it.
+#[test]
+fn mqueue_detects_an_extra_message() {
+    let mut w = Workload::start(&["mqueue"], &[]);
+    w.wait_ready();
+    let ours = steal_fd(w.pid() as i32, 40).expect("pidfd_getfd");
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: our duplicate of the queue descriptor; a valid buffer and
+    // timespec.
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_mq_timedsend,
+            ours,
+            b"stray".as_ptr(),
+            5usize,
+            4u32,
+            &ts as *const libc::timespec,
+        );
+        assert_eq!(r, 0, "mq_timedsend");
+        libc::close(ours);
+    }
+    let o = w.go();
+    assert_fail(
+        &w.name,
+        &o,
+        "/crest-a: messages (priority, text) in receive order",
+    );
+}
+
+/// The queue's O_NONBLOCK cleared from outside (one description, so the
+/// workload's fd 40 sees it): the flag check must fail.
+#[test]
+fn mqueue_detects_a_changed_nonblock() {
+    let mut w = Workload::start(&["mqueue"], &[]);
+    w.wait_ready();
+    let ours = steal_fd(w.pid() as i32, 40).expect("pidfd_getfd");
+    // SAFETY: F_SETFL on our duplicate.
+    unsafe {
+        assert_eq!(libc::fcntl(ours, libc::F_SETFL, libc::O_RDWR), 0);
+        libc::close(ours);
+    }
+    let o = w.go();
+    assert_fail(&w.name, &o, "fd 40 (/crest-a): access mode and O_NONBLOCK");
+}

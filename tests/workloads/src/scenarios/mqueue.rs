@@ -1,4 +1,4 @@
-//! `mqueue [inside] [host] [notify]`: POSIX message queues.
+//! `mqueue [inside] [host] [notify] [unlinked]`: POSIX message queues.
 //!
 //! Without `host`: the queues of a private IPC namespace — the process's
 //! own (it unshares one first), or, with `inside`, the one it was started
@@ -21,6 +21,9 @@
 //! With `notify`: an mq_notify registration (SIGEV_SIGNAL, SIGUSR2) on the
 //! first queue; after go it must still be there (another registration is
 //! EBUSY, the queue file names this process) and no SIGUSR2 came.
+//!
+//! With `unlinked` (not `host`): /crest-empty is unlinked while fd 43
+//! holds it (crest refuses that; the checks then fail by design).
 //!
 //! After go every descriptor is checked (access mode, O_NONBLOCK, the
 //! queue's attributes, owner and mode; fds 41 and 42 one description),
@@ -227,8 +230,15 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
     let host = args.iter().any(|a| a == "host");
     let inside = args.iter().any(|a| a == "inside");
     let with_notify = args.iter().any(|a| a == "notify");
+    let unlinked = args.iter().any(|a| a == "unlinked");
     // SAFETY: plain calls.
     let me = unsafe { libc::getpid() };
+    if inside {
+        // Started by `unshare --fork`, in its session: a session of our
+        // own, as a container init has.
+        // SAFETY: plain call.
+        unsafe { libc::setsid() };
+    }
     if !host && !inside {
         // SAFETY: a plain syscall on this single-threaded process.
         if unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
@@ -317,6 +327,9 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
             p.bail_errno("dup2");
         }
         held.push((42, 0, libc::O_RDONLY));
+        if unlinked {
+            mq_unlink("/crest-empty");
+        }
     }
     if with_notify {
         // SAFETY: a plain handler that only counts.
