@@ -259,6 +259,8 @@ pub fn dev(mnt: BorrowedFd) -> Result<u64> {
 
 /// Whether the file at `path` (a /proc/PID/fd link, say) is on an mqueue
 /// filesystem.
+// f_type's type differs between architectures (i64 on x86-64).
+#[allow(clippy::unnecessary_cast)]
 pub fn is_queue(path: &str) -> bool {
     rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == MAGIC)
 }

@@ -403,7 +403,7 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
             Err(libc::EBUSY),
             notify(41),
         );
-        let text = std::fs::read_to_string(format!("/proc/self/fd/40")).unwrap_or_default();
+        let text = std::fs::read_to_string("/proc/self/fd/40").unwrap_or_default();
         c.ensure(text.contains(&format!("NOTIFY_PID:{me}")), || {
             format!("the queue file names this process as registered: {text:?}")
         });
