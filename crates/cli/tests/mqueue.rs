@@ -62,6 +62,42 @@ fn unshare_made_container() {
     w.expect_pass();
 }
 
+/// `unshare --user --map-root-user --ipc --fork`: an IPC namespace owned
+/// by the tree's user namespace, made with it at restore; its queues are
+/// made once it exists (no process holds a descriptor on them).
+#[test]
+fn queues_of_a_user_namespace_container() {
+    let _g = serial();
+    let wrapper = ["unshare", "--user", "--map-root-user", "--ipc", "--fork"];
+    let mut w = Workload::start_wrapped("mqueue", &wrapper, &["inside", "nofds"], "ready");
+    let o = w.dump(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let start = std::time::Instant::now();
+    while alive(w.pid) && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!alive(w.pid), "the dumped process is still there");
+    w.restore_moved(&[]);
+    w.go();
+    w.expect_pass();
+}
+
+/// The same container with descriptors on its queues: refused by name.
+#[test]
+fn descriptors_in_a_user_namespace_container_are_refused() {
+    let _g = serial();
+    let wrapper = ["unshare", "--user", "--map-root-user", "--ipc", "--fork"];
+    let w = Workload::start_wrapped("mqueue", &wrapper, &["inside", "unowned"], "ready");
+    let o = crest(&["check", "-p", &w.pid.to_string()]);
+    let text = stdout(&o) + &stderr(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("/crest-a") && text.contains("together with a user namespace"),
+        "{text}"
+    );
+    assert!(alive(w.pid));
+}
+
 /// `crest dump -o - | crest restore -i -`: the queues go through the pipe
 /// into a new namespace while the dumped one is still going away.
 #[test]

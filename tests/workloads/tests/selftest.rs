@@ -1666,3 +1666,8 @@ fn mqueue_detects_a_changed_nonblock() {
     let o = w.go();
     assert_fail(&w.name, &o, "fd 40 (/crest-a): access mode and O_NONBLOCK");
 }
+
+#[test]
+fn mqueue_nofds() {
+    pass(&["mqueue", "nofds"]);
+}

@@ -147,7 +147,7 @@ pub const NAMES: &[&str] = &[
     "terminals <A> <B> | alias",
     "lazy [MiB] [fork] [spin]",
     "thp [MiB]",
-    "mqueue [inside] [host] [notify] [unlinked]",
+    "mqueue [inside] [host] [notify] [unlinked] [nofds] [unowned]",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {

@@ -1,4 +1,5 @@
-//! `mqueue [inside] [host] [notify] [unlinked]`: POSIX message queues.
+//! `mqueue [inside] [host] [notify] [unlinked] [nofds] [unowned]`: POSIX
+//! message queues.
 //!
 //! Without `host`: the queues of a private IPC namespace — the process's
 //! own (it unshares one first), or, with `inside`, the one it was started
@@ -24,6 +25,10 @@
 //!
 //! With `unlinked` (not `host`): /crest-empty is unlinked while fd 43
 //! holds it (crest refuses that; the checks then fail by design).
+//!
+//! With `nofds` (not `host`): no descriptor is kept on any queue, and
+//! /crest-a is root's (for a user namespace where only root is mapped);
+//! with `unowned`, /crest-a is root's and the descriptors stay.
 //!
 //! After go every descriptor is checked (access mode, O_NONBLOCK, the
 //! queue's attributes, owner and mode; fds 41 and 42 one description),
@@ -231,6 +236,8 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
     let inside = args.iter().any(|a| a == "inside");
     let with_notify = args.iter().any(|a| a == "notify");
     let unlinked = args.iter().any(|a| a == "unlinked");
+    let nofds = args.iter().any(|a| a == "nofds");
+    let unowned = nofds || args.iter().any(|a| a == "unowned");
     // SAFETY: plain calls.
     let me = unsafe { libc::getpid() };
     if inside {
@@ -259,7 +266,7 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
             Queue {
                 name: "/crest-a".into(),
                 mode: 0o640,
-                owner: Some((1234, 5678)),
+                owner: (!unowned).then_some((1234, 5678)),
                 maxmsg: 8,
                 msgsize: 32,
                 sent: vec![
@@ -309,6 +316,7 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
         // SAFETY: plain close.
         unsafe { libc::close(fd) };
         let opens: &[(i32, i32)] = match (host, i) {
+            _ if nofds => &[],
             (true, _) => &[(libc::O_RDWR, 40), (libc::O_RDONLY | libc::O_NONBLOCK, 41)],
             (false, 0) => &[(libc::O_RDWR | libc::O_NONBLOCK, 40), (libc::O_RDONLY, 41)],
             (false, 2) => &[(libc::O_WRONLY | libc::O_NONBLOCK, 43)],
@@ -321,7 +329,7 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
             held.push((at, i, flags));
         }
     }
-    if !host {
+    if !host && !nofds {
         // SAFETY: plain dup2.
         if unsafe { libc::dup2(41, 42) } != 42 {
             p.bail_errno("dup2");
@@ -380,7 +388,7 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
             Err(e) => c.fail(format!("{what}: fstat: {}", err_str(e))),
         }
     }
-    if !host {
+    if !host && !nofds {
         // SAFETY: plain kcmp on our own descriptors.
         let same = unsafe {
             libc::syscall(libc::SYS_kcmp, me, me, 0 /* KCMP_FILE */, 41, 42)
