@@ -220,6 +220,61 @@ fn makeable_early(procs: &[ProcNs], id: NsId) -> bool {
         .is_some_and(|p| p.user.is_none())
 }
 
+/// Checks, before anything is made, that every queue descriptor of the
+/// image names an IPC namespace of the image that restore makes before
+/// the tree, and that queue names are names.
+pub fn validate(ckpt: &Checkpoint) -> Result<()> {
+    let procs: Vec<ProcNs> = ckpt.processes.iter().map(|p| p.ns.clone()).collect();
+    let bad = |m: String| Err(Error::Invalid(m));
+    let is_name =
+        |n: &str| n.len() > 1 && n.starts_with('/') && !n[1..].contains('/') && !n.contains('\0');
+    for n in &ckpt.namespaces.table {
+        if let NsState::Ipc(st) = &n.state {
+            if let Some(q) = st.mqueues.iter().find(|q| !is_name(&q.name)) {
+                return bad(format!(
+                    "IPC namespace {}: bad queue name {:?}",
+                    n.id, q.name
+                ));
+            }
+        }
+    }
+    for o in &ckpt.objects {
+        let ObjectKind::Open(f) = &o.kind else {
+            continue;
+        };
+        let OpenTarget::PosixMq { name, ipc_ns } = &f.target else {
+            continue;
+        };
+        if !is_name(name) {
+            return bad(format!("object {}: bad queue name {name:?}", o.id));
+        }
+        let Some(id) = *ipc_ns else { continue };
+        let queues = match ckpt.namespaces.table.get(id as usize).map(|n| &n.state) {
+            Some(NsState::Ipc(st)) => &st.mqueues,
+            _ => {
+                return bad(format!(
+                    "object {}: {id} is not an IPC namespace of the image",
+                    o.id
+                ))
+            }
+        };
+        if !queues.iter().any(|q| &q.name == name) {
+            return bad(format!(
+                "object {}: IPC namespace {id} of the image has no queue {name}",
+                o.id
+            ));
+        }
+        if !makeable_early(&procs, id) {
+            return bad(format!(
+                "object {}: a descriptor on queue {name} of IPC namespace {id}, which a process \
+                 enters together with a user namespace (not supported)",
+                o.id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Makes, before the tree, each private IPC namespace of the image with
 /// POSIX queues that a process of crest's user namespace enters, with its
 /// queues in it (the processes join it as they start).

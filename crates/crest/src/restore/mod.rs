@@ -425,6 +425,7 @@ pub fn validate(ckpt: &Checkpoint) -> Result<()> {
     }
     crate::memory::hugetlb::validate(ckpt)?;
     crate::memory::aio::validate(ckpt)?;
+    crate::ns::mqueue::validate(ckpt)?;
     crate::ns::validate(&ckpt.namespaces, &ckpt.processes)
 }
 
