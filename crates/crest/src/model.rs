@@ -199,6 +199,12 @@ pub enum OpenTarget {
     /// the pair whose master (in the same image) has this `index` was the
     /// opener's controlling terminal (see `crate::files::tty`).
     TtyAlias { index: u32 },
+    /// A POSIX message queue (mq_open), reopened by `name` ("/q") with
+    /// the description's access mode and O_NONBLOCK: in the private IPC
+    /// namespace `ipc_ns` of the image (its queues are
+    /// [`IpcState::mqueues`]), or, `None`, in crest's own, where the
+    /// queue is the machine's and must exist (see `crate::ns::mqueue`).
+    PosixMq { name: String, ipc_ns: Option<NsId> },
 }
 
 /// A terminal of the machine, held open: the console or a virtual
@@ -1398,7 +1404,7 @@ pub struct TreeFile {
 }
 
 /// The System V semaphore sets, message queues and shared memory
-/// segments of an IPC namespace.
+/// segments, and the POSIX message queues, of an IPC namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct IpcState {
     pub sems: Vec<SemSet>,
@@ -1407,6 +1413,26 @@ pub struct IpcState {
     /// segment of the namespace, attached by the tree or not.
     #[serde(default)]
     pub shm: Vec<u32>,
+    /// Its POSIX message queues, by name (see `crate::ns::mqueue`).
+    #[serde(default)]
+    pub mqueues: Vec<PosixQueue>,
+}
+
+/// A POSIX message queue of a private IPC namespace and its messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PosixQueue {
+    /// Its name, with the leading '/' ("/q").
+    pub name: String,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// mq_maxmsg and mq_msgsize.
+    pub maxmsg: i64,
+    pub msgsize: i64,
+    /// (priority, text) of each message, in the order mq_receive gives
+    /// them (highest priority first, oldest first among equals).
+    pub messages: Vec<(u32, Vec<u8>)>,
 }
 
 /// Owner and mode of a System V object (`struct ipc_perm`).

@@ -18,6 +18,7 @@ pub mod inetdiag;
 pub mod inject;
 pub mod mem;
 pub mod mount;
+pub mod mqueue;
 pub mod namelock;
 pub mod net;
 pub mod ns;

@@ -61,6 +61,53 @@ pub fn run_in<T: Send>(
     })
 }
 
+/// Runs `f` on a new thread that first joins the namespace `fd` refers
+/// to (see [`run_in`] for the kinds a thread may join).
+pub fn run_in_fd<T: Send>(fd: &OwnedFd, nstype: i32, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<T> {
+            setns(fd, nstype)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::io(
+                "a namespace worker thread panicked",
+                std::io::Error::other("panic"),
+            ))
+        })
+    })
+}
+
+/// A new, empty IPC namespace (owned by the caller's user namespace),
+/// made by a thread of crest that ends at once: the descriptor keeps it.
+pub fn new_ipc() -> Result<OwnedFd> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<OwnedFd> {
+            // SAFETY: a plain syscall; it moves only this short-lived
+            // thread into a new IPC namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
+                return Err(Error::last_os("unshare(CLONE_NEWIPC)"));
+            }
+            let path = c"/proc/thread-self/ns/ipc";
+            // SAFETY: a NUL-terminated path; the result is checked.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(Error::last_os("opening /proc/thread-self/ns/ipc"));
+            }
+            // SAFETY: a new descriptor we own.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::io(
+                "a namespace worker thread panicked",
+                std::io::Error::other("panic"),
+            ))
+        })
+    })
+}
+
 /// Host and domain name of the calling thread's UTS namespace.
 pub fn uts_names() -> Result<(String, String)> {
     let [_, node, ..] = crate::process::uname()?;

@@ -193,6 +193,9 @@ impl Inspection {
                     format!("/dev/tty, naming pty slave /dev/pts/{index}")
                 }
                 crate::model::OpenTarget::SystemTty(t) => crate::files::console::describe(t),
+                crate::model::OpenTarget::PosixMq { name, ipc_ns } => {
+                    crate::ns::mqueue::describe(name, *ipc_ns, o.flags)
+                }
                 t => crate::files::events::describe(t).unwrap_or_else(|| format!("{t:?}")),
             },
             None => format!("<missing object {id}>"),

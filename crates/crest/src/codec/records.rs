@@ -112,7 +112,8 @@ pub fn object_record_kind(o: &ObjectKind) -> u32 {
             | OpenTarget::CharDevice { .. }
             | OpenTarget::Fifo { .. }
             | OpenTarget::Unlinked { .. }
-            | OpenTarget::FifoData { .. } => kind::OPEN_FILE,
+            | OpenTarget::FifoData { .. }
+            | OpenTarget::PosixMq { .. } => kind::OPEN_FILE,
             OpenTarget::PipeEnd { .. } => kind::OPEN_PIPE,
             OpenTarget::Memfd { .. } => kind::OPEN_MEMFD,
             OpenTarget::Eventfd { .. }

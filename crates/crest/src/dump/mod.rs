@@ -298,6 +298,13 @@ pub fn collect(
         &mut data,
         obstacles,
     )?;
+    crate::ns::mqueue::link_descriptors(
+        &fd_index.mq,
+        &mut objects,
+        &namespaces,
+        &proc_ns,
+        obstacles,
+    );
     if !obstacles.is_empty() {
         return Ok(None);
     }

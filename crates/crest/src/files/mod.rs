@@ -103,6 +103,8 @@ pub struct FdIndex {
     /// Network sockets (see `crate::net`).
     pub net: crate::net::NetIndex,
     locks: crate::files::locks::LockIndex,
+    /// Descriptors on POSIX message queues (see `crate::ns::mqueue`).
+    pub mq: crate::ns::mqueue::FdQueues,
     /// Per pid: the locks and SIGIO owners found on its descriptors.
     held: HashMap<i32, (Vec<crate::model::FileLock>, Vec<crate::model::FdOwner>)>,
 }
@@ -226,6 +228,26 @@ fn collect_fd(
             Ok(n) => OpenTarget::Deleted(n),
             Err(why) => {
                 refuse(obstacles, why);
+                return Ok(None);
+            }
+        }
+    } else if ft.is_file()
+        && link.starts_with('/')
+        && crest_sys::mqueue::is_queue(&format!("/proc/{pid}/fd/{fd}"))
+    {
+        let (dev, nlink) = (md.dev(), md.nlink());
+        match crate::ns::mqueue::collect_fd(
+            pid,
+            fd,
+            &link,
+            dev,
+            nlink,
+            &index.net.tree,
+            &mut index.mq,
+        )? {
+            Ok(t) => t,
+            Err(reason) => {
+                refuse(obstacles, reason);
                 return Ok(None);
             }
         }
@@ -409,11 +431,15 @@ fn collect_fd(
         return Ok(None);
     };
     let is_path = matches!(target, OpenTarget::Path { .. });
+    let is_mq = matches!(target, OpenTarget::PosixMq { .. });
     let obj = objects.add(ObjectKind::Open(OpenFile {
         flags,
-        pos: if is_path { 0 } else { info.pos },
+        pos: if is_path || is_mq { 0 } else { info.pos },
         target: target.clone(),
     }));
+    if is_mq {
+        index.mq.took(obj);
+    }
     if let OpenTarget::Unlinked { size, meta, .. } = target {
         if meta.is_none_or(|m| m.same_as.is_none()) {
             objects.set_unlinked(key.0, key.1, obj);
@@ -737,6 +763,9 @@ pub struct UnlinkedFiles {
     /// The pids and tids of the tree being restored (pidfds of these are
     /// made once the processes exist: see `crate::files::pidfd`).
     pub tree_tasks: std::collections::HashSet<i32>,
+    /// IPC namespaces made before the tree, for descriptors on their
+    /// POSIX message queues (see `crate::ns::mqueue`).
+    pub early_ipc: crate::ns::mqueue::Early,
 }
 
 impl UnlinkedFiles {
@@ -1133,6 +1162,10 @@ pub fn open_object(
             crate::files::tty::open(o, &mut unlinked.ptys, objects)?
         }
         OpenTarget::SystemTty(t) => crate::files::console::open(o, t)?,
+        OpenTarget::PosixMq { name, ipc_ns } => {
+            crate::ns::mqueue::open(name, *ipc_ns, o.flags, &unlinked.early_ipc)
+                .context(|| format!("reopening POSIX message queue {name}"))?
+        }
     };
     // open(2) ignores O_ASYNC: only F_SETFL sets it.
     if o.flags & libc::O_ASYNC as u32 != 0 {

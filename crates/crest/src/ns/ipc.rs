@@ -1,5 +1,6 @@
 //! Private IPC namespaces: their System V semaphore sets, message
-//! queues and shared memory segments.
+//! queues and shared memory segments (their POSIX message queues: see
+//! `crate::ns::mqueue`).
 //!
 //! Dump joins the namespace on a thread of crest for a moment and reads
 //! every object listed in its /proc/sysvipc files: a semaphore set's
@@ -45,7 +46,7 @@ fn perm(p: &sysvipc::Perm, id: i32) -> IpcPerm {
 
 type ShmList = std::result::Result<Vec<NsSegment>, String>;
 
-fn read_state() -> crest_sys::Result<(IpcState, ShmList)> {
+fn read_state() -> crest_sys::Result<(IpcState, ShmList, Vec<String>)> {
     let mut st = IpcState::default();
     for id in sysvipc::list_ids("sem")? {
         let (p, n) = sysvipc::sem_stat(id)?;
@@ -66,7 +67,9 @@ fn read_state() -> crest_sys::Result<(IpcState, ShmList)> {
             messages,
         });
     }
-    Ok((st, crate::memory::sysv::list_here()))
+    let mq = crate::ns::mqueue::read_own_ns()?;
+    st.mqueues = mq.queues;
+    Ok((st, crate::memory::sysv::list_here(), mq.refused))
 }
 
 /// The objects of the IPC namespace of `pid`; its shared memory segments
@@ -80,7 +83,7 @@ pub fn collect(
     data: &mut Vec<DataSource>,
     obstacles: &mut Vec<Obstacle>,
 ) -> Result<NsState> {
-    let (mut st, shm) = crest_sys::ns::run_in(pid, "ipc", libc::CLONE_NEWIPC, read_state)
+    let (mut st, shm, refused) = crest_sys::ns::run_in(pid, "ipc", libc::CLONE_NEWIPC, read_state)
         .context(|| format!("reading the IPC namespace of pid {pid}"))?
         .context(|| format!("reading the IPC namespace of pid {pid}"))?;
     let shm = shm.map_err(|e| {
@@ -89,6 +92,13 @@ pub fn collect(
         ))
     })?;
     st.shm = crate::memory::sysv::add_ns_segments(pid, tree, shm, objects, data, obstacles);
+    for reason in refused {
+        obstacles.push(Obstacle {
+            pid,
+            object: "ipc namespace".into(),
+            reason,
+        });
+    }
     Ok(NsState::Ipc(st))
 }
 

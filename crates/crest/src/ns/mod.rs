@@ -29,6 +29,7 @@ pub mod cgroup;
 pub mod init;
 pub mod ipc;
 pub mod mnt;
+pub mod mqueue;
 pub mod net;
 pub mod owned_net;
 pub mod pid;
@@ -366,7 +367,8 @@ pub fn state(ns: &Namespaces, id: Option<NsId>) -> Option<&NsState> {
 
 /// Fills the namespaces the new stubs created, before any of them runs
 /// (and before they attach shared memory): the System V objects of each
-/// private IPC namespace.
+/// private IPC namespace, and its POSIX message queues unless it was made
+/// with them before the tree (`unlinked.early_ipc`).
 pub fn restore_after_spawn(
     ckpt: &Checkpoint,
     tree: &StubTree,
@@ -380,6 +382,10 @@ pub fn restore_after_spawn(
             crate::fault::point("restore: ipc namespace")?;
             ipc::restore(sp.pid, st, &objects, unlinked.sysv())
                 .context(|| format!("restoring pid {}", ckpt.processes[i].pid))?;
+            if !unlinked.early_ipc.contains(n.id) {
+                mqueue::restore_late(sp.pid, st)
+                    .context(|| format!("restoring pid {}", ckpt.processes[i].pid))?;
+            }
         }
     }
     Ok(())

@@ -432,6 +432,7 @@ pub fn validate(ckpt: &Checkpoint) -> Result<()> {
     crate::memory::hugetlb::validate(ckpt)?;
     crate::memory::aio::validate(ckpt)?;
     crate::ns::validate_ipc(ckpt)?;
+    crate::ns::mqueue::validate(ckpt)?;
     crate::ns::validate(&ckpt.namespaces, &ckpt.processes)
 }
 
@@ -691,6 +692,9 @@ impl Build {
             .as_ref()
             .map(|m| crate::ns::net::enter(&m.ns))
             .transpose()?;
+        // IPC namespaces with POSIX message queues are made now, with
+        // their queues, so that descriptors on them open with the others.
+        unlinked.early_ipc = crate::ns::mqueue::prepare(&ckpt)?;
         let pipes = stub::pipes()?;
         let mut gates: Vec<crate::ns::user::Gate> = Vec::new();
         let mut procs: Vec<ProcPlan> = Vec::new();
@@ -721,6 +725,13 @@ impl Build {
             if init && i == 0 {
                 // crest's init made the namespace.
                 new_ns &= !(libc::CLONE_NEWPID as u64);
+            }
+            let mut ipcns = -1;
+            if let Some(fd) = p.ns.ipc.and_then(|id| unlinked.early_ipc.get(id)) {
+                if new_ns & libc::CLONE_NEWIPC as u64 != 0 {
+                    new_ns &= !(libc::CLONE_NEWIPC as u64);
+                    ipcns = stub::raw(fd);
+                }
             }
             let uts = if new_ns & libc::CLONE_NEWUTS as u64 != 0 {
                 crate::ns::state(&ckpt.namespaces, p.ns.uts).and_then(crate::ns::uts::names)
@@ -783,6 +794,7 @@ impl Build {
                 ),
                 nested: !p.ns.pids.is_empty(),
                 new_ns,
+                ipcns,
                 netns: crate::ns::joins_net(&ckpt.processes, i)
                     .and(net.as_ref())
                     .map_or(-1, crate::ns::net::raw),

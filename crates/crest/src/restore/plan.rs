@@ -215,6 +215,7 @@ fn target_problem(t: &OpenTarget, flags: u32, ckpt: &Checkpoint, tree: &[i32]) -
         OpenTarget::Unix(u) => crate::net::unix::name_problem(u, ckpt),
         OpenTarget::Inotify { watches } => watches.iter().find_map(|w| watch_problem(w, tree)),
         OpenTarget::SystemTty(t) => crate::files::console::problem(t),
+        OpenTarget::PosixMq { name, ipc_ns: None } => crate::ns::mqueue::host_problem(name),
         OpenTarget::Fanotify(g) => g
             .marks
             .iter()

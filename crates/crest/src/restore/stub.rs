@@ -117,6 +117,10 @@ pub struct ProcPlan {
     /// A descriptor of crest's on the network namespace this process
     /// joins as it starts (-1: its parent's); see `crate::ns::net`.
     pub netns: i32,
+    /// A descriptor of crest's on the IPC namespace, made before the
+    /// tree, this process joins as it starts (-1: none; see
+    /// `crate::ns::mqueue`).
+    pub ipcns: i32,
     /// Host and domain name it sets first, in the UTS namespace it creates.
     pub uts: Option<(Vec<u8>, Vec<u8>)>,
     /// In the mount namespace it creates: what it mounts first (see
@@ -309,7 +313,7 @@ impl UsernsPlan {
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 20] = [
+const STEPS: [&str; 21] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -330,6 +334,7 @@ const STEPS: [&str; 20] = [
     "creating its time namespace",
     "creating its cgroup namespace",
     "waiting for its user namespace's id maps",
+    "joining its IPC namespace",
 ];
 
 /// # Safety
@@ -390,6 +395,9 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     }
     if plan.procs[i].netns >= 0 && libc::setns(plan.procs[i].netns, libc::CLONE_NEWNET) != 0 {
         fail(16, report);
+    }
+    if plan.procs[i].ipcns >= 0 && libc::setns(plan.procs[i].ipcns, libc::CLONE_NEWIPC) != 0 {
+        fail(20, report);
     }
     if let Some(text) = &plan.procs[i].time {
         // A namespace for the children, its offsets written before anyone

@@ -21,6 +21,7 @@ mod many;
 mod mem_state;
 mod memory;
 mod mm;
+mod mqueue;
 mod mutator;
 mod notify;
 mod opath_links;
@@ -99,6 +100,7 @@ const TABLE: &[(&str, Run)] = &[
     ("inotify-deleted", notify::run_inotify_deleted),
     ("terminals", terminals::run),
     ("lazy", lazy::run),
+    ("mqueue", mqueue::run),
 ];
 
 pub const NAMES: &[&str] = &[
@@ -148,6 +150,7 @@ pub const NAMES: &[&str] = &[
     "terminals <A> <B> | alias",
     "lazy [MiB] [fork] [spin]",
     "thp [MiB]",
+    "mqueue [inside] [host] [notify] [unlinked] [nofds] [unowned]",
 ];
 
 pub fn lookup(name: &str) -> Option<Run> {
