@@ -56,16 +56,6 @@ impl Drop for TestCgroups {
     }
 }
 
-fn reap_all() {
-    loop {
-        // SAFETY: plain waitpid of any child, not blocking.
-        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
-        if r <= 0 {
-            break;
-        }
-    }
-}
-
 fn start(cg: &TestCgroups) -> Workload {
     let w = cg.wrapper();
     let w: Vec<&str> = w.iter().map(String::as_str).collect();

@@ -11,13 +11,6 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The tests here reap children of a nested PID namespace: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The lines of crest's /proc/sysvipc/shm (its own IPC namespace).
 fn own_segments() -> Vec<String> {
     std::fs::read_to_string("/proc/sysvipc/shm")
@@ -118,16 +111,6 @@ fn image_lists_every_segment_and_leave_running_keeps_them() {
     );
     w.go();
     w.expect_pass();
-}
-
-fn reap_all() {
-    loop {
-        // SAFETY: plain waitpid of any child, not blocking.
-        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
-        if r <= 0 {
-            break;
-        }
-    }
 }
 
 /// Fails (or, with `kill`, SIGKILLs) the restore of the container at

@@ -8,13 +8,6 @@
 mod common;
 use common::*;
 
-/// Tests here reap children and look at trees: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A process in an IPC namespace of its own: three queues (one held open
 /// by nobody, one empty), messages of several priorities with equal ones
 /// among them, descriptors read-write non-blocking, read-only (two

@@ -5,14 +5,6 @@
 mod common;
 use common::*;
 
-/// The tests here look at every process in a nested PID namespace and
-/// reap any child: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A container init (PID 1 of its own PID, UTS and IPC namespaces) with
 /// three descendants and a thread: dumped, restored twice in a row.
 #[test]
@@ -198,16 +190,6 @@ fn errors_only(o: &std::process::Output) -> String {
         .filter(|l| !l.starts_with("crest-fault-point "))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn reap_all() {
-    loop {
-        // SAFETY: plain waitpid of any child, not blocking.
-        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
-        if r <= 0 {
-            break;
-        }
-    }
 }
 
 /// Fails (or kills) the restore of a container at each of its fault

@@ -42,16 +42,6 @@ fn offsets(pid: i32) -> (i64, i64) {
     (get("monotonic"), get("boottime"))
 }
 
-fn reap_all() {
-    loop {
-        // SAFETY: plain waitpid of any child, not blocking.
-        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
-        if r <= 0 {
-            break;
-        }
-    }
-}
-
 /// Dumped, left in the image for 3 s, restored: the container's clocks
 /// continue (the new offsets are 3 s smaller than the old ones), twice.
 #[test]

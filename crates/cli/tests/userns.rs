@@ -24,13 +24,6 @@ use std::time::{Duration, Instant};
 
 const NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
 
-/// One container at a time: each reaps what it started.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Each process of the container runs this: `check.sh NAME DIR`.
 const CHECK: &str = r#"#!/bin/sh
 n=$1; D=$2

@@ -489,3 +489,22 @@ pub fn busybox_rootfs(root: &Path) {
         }
     }
 }
+
+/// Tests of one file that reap any child or look at every process of a
+/// namespace take this first: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reaps every child that has exited, without blocking.
+pub fn reap_all() {
+    loop {
+        // SAFETY: plain waitpid of any child, not blocking.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
+        if r <= 0 {
+            break;
+        }
+    }
+}
