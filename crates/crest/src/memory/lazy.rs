@@ -84,6 +84,9 @@ pub struct Stats {
     pub zero_faults: u64,
     /// Pages pushed in the background.
     pub pushed_pages: u64,
+    /// Pages still held when the program unmapped or discarded them
+    /// (munmap, madvise DONTNEED/FREE/REMOVE): never filled.
+    pub dropped_pages: u64,
     /// Forks seen during the phase.
     pub forks: u64,
     /// From the start of the restore until every page was in.
@@ -540,7 +543,9 @@ fn run(
                         };
                         spaces.push(child);
                     }
-                    Msg::Event(e) => layout_changed(&mut spaces[i].index, e, ps),
+                    Msg::Event(e) => {
+                        st.dropped_pages += layout_changed(&mut spaces[i].index, e, ps)
+                    }
                 }
             }
             forked.find()?;
@@ -571,8 +576,9 @@ fn run(
     }
 }
 
-/// Updates the store after a layout change.
-fn layout_changed(index: &mut Index, e: Event, ps: u64) {
+/// Updates the store after a layout change; how many held pages it
+/// dropped.
+fn layout_changed(index: &mut Index, e: Event, ps: u64) -> u64 {
     let mut take = |start: u64, end: u64| -> Vec<(u64, u64)> {
         let keys: Vec<(u64, u64)> = index.range(start..end).map(|(&a, &o)| (a, o)).collect();
         for (a, _) in &keys {
@@ -581,15 +587,14 @@ fn layout_changed(index: &mut Index, e: Event, ps: u64) {
         keys
     };
     match e {
-        Event::Remove { start, end } | Event::Unmap { start, end } => {
-            take(start, end);
-        }
+        Event::Remove { start, end } | Event::Unmap { start, end } => take(start, end).len() as u64,
         Event::Remap { from, to, len } => {
             let moved = take(from, from + len);
             for (a, o) in moved {
                 index.insert(a - from + to, o);
             }
             let _ = ps;
+            0
         }
     }
 }
