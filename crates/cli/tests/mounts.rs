@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The unshare options of the containers with a private mount tree.
+const PRIVATE: [&str; 5] = ["--mount", "--pid", "--fork", "--propagation", "private"];
+
 /// A root filesystem of busybox and its applet links.
 fn busybox_rootfs(root: &Path) {
     for d in [
@@ -103,15 +106,16 @@ impl Container {
              cd {r}; mkdir -p old; pivot_root . old; \
              exec /bin/busybox sh -c 'umount -l /old && rmdir /old && exec /bin/sh /w.sh </data/in >/data/log 2>&1'"
         );
-        Container::spawn(dir, &setup)
+        Container::spawn(dir, &PRIVATE, &setup)
     }
 
-    /// Runs `setup` (which ends in the container's program) as the init
-    /// of new mount and PID namespaces; waits for DIR/data/ready.
-    fn spawn(dir: PathBuf, setup: &str) -> Container {
+    /// Runs `setup` (which ends in the container's program) under
+    /// `unshare OPTS` (new namespaces; the init is the unshare's child);
+    /// waits for DIR/data/ready, failing on an early DIR/data/result.
+    fn spawn(dir: PathBuf, opts: &[&str], setup: &str) -> Container {
         let data = dir.join("data");
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--pid", "--fork", "--propagation", "private"])
+        cmd.args(opts)
             .args(["sh", "-c", setup])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -325,7 +329,7 @@ fn start_pty(tag: &str) -> Container {
          cd {r}; mkdir -p old; pivot_root . old; \
          exec /bin/busybox sh -c 'umount -l /old && rmdir /old && exec /usr/bin/python3 /p.py </data/in >/data/log 2>&1'"
     );
-    Container::spawn(dir, &setup)
+    Container::spawn(dir, &PRIVATE, &setup)
 }
 
 /// The container's own ptys: dumped, restored twice into the container's
@@ -420,37 +424,11 @@ fn start_slave_in(tag: &str, userns: bool) -> (Container, PathBuf) {
          cd {r}; mkdir -p old; pivot_root . old; \
          exec /bin/busybox sh -c 'umount -l /old && rmdir /old && exec /bin/sh /w.sh </data/in >/data/log 2>&1'"
     );
-    let mut cmd = Command::new("unshare");
+    let mut opts = vec!["--mount", "--pid", "--fork", "--propagation", "slave"];
     if userns {
-        cmd.args(["--user", "--map-user=0", "--map-group=0"]);
+        opts.splice(0..0, ["--user", "--map-user=0", "--map-group=0"]);
     }
-    cmd.args(["--mount", "--pid", "--fork", "--propagation", "slave"])
-        .args(["sh", "-c", &setup])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: only close_range (async-signal-safe) between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let unshare = cmd.spawn().unwrap();
-    let start = Instant::now();
-    while !data.join("ready").exists() {
-        let res = std::fs::read_to_string(data.join("result")).unwrap_or_default();
-        assert!(
-            start.elapsed() < Duration::from_secs(20) && res.is_empty(),
-            "the container did not start: {res}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let u = unshare.id();
-    let kids = std::fs::read_to_string(format!("/proc/{u}/task/{u}/children")).unwrap();
-    let pid = kids.split_whitespace().next().unwrap().parse().unwrap();
-    (Container { dir, pid, unshare }, shared)
+    (Container::spawn(dir, &opts, &setup), shared)
 }
 
 /// After restore: a tmpfs mounted at SHARED/sub outside, with a file.
