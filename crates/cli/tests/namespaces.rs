@@ -50,16 +50,21 @@ fn pidns_checker_detects_a_wrong_hostname() {
         });
     });
     w.go();
+    let text = verdict(&w);
+    assert!(
+        text.starts_with("FAIL") && text.contains("hostname"),
+        "{text}"
+    );
+}
+
+/// The workload's result file, once written (within a minute).
+fn verdict(w: &Workload) -> String {
     let res = w.dir.join("result");
     let start = std::time::Instant::now();
     while !res.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let text = std::fs::read_to_string(&res).unwrap_or_default();
-    assert!(
-        text.starts_with("FAIL") && text.contains("hostname"),
-        "{text}"
-    );
+    std::fs::read_to_string(&res).unwrap_or_default()
 }
 
 /// A mount crest cannot recreate yet (a tmpfs mounted only inside the
@@ -325,6 +330,112 @@ fn unshare_made_container() {
     w.restore_moved(&[]);
     w.go();
     w.expect_pass();
+}
+
+/// The PID namespace a process's children are created in: that of its
+/// child, read through /proc.
+fn kids_ns_of(pid: i32) -> (String, String) {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let child: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    let link = |p: String| std::fs::read_link(p).unwrap().display().to_string();
+    (
+        link(format!("/proc/{pid}/ns/pid_for_children")),
+        link(format!("/proc/{child}/ns/pid")),
+    )
+}
+
+/// `unshare --pid --fork` inside a container made by `unshare`: the
+/// container's init unshared a PID namespace for its children and forked
+/// the inner init, which sees the container's /proc.  Dumped with it;
+/// after each restore its children go into the inner namespace again, as
+/// they did.
+#[test]
+fn unshare_inside_an_unshare_made_container() {
+    let _g = serial();
+    let outer = ["unshare", "--pid", "--fork", "--mount-proc"];
+    let inner = ["unshare", "--pid", "--fork"];
+    let wrapper: Vec<&str> = outer.iter().chain(&inner).copied().collect();
+    let args = ["inside", "shared-proc"];
+    let mut w = Workload::start_wrapped("pidns", &wrapper, &args, "inner-ready");
+    let (kids, child) = kids_ns_of(w.pid);
+    assert_eq!(
+        kids, child,
+        "the set-up: the outer init forks into the inner namespace"
+    );
+    for round in 0..2 {
+        let o = w.dump(&[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let old = w.pid;
+        let start = std::time::Instant::now();
+        while alive(old) && start.elapsed().as_secs() < 10 {
+            reap_all();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        w.restore_moved(&[]);
+        let (kids, child) = kids_ns_of(w.pid);
+        assert_eq!(
+            kids, child,
+            "round {round}: pid_for_children after the restore"
+        );
+    }
+    w.go();
+    w.expect_pass();
+}
+
+/// The same with `--mount-proc` inside too: the inner init mounted a
+/// proc of its PID namespace in the mount namespace it shares with the
+/// outer init, which restore cannot make yet; dump refuses, naming it,
+/// and the container keeps running.
+#[test]
+fn inner_proc_in_a_shared_mount_namespace_is_refused() {
+    let _g = serial();
+    let level = ["unshare", "--pid", "--fork", "--mount-proc"];
+    let wrapper: Vec<&str> = level.iter().chain(&level).copied().collect();
+    let w = Workload::start_wrapped("pidns", &wrapper, &["inside"], "inner-ready");
+    let o = w.dump(&[]);
+    let text = stderr(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("mount /proc") && text.contains("another PID namespace"),
+        "{text}"
+    );
+    assert!(alive(w.pid), "the refused container must keep running");
+    // Not the harness's child: its own verdict, from the result file.
+    w.go();
+    let text = verdict(&w);
+    assert!(text.starts_with("PASS"), "{text}");
+    reap_all();
+}
+
+/// A process that unshared a PID namespace for its children but has no
+/// child in it (`unshare --pid` without `--fork`) is refused, by name.
+#[test]
+fn pid_namespace_unshared_without_its_init_is_refused() {
+    let _g = serial();
+    init();
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let ns = |n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).ok();
+    let start = std::time::Instant::now();
+    while ns("pid") == ns("pid_for_children") && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let dir = temp_dir("pidns-unshared-alone");
+    let img = dir.join("img");
+    let o = crest(&["dump", "-p", &pid.to_string(), "-o", img.to_str().unwrap()]);
+    let text = stderr(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("unshared a new PID namespace") && text.contains(&format!("pid {pid}")),
+        "{text}"
+    );
+    assert!(alive(pid), "the refused process must keep running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A container moved through a pipe, `crest dump -o - | crest restore -i

@@ -7,7 +7,8 @@
 //! accepted, a datagram pair with its own credentials queued — and checks
 //! after the restore that they say the same, as PIDs of its namespace
 //! (see crates/crest/src/net/unix/creds.rs); the sabotaged run replaces
-//! the accepted end by one crest connected.
+//! the accepted end by one crest connected.  The same two PID namespaces
+//! deep.
 
 mod common;
 mod netkit;
@@ -60,9 +61,13 @@ if "kid-stays" in ARGS:
 result(e)
 "#;
 
-/// `crest run -- unshare --pid --fork --mount-proc python3 -c CREDS DIR`:
-/// the workload is PID 1 of its namespace, the wrapper's only child.
-fn start_in_pidns(tag: &str, sabotage: bool, args: &str) -> Workload {
+/// `crest run -- unshare --pid --fork --mount-proc python3 -c CREDS DIR`
+/// (`levels` 1): the workload is PID 1 of its namespace, the wrapper's
+/// only child.  Deeper, each level's init is an `unshare --pid --fork`
+/// waiting for the next (the inner ones share the top one's mount
+/// namespace and /proc); the tree dumped is the wrapper's child, the init
+/// of the top one.
+fn start_in_pidns_levels(tag: &str, sabotage: bool, args: &str, levels: usize) -> Workload {
     init();
     let dir = temp_dir(tag);
     let body = format!(
@@ -74,6 +79,7 @@ fn start_in_pidns(tag: &str, sabotage: bool, args: &str) -> Workload {
         .arg("--log")
         .arg(dir.join("log"))
         .args(["--", "unshare", "--pid", "--fork", "--mount-proc"])
+        .args((1..levels).flat_map(|_| ["unshare", "--pid", "--fork"]))
         .args(["python3", "-c", &script(&body)])
         .arg(&dir)
         .stdin(std::process::Stdio::null())
@@ -118,36 +124,65 @@ fn dump_and_restore(w: &mut Workload) -> String {
     err
 }
 
-#[test]
-fn peer_credentials_in_an_unshared_pid_namespace() {
-    let mut w = start_in_pidns("unix-creds-unshared", false, "");
-    let err = dump_and_restore(&mut w);
-    assert!(!err.contains("warning"), "{err}");
+/// The workload `levels` PID namespaces deep, dumped and restored
+/// `rounds` times: each restore makes every call as its process (no
+/// warning), and the workload finds its credentials as they were.
+fn exact_after(tag: &str, args: &str, levels: usize, rounds: usize) {
+    let mut w = start_in_pidns_levels(tag, false, args, levels);
+    for _ in 0..rounds {
+        let err = dump_and_restore(&mut w);
+        assert!(!err.contains("warning"), "{err}");
+    }
     w.go();
     w.expect_pass();
+}
+
+/// The sabotaged workload (an accepted end crest connected) fails its
+/// own check after a restore.
+fn sabotaged(tag: &str, levels: usize) {
+    let mut w = start_in_pidns_levels(tag, true, "", levels);
+    dump_and_restore(&mut w);
+    w.go();
+    expect_fail(w);
+}
+
+const KID_STAYS: &str = "ARGS.append('kid-stays')\n";
+
+#[test]
+fn peer_credentials_in_an_unshared_pid_namespace() {
+    exact_after("unix-creds-unshared", "", 1, 1);
 }
 
 /// The child that made the sockets still runs (its PID is found in the
 /// image's process table).
 #[test]
 fn peer_credentials_in_an_unshared_pid_namespace_of_a_live_child() {
-    let mut w = start_in_pidns(
-        "unix-creds-unshared-live",
-        false,
-        "ARGS.append('kid-stays')\n",
-    );
-    let err = dump_and_restore(&mut w);
-    assert!(!err.contains("warning"), "{err}");
-    w.go();
-    w.expect_pass();
+    exact_after("unix-creds-unshared-live", KID_STAYS, 1, 1);
 }
 
 #[test]
 fn peer_credentials_in_an_unshared_pid_namespace_checker_detects_crests_connection() {
-    let mut w = start_in_pidns("unix-creds-unshared-sabotage", true, "");
-    dump_and_restore(&mut w);
-    w.go();
-    expect_fail(w);
+    sabotaged("unix-creds-unshared-sabotage", 1);
+}
+
+/// Two PID namespaces deep: the sockets are made by PID 1 and 2 of the
+/// inner one, whose init is created, with the outer init above it,
+/// before the sockets are built.
+#[test]
+fn peer_credentials_in_nested_pid_namespaces() {
+    exact_after("unix-creds-nested", "", 2, 2);
+}
+
+/// The same, the child that made the sockets still running: a process
+/// of the inner namespace the calls are made as by a helper there.
+#[test]
+fn peer_credentials_in_nested_pid_namespaces_of_a_live_child() {
+    exact_after("unix-creds-nested-live", KID_STAYS, 2, 1);
+}
+
+#[test]
+fn peer_credentials_in_nested_pid_namespaces_checker_detects_crests_connection() {
+    sabotaged("unix-creds-nested-sabotage", 2);
 }
 
 /// Restored into a new PID namespace: every task keeps its PID there, so

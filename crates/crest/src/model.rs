@@ -1494,4 +1494,10 @@ pub struct ProcNs {
     pub tids: Vec<Vec<i32>>,
     /// The same for each zombie child (in `zombies` order).
     pub zombie_pids: Vec<Vec<i32>>,
+    /// The PID namespace its future children are created in, when not
+    /// its own (it unshared one and forked its init, as `unshare --pid
+    /// --fork` does): that of a child of it in the tree, the namespace's
+    /// init.
+    #[serde(default)]
+    pub pid_for_children: Option<NsId>,
 }

@@ -5,7 +5,7 @@
 //! with the chosen PID (clone3 set_tid) that shares crest's descriptor
 //! table, takes the effective ids, makes the call and exits.
 
-use crate::process::{clone_with_pid, Forked};
+use crate::process::Forked;
 use crate::{Error, Result};
 use std::os::fd::RawFd;
 
@@ -107,9 +107,18 @@ pub(crate) fn call(op: &Op) -> i32 {
 /// Makes call `op` as a process with PID `pid` (in crest's PID
 /// namespace, which must have it free) and effective ids `euid`/`egid`.
 pub fn run_as(pid: i32, euid: u32, egid: u32, op: &Op) -> Result<()> {
+    run_as_tids(&[pid], euid, egid, op)
+}
+
+/// Makes call `op` as a process with PIDs `tids` (innermost first, as
+/// clone3's set_tid: `tids[0]` in the PID namespace crest creates its
+/// children in, `tids[1]` in the one above, …; each must be free) and
+/// effective ids `euid`/`egid`.
+pub fn run_as_tids(tids: &[i32], euid: u32, egid: u32, op: &Op) -> Result<()> {
+    let pid = tids.first().copied().unwrap_or(0);
     // SAFETY: the child only runs `child` (raw syscalls, no allocation)
     // and exits; CLONE_FILES shares the descriptor table, not memory.
-    match unsafe { clone_with_pid(pid, libc::CLONE_FILES as u64)? } {
+    match unsafe { crate::process::clone_with_tids(tids, libc::CLONE_FILES as u64)? } {
         Forked::Child => {
             let code = child(euid, egid, op);
             // SAFETY: ends the child at once, without running destructors.

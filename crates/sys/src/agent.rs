@@ -8,6 +8,9 @@
 //! with the effective ids asked for, then takes its ids back and answers
 //! with an errno.  "Go" ends the service: the init unshares its
 //! descriptor table (a copy of the caller's as it is then) and goes on.
+//! The agent first says it serves (a hello on the reply pipe), so that
+//! its owner can wait for it together with other events
+//! ([`Agent::hello_fd`], [`Agent::take_hello`]).
 
 use crate::actas::{call, Op};
 use crate::{Error, Result};
@@ -18,6 +21,9 @@ const LISTEN: u32 = 1;
 const CONNECT: u32 = 2;
 const PAIR: u32 = 3;
 const SEND: u32 = 4;
+
+/// What the agent writes on the reply pipe once it serves.
+const HELLO: i32 = -1;
 
 /// The control data a message may carry through the agent.
 pub const MAX_CONTROL: usize = 4096;
@@ -45,6 +51,8 @@ pub struct Agent {
     reply_r: OwnedFd,
     reply_w: OwnedFd,
     room: usize,
+    /// Whether the hello was read.
+    greeted: std::cell::Cell<bool>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -107,7 +115,32 @@ impl Agent {
             reply_r,
             reply_w,
             room,
+            greeted: std::cell::Cell::new(false),
         })
+    }
+
+    /// The descriptor that becomes readable when the agent serves (or
+    /// answers).
+    pub fn hello_fd(&self) -> RawFd {
+        self.reply_r.as_raw_fd()
+    }
+
+    /// Reads the agent's hello (it blocks until the agent serves).
+    pub fn take_hello(&self) -> Result<()> {
+        if self.greeted.get() {
+            return Ok(());
+        }
+        let mut code = 0i32;
+        // SAFETY: reads one i32 into a local.
+        let ok = unsafe { read_exact(self.reply_r.as_raw_fd(), (&mut code as *mut i32).cast(), 4) };
+        if !ok || code != HELLO {
+            return Err(Error::io(
+                "the namespace init did not start serving",
+                std::io::Error::from_raw_os_error(libc::EPROTO),
+            ));
+        }
+        self.greeted.set(true);
+        Ok(())
     }
 
     /// The agent's ends (command read end, reply write end) and the size
@@ -121,6 +154,7 @@ impl Agent {
     }
 
     fn ask(&self, r: &Req, payload: &[&[u8]]) -> Result<()> {
+        self.take_hello()?;
         let mut bytes = Vec::with_capacity(std::mem::size_of::<Req>());
         // SAFETY: Req is plain integers, read as its bytes.
         bytes.extend_from_slice(unsafe {
@@ -241,6 +275,10 @@ impl Agent {
 /// Runs in a process forked with CLONE_FILES from the [`Agent`]'s owner,
 /// which holds `cmd` and `reply`.
 pub unsafe fn serve(cmd: RawFd, reply: RawFd, buf: &mut [u8]) -> bool {
+    // SAFETY: writes one i32 from a local.
+    if unsafe { libc::write(reply, (&HELLO as *const i32).cast(), 4) } != 4 {
+        return false;
+    }
     loop {
         let mut r = Req::default();
         // SAFETY: reads one Req into a local.

@@ -84,19 +84,8 @@ pub fn preflight(pid: i32, obs: &mut Vec<Obstacle>) -> Result<()> {
             });
         }
     }
+    // A PID namespace unshared for its children: see `pid::for_children`.
     let get = |n: &str| theirs.iter().find(|(k, _)| k == n).map(|x| x.1);
-    if let (Some(own), Some(kids)) = (get("pid"), get("pid_for_children")) {
-        if own != kids {
-            obs.push(Obstacle {
-                pid,
-                object: "pid namespace".into(),
-                reason: format!(
-                    "the process unshared a new PID namespace (pid:[{kids}]) for its future \
-                     children; only a namespace's members can be checkpointed (give its init)"
-                ),
-            });
-        }
-    }
     if let (Some(own), Some(kids)) = (get("time"), get("time_for_children")) {
         if own != kids {
             obs.push(Obstacle {
@@ -144,9 +133,12 @@ pub fn collect(
     let ino_of = |l: &[(String, u64)], kind: &str| l.iter().find(|(n, _)| n == kind).map(|x| x.1);
     let my_user = ino_of(&mine, "user").unwrap_or(0);
     let mut out: Vec<ProcNs> = Vec::new();
+    // Each process's PID namespace and the one for its children (inodes).
+    let mut pid_inos: Vec<(Option<u64>, Option<u64>)> = Vec::new();
     for (i, (pid, tids)) in procs.iter().enumerate() {
         let pid = *pid;
         let theirs = read_ns_checked(pid)?;
+        pid_inos.push((ino_of(&theirs, "pid"), ino_of(&theirs, "pid_for_children")));
         let parent = procs[..i].iter().position(|q| q.0 == ppids[&pid]);
         let mut me = pid::collect_ids(pid, tids)?;
         for kind in HANDLED {
@@ -220,6 +212,7 @@ pub fn collect(
         }
         out.push(me);
     }
+    pid::for_children(procs, ppids, &pid_inos, &mut out, obstacles);
     net::check_shape(procs, &table, &out, obstacles);
     let named: Vec<(i32, ProcNs)> = procs.iter().map(|p| p.0).zip(out.iter().cloned()).collect();
     let forks = |i: usize| {

@@ -80,6 +80,47 @@ pub fn check_init(pid: i32, me: &ProcNs, parent_levels: usize, obstacles: &mut V
     }
 }
 
+/// Processes whose children go into another PID namespace than their own
+/// (they unshared one and forked its init, as `unshare --pid --fork`
+/// does): that namespace must be the one of a child of theirs in the
+/// tree, its init; it is recorded so that the restored process's next
+/// children go there too (see `crate::restore::stub`).  `inos`: each
+/// process's PID namespace and the one for its children, by inode.
+pub fn for_children(
+    procs: &[(i32, Vec<i32>)],
+    ppids: &HashMap<i32, i32>,
+    inos: &[(Option<u64>, Option<u64>)],
+    out: &mut [ProcNs],
+    obstacles: &mut Vec<Obstacle>,
+) {
+    for (i, &(pid, _)) in procs.iter().enumerate() {
+        let (Some(own), Some(kids)) = inos[i] else {
+            continue;
+        };
+        if own == kids {
+            continue;
+        }
+        let init = (0..procs.len()).find(|&j| {
+            ppids.get(&procs[j].0) == Some(&pid)
+                && inos[j].0 == Some(kids)
+                && out[j].pids.last() == Some(&1)
+        });
+        match init.and_then(|j| out[j].pid) {
+            Some(ns) => out[i].pid_for_children = Some(ns),
+            None => obstacles.push(Obstacle {
+                pid,
+                object: "pid namespace".into(),
+                reason: format!(
+                    "the process unshared a new PID namespace (pid:[{kids}]) for its future \
+                     children, and no child of it in the tree is that namespace's init; only \
+                     a namespace's members can be checkpointed (give its init, or the \
+                     process with its init)"
+                ),
+            }),
+        }
+    }
+}
+
 /// Checks the PIDs of process `i`: as many per thread and zombie as for
 /// the process, each level one more than its parent's when it is the
 /// init of a new namespace, else the same.
@@ -120,6 +161,14 @@ pub fn validate(procs: &[Process], i: usize) -> Result<()> {
     }
     if !new && p.ns.pids.last() == Some(&1) {
         return bad("PID 1 that did not create its namespace");
+    }
+    if let Some(kids) = p.ns.pid_for_children {
+        let init = procs[i + 1..]
+            .iter()
+            .any(|c| c.ppid == p.pid && c.ns.pid == Some(kids) && c.ns.pids.last() == Some(&1));
+        if !init || p.ns.pid == Some(kids) {
+            return bad("the PID namespace for its children has no init among its children");
+        }
     }
     Ok(())
 }

@@ -815,6 +815,13 @@ impl Build {
                 hold_dst,
                 share,
                 zombies: tasks::zombie_plans(p, parent, sid_here, &view)?,
+                agent: None,
+                early: false,
+                kids_ns_of: p.ns.pid_for_children.and_then(|ns| {
+                    ckpt.processes
+                        .iter()
+                        .position(|c| c.ppid == p.pid && c.ns.pid == Some(ns))
+                }),
             });
             aux_info.push((
                 Aux {
@@ -870,10 +877,10 @@ impl Build {
         // UNIX sockets whose credentials name PIDs of a PID namespace of
         // the tree are built once that namespace's init exists (it waits,
         // serving the calls PID 1 makes; see `crate::net::unix::creds`).
-        let agent = crate::net::unix::agent_for(&ckpt, init)?;
-        let started = StubTree::start(plan, pipes, agent)
-            .context(|| format!("restoring pid {root}: the PID namespace's init"))?;
-        crate::net::unix::restore(&ckpt, &opened, started.agent())?;
+        let agents = crate::net::unix::agents_for(&ckpt, init)?;
+        let started = StubTree::start(plan, pipes, agents)
+            .context(|| format!("restoring pid {root}: the PID namespaces' inits"))?;
+        crate::net::unix::restore(&ckpt, &opened, &started.agents())?;
         crate::net::finish(&ckpt, &opened)?;
         crate::files::events::add_epoll_targets(&ckpt, &opened)?;
         drop(inside);

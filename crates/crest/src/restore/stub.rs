@@ -176,6 +176,19 @@ pub struct ProcPlan {
     pub share: u64,
     /// Children to recreate as zombies: forked, then exit at once.
     pub zombies: Vec<ZombiePlan>,
+    /// It serves socket calls made as itself before the tree is built
+    /// (see `crate::net::unix::creds`): the agent's command and reply
+    /// descriptors (crest's numbers, on the table it shares with crest
+    /// until told to go on).
+    pub agent: Option<(i32, i32)>,
+    /// Once its children are forked, it enters the PID namespace of this
+    /// one (an index into [`TreePlan::procs`], its child and that
+    /// namespace's init) for the children it forks later, as it had.
+    pub kids_ns_of: Option<usize>,
+    /// Created before the UNIX sockets are built, by its parent (an
+    /// agent too) and sharing crest's descriptor table: it is the init of
+    /// a PID namespace the calls are made in, or on the way to one.
+    pub early: bool,
 }
 
 /// A zombie child: its pid, how it joins its session/group, its status.
@@ -210,12 +223,12 @@ pub struct TreePlan {
     pub init: bool,
     /// The user namespaces the stubs create.
     pub userns: UsernsPlan,
-    /// The root (the new PID namespace's init: crest's, or the tree's
-    /// root) is created sharing crest's descriptor table and first serves
-    /// the socket calls that must be made by PID 1 of the namespace or by
-    /// helpers in it (see `crate::net::unix::creds`): the agent's command
-    /// and reply descriptors, and its buffer.
+    /// crest's init (`init`) is created sharing crest's descriptor table
+    /// and first serves the socket calls made by PID 1 of the namespace
+    /// (see `crate::net::unix::creds`): the agent's command and reply
+    /// descriptors.  (Agents of the tree's own processes: [`ProcPlan::agent`].)
     pub agent: Option<(i32, i32)>,
+    /// The buffer an agent reads a call into (each process its own copy).
     pub agent_buf: Vec<u8>,
 }
 
@@ -313,7 +326,7 @@ impl UsernsPlan {
 }
 
 /// Names of the routine's steps, for failure reports.
-const STEPS: [&str; 21] = [
+const STEPS: [&str; 22] = [
     "setting up",
     "blocking signals",
     "joining its session or process group",
@@ -335,6 +348,7 @@ const STEPS: [&str; 21] = [
     "creating its cgroup namespace",
     "waiting for its user namespace's id maps",
     "joining its IPC namespace",
+    "entering its child's PID namespace for its future children",
 ];
 
 /// # Safety
@@ -387,8 +401,11 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
         }
     }
     // In its user namespace with its ids (the calls it serves are made
-    // with ids of that namespace; see `crate::net::unix::creds`).
-    if let (0, false, Some((cmd, reply))) = (i, plan.init, plan.agent) {
+    // with ids of that namespace; see `crate::net::unix::creds`).  An
+    // agent with early children serves once they exist, below: they
+    // inherit the namespaces it enters first.
+    let early_kids = plan.procs[i].children.iter().any(|&c| plan.procs[c].early);
+    if let (Some((cmd, reply)), false) = (plan.procs[i].agent, early_kids) {
         if !crest_sys::agent::serve(cmd, reply, &mut plan.agent_buf) {
             libc::_exit(1);
         }
@@ -474,20 +491,30 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             }
         }
     }
-    // Children on this table are forked once it is in place, below.
-    for k in 0..plan.procs[i].children.len() {
-        let c = plan.procs[i].children[k];
-        if plan.procs[c].share & FILES != 0 {
-            continue;
-        }
-        let flags = plan.procs[c].share | plan.procs[c].new_ns;
-        match fork_child(&plan.procs[c], flags) {
-            Ok(Forked::Child) => routine(plan, c),
-            Ok(Forked::Parent(_)) => {}
+    // The child whose PID namespace this one's later children go into.
+    let mut kids_ns_pid = 0;
+    if early_kids {
+        // Still on crest's table: the early children share it, and serve
+        // as this one does until crest has built the sockets.
+        match fork_kids(plan, i, |c| c.early, FILES) {
+            Ok(pid) => kids_ns_pid = kids_ns_pid.max(pid),
             Err(e) => {
                 *libc::__errno_location() = e;
                 fail(3, report)
             }
+        }
+        if let Some((cmd, reply)) = plan.procs[i].agent {
+            if !crest_sys::agent::serve(cmd, reply, &mut plan.agent_buf) {
+                libc::_exit(1);
+            }
+        }
+    }
+    // Children on this table are forked once it is in place, below.
+    match fork_kids(plan, i, |c| c.share & FILES == 0 && !c.early, 0) {
+        Ok(pid) => kids_ns_pid = kids_ns_pid.max(pid),
+        Err(e) => {
+            *libc::__errno_location() = e;
+            fail(3, report)
         }
     }
     for z in plan.procs[i].zombies.iter().filter(|z| !z.early) {
@@ -536,20 +563,21 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
     }
     // The table (and cwd/umask) is in place: fork the children that share
     // it, before the helper area is mapped (each maps its own).
-    for k in 0..plan.procs[i].children.len() {
-        let c = plan.procs[i].children[k];
-        if plan.procs[c].share & FILES == 0 {
-            continue;
+    match fork_kids(plan, i, |c| c.share & FILES != 0, 0) {
+        Ok(pid) => kids_ns_pid = kids_ns_pid.max(pid),
+        Err(e) => {
+            *libc::__errno_location() = e;
+            fail(3, report)
         }
-        let flags = plan.procs[c].share | plan.procs[c].new_ns;
-        match fork_child(&plan.procs[c], flags) {
-            Ok(Forked::Child) => routine(plan, c),
-            Ok(Forked::Parent(_)) => {}
-            Err(e) => {
-                *libc::__errno_location() = e;
-                fail(3, report)
-            }
+    }
+    if plan.procs[i].kids_ns_of.is_some() {
+        // As after unshare(CLONE_NEWPID) and the fork of the init: by a
+        // pidfd of the child (its PID here may not be in this /proc).
+        let pfd = libc::syscall(libc::SYS_pidfd_open, kids_ns_pid, 0) as i32;
+        if kids_ns_pid <= 0 || pfd < 0 || libc::setns(pfd, libc::CLONE_NEWPID) != 0 {
+            fail(21, report);
         }
+        libc::close(pfd);
     }
     let p = &mut plan.procs[i];
     if libc::personality(p.personality as libc::c_ulong) < 0 {
@@ -609,6 +637,36 @@ pub(crate) unsafe fn routine(plan: &mut TreePlan, i: usize) -> ! {
             libc::_exit(1);
         }
     }
+}
+
+/// Forks the children of process `i` that `pick` selects, each with its
+/// plan's flags and `extra`: the PID of the one whose PID namespace `i`
+/// enters for its later children if among them (else 0), or an errno.
+///
+/// # Safety
+/// As [`routine`], whose children run it.
+unsafe fn fork_kids(
+    plan: &mut TreePlan,
+    i: usize,
+    pick: fn(&ProcPlan) -> bool,
+    extra: u64,
+) -> std::result::Result<i32, i32> {
+    let mut kids_ns = 0;
+    for k in 0..plan.procs[i].children.len() {
+        let c = plan.procs[i].children[k];
+        if !pick(&plan.procs[c]) {
+            continue;
+        }
+        let flags = plan.procs[c].share | plan.procs[c].new_ns | extra;
+        // SAFETY: as this function's.
+        match unsafe { fork_child(&plan.procs[c], flags)? } {
+            // SAFETY: as above: in the child, only `routine`.
+            Forked::Child => unsafe { routine(plan, c) },
+            Forked::Parent(pid) if plan.procs[i].kids_ns_of == Some(c) => kids_ns = pid,
+            Forked::Parent(_) => {}
+        }
+    }
+    Ok(kids_ns)
 }
 
 /// Forks process `p` of the plan with `flags`: inside the user namespace
@@ -804,34 +862,209 @@ impl StubTree {
     /// `pipes` ready_w/hold_r must be the plan's sources; crest's copies
     /// of them are closed here.
     pub fn spawn(plan: TreePlan, pipes: Pipes) -> Result<StubTree> {
-        StubTree::start(plan, pipes, None)?.spawn()
+        StubTree::start(plan, pipes, Vec::new())?.spawn()
     }
 
-    /// Begins creating the tree of `plan`.  With `agent`, the root is
-    /// created now, sharing crest's descriptor table, and serves the
-    /// agent's calls until [`Started::spawn`].
+    /// Begins creating the tree of `plan`.  With `agents` (process
+    /// indexes, or 0 for crest's init with `init`), the root is created
+    /// now sharing crest's descriptor table, with the other early
+    /// processes below it (each the child of an early one), and each
+    /// agent serves calls made as its process until [`Started::spawn`].
     pub fn start(
         mut plan: TreePlan,
         pipes: Pipes,
-        agent: Option<crest_sys::agent::Agent>,
+        agents: Vec<(usize, crest_sys::agent::Agent)>,
     ) -> Result<Started> {
         let mut root = None;
-        if let Some(a) = &agent {
-            let (cmd, reply, room) = a.ends();
-            plan.agent = Some((cmd, reply));
-            plan.agent_buf = vec![0; room];
-            root = Some(clone_root(&mut plan, libc::CLONE_FILES as u64)?);
-            if plan.procs[0].userns_gate >= 0 {
-                // Its maps first: it serves the calls from inside.
-                plan.userns.serve(&plan.procs)?;
+        let mut started = Vec::new();
+        if !agents.is_empty() {
+            let mut room = 0;
+            for (k, a) in &agents {
+                let (cmd, reply, r) = a.ends();
+                room = room.max(r);
+                if plan.init {
+                    plan.agent = Some((cmd, reply));
+                } else {
+                    plan.procs[*k].agent = Some((cmd, reply));
+                    plan.procs[*k].early = *k != 0;
+                }
             }
+            plan.agent_buf = vec![0; room];
+            if !plan.init {
+                check_early(&plan)?;
+            }
+            let r = clone_root(&mut plan, libc::CLONE_FILES as u64)?;
+            let host = r.0;
+            root = Some(r);
+            started = match StubTree::await_agents(&plan, &pipes, agents, host) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The early processes below it die with it
+                    // (PDEATHSIG); nothing of the tree is left.
+                    // SAFETY: plain syscalls on our own child.
+                    unsafe {
+                        libc::kill(host, libc::SIGKILL);
+                        libc::waitpid(host, std::ptr::null_mut(), libc::__WALL);
+                    }
+                    return Err(e);
+                }
+            };
         }
         Ok(Started {
             plan,
             pipes,
             root,
-            agent,
+            agents: started,
         })
+    }
+
+    /// Waits until every agent serves (serving the id-map requests of the
+    /// user namespaces they create meanwhile), and finds each one's PID
+    /// in crest's namespace; a process that failed on the way is
+    /// reported as such.
+    fn await_agents(
+        plan: &TreePlan,
+        pipes: &Pipes,
+        agents: Vec<(usize, crest_sys::agent::Agent)>,
+        root: i32,
+    ) -> Result<Vec<(usize, crest_sys::agent::Agent, i32)>> {
+        let mut waiting: Vec<usize> = (0..agents.len()).collect();
+        while !waiting.is_empty() {
+            let mut fds = vec![libc::pollfd {
+                fd: pipes.ready_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if let Some((sock, _)) = &plan.userns.sock {
+                fds.push(libc::pollfd {
+                    fd: sock.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let first = fds.len();
+            for &w in &waiting {
+                fds.push(libc::pollfd {
+                    fd: agents[w].1.hello_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // SAFETY: an array of pollfds we own, of the stated length.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10_000) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(Error::msg(format!("waiting for the namespace inits: {e}")));
+            }
+            if r == 0 {
+                let who: Vec<String> = waiting
+                    .iter()
+                    .map(|&w| plan.procs[agents[w].0].pid.to_string())
+                    .collect();
+                return Err(Error::msg(format!(
+                    "restoring pid {}: processes {} did not start serving in 10 s",
+                    plan.procs[0].pid,
+                    who.join(", ")
+                )));
+            }
+            if fds[0].revents != 0 {
+                return Err(early_failure(plan, pipes.ready_r.as_raw_fd()));
+            }
+            if first == 2 && fds[1].revents & libc::POLLIN != 0 {
+                plan.userns.serve(&plan.procs)?;
+            }
+            let mut still = Vec::new();
+            for (k, &w) in waiting.iter().enumerate() {
+                if fds[first + k].revents != 0 {
+                    agents[w].1.take_hello().map_err(|e| {
+                        Error::msg(format!(
+                            "restoring pid {}: {e}",
+                            plan.procs[agents[w].0].pid
+                        ))
+                    })?;
+                } else {
+                    still.push(w);
+                }
+            }
+            waiting = still;
+        }
+        // PIDs in crest's namespace, parents first (the plan's order).
+        let mut host = vec![0; plan.procs.len()];
+        host[0] = root;
+        let mut out = Vec::new();
+        let mut order: Vec<(usize, crest_sys::agent::Agent)> = agents;
+        order.sort_by_key(|(k, _)| *k);
+        for (k, a) in order {
+            if k != 0 && !plan.init {
+                let parent = (0..plan.procs.len())
+                    .find(|&q| plan.procs[q].children.contains(&k))
+                    .filter(|&q| host[q] > 0)
+                    .ok_or_else(|| {
+                        Error::msg(format!(
+                            "restoring pid {}: its parent was not created first",
+                            plan.procs[k].pid
+                        ))
+                    })?;
+                let tids = &plan.procs[k].tids;
+                host[k] = crate::ns::pid::children_levels(host[parent])?
+                    .into_iter()
+                    .find(|(_, l)| !l.is_empty() && l.iter().rev().eq(tids.iter().take(l.len())))
+                    .map(|(h, _)| h)
+                    .ok_or_else(|| {
+                        Error::msg(format!(
+                            "restoring pid {}: the early process is not among its parent's \
+                             children",
+                            plan.procs[k].pid
+                        ))
+                    })?;
+            }
+            out.push((k, a, host[k]));
+        }
+        Ok(out)
+    }
+}
+
+/// Early processes share crest's descriptor table until they go on, then
+/// take a copy: one that shares its parent's table in the image could
+/// not, and every early process must be an agent (it waits as one).
+fn check_early(plan: &TreePlan) -> Result<()> {
+    for p in plan.procs.iter().filter(|p| p.early) {
+        if p.share & libc::CLONE_FILES as u64 != 0 || p.agent.is_none() {
+            return Err(Error::msg(format!(
+                "restoring pid {}: it cannot be created before the sockets (it shares its \
+                 parent's descriptor table)",
+                p.pid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The error a stub reported on the ready pipe while the early processes
+/// were being created.
+fn early_failure(plan: &TreePlan, ready: i32) -> Error {
+    let mut b = [0u8; 12];
+    match read_exact_fd(ready, &mut b) {
+        Ok(12) => {
+            let w = |k: usize| u32::from_ne_bytes(b[k * 4..k * 4 + 4].try_into().unwrap());
+            let (idx, step, errno) = (w(0) as usize, w(1), w(2));
+            let pid = plan.procs.get(idx).map(|p| p.pid).unwrap_or(-1);
+            let what = STEPS
+                .get(step as usize)
+                .copied()
+                .unwrap_or("an unknown step");
+            let err = std::io::Error::from_raw_os_error(errno as i32);
+            Error::msg(format!(
+                "restoring pid {pid}: the new process failed {what}: {err}"
+            ))
+        }
+        _ => Error::msg(format!(
+            "restoring pid {}: the namespace inits died while being set up",
+            plan.procs[0].pid
+        )),
     }
 }
 
@@ -841,34 +1074,55 @@ pub struct Started {
     pipes: Pipes,
     #[allow(clippy::type_complexity)]
     root: Option<(i32, Option<OwnedFd>, Option<OwnedFd>)>,
-    agent: Option<crest_sys::agent::Agent>,
+    /// The agents: process index, agent, PID in crest's namespace.
+    agents: Vec<(usize, crest_sys::agent::Agent, i32)>,
+}
+
+/// An agent serving calls made as process `idx` of the image (0 with
+/// `--new-pidns`: crest's init, PID 1), whose PID in crest's namespace is
+/// `host`.
+pub struct AgentRef<'a> {
+    pub idx: usize,
+    pub agent: &'a crest_sys::agent::Agent,
+    pub host: i32,
 }
 
 impl Started {
-    /// The agent serving calls in the paused root, and the root's PID.
-    pub fn agent(&self) -> Option<(&crest_sys::agent::Agent, i32)> {
-        self.agent.as_ref().zip(self.root.as_ref().map(|r| r.0))
+    /// The agents serving calls in the paused early processes.
+    pub fn agents(&self) -> Vec<AgentRef<'_>> {
+        self.agents
+            .iter()
+            .map(|(idx, agent, host)| AgentRef {
+                idx: *idx,
+                agent,
+                host: *host,
+            })
+            .collect()
     }
 
-    /// Creates the tree (lets the paused root go on).
+    /// Creates the tree (lets the paused early processes go on).
     pub fn spawn(self) -> Result<StubTree> {
         let Started {
             mut plan,
             pipes,
             root,
-            agent,
+            agents,
         } = self;
-        let (root, release, keep) = match (root, agent) {
-            (Some(r), Some(a)) => {
-                a.go().map_err(|e| {
-                    Error::msg(format!(
-                        "restoring pid {}: letting the namespace's init go on: {e}",
-                        plan.procs[0].pid
-                    ))
-                })?;
+        let (root, release, keep) = match root {
+            Some(r) => {
+                // Innermost first: each takes its copy of the table, then
+                // its parent may go on.
+                for (k, a, _) in agents.into_iter().rev() {
+                    a.go().map_err(|e| {
+                        Error::msg(format!(
+                            "restoring pid {}: letting the early process go on: {e}",
+                            plan.procs[k].pid
+                        ))
+                    })?;
+                }
                 r
             }
-            _ => clone_root(&mut plan, 0)?,
+            None => clone_root(&mut plan, 0)?,
         };
         drop(keep);
         StubTree::wait_spawned(plan, pipes, root, release)

@@ -73,7 +73,15 @@ pub fn read_ns(pid: i32) -> Result<Vec<(String, u64)>> {
             )
         })?;
         let path = format!("{dir}/{name}");
-        let link = readlink_text(&path)?;
+        let link = match readlink_text(&path) {
+            // A PID namespace unshared for the children before any was
+            // forked has no init to show yet: inode 0.
+            Err(e) if name == "pid_for_children" && e.errno() == Some(libc::ENOENT) => {
+                out.push((name, 0));
+                continue;
+            }
+            r => r?,
+        };
         let ino = parse_ns_link(&link).map_err(|e| relabel(e, &path))?;
         out.push((name, ino));
     }

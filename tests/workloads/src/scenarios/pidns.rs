@@ -116,8 +116,10 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
     let nested = args.iter().any(|a| a == "nested");
     if args.iter().any(|a| a == "inside") {
         // Already PID 1 of namespaces someone else made (`unshare
-        // --pid --fork --mount-proc --uts --ipc`), with a /proc of ours.
-        return init(p, nested, true);
+        // --pid --fork --mount-proc --uts --ipc`), with a /proc of ours
+        // (or, with "shared-proc", the /proc of the namespace above).
+        let own_proc = !args.iter().any(|a| a == "shared-proc");
+        return init(p, nested, own_proc);
     }
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     // SAFETY: as in `member`: a fork-like clone.

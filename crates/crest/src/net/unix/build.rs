@@ -107,12 +107,12 @@ struct Sock<'a> {
 /// placeholder: `opened` maps object ids to crest's descriptors.  Runs
 /// once every descriptor of the tree is open, before anything else refers
 /// to the sockets' descriptors.
-/// `agent`: the init of the tree's PID namespace serving the calls made
-/// there, and its PID (see [`super::creds`]).
+/// `agents`: the early processes serving the calls made as themselves in
+/// PID namespaces of the tree (see [`super::creds`]).
 pub fn restore(
     ckpt: &Checkpoint,
     opened: &HashMap<u32, RawFd>,
-    agent: Option<(&crest_sys::agent::Agent, i32)>,
+    agents: &[crate::restore::stub::AgentRef<'_>],
 ) -> Result<()> {
     let mut socks: Vec<Sock> = Vec::new();
     for o in &ckpt.objects {
@@ -167,10 +167,7 @@ pub fn restore(
             s.u.ino, s.id
         )
     };
-    let creds = super::creds::Creds::new(ckpt, agent.map(|a| a.0));
-    let _in_ns = agent
-        .map(|(_, init)| super::creds::InPidNs::enter(init))
-        .transpose()?;
+    let creds = super::creds::Creds::new(ckpt, agents)?;
     // Every recorded PID the calls are made as must be free here: checked
     // before anything is built (a socket connected outside the tree takes
     // the outside listener's credentials as they are).
@@ -192,8 +189,8 @@ pub fn restore(
         eprintln!(
             "crest: warning: the tree is restored in a PID namespace of its own: the peer \
              credentials and queued credentials of AF_UNIX {} carry crest's pid, not the \
-             recorded one (nested PID namespaces, or a root that is not its namespace's init: \
-             not supported yet)",
+             recorded one (no process of their PID namespace can make the calls here; the \
+             README's \"Credentials\" lists the cases)",
             inexact.join(", ")
         );
     }

@@ -40,7 +40,7 @@ mod ops;
 mod queue;
 
 pub use build::{in_flight, restore};
-pub use creds::agent_for;
+pub use creds::agents_for;
 pub use ops::open;
 use ops::show;
 pub(crate) use ops::sockaddr_un;

@@ -257,12 +257,14 @@ pub(super) fn send(
     data: &[u8],
     to: Option<&[u8]>,
     creds: Option<(i32, u32, u32)>,
-    sender: Option<(i32, u32, u32)>,
+    sender: Option<super::creds::Call>,
     rights: &[RawFd],
     by: &super::creds::Creds<'_>,
 ) -> Result<()> {
     // SAFETY: plain syscall.
-    let cred_pid = sender.map_or_else(|| unsafe { libc::getpid() }, |s| s.0);
+    let cred_pid = sender
+        .as_ref()
+        .map_or_else(|| unsafe { libc::getpid() }, |s| s.pid);
     let addr = match to {
         Some(n) => Some(sockaddr_un(n)?),
         None => None,
@@ -286,7 +288,7 @@ pub(super) fn send(
         // In the sender's user namespace's terms.
         let ucred = match creds {
             Some((_, uid, gid)) => {
-                let (uid, gid) = match sender {
+                let (uid, gid) = match &sender {
                     Some(s) => by.ids_for(s, uid, gid)?,
                     None => (uid, gid),
                 };
@@ -340,7 +342,7 @@ pub(super) fn send(
                 }
             }
         }
-        if let Some(c) = sender {
+        if let Some(c) = &sender {
             // All of it, sent by the process the credentials name.
             return by.send_as(fd.as_raw_fd(), &msg, c);
         }

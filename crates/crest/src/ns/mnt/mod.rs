@@ -165,7 +165,49 @@ pub fn collect(
     } else {
         st.mounts = whole(pid, &mine, &theirs, external, obstacles)?;
     }
+    let procs: Vec<&str> = theirs
+        .iter()
+        .filter(|m| m.fs_type == "proc" && (!copy || !mine.iter().any(|c| same(c, m))))
+        .map(|m| m.mount_point.as_str())
+        .collect();
+    check_proc_pidns(pid, &procs, obstacles);
     Ok(NsState::Mnt(st))
+}
+
+/// Restore mounts each proc anew in the process that creates the mount
+/// namespace, so it shows that process's PID namespace: a proc mounted
+/// there by a process of another one (`unshare --pid --fork --mount-proc`
+/// run inside the namespace leaves a proc of the inner PID namespace in
+/// the mount namespace both share) would come back showing the wrong
+/// PIDs, and is refused.  The proc visible at each mount point is
+/// checked (through PID 1 of the namespace it shows).
+fn check_proc_pidns(pid: i32, mount_points: &[&str], obstacles: &mut Vec<Obstacle>) {
+    let Ok(own) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) else {
+        return;
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for &mp in mount_points {
+        if seen.contains(&mp) {
+            continue;
+        }
+        seen.push(mp);
+        let shown = std::fs::read_link(format!("/proc/{pid}/root{mp}/1/ns/pid")).ok();
+        if let Some(shown) = shown.filter(|s| *s != own) {
+            obstacles.push(Obstacle {
+                pid,
+                object: format!("mount {mp}"),
+                reason: format!(
+                    "the proc mounted at {mp} shows another PID namespace ({}) than that of \
+                     the process that creates this mount namespace at restore ({}); a proc of \
+                     an inner PID namespace in a mount namespace it shares with an outer one \
+                     is not supported yet (give the inner PID namespace a mount namespace of \
+                     its own, made by its init)",
+                    shown.display(),
+                    own.display()
+                ),
+            });
+        }
+    }
 }
 
 /// `mounts` with every parent before its children, siblings in their
