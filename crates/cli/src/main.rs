@@ -523,8 +523,10 @@ fn one_line(msg: &str) -> String {
         .collect()
 }
 
+/// The library's error, kept whole (its text says everything, and it has
+/// no `source()`, so `main`'s chain adds nothing twice).
 pub(crate) fn lib_err(e: crest::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
+    anyhow::Error::new(e)
 }
 
 /// SIGINT, SIGTERM or SIGHUP during a dump or restore: the run stops at

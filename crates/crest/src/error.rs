@@ -37,12 +37,12 @@ pub enum Error {
     Invalid(String),
     #[error("{0}")]
     Msg(String),
-    #[error("{context}: {source}")]
-    Context {
-        context: String,
-        #[source]
-        source: Box<Error>,
-    },
+    /// What crest was doing, then the error that stopped it.  Its text
+    /// holds both, and it has no `source()` (as every error of crest's and
+    /// its crates: see `crest_sys::Error`), so a report that prints the
+    /// chain says each part once.
+    #[error("{context}: {inner}")]
+    Context { context: String, inner: Box<Error> },
 }
 
 fn obstacles_text(obs: &[Obstacle]) -> String {
@@ -72,7 +72,7 @@ impl Error {
         match self {
             Error::Sys(e) => e.errno(),
             Error::Io(e) => e.raw_os_error(),
-            Error::Context { source, .. } => source.errno(),
+            Error::Context { inner, .. } => inner.errno(),
             _ => None,
         }
     }
@@ -81,7 +81,7 @@ impl Error {
     pub fn obstacles(&self) -> Option<&[Obstacle]> {
         match self {
             Error::Unsupported(o) => Some(o),
-            Error::Context { source, .. } => source.obstacles(),
+            Error::Context { inner, .. } => inner.obstacles(),
             _ => None,
         }
     }
@@ -96,7 +96,36 @@ impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::Context {
             context: what(),
-            source: Box::new(e.into()),
+            inner: Box::new(e.into()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report that prints an error and then its sources says each part
+    /// once: the text holds the whole chain, and there is no source.
+    #[test]
+    fn context_text_holds_the_chain_and_no_source_repeats_it() {
+        let os = crest_sys::Error::io(
+            "reading /proc/7/maps",
+            std::io::Error::from_raw_os_error(libc::ESRCH),
+        );
+        let e: Result<()> = Err::<(), _>(os).context(|| "dumping pid 7".into());
+        let e = e.context(|| "checkpoint".to_string()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("checkpoint: dumping pid 7: reading /proc/7/maps: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("reading /proc/7/maps").count(), 1, "{text}");
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(e.errno(), Some(libc::ESRCH));
+        let img = Error::from(crest_image::Error::from(std::io::Error::from_raw_os_error(
+            libc::EIO,
+        )));
+        assert!(std::error::Error::source(&img).is_none(), "{img}");
     }
 }

@@ -99,9 +99,17 @@ pub enum Error {
     #[error("invalid use of the image format: {0}")]
     InvalidInput(String),
 
-    /// Reading or writing the underlying stream failed.
+    /// Reading or writing the underlying stream failed.  (Its text holds
+    /// the cause, and it has no `source()`: a report printing the chain
+    /// says it once.)
     #[error("I/O error on the image stream: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 impl Error {

@@ -3,15 +3,15 @@
 use std::io;
 
 /// An error from a Linux interface, with what crest was doing at the time.
+///
+/// Its text is the whole story (what crest was doing, then the kernel's
+/// error), and it has no `source()`: a report that prints the chain says
+/// each part once.  Code that needs the cause matches the fields.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call failed.
-    #[error("{context}: {source}")]
-    Os {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{context}: {cause}")]
+    Os { context: String, cause: io::Error },
     /// Text or binary data from the kernel (usually under /proc) did not
     /// have the expected form.
     #[error("{path}: {msg}")]
@@ -25,7 +25,7 @@ impl Error {
     pub fn last_os(context: impl Into<String>) -> Self {
         Error::Os {
             context: context.into(),
-            source: io::Error::last_os_error(),
+            cause: io::Error::last_os_error(),
         }
     }
 
@@ -33,7 +33,7 @@ impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Os {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -48,7 +48,7 @@ impl Error {
     /// The errno of an OS error, if this is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Os { source, .. } => source.raw_os_error(),
+            Error::Os { cause, .. } => cause.raw_os_error(),
             Error::Parse { .. } => None,
         }
     }

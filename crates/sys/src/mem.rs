@@ -198,7 +198,7 @@ pub fn write_mapped(
                 "writing {} bytes at {at} of a {len}-byte window",
                 data.len()
             ),
-            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            cause: std::io::Error::from_raw_os_error(libc::EINVAL),
         });
     }
     // SAFETY: a fresh shared mapping of our descriptor; nothing else uses it.

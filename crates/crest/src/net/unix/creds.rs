@@ -433,8 +433,8 @@ impl<'a> Creds<'a> {
                     Ok(()) => Ok(()),
                     // The recorded ids may no longer reach the socket file
                     // (its directory's or its own mode changed): crest's.
-                    Err(crest_sys::Error::Os { source, .. })
-                        if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+                    Err(crest_sys::Error::Os { cause, .. })
+                        if matches!(cause.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
                     {
                         connect(fd, target)
                     }
