@@ -61,6 +61,17 @@ fn obstacles_text(obs: &[Obstacle]) -> String {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What crest refuses to checkpoint about one object: the reason, in words
+/// for the user (the caller makes it an [`Obstacle`] naming the task and
+/// the object).
+pub(crate) type Refusal<T> = std::result::Result<T, String>;
+
+/// A copy of descriptor `fd` of `pid` (the same open file description),
+/// or why it cannot be had, as a refusal's reason.
+pub(crate) fn steal(pid: i32, fd: i32) -> Refusal<std::os::fd::OwnedFd> {
+    crest_sys::pidfd::copy_fd(pid, fd).map_err(|e| e.to_string())
+}
+
 impl Error {
     pub fn msg(s: impl Into<String>) -> Self {
         Error::Msg(s.into())

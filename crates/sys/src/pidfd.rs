@@ -29,6 +29,12 @@ pub fn getfd(pidfd: &OwnedFd, pid: pid_t, fd: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
 }
 
+/// A copy in crest of descriptor `fd` of process `pid` (the same open file
+/// description): pidfd_open, then pidfd_getfd.
+pub fn copy_fd(pid: pid_t, fd: i32) -> Result<OwnedFd> {
+    getfd(&open(pid)?, pid, fd)
+}
+
 /// Sends signal `sig` to the process behind `pidfd` (never to another
 /// process that got its pid since).
 pub fn send_signal(pidfd: &OwnedFd, sig: i32) -> Result<()> {

@@ -178,11 +178,7 @@ pub(crate) fn take_userfaultfd(
             libc::SYS_userfaultfd,
             &[flags],
             "creating a userfaultfd",
-            &mut |fd| {
-                taken = Some(
-                    crest_sys::pidfd::open(pid).and_then(|p| crest_sys::pidfd::getfd(&p, pid, fd)),
-                )
-            },
+            &mut |fd| taken = Some(crest_sys::pidfd::copy_fd(pid, fd)),
         )
     };
     // Without CAP_SYS_PTRACE in the process and with

@@ -21,7 +21,7 @@
 //! every description of them when the helper's session ends.  Output already queued is not
 //! refused: the driver writes it out whether the tree lives or not.
 
-use crate::error::{Error, Result};
+use crate::error::{steal, Error, Refusal, Result};
 use crate::model::{OpenFile, OpenTarget, SystemTty};
 use std::fs::Metadata;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -32,8 +32,6 @@ const TTY_ALIAS: (u32, u32) = (5, 0);
 const CONSOLE: (u32, u32) = (5, 1);
 const VT_MAJOR: u32 = 4;
 const VT_MINORS: std::ops::RangeInclusive<u32> = 0..=63;
-
-type Refusal = std::result::Result<OpenTarget, String>;
 
 /// The canonical path of device (`maj`, `min`), if it is one of these.
 fn canonical(maj: u32, min: u32) -> Option<String> {
@@ -52,7 +50,7 @@ fn dev_name(d: u64) -> String {
 
 /// The state of descriptor `fd` of `pid` if it is the console, a virtual
 /// terminal or /dev/tty; `None` for any other file.
-pub fn collect(pid: i32, fd: i32, link: &str, md: &Metadata) -> Option<Refusal> {
+pub fn collect(pid: i32, fd: i32, link: &str, md: &Metadata) -> Option<Refusal<OpenTarget>> {
     if !md.file_type().is_char_device() {
         return None;
     }
@@ -73,12 +71,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, md: &Metadata) -> Option<Refusal> 
     Some(collect_tty(pid, fd, link, &path, md.rdev()))
 }
 
-fn steal(pid: i32, fd: i32) -> std::result::Result<OwnedFd, String> {
-    let pidfd = crest_sys::pidfd::open(pid).map_err(|e| e.to_string())?;
-    crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
-}
-
-fn collect_tty(pid: i32, fd: i32, link: &str, path: &str, rdev: u64) -> Refusal {
+fn collect_tty(pid: i32, fd: i32, link: &str, path: &str, rdev: u64) -> Refusal<OpenTarget> {
     if link != path {
         return Err(format!(
             "terminal {link} (device {}): only {path} by that name is supported",

@@ -32,7 +32,7 @@
 //! it with FAN_ALLOW, and the restored program's answer then meets no
 //! pending event (its write fails with ENOENT).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::model::{Fanotify, FanotifyMark, FanotifyObject};
 use crest_sys::proc::{self, FdInfo};
 use std::os::fd::OwnedFd;
@@ -41,9 +41,6 @@ use std::os::unix::fs::MetadataExt;
 /// The mark flags fdinfo's `mflags` can show.
 const MARK_FLAGS: u32 =
     libc::FAN_MARK_IGNORED_SURV_MODIFY | libc::FAN_MARK_EVICTABLE | libc::FAN_MARK_IGNORE;
-
-/// What a refused descriptor says.
-type Refusal = std::result::Result<crate::model::OpenTarget, String>;
 
 fn hex32(v: Option<&str>, what: &str, line: &str) -> std::result::Result<u32, String> {
     v.and_then(|s| u32::from_str_radix(s, 16).ok())
@@ -133,9 +130,8 @@ pub fn parse_mark(line: &str) -> std::result::Result<(MarkLine, u32, u32, u32), 
 
 /// The group behind descriptor `fd` of `pid`, or why it cannot be
 /// checkpointed.
-pub fn collect(pid: i32, fd: i32, info: &FdInfo) -> Refusal {
-    let pidfd = crest_sys::pidfd::open(pid).map_err(|e| e.to_string())?;
-    let own: OwnedFd = crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())?;
+pub fn collect(pid: i32, fd: i32, info: &FdInfo) -> Refusal<crate::model::OpenTarget> {
+    let own: OwnedFd = crate::error::steal(pid, fd)?;
     let queued = crest_sys::fanotify::queued_bytes(&own).map_err(|e| e.to_string())?;
     if queued > 0 {
         return Err(format!(

@@ -713,8 +713,7 @@ fn mark_external(
 
 /// Bytes waiting in a FIFO of the task.
 fn fifo_bytes(pid: i32, fd: i32) -> Result<i32> {
-    let pidfd = crest_sys::pidfd::open(pid)?;
-    let f = crest_sys::pidfd::getfd(&pidfd, pid, fd)?;
+    let f = crest_sys::pidfd::copy_fd(pid, fd)?;
     let n = os(rustix::io::ioctl_fionread(&f), || {
         format!("pid {pid} fd {fd}: FIONREAD")
     })?;

@@ -30,7 +30,7 @@
 //! (TIOCGPGRP answers a process whose controlling terminal it is).  /dev/tty
 //! naming any other terminal is refused (see `crate::files::console`).
 
-use crate::error::{Context, Error, Result};
+use crate::error::{steal, Context, Error, Refusal, Result};
 use crate::model::{Checkpoint, ObjectKind, OpenFile, OpenTarget, Process, Pty, Termios};
 use crate::ns::mnt::host_path;
 use crate::task::freeze::Inject;
@@ -52,9 +52,6 @@ const SLAVE_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
 const NCCS2: usize = 19;
 /// The line discipline restore recreates.
 const N_TTY: i32 = 0;
-
-/// What a refused descriptor says.
-type Refusal = std::result::Result<OpenTarget, String>;
 
 /// The pairs met while collecting a tree's descriptors.
 #[derive(Default)]
@@ -88,7 +85,7 @@ pub fn collect(
     md: &Metadata,
     info: &FdInfo,
     index: &mut PtyIndex,
-) -> Option<Refusal> {
+) -> Option<Refusal<OpenTarget>> {
     if !md.file_type().is_char_device() {
         return None;
     }
@@ -106,7 +103,7 @@ pub fn collect(
 
 /// /dev/tty on a pty slave: the pair's number; `None` for /dev/tty naming
 /// another terminal (refused by `crate::files::console`).
-fn collect_alias(pid: i32, fd: i32, index: &mut PtyIndex) -> Option<Refusal> {
+fn collect_alias(pid: i32, fd: i32, index: &mut PtyIndex) -> Option<Refusal<OpenTarget>> {
     let f = steal(pid, fd).ok()?;
     let real = crest_sys::tty::real_device(f.as_fd()).ok()?;
     let (maj, min) = (libc::major(real), libc::minor(real));
@@ -116,12 +113,6 @@ fn collect_alias(pid: i32, fd: i32, index: &mut PtyIndex) -> Option<Refusal> {
     let n = ((maj - SLAVE_MAJORS.start()) << 20) | min;
     index.pairs.entry(n).or_default().aliases.push((pid, fd));
     Some(Ok(OpenTarget::TtyAlias { index: n }))
-}
-
-/// A copy of descriptor `fd` of `pid`.
-fn steal(pid: i32, fd: i32) -> std::result::Result<OwnedFd, String> {
-    let pidfd = crest_sys::pidfd::open(pid).map_err(|e| e.to_string())?;
-    crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
 }
 
 /// Bytes just written to the other side may still wait in the tty's
@@ -142,7 +133,13 @@ fn get_int(f: &OwnedFd, q: Query) -> std::result::Result<i32, String> {
     crest_sys::tty::query(f.as_fd(), q).map_err(|e| e.to_string())
 }
 
-fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyIndex) -> Refusal {
+fn collect_master(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    info: &FdInfo,
+    index: &mut PtyIndex,
+) -> Refusal<OpenTarget> {
     if link != "/dev/ptmx" && link != "/dev/pts/ptmx" {
         return Err(format!(
             "pty master opened as {link}: only /dev/ptmx and /dev/pts/ptmx are supported"
@@ -223,7 +220,13 @@ fn collect_master(pid: i32, fd: i32, link: &str, info: &FdInfo, index: &mut PtyI
     }))
 }
 
-fn collect_slave(pid: i32, fd: i32, link: &str, md: &Metadata, index: &mut PtyIndex) -> Refusal {
+fn collect_slave(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    md: &Metadata,
+    index: &mut PtyIndex,
+) -> Refusal<OpenTarget> {
     let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
     let n = ((maj - SLAVE_MAJORS.start()) << 20) | min;
     if link != format!("/dev/pts/{n}") {

@@ -216,7 +216,7 @@ impl Pending {
             }
             Err(e) => return Err(e),
         };
-        let taken = crest_sys::pidfd::open(pid).and_then(|p| crest_sys::pidfd::getfd(&p, pid, fd));
+        let taken = crest_sys::pidfd::copy_fd(pid, fd);
         t.call(libc::SYS_close, &[fd as u64], "closing its userfaultfd")?;
         let u = Userfaultfd::new(taken?, pid);
         match u.api(FEATURES) {

@@ -22,7 +22,7 @@ pub mod tcp;
 pub mod udp;
 pub mod unix;
 
-use crate::error::Result;
+use crate::error::{steal, Refusal, Result};
 use crate::model::{Checkpoint, InetSocket, ObjectKind, OpenFile, OpenTarget};
 use crest_sys::inetdiag::{self, InetDiag};
 use crest_sys::net as sn;
@@ -30,8 +30,6 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-
-type Refusal<T> = std::result::Result<T, String>;
 
 /// What the dump of one tree knows about its network sockets.
 #[derive(Default)]
@@ -332,11 +330,6 @@ pub fn collect(pid: i32, fd: i32, idx: &mut NetIndex) -> Option<Refusal<OpenTarg
             "socket of address family {d} is not supported"
         ))),
     }
-}
-
-fn steal(pid: i32, fd: i32) -> Refusal<OwnedFd> {
-    let pidfd = crest_sys::pidfd::open(pid).map_err(|e| e.to_string())?;
-    crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
 }
 
 fn collect_inet(

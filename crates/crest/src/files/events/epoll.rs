@@ -43,7 +43,7 @@ fn is_epoll_target(pid: i32, fd: i32, efd: i32, tfd: i32, toff: u32) -> bool {
         .is_ok_and(|r| r == 0)
 }
 
-pub(super) fn collect(pid: i32, efd: i32, info: &FdInfo) -> Refusal {
+pub(super) fn collect(pid: i32, efd: i32, info: &FdInfo) -> Refusal<OpenTarget> {
     let mut targets = Vec::new();
     let mut fds: Option<Vec<i32>> = None;
     let mut seen: HashMap<i32, u32> = HashMap::new();

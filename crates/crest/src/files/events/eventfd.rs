@@ -4,7 +4,7 @@ use super::{hex, Refusal};
 use crate::model::OpenTarget;
 use crest_sys::proc::FdInfo;
 
-pub(super) fn collect(info: &FdInfo) -> Refusal {
+pub(super) fn collect(info: &FdInfo) -> Refusal<OpenTarget> {
     let count = hex(
         info.get("eventfd-count")
             .ok_or("fdinfo has no eventfd-count line")?,

@@ -3,7 +3,8 @@
 //! same watch descriptors.  Watches on files unlinked while open are
 //! `crate::files::inotify_deleted`'s.
 
-use super::{steal, Refusal};
+use super::Refusal;
+use crate::error::steal;
 use crate::error::{Context, Error, Result};
 use crate::model::{InotifyWatch, OpenTarget};
 use crest_sys::proc::{self, FdInfo};
@@ -60,7 +61,7 @@ fn parse_inotify_line(v: &str) -> std::result::Result<InotifyLine, String> {
     ))
 }
 
-pub(super) fn collect(pid: i32, fd: i32, info: &FdInfo) -> Refusal {
+pub(super) fn collect(pid: i32, fd: i32, info: &FdInfo) -> Refusal<OpenTarget> {
     let own = steal(pid, fd)?;
     let queued =
         crest_sys::event::readable(own.as_fd()).map_err(|e| format!("the inotify's queue: {e}"))?;

@@ -18,17 +18,15 @@ mod timerfd;
 pub use epoll::{add_process_targets, add_targets as add_epoll_targets};
 pub(crate) use inotify::{add_watches, path_of_handle};
 
+pub(super) use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::model::{OpenFile, OpenTarget};
 use crest_sys::proc::FdInfo;
 use std::os::fd::{AsFd, OwnedFd};
 
-/// What a refused descriptor says.
-type Refusal = std::result::Result<OpenTarget, String>;
-
 /// The state of the event descriptor `fd` of `pid` (its /proc link is
 /// `link`, its fdinfo `info`), or why it cannot be checkpointed.
-pub fn collect(pid: i32, fd: i32, link: &str, info: &FdInfo) -> Refusal {
+pub fn collect(pid: i32, fd: i32, link: &str, info: &FdInfo) -> Refusal<OpenTarget> {
     let what = link
         .trim_start_matches("anon_inode:")
         .trim_matches(|c| c == '[' || c == ']');
@@ -83,12 +81,6 @@ pub fn describe(t: &OpenTarget) -> Option<String> {
 /// A hexadecimal fdinfo field.
 fn hex(s: &str, what: &str) -> std::result::Result<u64, String> {
     u64::from_str_radix(s.trim(), 16).map_err(|_| format!("fdinfo: bad {what} {s:?}"))
-}
-
-/// A copy of descriptor `fd` of `pid` (the same open file description).
-fn steal(pid: i32, fd: i32) -> std::result::Result<OwnedFd, String> {
-    let pidfd = crest_sys::pidfd::open(pid).map_err(|e| e.to_string())?;
-    crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

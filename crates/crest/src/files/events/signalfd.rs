@@ -6,7 +6,7 @@ use super::{hex, Refusal};
 use crate::model::OpenTarget;
 use crest_sys::proc::FdInfo;
 
-pub(super) fn collect(info: &FdInfo) -> Refusal {
+pub(super) fn collect(info: &FdInfo) -> Refusal<OpenTarget> {
     let mask = hex(
         info.get("sigmask").ok_or("fdinfo has no sigmask line")?,
         "sigmask",

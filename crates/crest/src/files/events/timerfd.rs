@@ -1,7 +1,8 @@
 //! timerfd: clock, time left, interval, unread expirations and the
 //! settime flags (absolute, cancel-on-set), from fdinfo.
 
-use super::{steal, Refusal};
+use super::Refusal;
+use crate::error::steal;
 use crate::error::Result;
 use crate::model::OpenTarget;
 use crest_sys::proc::{self, FdInfo};
@@ -42,7 +43,7 @@ fn parse_timerfd(info: &FdInfo) -> std::result::Result<(i32, u32, u64, u64, u64)
     Ok((clockid, flags, value, interval, ticks))
 }
 
-pub(super) fn collect(pid: i32, fd: i32, info: &FdInfo) -> Refusal {
+pub(super) fn collect(pid: i32, fd: i32, info: &FdInfo) -> Refusal<OpenTarget> {
     let (mut clockid, mut flags, mut value, mut interval, mut ticks) = parse_timerfd(info)?;
     if ticks > 0 && interval > 0 && value == 0 {
         // An expired periodic timer is only brought forward (its missed

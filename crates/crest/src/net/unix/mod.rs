@@ -45,7 +45,7 @@ pub use ops::open;
 use ops::show;
 pub(crate) use ops::sockaddr_un;
 
-use crate::error::Result;
+use crate::error::{steal, Refusal, Result};
 use crate::model::{
     Checkpoint, ObjectKind, OpenFile, OpenTarget, UnixFile, UnixMsg, UnixPending, UnixSocket,
 };
@@ -54,9 +54,6 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
-/// What a refused descriptor says.
-type Refusal<T> = std::result::Result<T, String>;
 
 const SO_PASSPIDFD: i32 = 76;
 const SCM_PIDFD: i32 = 4;
@@ -382,12 +379,6 @@ fn family_name(dom: i32) -> String {
         libc::AF_PACKET => "AF_PACKET".into(),
         d => format!("address family {d}"),
     }
-}
-
-/// A copy of descriptor `fd` of `pid` (the same open file description).
-fn steal(pid: i32, fd: i32) -> Refusal<OwnedFd> {
-    let pidfd = crest_sys::pidfd::open(pid).map_err(|e| e.to_string())?;
-    crest_sys::pidfd::getfd(&pidfd, pid, fd).map_err(|e| e.to_string())
 }
 
 /// Refuses a peer that no process of the tree holds.
