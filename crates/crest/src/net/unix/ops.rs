@@ -2,7 +2,32 @@
 
 use super::*;
 use crate::error::Error;
-use std::os::fd::FromRawFd;
+use rustix::net::{AddressFamily, Shutdown, SocketAddrUnix, SocketFlags, SocketType};
+
+/// The flags of every socket the restore makes (the final ones are set
+/// with the descriptor's own flags later).
+const FLAGS: SocketFlags = SocketFlags::CLOEXEC.union(SocketFlags::NONBLOCK);
+
+/// An error of a socket call, with what crest was doing.
+fn os(e: rustix::io::Errno, what: impl FnOnce() -> String) -> Error {
+    crest_sys::Error::io(what(), e.into()).into()
+}
+
+/// The address of UNIX name `name` (abstract after a NUL byte, else a
+/// filesystem path, which ends at its first NUL as the kernel reads it).
+fn unix_addr(name: &[u8]) -> Result<SocketAddrUnix> {
+    let r = match name.first() {
+        Some(0) => SocketAddrUnix::new_abstract_name(&name[1..]),
+        _ => SocketAddrUnix::new(&norm_name(name)[..]),
+    };
+    r.map_err(|_| {
+        Error::Invalid(format!(
+            "AF_UNIX name {} ({} bytes) is not a valid address",
+            show(name),
+            name.len()
+        ))
+    })
+}
 
 pub(super) fn check(r: libc::c_long, what: impl FnOnce() -> String) -> Result<libc::c_long> {
     if r < 0 {
@@ -24,34 +49,24 @@ pub(super) fn valid_type(t: i32) -> Result<()> {
 
 pub(super) fn new_socket(t: i32) -> Result<OwnedFd> {
     valid_type(t)?;
-    // SAFETY: plain syscall.
-    let r = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            t | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    check(r as libc::c_long, || "socket(AF_UNIX)".into())?;
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::from_raw(t as u32),
+        FLAGS,
+        None,
+    )
+    .map_err(|e| os(e, || "socket(AF_UNIX)".into()))
 }
 
 pub(super) fn socketpair(t: i32) -> Result<(OwnedFd, OwnedFd)> {
     valid_type(t)?;
-    let mut fds = [0i32; 2];
-    // SAFETY: socketpair fills two descriptors into the array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            t | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    check(r as libc::c_long, || "socketpair(AF_UNIX)".into())?;
-    // SAFETY: fresh descriptors nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::from_raw(t as u32),
+        FLAGS,
+        None,
+    )
+    .map_err(|e| os(e, || "socketpair(AF_UNIX)".into()))
 }
 
 /// A sockaddr_un for `name` and its length.
@@ -84,13 +99,8 @@ pub(super) fn show(name: &[u8]) -> String {
 }
 
 pub(super) fn bind(fd: &OwnedFd, name: &[u8]) -> Result<()> {
-    let (a, len) = sockaddr_un(name)?;
-    // SAFETY: bind reads `len` bytes of a valid sockaddr_un.
-    let r = unsafe { libc::bind(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
-    check(r as libc::c_long, || {
-        format!("binding a UNIX socket to {}", show(name))
-    })?;
-    Ok(())
+    rustix::net::bind(fd, &unix_addr(name)?)
+        .map_err(|e| os(e, || format!("binding a UNIX socket to {}", show(name))))
 }
 
 /// Binds `fd` to the relative name `name` as a program whose cwd is `dir`
@@ -116,52 +126,28 @@ pub(super) fn bind_in(fd: &OwnedFd, name: &[u8], dir: &str) -> Result<()> {
 }
 
 pub(super) fn connect(fd: &OwnedFd, name: &[u8]) -> Result<()> {
-    let (a, len) = sockaddr_un(name)?;
-    // SAFETY: connect reads `len` bytes of a valid sockaddr_un.
-    let r = unsafe { libc::connect(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
-    check(r as libc::c_long, || {
-        format!("connecting a UNIX socket to {}", show(name))
-    })?;
-    Ok(())
+    rustix::net::connect(fd, &unix_addr(name)?)
+        .map_err(|e| os(e, || format!("connecting a UNIX socket to {}", show(name))))
 }
 
 pub(super) fn accept(fd: &OwnedFd, name: &[u8]) -> Result<OwnedFd> {
-    // SAFETY: accept4 without an address.
-    let r = unsafe {
-        libc::accept4(
-            fd.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-        )
-    };
-    check(r as libc::c_long, || {
-        format!("accepting a connection on {}", show(name))
-    })?;
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    rustix::net::accept_with(fd, FLAGS)
+        .map_err(|e| os(e, || format!("accepting a connection on {}", show(name))))
 }
 
 pub(super) fn listen(fd: &OwnedFd, backlog: u32, name: &[u8]) -> Result<()> {
-    // SAFETY: plain syscall.
-    let r = unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) };
-    check(r as libc::c_long, || format!("listening on {}", show(name)))?;
-    Ok(())
+    rustix::net::listen(fd, backlog.min(i32::MAX as u32) as i32)
+        .map_err(|e| os(e, || format!("listening on {}", show(name))))
 }
 
-/// Sends one message from `fd` (to `to`, or to its peer), with the
-/// credentials the receiver saw (the pid becomes crest's: the original
 pub(super) fn shutdown(fd: &OwnedFd, mask: u8) -> Result<()> {
     let how = match mask & 3 {
         0 => return Ok(()),
-        1 => libc::SHUT_RD,
-        2 => libc::SHUT_WR,
-        _ => libc::SHUT_RDWR,
+        1 => Shutdown::Read,
+        2 => Shutdown::Write,
+        _ => Shutdown::Both,
     };
-    // SAFETY: plain syscall.
-    let r = unsafe { libc::shutdown(fd.as_raw_fd(), how) };
-    check(r as libc::c_long, || "shutting a UNIX socket down".into())?;
-    Ok(())
+    rustix::net::shutdown(fd, how).map_err(|e| os(e, || "shutting a UNIX socket down".into()))
 }
 
 pub(super) fn set_int(fd: &OwnedFd, name: i32, v: i32, what: &str) -> Result<()> {
