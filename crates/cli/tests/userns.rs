@@ -38,6 +38,18 @@ state() {
     [ "$(readlink /proc/$p/ns/user)" = "$mine" ] && echo "$p: same" || echo "$p: other"
   done
 }
+# The processes of SAME are named by PID, which is only theirs while they
+# are alive, and means what the check expects only once each is in its
+# user namespace: they are looked at once ready (the nested one has
+# unshared by then), and each stays alive until the looker's verdict
+# (SEENBY), after it looked again.  Else a checker may be gone, its PID
+# reaped by the looker's shell, and given to the looker's next command:
+# restore leaves a PID namespace handing out its lowest free PIDs (the
+# kernel moves its cursor for no PID chosen with set_tid), so a PID
+# freed after restore comes back at once.
+for x in $WAITFOR; do
+  while [ ! -e $D/ready.$x ]; do sleep 0.05; done
+done
 before=$(state)
 if [ -n "$OWNED" ] && [ -n "$WRITE" ]; then echo before >> "$OWNED" || exit 3; fi
 echo "$before" > $D/state.$n
@@ -50,14 +62,17 @@ while [ ! -e $D/go ]; do sleep 0.05; done
 after=$(state)
 ok=yes
 if [ -n "$OWNED" ] && [ -n "$WRITE" ]; then echo after >> "$OWNED" || ok=no; fi
+# The verdict appears whole (renamed into place): the test and the
+# waiting checkers take the file's existence for its being written.
 if [ "$before" = "$after" ] && [ $ok = yes ]; then
-  echo PASS > $D/result.$n
+  echo PASS > $D/result.$n.tmp
 else
-  printf 'FAIL (write %s)\nbefore:\n%s\nafter:\n%s\n' "$ok" "$before" "$after" > $D/result.$n
+  printf 'FAIL (write %s)\nbefore:\n%s\nafter:\n%s\n' "$ok" "$before" "$after" > $D/result.$n.tmp
 fi
+mv $D/result.$n.tmp $D/result.$n
 # A PID namespace's init outlives the checkers it waits for: its exit
 # would kill them before they wrote their verdicts.
-for x in $WAITFOR; do
+for x in $WAITFOR $SEENBY; do
   while [ ! -e $D/result.$x ]; do sleep 0.05; done
 done
 "#;
@@ -70,11 +85,11 @@ while [ -z "$(cat /proc/self/uid_map)" ]; do sleep 0.01; done
 # It started before uid 0 was mapped: again, as the namespace's root.
 [ -n "$MAPPED" ] || MAPPED=1 exec sh "$0" "$@"
 touch $D/owned && chown 5:7 $D/owned || exit 2
-OWNED=$D/owned WRITE=1 setpriv --reuid=5 --regid=7 --groups=7,9 sh $S uid5 $D &
+OWNED=$D/owned WRITE=1 SEENBY=init setpriv --reuid=5 --regid=7 --groups=7,9 sh $S uid5 $D &
 a=$!
-setpriv --bounding-set=-sys_admin,-net_raw sh $S bounded $D &
+SEENBY=init setpriv --bounding-set=-sys_admin,-net_raw sh $S bounded $D &
 b=$!
-unshare --user --map-user=1000 --map-group=1000 env NOFORK=1 sh $S nested $D &
+unshare --user --map-user=1000 --map-group=1000 env NOFORK=1 SEENBY=init sh $S nested $D &
 c=$!
 OWNED=$D/owned SAME="$a $b $c" WAITFOR="uid5 bounded nested" exec sh $S init $D
 "#;
@@ -312,7 +327,7 @@ fn rootless_container_dumped_and_restored_by_nobody() {
     write_script(
         &dir,
         "init.sh",
-        "#!/bin/sh\nD=$1\nsh $D/check.sh child $D &\nSAME=$! WAITFOR=child exec sh $D/check.sh init $D\n",
+        "#!/bin/sh\nD=$1\nSEENBY=init sh $D/check.sh child $D &\nSAME=$! WAITFOR=child exec sh $D/check.sh init $D\n",
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
