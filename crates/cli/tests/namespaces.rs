@@ -438,6 +438,61 @@ fn pid_namespace_unshared_without_its_init_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The next PID of a PID namespace is kept: a container whose init made
+/// 40 processes (its cursor well past its live PIDs) forks one after the
+/// restore and it gets the PID the next one would have got without the
+/// dump, not the lowest free one.  The script forks nothing while it
+/// waits (builtins only).
+#[test]
+fn next_pid_of_a_pid_namespace_is_kept() {
+    let _g = serial();
+    init();
+    let dir = temp_dir("pidns-next-pid");
+    let script = r#"D=$1
+i=0; while [ $i -lt 40 ]; do sh -c 'exit 0'; i=$((i+1)); done
+sh -c 'echo $$' > $D/before
+: > $D/ready
+while [ ! -e $D/go ]; do :; done
+sh -c 'echo $$' > $D/after.tmp && mv $D/after.tmp $D/after
+while [ ! -e $D/done ]; do :; done
+"#;
+    let out = std::process::Command::new(crest_bin())
+        .args(["run", "--", "unshare", "--pid", "--fork", "--mount-proc"])
+        .args(["sh", "-c", script, "sh"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wrapper: i32 = stdout(&out).trim().parse().unwrap();
+    let wait = |f: &str| {
+        let start = std::time::Instant::now();
+        while !dir.join(f).exists() {
+            assert!(start.elapsed().as_secs() < 30, "no {f}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::fs::read_to_string(dir.join(f)).unwrap()
+    };
+    wait("ready");
+    let kids = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children")).unwrap();
+    let init: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    let before: i32 = wait("before").trim().parse().unwrap();
+    assert!(before > 40, "the set-up: {before}");
+    let img = dir.join("img");
+    let o = crest(&["dump", "-p", &init.to_string(), "-o", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    reap(wrapper, std::time::Duration::from_secs(10));
+    let o = crest(&["restore", "-i", img.to_str().unwrap(), "-d"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let restored: i32 = stdout(&o).trim().parse().unwrap();
+    std::fs::write(dir.join("go"), "").unwrap();
+    let after: i32 = wait("after").trim().parse().unwrap();
+    std::fs::write(dir.join("done"), "").unwrap();
+    reap(restored, std::time::Duration::from_secs(10));
+    assert_eq!(after, before + 1, "the first process after the restore");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A container moved through a pipe, `crest dump -o - | crest restore -i
 /// -`, into a fresh set of namespaces while the dumped one is still going
 /// away.

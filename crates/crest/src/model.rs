@@ -1190,8 +1190,14 @@ pub struct Namespace {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum NsState {
     /// A PID namespace; `level` counts the PID namespaces between it and
-    /// crest's (1: a child of crest's).
-    Pid { level: u32 },
+    /// crest's (1: a child of crest's).  `last_pid`: the last PID it had
+    /// handed out (its `ns_last_pid`), so that the next process made in it
+    /// after restore gets the PID it would have got (none: unknown).
+    Pid {
+        level: u32,
+        #[serde(default)]
+        last_pid: Option<i32>,
+    },
     /// A UTS namespace: its host and domain names.
     Uts {
         hostname: String,

@@ -342,3 +342,120 @@ pub fn recv_with_pid(fd: &OwnedFd, buf: &mut [u8]) -> Result<(usize, i32)> {
         std::io::Error::other("no sender credentials with the message"),
     ))
 }
+
+/// The cursor of the PID namespace of `pid`: the last PID it handed out
+/// (`/proc/sys/kernel/ns_last_pid` as seen from inside; the kernel answers
+/// for the reader's own PID namespace), read by a child forked into it.
+/// That child takes the next free PID there itself, so this is the
+/// child's PID; the cursor before it was the one below (for the caller).
+pub fn last_pid_in(pid: i32) -> Result<i32> {
+    let text = in_pid_ns_child(pid, None)?;
+    text.trim().parse().map_err(|_| {
+        Error::parse(
+            "/proc/sys/kernel/ns_last_pid",
+            format!("not a PID: '{}'", text.trim()),
+        )
+    })
+}
+
+/// Sets the cursor of the PID namespace of `pid` to `last`: the next
+/// process it makes gets the first free PID after it.  Written by a child
+/// forked into it (which takes a PID there first, and frees it).
+pub fn set_last_pid_in(pid: i32, last: i32) -> Result<()> {
+    in_pid_ns_child(pid, Some(last)).map(|_| ())
+}
+
+/// Forks a child into the PID namespace of `pid` (from a thread of its
+/// own, whose PID namespace for children is changed) that reads
+/// `ns_last_pid`, or writes `set` to it; the text read.
+fn in_pid_ns_child(pid: i32, set: Option<i32>) -> Result<String> {
+    const PATH: &std::ffi::CStr = c"/proc/sys/kernel/ns_last_pid";
+    let ns = open(pid, "pid")?;
+    let value = set.map(|v| format!("{v}"));
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<String> {
+            setns(&ns, libc::CLONE_NEWPID)?;
+            let mut p = [0i32; 2];
+            // SAFETY: pipe2 fills two descriptors.
+            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(Error::last_os("pipe2"));
+            }
+            // SAFETY: fresh descriptors nobody else owns.
+            let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+            let w = wr.as_raw_fd();
+            let bytes = value.as_deref().unwrap_or("").as_bytes();
+            // SAFETY: the child makes raw syscalls on data prepared before
+            // the fork (a path, a byte string, a stack buffer) and exits.
+            let child = match unsafe { crate::process::clone_with_tids(&[], 0)? } {
+                crate::process::Forked::Child => {
+                    let flags = if set.is_some() {
+                        libc::O_WRONLY
+                    } else {
+                        libc::O_RDONLY
+                    };
+                    // SAFETY: as above.
+                    let code = unsafe {
+                        let f = libc::open(PATH.as_ptr(), flags);
+                        let mut buf = [0u8; 32];
+                        if f < 0 {
+                            *libc::__errno_location()
+                        } else if set.is_some() {
+                            let n = libc::write(f, bytes.as_ptr().cast(), bytes.len());
+                            if n == bytes.len() as isize {
+                                0
+                            } else {
+                                *libc::__errno_location()
+                            }
+                        } else {
+                            let n = libc::read(f, buf.as_mut_ptr().cast(), buf.len());
+                            if n > 0 && libc::write(w, buf.as_ptr().cast(), n as usize) == n {
+                                0
+                            } else {
+                                *libc::__errno_location()
+                            }
+                        }
+                    };
+                    // SAFETY: ends the child at once, without destructors.
+                    unsafe { libc::_exit(code.clamp(0, 255)) }
+                }
+                crate::process::Forked::Parent(c) => c,
+            };
+            drop(wr);
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            if unsafe { libc::waitpid(child, &mut status, libc::__WALL) } != child {
+                return Err(Error::last_os("waiting for the ns_last_pid helper"));
+            }
+            let what = if set.is_some() { "writing" } else { "reading" };
+            match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+                (true, 0) => {}
+                (true, e) => {
+                    return Err(Error::io(
+                        format!(
+                            "{what} {} in the PID namespace of pid {pid}",
+                            PATH.to_string_lossy()
+                        ),
+                        std::io::Error::from_raw_os_error(e),
+                    ))
+                }
+                _ => {
+                    return Err(Error::io(
+                        format!("the ns_last_pid helper ended with status {status:#x}"),
+                        std::io::Error::from_raw_os_error(libc::ECHILD),
+                    ))
+                }
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut text)
+                .map_err(|e| Error::io("reading from the ns_last_pid helper", e))?;
+            Ok(text)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::io(
+                "a namespace worker thread panicked",
+                std::io::Error::other("panic"),
+            ))
+        })
+    })
+}

@@ -156,6 +156,7 @@ pub fn collect(
                         let state = match kind {
                             "pid" => NsState::Pid {
                                 level: me.pids.len() as u32,
+                                last_pid: pid::last_pid(pid),
                             },
                             "uts" => uts::collect(pid)?,
                             "mnt" => mnt::collect(pid, &opts.external_mounts, obstacles)?,
@@ -285,6 +286,15 @@ pub fn validate(ns: &Namespaces, procs: &[Process]) -> Result<()> {
         if n.id as usize != i {
             return bad(format!("namespace {} out of order (expected {i})", n.id));
         }
+        // The kernel's PID_MAX_LIMIT on 64-bit machines.
+        if let NsState::Pid {
+            last_pid: Some(v), ..
+        } = n.state
+        {
+            if !(1..=4 * 1024 * 1024).contains(&v) {
+                return bad(format!("PID namespace {i}: last PID {v} is not a PID"));
+            }
+        }
     }
     for (i, p) in procs.iter().enumerate() {
         for kind in HANDLED {
@@ -367,6 +377,8 @@ pub fn restore_after_spawn(
     tree: &StubTree,
     unlinked: &mut crate::files::UnlinkedFiles,
 ) -> Result<()> {
+    let hosts: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();
+    pid::restore_cursors(ckpt, &hosts)?;
     let objects = |id| ckpt.object(id).cloned();
     for n in &ckpt.namespaces.table {
         let NsState::Ipc(st) = &n.state else { continue };

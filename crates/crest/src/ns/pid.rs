@@ -121,6 +121,42 @@ pub fn for_children(
     }
 }
 
+/// The last PID the PID namespace of `pid` handed out (see
+/// [`NsState::Pid`](crate::model::NsState)), read by a helper crest forks
+/// into it: the helper takes the next free PID (what the namespace's next
+/// process would have got) and reads it as the last, so the cursor before
+/// it is the one below.  `None` if it cannot be read (the restore then
+/// leaves the cursor where the kernel has it).  The one PID the helper
+/// takes is the dump's only trace in a tree left running.
+pub fn last_pid(pid: i32) -> Option<i32> {
+    crest_sys::ns::last_pid_in(pid).ok().map(|p| (p - 1).max(1))
+}
+
+/// Sets the cursor of each PID namespace of the restored tree to what it
+/// was (see [`last_pid`]): `hosts[i]` is process `i`'s PID here.
+pub fn restore_cursors(ckpt: &crate::model::Checkpoint, hosts: &[i32]) -> Result<()> {
+    for n in &ckpt.namespaces.table {
+        let crate::model::NsState::Pid {
+            last_pid: Some(last),
+            ..
+        } = n.state
+        else {
+            continue;
+        };
+        let Some(i) = ckpt.processes.iter().position(|p| p.ns.pid == Some(n.id)) else {
+            continue;
+        };
+        let host = hosts.get(i).copied().unwrap_or(0);
+        crest_sys::ns::set_last_pid_in(host, last).map_err(|e| {
+            Error::msg(format!(
+                "restoring pid {}: the next PID of its PID namespace ({last}): {e}",
+                ckpt.processes[i].pid
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Checks the PIDs of process `i`: as many per thread and zombie as for
 /// the process, each level one more than its parent's when it is the
 /// init of a new namespace, else the same.
@@ -283,7 +319,10 @@ pub fn into_new_pidns(ckpt: &mut crate::model::Checkpoint) -> Result<()> {
     ckpt.namespaces.table.push(Namespace {
         id,
         ino: 0,
-        state: NsState::Pid { level: 1 },
+        state: NsState::Pid {
+            level: 1,
+            last_pid: None,
+        },
     });
     for p in &mut ckpt.processes {
         p.ns.pid = Some(id);
