@@ -951,7 +951,7 @@ impl StubTree {
                 });
             }
             // SAFETY: an array of pollfds we own, of the stated length.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10_000) };
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 60_000) };
             if r < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EINTR) {
@@ -965,7 +965,8 @@ impl StubTree {
                     .map(|&w| plan.procs[agents[w].0].pid.to_string())
                     .collect();
                 return Err(Error::msg(format!(
-                    "restoring pid {}: processes {} did not start serving in 10 s",
+                    "restoring pid {}: processes {} were not ready for the socket calls after 60 s \
+                     (a stub stuck in its set-up)",
                     plan.procs[0].pid,
                     who.join(", ")
                 )));
