@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 pub struct DumpOptions {
     /// Let the process run on after the checkpoint instead of killing it.
     pub leave_running: bool,
+    /// Only checking (`crest check`): nothing is read that would leave a
+    /// trace in the tree (a PID namespace's next PID is read by a helper
+    /// that takes one PID there; see `crate::ns::pid::last_pid`).
+    pub checking: bool,
     /// LZ4-compress page chunks that compress well.
     pub compress: bool,
     /// With `leave_running`: copy everything in one pass while frozen
@@ -905,7 +909,11 @@ pub fn check_with(pid: i32, opts: &DumpOptions) -> Result<Vec<Obstacle>> {
     }
     let frozen = FrozenTree::freeze(pid)?;
     let mut obstacles = Vec::new();
-    let collected = collect(&frozen, &mut obstacles, None, opts);
+    let opts = DumpOptions {
+        checking: true,
+        ..opts.clone()
+    };
+    let collected = collect(&frozen, &mut obstacles, None, &opts);
     frozen.release()?;
     if let Some(c) = collected? {
         // The same checks dump makes before it lets the tree go.

@@ -156,7 +156,7 @@ pub fn collect(
                         let state = match kind {
                             "pid" => NsState::Pid {
                                 level: me.pids.len() as u32,
-                                last_pid: pid::last_pid(pid),
+                                last_pid: (!opts.checking).then(|| pid::last_pid(pid)).flatten(),
                             },
                             "uts" => uts::collect(pid)?,
                             "mnt" => mnt::collect(pid, &opts.external_mounts, obstacles)?,
