@@ -42,6 +42,44 @@ pub fn spawn(p: &Proto, pass: i32, body: impl FnOnce(&Proto) -> Checks) -> i32 {
     pid
 }
 
+/// Forks (clone with `flags`, e.g. CLONE_NEWPID; 0: a plain fork) a member
+/// named `label` (its verdict in `<dir>/child-<label>`, for processes whose
+/// own PID is not a stable name, as in a PID namespace) that dies with its
+/// parent, runs `body`, writes its verdict and exits with `pass` (or 1).
+/// Returns its pid as the parent sees it.  The caller must be
+/// single-threaded.
+pub fn spawn_labeled(
+    p: &Proto,
+    label: i32,
+    flags: i32,
+    pass: i32,
+    body: impl FnOnce(&Proto) -> Checks,
+) -> i32 {
+    // SAFETY: a fork-like clone (no new stack) of a single-threaded
+    // process; the child runs ordinary code.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as u64, 0, 0, 0, 0) };
+    if pid < 0 {
+        p.bail_errno("clone");
+    }
+    if pid == 0 {
+        // SAFETY: integer-only prctl.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as u64,
+                0u64,
+                0u64,
+                0u64,
+            )
+        };
+        let m = p.for_member(label);
+        m.install_member_panic_hook();
+        let c = body(&m);
+        m.finish_code(&c, pass, 1);
+    }
+    pid as i32
+}
+
 /// In a new member: be killed when the parent (`parent`) dies, so a failed
 /// run leaves nothing behind. Exits at once if the parent is already gone.
 pub fn die_with_parent(parent: i32) {

@@ -31,7 +31,7 @@
 //! which C must see once A has exited.
 
 use crate::checks::Checks;
-use crate::family::{judge, member_wait_go, reap, STEP_TIMEOUT_NS};
+use crate::family::{judge, member_wait_go, reap, spawn_labeled, STEP_TIMEOUT_NS};
 use crate::proto::Proto;
 use crate::util::{err_str, errno, sleep_ns};
 
@@ -146,32 +146,6 @@ fn check_content(c: &mut Checks, who: &str, seg: usize, a: *const u8) {
     }
 }
 
-fn member(p: &Proto, label: i32, pass: i32, body: impl FnOnce(&Proto) -> Checks) -> i32 {
-    // SAFETY: fork of a single-threaded process; the child runs ordinary
-    // code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        p.bail_errno("fork");
-    }
-    if pid == 0 {
-        // SAFETY: integer-only prctl.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as u64,
-                0u64,
-                0u64,
-                0u64,
-            )
-        };
-        let m = p.for_member(label);
-        m.install_member_panic_hook();
-        let c = body(&m);
-        m.finish_code(&c, pass, 1);
-    }
-    pid
-}
-
 pub fn run(p: &Proto, _args: &[String]) -> Checks {
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
     // SAFETY: a fork-like clone (no new stack).
@@ -252,7 +226,7 @@ fn init(p: &Proto) -> Checks {
     }
     addrs[LONE] = std::ptr::null_mut();
     let (shared_id, ro_id) = (ids[SHARED], ids[RO]);
-    let a = member(p, 2, 10, move |m| {
+    let a = spawn_labeled(p, 2, 0, 10, move |m| {
         let mut c = Checks::new();
         // SAFETY: detaching the attaches inherited from C.
         unsafe {

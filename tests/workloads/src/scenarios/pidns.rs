@@ -26,7 +26,7 @@
 //! also checks that /proc shows its namespace (`/proc/self` is 1).
 
 use crate::checks::Checks;
-use crate::family::{judge, member_wait_go, reap, STEP_TIMEOUT_NS};
+use crate::family::{judge, member_wait_go, reap, spawn_labeled, STEP_TIMEOUT_NS};
 use crate::proto::Proto;
 use crate::util::{err_str, errno, gettid, sleep_ns};
 
@@ -71,40 +71,6 @@ fn check_common(c: &mut Checks, who: &str, pid: i32, ppid: i32) {
         String::from_utf8_lossy(DOMAIN).into_owned(),
         String::from_utf8_lossy(&d).into_owned(),
     );
-}
-
-/// Forks (with `flags`, e.g. CLONE_NEWPID) a member that runs `body` and
-/// writes its verdict to `child-<label>`.
-fn member(
-    p: &Proto,
-    label: i32,
-    flags: i32,
-    pass: i32,
-    body: impl FnOnce(&Proto) -> Checks,
-) -> i32 {
-    // SAFETY: a fork-like clone (no new stack) of a single-threaded
-    // process; the child runs ordinary code.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as u64, 0, 0, 0, 0) };
-    if pid < 0 {
-        p.bail_errno("clone");
-    }
-    if pid == 0 {
-        // SAFETY: integer-only prctl.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as u64,
-                0u64,
-                0u64,
-                0u64,
-            )
-        };
-        let m = p.for_member(label);
-        m.install_member_panic_hook();
-        let c = body(&m);
-        m.finish_code(&c, pass, 1);
-    }
-    pid as i32
 }
 
 fn wait_go(m: &Proto, c: &mut Checks, who: &str) {
@@ -176,11 +142,11 @@ fn init(p: &Proto, nested: bool, own_proc: bool) -> Checks {
         }
         (semid, msqid)
     };
-    let a = member(p, 2, 0, 10, |m| {
+    let a = spawn_labeled(p, 2, 0, 10, |m| {
         let mut c = Checks::new();
         let (me, _) = ids();
         let an = if nested {
-            member(m, 1001, libc::CLONE_NEWPID, 30, |m| {
+            spawn_labeled(m, 1001, libc::CLONE_NEWPID, 30, |m| {
                 let mut c = Checks::new();
                 c.eq("AN: pid before", (1, 0), ids());
                 wait_go(m, &mut c, "AN");
@@ -200,10 +166,10 @@ fn init(p: &Proto, nested: bool, own_proc: bool) -> Checks {
         }
         c
     });
-    let b = member(p, 3, 0, 11, |m| {
+    let b = spawn_labeled(p, 3, 0, 11, |m| {
         let mut c = Checks::new();
         let (me, _) = ids();
-        let b1 = member(m, 4, 0, 21, |m| {
+        let b1 = spawn_labeled(m, 4, 0, 21, |m| {
             let mut c = Checks::new();
             let (me, parent) = ids();
             wait_go(m, &mut c, "B1");

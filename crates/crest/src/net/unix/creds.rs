@@ -107,9 +107,21 @@ pub(super) struct Creds<'a> {
 
 type Cred = Option<(i32, u32, u32)>;
 
-/// The PIDs a recorded credential names: each socket's peer and each
-/// queued message's sender.
-fn named_pids(ckpt: &Checkpoint) -> Vec<(u32, i32)> {
+/// A PID a recorded credential names.
+struct Named {
+    /// The socket's object.
+    obj: u32,
+    /// crest's number at the dump.
+    pid: i32,
+    /// For its peer credentials: the number the socket's holder saw
+    /// (`UnixSocket::peercred_ns`), which is all there is of a peer that
+    /// has exited.
+    inside: Option<i32>,
+}
+
+/// The PIDs the recorded credentials name: each socket's peer and each
+/// queued message's sender (not those of sockets connected outside).
+fn named_pids(ckpt: &Checkpoint) -> Vec<Named> {
     let mut out = Vec::new();
     for o in &ckpt.objects {
         if let ObjectKind::Open(OpenFile {
@@ -120,20 +132,35 @@ fn named_pids(ckpt: &Checkpoint) -> Vec<(u32, i32)> {
             if u.external.is_some() {
                 continue;
             }
-            let creds = std::iter::once(u.peercred).chain(u.queue.iter().map(|m| m.creds));
-            for c in creds.flatten().filter(|c| c.0 > 0) {
-                out.push((o.id, c.0));
+            let peer = u.peercred.map(|c| (c, u.peercred_ns));
+            let queued = u.queue.iter().filter_map(|m| m.creds).map(|c| (c, None));
+            for (c, inside) in peer.into_iter().chain(queued).filter(|(c, _)| c.0 > 0) {
+                out.push(Named {
+                    obj: o.id,
+                    pid: c.0,
+                    inside,
+                });
             }
         }
     }
     out
 }
 
-/// The index of the first process holding object `id` in its table.
-fn holder(ckpt: &Checkpoint, id: u32) -> Option<usize> {
-    ckpt.processes
-        .iter()
-        .position(|p| p.fds.iter().any(|f| f.file == id))
+/// The first process holding each object in its table, by object.
+fn holders(ckpt: &Checkpoint) -> HashMap<u32, usize> {
+    let mut out = HashMap::new();
+    for (i, p) in ckpt.processes.iter().enumerate() {
+        for f in &p.fds {
+            out.entry(f.file).or_insert(i);
+        }
+    }
+    out
+}
+
+/// The peer-credential number seen inside for `n`, with its holder: what
+/// [`helper_for`] needs for a PID not in the table.
+fn peer_inside(n: &Named, holders: &HashMap<u32, usize>) -> Option<(usize, i32)> {
+    Some((*holders.get(&n.obj)?, n.inside?))
 }
 
 /// Who makes the calls of process or zombie `pid` of the image, ignoring
@@ -204,25 +231,12 @@ pub fn agents_for(ckpt: &Checkpoint, init: bool) -> Result<Vec<(usize, Agent)>> 
     }
     let index: HashMap<i32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
     let parent = |i: usize| index.get(&procs[i].ppid).copied().filter(|&q| q < i);
+    let holders = holders(ckpt);
     let mut early = vec![false; procs.len()];
     early[0] = true;
-    for (obj, pid) in named {
-        let peer = holder(ckpt, obj).zip(Some(pid)).and_then(|(h, pid)| {
-            // The number seen inside, for a peer not in the table.
-            let u = ckpt.objects.iter().find(|o| o.id == obj)?;
-            match &u.kind {
-                ObjectKind::Open(OpenFile {
-                    target: OpenTarget::Unix(u),
-                    ..
-                }) => u
-                    .peercred
-                    .filter(|c| c.0 == pid)
-                    .and(u.peercred_ns)
-                    .map(|n| (h, n)),
-                _ => None,
-            }
-        });
-        let Some(Caller::Helper { ns, .. }) = helper_for(ckpt, pid, peer) else {
+    for n in &named {
+        let Some(Caller::Helper { ns, .. }) = helper_for(ckpt, n.pid, peer_inside(n, &holders))
+        else {
             continue;
         };
         // The namespace's init, then every process above it.
@@ -525,20 +539,13 @@ impl<'a> Inner<'a> {
             }
         }
         // Peers that have exited: the number the dump read inside.
-        for o in &ckpt.objects {
-            if let ObjectKind::Open(OpenFile {
-                target: OpenTarget::Unix(u),
-                ..
-            }) = &o.kind
+        let holders = holders(ckpt);
+        for n in named_pids(ckpt) {
+            if let (std::collections::hash_map::Entry::Vacant(v), Some(peer)) =
+                (callers.entry(n.pid), peer_inside(&n, &holders))
             {
-                if let (Some((host, _, _)), Some(n), Some(h)) =
-                    (u.peercred, u.peercred_ns, holder(ckpt, o.id))
-                {
-                    if let std::collections::hash_map::Entry::Vacant(v) = callers.entry(host) {
-                        if let Some(c) = helper_for(ckpt, host, Some((h, n))) {
-                            v.insert(c);
-                        }
-                    }
+                if let Some(c) = helper_for(ckpt, n.pid, Some(peer)) {
+                    v.insert(c);
                 }
             }
         }
