@@ -42,6 +42,20 @@ pub fn spawn(p: &Proto, pass: i32, body: impl FnOnce(&Proto) -> Checks) -> i32 {
     pid
 }
 
+/// SIGKILL for this process when its parent dies (PR_SET_PDEATHSIG).
+pub fn kill_with_parent() {
+    // SAFETY: integer-only prctl.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as u64,
+            0u64,
+            0u64,
+            0u64,
+        )
+    };
+}
+
 /// Forks (clone with `flags`, e.g. CLONE_NEWPID; 0: a plain fork) a member
 /// named `label` (its verdict in `<dir>/child-<label>`, for processes whose
 /// own PID is not a stable name, as in a PID namespace) that dies with its
@@ -62,16 +76,7 @@ pub fn spawn_labeled(
         p.bail_errno("clone");
     }
     if pid == 0 {
-        // SAFETY: integer-only prctl.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as u64,
-                0u64,
-                0u64,
-                0u64,
-            )
-        };
+        kill_with_parent();
         let m = p.for_member(label);
         m.install_member_panic_hook();
         let c = body(&m);
@@ -80,19 +85,34 @@ pub fn spawn_labeled(
     pid as i32
 }
 
+/// Starts a container the harness adopts: clones (with `flags`, new
+/// namespaces) a child that runs `init` as the workload's root; this
+/// process, the launcher, waits for the child's `inner-ready`, hands the
+/// child's pid over in `ready` and exits.  The caller must be
+/// single-threaded.
+pub fn hand_over(p: &Proto, flags: i32, init: impl FnOnce() -> Checks) -> Checks {
+    // SAFETY: a fork-like clone (no new stack) of a single-threaded
+    // process.
+    let c_pid =
+        unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as u64, 0, 0, 0, 0) };
+    if c_pid < 0 {
+        p.bail_errno(&format!("clone({flags:#x})"));
+    }
+    if c_pid == 0 {
+        return init();
+    }
+    if wait_path(&p.dir().join("inner-ready"), STEP_TIMEOUT_NS, || Ok(())).is_err() {
+        p.bail("the container init did not get ready");
+    }
+    p.write_aux("ready", &format!("{c_pid}\n"));
+    // SAFETY: _exit has no preconditions; the container lives on without us.
+    unsafe { libc::_exit(0) }
+}
+
 /// In a new member: be killed when the parent (`parent`) dies, so a failed
 /// run leaves nothing behind. Exits at once if the parent is already gone.
 pub fn die_with_parent(parent: i32) {
-    // SAFETY: integer-only prctl.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as u64,
-            0u64,
-            0u64,
-            0u64,
-        )
-    };
+    kill_with_parent();
     // SAFETY: getppid/_exit have no preconditions.
     unsafe {
         if libc::getppid() != parent {

@@ -147,28 +147,7 @@ fn check_content(c: &mut Checks, who: &str, seg: usize, a: *const u8) {
 }
 
 pub fn run(p: &Proto, _args: &[String]) -> Checks {
-    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
-    // SAFETY: a fork-like clone (no new stack).
-    let c_pid =
-        unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as u64, 0, 0, 0, 0) };
-    if c_pid < 0 {
-        p.bail_errno("clone(CLONE_NEWPID | CLONE_NEWIPC)");
-    }
-    if c_pid > 0 {
-        let inner = p.dir().join("inner-ready");
-        let mut slept = 0;
-        while !inner.exists() {
-            if slept > STEP_TIMEOUT_NS {
-                p.bail("the container init did not get ready");
-            }
-            sleep_ns(POLL_NS);
-            slept += POLL_NS;
-        }
-        p.write_aux("ready", &format!("{c_pid}\n"));
-        // SAFETY: _exit has no preconditions; C lives on without us.
-        unsafe { libc::_exit(0) };
-    }
-    init(p)
+    crate::family::hand_over(p, libc::CLONE_NEWPID | libc::CLONE_NEWIPC, || init(p))
 }
 
 fn init(p: &Proto) -> Checks {

@@ -28,7 +28,7 @@
 use crate::checks::Checks;
 use crate::family::{judge, member_wait_go, reap, spawn_labeled, STEP_TIMEOUT_NS};
 use crate::proto::Proto;
-use crate::util::{err_str, errno, gettid, sleep_ns};
+use crate::util::{err_str, errno, gettid};
 
 const HOST: &[u8] = b"crest-pidns";
 const DOMAIN: &[u8] = b"crest-dom";
@@ -88,28 +88,7 @@ pub fn run(p: &Proto, args: &[String]) -> Checks {
         return init(p, nested, own_proc);
     }
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    // SAFETY: as in `member`: a fork-like clone.
-    let c_pid =
-        unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as u64, 0, 0, 0, 0) };
-    if c_pid < 0 {
-        p.bail_errno("clone(CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC)");
-    }
-    if c_pid > 0 {
-        // The launcher: hand C over to the harness.
-        let inner = p.dir().join("inner-ready");
-        let mut slept = 0;
-        while !inner.exists() {
-            if slept > STEP_TIMEOUT_NS {
-                p.bail("the container init did not get ready");
-            }
-            sleep_ns(POLL_NS);
-            slept += POLL_NS;
-        }
-        p.write_aux("ready", &format!("{c_pid}\n"));
-        // SAFETY: _exit has no preconditions; C lives on without us.
-        unsafe { libc::_exit(0) };
-    }
-    init(p, nested, false)
+    crate::family::hand_over(p, flags, || init(p, nested, false))
 }
 
 fn init(p: &Proto, nested: bool, own_proc: bool) -> Checks {
